@@ -1,0 +1,281 @@
+//! Store options and the `config` file that persists them (`key = value` lines).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How hard a write works to survive a power loss. Crashes of the *process* are always safe:
+/// a visible name only ever holds complete bytes, whatever the level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// No fsync. After a power loss (not a process crash) a published name may hold garbage or
+    /// be missing; `cas verify` finds and quarantines such objects.
+    None,
+    /// fsync the staging file before publishing its name: a visible name never holds unsynced
+    /// bytes. The name itself may be lost in a power loss.
+    #[default]
+    File,
+    /// As `File`, and also fsync the directory after publishing, so the name survives too.
+    Full,
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::None => "none",
+            Durability::File => "file",
+            Durability::Full => "full",
+        })
+    }
+}
+
+impl FromStr for Durability {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Durability::None),
+            "file" => Ok(Durability::File),
+            "full" => Ok(Durability::Full),
+            _ => Err(Error::InvalidInput {
+                what: "durability",
+                reason: format!("{s:?} is not one of none, file, full"),
+            }),
+        }
+    }
+}
+
+/// Options of a store. Persisted in the store's `config` file by [`crate::Store::init`];
+/// [`crate::Store::open_with`] can override them for one handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Options {
+    /// Default durability of writes.
+    pub durability: Durability,
+    /// Multi-user store: directories setgid and group-writable, objects group-readable,
+    /// whatever each user's umask.
+    pub shared_group: bool,
+    /// Standing size budget in bytes for `gc` (None: no budget).
+    pub max_size: Option<u64>,
+    /// A lock older than this whose holder cannot be proven alive is broken.
+    pub lock_timeout: Duration,
+    /// Staging files older than this are removed by gc even when their writer's liveness is
+    /// unknown (writer on another host).
+    pub stale_age: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::File,
+            shared_group: false,
+            max_size: None,
+            lock_timeout: Duration::from_secs(60),
+            stale_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Options {
+    /// Sets the durability (builder style).
+    #[must_use]
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Sets multi-user group mode (builder style).
+    #[must_use]
+    pub fn shared_group(mut self, on: bool) -> Self {
+        self.shared_group = on;
+        self
+    }
+    /// Sets the standing size budget (builder style).
+    #[must_use]
+    pub fn max_size(mut self, bytes: Option<u64>) -> Self {
+        self.max_size = bytes;
+        self
+    }
+    /// Sets the lock lease timeout (builder style).
+    #[must_use]
+    pub fn lock_timeout(mut self, t: Duration) -> Self {
+        self.lock_timeout = t;
+        self
+    }
+    /// Sets the stale age of staging files (builder style).
+    #[must_use]
+    pub fn stale_age(mut self, t: Duration) -> Self {
+        self.stale_age = t;
+        self
+    }
+
+    /// Renders the `config` file.
+    pub(crate) fn to_file(&self) -> String {
+        let mut s = String::from("# cas store configuration; see docs/format.md\n");
+        s += &format!("durability = {}\n", self.durability);
+        s += &format!(
+            "shared = {}\n",
+            if self.shared_group { "group" } else { "none" }
+        );
+        if let Some(m) = self.max_size {
+            s += &format!("max-size = {m}\n");
+        }
+        s += &format!("lock-timeout = {}\n", format_duration(self.lock_timeout));
+        s += &format!("stale-age = {}\n", format_duration(self.stale_age));
+        s
+    }
+
+    /// Parses a `config` file. Unknown keys are ignored (a newer minor version may add some);
+    /// a known key with a bad value is an error naming the line.
+    pub(crate) fn parse_file(text: &str) -> std::result::Result<Options, String> {
+        let mut o = Options::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(format!("line {}: expected `key = value`", n + 1));
+            };
+            let (k, v) = (k.trim(), v.trim());
+            let bad = |e: String| format!("line {} ({k}): {e}", n + 1);
+            match k {
+                "durability" => o.durability = v.parse().map_err(|e: Error| bad(e.to_string()))?,
+                "shared" => {
+                    o.shared_group = match v {
+                        "group" => true,
+                        "none" => false,
+                        _ => return Err(bad(format!("{v:?} is not `group` or `none`"))),
+                    }
+                }
+                "max-size" => o.max_size = Some(parse_size(v).map_err(bad)?),
+                "lock-timeout" => o.lock_timeout = parse_duration(v).map_err(bad)?,
+                "stale-age" => o.stale_age = parse_duration(v).map_err(bad)?,
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Parses a size: a number with an optional unit `B`, `K`/`KB`/`KiB`, `M…`, `G…`, `T…`
+/// (binary multiples: `1K` = 1024 bytes).
+///
+/// ```
+/// assert_eq!(cas::parse_size("1536").unwrap(), 1536);
+/// assert_eq!(cas::parse_size("10M").unwrap(), 10 << 20);
+/// assert_eq!(cas::parse_size("2GiB").unwrap(), 2 << 30);
+/// assert!(cas::parse_size("ten").is_err());
+/// ```
+///
+/// # Errors
+/// A message saying what is wrong with the text.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "{s:?} is not a size (expected e.g. 512M, 10G, 1048576)"
+        ));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: number too large"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?}: size too large"))
+}
+
+/// Parses a duration: a number with a unit `ms`, `s`, `m`, `h`, `d` (a bare number is seconds).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(cas::parse_duration("0s").unwrap(), Duration::ZERO);
+/// assert_eq!(cas::parse_duration("90m").unwrap(), Duration::from_secs(5400));
+/// assert_eq!(cas::parse_duration("250ms").unwrap(), Duration::from_millis(250));
+/// assert!(cas::parse_duration("-1s").is_err());
+/// ```
+///
+/// # Errors
+/// A message saying what is wrong with the text.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "{s:?} is not a duration (expected e.g. 0s, 30s, 10m, 1h, 7d)"
+        ));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: number too large"))?;
+    let ms_per = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
+    };
+    n.checked_mul(ms_per)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?}: duration too large"))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub(crate) fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn config_round_trip() {
+        let o = Options::default()
+            .durability(Durability::Full)
+            .shared_group(true)
+            .max_size(Some(12345))
+            .lock_timeout(Duration::from_millis(1500));
+        assert_eq!(Options::parse_file(&o.to_file()).unwrap(), o);
+    }
+
+    #[test]
+    fn config_errors_name_the_line() {
+        let e = Options::parse_file("durability = fast\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("durability"), "{e}");
+        assert!(Options::parse_file("future-key = 1\n").is_ok());
+        assert!(Options::parse_file("garbage\n").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(s in ".*") {
+            let _ = parse_size(&s);
+            let _ = parse_duration(&s);
+            let _ = Options::parse_file(&s);
+        }
+
+        #[test]
+        fn duration_round_trip(ms in 0u64..10_000_000_000) {
+            let d = Duration::from_millis(ms);
+            prop_assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+    }
+}

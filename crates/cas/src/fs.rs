@@ -1,0 +1,369 @@
+//! Platform calls, and nothing else: every system call the store needs beyond what `std` offers
+//! portably lives here, so the protocols elsewhere read as protocols.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use rustix::fs::{OFlags, RenameFlags, CWD};
+use rustix::io::Errno;
+
+/// What a no-replace publish found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// The name was created and holds our file.
+    Created,
+    /// The name already existed; nothing was replaced and the source is still in place.
+    Existed,
+}
+
+/// What the store learned about its filesystem, at open time and as it went.
+#[derive(Debug)]
+pub(crate) struct Caps {
+    /// `statfs` magic number of the filesystem holding the store.
+    pub(crate) magic: i64,
+    /// Human name of the filesystem type.
+    pub(crate) name: &'static str,
+    /// A network or FUSE filesystem: no mmap, expect ESTALE and spurious EEXIST.
+    pub(crate) network: bool,
+    /// Cleared the first time `renameat2(RENAME_NOREPLACE)` is refused; then link+unlink is used.
+    pub(crate) rename_noreplace: AtomicBool,
+}
+
+impl Caps {
+    /// Probes the filesystem that holds `path` with `statfs(2)`.
+    pub(crate) fn probe(path: &Path) -> io::Result<Caps> {
+        let st = rustix::fs::statfs(path)?;
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        let magic = i64::from(st.f_type as i64);
+        let (name, network) = fs_kind(magic);
+        Ok(Caps {
+            magic,
+            name,
+            network,
+            // FUSE and NFS refuse it (measured: GlusterFS, MooseFS give EINVAL); don't even try.
+            rename_noreplace: AtomicBool::new(!network),
+        })
+    }
+}
+
+/// Maps a `statfs` magic number to a name and whether the filesystem is shared over a network
+/// (or through FUSE, where we cannot know and must assume the worst).
+pub(crate) fn fs_kind(magic: i64) -> (&'static str, bool) {
+    match magic {
+        0xEF53 => ("ext4", false),
+        0x5846_5342 => ("xfs", false),
+        0x9123_683E => ("btrfs", false),
+        0x0102_1994 => ("tmpfs", false),
+        0x2FC1_2FC1 => ("zfs", false),
+        0x794C_7630 => ("overlayfs", false),
+        0xF2F5_2010 => ("f2fs", false),
+        0x6969 => ("nfs", true),
+        0x6573_5546 => ("fuse", true),
+        0xFF53_4D42 => ("cifs", true),
+        0xFE53_4D42 => ("smb2", true),
+        0x0BD0_0BD0 => ("lustre", true),
+        0x4750_4653 => ("gpfs", true),
+        0x00C3_6400 => ("cephfs", true),
+        0x0102_1997 => ("9p", true),
+        0x5346_414F => ("afs", true),
+        0x1373 => ("devfs", false),
+        _ => ("unknown", false),
+    }
+}
+
+fn is_errno(e: &io::Error, errno: Errno) -> bool {
+    e.raw_os_error() == Some(errno.raw_os_error())
+}
+
+/// True for ESTALE: a network filesystem's handle went stale under us (retry the open).
+pub(crate) fn is_stale(e: &io::Error) -> bool {
+    is_errno(e, Errno::STALE)
+}
+
+/// True when the error says "the parent directory is missing".
+pub(crate) fn is_not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+/// True for ENOTEMPTY / EEXIST from rmdir.
+pub(crate) fn is_dir_not_empty(e: &io::Error) -> bool {
+    is_errno(e, Errno::NOTEMPTY) || is_errno(e, Errno::EXIST)
+}
+
+/// How often an open that fails with ESTALE is retried (GlusterFS returns it during a rename).
+const STALE_RETRIES: usize = 8;
+
+/// Opens a file for reading without following a symlink at the last component (`O_NOFOLLOW`),
+/// retrying ESTALE a bounded number of times.
+pub(crate) fn open_read(path: &Path) -> io::Result<File> {
+    let mut attempt = 0;
+    loop {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32 | OFlags::CLOEXEC.bits() as i32)
+            .open(path)
+        {
+            Err(e) if is_stale(&e) && attempt < STALE_RETRIES => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
+/// Creates `path` exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`) for writing with `mode`.
+pub(crate) fn create_excl(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32 | OFlags::CLOEXEC.bits() as i32)
+        .open(path)
+}
+
+/// Moves `src` to `dst` without ever replacing an existing `dst`.
+///
+/// Uses `renameat2(RENAME_NOREPLACE)` where the filesystem supports it (one call, and `src` is
+/// gone afterwards), else `link(2)` + `unlink(2)` of `src`, the portable no-clobber move that is
+/// also safe on NFS. Returns [`Published::Existed`] when `dst` already exists; `src` is then
+/// left in place for the caller to remove.
+pub(crate) fn publish_noreplace(src: &Path, dst: &Path, caps: &Caps) -> io::Result<Published> {
+    if caps.rename_noreplace.load(Ordering::Relaxed) {
+        match rustix::fs::renameat_with(CWD, src, CWD, dst, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(Published::Created),
+            Err(Errno::EXIST) => return Ok(Published::Existed),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM) => {
+                caps.rename_noreplace.store(false, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match rustix::fs::link(src, dst) {
+        Ok(()) => {
+            // The name is published; the staging name is ours alone to remove.
+            remove_quietly(src);
+            Ok(Published::Created)
+        }
+        Err(Errno::EXIST) => Ok(Published::Existed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a file, ignoring errors: for cleaning up our own staging names.
+pub(crate) fn remove_quietly(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// `fsync(2)` on a directory, so that names created or removed in it survive a power loss.
+pub(crate) fn fsync_dir(path: &Path) -> io::Result<()> {
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlags::DIRECTORY.bits() as i32 | OFlags::CLOEXEC.bits() as i32)
+        .open(path)?;
+    dir.sync_all()
+}
+
+/// `fdatasync(2)`: the file's bytes (and size) are durable.
+pub(crate) fn sync_data(file: &File) -> io::Result<()> {
+    file.sync_data()
+}
+
+/// `syncfs(2)` on the filesystem holding `file`: one barrier for many files.
+pub(crate) fn syncfs(file: &File) -> io::Result<()> {
+    rustix::fs::syncfs(file).map_err(Into::into)
+}
+
+/// Sets a file's permission bits (`fchmod(2)`).
+pub(crate) fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
+/// Sets a file's mtime to now (`futimens(2)`). Needs ownership; callers treat failure as benign.
+pub(crate) fn touch(file: &File) -> io::Result<()> {
+    file.set_modified(SystemTime::now())
+}
+
+/// Sets the mtime of the file at `path` to now (`utimensat(2)`, `UTIME_NOW`, no symlink
+/// following), leaving the atime alone. One system call; also an existence probe.
+pub(crate) fn touch_now(path: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+    let ts = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
+    };
+    rustix::fs::utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
+}
+
+/// True if a process with this pid exists on this host (`kill(pid, 0)`; EPERM means it exists).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) | Err(Errno::PERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// This host's name (`uname(2)` nodename), with characters unsafe in a file name replaced.
+pub(crate) fn hostname() -> String {
+    let uts = rustix::system::uname();
+    let raw = uts.nodename().to_string_lossy();
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "localhost".to_owned()
+    } else {
+        clean
+    }
+}
+
+/// The current user's name (`$USER`, `$LOGNAME`) or numeric uid.
+pub(crate) fn username() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            let s = v.to_string_lossy();
+            if s.chars().all(|c| c.is_ascii_graphic()) {
+                return s.into_owned();
+            }
+        }
+    }
+    format!("uid{}", rustix::process::getuid().as_raw())
+}
+
+/// The current process id.
+pub(crate) fn pid() -> u32 {
+    std::process::id()
+}
+
+/// The process umask, read without changing it for good.
+pub(crate) fn umask() -> u32 {
+    // There is no way to read the umask without setting it; set and restore at once.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    rustix::process::umask(old);
+    old.bits()
+}
+
+/// Creates a directory with `mode` (before umask); EEXIST is success.
+pub(crate) fn mkdir_exist_ok(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    }
+}
+
+/// Sets the permission bits of the directory or file at `path` (`chmod(2)`).
+pub(crate) fn chmod_path(path: &Path, mode: u32) -> io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Renames `src` to `dst` (a directory) only if `dst` does not exist.
+pub(crate) fn rename_dir_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
+    match rustix::fs::renameat_with(CWD, src, CWD, dst, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+            // No atomic no-replace here: check, then rename (rename(2) of a directory onto a
+            // non-empty directory fails anyway, so only an empty destination could be lost).
+            if std::fs::symlink_metadata(dst).is_ok() {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            std::fs::rename(src, dst)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Maps a whole file read-only.
+///
+/// This is the crate's only `unsafe` code.
+#[allow(unsafe_code)]
+pub(crate) fn map_readonly(file: &File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: `Mmap::map` is unsafe because the mapping's bytes change (or vanish, raising
+    // SIGBUS) if another process modifies or truncates the file while it is mapped. We only map
+    // files the store treats as immutable: published objects (mode 0444, only ever replaced by
+    // renaming a new file over the name or unlinked, which leave this inode's bytes intact) and
+    // our own private staging files after writing them. A writer that ignored the read-only bit
+    // and rewrote an object in place could still change the bytes under us; the bytes we hand
+    // out are verified against the hash after mapping, so wrong bytes are detected, not
+    // returned. Network filesystems, where another node's truncation can SIGBUS a mapping, are
+    // never mapped: callers check `Caps::network` first.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// The file name as bytes.
+pub(crate) fn name_bytes(name: &OsStr) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    name.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_kinds() {
+        assert!(fs_kind(0x6969).1);
+        assert!(fs_kind(0x6573_5546).1);
+        assert!(!fs_kind(0xEF53).1);
+    }
+
+    #[test]
+    fn own_pid_alive_and_absurd_pid_dead() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
+    }
+
+    #[test]
+    fn publish_does_not_replace() {
+        let d = tempfile::tempdir().unwrap();
+        let caps = Caps::probe(d.path()).unwrap();
+        let (a, b, c) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        std::fs::write(&a, b"one").unwrap();
+        std::fs::write(&b, b"two").unwrap();
+        assert_eq!(
+            publish_noreplace(&a, &c, &caps).unwrap(),
+            Published::Created
+        );
+        assert!(!a.exists());
+        assert_eq!(
+            publish_noreplace(&b, &c, &caps).unwrap(),
+            Published::Existed
+        );
+        assert_eq!(std::fs::read(&c).unwrap(), b"one");
+        // The link+unlink fallback behaves the same.
+        caps.rename_noreplace.store(false, Ordering::Relaxed);
+        assert_eq!(
+            publish_noreplace(&b, &c, &caps).unwrap(),
+            Published::Existed
+        );
+        let e = d.path().join("e");
+        assert_eq!(
+            publish_noreplace(&b, &e, &caps).unwrap(),
+            Published::Created
+        );
+        assert!(!b.exists());
+        assert_eq!(std::fs::read(&e).unwrap(), b"two");
+    }
+}

@@ -1,0 +1,115 @@
+//! Pure path arithmetic of the on-disk layout (docs/format.md §Layout). No I/O here.
+
+use std::path::{Path, PathBuf};
+
+use crate::hash::{Hash, HEX_LEN};
+
+/// The `FORMAT` file's first line for the format this library writes.
+pub(crate) const FORMAT_LINE: &str = "cas-store 1";
+/// The major format version this library reads and writes.
+pub(crate) const FORMAT_MAJOR: u32 = 1;
+
+pub(crate) const FORMAT: &str = "FORMAT";
+pub(crate) const CONFIG: &str = "config";
+pub(crate) const OBJECTS: &str = "objects";
+pub(crate) const TMP: &str = "tmp";
+pub(crate) const REFS: &str = "refs";
+pub(crate) const LOGS: &str = "logs";
+pub(crate) const INDEX: &str = "index";
+pub(crate) const QUARANTINE: &str = "quarantine";
+pub(crate) const TRASH: &str = "trash";
+pub(crate) const LOCKS: &str = "locks";
+
+/// Suffix of lock files next to the file they protect.
+pub(crate) const LOCK_SUFFIX: &str = ".lock";
+
+/// `objects/ab/cdef…` for `hash` under `root`.
+pub(crate) fn object_path(root: &Path, hash: &Hash) -> PathBuf {
+    let mut buf = [0u8; HEX_LEN];
+    let hex = hash.to_hex_buf(&mut buf);
+    let mut p = PathBuf::with_capacity(root.as_os_str().len() + 1 + OBJECTS.len() + 2 + HEX_LEN);
+    p.push(root);
+    p.push(OBJECTS);
+    p.push(&hex[..2]);
+    p.push(&hex[2..]);
+    p
+}
+
+/// The fan-out directory name (first two hex characters) of a hash.
+pub(crate) fn fanout(hash: &Hash) -> String {
+    hash.to_hex()[..2].to_owned()
+}
+
+/// Parses a fan-out directory name and a file name inside it back into a hash.
+/// Returns `None` for anything that is not exactly a well-formed object name.
+pub(crate) fn parse_object_name(dir: &[u8], file: &[u8]) -> Option<Hash> {
+    if dir.len() != 2 || file.len() != HEX_LEN - 2 {
+        return None;
+    }
+    let mut hex = [0u8; HEX_LEN];
+    hex[..2].copy_from_slice(dir);
+    hex[2..].copy_from_slice(file);
+    let s = std::str::from_utf8(&hex).ok()?;
+    Hash::parse(s).ok()
+}
+
+/// Parses the name of a staging file, `HOST.PID.RANDOM`, into host and pid.
+/// Hosts may contain dots, so the pid is the second field from the right.
+pub(crate) fn parse_staging_name(name: &str) -> Option<(&str, u32)> {
+    let (rest, random) = name.rsplit_once('.')?;
+    let (host, pid) = rest.rsplit_once('.')?;
+    if host.is_empty() || random.is_empty() {
+        return None;
+    }
+    Some((host, pid.parse().ok()?))
+}
+
+/// The prefix of this process's staging files: `HOST.PID.`.
+pub(crate) fn staging_prefix(host: &str, pid: u32) -> String {
+    format!("{host}.{pid}.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn object_path_splits_after_two() {
+        let h = Hash::of(b"abc");
+        let hex = h.to_string();
+        let p = object_path(Path::new("/s"), &h);
+        assert_eq!(p, Path::new("/s/objects").join(&hex[..2]).join(&hex[2..]));
+        assert_eq!(
+            parse_object_name(hex[..2].as_bytes(), hex[2..].as_bytes()),
+            Some(h)
+        );
+        assert_eq!(fanout(&h), hex[..2]);
+    }
+
+    #[test]
+    fn staging_names() {
+        assert_eq!(
+            parse_staging_name("node1.cluster.local.4242.AbC12x"),
+            Some(("node1.cluster.local", 4242))
+        );
+        assert_eq!(parse_staging_name("h.notapid.x"), None);
+        assert_eq!(parse_staging_name("nodots"), None);
+        let p = staging_prefix("h.x", 7);
+        assert_eq!(parse_staging_name(&format!("{p}rnd")), Some(("h.x", 7)));
+    }
+
+    proptest! {
+        #[test]
+        fn object_names_never_panic(d in proptest::collection::vec(any::<u8>(), 0..4),
+                                    f in proptest::collection::vec(any::<u8>(), 0..70)) {
+            let _ = parse_object_name(&d, &f);
+        }
+
+        #[test]
+        fn staging_round_trip(host in "[a-z0-9.-]{1,20}", pid in any::<u32>(), r in "[A-Za-z0-9]{1,10}") {
+            let name = format!("{}{}", staging_prefix(&host, pid), r);
+            prop_assert_eq!(parse_staging_name(&name), Some((host.as_str(), pid)));
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! # cas — a content-addressed object store on a directory
+//!
+//! Every object is hashed with BLAKE3 while it streams into a staging file inside the store,
+//! then published as `objects/<hash>` without ever replacing an existing name. A name only ever
+//! holds complete, correct bytes; writes are idempotent; racing writers — threads, processes or
+//! hosts sharing a network filesystem — converge on one object. No server, no daemon, no
+//! `flock`.
+//!
+//! ```
+//! # fn main() -> cas::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = cas::Store::open_or_init(dir.path().join("store"), cas::Options::default())?;
+//! let hash = store.put_bytes(b"some bytes")?;
+//! assert_eq!(&*store.get(&hash)?, b"some bytes");
+//! assert!(store.contains(&hash));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Guarantees
+//! - A reader never sees a partial or wrong object: names are published by rename/link of a
+//!   complete staging file, and every read through [`Store::get`] or [`Store::reader`] is verified
+//!   against the hash. A corrupt object is moved to `quarantine/` and reported as
+//!   [`Error::Corrupt`].
+//! - A process killed at any point leaves at most a staging file in `tmp/` (cleaned by gc).
+//! - Durability against power loss is chosen per store or per write ([`Durability`]).
+//!
+//! See `docs/format.md` for the on-disk format and protocols and `docs/guarantees.md` for the
+//! full contract.
+//!
+//! ## Limitations
+//! - Unix only (Linux is what is tested).
+//! - Objects are stored whole and uncompressed, so the store can be checked with standard tools
+//!   (`b3sum objects/ab/cd…` prints the object's own name).
+
+mod config;
+mod error;
+mod fs;
+mod hash;
+mod layout;
+mod read;
+mod store;
+mod trash;
+mod write;
+
+pub use config::{parse_duration, parse_size, Durability, Options};
+pub use error::{Error, Result};
+pub use hash::{Hash, HASH_LEN, HEX_LEN};
+pub use read::{Object, ObjectIter, ObjectReader, Stats};
+pub use store::{FsInfo, Store};
+pub use write::Writer;

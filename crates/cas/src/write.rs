@@ -1,0 +1,380 @@
+//! The write protocol: stream into a staging file in `tmp/` while hashing, then publish the
+//! name without ever replacing an existing object (docs/format.md §Put).
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::path::Path;
+
+use tempfile::NamedTempFile;
+
+use crate::error::{Error, Result};
+use crate::fs::{self, Published};
+use crate::hash::{Hash, Hasher};
+use crate::layout;
+use crate::{Durability, Store};
+
+/// Bytes buffered by a [`Writer`] before they are hashed and written.
+const WRITE_BUF: usize = 128 * 1024;
+/// Chunks at least this large are hashed on a second thread while they are written.
+const PIPELINE_MIN: usize = 512 * 1024;
+/// Read size for streaming puts.
+const STREAM_BUF: usize = 1 << 20;
+/// Files up to this size are read into memory by `put_path` (hash once, skip if present).
+const SMALL_FILE: u64 = 1 << 20;
+
+/// An object being written. Bytes go to a private staging file in the store's `tmp/` and into
+/// the hasher; [`Writer::commit`] publishes them under their hash. Dropping a `Writer` without
+/// committing removes the staging file and touches nothing else.
+///
+/// Memory use is bounded (one buffer of 128 KiB) whatever the object's size.
+///
+/// ```
+/// use std::io::Write;
+/// # fn main() -> cas::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+/// let mut w = store.writer()?;
+/// w.write_all(b"hello ").unwrap();
+/// w.write_all(b"world").unwrap();
+/// let hash = w.commit()?;
+/// assert_eq!(hash, cas::Hash::of(b"hello world"));
+/// # Ok(()) }
+/// ```
+#[must_use = "an uncommitted Writer discards its bytes when dropped"]
+pub struct Writer {
+    store: Store,
+    staging: NamedTempFile,
+    buf: Vec<u8>,
+    hasher: Hasher,
+    len: u64,
+    durability: Durability,
+    /// Set when a write to the staging file failed: the bytes hashed no longer match the file.
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("staging", &self.staging.path())
+            .field("len", &(self.len + self.buf.len() as u64))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Bytes accepted so far.
+    pub fn len(&self) -> u64 {
+        self.len + self.buf.len() as u64
+    }
+
+    /// True if nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Overrides the durability for this object.
+    pub fn set_durability(&mut self, d: Durability) {
+        self.durability = d;
+    }
+
+    /// The staging file's path (for diagnostics; it moves on commit).
+    pub fn staging_path(&self) -> &Path {
+        self.staging.path()
+    }
+
+    fn flush_buf(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let buf = std::mem::take(&mut self.buf);
+            let r = self.write_chunk(&buf);
+            self.buf = buf;
+            self.buf.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Writes a chunk to the staging file and hashes it; hashing happens only for bytes the
+    /// file accepted, and large chunks are hashed on another thread while they are written.
+    fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "an earlier write to the staging file failed",
+            ));
+        }
+        let file = self.staging.as_file_mut();
+        let r = if chunk.len() >= PIPELINE_MIN {
+            let mut h = self.hasher.clone();
+            let r = std::thread::scope(|s| {
+                let t = s.spawn(move || {
+                    h.update(chunk);
+                    h
+                });
+                let r = file.write_all(chunk);
+                (r, t.join())
+            });
+            match r {
+                (Ok(()), Ok(h)) => {
+                    self.hasher = h;
+                    Ok(())
+                }
+                (Err(e), _) => Err(e),
+                (Ok(()), Err(_)) => Err(io::Error::other("hashing thread panicked")),
+            }
+        } else {
+            file.write_all(chunk).map(|()| self.hasher.update(chunk))
+        };
+        match r {
+            Ok(()) => {
+                self.len += chunk.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Publishes the object and returns its hash. If the object already exists (another writer
+    /// won, or it was stored before), its mtime is refreshed and the staging file is dropped:
+    /// that is success too.
+    ///
+    /// # Errors
+    /// I/O errors (naming the staging file or the object path). The staging file is removed on
+    /// error; no existing object is ever touched.
+    pub fn commit(mut self) -> Result<Hash> {
+        let path = self.staging.path().to_owned();
+        self.flush_buf()
+            .map_err(Error::at("write staging file", &path))?;
+        if self.poisoned {
+            return Err(Error::io(
+                "write staging file",
+                &path,
+                io::Error::other("an earlier write failed"),
+            ));
+        }
+        let hash = self.hasher.finalize();
+        self.store.publish(self.staging, &hash, self.durability)?;
+        Ok(hash)
+    }
+}
+
+impl Write for Writer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() <= WRITE_BUF {
+            self.buf.extend_from_slice(data);
+            return Ok(data.len());
+        }
+        self.flush_buf()?;
+        if data.len() >= WRITE_BUF {
+            self.write_chunk(data)?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_buf()
+    }
+}
+
+impl Store {
+    /// Starts writing a new object (see [`Writer`]).
+    ///
+    /// # Errors
+    /// I/O errors creating the staging file in the store's `tmp/`.
+    pub fn writer(&self) -> Result<Writer> {
+        Ok(Writer {
+            store: self.clone(),
+            staging: self.staging_file()?,
+            buf: Vec::with_capacity(WRITE_BUF),
+            hasher: Hasher::new(),
+            len: 0,
+            durability: self.durability(),
+            poisoned: false,
+        })
+    }
+
+    /// Stores a byte slice and returns its hash. The hash is computed first, so a put of bytes
+    /// already in the store writes nothing (it refreshes the object's mtime).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let h = store.put_bytes(b"same")?;
+    /// assert_eq!(store.put_bytes(b"same")?, h);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// I/O errors naming the staging file or object path.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Hash> {
+        self.put_bytes_with(bytes, self.durability())
+    }
+
+    /// [`Store::put_bytes`] with an explicit durability.
+    ///
+    /// # Errors
+    /// As [`Store::put_bytes`].
+    pub fn put_bytes_with(&self, bytes: &[u8], durability: Durability) -> Result<Hash> {
+        let hash = Hash::of_parallel(bytes);
+        if self.refresh_if_present(&hash) {
+            return Ok(hash);
+        }
+        let mut staging = self.staging_file()?;
+        staging
+            .write_all(bytes)
+            .map_err(Error::at("write staging file", staging.path()))?;
+        self.publish(staging, &hash, durability)?;
+        Ok(hash)
+    }
+
+    /// Streams a reader into the store and returns the hash. The input is read once, through a
+    /// fixed 1 MiB buffer, whatever its size.
+    ///
+    /// # Errors
+    /// I/O errors from the reader (as [`Error::Io`] with op "read input") or the store.
+    pub fn put_reader(&self, reader: impl Read) -> Result<Hash> {
+        self.put_reader_inner(&mut { reader }, self.durability())
+    }
+
+    /// [`Store::put_reader`] with an explicit durability.
+    ///
+    /// # Errors
+    /// As [`Store::put_reader`].
+    pub fn put_reader_with(&self, reader: impl Read, durability: Durability) -> Result<Hash> {
+        self.put_reader_inner(&mut { reader }, durability)
+    }
+
+    fn put_reader_inner(&self, reader: &mut dyn Read, durability: Durability) -> Result<Hash> {
+        let mut w = self.writer()?;
+        w.set_durability(durability);
+        let mut buf = vec![0u8; STREAM_BUF];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read input for", w.staging_path(), e)),
+            };
+            let path = w.staging_path().to_owned();
+            w.write_all(&buf[..n])
+                .map_err(|e| Error::io("write staging file", path, e))?;
+        }
+        w.commit()
+    }
+
+    /// Stores the contents of a file. Small files are read once and skipped if present; large
+    /// ones are copied in the kernel (`copy_file_range`, a reflink where the filesystem can)
+    /// into a staging file, which is then hashed in parallel. Non-regular files (pipes,
+    /// devices) are streamed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming `path` if it cannot be opened or read; store errors otherwise.
+    pub fn put_path(&self, path: impl AsRef<Path>) -> Result<Hash> {
+        self.put_path_with(path.as_ref(), self.durability())
+    }
+
+    /// [`Store::put_path`] with an explicit durability.
+    ///
+    /// # Errors
+    /// As [`Store::put_path`].
+    pub fn put_path_with(&self, path: &Path, durability: Durability) -> Result<Hash> {
+        let mut src = File::open(path).map_err(Error::at("open", path))?;
+        let meta = src.metadata().map_err(Error::at("stat", path))?;
+        if meta.is_dir() {
+            return Err(Error::io(
+                "store",
+                path,
+                io::Error::new(io::ErrorKind::IsADirectory, "is a directory (use put_dir)"),
+            ));
+        }
+        if !meta.is_file() {
+            return self
+                .put_reader_inner(&mut src, durability)
+                .map_err(|e| rename_input_error(e, path));
+        }
+        if meta.len() <= SMALL_FILE {
+            let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+            src.read_to_end(&mut bytes)
+                .map_err(Error::at("read", path))?;
+            return self.put_bytes_with(&bytes, durability);
+        }
+        let mut staging = self.staging_file()?;
+        io::copy(&mut src, staging.as_file_mut()).map_err(Error::at("copy", path))?;
+        let file = staging.as_file_mut();
+        file.rewind()
+            .map_err(Error::at("rewind staging file", staging.path()))?;
+        let hash = crate::read::hash_file(staging.as_file(), !self.inner.caps.network)
+            .map_err(Error::at("hash staging file", staging.path()))?;
+        self.publish(staging, &hash, durability)?;
+        Ok(hash)
+    }
+
+    /// Sets an existing object's mtime to now. Returns true if the object exists (even when the
+    /// refresh was refused because another user owns it).
+    pub(crate) fn refresh_if_present(&self, hash: &Hash) -> bool {
+        let p = layout::object_path(&self.inner.root, hash);
+        match fs::touch_now(&p) {
+            Ok(()) => true,
+            // EPERM/EACCES: it exists but belongs to another user of a shared store.
+            Err(e) => e.kind() == io::ErrorKind::PermissionDenied,
+        }
+    }
+
+    /// Publishes a complete staging file under `hash` (never replacing), per `durability`.
+    pub(crate) fn publish(
+        &self,
+        staging: NamedTempFile,
+        hash: &Hash,
+        durability: Durability,
+    ) -> Result<Published> {
+        let spath = staging.path().to_owned();
+        if durability != Durability::None {
+            fs::sync_data(staging.as_file()).map_err(Error::at("fsync", &spath))?;
+        }
+        fs::set_mode(staging.as_file(), 0o444).map_err(Error::at("set permissions of", &spath))?;
+        let temp_path = staging.into_temp_path();
+        let dst = layout::object_path(&self.inner.root, hash);
+        let mut attempts = 0;
+        loop {
+            match fs::publish_noreplace(&temp_path, &dst, &self.inner.caps) {
+                Ok(Published::Created) => {
+                    // The staging name is gone (renamed or unlinked); don't remove it again.
+                    let _ = temp_path.keep();
+                    if durability == Durability::Full {
+                        let dir = dst.parent().unwrap_or(&dst);
+                        fs::fsync_dir(dir).map_err(Error::at("fsync directory", dir))?;
+                    }
+                    return Ok(Published::Created);
+                }
+                Ok(Published::Existed) => {
+                    // Same bytes are already there: refresh the age gc sees, drop ours.
+                    let _ = fs::touch_now(&dst);
+                    drop(temp_path);
+                    return Ok(Published::Existed);
+                }
+                Err(e) if fs::is_not_found(&e) && attempts < 8 => {
+                    // The fan-out directory does not exist yet (or gc just removed it empty).
+                    attempts += 1;
+                    let dir = dst.parent().unwrap_or(&dst);
+                    self.ensure_dir(dir)?;
+                }
+                Err(e) => return Err(Error::io("publish object", &dst, e)),
+            }
+        }
+    }
+}
+
+fn rename_input_error(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Io {
+            op: "read input for",
+            source,
+            ..
+        } => Error::io("read", path, source),
+        e => e,
+    }
+}
