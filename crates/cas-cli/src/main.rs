@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use cas::{Durability, Hash, Options, Store};
+use cas::{Durability, Expect, Hash, Options, Store};
 use clap::{Args, Parser, Subcommand};
 
 mod output;
@@ -83,12 +83,103 @@ enum Cmd {
         #[arg(short, long)]
         long: bool,
     },
+    /// Named refs: names for objects that survive gc.
+    #[command(subcommand)]
+    Ref(RefCmd),
+    /// Keyed cache entries: map your own keys to content.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Show the store's location, filesystem, object count and size.
     Stats {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum RefCmd {
+    /// Point NAME at HASH (compare-and-swap with --expect / --expect-none).
+    Set {
+        /// Ref name: segments of [A-Za-z0-9._-] separated by '/'.
+        name: String,
+        /// The object (must be in the store).
+        #[arg(value_parser = parse_hash)]
+        hash: Hash,
+        /// Only if the ref currently holds OLD (exit 1 otherwise).
+        #[arg(long, value_name = "OLD", value_parser = parse_hash, conflicts_with = "expect_none")]
+        expect: Option<Hash>,
+        /// Only if the ref does not exist yet (exit 1 otherwise).
+        #[arg(long)]
+        expect_none: bool,
+        /// Message for the ref's log.
+        #[arg(short, long, default_value = "set")]
+        message: String,
+    },
+    /// Print the hash NAME points to (exit 1 if it does not exist).
+    Get {
+        /// Ref name.
+        name: String,
+    },
+    /// Remove NAME (with --expect: only if it holds OLD).
+    Rm {
+        /// Ref name.
+        name: String,
+        /// Only if the ref currently holds OLD.
+        #[arg(long, value_name = "OLD", value_parser = parse_hash)]
+        expect: Option<Hash>,
+    },
+    /// List refs (NAME HASH), optionally only those starting with PREFIX.
+    Ls {
+        /// Name prefix.
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first.
+    Log {
+        /// Ref name.
+        name: String,
+        /// Machine-readable output (one JSON object per line).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Store FILE (or stdin) under KEY; prints the object's hash.
+    Put {
+        /// The key (any text).
+        key: String,
+        /// The content; none or `-` reads stdin.
+        file: Option<PathBuf>,
+        /// Metadata stored with the entry.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        meta: String,
+    },
+    /// Write KEY's content to stdout (or -o FILE), verified.
+    Get {
+        /// The key.
+        key: String,
+        /// Write to FILE atomically.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Show KEY's entry: hash, size, time, metadata.
+    Info {
+        /// The key.
+        key: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove KEY's entry.
+    Rm {
+        /// The key.
+        key: String,
+    },
+    /// List entries: HASH SIZE KEY.
+    Ls,
 }
 
 fn parse_hash(s: &str) -> Result<Hash, String> {
@@ -256,6 +347,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Ref(c) => cmd_ref(&open_store(g)?, c),
+        Cmd::Key(c) => cmd_key(&open_store(g)?, c),
         Cmd::Stats { json } => {
             let store = open_store(g)?;
             let s = store.stats()?;
@@ -314,6 +407,135 @@ fn cmd_put(store: &Store, files: &[PathBuf]) -> Result<ExitCode> {
         let mut lock = stdout.lock();
         writeln!(lock, "{hash}")?;
         lock.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
+    match c {
+        RefCmd::Set {
+            name,
+            hash,
+            expect,
+            expect_none,
+            message,
+        } => {
+            let exp = match (expect, expect_none) {
+                (Some(h), _) => Expect::Value(h),
+                (None, true) => Expect::Absent,
+                (None, false) => Expect::Any,
+            };
+            store.set_ref_msg(&name, hash, exp, &message)?;
+        }
+        RefCmd::Get { name } => match store.get_ref(&name)? {
+            Some(h) => println!("{h}"),
+            None => return Err(cas::Error::RefNotFound { name }.into()),
+        },
+        RefCmd::Rm { name, expect } => {
+            let exp = expect.map_or(Expect::Any, Expect::Value);
+            store.remove_ref(&name, exp)?;
+        }
+        RefCmd::Ls { prefix } => {
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            for (name, h) in store.list_refs(&prefix)? {
+                writeln!(out, "{name} {h}")?;
+            }
+            out.flush()?;
+        }
+        RefCmd::Log { name, json } => {
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            for e in store.reflog(&name)? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&e)?)?;
+                } else {
+                    let f = |h: Option<Hash>| h.map_or_else(|| "-".to_owned(), |h| h.to_string());
+                    writeln!(
+                        out,
+                        "{} {} {} {} {} {}",
+                        f(e.old),
+                        f(e.new),
+                        e.time,
+                        e.host,
+                        e.user,
+                        e.message
+                    )?;
+                }
+            }
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
+    match c {
+        KeyCmd::Put { key, file, meta } => {
+            let hash = match file {
+                Some(f) if f != Path::new("-") => {
+                    let src = std::fs::File::open(&f)
+                        .with_context(|| format!("cannot open {}", f.display()))?;
+                    store.put_keyed(key.as_bytes(), src, meta.as_bytes())?
+                }
+                _ => store.put_keyed(key.as_bytes(), io::stdin().lock(), meta.as_bytes())?,
+            };
+            println!("{hash}");
+        }
+        KeyCmd::Get { key, output } => {
+            let entry = store.entry(key.as_bytes())?;
+            match output {
+                Some(path) => output::write_atomically(&path, |w| {
+                    store.get_to_writer(&entry.hash, w).map(|_| ())
+                })?,
+                None => {
+                    let stdout = io::stdout();
+                    let mut lock = stdout.lock();
+                    store.get_to_writer(&entry.hash, &mut lock)?;
+                    lock.flush().context("write output")?;
+                }
+            }
+        }
+        KeyCmd::Info { key, json } => {
+            let e = store.entry(key.as_bytes())?;
+            if json {
+                let v = serde_json::json!({
+                    "key": String::from_utf8_lossy(&e.key),
+                    "hash": e.hash.to_string(),
+                    "size": e.size,
+                    "time_ms": e.time_ms,
+                    "metadata": String::from_utf8_lossy(&e.metadata),
+                });
+                println!("{v}");
+            } else {
+                println!("hash:     {}", e.hash);
+                println!("size:     {}", e.size);
+                println!("time_ms:  {}", e.time_ms);
+                println!("metadata: {}", String::from_utf8_lossy(&e.metadata));
+            }
+        }
+        KeyCmd::Rm { key } => store.remove_keyed(key.as_bytes())?,
+        KeyCmd::Ls => {
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            let mut ok = true;
+            for e in store.iter_keys()? {
+                match e {
+                    Ok(e) => writeln!(
+                        out,
+                        "{} {} {}",
+                        e.hash,
+                        e.size,
+                        String::from_utf8_lossy(&e.key)
+                    )?,
+                    Err(e) => {
+                        eprintln!("cas: error: {e}");
+                        ok = false;
+                    }
+                }
+            }
+            out.flush()?;
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -269,6 +269,44 @@ impl Store {
         }
     }
 
+    /// Atomically replaces the small file `dst` (a ref or cache entry) with `bytes`: write a
+    /// staging file in `tmp/`, fsync per `durability`, rename over `dst`. Readers see the old or
+    /// the new content, never a torn or missing file.
+    pub(crate) fn replace_small(
+        &self,
+        dst: &Path,
+        bytes: &[u8],
+        durability: Durability,
+    ) -> Result<()> {
+        let mut staging = self.staging_file()?;
+        staging
+            .write_all(bytes)
+            .map_err(Error::at("write staging file", staging.path()))?;
+        if durability != Durability::None {
+            fs::sync_data(staging.as_file()).map_err(Error::at("fsync", staging.path()))?;
+        }
+        fs::set_mode(staging.as_file(), self.file_mode())
+            .map_err(Error::at("set permissions of", staging.path()))?;
+        let mut attempts = 0;
+        loop {
+            match std::fs::rename(staging.path(), dst) {
+                Ok(()) => break,
+                Err(e) if fs::is_not_found(&e) && attempts < 8 => {
+                    attempts += 1;
+                    self.ensure_dir(dst.parent().unwrap_or(dst))?;
+                }
+                Err(e) => return Err(Error::io("replace", dst, e)),
+            }
+        }
+        // Renamed away: nothing for the guard to remove.
+        let _ = staging.into_temp_path().keep();
+        if durability == Durability::Full {
+            let dir = dst.parent().unwrap_or(dst);
+            fs::fsync_dir(dir).map_err(Error::at("fsync directory", dir))?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn staging_mode(&self) -> u32 {
         if self.inner.options.shared_group {
             0o660

@@ -77,6 +77,11 @@ impl Writer {
         self.durability = d;
     }
 
+    /// The hash of the bytes written to the file so far (call after a flush).
+    pub(crate) fn hash_so_far(&self) -> Hash {
+        self.hasher.finalize()
+    }
+
     /// The staging file's path (for diagnostics; it moves on commit).
     pub fn staging_path(&self) -> &Path {
         self.staging.path()

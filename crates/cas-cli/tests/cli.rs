@@ -1,0 +1,128 @@
+//! Command-line surface tests of the `cas` binary: usage errors and help.
+//!
+//! Besides what it checks, this file's existence makes Cargo build the `cas` binary for
+//! `cargo test --workspace`, before the root package's end-to-end tests (tests/*.rs) spawn it.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// A `cas` command isolated from the caller's environment: an explicit store in `dir`, no
+/// `CAS_STORE`, and a `HOME`/`XDG_CACHE_HOME` inside `dir` so nothing can reach a real store.
+fn cas(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cas"));
+    c.arg("--store")
+        .arg(dir.join("store"))
+        .env_remove("CAS_STORE")
+        .env("HOME", dir)
+        .env("XDG_CACHE_HOME", dir.join("xdg"))
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn the cas binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A well-formed hash (64 lowercase hex characters): malformed variants are derived from it.
+const GOOD: &str = "d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24";
+
+fn malformed() -> Vec<(&'static str, String)> {
+    vec![
+        ("short", GOOD[..63].to_owned()),
+        ("long", format!("{GOOD}0")),
+        ("uppercase", GOOD.to_uppercase()),
+        ("non-hex", format!("{}g", &GOOD[..63])),
+        ("slash", format!("{}/{}", &GOOD[..2], &GOOD[3..])),
+        ("dotdot", format!("../{}", &GOOD[3..])),
+        ("bare dotdot", "../..".to_owned()),
+    ]
+}
+
+#[test]
+fn help_exits_zero_and_lists_commands() {
+    let d = tempfile::tempdir().unwrap();
+    let out = run(cas(d.path()).arg("--help"));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for sub in ["put", "get", "has", "rm", "ls", "stats"] {
+        assert!(
+            stdout.contains(sub),
+            "--help does not mention {sub}:\n{stdout}"
+        );
+    }
+    let out = run(cas(d.path()).args(["get", "--help"]));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("--output"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn unknown_subcommand_is_a_usage_error() {
+    let d = tempfile::tempdir().unwrap();
+    let out = run(cas(d.path()).arg("frobnicate"));
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("frobnicate"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    // No subcommand at all is a usage error too.
+    let out = run(&mut cas(d.path()));
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    // A usage error must not have created the store.
+    assert!(!d.path().join("store").exists());
+}
+
+#[test]
+fn malformed_hashes_are_usage_errors_naming_the_input() {
+    let d = tempfile::tempdir().unwrap();
+    for sub in ["get", "has", "rm"] {
+        for (what, bad) in malformed() {
+            let out = run(cas(d.path()).arg(sub).arg(&bad));
+            let stderr = text(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "cas {sub} with a {what} hash {bad:?}: stderr: {stderr}"
+            );
+            assert!(
+                stderr.contains(&bad),
+                "cas {sub}: stderr does not name the {what} input {bad:?}: {stderr}"
+            );
+            assert!(stderr.contains("invalid"), "cas {sub} {bad:?}: {stderr}");
+            assert!(!stderr.contains("panicked"), "cas {sub} {bad:?}: {stderr}");
+            assert!(out.stdout.is_empty(), "cas {sub} {bad:?} wrote to stdout");
+        }
+        // A malformed hash after a good one is rejected as well (nothing is looked up).
+        if sub != "get" {
+            let out = run(cas(d.path()).args([sub, GOOD, "nothex"]));
+            assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+            assert!(text(&out.stderr).contains("nothex"));
+        }
+    }
+    let out = run(cas(d.path())
+        .args(["get", "-o"])
+        .arg(d.path().join("out"))
+        .arg("zz"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(!d.path().join("out").exists());
+    // Nothing above got as far as creating the store.
+    assert!(!d.path().join("store").exists());
+}
+
+#[test]
+fn missing_arguments_are_usage_errors() {
+    let d = tempfile::tempdir().unwrap();
+    for sub in ["get", "has", "rm"] {
+        let out = run(cas(d.path()).arg(sub));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "cas {sub}: {stderr}");
+        assert!(!stderr.contains("panicked"), "cas {sub}: {stderr}");
+    }
+}

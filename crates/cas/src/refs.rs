@@ -1,0 +1,479 @@
+//! Named refs: `refs/NAME` holds `"<64-hex>\n"`, replaced atomically under a `NAME.lock`
+//! (compare-and-swap), with an append-only history in `logs/refs/NAME`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crate::error::{Error, Result};
+use crate::fs;
+use crate::hash::{Hash, HEX_LEN};
+use crate::layout;
+use crate::lock::Wait;
+use crate::store::read_small;
+use crate::Store;
+
+/// Longest ref name, in bytes.
+pub const MAX_REF_NAME: usize = 1024;
+/// Longest segment of a ref name, in bytes (leaves room for `.lock` within `NAME_MAX`).
+pub const MAX_REF_SEGMENT: usize = 200;
+
+/// What a ref must hold for an update to go ahead (compare-and-swap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever it holds, or nothing.
+    Any,
+    /// The ref must not exist.
+    Absent,
+    /// The ref must hold exactly this hash.
+    Value(Hash),
+}
+
+/// One line of a ref's history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RefLogEntry {
+    /// Value before the change (`None`: did not exist).
+    pub old: Option<Hash>,
+    /// Value after the change (`None`: removed).
+    pub new: Option<Hash>,
+    /// Unix time of the change, in seconds.
+    pub time: u64,
+    /// Host that made it.
+    pub host: String,
+    /// User that made it.
+    pub user: String,
+    /// Free-form message.
+    pub message: String,
+}
+
+/// Checks a ref name against the rules: `/`-separated segments of `[A-Za-z0-9._-]`; no empty,
+/// `.`, `..` or dot-leading segment; no segment ending in `.lock`; at most
+/// [`MAX_REF_SEGMENT`] bytes a segment and [`MAX_REF_NAME`] in all. Nothing else is needed to
+/// make the name safe as a path below `refs/`.
+///
+/// ```
+/// assert!(cas::validate_ref_name("builds/x86_64/v1.2").is_ok());
+/// assert!(cas::validate_ref_name("../escape").is_err());
+/// assert!(cas::validate_ref_name("main.lock").is_err());
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidRefName`] naming the rule broken.
+pub fn validate_ref_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidRefName {
+            name: crate::hash::truncate_for_display(name),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("a ref name cannot be empty");
+    }
+    if name.len() > MAX_REF_NAME {
+        return bad("a ref name is at most 1024 bytes");
+    }
+    for seg in name.split('/') {
+        if seg.is_empty() {
+            return bad("empty segment (leading, trailing or double '/')");
+        }
+        if seg.len() > MAX_REF_SEGMENT {
+            return bad("a segment is at most 200 bytes");
+        }
+        if seg.starts_with('.') {
+            return bad("a segment cannot start with '.' (this also rules out '.' and '..')");
+        }
+        if seg.ends_with(layout::LOCK_SUFFIX) {
+            return bad("a segment cannot end in '.lock'");
+        }
+        if !seg
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        {
+            return bad(
+                "only the characters A-Z a-z 0-9 . _ - and '/' between segments are allowed",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Parses a ref file's content: exactly 64 lowercase hex characters and a newline.
+pub(crate) fn parse_ref_content(text: &str) -> Option<Hash> {
+    let h = text.strip_suffix('\n')?;
+    if h.len() != HEX_LEN {
+        return None;
+    }
+    Hash::parse(h).ok()
+}
+
+const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn log_field(h: Option<&Hash>) -> String {
+    h.map_or_else(|| ZERO.to_owned(), ToString::to_string)
+}
+
+fn clean_message(m: &str) -> String {
+    m.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Parses one reflog line: `OLD NEW TIME HOST USER\tMESSAGE`.
+pub(crate) fn parse_log_line(line: &str) -> Option<RefLogEntry> {
+    let (head, message) = line.split_once('\t')?;
+    let mut it = head.split(' ');
+    let hash = |s: &str| -> Option<Option<Hash>> {
+        if s == ZERO {
+            Some(None)
+        } else {
+            Hash::parse(s).ok().map(Some)
+        }
+    };
+    let old = hash(it.next()?)?;
+    let new = hash(it.next()?)?;
+    let time = it.next()?.parse().ok()?;
+    let host = it.next()?.to_owned();
+    let user = it.next()?.to_owned();
+    if it.next().is_some() {
+        return None;
+    }
+    Some(RefLogEntry {
+        old,
+        new,
+        time,
+        host,
+        user,
+        message: message.to_owned(),
+    })
+}
+
+impl Store {
+    fn ref_path(&self, name: &str) -> PathBuf {
+        self.path(layout::REFS).join(name)
+    }
+
+    fn ref_lock_path(&self, name: &str) -> PathBuf {
+        self.path(layout::REFS)
+            .join(format!("{name}{}", layout::LOCK_SUFFIX))
+    }
+
+    fn ref_log_path(&self, name: &str) -> PathBuf {
+        self.path(layout::LOGS).join(layout::REFS).join(name)
+    }
+
+    /// Reads a ref. `Ok(None)` if it does not exist.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let h = store.put_bytes(b"v1")?;
+    /// store.set_ref("release/latest", h, cas::Expect::Absent)?;
+    /// assert_eq!(store.get_ref("release/latest")?, Some(h));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidRefName`]; [`Error::Malformed`] if the file does not hold a hash.
+    pub fn get_ref(&self, name: &str) -> Result<Option<Hash>> {
+        validate_ref_name(name)?;
+        self.read_ref_file(name)
+    }
+
+    fn read_ref_file(&self, name: &str) -> Result<Option<Hash>> {
+        let path = self.ref_path(name);
+        match read_small(&path) {
+            Ok(text) => parse_ref_content(&text).map(Some).ok_or(Error::Malformed {
+                what: "ref",
+                path,
+                reason: "expected 64 lowercase hex characters and a newline".into(),
+            }),
+            Err(e) if fs::is_not_found(&e) => Ok(None),
+            // `refs/a` is a directory of other refs (a/b…), or a prefix of `a` is a file.
+            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => Ok(None),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+                Ok(None)
+            }
+            Err(e) => Err(Error::io("read ref", &path, e)),
+        }
+    }
+
+    /// Sets a ref to `new` if its current value matches `expect`, atomically: readers see the
+    /// old or the new value, never a torn or missing ref. The object must exist (if gc had
+    /// condemned it to trash, it is moved back first). Returns the previous value.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let a = store.put_bytes(b"a")?;
+    /// let b = store.put_bytes(b"b")?;
+    /// store.set_ref("r", a, cas::Expect::Absent)?;
+    /// let e = store.set_ref("r", b, cas::Expect::Value(b)).unwrap_err();
+    /// assert!(e.is_conflict());
+    /// assert_eq!(store.set_ref("r", b, cas::Expect::Value(a))?, Some(a));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidRefName`]; [`Error::Conflict`] if the expectation fails;
+    /// [`Error::NotFound`] if the object is not in the store; [`Error::Locked`] if another
+    /// process holds the ref's lock for longer than the lock timeout.
+    pub fn set_ref(&self, name: &str, new: Hash, expect: Expect) -> Result<Option<Hash>> {
+        self.set_ref_msg(name, new, expect, "set")
+    }
+
+    /// [`Store::set_ref`] with a message for the reflog.
+    ///
+    /// # Errors
+    /// As [`Store::set_ref`].
+    pub fn set_ref_msg(
+        &self,
+        name: &str,
+        new: Hash,
+        expect: Expect,
+        message: &str,
+    ) -> Result<Option<Hash>> {
+        validate_ref_name(name)?;
+        self.update_ref(name, Some(new), expect, message)
+    }
+
+    /// Removes a ref if its current value matches `expect`. Returns the removed value.
+    ///
+    /// # Errors
+    /// [`Error::RefNotFound`] if it does not exist; otherwise as [`Store::set_ref`].
+    pub fn remove_ref(&self, name: &str, expect: Expect) -> Result<Hash> {
+        validate_ref_name(name)?;
+        match self.update_ref(name, None, expect, "remove")? {
+            Some(old) => Ok(old),
+            None => Err(Error::RefNotFound {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    fn update_ref(
+        &self,
+        name: &str,
+        new: Option<Hash>,
+        expect: Expect,
+        message: &str,
+    ) -> Result<Option<Hash>> {
+        let lock_path = self.ref_lock_path(name);
+        let wait = Wait::For(self.inner.options.lock_timeout + Duration::from_secs(1));
+        // The lock pins `new` for gc from here until the ref is visible.
+        let lock = self
+            .acquire_lock(&lock_path, new, wait)
+            .map_err(|e| conflict_with_prefix(e, name))?;
+        let current = self.read_ref_file(name)?;
+        let ok = match expect {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Value(v) => current == Some(v),
+        };
+        if !ok {
+            return Err(Error::Conflict {
+                name: name.to_owned(),
+                expected: match expect {
+                    Expect::Value(v) => Some(v),
+                    _ => None,
+                },
+                actual: current,
+            });
+        }
+        let path = self.ref_path(name);
+        match new {
+            Some(h) => {
+                self.ensure_present(&h)?;
+                lock.verify()?;
+                self.replace_small(&path, format!("{h}\n").as_bytes(), self.durability())
+                    .map_err(|e| conflict_with_prefix(e, name))?;
+            }
+            None => {
+                if current.is_none() {
+                    return Ok(None);
+                }
+                lock.verify()?;
+                std::fs::remove_file(&path).map_err(Error::at("remove ref", &path))?;
+            }
+        }
+        self.append_reflog(name, current.as_ref(), new.as_ref(), message)?;
+        lock.release();
+        Ok(current)
+    }
+
+    fn append_reflog(
+        &self,
+        name: &str,
+        old: Option<&Hash>,
+        new: Option<&Hash>,
+        message: &str,
+    ) -> Result<()> {
+        let path = self.ref_log_path(name);
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let line = format!(
+            "{} {} {} {} {}\t{}\n",
+            log_field(old),
+            log_field(new),
+            secs,
+            self.inner.host,
+            fs::username(),
+            clean_message(message)
+        );
+        let open = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+        };
+        let mut f = match open() {
+            Ok(f) => f,
+            Err(e) if fs::is_not_found(&e) => {
+                self.ensure_dir(path.parent().unwrap_or(&path))?;
+                open().map_err(Error::at("open reflog", &path))?
+            }
+            Err(e) => return Err(Error::io("open reflog", &path, e)),
+        };
+        // One write of one line, under the ref's lock: lines never interleave.
+        f.write_all(line.as_bytes())
+            .map_err(Error::at("append to reflog", &path))
+    }
+
+    /// The history of a ref, oldest first. Lines that cannot be parsed are skipped.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRefName`]; I/O errors reading the log.
+    pub fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>> {
+        validate_ref_name(name)?;
+        let path = self.ref_log_path(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if fs::is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("read reflog", &path, e)),
+        };
+        Ok(text.lines().filter_map(parse_log_line).collect())
+    }
+
+    /// All refs whose name starts with `prefix` (`""` for all), sorted by name.
+    ///
+    /// # Errors
+    /// I/O errors listing `refs/`; [`Error::Malformed`] for a ref file that holds no hash.
+    pub fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>> {
+        let root = self.path(layout::REFS);
+        let mut out = Vec::new();
+        for ent in walkdir::WalkDir::new(&root)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let ent = match ent {
+                Ok(e) => e,
+                Err(e) if e.io_error().is_some_and(fs::is_not_found) => continue,
+                Err(e) => {
+                    let p = e.path().unwrap_or(&root).to_owned();
+                    return Err(Error::io("list", p, e.into()));
+                }
+            };
+            if !ent.file_type().is_file() {
+                continue;
+            }
+            let Ok(rel) = ent.path().strip_prefix(&root) else {
+                continue;
+            };
+            let Some(name) = rel.to_str() else { continue };
+            if !name.starts_with(prefix) || validate_ref_name(name).is_err() {
+                continue; // locks, foreign files
+            }
+            if let Some(h) = self.read_ref_file(name)? {
+                out.push((name.to_owned(), h));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// `refs/a/b` cannot exist beside a ref `refs/a` (and vice versa): say so instead of ENOTDIR.
+fn conflict_with_prefix(e: Error, name: &str) -> Error {
+    let notdir = rustix::io::Errno::NOTDIR.raw_os_error();
+    match e {
+        Error::Io { ref source, .. }
+            if source.raw_os_error() == Some(notdir)
+                || source.kind() == std::io::ErrorKind::IsADirectory
+                || source.kind() == std::io::ErrorKind::DirectoryNotEmpty =>
+        {
+            Error::InvalidRefName {
+                name: name.to_owned(),
+                reason: "a ref cannot be both a name and a prefix of other refs (like a and a/b)",
+            }
+        }
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn name_rules() {
+        for ok in ["a", "a/b", "A-z_0.9", "v1.2.3", "x.locked"] {
+            validate_ref_name(ok).unwrap();
+        }
+        for bad in [
+            "", "/a", "a/", "a//b", ".", "..", "a/../b", ".hidden", "a/.b", "a.lock", "a.lock/b",
+            "a b", "a\\b", "a\0b", "é",
+        ] {
+            assert!(validate_ref_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_ref_name(&"a".repeat(201)).is_err());
+        assert!(validate_ref_name(&"a/".repeat(600)).is_err());
+    }
+
+    #[test]
+    fn log_lines_round_trip() {
+        let e = RefLogEntry {
+            old: None,
+            new: Some(Hash::of(b"x")),
+            time: 5,
+            host: "h".into(),
+            user: "u".into(),
+            message: "set by test".into(),
+        };
+        let line = format!(
+            "{} {} {} {} {}\t{}",
+            log_field(e.old.as_ref()),
+            log_field(e.new.as_ref()),
+            e.time,
+            e.host,
+            e.user,
+            e.message
+        );
+        assert_eq!(parse_log_line(&line), Some(e));
+    }
+
+    proptest! {
+        #[test]
+        fn validation_never_panics_and_accepted_names_stay_inside(name in "[a-z./\\\\-]{0,12}|.{0,40}") {
+            if validate_ref_name(&name).is_ok() {
+                let base = std::path::Path::new("/store/refs");
+                let p = base.join(&name);
+                // Lexically: no component may climb or be absolute, so the path stays below.
+                for c in std::path::Path::new(&name).components() {
+                    prop_assert!(matches!(c, std::path::Component::Normal(_)), "{name:?}");
+                }
+                prop_assert!(p.starts_with(base));
+                prop_assert!(!name.ends_with(".lock"));
+            }
+        }
+
+        #[test]
+        fn ref_content_parse_never_panics(s in ".*") {
+            let _ = parse_ref_content(&s);
+            let _ = parse_log_line(&s);
+        }
+    }
+}
