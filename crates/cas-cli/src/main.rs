@@ -55,6 +55,13 @@ enum Cmd {
     Put {
         /// Files to store; none or `-` reads stdin.
         files: Vec<PathBuf>,
+        /// Store directories as trees (prints the tree hash).
+        #[arg(short, long)]
+        recursive: bool,
+        /// Also point this ref at the (last) stored object, retrying if a concurrent gc
+        /// collected it in between.
+        #[arg(long, value_name = "NAME")]
+        r#ref: Option<String>,
     },
     /// Write an object's bytes to stdout (or -o FILE), verified before anything is written.
     Get {
@@ -62,8 +69,35 @@ enum Cmd {
         #[arg(value_parser = parse_hash)]
         hash: Hash,
         /// Write to FILE (atomically: a temp file beside it, renamed after verification).
+        /// With -r: the directory to create.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Restore a tree into the directory given with -o (which must not exist).
+        #[arg(short, long, requires = "output")]
+        recursive: bool,
+    },
+    /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
+    /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
+    Verify {
+        /// Machine-readable report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Collect unreachable objects (via trash/), clean dead writers' staging files, and with
+    /// a size budget evict least recently used cache entries.
+    Gc {
+        /// Keep unreachable objects younger than this, and trash younger than this.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        grace: Duration,
+        /// Say what would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Evict least recently used cache entries until the store is under SIZE.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// Machine-readable report.
+        #[arg(long)]
+        json: bool,
     },
     /// Exit 0 if every object is present, 1 otherwise (missing ones are named on stderr).
     Has {
@@ -285,8 +319,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", store.root().display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Put { files } => cmd_put(&open_store(g)?, &files),
-        Cmd::Get { hash, output } => {
+        Cmd::Put {
+            files,
+            recursive,
+            r#ref,
+        } => cmd_put(&open_store(g)?, &files, recursive, r#ref.as_deref()),
+        Cmd::Verify { json } => cmd_verify(&open_store(g)?, json),
+        Cmd::Gc {
+            grace,
+            dry_run,
+            max_size,
+            json,
+        } => {
+            let store = open_store(g)?;
+            let opts = cas::GcOptions::default()
+                .grace(grace)
+                .dry_run(dry_run)
+                .max_size(max_size);
+            let bar = output::Bar::new("gc");
+            let r = store.gc(&opts, &|p| bar.update(p))?;
+            bar.finish();
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                output::print_gc(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Get {
+            hash,
+            output,
+            recursive: true,
+        } => {
+            let store = open_store(g)?;
+            let dest = output.context("-r needs -o DIR")?;
+            store.checkout(&hash, &dest)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Get { hash, output, .. } => {
             let store = open_store(g)?;
             match output {
                 Some(path) => {
@@ -389,7 +459,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn cmd_put(store: &Store, files: &[PathBuf]) -> Result<ExitCode> {
+fn cmd_put(
+    store: &Store,
+    files: &[PathBuf],
+    recursive: bool,
+    ref_name: Option<&str>,
+) -> Result<ExitCode> {
+    if let Some(name) = ref_name {
+        cas::validate_ref_name(name)?;
+    }
     let stdin_only = [PathBuf::from("-")];
     let files = if files.is_empty() {
         &stdin_only[..]
@@ -397,18 +475,63 @@ fn cmd_put(store: &Store, files: &[PathBuf]) -> Result<ExitCode> {
         files
     };
     let stdout = io::stdout();
-    for f in files {
-        let hash = if f == Path::new("-") {
+    let put_one = |f: &Path| -> Result<Hash> {
+        Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
+        } else if recursive && f.is_dir() {
+            store.put_dir(f)?
+        } else if f.is_dir() {
+            anyhow::bail!(
+                "{} is a directory (use -r to store it as a tree)",
+                f.display()
+            )
         } else {
             store.put_path(f)?
-        };
+        })
+    };
+    let mut last = None;
+    for f in files {
+        let hash = put_one(f)?;
+        last = Some((f, hash));
         // One line per input as soon as it is stored, so a pipeline sees progress.
         let mut lock = stdout.lock();
         writeln!(lock, "{hash}")?;
         lock.flush()?;
     }
+    if let (Some(name), Some((f, mut hash))) = (ref_name, last) {
+        // A gc with a tiny grace period may collect the object between the put and the ref
+        // update; the update then fails cleanly with NotFound, and putting again fixes it.
+        let mut attempts = 0;
+        loop {
+            match store.set_ref_msg(name, hash, Expect::Any, "put") {
+                Err(e) if e.is_not_found() && attempts < 5 && f != Path::new("-") => {
+                    attempts += 1;
+                    hash = put_one(f)?;
+                }
+                r => {
+                    r?;
+                    break;
+                }
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_verify(store: &Store, json: bool) -> Result<ExitCode> {
+    let bar = output::Bar::new("verify");
+    let r = store.verify(&|p| bar.update(p))?;
+    bar.finish();
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        output::print_verify(&r);
+    }
+    Ok(if r.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
