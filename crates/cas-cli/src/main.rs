@@ -36,6 +36,9 @@ struct Global {
     /// Lock lease timeout: a lock older than this whose holder is not provably alive is broken.
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     lock_timeout: Option<Duration>,
+    /// Staging files of writers on other hosts are judged dead after this long (gc, doctor).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    stale_age: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,6 +98,16 @@ enum Cmd {
         /// Evict least recently used cache entries until the store is under SIZE.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         max_size: Option<u64>,
+        /// Machine-readable report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report the filesystem's capabilities and problems: permissions, dead writers' staging
+    /// files, expired locks, dangling refs. Exit 0 if healthy.
+    Doctor {
+        /// Repair what is safe to repair.
+        #[arg(long)]
+        fix: bool,
         /// Machine-readable report.
         #[arg(long)]
         json: bool,
@@ -277,10 +290,13 @@ fn open_store(g: &Global) -> Result<Store> {
 }
 
 fn apply_overrides(store: Store, g: &Global) -> Result<Store> {
-    if g.durability.is_none() && g.lock_timeout.is_none() {
+    if g.durability.is_none() && g.lock_timeout.is_none() && g.stale_age.is_none() {
         return Ok(store);
     }
     let mut o = store.options().clone();
+    if let Some(t) = g.stale_age {
+        o = o.stale_age(t);
+    }
     if let Some(d) = g.durability {
         o = o.durability(d);
     }
@@ -324,6 +340,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recursive,
             r#ref,
         } => cmd_put(&open_store(g)?, &files, recursive, r#ref.as_deref()),
+        Cmd::Doctor { fix, json } => {
+            let store = open_store(g)?;
+            let r = store.doctor(fix)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                output::print_doctor(store.root(), &r);
+            }
+            Ok(
+                if r.is_healthy()
+                    || fix && r.dangling.is_empty() && r.permission_problems.is_empty()
+                {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
+        }
         Cmd::Verify { json } => cmd_verify(&open_store(g)?, json),
         Cmd::Gc {
             grace,

@@ -184,3 +184,64 @@ pub fn print_gc(r: &cas::GcReport) {
         human_bytes(r.bytes_after),
     );
 }
+
+pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
+    println!("store:        {}", root.display());
+    println!(
+        "filesystem:   {} (magic {}){}",
+        r.fs.fs_type,
+        r.fs.magic,
+        if r.fs.network {
+            ", network/FUSE"
+        } else {
+            ", local"
+        }
+    );
+    println!(
+        "publishing:   {}",
+        if r.fs.rename_noreplace {
+            "renameat2(RENAME_NOREPLACE)"
+        } else {
+            "link() + unlink()"
+        }
+    );
+    println!(
+        "large reads:  {}",
+        if r.fs.mmap_reads {
+            "memory-mapped"
+        } else {
+            "read() (no mmap)"
+        }
+    );
+    for p in &r.probes {
+        println!(
+            "probe {:30} {} — {}",
+            p.name,
+            if p.ok { "ok  " } else { "NO  " },
+            p.detail
+        );
+    }
+    for p in &r.permission_problems {
+        println!("permissions  {}: {}", p.path.display(), p.reason);
+    }
+    for p in &r.stale_staging {
+        println!("staging      {}: {}", p.path.display(), p.reason);
+    }
+    for p in &r.expired_locks {
+        println!("lock         {}: {}", p.path.display(), p.reason);
+    }
+    for d in &r.dangling {
+        println!("dangling     {} (pointed to by {})", d.hash, d.from);
+    }
+    for f in &r.fixed {
+        println!("fixed        {f}");
+    }
+    println!(
+        "{}",
+        if r.is_healthy() {
+            "healthy"
+        } else {
+            "problems found (cas doctor --fix repairs what is safe)"
+        }
+    );
+}

@@ -33,6 +33,7 @@
 //!   (`b3sum objects/ab/cd…` prints the object's own name).
 
 mod config;
+mod doctor;
 mod error;
 mod fs;
 mod gc;
@@ -50,6 +51,7 @@ mod verify;
 mod write;
 
 pub use config::{parse_duration, parse_size, Durability, Options};
+pub use doctor::{DoctorReport, FsInfoReport, Probe};
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport};
 pub use hash::{Hash, HASH_LEN, HEX_LEN};

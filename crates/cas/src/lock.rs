@@ -123,7 +123,10 @@ impl Store {
         loop {
             match fs::create_excl(path, self.file_mode()) {
                 Ok(mut f) => {
-                    if let Err(e) = f.write_all(content.as_bytes()) {
+                    let w = self
+                        .fix_shared_mode(&f)
+                        .and_then(|()| f.write_all(content.as_bytes()));
+                    if let Err(e) = w {
                         fs::remove_quietly(path);
                         return Err(Error::io("write lock", path, e));
                     }
@@ -212,6 +215,15 @@ impl Store {
             let _ = fs::publish_noreplace(&aside, path, &self.inner.caps);
         }
         fs::remove_quietly(&aside);
+        Ok(())
+    }
+
+    /// In a shared store, sets a file we created to the shared mode: `open(2)` applied the
+    /// umask, and other users of the group must be able to read (locks) or append (reflogs).
+    pub(crate) fn fix_shared_mode(&self, f: &std::fs::File) -> io::Result<()> {
+        if self.inner.options.shared_group {
+            fs::set_mode(f, self.file_mode())?;
+        }
         Ok(())
     }
 

@@ -337,6 +337,10 @@ impl Store {
             }
             Err(e) => return Err(Error::io("open reflog", &path, e)),
         };
+        if f.metadata().is_ok_and(|m| m.len() == 0) {
+            // Just created (by us, or by another user who could not fix it: best effort).
+            let _ = self.fix_shared_mode(&f);
+        }
         // One write of one line, under the ref's lock: lines never interleave.
         f.write_all(line.as_bytes())
             .map_err(Error::at("append to reflog", &path))

@@ -1,0 +1,348 @@
+//! `doctor`: what the store's filesystem can do, and what is wrong with the store that a
+//! person should know about (permissions, dead writers, expired leases, dangling refs).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::fs;
+use crate::layout;
+use crate::lock::read_lock;
+use crate::store::FsInfo;
+use crate::verify::{Dangling, Problem};
+use crate::Store;
+
+/// The result of one capability probe.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Probe {
+    /// What was probed.
+    pub name: &'static str,
+    /// Whether it works here.
+    pub ok: bool,
+    /// What was observed.
+    pub detail: String,
+}
+
+/// What [`Store::doctor`] found (and fixed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct DoctorReport {
+    /// Filesystem type and the capabilities in use.
+    pub fs: FsInfoReport,
+    /// Capability probes run in `tmp/`.
+    pub probes: Vec<Probe>,
+    /// Directories or files whose permissions break the store's mode (shared or not).
+    pub permission_problems: Vec<Problem>,
+    /// Staging files of dead or stale writers.
+    pub stale_staging: Vec<Problem>,
+    /// Locks whose holder is dead or whose lease expired.
+    pub expired_locks: Vec<Problem>,
+    /// Refs, cache entries or trees pointing to missing objects.
+    pub dangling: Vec<Dangling>,
+    /// What `fix` repaired.
+    pub fixed: Vec<String>,
+}
+
+/// [`FsInfo`] in a serializable form.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct FsInfoReport {
+    /// Filesystem type name.
+    pub fs_type: String,
+    /// statfs magic, hex.
+    pub magic: String,
+    /// Treated as a network filesystem.
+    pub network: bool,
+    /// Publishing uses renameat2(RENAME_NOREPLACE) (else link+unlink).
+    pub rename_noreplace: bool,
+    /// Large objects are memory-mapped for reads.
+    pub mmap_reads: bool,
+}
+
+impl From<FsInfo> for FsInfoReport {
+    fn from(f: FsInfo) -> Self {
+        FsInfoReport {
+            fs_type: f.fs_type,
+            magic: format!("{:#x}", f.magic),
+            mmap_reads: !f.network,
+            network: f.network,
+            rename_noreplace: f.rename_noreplace,
+        }
+    }
+}
+
+impl DoctorReport {
+    /// True if nothing needs attention (probes that fail only change which fallback is used).
+    pub fn is_healthy(&self) -> bool {
+        self.permission_problems.is_empty()
+            && self.stale_staging.is_empty()
+            && self.expired_locks.is_empty()
+            && self.dangling.is_empty()
+    }
+}
+
+impl Store {
+    /// Probes the filesystem and inspects the store; with `fix`, repairs what is safe:
+    /// removes dead writers' staging files, breaks expired locks, restores shared-mode
+    /// permissions on what this user owns.
+    ///
+    /// # Errors
+    /// I/O errors listing the store or running the probes.
+    pub fn doctor(&self, fix: bool) -> Result<DoctorReport> {
+        let probes = self.probe_capabilities()?;
+        let mut fixed = Vec::new();
+
+        let stale_staging: Vec<Problem> = self
+            .stale_staging()?
+            .into_iter()
+            .map(|(path, why)| {
+                if fix && std::fs::remove_file(&path).is_ok() {
+                    fixed.push(format!("removed staging file {}", path.display()));
+                }
+                Problem {
+                    path,
+                    reason: why.to_owned(),
+                }
+            })
+            .collect();
+
+        let mut expired_locks = Vec::new();
+        for dir in [layout::REFS, layout::INDEX, layout::LOCKS] {
+            for ent in walkdir::WalkDir::new(self.path(dir))
+                .follow_links(false)
+                .into_iter()
+                .flatten()
+            {
+                let name = ent.file_name().to_string_lossy();
+                if !ent.file_type().is_file() || !name.ends_with(layout::LOCK_SUFFIX) {
+                    continue;
+                }
+                let Ok((holder, age)) = read_lock(ent.path()) else {
+                    continue;
+                };
+                if self.lock_is_stale(holder.as_ref(), age) {
+                    let who = holder.map_or_else(
+                        || "an incomplete lock".to_owned(),
+                        |h| format!("held by host {} pid {}", h.host, h.pid),
+                    );
+                    if fix && self.break_stale(ent.path()).is_ok() {
+                        fixed.push(format!("broke expired lock {}", ent.path().display()));
+                    }
+                    expired_locks.push(Problem {
+                        path: ent.path().to_owned(),
+                        reason: format!("{who}, not refreshed for {} s", age.as_secs()),
+                    });
+                }
+            }
+        }
+
+        let permission_problems = self.check_permissions(fix, &mut fixed);
+
+        let m = self.mark()?;
+        let dangling = m
+            .missing
+            .into_iter()
+            .filter(|(_, h)| !self.contains(h))
+            .map(|(from, hash)| Dangling { from, hash })
+            .collect();
+
+        Ok(DoctorReport {
+            fs: self.fs_info().into(),
+            probes,
+            permission_problems,
+            stale_staging,
+            expired_locks,
+            dangling,
+            fixed,
+        })
+    }
+
+    /// Tries the operations the protocols rely on, in `tmp/`, and records what works.
+    fn probe_capabilities(&self) -> Result<Vec<Probe>> {
+        let tmp = self.path(layout::TMP);
+        let a = self.staging_file()?;
+        let b = self.staging_file()?;
+        let mut probes = Vec::new();
+        // Onto a free name first (FUSE/NFS refuse the flag with EINVAL), then onto a taken one.
+        let free = tmp.join(format!("{}probe-rename", self.inner.staging_prefix));
+        let noreplace = |from: &Path, to: &Path| {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                from,
+                rustix::fs::CWD,
+                to,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+        };
+        let (ok, detail) = match noreplace(b.path(), &free) {
+            Err(e) => (false, format!("{e}: using link()+unlink() to publish")),
+            Ok(()) => match noreplace(&free, a.path()) {
+                Err(rustix::io::Errno::EXIST) => {
+                    (true, "renames, and refuses to replace (EEXIST)".to_owned())
+                }
+                Err(e) => (
+                    false,
+                    format!("{e} onto an existing name: using link()+unlink()"),
+                ),
+                Ok(()) => (
+                    false,
+                    "REPLACED an existing file: using link()+unlink()".to_owned(),
+                ),
+            },
+        };
+        fs::remove_quietly(&free);
+        if !ok {
+            self.inner
+                .caps
+                .rename_noreplace
+                .store(false, Ordering::Relaxed);
+        }
+        probes.push(Probe {
+            name: "renameat2(RENAME_NOREPLACE)",
+            ok,
+            detail,
+        });
+
+        let c = tmp.join(format!("{}probe-link", self.inner.staging_prefix));
+        let (ok, detail) = match std::fs::hard_link(a.path(), &c) {
+            Ok(()) => match std::fs::hard_link(a.path(), &c) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (
+                    true,
+                    "creates, and refuses an existing name (EEXIST)".to_owned(),
+                ),
+                Err(e) => (
+                    false,
+                    format!("second link failed with {e}, expected EEXIST"),
+                ),
+                Ok(()) => (false, "linked over an existing name".to_owned()),
+            },
+            Err(e) => (
+                false,
+                format!("{e}: no-replace publishing is not possible here"),
+            ),
+        };
+        fs::remove_quietly(&c);
+        probes.push(Probe {
+            name: "link()",
+            ok,
+            detail,
+        });
+
+        let (ok, detail) = match fs::create_excl(a.path(), 0o600) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                (true, "EEXIST on an existing name".to_owned())
+            }
+            Err(e) => (false, format!("{e}")),
+            Ok(_) => (false, "opened an existing file".to_owned()),
+        };
+        probes.push(Probe {
+            name: "open(O_CREAT|O_EXCL)",
+            ok,
+            detail,
+        });
+
+        let (ok, detail) = match fs::fsync_dir(&tmp) {
+            Ok(()) => (true, "works".to_owned()),
+            Err(e) => (
+                false,
+                format!("{e}: durability `full` cannot make names durable"),
+            ),
+        };
+        probes.push(Probe {
+            name: "fsync(directory)",
+            ok,
+            detail,
+        });
+        Ok(probes)
+    }
+
+    fn lock_is_stale(
+        &self,
+        holder: Option<&crate::lock::Holder>,
+        age: std::time::Duration,
+    ) -> bool {
+        if let Some(h) = holder {
+            if h.host == self.inner.host && !fs::pid_alive(h.pid) {
+                return true;
+            }
+        }
+        age > self.inner.options.lock_timeout
+    }
+
+    fn break_stale(&self, path: &Path) -> Result<()> {
+        let aside = self.path(layout::LOCKS).join(format!(
+            "broken.{}.{}.doctor",
+            self.inner.host, self.inner.pid
+        ));
+        std::fs::rename(path, &aside).map_err(Error::at("break lock", path))?;
+        fs::remove_quietly(&aside);
+        Ok(())
+    }
+
+    /// Directories must be writable by us (and, shared, setgid + group-writable); objects and
+    /// pointer files readable by the group in a shared store.
+    fn check_permissions(&self, fix: bool, fixed: &mut Vec<String>) -> Vec<Problem> {
+        let shared = self.inner.options.shared_group;
+        let want_dir = self.dir_mode();
+        let mut out = Vec::new();
+        let dirs = [
+            layout::OBJECTS,
+            layout::TMP,
+            layout::REFS,
+            layout::INDEX,
+            layout::LOCKS,
+            layout::LOGS,
+            layout::TRASH,
+            layout::QUARANTINE,
+        ];
+        let mut check = |path: &Path, is_dir: bool| {
+            let Ok(md) = std::fs::symlink_metadata(path) else {
+                return;
+            };
+            let mode = md.permissions().mode() & 0o7777;
+            let bad = if is_dir {
+                if shared {
+                    (mode & 0o2070) != 0o2070
+                } else {
+                    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_err()
+                }
+            } else {
+                shared && mode & 0o040 == 0
+            };
+            if !bad {
+                return;
+            }
+            let reason = if is_dir {
+                format!("directory mode {mode:o}; want {want_dir:o}")
+            } else {
+                format!("file mode {mode:o} is not group-readable")
+            };
+            if fix {
+                let target = if is_dir { want_dir } else { mode | 0o040 };
+                if fs::chmod_path(path, target).is_ok() {
+                    fixed.push(format!("chmod {target:o} {}", path.display()));
+                    return;
+                }
+            }
+            out.push(Problem {
+                path: path.to_owned(),
+                reason,
+            });
+        };
+        check(self.root(), true);
+        for d in dirs {
+            let p = self.path(d);
+            check(&p, true);
+            let walk = walkdir::WalkDir::new(&p).min_depth(1).follow_links(false);
+            for ent in walk.into_iter().flatten() {
+                if d == layout::TMP && ent.file_type().is_file() {
+                    continue; // private staging files are fine
+                }
+                check(ent.path(), ent.file_type().is_dir());
+            }
+        }
+        out
+    }
+}
