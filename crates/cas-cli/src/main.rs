@@ -14,7 +14,8 @@ mod output;
 
 /// A content-addressed object store: put bytes, get them back by hash.
 ///
-/// The store is --store DIR, else $CAS_STORE, else $XDG_CACHE_HOME/cas, else ~/.cache/cas;
+/// The store is `--store DIR`, else `$CAS_STORE`, else `$XDG_CACHE_HOME/cas`, else
+/// `~/.cache/cas`;
 /// it is created on first use.
 #[derive(Parser, Debug)]
 #[command(name = "cas", version, about, long_about)]
@@ -255,7 +256,8 @@ fn main() -> ExitCode {
                 let c = cause.to_string();
                 // thiserror variants already include their source's text.
                 if !msg.contains(&c) {
-                    msg += &format!(": {c}");
+                    msg.push_str(": ");
+                    msg.push_str(&c);
                 }
             }
             eprintln!("{msg}");
@@ -264,7 +266,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The default store directory: $XDG_CACHE_HOME/cas, else ~/.cache/cas.
+/// The default store directory: `$XDG_CACHE_HOME/cas`, else `~/.cache/cas`.
 fn default_store() -> Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(x).join("cas"));
@@ -313,51 +315,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             shared,
             max_size,
-        } => {
-            let dir = match dir {
-                Some(d) => d,
-                None => store_dir(g)?,
-            };
-            let mut o = Options::default()
-                .shared_group(shared.as_deref() == Some("group"))
-                .max_size(max_size);
-            if let Some(d) = g.durability {
-                o = o.durability(d);
-            }
-            if let Some(t) = g.lock_timeout {
-                o = o.lock_timeout(t);
-            }
-            let existed = Store::open(&dir).is_ok();
-            let store = Store::init(&dir, o)?;
-            if existed {
-                eprintln!("cas: {} is already a store; left as it is", dir.display());
-            }
-            println!("{}", store.root().display());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_init(g, dir, shared.as_deref() == Some("group"), max_size),
         Cmd::Put {
             files,
             recursive,
             r#ref,
         } => cmd_put(&open_store(g)?, &files, recursive, r#ref.as_deref()),
-        Cmd::Doctor { fix, json } => {
-            let store = open_store(g)?;
-            let r = store.doctor(fix)?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                output::print_doctor(store.root(), &r);
-            }
-            Ok(
-                if r.is_healthy()
-                    || fix && r.dangling.is_empty() && r.permission_problems.is_empty()
-                {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                },
-            )
-        }
+        Cmd::Doctor { fix, json } => cmd_doctor(&open_store(g)?, fix, json),
         Cmd::Verify { json } => cmd_verify(&open_store(g)?, json),
         Cmd::Gc {
             grace,
@@ -365,60 +329,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_size,
             json,
         } => {
-            let store = open_store(g)?;
             let opts = cas::GcOptions::default()
                 .grace(grace)
                 .dry_run(dry_run)
                 .max_size(max_size);
-            let bar = output::Bar::new("gc");
-            let r = store.gc(&opts, &|p| bar.update(p))?;
-            bar.finish();
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                output::print_gc(&r);
-            }
-            Ok(ExitCode::SUCCESS)
+            cmd_gc(&open_store(g)?, &opts, json)
         }
         Cmd::Get {
             hash,
             output,
             recursive: true,
         } => {
-            let store = open_store(g)?;
             let dest = output.context("-r needs -o DIR")?;
-            store.checkout(&hash, &dest)?;
+            open_store(g)?.checkout(&hash, &dest)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
-            let store = open_store(g)?;
-            match output {
-                Some(path) => {
-                    output::write_atomically(&path, |w| store.get_to_writer(&hash, w).map(|_| ()))?
-                }
-                None => {
-                    let stdout = io::stdout();
-                    let mut lock = stdout.lock();
-                    store.get_to_writer(&hash, &mut lock)?;
-                    lock.flush().context("write output")?;
-                }
-            }
+            write_object(&open_store(g)?, &hash, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Has { hashes } => {
             let store = open_store(g)?;
-            let mut all = true;
-            for h in &hashes {
-                if !store.contains(h) {
-                    eprintln!("cas: missing {h}");
-                    all = false;
-                }
+            let missing: Vec<&Hash> = hashes.iter().filter(|h| !store.contains(h)).collect();
+            for h in &missing {
+                eprintln!("cas: missing {h}");
             }
-            Ok(if all {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit(missing.is_empty()))
         }
         Cmd::Rm { hashes } => {
             let store = open_store(g)?;
@@ -429,68 +365,136 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ok = false;
                 }
             }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit(ok))
         }
-        Cmd::Ls { long } => {
-            let store = open_store(g)?;
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            for h in store.iter() {
-                let h = h?;
-                if long {
-                    let len =
-                        std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
-                    writeln!(out, "{h} {len}")?;
-                } else {
-                    writeln!(out, "{h}")?;
-                }
-            }
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Ls { long } => cmd_ls(&open_store(g)?, long),
         Cmd::Ref(c) => cmd_ref(&open_store(g)?, c),
         Cmd::Key(c) => cmd_key(&open_store(g)?, c),
-        Cmd::Stats { json } => {
-            let store = open_store(g)?;
-            let s = store.stats()?;
-            let fs = store.fs_info();
-            if json {
-                let v = serde_json::json!({
-                    "store": store.root(),
-                    "objects": s.objects,
-                    "bytes": s.bytes,
-                    "durability": store.durability().to_string(),
-                    "shared_group": store.options().shared_group,
-                    "filesystem": fs.fs_type,
-                    "network_filesystem": fs.network,
-                    "rename_noreplace": fs.rename_noreplace,
-                });
-                println!("{v}");
-            } else {
-                println!("store:       {}", store.root().display());
-                println!("objects:     {}", s.objects);
-                println!(
-                    "bytes:       {} ({})",
-                    s.bytes,
-                    output::human_bytes(s.bytes)
-                );
-                println!("durability:  {}", store.durability());
-                println!(
-                    "filesystem:  {}{}",
-                    fs.fs_type,
-                    if fs.network {
-                        " (network/FUSE: no mmap, link+unlink publish)"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+        Cmd::Stats { json } => cmd_stats(&open_store(g)?, json),
+    }
+}
+
+fn exit(success: bool) -> ExitCode {
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn cmd_init(
+    g: &Global,
+    dir: Option<PathBuf>,
+    shared: bool,
+    max_size: Option<u64>,
+) -> Result<ExitCode> {
+    let dir = match dir {
+        Some(d) => d,
+        None => store_dir(g)?,
+    };
+    let mut o = Options::default().shared_group(shared).max_size(max_size);
+    if let Some(d) = g.durability {
+        o = o.durability(d);
+    }
+    if let Some(t) = g.lock_timeout {
+        o = o.lock_timeout(t);
+    }
+    if let Some(t) = g.stale_age {
+        o = o.stale_age(t);
+    }
+    let existed = Store::open(&dir).is_ok();
+    let store = Store::init(&dir, o)?;
+    if existed {
+        eprintln!("cas: {} is already a store; left as it is", dir.display());
+    }
+    println!("{}", store.root().display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes an object to `output` (atomically) or stdout, verified before any byte is written.
+fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()> {
+    if let Some(path) = output {
+        output::write_atomically(path, |w| store.get_to_writer(hash, w).map(|_| ()))?;
+    } else {
+        let stdout = io::stdout();
+        let mut lock = stdout.lock();
+        store.get_to_writer(hash, &mut lock)?;
+        lock.flush().context("write output")?;
+    }
+    Ok(())
+}
+
+fn cmd_doctor(store: &Store, fix: bool, json: bool) -> Result<ExitCode> {
+    let r = store.doctor(fix)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        output::print_doctor(store.root(), &r);
+    }
+    // After --fix, what was repaired no longer counts against health.
+    let repaired_ok = fix && r.dangling.is_empty() && r.permission_problems.is_empty();
+    Ok(exit(r.is_healthy() || repaired_ok))
+}
+
+fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> {
+    let bar = output::Bar::new("gc");
+    let r = store.gc(opts, &|p| bar.update(p))?;
+    bar.finish();
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        output::print_gc(&r);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_ls(store: &Store, long: bool) -> Result<ExitCode> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for h in store.iter() {
+        let h = h?;
+        if long {
+            let len = std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
+            writeln!(out, "{h} {len}")?;
+        } else {
+            writeln!(out, "{h}")?;
         }
     }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
+    let s = store.stats()?;
+    let fs = store.fs_info();
+    if json {
+        let v = serde_json::json!({
+            "store": store.root(),
+            "objects": s.objects,
+            "bytes": s.bytes,
+            "durability": store.durability().to_string(),
+            "shared_group": store.options().shared_group,
+            "filesystem": fs.fs_type,
+            "network_filesystem": fs.network,
+            "rename_noreplace": fs.rename_noreplace,
+        });
+        println!("{v}");
+    } else {
+        println!("store:       {}", store.root().display());
+        println!("objects:     {}", s.objects);
+        println!(
+            "bytes:       {} ({})",
+            s.bytes,
+            output::human_bytes(s.bytes)
+        );
+        println!("durability:  {}", store.durability());
+        let note = if fs.network {
+            " (network/FUSE: no mmap, link+unlink publish)"
+        } else {
+            ""
+        };
+        println!("filesystem:  {}{note}", fs.fs_type);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_put(
@@ -524,13 +528,52 @@ fn cmd_put(
         })
     };
     let mut last = None;
-    for f in files {
-        let hash = put_one(f)?;
-        last = Some((f, hash));
-        // One line per input as soon as it is stored, so a pipeline sees progress.
-        let mut lock = stdout.lock();
-        writeln!(lock, "{hash}")?;
-        lock.flush()?;
+    if recursive {
+        for f in files {
+            let hash = put_one(f)?;
+            last = Some((f, hash));
+            // One line per input as soon as it is stored, so a pipeline sees progress.
+            let mut lock = stdout.lock();
+            writeln!(lock, "{hash}")?;
+            lock.flush()?;
+        }
+    } else {
+        // Plain files: one durability barrier for all of them (docs/performance.md).
+        let mut batch = store.batch();
+        let mut hashes = Vec::new();
+        let mut failure = None;
+        for f in files {
+            let r = if f == Path::new("-") {
+                batch.put_reader(io::stdin().lock())
+            } else if f.is_dir() {
+                Err(anyhow::anyhow!(
+                    "{} is a directory (use -r to store it as a tree)",
+                    f.display()
+                ))?
+            } else {
+                batch.put_path(f)
+            };
+            match r {
+                Ok(h) => {
+                    hashes.push(h);
+                    last = Some((f, h));
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        // What was staged before a failure is still stored and printed, in input order.
+        batch.commit()?;
+        let mut out = io::BufWriter::new(stdout.lock());
+        for h in &hashes {
+            writeln!(out, "{h}")?;
+        }
+        out.flush()?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
     }
     if let (Some(name), Some((f, mut hash))) = (ref_name, last) {
         // A gc with a tiny grace period may collect the object between the put and the ref
@@ -639,17 +682,7 @@ fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
         }
         KeyCmd::Get { key, output } => {
             let entry = store.entry(key.as_bytes())?;
-            match output {
-                Some(path) => output::write_atomically(&path, |w| {
-                    store.get_to_writer(&entry.hash, w).map(|_| ())
-                })?,
-                None => {
-                    let stdout = io::stdout();
-                    let mut lock = stdout.lock();
-                    store.get_to_writer(&entry.hash, &mut lock)?;
-                    lock.flush().context("write output")?;
-                }
-            }
+            write_object(store, &entry.hash, output.as_deref())?;
         }
         KeyCmd::Info { key, json } => {
             let e = store.entry(key.as_bytes())?;

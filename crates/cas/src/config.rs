@@ -71,8 +71,8 @@ impl Default for Options {
             durability: Durability::File,
             shared_group: false,
             max_size: None,
-            lock_timeout: Duration::from_secs(60),
-            stale_age: Duration::from_secs(24 * 3600),
+            lock_timeout: Duration::from_mins(1),
+            stale_age: Duration::from_hours(24),
         }
     }
 }
@@ -111,18 +111,17 @@ impl Options {
 
     /// Renders the `config` file.
     pub(crate) fn to_file(&self) -> String {
-        let mut s = String::from("# cas store configuration; see docs/format.md\n");
-        s += &format!("durability = {}\n", self.durability);
-        s += &format!(
-            "shared = {}\n",
-            if self.shared_group { "group" } else { "none" }
-        );
-        if let Some(m) = self.max_size {
-            s += &format!("max-size = {m}\n");
-        }
-        s += &format!("lock-timeout = {}\n", format_duration(self.lock_timeout));
-        s += &format!("stale-age = {}\n", format_duration(self.stale_age));
-        s
+        let max = self
+            .max_size
+            .map_or_else(String::new, |m| format!("max-size = {m}\n"));
+        format!(
+            "# cas store configuration; see docs/format.md\n\
+             durability = {}\nshared = {}\n{max}lock-timeout = {}\nstale-age = {}\n",
+            self.durability,
+            if self.shared_group { "group" } else { "none" },
+            format_duration(self.lock_timeout),
+            format_duration(self.stale_age),
+        )
     }
 
     /// Parses a `config` file. Unknown keys are ignored (a newer minor version may add some);
@@ -234,10 +233,10 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 /// Formats a duration the way [`parse_duration`] reads it.
 pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
-        format!("{ms}ms")
-    } else {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     }
 }
 

@@ -55,7 +55,7 @@ pub struct FsInfoReport {
     pub magic: String,
     /// Treated as a network filesystem.
     pub network: bool,
-    /// Publishing uses renameat2(RENAME_NOREPLACE) (else link+unlink).
+    /// Publishing uses `renameat2(RENAME_NOREPLACE)` (else `link` + `unlink`).
     pub rename_noreplace: bool,
     /// Large objects are memory-mapped for reads.
     pub mmap_reads: bool,

@@ -90,12 +90,8 @@ pub(crate) fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-/// True for ENOTEMPTY / EEXIST from rmdir.
-pub(crate) fn is_dir_not_empty(e: &io::Error) -> bool {
-    is_errno(e, Errno::NOTEMPTY) || is_errno(e, Errno::EXIST)
-}
-
-/// How often an open that fails with ESTALE is retried (GlusterFS returns it during a rename).
+/// How often an open that fails with `ESTALE` is retried (`GlusterFS` returns it during a
+/// rename).
 const STALE_RETRIES: usize = 8;
 
 /// Opens a file for reading without following a symlink at the last component (`O_NOFOLLOW`),
@@ -339,31 +335,31 @@ mod tests {
     fn publish_does_not_replace() {
         let d = tempfile::tempdir().unwrap();
         let caps = Caps::probe(d.path()).unwrap();
-        let (a, b, c) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
-        std::fs::write(&a, b"one").unwrap();
-        std::fs::write(&b, b"two").unwrap();
+        let (one, two, dst) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        std::fs::write(&one, b"one").unwrap();
+        std::fs::write(&two, b"two").unwrap();
         assert_eq!(
-            publish_noreplace(&a, &c, &caps).unwrap(),
+            publish_noreplace(&one, &dst, &caps).unwrap(),
             Published::Created
         );
-        assert!(!a.exists());
+        assert!(!one.exists());
         assert_eq!(
-            publish_noreplace(&b, &c, &caps).unwrap(),
+            publish_noreplace(&two, &dst, &caps).unwrap(),
             Published::Existed
         );
-        assert_eq!(std::fs::read(&c).unwrap(), b"one");
+        assert_eq!(std::fs::read(&dst).unwrap(), b"one");
         // The link+unlink fallback behaves the same.
         caps.rename_noreplace.store(false, Ordering::Relaxed);
         assert_eq!(
-            publish_noreplace(&b, &c, &caps).unwrap(),
+            publish_noreplace(&two, &dst, &caps).unwrap(),
             Published::Existed
         );
-        let e = d.path().join("e");
+        let other = d.path().join("e");
         assert_eq!(
-            publish_noreplace(&b, &e, &caps).unwrap(),
+            publish_noreplace(&two, &other, &caps).unwrap(),
             Published::Created
         );
-        assert!(!b.exists());
-        assert_eq!(std::fs::read(&e).unwrap(), b"two");
+        assert!(!two.exists());
+        assert_eq!(std::fs::read(&other).unwrap(), b"two");
     }
 }

@@ -35,7 +35,7 @@ pub struct GcOptions {
 impl Default for GcOptions {
     fn default() -> Self {
         GcOptions {
-            grace: Duration::from_secs(3600),
+            grace: Duration::from_hours(1),
             dry_run: false,
             max_size: None,
         }
@@ -229,29 +229,7 @@ impl Store {
             return Err(Error::Interrupted);
         }
 
-        // Trash of earlier runs, condemned longer ago than the grace period: delete what is
-        // still unreachable, restore the rest.
-        for run in self.trash_runs()? {
-            if run.created > cutoff {
-                continue;
-            }
-            for (h, p, len, _) in list_trash_run(&run.path)? {
-                if m1.reachable.contains(&h) {
-                    if !dry && self.restore_from_trash(&h)?.is_some() {
-                        r.restored += 1;
-                    }
-                } else {
-                    r.deleted += 1;
-                    r.deleted_bytes += len;
-                    if !dry {
-                        remove_file_ok(&p)?;
-                    }
-                }
-            }
-            if !dry {
-                let _ = std::fs::remove_dir(&run.path);
-            }
-        }
+        self.purge_trash(&m1, cutoff, dry, &mut r)?;
 
         // Sweep: condemn unreachable objects older than the grace period.
         let run_dir = self.path(layout::TRASH).join(format!(
@@ -306,27 +284,8 @@ impl Store {
             evicted = self.evict(&m1, &live, budget, dry, &mut r)?;
         }
 
-        // Rescue: anything that became reachable while we condemned goes back.
         if !dry {
-            let m2 = self.mark()?;
-            for run in self.trash_runs()? {
-                for (h, _, _, _) in list_trash_run(&run.path)? {
-                    if m2.reachable.contains(&h) && self.restore_from_trash(&h)?.is_some() {
-                        r.restored += 1;
-                    }
-                }
-            }
-            // Evicted objects are deleted now, unless rescued above.
-            for (p, len) in evicted {
-                match std::fs::remove_file(&p) {
-                    Ok(()) => {
-                        r.deleted += 1;
-                        r.deleted_bytes += len;
-                    }
-                    Err(e) if fs::is_not_found(&e) => {}
-                    Err(e) => return Err(Error::io("delete", &p, e)),
-                }
-            }
+            self.rescue(evicted, &mut r)?;
             let _ = std::fs::remove_dir(&run_dir);
         }
 
@@ -340,6 +299,63 @@ impl Store {
             return Err(Error::Interrupted);
         }
         Ok(r)
+    }
+
+    /// Trash of earlier runs, condemned longer ago than the grace period: delete what is still
+    /// unreachable, restore the rest.
+    fn purge_trash(
+        &self,
+        m1: &Mark,
+        cutoff: SystemTime,
+        dry: bool,
+        r: &mut GcReport,
+    ) -> Result<()> {
+        for run in self.trash_runs()? {
+            if run.created > cutoff {
+                continue;
+            }
+            for (h, p, len, _) in list_trash_run(&run.path)? {
+                if m1.reachable.contains(&h) {
+                    if !dry && self.restore_from_trash(&h)?.is_some() {
+                        r.restored += 1;
+                    }
+                } else {
+                    r.deleted += 1;
+                    r.deleted_bytes += len;
+                    if !dry {
+                        remove_file_ok(&p)?;
+                    }
+                }
+            }
+            if !dry {
+                let _ = std::fs::remove_dir(&run.path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rescue mark: anything in trash that became reachable while we condemned goes back;
+    /// then the evicted objects still in trash are deleted.
+    fn rescue(&self, evicted: Vec<(PathBuf, u64)>, r: &mut GcReport) -> Result<()> {
+        let m2 = self.mark()?;
+        for run in self.trash_runs()? {
+            for (h, _, _, _) in list_trash_run(&run.path)? {
+                if m2.reachable.contains(&h) && self.restore_from_trash(&h)?.is_some() {
+                    r.restored += 1;
+                }
+            }
+        }
+        for (p, len) in evicted {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {
+                    r.deleted += 1;
+                    r.deleted_bytes += len;
+                }
+                Err(e) if fs::is_not_found(&e) => {}
+                Err(e) => return Err(Error::io("delete", &p, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Chooses and removes cache entries and condemned objects, least recently used first,
@@ -378,10 +394,6 @@ impl Store {
                 *refcount.entry(*x).or_default() += 1;
             }
             closures.push(c);
-        }
-        enum Cand {
-            Trash(PathBuf, u64),
-            Entry(usize),
         }
         let mut cands: Vec<(SystemTime, Cand)> = Vec::new();
         for run in self.trash_runs()? {
@@ -577,6 +589,12 @@ impl Store {
         }
         Ok(total)
     }
+}
+
+/// An eviction candidate: an object in trash, or a cache entry (index into `Mark::entries`).
+enum Cand {
+    Trash(PathBuf, u64),
+    Entry(usize),
 }
 
 /// (hash, path, size, mtime) of the objects in a trash run directory.

@@ -77,13 +77,18 @@ impl Entry {
 
 /// Shows a key in messages: UTF-8 as text, else hex; truncated.
 pub(crate) fn display_key(key: &[u8]) -> String {
-    match std::str::from_utf8(key) {
-        Ok(s) => format!("{:?}", crate::hash::truncate_for_display(s)),
-        Err(_) => {
-            let hex: String = key.iter().take(40).map(|b| format!("{b:02x}")).collect();
-            format!("0x{hex}{}", if key.len() > 40 { "…" } else { "" })
-        }
+    use std::fmt::Write as _;
+    if let Ok(s) = std::str::from_utf8(key) {
+        return format!("{:?}", crate::hash::truncate_for_display(s));
     }
+    let mut hex = String::from("0x");
+    for b in key.iter().take(40) {
+        let _ = write!(hex, "{b:02x}");
+    }
+    if key.len() > 40 {
+        hex.push('…');
+    }
+    hex
 }
 
 impl Store {

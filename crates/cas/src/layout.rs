@@ -35,11 +35,6 @@ pub(crate) fn object_path(root: &Path, hash: &Hash) -> PathBuf {
     p
 }
 
-/// The fan-out directory name (first two hex characters) of a hash.
-pub(crate) fn fanout(hash: &Hash) -> String {
-    hash.to_hex()[..2].to_owned()
-}
-
 /// Parses a fan-out directory name and a file name inside it back into a hash.
 /// Returns `None` for anything that is not exactly a well-formed object name.
 pub(crate) fn parse_object_name(dir: &[u8], file: &[u8]) -> Option<Hash> {
@@ -81,10 +76,9 @@ mod tests {
         let p = object_path(Path::new("/s"), &h);
         assert_eq!(p, Path::new("/s/objects").join(&hex[..2]).join(&hex[2..]));
         assert_eq!(
-            parse_object_name(hex[..2].as_bytes(), hex[2..].as_bytes()),
+            parse_object_name(&hex.as_bytes()[..2], &hex.as_bytes()[2..]),
             Some(h)
         );
-        assert_eq!(fanout(&h), hex[..2]);
     }
 
     #[test]

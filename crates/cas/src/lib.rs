@@ -32,6 +32,7 @@
 //! - Objects are stored whole and uncompressed, so the store can be checked with standard tools
 //!   (`b3sum objects/ab/cd…` prints the object's own name).
 
+mod batch;
 mod config;
 mod doctor;
 mod error;
@@ -50,6 +51,7 @@ mod tree;
 mod verify;
 mod write;
 
+pub use batch::Batch;
 pub use config::{parse_duration, parse_size, Durability, Options};
 pub use doctor::{DoctorReport, FsInfoReport, Probe};
 pub use error::{Error, Result};

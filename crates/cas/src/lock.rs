@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
 use crate::layout;
-use crate::store::read_small;
 use crate::Store;
 
 /// Who holds a lock, as written in the lock file.
@@ -357,7 +356,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let store = Store::init(
             d.path(),
-            crate::Options::default().lock_timeout(Duration::from_secs(3600)),
+            crate::Options::default().lock_timeout(Duration::from_hours(1)),
         )
         .unwrap();
         let path = d.path().join("locks").join("x.lock");

@@ -16,7 +16,7 @@ use crate::Store;
 /// which is faster below ~64 KiB (docs/performance.md).
 const MMAP_MIN: u64 = 64 * 1024;
 /// Reads refresh an object's mtime (its LRU age) at most this often.
-pub(crate) const READ_REFRESH: Duration = Duration::from_secs(3600);
+pub(crate) const READ_REFRESH: Duration = Duration::from_hours(1);
 /// Chunk size for hashing a file without mapping it.
 const HASH_CHUNK: usize = 4 << 20;
 
@@ -202,6 +202,7 @@ impl Store {
     ///
     /// # Errors
     /// Each item is an error if a directory cannot be read.
+    #[allow(clippy::iter_without_into_iter)] // a store is not an in-memory collection
     pub fn iter(&self) -> ObjectIter {
         ObjectIter {
             root: self.path(layout::OBJECTS),
@@ -264,9 +265,21 @@ impl Store {
         let secs = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let dst = qdir.join(format!("{hash}.{secs}.{}", self.inner.pid));
-        std::fs::rename(path, &dst).map_err(Error::at("quarantine", path))?;
-        Ok(dst)
+        // Never overwrite an earlier quarantined copy (same hash, same second, same process).
+        for n in 0u32.. {
+            let dst = qdir.join(format!("{hash}.{secs}.{}.{n}", self.inner.pid));
+            match fs::publish_noreplace(path, &dst, &self.inner.caps) {
+                Ok(fs::Published::Created) => return Ok(dst),
+                Ok(fs::Published::Existed) if n < 1000 => {}
+                Ok(fs::Published::Existed) => break,
+                Err(e) => return Err(Error::io("quarantine", path, e)),
+            }
+        }
+        Err(Error::io(
+            "quarantine",
+            path,
+            io::Error::other("too many quarantined copies"),
+        ))
     }
 }
 

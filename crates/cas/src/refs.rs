@@ -283,20 +283,17 @@ impl Store {
             });
         }
         let path = self.ref_path(name);
-        match new {
-            Some(h) => {
-                self.ensure_present(&h)?;
-                lock.verify()?;
-                self.replace_small(&path, format!("{h}\n").as_bytes(), self.durability())
-                    .map_err(|e| conflict_with_prefix(e, name))?;
+        if let Some(h) = new {
+            self.ensure_present(&h)?;
+            lock.verify()?;
+            self.replace_small(&path, format!("{h}\n").as_bytes(), self.durability())
+                .map_err(|e| conflict_with_prefix(e, name))?;
+        } else {
+            if current.is_none() {
+                return Ok(None);
             }
-            None => {
-                if current.is_none() {
-                    return Ok(None);
-                }
-                lock.verify()?;
-                std::fs::remove_file(&path).map_err(Error::at("remove ref", &path))?;
-            }
+            lock.verify()?;
+            std::fs::remove_file(&path).map_err(Error::at("remove ref", &path))?;
         }
         self.append_reflog(name, current.as_ref(), new.as_ref(), message)?;
         lock.release();
@@ -418,6 +415,7 @@ fn conflict_with_prefix(e: Error, name: &str) -> Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::case_sensitive_file_extension_comparisons)] // ref names are case-sensitive
 mod tests {
     use super::*;
     use proptest::prelude::*;

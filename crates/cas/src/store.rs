@@ -1,6 +1,5 @@
 //! Opening and creating a store; the handle every operation hangs off.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,11 +66,12 @@ impl Store {
     ///
     /// # Errors
     /// I/O errors naming the path; [`Error::UnsupportedFormat`] if a newer store is there.
+    #[allow(clippy::needless_pass_by_value)] // builder-style Options read better by value
     pub fn init(root: impl AsRef<Path>, options: Options) -> Result<Store> {
-        Self::init_inner(root.as_ref(), options)
+        Self::init_inner(root.as_ref(), &options)
     }
 
-    fn init_inner(root: &Path, options: Options) -> Result<Store> {
+    fn init_inner(root: &Path, options: &Options) -> Result<Store> {
         match Self::open(root) {
             Ok(s) => return Ok(s),
             Err(Error::NotAStore { .. }) => {}
@@ -136,8 +136,9 @@ impl Store {
     ///
     /// # Errors
     /// As [`Store::init`].
+    #[allow(clippy::needless_pass_by_value)] // as `init`
     pub fn open_or_init(root: impl AsRef<Path>, options: Options) -> Result<Store> {
-        Self::init_inner(root.as_ref(), options)
+        Self::init_inner(root.as_ref(), &options)
     }
 
     fn open_inner(root: &Path, over: Option<Options>) -> Result<Store> {
@@ -382,15 +383,6 @@ fn publish_small_file(tmp: &Path, dst: &Path, bytes: &[u8], caps: &Caps) -> Resu
     fs::set_mode(f.as_file(), 0o444).map_err(Error::at("set permissions of", f.path()))?;
     let r = fs::publish_noreplace(f.path(), dst, caps).map_err(Error::at("publish", dst))?;
     Ok(r == Published::Created)
-}
-
-/// Opens a file if it exists.
-pub(crate) fn open_if_exists(path: &Path) -> Result<Option<File>> {
-    match fs::open_read(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("open", path, e)),
-    }
 }
 
 #[cfg(test)]

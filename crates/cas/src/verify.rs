@@ -118,7 +118,7 @@ impl Store {
                             .push(c);
                     }
                     let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if (d % 256 == 0 || d == total)
+                    if (d.is_multiple_of(256) || d == total)
                         && !progress(Progress {
                             phase: "verify",
                             done: d,

@@ -82,6 +82,11 @@ impl Writer {
         self.hasher.finalize()
     }
 
+    /// Gives up the staging file (after [`Writer::finish`]) as a path that is removed on drop.
+    pub(crate) fn into_staging(self) -> tempfile::TempPath {
+        self.staging.into_temp_path()
+    }
+
     /// The staging file's path (for diagnostics; it moves on commit).
     pub fn staging_path(&self) -> &Path {
         self.staging.path()
@@ -341,7 +346,22 @@ impl Store {
             fs::sync_data(staging.as_file()).map_err(Error::at("fsync", &spath))?;
         }
         fs::set_mode(staging.as_file(), 0o444).map_err(Error::at("set permissions of", &spath))?;
-        let temp_path = staging.into_temp_path();
+        let r = self.publish_path(staging.into_temp_path(), hash)?;
+        if r == Published::Created && durability == Durability::Full {
+            let dst = layout::object_path(&self.inner.root, hash);
+            let dir = dst.parent().unwrap_or(&dst);
+            fs::fsync_dir(dir).map_err(Error::at("fsync directory", dir))?;
+        }
+        Ok(r)
+    }
+
+    /// Publishes a complete, read-only, synced-as-required staging file under `hash`, never
+    /// replacing an existing object; creates the fan-out directory on demand.
+    pub(crate) fn publish_path(
+        &self,
+        temp_path: tempfile::TempPath,
+        hash: &Hash,
+    ) -> Result<Published> {
         let dst = layout::object_path(&self.inner.root, hash);
         let mut attempts = 0;
         loop {
@@ -349,10 +369,6 @@ impl Store {
                 Ok(Published::Created) => {
                     // The staging name is gone (renamed or unlinked); don't remove it again.
                     let _ = temp_path.keep();
-                    if durability == Durability::Full {
-                        let dir = dst.parent().unwrap_or(&dst);
-                        fs::fsync_dir(dir).map_err(Error::at("fsync directory", dir))?;
-                    }
                     return Ok(Published::Created);
                 }
                 Ok(Published::Existed) => {

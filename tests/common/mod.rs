@@ -1,0 +1,308 @@
+//! Shared helpers of the end-to-end tests: locating the real `cas` binary, a store fixture,
+//! running commands, listing files, deterministic test data, bounded polling.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `cas` binary under test: `$CAS_BIN` if set, else `target/<profile>/cas` next to the
+/// `deps/` directory holding this test executable.
+pub fn cas_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAS_BIN").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "CAS_BIN={} is not a file", p.display());
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/core-xxxx -> target/<profile>/cas
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is not in target/<profile>/deps");
+    let bin = profile_dir.join(format!("cas{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "the cas binary is missing at {}: the cas binary is built by `cargo test --workspace` \
+         because crates/cas-cli has an integration test (or run `cargo build -p cas-cli` first); \
+         or set CAS_BIN",
+        bin.display()
+    );
+    warn_if_stale(&bin);
+    bin
+}
+
+/// `cargo test -p cas-suite` alone does not rebuild the binary: say so (once) when a source
+/// file of the library or the CLI is newer than it.
+fn warn_if_stale(bin: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else {
+            return;
+        };
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let newer: Vec<PathBuf> = ["crates/cas/src", "crates/cas-cli/src"]
+            .iter()
+            .flat_map(|d| files_under(&root.join(d)))
+            .filter(|p| {
+                fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t > built)
+            })
+            .collect();
+        if !newer.is_empty() {
+            eprintln!(
+                "warning: {} is older than {newer:?}: testing a stale binary; run \
+                 `cargo build -p cas-cli` or `cargo test --workspace`",
+                bin.display()
+            );
+        }
+    });
+}
+
+/// A store in a fresh temporary directory, plus a scratch directory beside it for inputs and
+/// outputs. The store is created (`cas init`) by [`Store::new`].
+pub struct Store {
+    dir: tempfile::TempDir,
+    /// The store root.
+    pub root: PathBuf,
+    /// A directory outside the store for test inputs and outputs.
+    pub scratch: PathBuf,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        let s = Store::uninit();
+        run_ok(cas(&s).arg("init"));
+        assert!(
+            s.root.join("FORMAT").is_file(),
+            "cas init made no FORMAT file"
+        );
+        s
+    }
+
+    /// The fixture without running `cas init`: the store directory does not exist yet.
+    pub fn uninit() -> Store {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let root = dir.path().join("store");
+        let scratch = dir.path().join("scratch");
+        fs::create_dir(&scratch).unwrap();
+        Store { dir, root, scratch }
+    }
+
+    /// The temporary directory holding the store and the scratch directory.
+    pub fn base(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn objects(&self) -> PathBuf {
+        self.root.join("objects")
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn quarantine(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    /// `objects/ab/cdef…` for a hex hash.
+    pub fn object_path(&self, hex: &str) -> PathBuf {
+        assert_eq!(hex.len(), 64, "not a hash: {hex:?}");
+        self.objects().join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Writes `bytes` to `scratch/name` and returns the path.
+    pub fn input(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.scratch.join(name);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// The hex hashes of all object files under `objects/` (from their paths), sorted.
+    pub fn object_hashes(&self) -> Vec<String> {
+        let objects = self.objects();
+        let mut v: Vec<String> = files_under(&objects)
+            .iter()
+            .map(|p| {
+                let rel = p.strip_prefix(&objects).unwrap();
+                let parts: Vec<_> = rel.iter().map(|c| c.to_string_lossy()).collect();
+                assert_eq!(
+                    parts.len(),
+                    2,
+                    "unexpected file under objects/: {}",
+                    p.display()
+                );
+                format!("{}{}", parts[0], parts[1])
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Asserts that every file under `objects/` is at the path its own BLAKE3 names and is
+    /// read-only.
+    pub fn assert_objects_verify(&self) {
+        for h in self.object_hashes() {
+            let p = self.object_path(&h);
+            let bytes = fs::read(&p).unwrap();
+            assert_eq!(
+                blake3_hex(&bytes),
+                h,
+                "object file {} does not hold the bytes its name says",
+                p.display()
+            );
+            let mode = fs::symlink_metadata(&p).unwrap().permissions().mode();
+            assert_eq!(
+                mode & 0o222,
+                0,
+                "object {} is writable: mode {mode:o}",
+                p.display()
+            );
+        }
+    }
+
+    pub fn assert_tmp_empty(&self) {
+        let left = files_under(&self.tmp());
+        assert!(left.is_empty(), "staging files left in tmp/: {left:?}");
+    }
+}
+
+/// A `cas` command on `store`: `--store` given explicitly and `CAS_STORE` removed, stdin null.
+pub fn cas(store: &Store) -> Command {
+    let mut c = Command::new(cas_bin());
+    c.arg("--store")
+        .arg(&store.root)
+        .env_remove("CAS_STORE")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `cmd` to completion and returns its output (stdout and stderr captured).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"))
+}
+
+/// Runs `cmd`, asserts it exits 0, and returns its stdout as text.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstderr: {}\nstdout: {}",
+        out.status,
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("stdout is not UTF-8")
+}
+
+/// Runs `cmd` with `input` fed to its stdin through a pipe (from another thread, so a child
+/// writing lots of output cannot deadlock with us).
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // The child may legitimately exit early (an error): a broken pipe is not ours.
+            let _ = stdin.write_all(input);
+        });
+        child.wait_with_output().expect("wait for cas")
+    })
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// All non-directory entries under `dir`, recursively, sorted. A missing `dir` is empty.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let rd = match fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("cannot list {}: {e}", d.display()),
+        };
+        for ent in rd {
+            let ent = ent.unwrap();
+            if ent.file_type().unwrap().is_dir() {
+                stack.push(ent.path());
+            } else {
+                out.push(ent.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Lowercase hex BLAKE3 of `bytes`, computed independently of the store.
+pub fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// `len` deterministic pseudo-random bytes; different seeds give different contents.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Polls `cond` until it holds; panics naming `what` after 30 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 30 s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The staging files in `tmp` that belong to process `pid` (named `HOST.PID.RANDOM`), with
+/// their sizes.
+pub fn staging_files_of(tmp: &Path, pid: u32) -> Vec<(PathBuf, u64)> {
+    files_under(tmp)
+        .into_iter()
+        .filter(|p| staging_pid(p) == Some(pid))
+        .filter_map(|p| fs::metadata(&p).ok().map(|m| (p, m.len())))
+        .collect()
+}
+
+/// The pid field of a staging file name `HOST.PID.RANDOM` (hosts may contain dots).
+pub fn staging_pid(path: &Path) -> Option<u32> {
+    let name = path.file_name()?.to_str()?;
+    let (rest, _random) = name.rsplit_once('.')?;
+    let (_host, pid) = rest.rsplit_once('.')?;
+    pid.parse().ok()
+}
+
+/// Panics if `child` has already exited (it was expected to be still running).
+pub fn assert_running(child: &mut Child, what: &str) {
+    if let Some(status) = child.try_wait().unwrap() {
+        panic!("{what}: cas exited early with {status}");
+    }
+}
