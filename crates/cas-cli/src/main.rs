@@ -295,17 +295,22 @@ fn apply_overrides(store: Store, g: &Global) -> Result<Store> {
     if g.durability.is_none() && g.lock_timeout.is_none() && g.stale_age.is_none() {
         return Ok(store);
     }
-    let mut o = store.options().clone();
-    if let Some(t) = g.stale_age {
-        o = o.stale_age(t);
-    }
+    let o = with_globals(store.options().clone(), g);
+    Ok(Store::open_with(store.root(), o)?)
+}
+
+/// The global --durability, --lock-timeout and --stale-age applied to `o`.
+fn with_globals(mut o: Options, g: &Global) -> Options {
     if let Some(d) = g.durability {
         o = o.durability(d);
     }
     if let Some(t) = g.lock_timeout {
         o = o.lock_timeout(t);
     }
-    Ok(Store::open_with(store.root(), o)?)
+    if let Some(t) = g.stale_age {
+        o = o.stale_age(t);
+    }
+    o
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -392,16 +397,10 @@ fn cmd_init(
         Some(d) => d,
         None => store_dir(g)?,
     };
-    let mut o = Options::default().shared_group(shared).max_size(max_size);
-    if let Some(d) = g.durability {
-        o = o.durability(d);
-    }
-    if let Some(t) = g.lock_timeout {
-        o = o.lock_timeout(t);
-    }
-    if let Some(t) = g.stale_age {
-        o = o.stale_age(t);
-    }
+    let o = with_globals(
+        Options::default().shared_group(shared).max_size(max_size),
+        g,
+    );
     let existed = Store::open(&dir).is_ok();
     let store = Store::init(&dir, o)?;
     if existed {

@@ -157,6 +157,19 @@ impl Options {
     }
 }
 
+/// Splits `"123unit"` into the number and the unit text.
+fn split_number<'a>(s: &'a str, what: &str) -> std::result::Result<(u64, &'a str), String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!("{s:?} is not {what}"));
+    }
+    let n = num
+        .parse()
+        .map_err(|_| format!("{s:?}: number too large"))?;
+    Ok((n, unit))
+}
+
 /// Parses a size: a number with an optional unit `B`, `K`/`KB`/`KiB`, `M…`, `G…`, `T…`
 /// (binary multiples: `1K` = 1024 bytes).
 ///
@@ -171,16 +184,7 @@ impl Options {
 /// A message saying what is wrong with the text.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "{s:?} is not a size (expected e.g. 512M, 10G, 1048576)"
-        ));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: number too large"))?;
+    let (n, unit) = split_number(s, "a size (expected e.g. 512M, 10G, 1048576)")?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -207,16 +211,7 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 /// A message saying what is wrong with the text.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "{s:?} is not a duration (expected e.g. 0s, 30s, 10m, 1h, 7d)"
-        ));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: number too large"))?;
+    let (n, unit) = split_number(s, "a duration (expected e.g. 0s, 30s, 10m, 1h, 7d)")?;
     let ms_per = match unit.trim() {
         "ms" => 1,
         "" | "s" => 1000,

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fs;
 use crate::layout;
 use crate::lock::read_lock;
@@ -122,12 +122,12 @@ impl Store {
                 let Ok((holder, age)) = read_lock(ent.path()) else {
                     continue;
                 };
-                if self.lock_is_stale(holder.as_ref(), age) {
-                    let who = holder.map_or_else(
+                if self.is_stale(holder.as_ref(), age) {
+                    let who = holder.as_ref().map_or_else(
                         || "an incomplete lock".to_owned(),
                         |h| format!("held by host {} pid {}", h.host, h.pid),
                     );
-                    if fix && self.break_stale(ent.path()).is_ok() {
+                    if fix && self.break_lock(ent.path(), holder.as_ref()).is_ok() {
                         fixed.push(format!("broke expired lock {}", ent.path().display()));
                     }
                     expired_locks.push(Problem {
@@ -256,29 +256,6 @@ impl Store {
             detail,
         });
         Ok(probes)
-    }
-
-    fn lock_is_stale(
-        &self,
-        holder: Option<&crate::lock::Holder>,
-        age: std::time::Duration,
-    ) -> bool {
-        if let Some(h) = holder {
-            if h.host == self.inner.host && !fs::pid_alive(h.pid) {
-                return true;
-            }
-        }
-        age > self.inner.options.lock_timeout
-    }
-
-    fn break_stale(&self, path: &Path) -> Result<()> {
-        let aside = self.path(layout::LOCKS).join(format!(
-            "broken.{}.{}.doctor",
-            self.inner.host, self.inner.pid
-        ));
-        std::fs::rename(path, &aside).map_err(Error::at("break lock", path))?;
-        fs::remove_quietly(&aside);
-        Ok(())
     }
 
     /// Directories must be writable by us (and, shared, setgid + group-writable); objects and

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
@@ -37,41 +38,16 @@ pub struct Entry {
     pub metadata: Vec<u8>,
 }
 
-fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_ENTRY>()
-}
-
 impl Entry {
     /// Encodes the entry: magic, version (u32 LE), then serde + bincode (standard config).
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = ENTRY_MAGIC.to_vec();
-        out.extend_from_slice(&ENTRY_VERSION.to_le_bytes());
-        // Encoding plain data into a Vec cannot fail (sizes are checked on input).
-        out.extend(bincode::serde::encode_to_vec(self, bincode_config()).unwrap_or_default());
-        out
+        codec::encode::<_, MAX_ENTRY>(*ENTRY_MAGIC, ENTRY_VERSION, self)
     }
 
     /// Decodes an entry file; the error says what is wrong (foreign magic, newer version,
     /// damaged body). Never panics, whatever the bytes.
     pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Entry, String> {
-        let Some(rest) = bytes.strip_prefix(ENTRY_MAGIC.as_slice()) else {
-            return Err("not a cas cache entry (bad magic)".into());
-        };
-        let Some((ver, body)) = rest.split_first_chunk::<4>() else {
-            return Err("truncated header".into());
-        };
-        let ver = u32::from_le_bytes(*ver);
-        if ver != ENTRY_VERSION {
-            return Err(format!(
-                "entry format version {ver} is not supported (this cas reads version {ENTRY_VERSION})"
-            ));
-        }
-        let (e, used): (Entry, usize) = bincode::serde::decode_from_slice(body, bincode_config())
-            .map_err(|e| format!("damaged entry: {e}"))?;
-        if used != body.len() {
-            return Err("trailing bytes after the entry".into());
-        }
-        Ok(e)
+        codec::decode::<_, MAX_ENTRY>(bytes, *ENTRY_MAGIC, ENTRY_VERSION, "cache entry")
     }
 }
 

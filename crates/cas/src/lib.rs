@@ -33,6 +33,7 @@
 //!   (`b3sum objects/ab/cd…` prints the object's own name).
 
 mod batch;
+mod codec;
 mod config;
 mod doctor;
 mod error;

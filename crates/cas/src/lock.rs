@@ -176,7 +176,7 @@ impl Store {
 
     /// A lock is stale when its holder is on this host and dead, or when it has not been
     /// refreshed for longer than the lease timeout.
-    fn is_stale(&self, holder: Option<&Holder>, age: Duration) -> bool {
+    pub(crate) fn is_stale(&self, holder: Option<&Holder>, age: Duration) -> bool {
         if let Some(h) = holder {
             if h.host == self.inner.host && !fs::pid_alive(h.pid) {
                 return true;
@@ -187,7 +187,7 @@ impl Store {
 
     /// Breaks a stale lock: rename it aside first, so of two breakers only one wins, then check
     /// that what we moved is the lock we judged (not a fresh one taken meanwhile).
-    fn break_lock(&self, path: &Path, judged: Option<&Holder>) -> Result<()> {
+    pub(crate) fn break_lock(&self, path: &Path, judged: Option<&Holder>) -> Result<()> {
         let aside_dir = self.path(layout::LOCKS);
         self.ensure_dir(&aside_dir)?;
         let aside = aside_dir.join(format!(

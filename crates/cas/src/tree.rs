@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
@@ -59,9 +60,8 @@ pub struct Tree {
     pub entries: Vec<TreeEntry>,
 }
 
-fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ 256 << 20 }>()
-}
+/// Largest tree object decoded.
+const MAX_TREE: usize = 256 << 20;
 
 fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
     if name.is_empty() {
@@ -84,10 +84,7 @@ impl Tree {
     pub fn encode(&self) -> Vec<u8> {
         let mut entries = self.entries.clone();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut out = TREE_MAGIC.to_vec();
-        out.extend_from_slice(&TREE_VERSION.to_le_bytes());
-        out.extend(bincode::serde::encode_to_vec(&entries, bincode_config()).unwrap_or_default());
-        out
+        codec::encode::<_, MAX_TREE>(*TREE_MAGIC, TREE_VERSION, &entries)
     }
 
     /// True if `bytes` start like a tree object.
@@ -101,24 +98,8 @@ impl Tree {
     /// # Errors
     /// A message saying what is wrong.
     pub fn decode(bytes: &[u8]) -> std::result::Result<Tree, String> {
-        let Some(rest) = bytes.strip_prefix(TREE_MAGIC.as_slice()) else {
-            return Err("not a tree object".into());
-        };
-        let Some((ver, body)) = rest.split_first_chunk::<4>() else {
-            return Err("truncated tree header".into());
-        };
-        let ver = u32::from_le_bytes(*ver);
-        if ver != TREE_VERSION {
-            return Err(format!(
-                "tree format version {ver} is not supported (this cas reads version {TREE_VERSION})"
-            ));
-        }
-        let (entries, used): (Vec<TreeEntry>, usize) =
-            bincode::serde::decode_from_slice(body, bincode_config())
-                .map_err(|e| format!("damaged tree: {e}"))?;
-        if used != body.len() {
-            return Err("trailing bytes after the tree".into());
-        }
+        let entries: Vec<TreeEntry> =
+            codec::decode::<_, MAX_TREE>(bytes, *TREE_MAGIC, TREE_VERSION, "tree object")?;
         for (i, e) in entries.iter().enumerate() {
             check_name(&e.name)
                 .map_err(|r| format!("{r}: {:?}", String::from_utf8_lossy(&e.name)))?;
