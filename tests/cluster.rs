@@ -1,7 +1,7 @@
 //! Shared cluster stores on real distributed filesystems (issue 6).
 //!
 //! Each test starts a real distributed filesystem under FUSE with `tests/cluster/setup.sh` —
-//! MooseFS (the gate) or GlusterFS with client caches off (the hostile case) — mounted at two
+//! `MooseFS` (the gate) or `GlusterFS` with client caches off (the hostile case) — mounted at two
 //! mount points standing for two cluster hosts, runs `cas` processes on both mounts at once, and
 //! tears everything down (also when an assertion fails). Writers "on host A" run in their own
 //! UTS namespace with another hostname, so their staging files look like another host's.
@@ -418,8 +418,8 @@ fn gc_beside_writers(c: &Cluster, scratch: &Path) {
     ok(cas_b(&sb).arg("verify"));
 }
 
-/// 5. A writer on host A is SIGKILLed: gc from host B keeps its staging file until the stale
-/// age (B cannot know whether A's process lives), then removes it.
+/// Scenario 5: a writer on host A is killed with `SIGKILL`; gc from host B keeps its staging
+/// file until the stale age (B cannot know whether A's process lives), then removes it.
 fn killed_writer_cleaned_from_other_host(c: &Cluster) {
     let (sa, sb) = c.store("killed");
     let mut child = cas_a(&sa)
@@ -468,7 +468,7 @@ fn killed_writer_cleaned_from_other_host(c: &Cluster) {
         .output()
         .unwrap();
     // Age it past the stale age without sleeping: set its mtime two hours back.
-    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_hours(2);
     let f = std::fs::File::options()
         .write(true)
         .open(&staging[0])
