@@ -116,31 +116,34 @@ impl Store {
             nonce: nonce(),
             pin,
         };
-        let content = me.render();
+        // The lock appears with its whole content or not at all: it is written to a staging
+        // file first and published under the lock name without replacing. A holder killed
+        // between an O_EXCL create and its write would otherwise leave an empty lock that
+        // nobody can attribute, blocking everyone for a whole lease.
+        let staged = self.stage_lock(&me.render())?;
         let mut backoff = Duration::from_micros(200);
         let mut spurious = 0;
         loop {
-            match fs::create_excl(path, self.file_mode()) {
-                Ok(mut f) => {
-                    let w = self
-                        .fix_shared_mode(&f)
-                        .and_then(|()| f.write_all(content.as_bytes()));
-                    if let Err(e) = w {
-                        fs::remove_quietly(path);
-                        return Err(Error::io("write lock", path, e));
-                    }
+            match fs::publish_noreplace(&staged, path, &self.inner.caps) {
+                Ok(fs::Published::Created) => {
+                    // The staging name is gone (renamed or linked then unlinked).
+                    let _ = staged.keep();
                     return Ok(Lock {
                         path: path.to_owned(),
                         nonce: me.nonce,
                         released: false,
                     });
                 }
+                Ok(fs::Published::Existed) => {}
                 Err(e) if fs::is_not_found(&e) => {
                     let parent = path.parent().unwrap_or(path);
                     self.ensure_dir(parent)?;
+                    spurious += 1;
+                    if spurious > 1000 {
+                        return Err(Error::io("create lock", path, e));
+                    }
                     continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(Error::io("create lock", path, e)),
             }
             // Someone has it (or a network filesystem said EEXIST for a name that isn't there).
@@ -172,6 +175,17 @@ impl Store {
             std::thread::sleep(backoff + Duration::from_micros(jitter));
             backoff = (backoff * 2).min(Duration::from_millis(20));
         }
+    }
+
+    /// Writes a lock's content to a staging file in `tmp/`, with the lock file's mode.
+    fn stage_lock(&self, content: &str) -> Result<tempfile::TempPath> {
+        let mut f = self.staging_file()?;
+        let w = fs::set_mode(f.as_file(), self.file_mode())
+            .and_then(|()| f.write_all(content.as_bytes()));
+        if let Err(e) = w {
+            return Err(Error::io("write lock", f.path(), e));
+        }
+        Ok(f.into_temp_path())
     }
 
     /// A lock is stale when its holder is on this host and dead, or when it has not been
