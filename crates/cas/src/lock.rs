@@ -1,6 +1,7 @@
-//! Lock files that work across hosts: created with `O_CREAT|O_EXCL` (never flock/fcntl, which
-//! are unreliable across cluster nodes), holding "host pid start nonce [pin]", broken safely
-//! when their holder is dead or has stopped refreshing them (a lease).
+//! Lock files that work across hosts: created exclusively, content and all, by publishing a
+//! staged file without replacing (never flock/fcntl, which are unreliable across cluster
+//! nodes), holding "host pid start nonce [pin]", broken safely when their holder is dead or
+//! has stopped refreshing them (a lease).
 //!
 //! A lock's optional *pin* is the hash its holder is about to make reachable (the new value of
 //! a ref or cache entry). gc reads pins as roots, so an object is never collected between the
