@@ -80,7 +80,7 @@ fn set_mtime(path: &Path, t: SystemTime) {
         .unwrap();
 }
 
-/// 1. Many processes increment one counter through compare-and-swap with retry: the final value
+/// Issue test 1: Many processes increment one counter through compare-and-swap with retry: the final value
 /// equals the number of successful swaps and the reflog is one unbroken chain.
 #[test]
 fn compare_and_swap_counter_loses_no_update() {
@@ -148,7 +148,7 @@ fn compare_and_swap_counter_loses_no_update() {
     );
 }
 
-/// 2. A `cas ref set` killed with SIGKILL while it holds the ref's lock: the next update on
+/// Issue test 2: A `cas ref set` killed with SIGKILL while it holds the ref's lock: the next update on
 /// this host breaks the dead holder's lock at once and the ref stays intact.
 #[test]
 fn lock_of_a_killed_holder_is_broken() {
@@ -220,7 +220,7 @@ fn lock_of_a_killed_holder_is_broken() {
     run_ok(cas(&s).arg("verify"));
 }
 
-/// 2b. Leases: a lock of another host is broken once it is older than the lease timeout; a
+/// Issue test 2b: Leases: a lock of another host is broken once it is older than the lease timeout; a
 /// fresh one makes the update wait and then fail with a clear error.
 #[test]
 fn leases_expire_and_live_locks_time_out() {
@@ -247,7 +247,7 @@ fn leases_expire_and_live_locks_time_out() {
     // in the future stands for a holder that refreshes): the update gives up, naming the lock.
     let me = std::process::id();
     fs::write(&lock, format!("{host} {me} 1700000000000 abcdef\n")).unwrap();
-    set_mtime(&lock, SystemTime::now() + Duration::from_secs(3600));
+    set_mtime(&lock, SystemTime::now() + Duration::from_hours(1));
     let out = run(cas(&s).args(["--lock-timeout", "1s", "ref", "set", "r", &b]));
     assert_fails_with(
         &out,
@@ -263,7 +263,7 @@ fn leases_expire_and_live_locks_time_out() {
     assert_eq!(ref_get(&s, "r"), b);
 }
 
-/// 4. Readers of a ref that writers update in a loop always see a complete, valid value: the
+/// Issue test 4: Readers of a ref that writers update in a loop always see a complete, valid value: the
 /// file is never missing, never empty, never a mix.
 #[test]
 fn readers_never_see_a_torn_or_missing_ref() {
@@ -423,7 +423,7 @@ fn entry_file(s: &Store, key: &str) -> PathBuf {
     s.root.join("index").join(&kh[..2]).join(&kh[2..])
 }
 
-/// 5. Keyed round trip with metadata, replacing a value, removing it.
+/// Issue test 5: Keyed round trip with metadata, replacing a value, removing it.
 #[test]
 fn keyed_entries_round_trip_replace_and_remove() {
     let s = Store::new();

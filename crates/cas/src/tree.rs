@@ -245,7 +245,8 @@ impl Store {
         Tree::decode(&obj).map_err(|reason| Error::Malformed {
             what: "tree object",
             path: self.object_path(hash),
-            reason,
+            // The path splits the hash at the fan-out; name it whole, as the user typed it.
+            reason: format!("{reason} (object {hash})"),
         })
     }
 

@@ -1,0 +1,626 @@
+//! End-to-end tests of trees, gc, eviction and verify through the real `cas` binary (issue 4):
+//! round trips and malicious trees, what gc keeps and removes, gc racing writers, cleaning up
+//! after killed writers, LRU eviction to a size budget, quarantine of corrupt objects.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use cas::{EntryKind, Hash, Tree, TreeEntry};
+use common::{
+    blake3_hex, cas, data, files_under, run, run_ok, run_with_stdin, staging_files_of, text,
+    wait_until, Store,
+};
+
+fn put(s: &Store, bytes: &[u8]) -> String {
+    let out = run_with_stdin(cas(s).args(["put", "-"]), bytes);
+    assert!(out.status.success(), "put failed: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+/// Runs a command that prints binary data; asserts success and returns the bytes.
+fn bytes_ok(cmd: &mut std::process::Command) -> Vec<u8> {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    out.stdout
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn gc(s: &Store, args: &[&str]) -> serde_json::Value {
+    json(&run_ok(cas(s).arg("gc").args(args).arg("--json")))
+}
+
+fn assert_clean_failure(out: &Output, what: &str) -> String {
+    let err = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: expected exit 1, got {} (stderr: {err})",
+        out.status
+    );
+    assert!(
+        !err.contains("panicked") && !err.trim().is_empty(),
+        "{what}: {err}"
+    );
+    err
+}
+
+/// Sets a file's mtime (an object's LRU age); objects are read-only, which `futimens` on a
+/// read-only descriptor does not mind for the owner.
+fn set_mtime(path: &Path, t: SystemTime) {
+    fs::File::open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        .set_modified(t)
+        .unwrap();
+}
+
+fn ago(secs: u64) -> SystemTime {
+    SystemTime::now() - Duration::from_secs(secs)
+}
+
+/// The hashes (file names) of everything under `trash/`.
+fn trashed(s: &Store) -> Vec<String> {
+    files_under(&s.root.join("trash"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// What a directory holds, for comparing a restore with its source: relative path → kind,
+/// bytes or link target, executable bit.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_owned();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let desc = if m.file_type().is_symlink() {
+                format!("link -> {}", fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_owned()
+            } else {
+                format!(
+                    "file exec={} {}",
+                    m.permissions().mode() & 0o111 != 0,
+                    blake3_hex(&fs::read(&p).unwrap())
+                )
+            };
+            out.insert(rel, desc);
+        }
+    }
+    out
+}
+
+/// Issue test 1: Tree round trip: nested dirs, an empty dir, an executable, a symlink, duplicate files.
+#[test]
+fn tree_round_trip_is_exact_and_deterministic() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    let dup = data(5000, 7);
+    let files: [(&str, Vec<u8>); 5] = [
+        ("a/b/c/deep.txt", b"deep".to_vec()),
+        ("a/dup2", dup.clone()),
+        ("dup1", dup.clone()),
+        ("run.sh", b"#!/bin/sh\necho hi\n".to_vec()),
+        ("big.bin", data(3 << 20, 8)),
+    ];
+    for (name, bytes) in &files {
+        let p = src.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+    }
+    fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(src.join("empty")).unwrap();
+    std::os::unix::fs::symlink("a/b/c/deep.txt", src.join("link")).unwrap();
+
+    let tree = run_ok(cas(&s).args(["put", "-r", src.to_str().unwrap()]))
+        .trim()
+        .to_owned();
+    assert_eq!(tree.len(), 64, "put -r printed {tree:?}");
+    // Same directory, same hash; a copy elsewhere (other inodes, mtimes) too.
+    let again = run_ok(cas(&s).args(["put", "-r", src.to_str().unwrap()]));
+    assert_eq!(again.trim(), tree);
+    let copy = s.scratch.join("copy");
+    let status = std::process::Command::new("cp")
+        .args(["-a", src.to_str().unwrap(), copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let other = run_ok(cas(&s).args(["put", "-r", copy.to_str().unwrap()]));
+    assert_eq!(other.trim(), tree, "tree hash depends on more than content");
+
+    // Identical files are stored once: 4 distinct file contents + 5 distinct trees (root, a,
+    // a/b, a/b/c, empty).
+    let objects = s.object_hashes();
+    assert_eq!(objects.len(), 4 + 5, "objects: {objects:?}");
+    assert!(objects.contains(&blake3_hex(&dup)));
+    s.assert_objects_verify();
+    s.assert_tmp_empty();
+
+    let dest = s.scratch.join("restored");
+    run_ok(cas(&s).args(["get", "-r", &tree, "-o", dest.to_str().unwrap()]));
+    assert_eq!(
+        snapshot(&dest),
+        snapshot(&src),
+        "restore differs from source"
+    );
+    assert!(dest.join("empty").is_dir());
+    assert_eq!(
+        fs::read_link(dest.join("link")).unwrap(),
+        Path::new("a/b/c/deep.txt")
+    );
+
+    // A restore never replaces an existing destination, and a non-tree is refused.
+    let out = run(cas(&s).args(["get", "-r", &tree, "-o", dest.to_str().unwrap()]));
+    assert_clean_failure(&out, "restore over an existing directory");
+    assert_eq!(snapshot(&dest), snapshot(&src));
+    let blob = blake3_hex(b"deep");
+    let not_tree = s.scratch.join("not-a-tree");
+    let out = run(cas(&s).args(["get", "-r", &blob, "-o", not_tree.to_str().unwrap()]));
+    let err = assert_clean_failure(&out, "get -r of a blob");
+    assert!(err.contains(&blob), "error does not name the object: {err}");
+    assert!(!not_tree.exists());
+}
+
+fn hash(hex: &str) -> Hash {
+    hex.parse().unwrap()
+}
+
+fn file_entry(name: &[u8], hex: &str, size: u64) -> TreeEntry {
+    TreeEntry {
+        name: name.to_vec(),
+        kind: EntryKind::File {
+            executable: false,
+            size,
+            hash: hash(hex),
+        },
+    }
+}
+
+fn link_entry(name: &[u8], target: &[u8]) -> TreeEntry {
+    TreeEntry {
+        name: name.to_vec(),
+        kind: EntryKind::Symlink {
+            target: target.to_vec(),
+        },
+    }
+}
+
+fn dir_entry(name: &[u8], hex: &str) -> TreeEntry {
+    TreeEntry {
+        name: name.to_vec(),
+        kind: EntryKind::Dir { hash: hash(hex) },
+    }
+}
+
+fn put_tree(s: &Store, entries: Vec<TreeEntry>) -> String {
+    put(s, &Tree { entries }.encode())
+}
+
+/// Issue test 1b: Crafted tree objects cannot make a restore write outside its destination: every one is
+/// refused with a clear error, leaving no destination, no temporary directory, no stray file.
+#[test]
+fn malicious_trees_cannot_escape_the_destination() {
+    let s = Store::new();
+    let payload = put(&s, b"pwned");
+    let good = file_entry(b"fine.txt", &payload, 5);
+    let inner = put_tree(&s, vec![file_entry(b"pwned", &payload, 5)]);
+    let escaping_inner = put_tree(&s, vec![link_entry(b"up", b"../../outside")]);
+    let deep_ok_then_escape = put_tree(&s, vec![link_entry(b"up", b"../x/../../outside")]);
+
+    let cases: Vec<(&str, Vec<TreeEntry>)> = vec![
+        ("dot-dot dir", vec![good.clone(), dir_entry(b"..", &inner)]),
+        ("dot dir", vec![dir_entry(b".", &inner)]),
+        ("separator", vec![file_entry(b"../pwned", &payload, 5)]),
+        ("absolute", vec![file_entry(b"/tmp/pwned", &payload, 5)]),
+        ("nul", vec![file_entry(b"a\0b", &payload, 5)]),
+        ("empty name", vec![file_entry(b"", &payload, 5)]),
+        (
+            "symlink up",
+            vec![good.clone(), link_entry(b"l", b"../outside")],
+        ),
+        ("symlink absolute", vec![link_entry(b"l", b"/etc/passwd")]),
+        ("symlink in subdir", vec![dir_entry(b"d", &escaping_inner)]),
+        (
+            "symlink dotdot games",
+            vec![dir_entry(b"d", &deep_ok_then_escape)],
+        ),
+        (
+            // A symlink and a directory of the same name: a restore that followed the link
+            // would write through it.
+            "duplicate names",
+            vec![link_entry(b"x", b"/tmp"), dir_entry(b"x", &inner)],
+        ),
+    ];
+    let base = s.scratch.join("restores");
+    fs::create_dir(&base).unwrap();
+    for (what, entries) in cases {
+        let t = put_tree(&s, entries);
+        let dest = base.join("dest");
+        let out = run(cas(&s).args(["get", "-r", &t, "-o", dest.to_str().unwrap()]));
+        assert_clean_failure(&out, what);
+        assert!(!dest.exists(), "{what}: a partial destination was left");
+        let left: Vec<_> = fs::read_dir(&base).unwrap().collect();
+        assert!(left.is_empty(), "{what}: left behind {left:?}");
+    }
+    // Nothing named like the payloads appeared anywhere around the store.
+    for p in files_under(s.base()) {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name != "pwned" && name != "outside",
+            "a restore wrote {}",
+            p.display()
+        );
+    }
+    // A benign symlink pointing inside, at depth, is restored.
+    let ok_inner = put_tree(&s, vec![link_entry(b"sibling", b"../fine.txt")]);
+    let ok = put_tree(&s, vec![good, dir_entry(b"d", &ok_inner)]);
+    let dest = base.join("ok");
+    run_ok(cas(&s).args(["get", "-r", &ok, "-o", dest.to_str().unwrap()]));
+    assert_eq!(fs::read(dest.join("d/sibling")).unwrap(), b"pwned");
+}
+
+/// Issue test 2: gc keeps what refs, cache entries and trees reach, and young objects; with a grace of 0
+/// it trashes, then deletes, the rest. A dry run changes nothing; a ref set to a trashed object
+/// brings it back.
+#[test]
+fn gc_keeps_reachable_and_young_objects() {
+    let s = Store::new();
+    let reffed = put(&s, b"reffed");
+    run_ok(cas(&s).args(["ref", "set", "keep", &reffed]));
+    let out = run_with_stdin(cas(&s).args(["key", "put", "k", "-"]), b"keyed");
+    assert!(out.status.success());
+    assert!(s.object_path(&blake3_hex(b"keyed")).is_file());
+    let dir = s.scratch.join("d");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/in-tree"), b"in tree").unwrap();
+    let tree = run_ok(cas(&s).args(["put", "-r", dir.to_str().unwrap()]))
+        .trim()
+        .to_owned();
+    run_ok(cas(&s).args(["ref", "set", "trees/t", &tree]));
+    let in_tree = blake3_hex(b"in tree");
+    let old = put(&s, b"old garbage");
+    let old2 = put(&s, b"old garbage 2");
+    let young = put(&s, b"young garbage");
+    let reachable: Vec<String> = s
+        .object_hashes()
+        .into_iter()
+        .filter(|h| *h != old && *h != old2 && *h != young)
+        .collect();
+    assert_eq!(reachable.len(), 5, "reffed, keyed, tree, subtree, file");
+    assert!(reachable.contains(&in_tree));
+    // Everything but `young` is two hours old: only reachability may keep it.
+    for h in s.object_hashes() {
+        if h != young {
+            set_mtime(&s.object_path(&h), ago(7200));
+        }
+    }
+
+    let before = files_under(&s.root);
+    let r = gc(&s, &["--dry-run", "--grace", "0s"]);
+    assert_eq!(r["dry_run"], true);
+    let mut condemned: Vec<String> = r["condemned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    condemned.sort();
+    let mut expect = vec![old.clone(), old2.clone(), young.clone()];
+    expect.sort();
+    assert_eq!(condemned, expect);
+    assert_eq!(files_under(&s.root), before, "a dry run changed the store");
+
+    // Default grace (1 h): the old garbage goes to trash, the young stays.
+    let r = gc(&s, &[]);
+    assert_eq!(r["trashed"], 2);
+    assert_eq!(r["kept_young"], 1);
+    assert!(!s.object_path(&old).exists() && !s.object_path(&old2).exists());
+    let mut t = trashed(&s);
+    t.sort();
+    let mut both = vec![old.clone(), old2.clone()];
+    both.sort();
+    assert_eq!(t, both);
+    for h in reachable.iter().chain([&young]) {
+        assert!(s.object_path(h).is_file(), "gc removed {h}");
+    }
+
+    // Pointing a ref at a trashed object restores it.
+    run_ok(cas(&s).args(["ref", "set", "rescued", &old2]));
+    assert!(s.object_path(&old2).is_file(), "ref set did not restore");
+    assert_eq!(trashed(&s), vec![old.clone()]);
+
+    // Grace 0: the trash of the earlier run is deleted, the young object trashed; once more
+    // and it is deleted too.
+    let r = gc(&s, &["--grace", "0s"]);
+    assert_eq!(r["deleted"], 1);
+    assert_eq!(r["trashed"], 1);
+    let r = gc(&s, &["--grace", "0s"]);
+    assert_eq!(r["deleted"], 1);
+    assert!(trashed(&s).is_empty());
+    let mut left = s.object_hashes();
+    left.sort();
+    let mut want: Vec<String> = reachable.clone();
+    want.push(old2.clone());
+    want.sort();
+    assert_eq!(left, want);
+    let out = run(cas(&s).args(["get", &old]));
+    assert_clean_failure(&out, "get of a collected object");
+    run_ok(cas(&s).arg("verify"));
+}
+
+/// Issue test 3: gc beside writers: writers put objects and set refs and keys in a loop while gc runs
+/// with `--grace 0s` in a loop; afterwards every ref points to an object that exists and
+/// verifies.
+#[test]
+fn gc_beside_writers_never_leaves_a_dangling_ref() {
+    const WRITERS: usize = 3;
+    const ROUNDS: usize = 20;
+    let s = Store::new();
+    let gc_runs = AtomicUsize::new(0);
+    let writers_done = AtomicUsize::new(0);
+    let retries = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        for w in 0..WRITERS {
+            let (s, gc_runs, done, retries) = (&s, &gc_runs, &writers_done, &retries);
+            sc.spawn(move || {
+                let mut i = 0;
+                // Keep writing until gc has run a few times during the writes.
+                while i < ROUNDS || gc_runs.load(Ordering::SeqCst) < 3 {
+                    let bytes = data(2000 + i, (w * 1000 + i) as u64);
+                    let name = format!("w{w}/{}", i % 3);
+                    loop {
+                        let h = put(s, &bytes);
+                        let out = run(cas(s).args(["ref", "set", &name, &h]));
+                        if out.status.success() {
+                            break;
+                        }
+                        // gc may collect an object between its put and the ref set (grace 0
+                        // gives no protection; docs/format.md §GC): the set must then fail
+                        // cleanly, naming the missing object, and the writer puts it again.
+                        let err = assert_clean_failure(&out, "ref set beside gc");
+                        assert!(err.contains(&h) && err.contains("not found"), "{err}");
+                        retries.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let out = run_with_stdin(
+                        cas(s).args(["key", "put", &format!("k{w}"), "-"]),
+                        &bytes[..100],
+                    );
+                    assert!(
+                        out.status.success(),
+                        "key put beside gc: {}",
+                        text(&out.stderr)
+                    );
+                    i += 1;
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        sc.spawn(|| {
+            while writers_done.load(Ordering::SeqCst) < WRITERS {
+                run_ok(cas(&s).args(["gc", "--grace", "0s"]));
+                gc_runs.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    });
+    assert!(gc_runs.load(Ordering::SeqCst) >= 3);
+    eprintln!(
+        "gc ran {} times; writers re-put {} collected objects",
+        gc_runs.load(Ordering::SeqCst),
+        retries.load(Ordering::SeqCst)
+    );
+
+    run_ok(cas(&s).args(["gc", "--grace", "0s"]));
+    run_ok(cas(&s).args(["gc", "--grace", "0s"]));
+    let refs = run_ok(cas(&s).args(["ref", "ls"]));
+    assert_eq!(refs.lines().count(), WRITERS * 3);
+    for line in refs.lines() {
+        let (name, h) = line.split_once(' ').unwrap();
+        let p = s.object_path(h);
+        let bytes =
+            fs::read(&p).unwrap_or_else(|e| panic!("ref {name} points to {h}, which is gone: {e}"));
+        assert_eq!(blake3_hex(&bytes), h, "ref {name}: object does not verify");
+    }
+    for w in 0..WRITERS {
+        bytes_ok(cas(&s).args(["key", "get", &format!("k{w}")]));
+    }
+    run_ok(cas(&s).arg("verify"));
+    s.assert_tmp_empty();
+}
+
+/// Issue test 4: After writers are killed with SIGKILL mid-stream, verify flags their staging files, gc
+/// removes them at once (same host, dead pids), and verify is clean again.
+#[test]
+fn gc_cleans_up_after_killed_writers() {
+    let s = Store::new();
+    let keep = put(&s, b"keep");
+    run_ok(cas(&s).args(["ref", "set", "keep", &keep]));
+    let mut children = Vec::new();
+    for i in 0..6 {
+        let mut child = cas(&s)
+            .args(["put", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(&data(600_000, 100 + i))
+            .unwrap();
+        let pid = child.id();
+        wait_until("the writer's staging file to hold bytes", || {
+            staging_files_of(&s.tmp(), pid).iter().any(|(_, n)| *n > 0)
+        });
+        children.push(child);
+    }
+    for c in &mut children {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    assert_eq!(s.object_hashes(), vec![keep.clone()]);
+    assert_eq!(files_under(&s.tmp()).len(), 6);
+
+    let out = run(cas(&s).args(["verify", "--json"]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify passed with dead staging"
+    );
+    let r = json(&text(&out.stdout));
+    assert_eq!(r["stale_staging"].as_array().unwrap().len(), 6);
+
+    let r = gc(&s, &[]);
+    assert_eq!(r["staging_removed"], 6);
+    s.assert_tmp_empty();
+    run_ok(cas(&s).arg("verify"));
+    assert_eq!(s.object_hashes(), vec![keep]);
+}
+
+/// Issue test 5: Eviction to a size budget removes cache entries least recently used first (a read
+/// counts as a use), and never a ref's object.
+#[test]
+fn eviction_removes_least_recently_used_entries_first() {
+    const SIZE: usize = 100_000;
+    let s = Store::new();
+    let pinned = put(&s, &data(3 * SIZE, 999));
+    run_ok(cas(&s).args(["ref", "set", "pinned", &pinned]));
+    set_mtime(&s.object_path(&pinned), ago(10 * 86_400));
+    let mut keyed = Vec::new();
+    for i in 0..10u64 {
+        let bytes = data(SIZE, i);
+        let out = run_with_stdin(cas(&s).args(["key", "put", &format!("k{i}"), "-"]), &bytes);
+        assert!(out.status.success());
+        let h = blake3_hex(&bytes);
+        // k0 is the least recently used, k9 the most.
+        let t = ago((20 - i) * 3600);
+        set_mtime(&s.object_path(&h), t);
+        let kh = blake3_hex(format!("k{i}").as_bytes());
+        set_mtime(&s.root.join("index").join(&kh[..2]).join(&kh[2..]), t);
+        keyed.push(h);
+    }
+    // Reading k2 (last used 18 h ago) makes it the most recently used.
+    bytes_ok(cas(&s).args(["key", "get", "k2"]));
+
+    // Room for the pinned object and five entries.
+    let budget = (3 * SIZE + 5 * SIZE + SIZE / 2).to_string();
+    let before = files_under(&s.root);
+    let r = gc(&s, &["--dry-run", "--max-size", &budget]);
+    assert_eq!(r["evicted_entries"], 5);
+    assert_eq!(files_under(&s.root), before, "a dry run changed the store");
+
+    let r = gc(&s, &["--max-size", &budget]);
+    assert_eq!(r["evicted_entries"], 5, "{r}");
+    let present: Vec<u64> = (0..10)
+        .filter(|i| {
+            run(cas(&s).args(["key", "get", &format!("k{i}")]))
+                .status
+                .success()
+        })
+        .collect();
+    assert_eq!(present, vec![2, 6, 7, 8, 9], "wrong entries evicted");
+    for (i, h) in keyed.iter().enumerate() {
+        assert_eq!(
+            s.object_path(h).exists(),
+            present.contains(&(i as u64)),
+            "object of k{i}"
+        );
+    }
+    assert!(r["bytes_after"].as_u64().unwrap() <= budget.parse::<u64>().unwrap());
+
+    // A budget nothing can meet still never removes a ref's object.
+    gc(&s, &["--max-size", "1"]);
+    assert!(
+        s.object_path(&pinned).is_file(),
+        "eviction removed a ref's object"
+    );
+    assert_eq!(run_ok(cas(&s).args(["key", "ls"])), "");
+    run_ok(cas(&s).arg("verify"));
+}
+
+/// A standing budget set at `cas init --max-size` applies to every plain `cas gc`.
+#[test]
+fn standing_budget_from_init_applies_to_gc() {
+    let s = Store::uninit();
+    run_ok(cas(&s).args(["init", "--max-size", "250k"]));
+    for i in 0..5u64 {
+        let bytes = data(100_000, i);
+        let out = run_with_stdin(cas(&s).args(["key", "put", &format!("k{i}"), "-"]), &bytes);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        set_mtime(&s.object_path(&blake3_hex(&bytes)), ago((10 - i) * 3600));
+    }
+    let r = gc(&s, &[]);
+    assert_eq!(r["evicted_entries"], 3, "{r}");
+    let ls = run_ok(cas(&s).args(["key", "ls"]));
+    let mut keys: Vec<&str> = ls.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, vec!["k3", "k4"]);
+}
+
+/// Issue test 6: verify finds a corrupted object, quarantines it and exits non-zero; a second verify is
+/// clean; the object can be stored again. A ref to a lost object is reported too.
+#[test]
+fn verify_quarantines_corrupt_objects() {
+    let s = Store::new();
+    let good = put(&s, &data(70_000, 1));
+    let bytes = data(300_000, 2);
+    let bad = put(&s, &bytes);
+    let p = s.object_path(&bad);
+    let mut flipped = fs::read(&p).unwrap();
+    flipped[123_456] ^= 0x40;
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&p, &flipped).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+
+    let out = run(cas(&s).args(["verify", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let r = json(&text(&out.stdout));
+    let corrupt = r["corrupt"].as_array().unwrap();
+    assert_eq!(corrupt.len(), 1);
+    assert_eq!(corrupt[0]["hash"], bad);
+    let q = PathBuf::from(corrupt[0]["quarantined"].as_str().unwrap());
+    assert!(q.starts_with(s.quarantine()), "{}", q.display());
+    assert_eq!(
+        fs::read(&q).unwrap(),
+        flipped,
+        "quarantine lost the evidence"
+    );
+    assert!(!p.exists(), "the corrupt object is still served");
+    // The human summary names the object too.
+    let out = run(cas(&s).arg("verify"));
+    assert!(out.status.success(), "second verify: {}", text(&out.stdout));
+    assert!(s.object_path(&good).is_file());
+
+    // Storing the bytes again heals the store.
+    assert_eq!(put(&s, &bytes), bad);
+    assert_eq!(fs::read(&p).unwrap(), bytes);
+
+    // A ref whose object is lost is dangling: reported by name, exit 1.
+    run_ok(cas(&s).args(["ref", "set", "lost", &good]));
+    let gp = s.object_path(&good);
+    fs::remove_file(&gp).unwrap();
+    let out = run(cas(&s).arg("verify"));
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("lost") && all.contains(&good), "{all}");
+}
