@@ -755,7 +755,15 @@ fn big_rep<'a>(cfg: &Cfg, setup: impl FnOnce(&Path) -> Box<dyn FnOnce() + 'a>) -
 fn scale_store(cfg: &Cfg) -> PathBuf {
     let dir = cfg.root.join(format!("scale-{}", cfg.scale_n));
     let marker = dir.join("READY");
-    if marker.exists() {
+    // Every run adds its scale puts; past N + 25 % the store is set aside and built again.
+    let grown = fs::read_to_string(dir.join(COUNT_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .filter(|&n| n > cfg.scale_n + cfg.scale_n / 4);
+    if let Some(n) = grown {
+        println!("the scale store has grown to {n} objects: building it again");
+        fs::rename(&dir, cfg.run.join("scale-retired")).expect("set aside the scale store");
+    } else if marker.exists() {
         return dir;
     }
     if dir.exists() {
@@ -861,8 +869,13 @@ fn scale(c: &mut Criterion, cfg: &Cfg) {
         &big_name,
         vec![Target::Row(SCALE_GET, empty_name.to_owned(), 0.75)],
     );
-    SCALE_OBJECTS.store(list_objects(&objects).len() as u64, Ordering::Relaxed);
+    let count = list_objects(&objects).len();
+    SCALE_OBJECTS.store(count as u64, Ordering::Relaxed);
+    fs::write(big_dir.join(COUNT_FILE), format!("{count}\n")).expect("write the count");
 }
+
+/// File in the scale store holding its object count at the end of the last run.
+const COUNT_FILE: &str = "COUNT";
 
 /// Objects in the scale store at the end of the run (it grows by what the scale puts add).
 static SCALE_OBJECTS: AtomicU64 = AtomicU64::new(0);
