@@ -97,7 +97,8 @@ pub struct GcReport {
     pub evicted_bytes: u64,
     /// Staging files of dead or stale writers removed.
     pub staging_removed: u64,
-    /// Bytes under `objects/` and `trash/` after the run.
+    /// Bytes under `objects/` and `trash/` after the run, as counted by its own scan (objects
+    /// that concurrent writers added meanwhile are not included).
     pub bytes_after: u64,
     /// Hashes condemned by this run (moved to trash, or would be in a dry run).
     pub condemned: Vec<Hash>,
@@ -230,6 +231,9 @@ impl Store {
         }
 
         self.purge_trash(&m1, cutoff, dry, &mut r)?;
+        // What is left in trash; with the sweep's own count of objects/ this is the store's
+        // size, without walking objects/ a second time.
+        let trash_bytes = self.trash_usage()?;
 
         // Sweep: condemn unreachable objects older than the grace period.
         let run_dir = self.path(layout::TRASH).join(format!(
@@ -277,13 +281,21 @@ impl Store {
             }
         }
 
+        // Bytes under objects/ and trash/ as this run counted them: moving to trash frees
+        // nothing (the budget covers both), and a dry run has not deleted what it reports.
+        let mut total = r.bytes + trash_bytes;
+        if dry {
+            total = total.saturating_sub(r.deleted_bytes);
+        }
+
         // Eviction to the size budget, least recently used first.
         let mut evicted: Vec<(PathBuf, u64)> = Vec::new();
         if let (Some(budget), false) = (opts.max_size.or(self.inner.options.max_size), interrupted)
         {
-            evicted = self.evict(&m1, &live, budget, dry, &mut r)?;
+            evicted = self.evict(&m1, &live, budget, total, dry, &mut r)?;
         }
 
+        let deleted_before_rescue = r.deleted_bytes;
         if !dry {
             self.rescue(evicted, &mut r)?;
             let _ = std::fs::remove_dir(&run_dir);
@@ -293,7 +305,11 @@ impl Store {
         if !dry {
             self.remove_empty_fanouts();
         }
-        r.bytes_after = self.disk_usage()?;
+        r.bytes_after = if dry {
+            total.saturating_sub(r.evicted_bytes)
+        } else {
+            total.saturating_sub(r.deleted_bytes - deleted_before_rescue)
+        };
         lock.release();
         if interrupted {
             return Err(Error::Interrupted);
@@ -359,7 +375,7 @@ impl Store {
     }
 
     /// Chooses and removes cache entries and condemned objects, least recently used first,
-    /// until the store is under `budget`. Objects reachable from refs or pins are never
+    /// until the store (`total` bytes now) is under `budget`. Objects reachable from refs or pins are never
     /// evicted, nor unreachable objects younger than the grace period. Returns the trash paths
     /// of evicted objects, to delete after the rescue mark.
     fn evict(
@@ -367,14 +383,10 @@ impl Store {
         m1: &Mark,
         live: &[(Hash, u64, SystemTime)],
         budget: u64,
+        mut total: u64,
         dry: bool,
         r: &mut GcReport,
     ) -> Result<Vec<(PathBuf, u64)>> {
-        // Moving to trash frees nothing: the budget covers objects/ and trash/ together.
-        let mut total = self.disk_usage()?;
-        if dry {
-            total = total.saturating_sub(r.deleted_bytes);
-        }
         if total <= budget {
             return Ok(Vec::new());
         }
@@ -581,9 +593,9 @@ impl Store {
         }
     }
 
-    /// Bytes under `objects/` and `trash/`.
-    pub(crate) fn disk_usage(&self) -> Result<u64> {
-        let mut total = self.stats()?.bytes;
+    /// Bytes under `trash/`.
+    fn trash_usage(&self) -> Result<u64> {
+        let mut total = 0;
         for run in self.trash_runs()? {
             total += list_trash_run(&run.path)?.iter().map(|x| x.2).sum::<u64>();
         }
