@@ -1094,3 +1094,22 @@ fn default_store_location_and_cas_store_variable() {
     );
     assert!(files_under(&cwd).is_empty());
 }
+
+/// Files that report a size of 0 yet have content (`/proc`) are stored whole, not empty.
+#[test]
+fn put_reads_files_whose_reported_size_is_wrong() {
+    let proc_file = Path::new("/proc/version");
+    if !proc_file.exists() {
+        eprintln!("SKIPPED: no /proc/version on this system");
+        return;
+    }
+    assert_eq!(fs::metadata(proc_file).unwrap().len(), 0, "premise: /proc reports 0");
+    let s = Store::new();
+    let expected = fs::read(proc_file).unwrap();
+    assert!(!expected.is_empty());
+    let out = run_ok(cas(&s).arg("put").arg(proc_file));
+    assert_eq!(out.trim(), blake3_hex(&expected));
+    let got = run(cas(&s).args(["get", out.trim()]));
+    assert!(got.status.success());
+    assert_bytes_eq(&got.stdout, &expected, "stored /proc/version");
+}

@@ -93,6 +93,7 @@ impl Batch {
         let mut staging = self.store.staging_file()?;
         staging
             .write_all(bytes)
+            .and_then(|()| fs::set_mode(staging.as_file(), 0o444))
             .map_err(Error::at("write staging file", staging.path()))?;
         self.stage(staging.into_temp_path(), hash);
         Ok(hash)
@@ -111,6 +112,7 @@ impl Batch {
         if self.seen.contains(&hash) || self.store.refresh_if_present(&hash) {
             return Ok(hash); // dropping the staging path removes it
         }
+        fs::chmod_path(&staging, 0o444).map_err(Error::at("set permissions of", &staging))?;
         self.stage(staging, hash);
         Ok(hash)
     }
@@ -124,10 +126,7 @@ impl Batch {
         let f = std::fs::File::open(path).map_err(Error::at("open", path))?;
         let md = f.metadata().map_err(Error::at("stat", path))?;
         if md.is_file() && md.len() <= 1 << 20 {
-            let mut bytes = Vec::with_capacity(md.len() as usize + 1);
-            { f }
-                .read_to_end(&mut bytes)
-                .map_err(Error::at("read", path))?;
+            let bytes = fs::read_len(&f, md.len()).map_err(Error::at("read", path))?;
             return self.put_bytes(&bytes);
         }
         self.put_reader(f).map_err(|e| match e {
@@ -160,9 +159,6 @@ impl Batch {
             let dir = fs::open_read(&tmp).map_err(Error::at("open", &tmp))?;
             fs::syncfs(&dir).map_err(Error::at("syncfs", &tmp))
         };
-        for (p, _) in &self.staged {
-            fs::chmod_path(p, 0o444).map_err(Error::at("set permissions of", p))?;
-        }
         if self.durability != Durability::None {
             barrier()?;
         }

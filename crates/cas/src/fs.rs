@@ -148,6 +148,30 @@ pub(crate) fn publish_noreplace(src: &Path, dst: &Path, caps: &Caps) -> io::Resu
     }
 }
 
+/// Reads up to `len` bytes from the current position: the length `fstat` gave. Unlike
+/// `read_to_end` it does not stat and seek again nor make one more read to see the end. A
+/// file shorter than `len` yields fewer bytes (callers verify what they read). A length of 0
+/// is read to the end: files in `/proc` and the like report 0 yet have content.
+pub(crate) fn read_len(mut file: &File, len: u64) -> io::Result<Vec<u8>> {
+    if len == 0 {
+        let mut v = Vec::new();
+        io::Read::read_to_end(&mut file, &mut v)?;
+        return Ok(v);
+    }
+    let mut v = vec![0u8; usize::try_from(len).map_err(|_| io::ErrorKind::OutOfMemory)?];
+    let mut filled = 0;
+    while filled < v.len() {
+        match io::Read::read(&mut file, &mut v[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    v.truncate(filled);
+    Ok(v)
+}
+
 /// Removes a file, ignoring errors: for cleaning up our own staging names.
 pub(crate) fn remove_quietly(path: &Path) {
     let _ = std::fs::remove_file(path);

@@ -119,10 +119,7 @@ impl Store {
             let m = fs::map_readonly(file).map_err(Error::at("map", path))?;
             return Ok(Object(Repr::Map(m)));
         }
-        let mut v = Vec::with_capacity(len as usize + 1);
-        (&*file)
-            .read_to_end(&mut v)
-            .map_err(Error::at("read", path))?;
+        let v = fs::read_len(file, len).map_err(Error::at("read", path))?;
         Ok(Object(Repr::Vec(v)))
     }
 

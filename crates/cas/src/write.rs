@@ -307,9 +307,7 @@ impl Store {
                 .map_err(|e| rename_input_error(e, path));
         }
         if meta.len() <= SMALL_FILE {
-            let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
-            src.read_to_end(&mut bytes)
-                .map_err(Error::at("read", path))?;
+            let bytes = fs::read_len(&src, meta.len()).map_err(Error::at("read", path))?;
             return self.put_bytes_with(&bytes, durability);
         }
         let mut staging = self.staging_file()?;
