@@ -108,13 +108,7 @@ impl Batch {
         let spath = w.staging_path().to_owned();
         std::io::copy(&mut { reader }, &mut w).map_err(Error::at("read input for", &spath))?;
         let (hash, _) = w.finish()?;
-        let staging = w.into_staging();
-        if self.seen.contains(&hash) || self.store.refresh_if_present(&hash) {
-            return Ok(hash); // dropping the staging path removes it
-        }
-        fs::chmod_path(&staging, 0o444).map_err(Error::at("set permissions of", &staging))?;
-        self.stage(staging, hash);
-        Ok(hash)
+        self.stage_unless_known(w.into_staging(), hash)
     }
 
     /// Stages a file's contents.
@@ -129,6 +123,10 @@ impl Batch {
             let bytes = fs::read_len(&f, md.len()).map_err(Error::at("read", path))?;
             return self.put_bytes(&bytes);
         }
+        if md.is_file() {
+            let (staging, hash) = self.store.stage_copy(&f, path)?;
+            return self.stage_unless_known(staging.into_temp_path(), hash);
+        }
         self.put_reader(f).map_err(|e| match e {
             Error::Io {
                 op: "read input for",
@@ -137,6 +135,17 @@ impl Batch {
             } => Error::io("read", path, source),
             e => e,
         })
+    }
+
+    /// Stages a complete staging file, unless its object exists or is already in the batch
+    /// (then the staging file is dropped, which removes it).
+    fn stage_unless_known(&mut self, staging: TempPath, hash: Hash) -> Result<Hash> {
+        if self.seen.contains(&hash) || self.store.refresh_if_present(&hash) {
+            return Ok(hash);
+        }
+        fs::chmod_path(&staging, 0o444).map_err(Error::at("set permissions of", &staging))?;
+        self.stage(staging, hash);
+        Ok(hash)
     }
 
     fn stage(&mut self, path: TempPath, hash: Hash) {

@@ -172,6 +172,20 @@ pub(crate) fn read_len(mut file: &File, len: u64) -> io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Copies up to `len` bytes from `src`'s file position to `dst`'s in the kernel
+/// (`copy_file_range(2)`: a reflink or a server-side copy where the filesystem offers one).
+/// Returns 0 at the end of `src`; an error of kind `Unsupported` when the kernel or the
+/// filesystem cannot copy between these files (the caller then copies through memory).
+pub(crate) fn copy_range(src: &File, dst: &File, len: usize) -> io::Result<usize> {
+    match rustix::fs::copy_file_range(src, None, dst, None, len) {
+        Ok(n) => Ok(n),
+        Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM) => {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Removes a file, ignoring errors: for cleaning up our own staging names.
 pub(crate) fn remove_quietly(path: &Path) {
     let _ = std::fs::remove_file(path);

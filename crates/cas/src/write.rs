@@ -2,7 +2,7 @@
 //! name without ever replacing an existing object (docs/format.md §Put).
 
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use tempfile::NamedTempFile;
@@ -13,6 +13,9 @@ use crate::hash::{Hash, Hasher};
 use crate::layout;
 use crate::{Durability, Store};
 
+/// Bytes copied per step when putting a file by path: large enough to amortise the system
+/// call, small enough that hashing starts early and overlaps the rest of the copy.
+const COPY_CHUNK: usize = 8 << 20;
 /// Bytes buffered by a [`Writer`] before they are hashed and written.
 const WRITE_BUF: usize = 128 * 1024;
 /// Chunks at least this large are hashed on a second thread while they are written.
@@ -278,8 +281,8 @@ impl Store {
 
     /// Stores the contents of a file. Small files are read once and skipped if present; large
     /// ones are copied in the kernel (`copy_file_range`, a reflink where the filesystem can)
-    /// into a staging file, which is then hashed in parallel. Non-regular files (pipes,
-    /// devices) are streamed.
+    /// into a staging file by one thread while another hashes each copied chunk. Non-regular
+    /// files (pipes, devices) are streamed.
     ///
     /// # Errors
     /// [`Error::Io`] naming `path` if it cannot be opened or read; store errors otherwise.
@@ -310,15 +313,18 @@ impl Store {
             let bytes = fs::read_len(&src, meta.len()).map_err(Error::at("read", path))?;
             return self.put_bytes_with(&bytes, durability);
         }
-        let mut staging = self.staging_file()?;
-        io::copy(&mut src, staging.as_file_mut()).map_err(Error::at("copy", path))?;
-        let file = staging.as_file_mut();
-        file.rewind()
-            .map_err(Error::at("rewind staging file", staging.path()))?;
-        let hash = crate::read::hash_file(staging.as_file(), !self.inner.caps.network)
-            .map_err(Error::at("hash staging file", staging.path()))?;
+        let (staging, hash) = self.stage_copy(&src, path)?;
         self.publish(staging, &hash, durability)?;
         Ok(hash)
+    }
+
+    /// Copies a regular file into a new staging file and hashes the copy (see
+    /// [`copy_and_hash`]). Errors name `path`.
+    pub(crate) fn stage_copy(&self, src: &File, path: &Path) -> Result<(NamedTempFile, Hash)> {
+        let staging = self.staging_file()?;
+        let hash = copy_and_hash(src, staging.as_file())
+            .map_err(Error::at("copy into the store", path))?;
+        Ok((staging, hash))
     }
 
     /// Sets an existing object's mtime to now. Returns true if the object exists (even when the
@@ -395,5 +401,129 @@ fn rename_input_error(e: Error, path: &Path) -> Error {
             ..
         } => Error::io("read", path, source),
         e => e,
+    }
+}
+
+/// Copies `src` (from its current position to its end) into `dst` while hashing the copy.
+///
+/// Another thread copies chunk by chunk — in the kernel (`copy_file_range`, a reflink where the
+/// filesystem can) or, where that is refused, through memory — while this one hashes each chunk
+/// as soon as it is copied, reading it back from `dst`. `dst` is a staging file only we write,
+/// so the hash is of exactly the bytes that will be published, even if `src` changes meanwhile.
+/// `dst` must be open for reading and writing.
+fn copy_and_hash(src: &File, dst: &File) -> io::Result<Hash> {
+    use std::os::unix::fs::FileExt;
+    let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
+    std::thread::scope(|s| {
+        let copier = s.spawn(move || -> io::Result<()> {
+            let mut total = 0u64;
+            let mut through_memory: Vec<u8> = Vec::new();
+            loop {
+                let n = if through_memory.is_empty() {
+                    match fs::copy_range(src, dst, COPY_CHUNK) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                            through_memory = vec![0; COPY_CHUNK];
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    let n = match (&*src).read(&mut through_memory) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    (&*dst).write_all(&through_memory[..n])?;
+                    n
+                };
+                if n == 0 {
+                    return Ok(());
+                }
+                total += n as u64;
+                if copied_tx.send(total).is_err() {
+                    return Ok(()); // the hashing side failed and reports why
+                }
+            }
+        });
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut done = 0u64;
+        let mut hash_result = Ok(());
+        // Ends when the copier is done (it drops the sender); dropping the receiver on an
+        // error stops the copier at its next chunk.
+        for copied in copied_rx {
+            while done < copied {
+                let want = usize::try_from(copied - done).map_or(buf.len(), |w| w.min(buf.len()));
+                match dst.read_at(&mut buf[..want], done) {
+                    Ok(0) => {
+                        hash_result = Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the staging file is shorter than what was copied into it",
+                        ));
+                        break;
+                    }
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        done += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        hash_result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if hash_result.is_err() {
+                break;
+            }
+        }
+        let copy_result = copier
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the copying thread panicked")));
+        copy_result.and(hash_result)?;
+        Ok(hasher.finalize())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new file open for reading and writing, as staging files are.
+    fn rw(p: &Path) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(p)
+            .unwrap()
+    }
+
+    #[test]
+    fn copy_and_hash_hashes_exactly_the_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let src_path = d.path().join("src");
+        // Several chunks and an odd tail.
+        let data: Vec<u8> = (0..2 * COPY_CHUNK + 12_345)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        std::fs::write(&src_path, &data).unwrap();
+        let dst_path = d.path().join("dst");
+        let dst = rw(&dst_path);
+        let h = copy_and_hash(&File::open(&src_path).unwrap(), &dst).unwrap();
+        assert_eq!(h, Hash::of(&data));
+        assert!(std::fs::read(&dst_path).unwrap() == data, "copy differs");
+
+        // The kernel refuses copy_file_range from procfs: the copy goes through memory.
+        if let Ok(f) = File::open("/proc/self/mountinfo") {
+            let dst_path = d.path().join("dst2");
+            let dst = rw(&dst_path);
+            let h = copy_and_hash(&f, &dst).unwrap();
+            let copy = std::fs::read(&dst_path).unwrap();
+            assert!(!copy.is_empty(), "nothing copied from procfs");
+            assert_eq!(h, Hash::of(&copy));
+        }
     }
 }
