@@ -1103,7 +1103,11 @@ fn put_reads_files_whose_reported_size_is_wrong() {
         eprintln!("SKIPPED: no /proc/version on this system");
         return;
     }
-    assert_eq!(fs::metadata(proc_file).unwrap().len(), 0, "premise: /proc reports 0");
+    assert_eq!(
+        fs::metadata(proc_file).unwrap().len(),
+        0,
+        "premise: /proc reports 0"
+    );
     let s = Store::new();
     let expected = fs::read(proc_file).unwrap();
     assert!(!expected.is_empty());
