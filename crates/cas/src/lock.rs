@@ -145,12 +145,17 @@ impl Store {
                     }
                     continue;
                 }
+                // A network filesystem's handle went stale under a concurrent rename: retry.
+                Err(e) if fs::is_stale(&e) && spurious < 1000 => {
+                    spurious += 1;
+                    continue;
+                }
                 Err(e) => return Err(Error::io("create lock", path, e)),
             }
             // Someone has it (or a network filesystem said EEXIST for a name that isn't there).
             let (holder, age) = match read_lock(path) {
                 Ok(x) => x,
-                Err(e) if fs::is_not_found(&e) => {
+                Err(e) if fs::is_not_found(&e) || fs::is_stale(&e) => {
                     spurious += 1;
                     if spurious > 1000 {
                         return Err(Error::io("create lock", path, e));
@@ -159,6 +164,14 @@ impl Store {
                 }
                 Err(e) => return Err(Error::io("read lock", path, e)),
             };
+            if holder.as_ref().is_some_and(|h| h.nonce == me.nonce) {
+                // Our own lock: a publish reported as failed (ESTALE) had in fact succeeded.
+                return Ok(Lock {
+                    path: path.to_owned(),
+                    nonce: me.nonce,
+                    released: false,
+                });
+            }
             if self.is_stale(holder.as_ref(), age) {
                 self.break_lock(path, holder.as_ref())?;
                 continue;
@@ -283,6 +296,22 @@ impl Store {
 
 /// Reads a lock file: its holder (None if incomplete or foreign) and its age by mtime.
 pub(crate) fn read_lock(path: &Path) -> io::Result<(Option<Holder>, Duration)> {
+    // GlusterFS returns ESTALE on open, fstat or read while a lock name is being replaced or
+    // removed by another client: read again from the name (bounded). Once it is gone for good
+    // the error is NotFound, which callers handle.
+    let mut attempt = 0;
+    loop {
+        match read_lock_once(path) {
+            Err(e) if fs::is_stale(&e) && attempt < 100 => {
+                attempt += 1;
+                std::thread::yield_now();
+            }
+            r => return r,
+        }
+    }
+}
+
+fn read_lock_once(path: &Path) -> io::Result<(Option<Holder>, Duration)> {
     let f = fs::open_read(path)?;
     let age = f
         .metadata()?
