@@ -15,15 +15,9 @@ use std::time::{Duration, SystemTime};
 
 use cas::{EntryKind, Hash, Tree, TreeEntry};
 use common::{
-    blake3_hex, cas, data, files_under, run, run_ok, run_with_stdin, staging_files_of, text,
-    wait_until, Store,
+    blake3_hex, cas, data, files_under, run, run_ok, run_with_stdin, set_mtime, staging_files_of,
+    text, wait_until, Store,
 };
-
-fn put(s: &Store, bytes: &[u8]) -> String {
-    let out = run_with_stdin(cas(s).args(["put", "-"]), bytes);
-    assert!(out.status.success(), "put failed: {}", text(&out.stderr));
-    text(&out.stdout).trim().to_owned()
-}
 
 /// Runs a command that prints binary data; asserts success and returns the bytes.
 fn bytes_ok(cmd: &mut std::process::Command) -> Vec<u8> {
@@ -58,15 +52,6 @@ fn assert_clean_failure(out: &Output, what: &str) -> String {
         "{what}: {err}"
     );
     err
-}
-
-/// Sets a file's mtime (an object's LRU age); objects are read-only, which `futimens` on a
-/// read-only descriptor does not mind for the owner.
-fn set_mtime(path: &Path, t: SystemTime) {
-    fs::File::open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-        .set_modified(t)
-        .unwrap();
 }
 
 fn ago(secs: u64) -> SystemTime {
@@ -212,7 +197,7 @@ fn dir_entry(name: &[u8], hex: &str) -> TreeEntry {
 }
 
 fn put_tree(s: &Store, entries: Vec<TreeEntry>) -> String {
-    put(s, &Tree { entries }.encode())
+    s.put(&Tree { entries }.encode())
 }
 
 /// Issue test 1b: Crafted tree objects cannot make a restore write outside its destination: every one is
@@ -220,7 +205,7 @@ fn put_tree(s: &Store, entries: Vec<TreeEntry>) -> String {
 #[test]
 fn malicious_trees_cannot_escape_the_destination() {
     let s = Store::new();
-    let payload = put(&s, b"pwned");
+    let payload = s.put(b"pwned");
     let good = file_entry(b"fine.txt", &payload, 5);
     let inner = put_tree(&s, vec![file_entry(b"pwned", &payload, 5)]);
     let escaping_inner = put_tree(&s, vec![link_entry(b"up", b"../../outside")]);
@@ -284,7 +269,7 @@ fn malicious_trees_cannot_escape_the_destination() {
 #[test]
 fn gc_keeps_reachable_and_young_objects() {
     let s = Store::new();
-    let reffed = put(&s, b"reffed");
+    let reffed = s.put(b"reffed");
     run_ok(cas(&s).args(["ref", "set", "keep", &reffed]));
     let out = run_with_stdin(cas(&s).args(["key", "put", "k", "-"]), b"keyed");
     assert!(out.status.success());
@@ -297,9 +282,9 @@ fn gc_keeps_reachable_and_young_objects() {
         .to_owned();
     run_ok(cas(&s).args(["ref", "set", "trees/t", &tree]));
     let in_tree = blake3_hex(b"in tree");
-    let old = put(&s, b"old garbage");
-    let old2 = put(&s, b"old garbage 2");
-    let young = put(&s, b"young garbage");
+    let old = s.put(b"old garbage");
+    let old2 = s.put(b"old garbage 2");
+    let young = s.put(b"young garbage");
     let reachable: Vec<String> = s
         .object_hashes()
         .into_iter()
@@ -388,7 +373,7 @@ fn gc_beside_writers_never_leaves_a_dangling_ref() {
                     let bytes = data(2000 + i, (w * 1000 + i) as u64);
                     let name = format!("w{w}/{}", i % 3);
                     loop {
-                        let h = put(s, &bytes);
+                        let h = s.put(&bytes);
                         let out = run(cas(s).args(["ref", "set", &name, &h]));
                         if out.status.success() {
                             break;
@@ -451,7 +436,7 @@ fn gc_beside_writers_never_leaves_a_dangling_ref() {
 #[test]
 fn gc_cleans_up_after_killed_writers() {
     let s = Store::new();
-    let keep = put(&s, b"keep");
+    let keep = s.put(b"keep");
     run_ok(cas(&s).args(["ref", "set", "keep", &keep]));
     let mut children = Vec::new();
     for i in 0..6 {
@@ -503,7 +488,7 @@ fn gc_cleans_up_after_killed_writers() {
 fn eviction_removes_least_recently_used_entries_first() {
     const SIZE: usize = 100_000;
     let s = Store::new();
-    let pinned = put(&s, &data(3 * SIZE, 999));
+    let pinned = s.put(&data(3 * SIZE, 999));
     run_ok(cas(&s).args(["ref", "set", "pinned", &pinned]));
     set_mtime(&s.object_path(&pinned), ago(10 * 86_400));
     let mut keyed = Vec::new();
@@ -515,8 +500,7 @@ fn eviction_removes_least_recently_used_entries_first() {
         // k0 is the least recently used, k9 the most.
         let t = ago((20 - i) * 3600);
         set_mtime(&s.object_path(&h), t);
-        let kh = blake3_hex(format!("k{i}").as_bytes());
-        set_mtime(&s.root.join("index").join(&kh[..2]).join(&kh[2..]), t);
+        set_mtime(&s.entry_file(&format!("k{i}")), t);
         keyed.push(h);
     }
     // Reading k2 (last used 18 h ago) makes it the most recently used.
@@ -582,9 +566,9 @@ fn standing_budget_from_init_applies_to_gc() {
 #[test]
 fn verify_quarantines_corrupt_objects() {
     let s = Store::new();
-    let good = put(&s, &data(70_000, 1));
+    let good = s.put(&data(70_000, 1));
     let bytes = data(300_000, 2);
-    let bad = put(&s, &bytes);
+    let bad = s.put(&bytes);
     let p = s.object_path(&bad);
     let mut flipped = fs::read(&p).unwrap();
     flipped[123_456] ^= 0x40;
@@ -612,7 +596,7 @@ fn verify_quarantines_corrupt_objects() {
     assert!(s.object_path(&good).is_file());
 
     // Storing the bytes again heals the store.
-    assert_eq!(put(&s, &bytes), bad);
+    assert_eq!(s.put(&bytes), bad);
     assert_eq!(fs::read(&p).unwrap(), bytes);
 
     // A ref whose object is lost is dangling: reported by name, exit 1.

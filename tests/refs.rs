@@ -6,21 +6,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::{blake3_hex, cas, files_under, run, run_ok, run_with_stdin, text, Store};
-
-/// Puts `bytes` through `cas put -` and returns the hash it printed.
-fn put(s: &Store, bytes: &[u8]) -> String {
-    let out = run_with_stdin(cas(s).args(["put", "-"]), bytes);
-    assert!(out.status.success(), "put failed: {}", text(&out.stderr));
-    let h = text(&out.stdout).trim().to_owned();
-    assert_eq!(h, blake3_hex(bytes), "cas put printed the wrong hash");
-    h
-}
+use common::{blake3_hex, cas, files_under, run, run_ok, run_with_stdin, set_mtime, text, Store};
 
 fn ref_get(s: &Store, name: &str) -> String {
     run_ok(cas(s).args(["ref", "get", name])).trim().to_owned()
@@ -63,21 +53,11 @@ fn reflog(s: &Store, name: &str) -> Vec<(Option<String>, Option<String>, String)
 
 /// The host name cas records for this machine (as written in the reflog).
 fn cas_host(s: &Store) -> String {
-    let h = put(s, b"host probe");
+    let h = s.put(b"host probe");
     run_ok(cas(s).args(["ref", "set", "host-probe", &h]));
     let log = run_ok(cas(s).args(["ref", "log", "host-probe", "--json"]));
     let v: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
     v["host"].as_str().expect("reflog has a host").to_owned()
-}
-
-/// Sets a file's mtime (a lock's lease age is its mtime).
-fn set_mtime(path: &Path, t: SystemTime) {
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
 }
 
 /// Issue test 1: Many processes increment one counter through compare-and-swap with retry: the final value
@@ -87,7 +67,7 @@ fn compare_and_swap_counter_loses_no_update() {
     const PROCS: usize = 6;
     const INCREMENTS: usize = 15;
     let s = Store::new();
-    let zero = put(&s, b"0");
+    let zero = s.put(b"0");
     run_ok(cas(&s).args(["ref", "set", "counter", &zero, "--expect-none"]));
 
     let successes = AtomicUsize::new(0);
@@ -102,7 +82,7 @@ fn compare_and_swap_counter_loses_no_update() {
                     let n: u64 = run_ok(cas(s).args(["get", &cur]))
                         .parse()
                         .expect("the counter object holds a number");
-                    let next = put(s, (n + 1).to_string().as_bytes());
+                    let next = s.put((n + 1).to_string().as_bytes());
                     let msg = format!("worker {p}: {n} -> {}", n + 1);
                     let out =
                         run(cas(s)
@@ -153,8 +133,8 @@ fn compare_and_swap_counter_loses_no_update() {
 #[test]
 fn lock_of_a_killed_holder_is_broken() {
     let s = Store::new();
-    let a = put(&s, b"value a");
-    let b = put(&s, b"value b");
+    let a = s.put(b"value a");
+    let b = s.put(b"value b");
     run_ok(cas(&s).args(["ref", "set", "r", &a]));
     let lock = s.root.join("refs/r.lock");
 
@@ -225,8 +205,8 @@ fn lock_of_a_killed_holder_is_broken() {
 #[test]
 fn leases_expire_and_live_locks_time_out() {
     let s = Store::new();
-    let a = put(&s, b"a");
-    let b = put(&s, b"b");
+    let a = s.put(b"a");
+    let b = s.put(b"b");
     run_ok(cas(&s).args(["ref", "set", "r", &a]));
     let lock = s.root.join("refs/r.lock");
     let host = cas_host(&s);
@@ -268,9 +248,7 @@ fn leases_expire_and_live_locks_time_out() {
 #[test]
 fn readers_never_see_a_torn_or_missing_ref() {
     let s = Store::new();
-    let values: Vec<String> = (0..8)
-        .map(|i| put(&s, format!("v{i}").as_bytes()))
-        .collect();
+    let values: Vec<String> = (0..8).map(|i| s.put(format!("v{i}").as_bytes())).collect();
     let valid: BTreeSet<String> = values.iter().cloned().collect();
     run_ok(cas(&s).args(["ref", "set", "shared/r", &values[0]]));
     let ref_file = s.root.join("refs/shared/r");
@@ -333,7 +311,7 @@ fn readers_never_see_a_torn_or_missing_ref() {
 #[test]
 fn bad_ref_names_are_refused_by_every_command() {
     let s = Store::new();
-    let h = put(&s, b"target");
+    let h = s.put(b"target");
     let long = "x".repeat(300);
     let bad: Vec<(&str, &str)> = vec![
         ("", "cannot be empty"),
@@ -381,8 +359,8 @@ fn bad_ref_names_are_refused_by_every_command() {
 #[test]
 fn ref_expectations_and_missing_objects() {
     let s = Store::new();
-    let a = put(&s, b"a");
-    let b = put(&s, b"b");
+    let a = s.put(b"a");
+    let b = s.put(b"b");
     let absent = blake3_hex(b"never stored");
 
     let out = run(cas(&s).args(["ref", "set", "r", &absent]));
@@ -417,12 +395,6 @@ fn ref_expectations_and_missing_objects() {
     assert_eq!(news, vec![Some(a.clone()), Some(b.clone()), None]);
 }
 
-/// The index file of a cache entry for `key`: `index/ab/cdef…` named by BLAKE3(key).
-fn entry_file(s: &Store, key: &str) -> PathBuf {
-    let kh = blake3_hex(key.as_bytes());
-    s.root.join("index").join(&kh[..2]).join(&kh[2..])
-}
-
 /// Issue test 5: Keyed round trip with metadata, replacing a value, removing it.
 #[test]
 fn keyed_entries_round_trip_replace_and_remove() {
@@ -437,7 +409,7 @@ fn keyed_entries_round_trip_replace_and_remove() {
             .args(["--meta", "compiler=rustc 1.95"]),
     );
     assert_eq!(h1.trim(), blake3_hex(&v1));
-    assert!(entry_file(&s, "build/α key").is_file());
+    assert!(s.entry_file("build/α key").is_file());
     let got = run(cas(&s).args(["key", "get", "build/α key"]));
     assert!(got.status.success());
     assert!(got.stdout == v1, "key get returned other bytes");
@@ -472,7 +444,7 @@ fn keyed_entries_round_trip_replace_and_remove() {
     );
 
     run_ok(cas(&s).args(["key", "rm", "build/α key"]));
-    assert!(!entry_file(&s, "build/α key").exists());
+    assert!(!s.entry_file("build/α key").exists());
     let out = run(cas(&s).args(["key", "get", "build/α key"]));
     assert_fails_with(&out, &["build/α key"], "get of a removed key");
     let out = run(cas(&s).args(["key", "rm", "build/α key"]));
@@ -490,16 +462,16 @@ fn damaged_and_foreign_entries_are_reported() {
         let out = run_with_stdin(cas(&s).args(["key", "put", key, "-"]), value.as_bytes());
         assert!(out.status.success(), "key put: {}", text(&out.stderr));
     }
-    let garbage = entry_file(&s, "garbage");
-    let future = entry_file(&s, "future");
+    let garbage = s.entry_file("garbage");
+    let future = s.entry_file("future");
     fs::write(&garbage, b"\x00\x01 not an entry at all").unwrap();
     let mut foreign = b"CASENTRY".to_vec();
     foreign.extend_from_slice(&99u32.to_le_bytes());
     foreign.extend_from_slice(b"whatever a future version writes");
     fs::write(&future, &foreign).unwrap();
-    let mut truncated = fs::read(entry_file(&s, "good")).unwrap();
+    let mut truncated = fs::read(s.entry_file("good")).unwrap();
     truncated.truncate(truncated.len() - 3);
-    let trunc_file = entry_file(&s, "truncated");
+    let trunc_file = s.entry_file("truncated");
     fs::create_dir_all(trunc_file.parent().unwrap()).unwrap();
     fs::write(&trunc_file, &truncated).unwrap();
     let out = run(cas(&s).args(["key", "info", "truncated"]));

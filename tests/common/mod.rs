@@ -170,6 +170,21 @@ impl Store {
         }
     }
 
+    /// `index/ab/cdef…`, the file of the cache entry for `key` (named by BLAKE3 of the key).
+    pub fn entry_file(&self, key: &str) -> PathBuf {
+        let kh = blake3_hex(key.as_bytes());
+        self.root.join("index").join(&kh[..2]).join(&kh[2..])
+    }
+
+    /// Puts `bytes` through `cas put -`, asserts it printed their BLAKE3, returns the hash.
+    pub fn put(&self, bytes: &[u8]) -> String {
+        let out = run_with_stdin(cas(self).args(["put", "-"]), bytes);
+        assert!(out.status.success(), "put failed: {}", text(&out.stderr));
+        let h = text(&out.stdout).trim().to_owned();
+        assert_eq!(h, blake3_hex(bytes), "cas put printed the wrong hash");
+        h
+    }
+
     pub fn assert_tmp_empty(&self) {
         let left = files_under(&self.tmp());
         assert!(left.is_empty(), "staging files left in tmp/: {left:?}");
@@ -222,6 +237,15 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
         });
         child.wait_with_output().expect("wait for cas")
     })
+}
+
+/// Sets a file's mtime (an object's LRU age, a lock's lease age). `futimens` through a
+/// read-only descriptor is enough for the owner, so read-only objects need no chmod.
+pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    fs::File::open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        .set_modified(t)
+        .unwrap();
 }
 
 pub fn text(bytes: &[u8]) -> String {

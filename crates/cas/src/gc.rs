@@ -375,9 +375,9 @@ impl Store {
     }
 
     /// Chooses and removes cache entries and condemned objects, least recently used first,
-    /// until the store (`total` bytes now) is under `budget`. Objects reachable from refs or pins are never
-    /// evicted, nor unreachable objects younger than the grace period. Returns the trash paths
-    /// of evicted objects, to delete after the rescue mark.
+    /// until the store (`total` bytes now) is under `budget`. Objects reachable from refs or
+    /// pins are never evicted, nor unreachable objects younger than the grace period. Returns
+    /// the trash paths of evicted objects, to delete after the rescue mark.
     fn evict(
         &self,
         m1: &Mark,

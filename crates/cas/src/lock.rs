@@ -122,32 +122,39 @@ impl Store {
         // between an O_EXCL create and its write would otherwise leave an empty lock that
         // nobody can attribute, blocking everyone for a whole lease.
         let staged = self.stage_lock(&me.render())?;
+        let held = || Lock {
+            path: path.to_owned(),
+            nonce: me.nonce.clone(),
+            released: false,
+        };
         let mut backoff = Duration::from_micros(200);
+        // Answers a network filesystem gives for a moment while other clients rename and
+        // remove the name (EEXIST for a name that is not there, ENOENT, ESTALE): retried, within
+        // a bound.
         let mut spurious = 0;
+        let mut retry_spurious = |e: io::Error| {
+            spurious += 1;
+            if spurious > 1000 {
+                Err(Error::io("create lock", path, e))
+            } else {
+                Ok(())
+            }
+        };
         loop {
             match fs::publish_noreplace(&staged, path, &self.inner.caps) {
                 Ok(fs::Published::Created) => {
                     // The staging name is gone (renamed or linked then unlinked).
                     let _ = staged.keep();
-                    return Ok(Lock {
-                        path: path.to_owned(),
-                        nonce: me.nonce,
-                        released: false,
-                    });
+                    return Ok(held());
                 }
                 Ok(fs::Published::Existed) => {}
                 Err(e) if fs::is_not_found(&e) => {
-                    let parent = path.parent().unwrap_or(path);
-                    self.ensure_dir(parent)?;
-                    spurious += 1;
-                    if spurious > 1000 {
-                        return Err(Error::io("create lock", path, e));
-                    }
+                    self.ensure_dir(path.parent().unwrap_or(path))?;
+                    retry_spurious(e)?;
                     continue;
                 }
-                // A network filesystem's handle went stale under a concurrent rename: retry.
-                Err(e) if fs::is_stale(&e) && spurious < 1000 => {
-                    spurious += 1;
+                Err(e) if fs::is_stale(&e) => {
+                    retry_spurious(e)?;
                     continue;
                 }
                 Err(e) => return Err(Error::io("create lock", path, e)),
@@ -156,21 +163,14 @@ impl Store {
             let (holder, age) = match read_lock(path) {
                 Ok(x) => x,
                 Err(e) if fs::is_not_found(&e) || fs::is_stale(&e) => {
-                    spurious += 1;
-                    if spurious > 1000 {
-                        return Err(Error::io("create lock", path, e));
-                    }
+                    retry_spurious(e)?;
                     continue;
                 }
                 Err(e) => return Err(Error::io("read lock", path, e)),
             };
             if holder.as_ref().is_some_and(|h| h.nonce == me.nonce) {
                 // Our own lock: a publish reported as failed (ESTALE) had in fact succeeded.
-                return Ok(Lock {
-                    path: path.to_owned(),
-                    nonce: me.nonce,
-                    released: false,
-                });
+                return Ok(held());
             }
             if self.is_stale(holder.as_ref(), age) {
                 self.break_lock(path, holder.as_ref())?;
