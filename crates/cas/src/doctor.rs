@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use crate::error::Result;
 use crate::fs;
 use crate::layout;
-use crate::lock::read_lock;
 use crate::store::FsInfo;
 use crate::verify::{Dangling, Problem};
 use crate::Store;
@@ -119,7 +118,7 @@ impl Store {
                 if !ent.file_type().is_file() || !name.ends_with(layout::LOCK_SUFFIX) {
                     continue;
                 }
-                let Ok((holder, age)) = read_lock(ent.path()) else {
+                let Ok((holder, age)) = self.read_lock(ent.path()) else {
                     continue;
                 };
                 if self.is_stale(holder.as_ref(), age) {
@@ -162,24 +161,18 @@ impl Store {
     /// Tries the operations the protocols rely on, in `tmp/`, and records what works.
     fn probe_capabilities(&self) -> Result<Vec<Probe>> {
         let tmp = self.path(layout::TMP);
-        let a = self.staging_file()?;
-        let b = self.staging_file()?;
+        let root = &self.inner.root_dir;
+        let a = self.new_staging()?;
+        let b = self.new_staging()?;
+        let (a, b, _guards) = (a.path(), b.path(), (a, b));
         let mut probes = Vec::new();
         // Onto a free name first (FUSE/NFS refuse the flag with EINVAL), then onto a taken one.
         let free = tmp.join(format!("{}probe-rename", self.inner.staging_prefix));
-        let noreplace = |from: &Path, to: &Path| {
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                from,
-                rustix::fs::CWD,
-                to,
-                rustix::fs::RenameFlags::NOREPLACE,
-            )
-        };
-        let (ok, detail) = match noreplace(b.path(), &free) {
+        let noreplace = |from: &Path, to: &Path| root.rename_noreplace(from, to);
+        let (ok, detail) = match noreplace(&b, &free) {
             Err(e) => (false, format!("{e}: using link()+unlink() to publish")),
-            Ok(()) => match noreplace(&free, a.path()) {
-                Err(rustix::io::Errno::EXIST) => {
+            Ok(()) => match noreplace(&free, &a) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     (true, "renames, and refuses to replace (EEXIST)".to_owned())
                 }
                 Err(e) => (
@@ -192,7 +185,7 @@ impl Store {
                 ),
             },
         };
-        fs::remove_quietly(&free);
+        let _ = root.unlink(&free);
         if !ok {
             self.inner
                 .caps
@@ -206,8 +199,8 @@ impl Store {
         });
 
         let c = tmp.join(format!("{}probe-link", self.inner.staging_prefix));
-        let (ok, detail) = match std::fs::hard_link(a.path(), &c) {
-            Ok(()) => match std::fs::hard_link(a.path(), &c) {
+        let (ok, detail) = match root.link(&a, &c) {
+            Ok(()) => match root.link(&a, &c) {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (
                     true,
                     "creates, and refuses an existing name (EEXIST)".to_owned(),
@@ -223,14 +216,14 @@ impl Store {
                 format!("{e}: no-replace publishing is not possible here"),
             ),
         };
-        fs::remove_quietly(&c);
+        let _ = root.unlink(&c);
         probes.push(Probe {
             name: "link()",
             ok,
             detail,
         });
 
-        let (ok, detail) = match fs::create_excl(a.path(), 0o600) {
+        let (ok, detail) = match root.create_excl(&a, 0o600) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 (true, "EEXIST on an existing name".to_owned())
             }
@@ -243,7 +236,7 @@ impl Store {
             detail,
         });
 
-        let (ok, detail) = match fs::fsync_dir(&tmp) {
+        let (ok, detail) = match root.fsync_dir(&tmp) {
             Ok(()) => (true, "works".to_owned()),
             Err(e) => (
                 false,

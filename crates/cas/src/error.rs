@@ -32,6 +32,17 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The input of a put (a file given by path, or a stream) could not be read. Nothing was
+    /// stored.
+    #[error("cannot read input {input}: {source}")]
+    Input {
+        /// The input: a path as given, or `stream` for a reader.
+        input: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
     /// No object with this hash is in the store.
     #[error("object {hash} not found in the store ({})", path.display())]
     NotFound {
@@ -231,7 +242,7 @@ impl Error {
     /// The underlying I/O error, if the error came from a system call.
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
-            Error::Io { source, .. } => Some(source),
+            Error::Io { source, .. } | Error::Input { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -240,7 +251,7 @@ impl Error {
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         let kind = match &e {
-            Error::Io { source, .. } => source.kind(),
+            Error::Io { source, .. } | Error::Input { source, .. } => source.kind(),
             Error::NotFound { .. } | Error::RefNotFound { .. } | Error::KeyNotFound { .. } => {
                 io::ErrorKind::NotFound
             }

@@ -2,7 +2,7 @@
 //! size, time and the application's own metadata. Entries are replaced atomically under a lock
 //! that pins the new object for gc, exactly like refs.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +13,7 @@ use crate::hash::Hash;
 use crate::layout;
 use crate::lock::Wait;
 use crate::read::{Object, READ_REFRESH};
+use crate::stage::Input;
 use crate::Store;
 
 /// First bytes of every entry file.
@@ -106,10 +107,8 @@ impl Store {
                 reason: "key and metadata together must be under 16 MiB".into(),
             });
         }
-        let mut w = self.writer()?;
-        let spath = w.staging_path().to_owned();
-        std::io::copy(reader, &mut w).map_err(Error::at("read input for", &spath))?;
-        let (hash, size) = w.finish()?;
+        let staged = self.stage_reader(reader, Input::Stream)?;
+        let (hash, size) = (staged.hash, staged.len);
         // Pin the object before it is published or deduplicated, so gc keeps it until the
         // entry that makes it reachable is visible.
         let lock = self.acquire_lock(
@@ -117,8 +116,7 @@ impl Store {
             Some(hash),
             Wait::For(self.inner.options.lock_timeout + Duration::from_secs(1)),
         )?;
-        let published = w.commit()?;
-        debug_assert_eq!(published, hash);
+        self.publish(vec![staged], self.durability())?;
         let entry = Entry {
             key: key.to_vec(),
             hash,
@@ -271,17 +269,6 @@ impl Store {
                 .map(|o| o.map(|(e, _)| e))
                 .transpose()
         }))
-    }
-}
-
-impl crate::write::Writer {
-    /// Flushes and returns the hash and size so far, without publishing (used to pin the
-    /// object before it becomes visible).
-    pub(crate) fn finish(&mut self) -> Result<(Hash, u64)> {
-        let path = self.staging_path().to_owned();
-        self.flush()
-            .map_err(Error::at("write staging file", &path))?;
-        Ok((self.hash_so_far(), self.len()))
     }
 }
 

@@ -8,7 +8,7 @@
 //! moment a writer checks it exists and the moment the new pointer is visible
 //! (docs/format.md §GC).
 
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
 use crate::layout;
-use crate::Store;
+use crate::stage::Staging;
+use crate::{Durability, Store};
 
 /// Who holds a lock, as written in the lock file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,7 @@ impl Holder {
 /// A held lock. Released (its file removed, if it is still ours) on drop.
 #[derive(Debug)]
 pub(crate) struct Lock {
+    store: Store,
     path: PathBuf,
     nonce: String,
     released: bool,
@@ -121,8 +123,9 @@ impl Store {
         // file first and published under the lock name without replacing. A holder killed
         // between an O_EXCL create and its write would otherwise leave an empty lock that
         // nobody can attribute, blocking everyone for a whole lease.
-        let staged = self.stage_lock(&me.render())?;
+        let mut staged = self.stage_lock(&me.render())?;
         let held = || Lock {
+            store: self.clone(),
             path: path.to_owned(),
             nonce: me.nonce.clone(),
             released: false,
@@ -141,12 +144,8 @@ impl Store {
             }
         };
         loop {
-            match fs::publish_noreplace(&staged, path, &self.inner.caps) {
-                Ok(fs::Published::Created) => {
-                    // The staging name is gone (renamed or linked then unlinked).
-                    let _ = staged.keep();
-                    return Ok(held());
-                }
+            match self.publish_small(&mut staged, path) {
+                Ok(fs::Published::Created) => return Ok(held()),
                 Ok(fs::Published::Existed) => {}
                 Err(e) if fs::is_not_found(&e) => {
                     self.ensure_dir(path.parent().unwrap_or(path))?;
@@ -160,7 +159,7 @@ impl Store {
                 Err(e) => return Err(Error::io("create lock", path, e)),
             }
             // Someone has it (or a network filesystem said EEXIST for a name that isn't there).
-            let (holder, age) = match read_lock(path) {
+            let (holder, age) = match self.read_lock(path) {
                 Ok(x) => x,
                 Err(e) if fs::is_not_found(&e) || fs::is_stale(&e) => {
                     retry_spurious(e)?;
@@ -191,15 +190,11 @@ impl Store {
         }
     }
 
-    /// Writes a lock's content to a staging file in `tmp/`, with the lock file's mode.
-    fn stage_lock(&self, content: &str) -> Result<tempfile::TempPath> {
-        let mut f = self.staging_file()?;
-        let w = fs::set_mode(f.as_file(), self.file_mode())
-            .and_then(|()| f.write_all(content.as_bytes()));
-        if let Err(e) = w {
-            return Err(Error::io("write lock", f.path(), e));
-        }
-        Ok(f.into_temp_path())
+    /// Writes a lock's content to a staging file in `tmp/`, with the lock file's mode. Locks
+    /// are not synced: after a power loss every holder is gone, and a lock that lost its bytes
+    /// is an incomplete lock, broken once its lease is over.
+    fn stage_lock(&self, content: &str) -> Result<Staging> {
+        self.stage_small(content.as_bytes(), self.file_mode(), Durability::None)
     }
 
     /// A lock is stale when its holder is on this host and dead, or when it has not been
@@ -224,12 +219,12 @@ impl Store {
             self.inner.pid,
             nonce()
         ));
-        match std::fs::rename(path, &aside) {
+        match self.inner.root_dir.rename(path, &aside) {
             Ok(()) => {}
             Err(e) if fs::is_not_found(&e) => return Ok(()), // someone else broke or released it
             Err(e) => return Err(Error::io("break stale lock", path, e)),
         }
-        let moved = read_lock(&aside).ok().and_then(|(h, _)| h);
+        let moved = self.read_lock(&aside).ok().and_then(|(h, _)| h);
         let ours_to_break = match (judged, &moved) {
             (Some(j), Some(m)) => j.nonce == m.nonce,
             // We judged an incomplete lock stale by age; accept only another incomplete one.
@@ -239,9 +234,12 @@ impl Store {
         if !ours_to_break {
             // We moved a live lock taken after our judgement: put it back if its name is free.
             // If it is not, its holder notices at commit time (`Lock::verify`) and fails.
-            let _ = fs::publish_noreplace(&aside, path, &self.inner.caps);
+            let _ = self
+                .inner
+                .root_dir
+                .publish_noreplace(&aside, path, &self.inner.caps);
         }
-        fs::remove_quietly(&aside);
+        let _ = self.inner.root_dir.unlink(&aside);
         Ok(())
     }
 
@@ -283,7 +281,7 @@ impl Store {
             {
                 continue;
             }
-            match read_lock(ent.path()) {
+            match self.read_lock(ent.path()) {
                 Ok((Some(h), _)) => pins.extend(h.pin),
                 Ok((None, _)) => {}
                 Err(e) if fs::is_not_found(&e) => {}
@@ -294,41 +292,44 @@ impl Store {
     }
 }
 
-/// Reads a lock file: its holder (None if incomplete or foreign) and its age by mtime.
-pub(crate) fn read_lock(path: &Path) -> io::Result<(Option<Holder>, Duration)> {
-    // GlusterFS returns ESTALE on open, fstat or read while a lock name is being replaced or
-    // removed by another client: read again from the name (bounded). Once it is gone for good
-    // the error is NotFound, which callers handle.
-    let mut attempt = 0;
-    loop {
-        match read_lock_once(path) {
-            Err(e) if fs::is_stale(&e) && attempt < 100 => {
-                attempt += 1;
-                std::thread::yield_now();
+impl Store {
+    /// Reads a lock file: its holder (None if incomplete, garbage or foreign) and its age by
+    /// mtime. Bytes that are not UTF-8 are an unparsable lock like any other, never an error.
+    pub(crate) fn read_lock(&self, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
+        // GlusterFS returns ESTALE on open, fstat or read while a lock name is being replaced
+        // or removed by another client: read again from the name (bounded). Once it is gone
+        // for good the error is NotFound, which callers handle.
+        let mut attempt = 0;
+        loop {
+            match self.read_lock_once(path) {
+                Err(e) if fs::is_stale(&e) && attempt < 100 => {
+                    attempt += 1;
+                    std::thread::yield_now();
+                }
+                r => return r,
             }
-            r => return r,
         }
     }
-}
 
-fn read_lock_once(path: &Path) -> io::Result<(Option<Holder>, Duration)> {
-    let f = fs::open_read(path)?;
-    let age = f
-        .metadata()?
-        .modified()
-        .ok()
-        .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .unwrap_or_default();
-    let mut s = String::new();
-    io::Read::read_to_string(&mut io::Read::take(f, 4096), &mut s)?;
-    Ok((Holder::parse(&s), age))
+    fn read_lock_once(&self, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
+        let f = self.inner.root_dir.open_read(path)?;
+        let age = f
+            .metadata()?
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .unwrap_or_default();
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(f, 4096), &mut bytes)?;
+        Ok((Holder::parse(&String::from_utf8_lossy(&bytes)), age))
+    }
 }
 
 impl Lock {
     /// Fails with [`Error::LockLost`] if the lock file is no longer ours (it was judged stale
     /// and broken). Call right before applying the protected update.
     pub(crate) fn verify(&self) -> Result<()> {
-        match read_lock(&self.path) {
+        match self.store.read_lock(&self.path) {
             Ok((Some(h), _)) if h.nonce == self.nonce => Ok(()),
             Ok(_) => Err(Error::LockLost {
                 path: self.path.clone(),
@@ -342,7 +343,11 @@ impl Lock {
 
     /// Renews the lease (mtime = now); long holders call this periodically.
     pub(crate) fn refresh(&self) -> Result<()> {
-        fs::touch_now(&self.path).map_err(Error::at("refresh lock", &self.path))
+        self.store
+            .inner
+            .root_dir
+            .touch_now(&self.path)
+            .map_err(Error::at("refresh lock", &self.path))
     }
 
     /// Removes the lock file if it is still ours.
@@ -356,7 +361,7 @@ impl Lock {
         }
         self.released = true;
         if self.verify().is_ok() {
-            fs::remove_quietly(&self.path);
+            let _ = self.store.inner.root_dir.unlink(&self.path);
         }
     }
 }

@@ -265,7 +265,11 @@ impl Store {
         // Never overwrite an earlier quarantined copy (same hash, same second, same process).
         for n in 0u32.. {
             let dst = qdir.join(format!("{hash}.{secs}.{}.{n}", self.inner.pid));
-            match fs::publish_noreplace(path, &dst, &self.inner.caps) {
+            match self
+                .inner
+                .root_dir
+                .publish_noreplace(path, &dst, &self.inner.caps)
+            {
                 Ok(fs::Published::Created) => return Ok(dst),
                 Ok(fs::Published::Existed) if n < 1000 => {}
                 Ok(fs::Published::Existed) => break,

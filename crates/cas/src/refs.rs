@@ -183,7 +183,7 @@ impl Store {
 
     fn read_ref_file(&self, name: &str) -> Result<Option<Hash>> {
         let path = self.ref_path(name);
-        match read_small(&path) {
+        match read_small(&self.inner.root_dir, &path) {
             Ok(text) => parse_ref_content(&text).map(Some).ok_or(Error::Malformed {
                 what: "ref",
                 path,

@@ -1,12 +1,13 @@
 //! Opening and creating a store; the handle every operation hangs off.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::config::Options;
 use crate::error::{Error, Result};
-use crate::fs::{self, Caps, Published};
+use crate::fs::{self, Caps, Root};
 use crate::layout::{self, FORMAT_LINE, FORMAT_MAJOR};
 use crate::Durability;
 
@@ -28,6 +29,10 @@ pub struct Store {
 
 pub(crate) struct Inner {
     pub(crate) root: PathBuf,
+    /// The root directory, held open: every path inside the store is resolved beneath it.
+    pub(crate) root_dir: Root,
+    /// `tmp/`, held open once used (see `Store::new_staging`).
+    pub(crate) tmp_dir: Mutex<Option<Arc<OwnedFd>>>,
     pub(crate) options: Options,
     pub(crate) caps: Caps,
     pub(crate) host: String,
@@ -58,6 +63,32 @@ pub struct FsInfo {
     pub network: bool,
     /// Whether `renameat2(RENAME_NOREPLACE)` is (still believed to be) usable.
     pub rename_noreplace: bool,
+    /// The durability barrier used for this filesystem.
+    pub barrier: Barrier,
+}
+
+/// How staged objects are made durable before their names are published (durability `file`
+/// and `full`), chosen from the filesystem type (docs/guarantees.md has the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Barrier {
+    /// One `syncfs(2)` for a batch (local block filesystems: ext4, xfs, btrfs, f2fs); a single
+    /// object is still `fdatasync`ed, which is cheaper for one file.
+    Syncfs,
+    /// `fdatasync(2)` of every staged file, overlapped across threads for a batch (FUSE, NFS,
+    /// CIFS, Lustre, CephFS, tmpfs and anything unknown: where `syncfs` is not known to reach
+    /// stable storage).
+    Fdatasync,
+}
+
+impl std::fmt::Display for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Barrier::Syncfs => "syncfs",
+            Barrier::Fdatasync => "fdatasync",
+        })
+    }
 }
 
 impl Store {
@@ -96,22 +127,19 @@ impl Store {
                 fs::chmod_path(&p, dir_mode).map_err(Error::at("set permissions of", &p))?;
             }
         }
-        let caps = Caps::probe(root).map_err(Error::at("statfs", root))?;
         // config first, FORMAT last: a FORMAT file means the store is complete. Both are
         // published without replacing, so racing inits agree on the first one's options.
-        let tmp = root.join(layout::TMP);
-        publish_small_file(
-            &tmp,
-            &root.join(layout::CONFIG),
-            options.to_file().as_bytes(),
-            &caps,
-        )?;
-        publish_small_file(
-            &tmp,
-            &root.join(layout::FORMAT),
-            format!("{FORMAT_LINE}\nhash blake3\n").as_bytes(),
-            &caps,
-        )?;
+        let store = Self::handle(root, options.clone())?;
+        for (name, text) in [
+            (layout::CONFIG, options.to_file()),
+            (layout::FORMAT, format!("{FORMAT_LINE}\nhash blake3\n")),
+        ] {
+            let dst = root.join(name);
+            let mut staged = store.stage_small(text.as_bytes(), 0o444, Durability::Full)?;
+            store
+                .publish_small(&mut staged, &dst)
+                .map_err(Error::at("publish", &dst))?;
+        }
         Self::open(root)
     }
 
@@ -142,8 +170,17 @@ impl Store {
     }
 
     fn open_inner(root: &Path, over: Option<Options>) -> Result<Store> {
+        let dir = match Root::open(root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotAStore {
+                    path: root.to_owned(),
+                })
+            }
+            Err(e) => return Err(Error::io("open store directory", root, e)),
+        };
         let fmt_path = root.join(layout::FORMAT);
-        let text = match read_small(&fmt_path) {
+        let text = match read_small(&dir, &fmt_path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::NotAStore {
@@ -156,7 +193,7 @@ impl Store {
         let cfg_path = root.join(layout::CONFIG);
         let options = match over {
             Some(o) => o,
-            None => match read_small(&cfg_path) {
+            None => match read_small(&dir, &cfg_path) {
                 Ok(t) => Options::parse_file(&t).map_err(|reason| Error::Malformed {
                     what: "config file",
                     path: cfg_path.clone(),
@@ -166,13 +203,26 @@ impl Store {
                 Err(e) => return Err(Error::io("read", &cfg_path, e)),
             },
         };
-        let caps = Caps::probe(root).map_err(Error::at("statfs", root))?;
+        Self::with_root(dir, options)
+    }
+
+    /// A handle on `root` without checking that a store is there (for `init`).
+    fn handle(root: &Path, options: Options) -> Result<Store> {
+        let dir = Root::open(root).map_err(Error::at("open store directory", root))?;
+        Self::with_root(dir, options)
+    }
+
+    fn with_root(dir: Root, options: Options) -> Result<Store> {
+        let root = dir.path().to_owned();
+        let caps = Caps::probe(&root).map_err(Error::at("statfs", &root))?;
         let host = fs::hostname();
         let pid = fs::pid();
         Ok(Store {
             inner: Arc::new(Inner {
-                root: root.to_owned(),
                 staging_prefix: layout::staging_prefix(&host, pid),
+                root,
+                root_dir: dir,
+                tmp_dir: Mutex::new(None),
                 options,
                 caps,
                 host,
@@ -206,6 +256,7 @@ impl Store {
             rename_noreplace: c
                 .rename_noreplace
                 .load(std::sync::atomic::Ordering::Relaxed),
+            barrier: c.barrier,
         }
     }
 
@@ -218,13 +269,15 @@ impl Store {
     }
 
     /// Creates a directory of the store (and missing parents inside the store) with the store's
-    /// directory mode; existing is fine. Safe against concurrent creators and removers.
-    pub(crate) fn ensure_dir(&self, dir: &Path) -> Result<()> {
+    /// directory mode; existing is fine. Safe against concurrent creators and removers, and
+    /// never creates anything through a symlink. Returns true if this call created `dir`.
+    pub(crate) fn ensure_dir(&self, dir: &Path) -> Result<bool> {
         let mode = self.dir_mode();
+        let root = &self.inner.root_dir;
         let mut attempts = 0;
-        loop {
-            match fs::mkdir_exist_ok(dir, mode) {
-                Ok(()) => break,
+        let created = loop {
+            match root.mkdir(dir, mode) {
+                Ok(created) => break created,
                 Err(e) if fs::is_not_found(&e) && attempts < 8 => {
                     attempts += 1;
                     let parent = dir
@@ -233,79 +286,22 @@ impl Store {
                     match parent {
                         Some(p) => self.ensure_dir(p)?,
                         None => return Err(Error::io("create directory", dir, e)),
-                    }
+                    };
                 }
                 Err(e) => return Err(Error::io("create directory", dir, e)),
             }
-        }
-        if self.inner.options.shared_group {
+        };
+        if created && self.inner.options.shared_group {
             // mkdir applies the umask; the shared mode must not depend on it. Only the creator
             // (owner) can chmod; someone else's directory already has the right mode.
-            let _ = fs::chmod_path(dir, mode);
+            let _ = root.chmod(dir, mode);
         }
-        Ok(())
+        Ok(created)
     }
 
-    /// A new staging file in `tmp/`, named `HOST.PID.RANDOM`, created with `O_EXCL`.
-    pub(crate) fn staging_file(&self) -> Result<tempfile::NamedTempFile> {
-        let tmp = self.path(layout::TMP);
-        let mut attempts = 0;
-        loop {
-            let r = tempfile::Builder::new()
-                .prefix(&self.inner.staging_prefix)
-                .rand_bytes(10)
-                .permissions(std::os::unix::fs::PermissionsExt::from_mode(
-                    self.staging_mode(),
-                ))
-                .tempfile_in(&tmp);
-            match r {
-                Ok(f) => return Ok(f),
-                // tmp/ missing (first use, or removed by hand): create it and retry.
-                Err(e) if fs::is_not_found(&e) && attempts < 4 => {
-                    attempts += 1;
-                    self.ensure_dir(&tmp)?;
-                }
-                Err(e) => return Err(Error::io("create staging file in", &tmp, e)),
-            }
-        }
-    }
-
-    /// Atomically replaces the small file `dst` (a ref or cache entry) with `bytes`: write a
-    /// staging file in `tmp/`, fsync per `durability`, rename over `dst`. Readers see the old or
-    /// the new content, never a torn or missing file.
-    pub(crate) fn replace_small(
-        &self,
-        dst: &Path,
-        bytes: &[u8],
-        durability: Durability,
-    ) -> Result<()> {
-        let mut staging = self.staging_file()?;
-        staging
-            .write_all(bytes)
-            .map_err(Error::at("write staging file", staging.path()))?;
-        if durability != Durability::None {
-            fs::sync_data(staging.as_file()).map_err(Error::at("fsync", staging.path()))?;
-        }
-        fs::set_mode(staging.as_file(), self.file_mode())
-            .map_err(Error::at("set permissions of", staging.path()))?;
-        let mut attempts = 0;
-        loop {
-            match std::fs::rename(staging.path(), dst) {
-                Ok(()) => break,
-                Err(e) if fs::is_not_found(&e) && attempts < 8 => {
-                    attempts += 1;
-                    self.ensure_dir(dst.parent().unwrap_or(dst))?;
-                }
-                Err(e) => return Err(Error::io("replace", dst, e)),
-            }
-        }
-        // Renamed away: nothing for the guard to remove.
-        let _ = staging.into_temp_path().keep();
-        if durability == Durability::Full {
-            let dir = dst.parent().unwrap_or(dst);
-            fs::fsync_dir(dir).map_err(Error::at("fsync directory", dir))?;
-        }
-        Ok(())
+    /// Mode of published objects: read-only for everyone who may read the store.
+    pub(crate) fn object_mode(&self) -> u32 {
+        0o444
     }
 
     pub(crate) fn staging_mode(&self) -> u32 {
@@ -360,29 +356,13 @@ fn check_format(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads a small text file (FORMAT, config, refs, locks).
-pub(crate) fn read_small(path: &Path) -> io::Result<String> {
-    let mut f = fs::open_read(path)?;
+/// Reads a small text file inside the store (FORMAT, config, refs, locks): at most 64 KiB,
+/// reached beneath the root, refused if it is not a regular file.
+pub(crate) fn read_small(root: &Root, path: &Path) -> io::Result<String> {
+    let f = root.open_read(path)?;
     let mut s = String::new();
-    Read::by_ref(&mut f)
-        .take(64 * 1024)
-        .read_to_string(&mut s)?;
+    f.take(64 * 1024).read_to_string(&mut s)?;
     Ok(s)
-}
-
-/// Writes `bytes` to a staging file in `tmp` and publishes it at `dst` without replacing.
-/// Returns whether our file was published.
-fn publish_small_file(tmp: &Path, dst: &Path, bytes: &[u8], caps: &Caps) -> Result<bool> {
-    let mut f = tempfile::Builder::new()
-        .prefix(&layout::staging_prefix(&fs::hostname(), fs::pid()))
-        .tempfile_in(tmp)
-        .map_err(Error::at("create staging file in", tmp))?;
-    f.write_all(bytes)
-        .and_then(|()| f.as_file().sync_all())
-        .map_err(Error::at("write", f.path()))?;
-    fs::set_mode(f.as_file(), 0o444).map_err(Error::at("set permissions of", f.path()))?;
-    let r = fs::publish_noreplace(f.path(), dst, caps).map_err(Error::at("publish", dst))?;
-    Ok(r == Published::Created)
 }
 
 #[cfg(test)]

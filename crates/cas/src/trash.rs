@@ -82,14 +82,15 @@ impl Store {
     fn move_back(&self, src: &Path, dst: &Path) -> std::io::Result<()> {
         let mut attempts = 0;
         loop {
-            match fs::publish_noreplace(src, dst, &self.inner.caps) {
+            let root = &self.inner.root_dir;
+            match root.publish_noreplace(src, dst, &self.inner.caps) {
                 Ok(fs::Published::Created) => return Ok(()),
                 Ok(fs::Published::Existed) => {
                     // Re-put meanwhile: the trash copy is redundant.
-                    fs::remove_quietly(src);
+                    let _ = root.unlink(src);
                     return Ok(());
                 }
-                Err(e) if fs::is_not_found(&e) && attempts < 4 && src.exists() => {
+                Err(e) if fs::is_not_found(&e) && attempts < 4 && root.lstat(src).is_ok() => {
                     attempts += 1;
                     if let Some(dir) = dst.parent() {
                         self.ensure_dir(dir).map_err(std::io::Error::from)?;

@@ -3,14 +3,13 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::Path;
-
-use tempfile::NamedTempFile;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::fs::{self, Published};
+use crate::fs;
 use crate::hash::{Hash, Hasher};
 use crate::layout;
+use crate::stage::{Input, Staged, Staging};
 use crate::{Durability, Store};
 
 /// Bytes copied per step when putting a file by path: large enough to amortise the system
@@ -23,7 +22,7 @@ const PIPELINE_MIN: usize = 512 * 1024;
 /// Read size for streaming puts.
 const STREAM_BUF: usize = 1 << 20;
 /// Files up to this size are read into memory by `put_path` (hash once, skip if present).
-const SMALL_FILE: u64 = 1 << 20;
+pub(crate) const SMALL_FILE: u64 = 1 << 20;
 
 /// An object being written. Bytes go to a private staging file in the store's `tmp/` and into
 /// the hasher; [`Writer::commit`] publishes them under their hash. Dropping a `Writer` without
@@ -46,7 +45,7 @@ const SMALL_FILE: u64 = 1 << 20;
 #[must_use = "an uncommitted Writer discards its bytes when dropped"]
 pub struct Writer {
     store: Store,
-    staging: NamedTempFile,
+    staging: Staging,
     buf: Vec<u8>,
     hasher: Hasher,
     len: u64,
@@ -80,18 +79,8 @@ impl Writer {
         self.durability = d;
     }
 
-    /// The hash of the bytes written to the file so far (call after a flush).
-    pub(crate) fn hash_so_far(&self) -> Hash {
-        self.hasher.finalize()
-    }
-
-    /// Gives up the staging file (after [`Writer::finish`]) as a path that is removed on drop.
-    pub(crate) fn into_staging(self) -> tempfile::TempPath {
-        self.staging.into_temp_path()
-    }
-
     /// The staging file's path (for diagnostics; it moves on commit).
-    pub fn staging_path(&self) -> &Path {
+    pub fn staging_path(&self) -> PathBuf {
         self.staging.path()
     }
 
@@ -114,7 +103,7 @@ impl Writer {
                 "an earlier write to the staging file failed",
             ));
         }
-        let file = self.staging.as_file_mut();
+        let file = self.staging.file_mut();
         let r = if chunk.len() >= PIPELINE_MIN {
             let mut h = self.hasher.clone();
             let r = std::thread::scope(|s| {
@@ -148,6 +137,24 @@ impl Writer {
         }
     }
 
+    /// Flushes and gives up the complete staging file with its hash, unpublished.
+    pub(crate) fn finish(mut self) -> Result<Staged> {
+        self.flush_buf()
+            .map_err(|e| Error::io("write staging file", self.staging.path(), e))?;
+        if self.poisoned {
+            return Err(Error::io(
+                "write staging file",
+                self.staging.path(),
+                io::Error::other("an earlier write failed"),
+            ));
+        }
+        Ok(Staged {
+            hash: self.hasher.finalize(),
+            len: self.len,
+            staging: self.staging,
+        })
+    }
+
     /// Publishes the object and returns its hash. If the object already exists (another writer
     /// won, or it was stored before), its mtime is refreshed and the staging file is dropped:
     /// that is success too.
@@ -155,19 +162,11 @@ impl Writer {
     /// # Errors
     /// I/O errors (naming the staging file or the object path). The staging file is removed on
     /// error; no existing object is ever touched.
-    pub fn commit(mut self) -> Result<Hash> {
-        let path = self.staging.path().to_owned();
-        self.flush_buf()
-            .map_err(Error::at("write staging file", &path))?;
-        if self.poisoned {
-            return Err(Error::io(
-                "write staging file",
-                &path,
-                io::Error::other("an earlier write failed"),
-            ));
-        }
-        let hash = self.hasher.finalize();
-        self.store.publish(self.staging, &hash, self.durability)?;
+    pub fn commit(self) -> Result<Hash> {
+        let (store, durability) = (self.store.clone(), self.durability);
+        let staged = self.finish()?;
+        let hash = staged.hash;
+        store.publish(vec![staged], durability)?;
         Ok(hash)
     }
 }
@@ -200,7 +199,7 @@ impl Store {
     pub fn writer(&self) -> Result<Writer> {
         Ok(Writer {
             store: self.clone(),
-            staging: self.staging_file()?,
+            staging: self.new_staging()?,
             buf: Vec::with_capacity(WRITE_BUF),
             hasher: Hasher::new(),
             len: 0,
@@ -233,14 +232,9 @@ impl Store {
     /// As [`Store::put_bytes`].
     pub fn put_bytes_with(&self, bytes: &[u8], durability: Durability) -> Result<Hash> {
         let hash = Hash::of_parallel(bytes);
-        if self.refresh_if_present(&hash) {
-            return Ok(hash);
+        if !self.refresh_if_present(&hash) {
+            self.publish(vec![self.stage_hashed(bytes, hash)?], durability)?;
         }
-        let mut staging = self.staging_file()?;
-        staging
-            .write_all(bytes)
-            .map_err(Error::at("write staging file", staging.path()))?;
-        self.publish(staging, &hash, durability)?;
         Ok(hash)
     }
 
@@ -248,9 +242,9 @@ impl Store {
     /// fixed 1 MiB buffer, whatever its size.
     ///
     /// # Errors
-    /// I/O errors from the reader (as [`Error::Io`] with op "read input") or the store.
+    /// [`Error::Input`] if the reader fails; I/O errors of the store otherwise.
     pub fn put_reader(&self, reader: impl Read) -> Result<Hash> {
-        self.put_reader_inner(&mut { reader }, self.durability())
+        self.put_reader_with(reader, self.durability())
     }
 
     /// [`Store::put_reader`] with an explicit durability.
@@ -258,25 +252,27 @@ impl Store {
     /// # Errors
     /// As [`Store::put_reader`].
     pub fn put_reader_with(&self, reader: impl Read, durability: Durability) -> Result<Hash> {
-        self.put_reader_inner(&mut { reader }, durability)
+        let staged = self.stage_reader(&mut { reader }, Input::Stream)?;
+        let hash = staged.hash;
+        self.publish(vec![staged], durability)?;
+        Ok(hash)
     }
 
-    fn put_reader_inner(&self, reader: &mut dyn Read, durability: Durability) -> Result<Hash> {
+    /// Streams `reader` into a staging file while hashing it.
+    pub(crate) fn stage_reader(&self, reader: &mut dyn Read, input: Input<'_>) -> Result<Staged> {
         let mut w = self.writer()?;
-        w.set_durability(durability);
         let mut buf = vec![0u8; STREAM_BUF];
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read input for", w.staging_path(), e)),
+                Err(e) => return Err(input.error(e)),
             };
-            let path = w.staging_path().to_owned();
             w.write_all(&buf[..n])
-                .map_err(|e| Error::io("write staging file", path, e))?;
+                .map_err(|e| Error::io("write staging file", w.staging_path(), e))?;
         }
-        w.commit()
+        w.finish()
     }
 
     /// Stores the contents of a file. Small files are read once and skipped if present; large
@@ -285,7 +281,7 @@ impl Store {
     /// files (pipes, devices) are streamed.
     ///
     /// # Errors
-    /// [`Error::Io`] naming `path` if it cannot be opened or read; store errors otherwise.
+    /// [`Error::Input`] naming `path` if it cannot be opened or read; store errors otherwise.
     pub fn put_path(&self, path: impl AsRef<Path>) -> Result<Hash> {
         self.put_path_with(path.as_ref(), self.durability())
     }
@@ -295,112 +291,56 @@ impl Store {
     /// # Errors
     /// As [`Store::put_path`].
     pub fn put_path_with(&self, path: &Path, durability: Durability) -> Result<Hash> {
-        let mut src = File::open(path).map_err(Error::at("open", path))?;
-        let meta = src.metadata().map_err(Error::at("stat", path))?;
-        if meta.is_dir() {
-            return Err(Error::io(
-                "store",
-                path,
-                io::Error::new(io::ErrorKind::IsADirectory, "is a directory (use put_dir)"),
-            ));
+        let (hash, staged) = self.stage_path(path, |_| false)?;
+        if let Some(s) = staged {
+            self.publish(vec![s], durability)?;
         }
-        if !meta.is_file() {
-            return self
-                .put_reader_inner(&mut src, durability)
-                .map_err(|e| rename_input_error(e, path));
-        }
-        if meta.len() <= SMALL_FILE {
-            let bytes = fs::read_len(&src, meta.len()).map_err(Error::at("read", path))?;
-            return self.put_bytes_with(&bytes, durability);
-        }
-        let (staging, hash) = self.stage_copy(&src, path)?;
-        self.publish(staging, &hash, durability)?;
         Ok(hash)
     }
 
-    /// Copies a regular file into a new staging file and hashes the copy (see
-    /// [`copy_and_hash`]). Errors name `path`.
-    pub(crate) fn stage_copy(&self, src: &File, path: &Path) -> Result<(NamedTempFile, Hash)> {
-        let staging = self.staging_file()?;
-        let hash = copy_and_hash(src, staging.as_file())
-            .map_err(Error::at("copy into the store", path))?;
-        Ok((staging, hash))
+    /// Stages a file's contents. Returns the hash and the staged object, or `None` when the
+    /// object is already in the store or `known` says it is already staged (small files are
+    /// hashed before anything is written, so those cost no write).
+    pub(crate) fn stage_path(
+        &self,
+        path: &Path,
+        known: impl Fn(&Hash) -> bool,
+    ) -> Result<(Hash, Option<Staged>)> {
+        let input = Input::Path(path);
+        let mut src = File::open(path).map_err(|e| input.error(e))?;
+        let meta = src.metadata().map_err(|e| input.error(e))?;
+        if meta.is_dir() {
+            return Err(input.error(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "is a directory (store it as a tree)",
+            )));
+        }
+        if !meta.is_file() {
+            let s = self.stage_reader(&mut src, input)?;
+            return Ok((s.hash, Some(s)));
+        }
+        if meta.len() <= SMALL_FILE {
+            let bytes = fs::read_len(&src, meta.len()).map_err(|e| input.error(e))?;
+            let hash = Hash::of_parallel(&bytes);
+            if known(&hash) || self.refresh_if_present(&hash) {
+                return Ok((hash, None));
+            }
+            return Ok((hash, Some(self.stage_hashed(&bytes, hash)?)));
+        }
+        let mut staging = self.new_staging()?;
+        let (hash, len) = copy_and_hash(&src, staging.file_mut()).map_err(|e| input.error(e))?;
+        Ok((hash, Some(Staged { staging, hash, len })))
     }
 
     /// Sets an existing object's mtime to now. Returns true if the object exists (even when the
     /// refresh was refused because another user owns it).
     pub(crate) fn refresh_if_present(&self, hash: &Hash) -> bool {
         let p = layout::object_path(&self.inner.root, hash);
-        match fs::touch_now(&p) {
+        match self.inner.root_dir.touch_now(&p) {
             Ok(()) => true,
             // EPERM/EACCES: it exists but belongs to another user of a shared store.
             Err(e) => e.kind() == io::ErrorKind::PermissionDenied,
         }
-    }
-
-    /// Publishes a complete staging file under `hash` (never replacing), per `durability`.
-    pub(crate) fn publish(
-        &self,
-        staging: NamedTempFile,
-        hash: &Hash,
-        durability: Durability,
-    ) -> Result<Published> {
-        let spath = staging.path().to_owned();
-        if durability != Durability::None {
-            fs::sync_data(staging.as_file()).map_err(Error::at("fsync", &spath))?;
-        }
-        fs::set_mode(staging.as_file(), 0o444).map_err(Error::at("set permissions of", &spath))?;
-        let r = self.publish_path(staging.into_temp_path(), hash)?;
-        if r == Published::Created && durability == Durability::Full {
-            let dst = layout::object_path(&self.inner.root, hash);
-            let dir = dst.parent().unwrap_or(&dst);
-            fs::fsync_dir(dir).map_err(Error::at("fsync directory", dir))?;
-        }
-        Ok(r)
-    }
-
-    /// Publishes a complete, read-only, synced-as-required staging file under `hash`, never
-    /// replacing an existing object; creates the fan-out directory on demand.
-    pub(crate) fn publish_path(
-        &self,
-        temp_path: tempfile::TempPath,
-        hash: &Hash,
-    ) -> Result<Published> {
-        let dst = layout::object_path(&self.inner.root, hash);
-        let mut attempts = 0;
-        loop {
-            match fs::publish_noreplace(&temp_path, &dst, &self.inner.caps) {
-                Ok(Published::Created) => {
-                    // The staging name is gone (renamed or unlinked); don't remove it again.
-                    let _ = temp_path.keep();
-                    return Ok(Published::Created);
-                }
-                Ok(Published::Existed) => {
-                    // Same bytes are already there: refresh the age gc sees, drop ours.
-                    let _ = fs::touch_now(&dst);
-                    drop(temp_path);
-                    return Ok(Published::Existed);
-                }
-                Err(e) if fs::is_not_found(&e) && attempts < 8 => {
-                    // The fan-out directory does not exist yet (or gc just removed it empty).
-                    attempts += 1;
-                    let dir = dst.parent().unwrap_or(&dst);
-                    self.ensure_dir(dir)?;
-                }
-                Err(e) => return Err(Error::io("publish object", &dst, e)),
-            }
-        }
-    }
-}
-
-fn rename_input_error(e: Error, path: &Path) -> Error {
-    match e {
-        Error::Io {
-            op: "read input for",
-            source,
-            ..
-        } => Error::io("read", path, source),
-        e => e,
     }
 }
 
@@ -411,7 +351,7 @@ fn rename_input_error(e: Error, path: &Path) -> Error {
 /// as soon as it is copied, reading it back from `dst`. `dst` is a staging file only we write,
 /// so the hash is of exactly the bytes that will be published, even if `src` changes meanwhile.
 /// `dst` must be open for reading and writing.
-fn copy_and_hash(src: &File, dst: &File) -> io::Result<Hash> {
+fn copy_and_hash(src: &File, dst: &File) -> io::Result<(Hash, u64)> {
     use std::os::unix::fs::FileExt;
     let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
     std::thread::scope(|s| {
@@ -483,7 +423,7 @@ fn copy_and_hash(src: &File, dst: &File) -> io::Result<Hash> {
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the copying thread panicked")));
         copy_result.and(hash_result)?;
-        Ok(hasher.finalize())
+        Ok((hasher.finalize(), done))
     })
 }
 
@@ -512,15 +452,16 @@ mod tests {
         std::fs::write(&src_path, &data).unwrap();
         let dst_path = d.path().join("dst");
         let dst = rw(&dst_path);
-        let h = copy_and_hash(&File::open(&src_path).unwrap(), &dst).unwrap();
+        let (h, len) = copy_and_hash(&File::open(&src_path).unwrap(), &dst).unwrap();
         assert_eq!(h, Hash::of(&data));
+        assert_eq!(len, data.len() as u64);
         assert!(std::fs::read(&dst_path).unwrap() == data, "copy differs");
 
         // The kernel refuses copy_file_range from procfs: the copy goes through memory.
         if let Ok(f) = File::open("/proc/self/mountinfo") {
             let dst_path = d.path().join("dst2");
             let dst = rw(&dst_path);
-            let h = copy_and_hash(&f, &dst).unwrap();
+            let (h, _) = copy_and_hash(&f, &dst).unwrap();
             let copy = std::fs::read(&dst_path).unwrap();
             assert!(!copy.is_empty(), "nothing copied from procfs");
             assert_eq!(h, Hash::of(&copy));

@@ -6,11 +6,16 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
 use rustix::fs::{OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
+
+use crate::Barrier;
+
+mod root;
+pub(crate) use root::{create_excl_at, is_hostile, not_regular, Kind, Meta, Root};
 
 /// What a no-replace publish found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +37,8 @@ pub(crate) struct Caps {
     pub(crate) network: bool,
     /// Cleared the first time `renameat2(RENAME_NOREPLACE)` is refused; then link+unlink is used.
     pub(crate) rename_noreplace: AtomicBool,
+    /// How many staged files are made durable at once (see [`barrier_for`]).
+    pub(crate) barrier: Barrier,
 }
 
 impl Caps {
@@ -47,6 +54,7 @@ impl Caps {
             network,
             // FUSE and NFS refuse it (measured: GlusterFS, MooseFS give EINVAL); don't even try.
             rename_noreplace: AtomicBool::new(!network),
+            barrier: barrier_for(magic),
         })
     }
 }
@@ -73,6 +81,18 @@ pub(crate) fn fs_kind(magic: i64) -> (&'static str, bool) {
         0x5346_414F => ("afs", true),
         0x1373 => ("devfs", false),
         _ => ("unknown", false),
+    }
+}
+
+/// The durability barrier for a filesystem. `syncfs(2)` only where it is known to write every
+/// dirty file of that filesystem to stable storage: the local block-device filesystems ext4,
+/// xfs, btrfs and f2fs. Everywhere else — FUSE (the kernel never forwards `syncfs` to a FUSE
+/// daemon), NFS, CIFS, Lustre, CephFS, tmpfs, anything unknown — each file is `fdatasync`ed,
+/// which every filesystem must honour.
+pub(crate) fn barrier_for(magic: i64) -> Barrier {
+    match magic {
+        0xEF53 | 0x5846_5342 | 0x9123_683E | 0xF2F5_2010 => Barrier::Syncfs,
+        _ => Barrier::Fdatasync,
     }
 }
 
@@ -120,34 +140,6 @@ pub(crate) fn create_excl(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
 }
 
-/// Moves `src` to `dst` without ever replacing an existing `dst`.
-///
-/// Uses `renameat2(RENAME_NOREPLACE)` where the filesystem supports it (one call, and `src` is
-/// gone afterwards), else `link(2)` + `unlink(2)` of `src`, the portable no-clobber move that is
-/// also safe on NFS. Returns [`Published::Existed`] when `dst` already exists; `src` is then
-/// left in place for the caller to remove.
-pub(crate) fn publish_noreplace(src: &Path, dst: &Path, caps: &Caps) -> io::Result<Published> {
-    if caps.rename_noreplace.load(Ordering::Relaxed) {
-        match rustix::fs::renameat_with(CWD, src, CWD, dst, RenameFlags::NOREPLACE) {
-            Ok(()) => return Ok(Published::Created),
-            Err(Errno::EXIST) => return Ok(Published::Existed),
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM) => {
-                caps.rename_noreplace.store(false, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    match rustix::fs::link(src, dst) {
-        Ok(()) => {
-            // The name is published; the staging name is ours alone to remove.
-            remove_quietly(src);
-            Ok(Published::Created)
-        }
-        Err(Errno::EXIST) => Ok(Published::Existed),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Reads up to `len` bytes from the current position: the length `fstat` gave. Unlike
 /// `read_to_end` it does not stat and seek again nor make one more read to see the end. A
 /// file shorter than `len` yields fewer bytes (callers verify what they read). A length of 0
@@ -191,15 +183,6 @@ pub(crate) fn remove_quietly(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// `fsync(2)` on a directory, so that names created or removed in it survive a power loss.
-pub(crate) fn fsync_dir(path: &Path) -> io::Result<()> {
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlags::DIRECTORY.bits() as i32 | OFlags::CLOEXEC.bits() as i32)
-        .open(path)?;
-    dir.sync_all()
-}
-
 /// `fdatasync(2)`: the file's bytes (and size) are durable.
 pub(crate) fn sync_data(file: &File) -> io::Result<()> {
     file.sync_data()
@@ -218,23 +201,6 @@ pub(crate) fn set_mode(file: &File, mode: u32) -> io::Result<()> {
 /// Sets a file's mtime to now (`futimens(2)`). Needs ownership; callers treat failure as benign.
 pub(crate) fn touch(file: &File) -> io::Result<()> {
     file.set_modified(SystemTime::now())
-}
-
-/// Sets the mtime of the file at `path` to now (`utimensat(2)`, `UTIME_NOW`, no symlink
-/// following), leaving the atime alone. One system call; also an existence probe.
-pub(crate) fn touch_now(path: &Path) -> io::Result<()> {
-    use rustix::fs::{AtFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
-    let ts = Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_NOW,
-        },
-    };
-    rustix::fs::utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
 }
 
 /// True if a process with this pid exists on this host (`kill(pid, 0)`; EPERM means it exists).
@@ -363,41 +329,29 @@ mod tests {
     }
 
     #[test]
+    fn syncfs_only_on_local_block_filesystems() {
+        // ext4, xfs, btrfs, f2fs
+        for m in [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010] {
+            assert_eq!(barrier_for(m), Barrier::Syncfs, "{m:#x}");
+        }
+        // FUSE, NFS, CIFS, Lustre, CephFS, tmpfs, unknown
+        for m in [
+            0x6573_5546,
+            0x6969,
+            0xFF53_4D42,
+            0x0BD0_0BD0,
+            0x00C3_6400,
+            0x0102_1994,
+            0,
+        ] {
+            assert_eq!(barrier_for(m), Barrier::Fdatasync, "{m:#x}");
+        }
+    }
+
+    #[test]
     fn own_pid_alive_and_absurd_pid_dead() {
         assert!(pid_alive(std::process::id()));
         assert!(!pid_alive(0));
         assert!(!pid_alive(u32::MAX));
-    }
-
-    #[test]
-    fn publish_does_not_replace() {
-        let d = tempfile::tempdir().unwrap();
-        let caps = Caps::probe(d.path()).unwrap();
-        let (one, two, dst) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
-        std::fs::write(&one, b"one").unwrap();
-        std::fs::write(&two, b"two").unwrap();
-        assert_eq!(
-            publish_noreplace(&one, &dst, &caps).unwrap(),
-            Published::Created
-        );
-        assert!(!one.exists());
-        assert_eq!(
-            publish_noreplace(&two, &dst, &caps).unwrap(),
-            Published::Existed
-        );
-        assert_eq!(std::fs::read(&dst).unwrap(), b"one");
-        // The link+unlink fallback behaves the same.
-        caps.rename_noreplace.store(false, Ordering::Relaxed);
-        assert_eq!(
-            publish_noreplace(&two, &dst, &caps).unwrap(),
-            Published::Existed
-        );
-        let other = d.path().join("e");
-        assert_eq!(
-            publish_noreplace(&two, &other, &caps).unwrap(),
-            Published::Created
-        );
-        assert!(!two.exists());
-        assert_eq!(std::fs::read(&other).unwrap(), b"two");
     }
 }

@@ -1,0 +1,397 @@
+//! The one write path (docs/format.md §Write path): every object, ref, cache entry, lock and
+//! store file is first written to a private staging file in `tmp/`, made durable by one
+//! barrier, and only then published under its final name.
+//!
+//! - [`Staging`] is a staging file, reached through the descriptor of `tmp/` (never by a path
+//!   that a symlink could redirect) and removed when dropped unless it was published.
+//! - [`Staged`] is a complete object: a staging file, the BLAKE3 of exactly the bytes in it,
+//!   and its length. Every way of putting — bytes, a reader, a path, a [`Writer`](crate::Writer),
+//!   a batch, a keyed put, a tree — ends in one.
+//! - [`Store::publish`] is the only way an object becomes visible: the barrier the filesystem
+//!   needs ([`Barrier`]), then a no-replace publish of each name, then (durability `full`) an
+//!   `fsync` of each fan-out directory that gained a name.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::fs::{self, Published};
+use crate::hash::Hash;
+use crate::layout;
+use crate::{Barrier, Durability, Store};
+
+/// How many staged files are `fdatasync`ed at once in a batch. On a network or FUSE
+/// filesystem each sync is a round trip to a server; overlapping them is what makes a batch
+/// cheaper than single puts there.
+const SYNC_THREADS: usize = 16;
+
+/// A private staging file in the store's `tmp/`, named `HOST.PID.RANDOM`.
+///
+/// Created with `O_CREAT | O_EXCL | O_NOFOLLOW` relative to the descriptor of `tmp/`; dropped
+/// without being published, it removes its own name (and nothing else).
+pub(crate) struct Staging {
+    file: File,
+    dir: Arc<OwnedFd>,
+    name: OsString,
+    root: PathBuf,
+    armed: bool,
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Staging {
+    /// Where the staging file is (for messages).
+    pub(crate) fn path(&self) -> PathBuf {
+        let mut p = self.root.join(layout::TMP);
+        p.push(&self.name);
+        p
+    }
+
+    /// The open staging file (read-write).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The open staging file, mutably.
+    pub(crate) fn file_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Moves the staging file to `dst` without replacing anything there. On success the
+    /// staging name is gone and this guard removes nothing.
+    fn publish_noreplace(&mut self, store: &Store, dst: &Path) -> io::Result<Published> {
+        let r = store.inner.root_dir.publish_from(
+            self.dir.as_fd(),
+            &self.name,
+            dst,
+            &store.inner.caps,
+        )?;
+        if r == Published::Created {
+            self.armed = false;
+        }
+        Ok(r)
+    }
+
+    /// Renames the staging file over `dst` (replacing a file there).
+    fn replace(&mut self, store: &Store, dst: &Path) -> io::Result<()> {
+        store
+            .inner
+            .root_dir
+            .rename_from(self.dir.as_fd(), &self.name, dst)?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ =
+                rustix::fs::unlinkat(self.dir.as_fd(), &self.name, rustix::fs::AtFlags::empty());
+        }
+    }
+}
+
+/// A complete object in a staging file: the hash is of exactly the bytes in the file.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    pub(crate) staging: Staging,
+    pub(crate) hash: Hash,
+    pub(crate) len: u64,
+}
+
+/// Where the bytes of a put come from, for error messages: a read failure names the input,
+/// not the staging file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Input<'a> {
+    /// A file or device given by path.
+    Path(&'a Path),
+    /// A stream with no name (a `Read` handed to the library).
+    Stream,
+}
+
+impl Input<'_> {
+    pub(crate) fn error(self, source: io::Error) -> Error {
+        Error::Input {
+            input: match self {
+                Input::Path(p) => p.display().to_string(),
+                Input::Stream => "stream".to_owned(),
+            },
+            source,
+        }
+    }
+}
+
+impl Store {
+    /// The descriptor of `tmp/`, opened once per handle (beneath the root, no symlinks) and
+    /// opened again if the directory was removed and recreated.
+    fn tmp_dir(&self, refresh: bool) -> Result<Arc<OwnedFd>> {
+        let mut slot = self
+            .inner
+            .tmp_dir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(fd), false) = (slot.as_ref(), refresh) {
+            return Ok(Arc::clone(fd));
+        }
+        let tmp = self.path(layout::TMP);
+        let fd = match self.inner.root_dir.open_dir(&tmp) {
+            Ok(fd) => fd,
+            Err(e) if fs::is_not_found(&e) => {
+                self.ensure_dir(&tmp)?;
+                self.inner
+                    .root_dir
+                    .open_dir(&tmp)
+                    .map_err(Error::at("open", &tmp))?
+            }
+            Err(e) => return Err(Error::io("open", &tmp, e)),
+        };
+        let fd = Arc::new(fd);
+        *slot = Some(Arc::clone(&fd));
+        Ok(fd)
+    }
+
+    /// A new staging file in `tmp/`, open for reading and writing, with the staging mode.
+    pub(crate) fn new_staging(&self) -> Result<Staging> {
+        let mut dir = self.tmp_dir(false)?;
+        let mut attempts = 0;
+        loop {
+            let mut name = String::with_capacity(self.inner.staging_prefix.len() + 10);
+            name.push_str(&self.inner.staging_prefix);
+            name.extend(std::iter::repeat_with(fastrand::alphanumeric).take(10));
+            match fs::create_excl_at(dir.as_fd(), name.as_ref(), self.staging_mode()) {
+                Ok(fd) => {
+                    return Ok(Staging {
+                        file: File::from(fd),
+                        dir,
+                        name: name.into(),
+                        root: self.inner.root.clone(),
+                        armed: true,
+                    })
+                }
+                Err(Errno::EXIST) if attempts < 16 => attempts += 1,
+                // tmp/ was removed (by hand, or it never existed): find or make it again.
+                Err(Errno::NOENT | Errno::STALE) if attempts < 4 => {
+                    attempts += 1;
+                    dir = self.tmp_dir(true)?;
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        "create staging file in",
+                        self.path(layout::TMP),
+                        e.into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Stages bytes whose hash is already known.
+    pub(crate) fn stage_hashed(&self, bytes: &[u8], hash: Hash) -> Result<Staged> {
+        let mut staging = self.new_staging()?;
+        staging
+            .file_mut()
+            .write_all(bytes)
+            .map_err(|e| Error::io("write staging file", staging.path(), e))?;
+        Ok(Staged {
+            staging,
+            hash,
+            len: bytes.len() as u64,
+        })
+    }
+
+    /// Makes staged objects durable (per `durability` and the filesystem's [`Barrier`]) and
+    /// publishes each under its hash without replacing anything. Returns how many names were
+    /// created (the rest already existed: their mtime is refreshed and our copy dropped).
+    ///
+    /// On error, objects published before it stay (they are complete and synced); the
+    /// remaining staging files are removed.
+    pub(crate) fn publish(&self, staged: Vec<Staged>, durability: Durability) -> Result<usize> {
+        if staged.is_empty() {
+            return Ok(0);
+        }
+        let mode = self.object_mode();
+        for s in &staged {
+            fs::set_mode(s.staging.file(), mode)
+                .map_err(|e| Error::io("set permissions of", s.staging.path(), e))?;
+        }
+        if durability != Durability::None {
+            self.barrier(&staged)?;
+        }
+        let mut created = 0;
+        let mut dirs = BTreeSet::new();
+        let mut new_fanout = false;
+        for s in staged {
+            let dst = layout::object_path(&self.inner.root, &s.hash);
+            let (published, made_dir) = self.publish_object(s.staging, &dst)?;
+            new_fanout |= made_dir;
+            if published == Published::Created {
+                created += 1;
+                if durability == Durability::Full {
+                    dirs.insert(dst.parent().unwrap_or(&dst).to_owned());
+                }
+            }
+        }
+        if new_fanout && durability == Durability::Full {
+            dirs.insert(self.path(layout::OBJECTS));
+        }
+        for dir in dirs {
+            self.inner
+                .root_dir
+                .fsync_dir(&dir)
+                .map_err(Error::at("fsync directory", &dir))?;
+        }
+        Ok(created)
+    }
+
+    /// The barrier before names are published: afterwards every staged byte is on stable
+    /// storage. One `syncfs(2)` where it is known to flush this filesystem's files (local block
+    /// filesystems) and more than one file waits; `fdatasync(2)` of each file otherwise,
+    /// overlapped across threads.
+    fn barrier(&self, staged: &[Staged]) -> Result<()> {
+        if staged.len() > 1 && self.inner.caps.barrier == Barrier::Syncfs {
+            let tmp = self.path(layout::TMP);
+            return fs::syncfs(staged[0].staging.file()).map_err(Error::at("syncfs", &tmp));
+        }
+        let sync = |s: &Staged| {
+            fs::sync_data(s.staging.file()).map_err(|e| Error::io("fdatasync", s.staging.path(), e))
+        };
+        if staged.len() == 1 {
+            return sync(&staged[0]);
+        }
+        let next = AtomicUsize::new(0);
+        let threads = staged.len().min(SYNC_THREADS);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(s) = staged.get(i) else {
+                                return Ok(());
+                            };
+                            if let Err(e) = sync(s) {
+                                // Stop the others at their next file.
+                                next.store(staged.len(), Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut first = Ok(());
+            for w in workers {
+                let r = w.join().unwrap_or_else(|_| {
+                    Err(Error::io(
+                        "fdatasync",
+                        self.path(layout::TMP),
+                        io::Error::other("a sync thread panicked"),
+                    ))
+                });
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            first
+        })
+    }
+
+    /// Publishes one complete staging file at `dst` (an object name) without replacing;
+    /// creates the fan-out directory on demand. Returns what happened and whether we created
+    /// the fan-out directory.
+    fn publish_object(&self, mut staging: Staging, dst: &Path) -> Result<(Published, bool)> {
+        let mut made_dir = false;
+        let mut attempts = 0;
+        loop {
+            match staging.publish_noreplace(self, dst) {
+                Ok(Published::Created) => return Ok((Published::Created, made_dir)),
+                Ok(Published::Existed) => {
+                    // Same bytes are already there: refresh the age gc sees, drop ours.
+                    let _ = self.inner.root_dir.touch_now(dst);
+                    return Ok((Published::Existed, made_dir));
+                }
+                Err(e) if fs::is_not_found(&e) && attempts < 8 => {
+                    // The fan-out directory does not exist yet (or gc just removed it empty).
+                    attempts += 1;
+                    made_dir |= self.ensure_dir(dst.parent().unwrap_or(dst))?;
+                }
+                Err(e) => return Err(Error::io("publish object", dst, e)),
+            }
+        }
+    }
+
+    /// Writes a small file (ref, entry, lock, store file) to a staging file with `mode`,
+    /// synced unless `durability` is `none`.
+    pub(crate) fn stage_small(
+        &self,
+        bytes: &[u8],
+        mode: u32,
+        durability: Durability,
+    ) -> Result<Staging> {
+        let mut s = self.new_staging()?;
+        let r = s
+            .file_mut()
+            .write_all(bytes)
+            .and_then(|()| fs::set_mode(s.file(), mode))
+            .and_then(|()| {
+                if durability == Durability::None {
+                    Ok(())
+                } else {
+                    fs::sync_data(s.file())
+                }
+            });
+        r.map_err(|e| Error::io("write staging file", s.path(), e))?;
+        Ok(s)
+    }
+
+    /// Atomically replaces the small file `dst` (a ref or cache entry) with `bytes`: staged,
+    /// synced per `durability`, renamed over `dst`; with `full` the directory is synced too.
+    /// Readers see the old or the new content, never a torn or missing file.
+    pub(crate) fn replace_small(
+        &self,
+        dst: &Path,
+        bytes: &[u8],
+        durability: Durability,
+    ) -> Result<()> {
+        let mut staging = self.stage_small(bytes, self.file_mode(), durability)?;
+        let dir = dst.parent().unwrap_or(dst);
+        let mut attempts = 0;
+        loop {
+            match staging.replace(self, dst) {
+                Ok(()) => break,
+                Err(e) if fs::is_not_found(&e) && attempts < 8 => {
+                    attempts += 1;
+                    self.ensure_dir(dir)?;
+                }
+                Err(e) => return Err(Error::io("replace", dst, e)),
+            }
+        }
+        if durability == Durability::Full {
+            self.inner
+                .root_dir
+                .fsync_dir(dir)
+                .map_err(Error::at("fsync directory", dir))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a staged small file at `dst` without replacing (locks, `FORMAT`, `config`).
+    /// `Existed` leaves the staging file in place for another try; the guard removes it.
+    pub(crate) fn publish_small(&self, staging: &mut Staging, dst: &Path) -> io::Result<Published> {
+        staging.publish_noreplace(self, dst)
+    }
+}
