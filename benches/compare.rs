@@ -481,6 +481,8 @@ const PUT_FILE: &str = "put 4 KiB, durability file (fdatasync)";
 const PUT_BATCH: &str = "put 4 KiB, batches of 1000, one sync each";
 const GET_SMALL: &str = "get 4 KiB verified, warm";
 const PUT_BIG: &str = "put big object, durability none";
+const CLUSTER_SINGLE: &str = "cluster fs: put 4 KiB, durability file, one at a time";
+const CLUSTER_BATCH: &str = "cluster fs: put 4 KiB, durability file, one batch of 200";
 const GET_BIG: &str = "get big object verified, warm";
 const SCALE_PUT: &str = "scale: put 4 KiB, durability none";
 const SCALE_GET: &str = "scale: get 4 KiB verified, warm";
@@ -697,11 +699,32 @@ fn big(c: &mut Criterion, cfg: &Cfg) {
             })
         })
     });
+    bench(&mut g, PUT_BIG, "cp", unit, || {
+        big_rep(cfg, |dir| {
+            let dst = dir.join("copy");
+            Box::new(move || {
+                let ok = Command::new("cp")
+                    .arg(src)
+                    .arg(&dst)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "cp failed");
+            })
+        })
+    });
     g.finish();
     set_targets(
         PUT_BIG,
         "cas put_reader (stream)",
         vec![Target::Cacache(5.0)],
+    );
+    set_targets(
+        PUT_BIG,
+        "cas put_path",
+        vec![
+            Target::Floor(0.85),
+            Target::Row(PUT_BIG, "cp".to_owned(), 0.8),
+        ],
     );
 
     // Get: one copy of the object in each store, written once and synced (clean, cached).
@@ -736,6 +759,61 @@ fn big(c: &mut Criterion, cfg: &Cfg) {
     drop(data_buf);
     for d in [src.parent().unwrap(), store.root(), &cdir, &fdir] {
         remove_big_files(d);
+    }
+}
+
+/// Small objects put into a store on a cluster (FUSE) filesystem: single puts, each with its
+/// own `fdatasync`, against one batch whose barrier `fdatasync`s every staged file in parallel
+/// (`syncfs` does not reach a FUSE daemon), and the floor (tmp + write + `fdatasync` + rename,
+/// one object after another) on the same filesystem.
+fn cluster(c: &mut Criterion, cfg: &Cfg, dir: &Path) {
+    const N: usize = 200;
+    let objs = Objects::new(N, 7);
+    let names = objs.hex_names();
+    let unit = Unit::Ops(N as u64);
+    let fresh = |tag: &str| {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let d = dir.join(format!(
+            "bench-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&d).expect("create a directory on the cluster filesystem");
+        d
+    };
+    let mut g = group(c, "cluster-put-4KiB-file", cfg);
+    bench(&mut g, CLUSTER_SINGLE, "cas", unit, || {
+        let store = cas_store(&fresh("single"), Durability::File);
+        timed(|| {
+            for o in objs.iter() {
+                store.put_bytes(o).expect("put");
+            }
+        })
+    });
+    bench(&mut g, CLUSTER_SINGLE, "floor", unit, || {
+        let d = fresh("floor");
+        timed(|| floor_put(&d, &objs, &names, true))
+    });
+    bench(&mut g, CLUSTER_BATCH, "cas", unit, || {
+        let store = cas_store(&fresh("batch"), Durability::File);
+        timed(|| {
+            let mut b = store.batch();
+            for o in objs.iter() {
+                b.put_bytes(o).expect("stage");
+            }
+            b.commit().expect("commit");
+        })
+    });
+    g.finish();
+    set_targets(
+        CLUSTER_BATCH,
+        "cas",
+        vec![Target::Row(CLUSTER_SINGLE, "cas".to_owned(), 1.0)],
+    );
+    for ent in fs::read_dir(dir).expect("list").flatten() {
+        if ent.file_name().to_string_lossy().starts_with("bench-") {
+            let _ = fs::remove_dir_all(ent.path());
+        }
     }
 }
 
@@ -1098,11 +1176,26 @@ fn main() {
     wait_after_cleanup(&cfg);
     let started = Instant::now();
     let mut c = Criterion::default().configure_from_args();
-    put_small(&mut c, &cfg);
-    get_small(&mut c, &cfg);
-    big(&mut c, &cfg);
-    scale(&mut c, &cfg);
-    scan(&mut c, &cfg);
+    // `CAS_BENCH_ONLY=big,cluster` runs only those groups (default: all but cluster, which
+    // needs `CAS_BENCH_CLUSTER_DIR`).
+    let only = std::env::var("CAS_BENCH_ONLY").unwrap_or_default();
+    let want = |g: &str| only.is_empty() || only.split(',').any(|o| o.trim() == g);
+    if want("small") {
+        put_small(&mut c, &cfg);
+        get_small(&mut c, &cfg);
+    }
+    if want("big") {
+        big(&mut c, &cfg);
+    }
+    if want("scale") {
+        scale(&mut c, &cfg);
+    }
+    if want("scan") {
+        scan(&mut c, &cfg);
+    }
+    if let Some(dir) = std::env::var_os("CAS_BENCH_CLUSTER_DIR").filter(|_| want("cluster")) {
+        cluster(&mut c, &cfg, Path::new(&dir));
+    }
     c.final_summary();
 
     let text = report(&cfg, started);

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod faultfs;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

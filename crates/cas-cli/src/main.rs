@@ -475,6 +475,7 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
             "filesystem": fs.fs_type,
             "network_filesystem": fs.network,
             "rename_noreplace": fs.rename_noreplace,
+            "barrier": fs.barrier,
         });
         println!("{v}");
     } else {
@@ -492,6 +493,7 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
             ""
         };
         println!("filesystem:  {}{note}", fs.fs_type);
+        println!("barrier:     {}", output::describe_barrier(fs.barrier));
     }
     Ok(ExitCode::SUCCESS)
 }

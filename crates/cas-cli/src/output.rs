@@ -185,6 +185,14 @@ pub fn print_gc(r: &cas::GcReport) {
     );
 }
 
+/// How a store makes staged bytes durable, in words.
+pub fn describe_barrier(b: cas::Barrier) -> &'static str {
+    match b {
+        cas::Barrier::Syncfs => "syncfs per batch, fdatasync per single object",
+        _ => "fdatasync of every object (syncfs does not reach stable storage here)",
+    }
+}
+
 pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
     println!("store:        {}", root.display());
     println!(
@@ -197,6 +205,7 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
             ", local"
         }
     );
+    println!("barrier:      {}", describe_barrier(r.fs.barrier));
     println!(
         "publishing:   {}",
         if r.fs.rename_noreplace {

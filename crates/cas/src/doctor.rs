@@ -58,6 +58,8 @@ pub struct FsInfoReport {
     pub rename_noreplace: bool,
     /// Large objects are memory-mapped for reads.
     pub mmap_reads: bool,
+    /// The durability barrier used before names are published (`syncfs` or `fdatasync`).
+    pub barrier: crate::Barrier,
 }
 
 impl From<FsInfo> for FsInfoReport {
@@ -68,6 +70,7 @@ impl From<FsInfo> for FsInfoReport {
             mmap_reads: !f.network,
             network: f.network,
             rename_noreplace: f.rename_noreplace,
+            barrier: f.barrier,
         }
     }
 }

@@ -301,10 +301,9 @@ impl Store {
             let _ = std::fs::remove_dir(&run_dir);
         }
 
+        // Empty fan-out directories stay: `init` makes all 256 and a publish never has to
+        // create one (whose own name would need another fsync to survive a power loss).
         r.staging_removed = self.clean_staging(dry)?;
-        if !dry {
-            self.remove_empty_fanouts();
-        }
         r.bytes_after = if dry {
             total.saturating_sub(r.evicted_bytes)
         } else {
@@ -580,17 +579,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// Removes empty fan-out directories. A writer that finds its directory gone recreates it
-    /// and retries, so this never fails a concurrent put.
-    fn remove_empty_fanouts(&self) {
-        if let Ok(rd) = std::fs::read_dir(self.path(layout::OBJECTS)) {
-            for ent in rd.flatten() {
-                // rmdir fails on a non-empty directory: no check-then-act race.
-                let _ = std::fs::remove_dir(ent.path());
-            }
-        }
     }
 
     /// Bytes under `trash/`.

@@ -100,8 +100,7 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if self.armed {
-            let _ =
-                rustix::fs::unlinkat(self.dir.as_fd(), &self.name, rustix::fs::AtFlags::empty());
+            fs::unlink_own(self.dir.as_fd(), &self.name);
         }
     }
 }
@@ -381,10 +380,43 @@ impl Store {
             }
         }
         if durability == Durability::Full {
-            self.inner
-                .root_dir
-                .fsync_dir(dir)
-                .map_err(Error::at("fsync directory", dir))?;
+            // The directory holds the new name; if directories had to be made on the way (a
+            // ref `team/notes`, an entry's fan-out), their names live in their parents.
+            let mut sync = Some(dir);
+            while let Some(d) = sync {
+                self.inner
+                    .root_dir
+                    .fsync_dir(d)
+                    .map_err(Error::at("fsync directory", d))?;
+                sync = d
+                    .parent()
+                    .filter(|p| attempts > 0 && p.starts_with(&self.inner.root) && *p != self.inner.root);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the 256 fan-out directories of `objects/` (at `init`), so that publishing an
+    /// object never creates a directory whose own name would need another `fsync` to survive
+    /// a power loss. gc never removes them.
+    pub(crate) fn create_fanouts(&self) -> Result<()> {
+        let objects = self.path(layout::OBJECTS);
+        for b in 0..=255u8 {
+            self.ensure_dir(&objects.join(format!("{b:02x}")))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the store's own directory entries durable (at `init`): `objects/` (its fan-outs),
+    /// the root (its directories, `config`, `FORMAT`) and the directory holding the root.
+    pub(crate) fn sync_layout(&self) -> Result<()> {
+        let root = &self.inner.root_dir;
+        for dir in [self.path(layout::OBJECTS), self.inner.root.clone()] {
+            root.fsync_dir(&dir).map_err(Error::at("fsync directory", &dir))?;
+        }
+        if let Some(parent) = self.inner.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Read-only open of the directory that holds the store, to fsync the store's name.
+            fs::fsync_dir_path(parent).map_err(Error::at("fsync directory", parent))?;
         }
         Ok(())
     }

@@ -130,6 +130,7 @@ impl Store {
         // config first, FORMAT last: a FORMAT file means the store is complete. Both are
         // published without replacing, so racing inits agree on the first one's options.
         let store = Self::handle(root, options.clone())?;
+        store.create_fanouts()?;
         for (name, text) in [
             (layout::CONFIG, options.to_file()),
             (layout::FORMAT, format!("{FORMAT_LINE}\nhash blake3\n")),
@@ -140,6 +141,7 @@ impl Store {
                 .publish_small(&mut staged, &dst)
                 .map_err(Error::at("publish", &dst))?;
         }
+        store.sync_layout()?;
         Self::open(root)
     }
 

@@ -15,7 +15,7 @@ use rustix::io::Errno;
 use crate::Barrier;
 
 mod root;
-pub(crate) use root::{create_excl_at, is_hostile, not_regular, Kind, Meta, Root};
+pub(crate) use root::{create_excl_at, is_hostile, not_regular, unlink_own, Kind, Meta, Root};
 
 /// What a no-replace publish found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +181,16 @@ pub(crate) fn copy_range(src: &File, dst: &File, len: usize) -> io::Result<usize
 /// Removes a file, ignoring errors: for cleaning up our own staging names.
 pub(crate) fn remove_quietly(path: &Path) {
     let _ = std::fs::remove_file(path);
+}
+
+/// `fsync(2)` of a directory given by path, opened read-only (for the directory that holds a
+/// store, which is outside the store and so not reached through its root).
+pub(crate) fn fsync_dir_path(path: &Path) -> io::Result<()> {
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlags::DIRECTORY.bits() as i32 | OFlags::CLOEXEC.bits() as i32)
+        .open(path)?;
+    dir.sync_all()
 }
 
 /// `fdatasync(2)`: the file's bytes (and size) are durable.

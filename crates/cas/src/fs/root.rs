@@ -540,11 +540,22 @@ pub(crate) fn publish_noreplace_at(
     match rustix::fs::linkat(fdir, from, tdir, to, AtFlags::empty()) {
         Ok(()) => {
             // The name is published; the staging name is ours alone to remove.
-            let _ = rustix::fs::unlinkat(fdir, from, AtFlags::empty());
+            unlink_own(fdir, from);
             Ok(Published::Created)
         }
         Err(Errno::EXIST) => Ok(Published::Existed),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a name of our own (a staging file), best effort: retried once, since a network
+/// filesystem may fail one call transiently and a leftover costs a gc pass to clean.
+pub(crate) fn unlink_own(dir: BorrowedFd<'_>, name: &OsStr) {
+    for _ in 0..2 {
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => return,
+            Err(_) => {}
+        }
     }
 }
 
