@@ -9,6 +9,9 @@ use crate::hash::Hash;
 use crate::stage::{Input, Staged};
 use crate::{Durability, Store};
 
+/// Objects staged (files held open) before a batch publishes what it has.
+const MAX_STAGED: usize = 512;
+
 /// A batch of objects written with a single durability barrier.
 ///
 /// Each `put_*` stages the object (hashed, written to `tmp/`, not synced, not yet visible) and
@@ -19,7 +22,11 @@ use crate::{Durability, Store};
 /// (FUSE, NFS, …, where `syncfs` is not known to reach stable storage) an `fdatasync(2)` of
 /// every staged file, many at once. With `full`, each fan-out directory that gained a name is
 /// synced once after publishing. Dropping a batch without committing removes its staging
-/// files; nothing becomes visible.
+/// files; nothing staged since the last barrier becomes visible.
+///
+/// A batch holds each staged file open, so it keeps at most 512 objects staged: when it
+/// reaches that, it makes them durable and publishes them (in the order they were staged)
+/// before staging more. A batch is a way to share barriers, not a transaction.
 ///
 /// ```
 /// # fn main() -> cas::Result<()> {
@@ -39,6 +46,8 @@ pub struct Batch {
     staged: Vec<Staged>,
     seen: HashSet<Hash>,
     durability: Durability,
+    /// Names published by earlier barriers of this batch.
+    published: usize,
 }
 
 impl std::fmt::Debug for Batch {
@@ -58,6 +67,7 @@ impl Store {
             staged: Vec::new(),
             seen: HashSet::new(),
             durability: self.durability(),
+            published: 0,
         }
     }
 }
@@ -68,7 +78,7 @@ impl Batch {
         self.durability = d;
     }
 
-    /// Number of objects staged and not yet published.
+    /// Number of objects staged and not yet published (at most 512).
     pub fn len(&self) -> usize {
         self.staged.len()
     }
@@ -86,7 +96,7 @@ impl Batch {
         let hash = Hash::of_parallel(bytes);
         if !self.known(&hash) {
             let s = self.store.stage_hashed(bytes, hash)?;
-            self.add(s);
+            self.add(s)?;
         }
         Ok(hash)
     }
@@ -100,7 +110,7 @@ impl Batch {
         let s = self.store.stage_reader(&mut { reader }, Input::Stream)?;
         let hash = s.hash;
         if !self.known(&hash) {
-            self.add(s);
+            self.add(s)?;
         }
         Ok(hash)
     }
@@ -115,7 +125,7 @@ impl Batch {
             .stage_path(path.as_ref(), |h| self.seen.contains(h))?;
         if let Some(s) = staged {
             if !self.known(&hash) {
-                self.add(s);
+                self.add(s)?;
             }
         }
         Ok(hash)
@@ -126,9 +136,14 @@ impl Batch {
         self.seen.contains(hash) || self.store.refresh_if_present(hash)
     }
 
-    fn add(&mut self, s: Staged) {
+    fn add(&mut self, s: Staged) -> Result<()> {
         self.seen.insert(s.hash);
         self.staged.push(s);
+        if self.staged.len() >= MAX_STAGED {
+            let staged = std::mem::take(&mut self.staged);
+            self.published += self.store.publish(staged, self.durability)?;
+        }
+        Ok(())
     }
 
     /// Makes all staged objects durable with one barrier, then publishes them. Returns how
@@ -139,6 +154,30 @@ impl Batch {
     /// synced), the others' staging files are removed.
     pub fn commit(mut self) -> Result<usize> {
         let staged = std::mem::take(&mut self.staged);
-        self.store.publish(staged, self.durability)
+        Ok(self.published + self.store.publish(staged, self.durability)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Durability, Options, Store};
+
+    /// A batch holds its staged files open: one bigger than the usual file limit (1024) must
+    /// still commit, holding at most 512 open at any time.
+    #[test]
+    fn a_batch_larger_than_the_fd_limit_commits() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path(), Options::default().durability(Durability::None)).unwrap();
+        let n = 1300;
+        let mut b = store.batch();
+        let hashes: Vec<_> = (0..n)
+            .map(|i| {
+                let h = b.put_bytes(format!("object {i}").as_bytes()).unwrap();
+                assert!(b.len() < 512, "{} staged files held open", b.len());
+                h
+            })
+            .collect();
+        assert_eq!(b.commit().unwrap(), n);
+        assert!(hashes.iter().all(|h| store.contains(h)));
     }
 }

@@ -179,6 +179,9 @@ impl Store {
                 reason: "not a directory".into(),
             });
         }
+        // One batch for the whole tree: its barriers are shared by many files, and it
+        // publishes in staging order, so an object is never visible before its children.
+        let mut batch = self.batch();
         // Post-order walk: a directory comes after its contents, whose entries were collected
         // at depth + 1.
         let mut levels: Vec<Vec<TreeEntry>> = vec![Vec::new()];
@@ -198,8 +201,9 @@ impl Store {
             let ft = ent.file_type();
             let kind = if ft.is_dir() {
                 let children = std::mem::take(&mut levels[depth + 1]);
-                let hash = self.put_bytes(&Tree { entries: children }.encode())?;
+                let hash = batch.put_bytes(&Tree { entries: children }.encode())?;
                 if depth == 0 {
+                    batch.commit()?;
                     return Ok(hash);
                 }
                 EntryKind::Dir { hash }
@@ -207,7 +211,7 @@ impl Store {
                 let m = ent
                     .metadata()
                     .map_err(|e| Error::io("stat", ent.path(), e.into()))?;
-                let hash = self.put_path(ent.path())?;
+                let hash = batch.put_path(ent.path())?;
                 EntryKind::File {
                     executable: m.permissions().mode() & 0o111 != 0,
                     size: m.len(),

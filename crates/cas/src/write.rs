@@ -328,7 +328,9 @@ impl Store {
             return Ok((hash, Some(self.stage_hashed(&bytes, hash)?)));
         }
         let mut staging = self.new_staging()?;
-        let (hash, len) = copy_and_hash(&src, staging.file_mut()).map_err(|e| input.error(e))?;
+        let may_map = !self.inner.options.shared_group && !self.inner.caps.network;
+        let (hash, len) =
+            copy_and_hash(&src, staging.file_mut(), may_map).map_err(|e| input.error(e))?;
         Ok((hash, Some(Staged { staging, hash, len })))
     }
 
@@ -351,7 +353,10 @@ impl Store {
 /// as soon as it is copied, reading it back from `dst`. `dst` is a staging file only we write,
 /// so the hash is of exactly the bytes that will be published, even if `src` changes meanwhile.
 /// `dst` must be open for reading and writing.
-fn copy_and_hash(src: &File, dst: &File) -> io::Result<(Hash, u64)> {
+/// With `may_map` (a private staging file on a local filesystem, see
+/// [`fs::map_private_staging`]) each copied chunk is hashed through a mapping instead of
+/// being read back into a buffer: one memory copy less per byte.
+fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> io::Result<(Hash, u64)> {
     use std::os::unix::fs::FileExt;
     let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
     std::thread::scope(|s| {
@@ -394,6 +399,19 @@ fn copy_and_hash(src: &File, dst: &File) -> io::Result<(Hash, u64)> {
         // Ends when the copier is done (it drops the sender); dropping the receiver on an
         // error stops the copier at its next chunk.
         for copied in copied_rx {
+            if may_map && done < copied {
+                match fs::map_private_staging(dst, done, (copied - done) as usize) {
+                    Ok(m) => {
+                        hasher.update(&m);
+                        done = copied;
+                        continue;
+                    }
+                    Err(e) => {
+                        hash_result = Err(e);
+                        break;
+                    }
+                }
+            }
             while done < copied {
                 let want = usize::try_from(copied - done).map_or(buf.len(), |w| w.min(buf.len()));
                 match dst.read_at(&mut buf[..want], done) {
@@ -452,16 +470,21 @@ mod tests {
         std::fs::write(&src_path, &data).unwrap();
         let dst_path = d.path().join("dst");
         let dst = rw(&dst_path);
-        let (h, len) = copy_and_hash(&File::open(&src_path).unwrap(), &dst).unwrap();
+        for may_map in [false, true] {
+            let dst = rw(&d.path().join(format!("dst-{may_map}")));
+            let (h, len) = copy_and_hash(&File::open(&src_path).unwrap(), &dst, may_map).unwrap();
+            assert_eq!(h, Hash::of(&data));
+            assert_eq!(len, data.len() as u64);
+        }
+        let (h, _) = copy_and_hash(&File::open(&src_path).unwrap(), &dst, false).unwrap();
         assert_eq!(h, Hash::of(&data));
-        assert_eq!(len, data.len() as u64);
         assert!(std::fs::read(&dst_path).unwrap() == data, "copy differs");
 
         // The kernel refuses copy_file_range from procfs: the copy goes through memory.
         if let Ok(f) = File::open("/proc/self/mountinfo") {
             let dst_path = d.path().join("dst2");
             let dst = rw(&dst_path);
-            let (h, _) = copy_and_hash(&f, &dst).unwrap();
+            let (h, _) = copy_and_hash(&f, &dst, true).unwrap();
             let copy = std::fs::read(&dst_path).unwrap();
             assert!(!copy.is_empty(), "nothing copied from procfs");
             assert_eq!(h, Hash::of(&copy));

@@ -304,9 +304,34 @@ pub(crate) fn rename_dir_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
-/// Maps a whole file read-only.
+/// Maps `len` bytes of our own private staging file from `offset`, read-only, to hash what
+/// was just copied into it without copying it again.
 ///
-/// This is the crate's only `unsafe` code.
+/// The caller must pass a staging file that only this process writes: created by us with mode
+/// 0600 (a private store, so no group member may open it) on a local filesystem.
+#[allow(unsafe_code)]
+pub(crate) fn map_private_staging(
+    file: &File,
+    offset: u64,
+    len: usize,
+) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the bytes of a mapping change (or vanish, raising SIGBUS) if the file is
+    // modified or truncated while mapped. This file is a staging file this process created
+    // with O_EXCL and mode 0600 in a private store on a local filesystem: no other user may
+    // open it, and this process only appends to it (the copying thread writes *after* the
+    // range mapped here, which it has finished) and neither truncates nor removes it before
+    // the mapping is dropped. Only root could truncate it; the hash would then be of what
+    // was read and the object is verified again on every read.
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .populate()
+            .map(file)
+    }
+}
+
+/// Maps a whole file read-only.
 #[allow(unsafe_code)]
 pub(crate) fn map_readonly(file: &File) -> io::Result<memmap2::Mmap> {
     // SAFETY: `Mmap::map` is unsafe because the mapping's bytes change (or vanish, raising
