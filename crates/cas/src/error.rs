@@ -20,8 +20,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A filesystem call failed.
-    #[error("cannot {op} {}: {source}", path.display())]
+    /// A filesystem call failed. (The operating system's error is the [`source`]; it is not
+    /// repeated in this variant's message.)
+    ///
+    /// [`source`]: std::error::Error::source
+    #[error("cannot {op} {}", path.display())]
     Io {
         /// The step that failed, as a verb phrase ("create staging file in", "read", …).
         op: &'static str,
@@ -34,7 +37,7 @@ pub enum Error {
 
     /// The input of a put (a file given by path, or a stream) could not be read. Nothing was
     /// stored.
-    #[error("cannot read input {input}: {source}")]
+    #[error("cannot read input {input}")]
     Input {
         /// The input: a path as given, or `stream` for a reader.
         input: String,
@@ -175,6 +178,48 @@ pub enum Error {
     /// The operation was interrupted through its progress callback.
     #[error("interrupted")]
     Interrupted,
+
+    /// The producer of a compute-once entry ([`Store::compute_once`](crate::Store::compute_once))
+    /// failed or panicked; nothing was stored, and the next caller computes.
+    #[error("the producer of cache entry {key} failed")]
+    Producer {
+        /// The key, shown as text.
+        key: String,
+        /// What the producer reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What kind of failure an [`Error`] is, for callers that branch on it
+/// (see [`Error::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The object, ref or cache entry asked for does not exist (a cache miss).
+    NotFound,
+    /// An object's bytes do not match its hash.
+    Corrupt,
+    /// A file in the store (ref, entry, tree, lock, config, FORMAT) cannot be parsed.
+    Malformed,
+    /// An argument was rejected before the store was touched (hash, ref name, option, tree).
+    InvalidInput,
+    /// A compare-and-swap found another value than expected.
+    Conflict,
+    /// A lock stayed held by a live holder for longer than the caller would wait.
+    Locked,
+    /// Our lock was broken by someone who judged it stale.
+    LockLost,
+    /// The input of a put could not be read.
+    Input,
+    /// The directory is not a store, or a store of a newer format.
+    NotAStore,
+    /// A filesystem call failed (the store's directory vanished, a disk is full, …).
+    Io,
+    /// Cancelled through a progress callback.
+    Interrupted,
+    /// A compute-once producer failed.
+    Producer,
 }
 
 fn fmt_opt(h: Option<&Hash>) -> String {
@@ -196,13 +241,68 @@ impl Error {
         move |source| Error::io(op, path, source)
     }
 
-    /// True when the thing asked for (object, ref, cache entry) does not exist.
-    pub fn is_not_found(&self) -> bool {
+    /// What kind of failure this is.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// match store.get_keyed(b"never stored") {
+    ///     Err(e) if e.kind() == cas::ErrorKind::NotFound => {} // a miss: compute it
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::NotFound { .. } | Error::RefNotFound { .. } | Error::KeyNotFound { .. } => true,
-            Error::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
-            _ => false,
+            Error::NotFound { .. } | Error::RefNotFound { .. } | Error::KeyNotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Malformed { .. } => ErrorKind::Malformed,
+            Error::InvalidHash { .. }
+            | Error::InvalidRefName { .. }
+            | Error::InvalidInput { .. }
+            | Error::Tree { .. } => ErrorKind::InvalidInput,
+            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::Locked { .. } => ErrorKind::Locked,
+            Error::LockLost { .. } => ErrorKind::LockLost,
+            Error::Input { .. } => ErrorKind::Input,
+            Error::NotAStore { .. } | Error::UnsupportedFormat { .. } => ErrorKind::NotAStore,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Interrupted => ErrorKind::Interrupted,
+            Error::Producer { .. } => ErrorKind::Producer,
         }
+    }
+
+    /// True when the object, ref or cache entry asked for does not exist: a cache miss. A
+    /// filesystem error (even `ENOENT` because the store's own directory vanished) is not.
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == ErrorKind::NotFound
+    }
+
+    /// True when a file in the store could not be parsed (a damaged ref or entry): callers
+    /// of a cache usually treat it as a miss and write the entry again.
+    pub fn is_malformed(&self) -> bool {
+        self.kind() == ErrorKind::Malformed
+    }
+
+    /// True when a lock stayed held for longer than the caller would wait.
+    pub fn is_locked(&self) -> bool {
+        self.kind() == ErrorKind::Locked
+    }
+
+    /// True when a compare-and-swap expecting the name to be absent found it present
+    /// ([`Expect::Absent`](crate::Expect::Absent) lost: someone else was first).
+    pub fn is_already_exists(&self) -> bool {
+        matches!(
+            self,
+            Error::Conflict {
+                expected: None,
+                actual: Some(_),
+                ..
+            }
+        )
     }
 
     /// True when an object failed verification.
@@ -256,7 +356,8 @@ impl From<Error> for io::Error {
                 io::ErrorKind::NotFound
             }
             Error::Corrupt { .. } | Error::Malformed { .. } => io::ErrorKind::InvalidData,
-            Error::Interrupted => io::ErrorKind::Interrupted,
+            // Not `Interrupted`: std's `read_exact` and `io::copy` retry that, which would turn
+            // a cancellation into a loop.
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)

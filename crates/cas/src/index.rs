@@ -14,7 +14,7 @@ use crate::layout;
 use crate::lock::Wait;
 use crate::read::{Object, READ_REFRESH};
 use crate::stage::Input;
-use crate::Store;
+use crate::{Expect, Store};
 
 /// First bytes of every entry file.
 pub(crate) const ENTRY_MAGIC: &[u8; 8] = b"CASENTRY";
@@ -52,6 +52,16 @@ impl Entry {
     }
 }
 
+fn check_entry_size(key: &[u8], metadata: &[u8]) -> Result<()> {
+    if key.len() + metadata.len() > MAX_ENTRY - 1024 {
+        return Err(Error::InvalidInput {
+            what: "cache entry",
+            reason: "key and metadata together must be under 16 MiB".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Shows a key in messages: UTF-8 as text, else hex; truncated.
 pub(crate) fn display_key(key: &[u8]) -> String {
     use std::fmt::Write as _;
@@ -69,7 +79,7 @@ pub(crate) fn display_key(key: &[u8]) -> String {
 }
 
 impl Store {
-    fn entry_path(&self, key: &[u8]) -> PathBuf {
+    pub(crate) fn entry_path(&self, key: &[u8]) -> PathBuf {
         let kh = Hash::of(key).to_hex();
         self.path(layout::INDEX).join(&kh[..2]).join(&kh[2..])
     }
@@ -101,22 +111,106 @@ impl Store {
     }
 
     fn put_keyed_inner(&self, key: &[u8], reader: &mut dyn Read, metadata: &[u8]) -> Result<Hash> {
-        if key.len() + metadata.len() > MAX_ENTRY - 1024 {
-            return Err(Error::InvalidInput {
-                what: "cache entry",
-                reason: "key and metadata together must be under 16 MiB".into(),
-            });
-        }
+        check_entry_size(key, metadata)?;
         let staged = self.stage_reader(reader, Input::Stream)?;
         let (hash, size) = (staged.hash, staged.len);
         // Pin the object before it is published or deduplicated, so gc keeps it until the
         // entry that makes it reachable is visible.
-        let lock = self.acquire_lock(
+        let lock = self.lock_entry(key, hash)?;
+        self.publish(vec![staged], self.durability())?;
+        self.write_entry(key, hash, size, metadata, Expect::Any, &lock)?;
+        lock.release();
+        Ok(hash)
+    }
+
+    /// Points `key` at an object already in the store (a tree from
+    /// [`Store::put_dir`], a hash you kept), with `metadata`, if the entry's current value
+    /// matches `expect`. Returns the previous value. [`Expect::Absent`] gives "first writer
+    /// wins": exactly one of many concurrent callers succeeds, the others get
+    /// [`Error::Conflict`] ([`Error::is_already_exists`]).
+    ///
+    /// An entry that cannot be decoded holds no value: it is replaced for [`Expect::Any`] and
+    /// [`Expect::Absent`], and fails [`Expect::Value`] with [`Error::Malformed`].
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let h = store.put_bytes(b"built once")?;
+    /// assert_eq!(store.set_keyed(b"artifact:v1", h, b"", cas::Expect::Absent)?, None);
+    /// let e = store.set_keyed(b"artifact:v1", h, b"", cas::Expect::Absent).unwrap_err();
+    /// assert!(e.is_already_exists());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the object is not in the store; [`Error::Conflict`] if the
+    /// entry does not match `expect`; [`Error::Locked`] if the key's lock stays held.
+    pub fn set_keyed(
+        &self,
+        key: &[u8],
+        hash: Hash,
+        metadata: &[u8],
+        expect: Expect,
+    ) -> Result<Option<Hash>> {
+        check_entry_size(key, metadata)?;
+        let lock = self.lock_entry(key, hash)?;
+        self.ensure_present(&hash)?;
+        let obj = self.object_path(&hash);
+        let size = self
+            .inner
+            .root_dir
+            .lstat(&obj)
+            .map_err(Error::at("stat", &obj))?
+            .len;
+        let prev = self.write_entry(key, hash, size, metadata, expect, &lock)?;
+        lock.release();
+        Ok(prev)
+    }
+
+    /// Takes the key's lock, pinning `hash` for gc until the entry is written.
+    fn lock_entry(&self, key: &[u8], hash: Hash) -> Result<crate::lock::Lock> {
+        self.acquire_lock(
             &self.entry_lock_path(key),
             Some(hash),
             Wait::For(self.inner.options.lock_timeout + Duration::from_secs(1)),
-        )?;
-        self.publish(vec![staged], self.durability())?;
+        )
+    }
+
+    /// Writes the entry `key -> hash` under its lock, if the current value matches `expect`.
+    fn write_entry(
+        &self,
+        key: &[u8],
+        hash: Hash,
+        size: u64,
+        metadata: &[u8],
+        expect: Expect,
+        lock: &crate::lock::Lock,
+    ) -> Result<Option<Hash>> {
+        let path = self.entry_path(key);
+        let current = match self.read_entry_file(&path) {
+            Ok(Some((e, _))) if e.key == key => Some(e.hash),
+            Ok(_) => None,
+            // A damaged entry holds no value: "absent" for Any and Absent, never a match for a
+            // value.
+            Err(e) if e.is_malformed() && !matches!(expect, Expect::Value(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let matches = match expect {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Value(v) => current == Some(v),
+        };
+        if !matches {
+            return Err(Error::Conflict {
+                name: format!("cache entry {}", display_key(key)),
+                expected: match expect {
+                    Expect::Value(v) => Some(v),
+                    _ => None,
+                },
+                actual: current,
+            });
+        }
         let entry = Entry {
             key: key.to_vec(),
             hash,
@@ -127,9 +221,8 @@ impl Store {
             metadata: metadata.to_vec(),
         };
         lock.verify()?;
-        self.replace_small(&self.entry_path(key), &entry.encode(), self.durability())?;
-        lock.release();
-        Ok(hash)
+        self.replace_small(&path, &entry.encode(), self.durability())?;
+        Ok(current)
     }
 
     /// [`Store::put_keyed`] for bytes in memory.
