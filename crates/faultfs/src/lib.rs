@@ -1,0 +1,79 @@
+//! `faultfs`: a test-only FUSE pass-through filesystem that simulates power loss the way
+//! `LazyFS` does, and injects I/O faults on command.
+//!
+//! # Running it
+//!
+//! ```text
+//! faultfs BACKING MOUNTPOINT --control SOCKET [--strict] [--state DIR]
+//! faultfs ctl SOCKET COMMAND...
+//! ```
+//!
+//! The mount command must run as root (it mounts with `mount(2)` directly, no `fusermount3`
+//! needed) and stays in the foreground. Once mounted it prints `ready` on stdout and answers
+//! `ping` on the control socket; that is the readiness signal. It mounts with
+//! `default_permissions` (the kernel checks permissions) and `allow_other` (any uid may use
+//! it), attribute and entry TTLs of zero, and opens every file with `FOPEN_DIRECT_IO`, so the
+//! kernel caches neither metadata nor data that a power loss might drop. `statfs` reports the
+//! FUSE magic, like any FUSE filesystem. Stop it with the control command `unmount` (replies
+//! `ok`, then detaches the mount; the process exits) or `umount -l MOUNTPOINT` from outside.
+//! [`harness::Mounted`] does all of this for a Rust test.
+//!
+//! # The durability model
+//!
+//! * **File data** written through the mount is kept in memory, per inode, until that file is
+//!   `fsync`ed or `fdatasync`ed (`FUSE_FSYNC`); reads, sizes and mtimes show it overlaid on the
+//!   backing bytes, so a running workload sees an ordinary filesystem. Truncates (including
+//!   `O_TRUNC`) are pending data too. An fsync writes the file's pending data into BACKING and
+//!   fsyncs the backing file. Close (`flush`/`release`) makes nothing durable, and neither does
+//!   `syncfs(2)` / `sync -f`: the kernel sends no FUSE request for them. A created file that
+//!   was never synced is an empty file in BACKING. Pending data belongs to the inode, so it
+//!   follows renames and hard links.
+//! * **Metadata** (create, mkdir, mknod, symlink, link, unlink, rmdir, rename, chmod, chown,
+//!   utimes) goes to BACKING at once. In the default mode it is durable at once.
+//! * **Strict mode** (`--strict`): a directory-entry change (create, mkdir, mknod, symlink,
+//!   link, unlink, rmdir, rename) survives a power loss only if its directory was fsynced
+//!   (`FUSE_FSYNCDIR`) after it; a rename needs both its old and its new parent fsynced. The
+//!   rule is the conservative one: fsync of a *file* never makes the entry naming it durable
+//!   (ext4 often does in practice; a store must not rely on it). Changes are applied to
+//!   BACKING at once and recorded in an undo journal; unlinked files and replaced rename
+//!   targets are moved to a graveyard (`DIR/graveyard`, by default `.NAME.faultfs/graveyard`
+//!   beside BACKING; it must be on BACKING's filesystem) so that they can be put back.
+//!   chmod/chown/utimes are not journaled (durable at once).
+//! * **Power loss** (control command `powerloss`): under the lock that serialises every
+//!   filesystem operation, all pending data is dropped (BACKING already holds each file's
+//!   last-synced content), in strict mode every journaled change not made durable is undone in
+//!   reverse order, and from then on every operation fails with `EIO`. The reply comes once
+//!   BACKING is in its post-crash state; then the test unmounts and inspects BACKING.
+//!
+//! What it does not model: reordering or tearing of writes within a file (a file is all
+//! synced or all unsynced), torn sectors, partial fsync, metadata-only (`fsync` vs
+//! `fdatasync`) differences, lost metadata updates other than directory entries (size changes
+//! are data), write errors surfacing later on fsync, and `mmap` writes beyond what the kernel
+//! turns into FUSE writes. Unsynced data lives in memory (whole 4 KiB pages), so it suits test
+//! workloads, not big files. After an injected fsync error the data stays pending (it is not
+//! dropped as Linux may do).
+//!
+//! # Control protocol
+//!
+//! A Unix domain socket at `--control SOCKET`; one command per line, one reply line each:
+//! `ok`, `ok DATA` or `err MESSAGE`. A connection may send many commands.
+//!
+//! | command | effect |
+//! | --- | --- |
+//! | `ping` | `ok` once mounted |
+//! | `powerloss` | crash as above; `ok dropped=N undone=N undo_failed=N` |
+//! | `fault OP N ERR [sticky] [under PREFIX]` | the N-th (1-based, counted from now) call of OP fails with ERR; `sticky`: that and every later call, until `clear`; `under PREFIX`: only calls on paths under PREFIX (relative to the mount root; a rename counts if either name is under it) are counted |
+//! | `clear` | disarm all faults |
+//! | `stats` | `ok lookup=N getattr=N ... create=N`: calls per op since mount (including failed ones) |
+//! | `unmount` | `ok`, then lazily unmount; the process exits |
+//!
+//! OP is one of `write`, `read`, `open`, `create`, `fsync` (also fdatasync), `fsyncdir`,
+//! `setattr` (chmod, truncate, utimes), `rename`, `link`, `unlink`, `rmdir`, `mkdir`,
+//! `mknod`, `symlink`. ERR is `ENOSPC`, `EIO`, `EDQUOT`, `EROFS`, `EPERM`, `EACCES`, or
+//! `short` for `write` only: half of the bytes are written and that short count returned. A
+//! faulted call does nothing else. Several faults may be armed at once.
+
+pub mod control;
+pub mod fs;
+pub mod harness;
+pub mod model;
