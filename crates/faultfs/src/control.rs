@@ -38,14 +38,20 @@ fn serve_conn(state: &Shared, mountpoint: &Path, conn: UnixStream) -> io::Result
     for line in BufReader::new(conn).lines() {
         let line = line?;
         if line.trim() == "unmount" {
-            // Reply first: once unmounted the process exits.
-            out.write_all(b"ok\n")?;
-            out.flush()?;
-            if let Err(e) = rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH)
-            {
-                eprintln!("faultfs: unmount {}: {e}", mountpoint.display());
-            }
-            continue;
+            // Detach the mount, reply, and exit: closing /dev/fuse ends the connection even
+            // if files on it are still open (they then fail with ENOTCONN).
+            drop(lock(state)); // let a running operation finish
+            let reply: &[u8] =
+                match rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH) {
+                    Ok(()) => b"ok\n",
+                    Err(e) => {
+                        eprintln!("faultfs: unmount {}: {e}", mountpoint.display());
+                        b"err unmount failed\n"
+                    }
+                };
+            let _ = out.write_all(reply);
+            let _ = out.flush();
+            std::process::exit(0);
         }
         let reply = handle(state, &line);
         out.write_all(reply.as_bytes())?;

@@ -65,7 +65,7 @@
 //! | `fault OP N ERR [sticky] [under PREFIX]` | the N-th (1-based, counted from now) call of OP fails with ERR; `sticky`: that and every later call, until `clear`; `under PREFIX`: only calls on paths under PREFIX (relative to the mount root; a rename counts if either name is under it) are counted |
 //! | `clear` | disarm all faults |
 //! | `stats` | `ok lookup=N getattr=N ... create=N`: calls per op since mount (including failed ones) |
-//! | `unmount` | `ok`, then lazily unmount; the process exits |
+//! | `unmount` | lazily unmount (like `umount -l`), reply `ok`, and exit; files still open on the mount then fail with `ENOTCONN` |
 //!
 //! OP is one of `write`, `read`, `open`, `create`, `fsync` (also fdatasync), `fsyncdir`,
 //! `setattr` (chmod, truncate, utimes), `rename`, `link`, `unlink`, `rmdir`, `mkdir`,

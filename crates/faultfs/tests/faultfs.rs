@@ -1,0 +1,495 @@
+//! End-to-end tests: mount faultfs, work through the mount, pull the plug, inspect BACKING.
+//!
+//! They need root and `/dev/fuse`; without them they skip, or fail when
+//! `CAS_REQUIRE_FAULTFS=1`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use faultfs::harness::{available, Mounted, Settings};
+use rustix::io::Errno;
+
+/// A mounted faultfs over a fresh temporary backing directory. Field order matters: the mount
+/// goes before the directory holding it.
+struct Fx {
+    fs: Option<Mounted>,
+    dir: tempfile::TempDir,
+}
+
+impl Fx {
+    fn start(strict: bool) -> Option<Fx> {
+        if !available() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::new(
+            env!("CARGO_BIN_EXE_faultfs"),
+            dir.path().join("backing"),
+            dir.path().join("mnt"),
+        );
+        s.strict = strict;
+        s.state = Some(dir.path().join("state"));
+        let fs = Mounted::start(&s).unwrap();
+        Some(Fx { fs: Some(fs), dir })
+    }
+
+    fn m(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("mnt").join(rel)
+    }
+
+    fn b(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("backing").join(rel)
+    }
+
+    fn ctl(&self, cmd: &str) -> String {
+        self.fs.as_ref().unwrap().ctl(cmd).unwrap()
+    }
+
+    /// Power loss, then unmount: BACKING is what survived.
+    fn crash(&mut self) {
+        self.ctl("powerloss");
+        self.fs.take().unwrap().unmount().unwrap();
+    }
+
+    fn crash_keep_mounted(&self) {
+        self.ctl("powerloss");
+    }
+}
+
+fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error()
+}
+
+fn is(e: &io::Error, want: Errno) -> bool {
+    errno(e) == Some(want.raw_os_error())
+}
+
+fn write_synced(path: &Path, data: &[u8]) {
+    let mut f = File::create(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn fsync_dir(path: &Path) {
+    File::open(path).unwrap().sync_all().unwrap();
+}
+
+#[test]
+fn pass_through_round_trip() {
+    let Some(fx) = Fx::start(false) else { return };
+    fs::write(fx.m("a"), b"hello").unwrap();
+    assert_eq!(fs::read(fx.m("a")).unwrap(), b"hello");
+    // Appends, overwrites in the middle, reads at offsets.
+    let mut f = OpenOptions::new().append(true).open(fx.m("a")).unwrap();
+    f.write_all(b" world").unwrap();
+    drop(f);
+    assert_eq!(fs::read_to_string(fx.m("a")).unwrap(), "hello world");
+    assert_eq!(fs::metadata(fx.m("a")).unwrap().len(), 11);
+
+    fs::create_dir(fx.m("d")).unwrap();
+    fs::rename(fx.m("a"), fx.m("d/b")).unwrap();
+    assert!(!fx.m("a").exists());
+    assert_eq!(fs::read(fx.m("d/b")).unwrap(), b"hello world");
+    assert!(fx.b("d/b").exists());
+
+    fs::hard_link(fx.m("d/b"), fx.m("c")).unwrap();
+    let (mb, mc) = (
+        fs::metadata(fx.m("d/b")).unwrap(),
+        fs::metadata(fx.m("c")).unwrap(),
+    );
+    assert_eq!(mb.ino(), mc.ino());
+    assert_eq!(mb.nlink(), 2);
+    // Unsynced data is visible through every name.
+    assert_eq!(fs::read(fx.m("c")).unwrap(), b"hello world");
+
+    let mut names: Vec<String> = fs::read_dir(fx.m(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["c", "d"]);
+
+    fs::set_permissions(fx.m("c"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(fx.m("d/b")).unwrap().mode() & 0o7777, 0o600);
+    assert_eq!(fs::metadata(fx.b("c")).unwrap().mode() & 0o7777, 0o600);
+
+    fs::remove_file(fx.m("d/b")).unwrap();
+    assert!(!fx.m("d/b").exists());
+    assert_eq!(fs::read(fx.m("c")).unwrap(), b"hello world");
+    fs::remove_dir(fx.m("d")).unwrap();
+    assert!(!fx.b("d").exists());
+
+    // Truncate, and an extension reads zeros.
+    let f = OpenOptions::new().write(true).open(fx.m("c")).unwrap();
+    f.set_len(4).unwrap();
+    f.set_len(6).unwrap();
+    drop(f);
+    assert_eq!(fs::read(fx.m("c")).unwrap(), b"hell\0\0");
+
+    // O_EXCL and RENAME_NOREPLACE.
+    let e = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(fx.m("c"))
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+    fs::write(fx.m("e"), b"e").unwrap();
+    let e = rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        fx.m("e"),
+        rustix::fs::CWD,
+        fx.m("c"),
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .unwrap_err();
+    assert_eq!(e, Errno::EXIST);
+    // Plain rename replaces.
+    fs::rename(fx.m("e"), fx.m("c")).unwrap();
+    assert_eq!(fs::read(fx.m("c")).unwrap(), b"e");
+
+    std::os::unix::fs::symlink("c", fx.m("s")).unwrap();
+    assert_eq!(fs::read_link(fx.m("s")).unwrap(), Path::new("c"));
+    assert_eq!(fs::read(fx.m("s")).unwrap(), b"e");
+
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    File::options()
+        .write(true)
+        .open(fx.m("c"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    assert_eq!(fs::metadata(fx.m("c")).unwrap().modified().unwrap(), t);
+
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        fx.m("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    assert!(rustix::fs::lstat(fx.b("fifo")).is_ok());
+
+    let st = rustix::fs::statfs(fx.m("")).unwrap();
+    assert_eq!(st.f_type as u32, 0x6573_5546, "FUSE_SUPER_MAGIC");
+}
+
+#[test]
+fn fsync_survives_power_loss_and_unsynced_data_does_not() {
+    let Some(mut fx) = Fx::start(false) else {
+        return;
+    };
+    write_synced(&fx.m("synced"), b"durable");
+    // Overwritten without a sync: the old content comes back.
+    write_synced(&fx.m("old"), b"old content");
+    fs::write(fx.m("old"), b"new").unwrap();
+    assert_eq!(fs::read(fx.m("old")).unwrap(), b"new");
+    // Never synced: exists, empty.
+    fs::write(fx.m("never"), b"lost").unwrap();
+    // Renamed without a sync: the new name exists but is empty.
+    fs::write(fx.m("tmp"), b"lost too").unwrap();
+    fs::rename(fx.m("tmp"), fx.m("renamed")).unwrap();
+    // Synced after the rename, through the new name.
+    fs::write(fx.m("tmp2"), b"kept").unwrap();
+    fs::rename(fx.m("tmp2"), fx.m("renamed2")).unwrap();
+    File::open(fx.m("renamed2")).unwrap().sync_all().unwrap();
+    // Synced, then extended without a sync.
+    write_synced(&fx.m("grown"), b"base");
+    let mut f = OpenOptions::new().append(true).open(fx.m("grown")).unwrap();
+    f.write_all(b"+tail").unwrap();
+    drop(f);
+
+    fx.crash();
+    assert_eq!(fs::read(fx.b("synced")).unwrap(), b"durable");
+    assert_eq!(fs::read(fx.b("old")).unwrap(), b"old content");
+    assert_eq!(fs::read(fx.b("never")).unwrap(), b"");
+    assert!(!fx.b("tmp").exists());
+    assert_eq!(fs::read(fx.b("renamed")).unwrap(), b"");
+    assert_eq!(fs::read(fx.b("renamed2")).unwrap(), b"kept");
+    assert_eq!(fs::read(fx.b("grown")).unwrap(), b"base");
+}
+
+#[test]
+fn syncfs_does_not_save_data_but_fdatasync_does() {
+    let Some(mut fx) = Fx::start(false) else {
+        return;
+    };
+    let mut f = File::create(fx.m("syncfs")).unwrap();
+    f.write_all(b"syncfs is no barrier here").unwrap();
+    rustix::fs::syncfs(&f).unwrap();
+    drop(f);
+    let mut g = File::create(fx.m("datasync")).unwrap();
+    g.write_all(b"fdatasync is").unwrap();
+    g.sync_data().unwrap();
+    drop(g);
+    fx.crash();
+    assert_eq!(fs::read(fx.b("syncfs")).unwrap(), b"");
+    assert_eq!(fs::read(fx.b("datasync")).unwrap(), b"fdatasync is");
+}
+
+#[test]
+fn truncate_is_pending_until_fsync() {
+    let Some(mut fx) = Fx::start(false) else {
+        return;
+    };
+    write_synced(&fx.m("t"), b"0123456789");
+    // O_TRUNC and a rewrite, unsynced.
+    fs::write(fx.m("t"), b"ab").unwrap();
+    write_synced(&fx.m("u"), b"0123456789");
+    let f = OpenOptions::new().write(true).open(fx.m("u")).unwrap();
+    f.set_len(3).unwrap();
+    f.sync_all().unwrap();
+    fx.crash();
+    assert_eq!(fs::read(fx.b("t")).unwrap(), b"0123456789");
+    assert_eq!(fs::read(fx.b("u")).unwrap(), b"012");
+}
+
+#[test]
+fn every_operation_fails_with_eio_after_power_loss() {
+    let Some(fx) = Fx::start(false) else { return };
+    write_synced(&fx.m("f"), b"x");
+    let open = File::open(fx.m("f")).unwrap();
+    fx.crash_keep_mounted();
+    let eio = |r: io::Result<()>| {
+        let e = r.unwrap_err();
+        assert!(is(&e, Errno::IO), "{e}");
+    };
+    eio(fs::read(fx.m("f")).map(drop));
+    eio(fs::metadata(fx.m("f")).map(drop));
+    eio(fs::write(fx.m("g"), b"y"));
+    eio(fs::create_dir(fx.m("d")));
+    eio(fs::remove_file(fx.m("f")));
+    eio(fs::read_dir(fx.m("")).map(drop));
+    eio((&open).read(&mut [0u8; 4]).map(drop));
+    eio(open.sync_all());
+    eio(rustix::fs::statfs(fx.m("")).map(drop).map_err(Into::into));
+}
+
+#[test]
+fn strict_created_file_needs_its_directory_fsynced() {
+    let Some(mut fx) = Fx::start(true) else {
+        return;
+    };
+    fs::create_dir(fx.m("lost")).unwrap();
+    fs::create_dir(fx.m("kept")).unwrap();
+    fsync_dir(&fx.m(""));
+    write_synced(&fx.m("lost/f"), b"synced data, unsynced name");
+    write_synced(&fx.m("kept/f"), b"synced data and name");
+    fsync_dir(&fx.m("kept"));
+    // A directory never fsynced into its parent goes, with what it holds.
+    fs::create_dir(fx.m("newdir")).unwrap();
+    write_synced(&fx.m("newdir/f"), b"x");
+    fsync_dir(&fx.m("newdir"));
+    fx.crash();
+    assert!(fx.b("lost").is_dir());
+    assert!(!fx.b("lost/f").exists());
+    assert_eq!(fs::read(fx.b("kept/f")).unwrap(), b"synced data and name");
+    assert!(!fx.b("newdir").exists());
+}
+
+#[test]
+fn strict_rename_needs_both_parents_fsynced_and_unlink_its_parent() {
+    let Some(mut fx) = Fx::start(true) else {
+        return;
+    };
+    for d in ["a", "b", "c", "d"] {
+        fs::create_dir(fx.m(d)).unwrap();
+    }
+    for f in ["a/one", "c/both", "d/gone", "d/back"] {
+        write_synced(&fx.m(f), f.as_bytes());
+    }
+    for d in ["", "a", "b", "c", "d"] {
+        fsync_dir(&fx.m(d));
+    }
+    // Only the new parent fsynced: undone.
+    fs::rename(fx.m("a/one"), fx.m("b/one")).unwrap();
+    fsync_dir(&fx.m("b"));
+    // Both parents fsynced: durable.
+    fs::rename(fx.m("c/both"), fx.m("b/both")).unwrap();
+    fsync_dir(&fx.m("b"));
+    fsync_dir(&fx.m("c"));
+    // An unlink is durable once its directory is fsynced ...
+    fs::remove_file(fx.m("d/gone")).unwrap();
+    fsync_dir(&fx.m("d"));
+    // ... and undone otherwise.
+    fs::remove_file(fx.m("d/back")).unwrap();
+    // A rename after the last fsync is undone even though earlier ones in the same
+    // directories were made durable.
+    fs::rename(fx.m("b/both"), fx.m("b/both2")).unwrap();
+    fx.crash();
+
+    assert_eq!(fs::read(fx.b("a/one")).unwrap(), b"a/one");
+    assert!(!fx.b("b/one").exists());
+    assert_eq!(fs::read(fx.b("b/both")).unwrap(), b"c/both");
+    assert!(!fx.b("c/both").exists());
+    assert!(!fx.b("b/both2").exists());
+    assert!(!fx.b("d/gone").exists());
+    assert_eq!(fs::read(fx.b("d/back")).unwrap(), b"d/back");
+}
+
+#[test]
+fn other_users_can_use_the_mount_and_own_what_they_create() {
+    let Some(fx) = Fx::start(false) else { return };
+    fs::create_dir(fx.m("shared")).unwrap();
+    fs::set_permissions(fx.m("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+    let status = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("echo hi > \"$1\" && mkdir \"$2\" && cat \"$1\" >/dev/null")
+            .arg("sh")
+            .arg(fx.m("shared/f"))
+            .arg(fx.m("shared/d"))
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .unwrap()
+    };
+    assert!(status.success());
+    for name in ["shared/f", "shared/d"] {
+        let meta = fs::metadata(fx.b(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{name}");
+    }
+    // The kernel checks permissions (default_permissions): root's 0600 file is closed to them.
+    fs::write(fx.m("shared/private"), b"x").unwrap();
+    fs::set_permissions(fx.m("shared/private"), fs::Permissions::from_mode(0o600)).unwrap();
+    let status = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("cat")
+            .arg(fx.m("shared/private"))
+            .stderr(std::process::Stdio::null())
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .unwrap()
+    };
+    assert!(!status.success());
+}
+
+#[test]
+fn strict_unsynced_rename_unlink_and_replace_come_back() {
+    let Some(mut fx) = Fx::start(true) else {
+        return;
+    };
+    write_synced(&fx.m("x"), b"x");
+    write_synced(&fx.m("y"), b"y");
+    write_synced(&fx.m("z"), b"z");
+    fsync_dir(&fx.m(""));
+    fs::rename(fx.m("x"), fx.m("x2")).unwrap();
+    fs::remove_file(fx.m("y")).unwrap();
+    fs::rename(fx.m("z"), fx.m("x2")).unwrap(); // replaces x2 (was x)
+    fs::write(fx.m("new"), b"new").unwrap();
+    fx.crash();
+    assert_eq!(fs::read(fx.b("x")).unwrap(), b"x");
+    assert_eq!(fs::read(fx.b("y")).unwrap(), b"y");
+    assert_eq!(fs::read(fx.b("z")).unwrap(), b"z");
+    assert!(!fx.b("x2").exists());
+    assert!(!fx.b("new").exists());
+}
+
+#[test]
+fn nth_write_fails_with_enospc_and_short_writes_are_short() {
+    let Some(fx) = Fx::start(false) else { return };
+    let mut f = File::create(fx.m("f")).unwrap();
+    fx.ctl("fault write 2 ENOSPC");
+    f.write_all(b"one").unwrap();
+    let e = f.write_all(b"two").unwrap_err();
+    assert!(is(&e, Errno::NOSPC), "{e}");
+    f.write_all(b"three").unwrap();
+    fx.ctl("fault write 1 short");
+    assert_eq!(f.write(b"0123456789").unwrap(), 5);
+    drop(f);
+    assert_eq!(fs::read(fx.m("f")).unwrap(), b"onethree01234");
+}
+
+#[test]
+fn fsync_rename_and_filtered_faults() {
+    let Some(fx) = Fx::start(false) else { return };
+    fs::create_dir(fx.m("tmp")).unwrap();
+    fs::create_dir(fx.m("objects")).unwrap();
+    let f = File::create(fx.m("tmp/a")).unwrap();
+    fx.ctl("fault fsync 1 EIO");
+    assert!(is(&f.sync_all().unwrap_err(), Errno::IO));
+    f.sync_all().unwrap();
+
+    fx.ctl("fault rename 1 EIO");
+    assert!(is(
+        &fs::rename(fx.m("tmp/a"), fx.m("tmp/b")).unwrap_err(),
+        Errno::IO
+    ));
+    assert!(fx.m("tmp/a").exists());
+
+    // Only creates under objects/ count.
+    fx.ctl("fault create 2 EDQUOT under objects/");
+    File::create(fx.m("objects/1")).unwrap();
+    File::create(fx.m("tmp/2")).unwrap();
+    File::create(fx.m("tmp/3")).unwrap();
+    let e = File::create(fx.m("objects/4")).unwrap_err();
+    assert!(is(&e, Errno::DQUOT), "{e}");
+    File::create(fx.m("objects/5")).unwrap();
+
+    // A rename counts when either name is under the prefix; sticky until clear.
+    fx.ctl("fault rename 1 ENOSPC sticky under objects");
+    fs::rename(fx.m("tmp/2"), fx.m("tmp/22")).unwrap();
+    assert!(is(
+        &fs::rename(fx.m("tmp/a"), fx.m("objects/a")).unwrap_err(),
+        Errno::NOSPC
+    ));
+    assert!(is(
+        &fs::rename(fx.m("tmp/a"), fx.m("objects/a")).unwrap_err(),
+        Errno::NOSPC
+    ));
+    fx.ctl("clear");
+    fs::rename(fx.m("tmp/a"), fx.m("objects/a")).unwrap();
+
+    fx.ctl("fault unlink 1 EIO");
+    assert!(is(&fs::remove_file(fx.m("tmp/3")).unwrap_err(), Errno::IO));
+    fx.ctl("fault mkdir 1 ENOSPC");
+    assert!(is(&fs::create_dir(fx.m("d")).unwrap_err(), Errno::NOSPC));
+    fx.ctl("fault link 1 EIO");
+    assert!(is(
+        &fs::hard_link(fx.m("tmp/3"), fx.m("l")).unwrap_err(),
+        Errno::IO
+    ));
+}
+
+#[test]
+fn stats_and_protocol_errors() {
+    let Some(fx) = Fx::start(false) else { return };
+    let writes = |s: &str| -> u64 {
+        s.split_whitespace()
+            .find_map(|kv| kv.strip_prefix("write="))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = writes(&fx.ctl("stats"));
+    let mut f = File::create(fx.m("f")).unwrap();
+    f.write_all(b"a").unwrap();
+    f.write_all(b"b").unwrap();
+    drop(f);
+    assert_eq!(writes(&fx.ctl("stats")) - before, 2);
+    let m = fx.fs.as_ref().unwrap();
+    assert!(m.ctl("fault nosuchop 1 EIO").is_err());
+    assert!(m.ctl("fault fsync 1 short").is_err());
+    assert!(m.ctl("bogus").is_err());
+    assert_eq!(fx.ctl("ping"), "ok");
+    // The command-line client.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_faultfs"))
+        .arg("ctl")
+        .arg(m.socket())
+        .arg("ping")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"ok\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_faultfs"))
+        .arg("ctl")
+        .arg(m.socket())
+        .args(["fault", "write", "x", "EIO"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
