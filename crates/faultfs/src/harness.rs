@@ -54,6 +54,29 @@ pub fn available() -> bool {
     }
 }
 
+/// Where the `faultfs` binary is: `$FAULTFS_BIN` if set, else `faultfs` in the target
+/// directory of the running test (`target/debug/faultfs` for `target/debug/deps/TEST`), which
+/// `cargo build -p faultfs` puts there.
+pub fn default_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("FAULTFS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("faultfs")
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's).
+pub fn is_mount_point(path: &Path) -> bool {
+    let (Ok(me), Some(parent)) = (rustix::fs::lstat(path), path.parent()) else {
+        return false;
+    };
+    rustix::fs::lstat(parent).is_ok_and(|p| p.st_dev != me.st_dev)
+}
+
 /// How to mount.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -125,7 +148,15 @@ impl Mounted {
         if let Some(state) = &s.state {
             cmd.arg("--state").arg(state);
         }
-        let mut child = cmd.spawn()?;
+        let mut child = cmd.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: {e} (build it with `cargo build -p faultfs`)",
+                    s.binary.display()
+                ),
+            )
+        })?;
         let deadline = Instant::now() + s.timeout;
         loop {
             if let Some(status) = child.try_wait()? {

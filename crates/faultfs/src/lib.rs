@@ -16,7 +16,11 @@
 //! kernel caches neither metadata nor data that a power loss might drop. `statfs` reports the
 //! FUSE magic, like any FUSE filesystem. Stop it with the control command `unmount` (replies
 //! `ok`, then detaches the mount; the process exits) or `umount -l MOUNTPOINT` from outside.
-//! [`harness::Mounted`] does all of this for a Rust test.
+//! [`harness::Mounted`] does all of this for a Rust test (with a bounded wait for readiness
+//! and an unmount in `Drop`, so no mount is left behind when a test fails); from another
+//! package's tests, build the binary first (`cargo build -p faultfs`) and find it with
+//! [`harness::default_binary`]. If the process is killed instead, the dead mount stays until
+//! `umount -l MOUNTPOINT`.
 //!
 //! # The durability model
 //!
@@ -71,7 +75,9 @@
 //! `setattr` (chmod, truncate, utimes), `rename`, `link`, `unlink`, `rmdir`, `mkdir`,
 //! `mknod`, `symlink`. ERR is `ENOSPC`, `EIO`, `EDQUOT`, `EROFS`, `EPERM`, `EACCES`, or
 //! `short` for `write` only: half of the bytes are written and that short count returned. A
-//! faulted call does nothing else. Several faults may be armed at once.
+//! faulted call does nothing else. Several faults may be armed at once. Calls are FUSE
+//! requests, not system calls: the kernel splits a `write(2)` larger than 1 MiB (its
+//! `max_pages`) into several `write` requests, and a `close` is a `flush` plus a `release`.
 
 pub mod control;
 pub mod fs;

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use faultfs::harness::{available, Mounted, Settings};
+use faultfs::harness::{available, is_mount_point, Mounted, Settings};
 use rustix::io::Errno;
 
 /// A mounted faultfs over a fresh temporary backing directory. Field order matters: the mount
@@ -51,6 +51,7 @@ impl Fx {
     fn crash(&mut self) {
         self.ctl("powerloss");
         self.fs.take().unwrap().unmount().unwrap();
+        assert!(!is_mount_point(&self.m("")), "still mounted");
     }
 
     fn crash_keep_mounted(&self) {
@@ -492,4 +493,18 @@ fn stats_and_protocol_errors() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+#[test]
+fn dropping_the_guard_unmounts_even_with_files_open() {
+    let Some(mut fx) = Fx::start(false) else {
+        return;
+    };
+    fs::write(fx.m("f"), b"x").unwrap();
+    let open = File::open(fx.m("f")).unwrap();
+    assert!(is_mount_point(&fx.m("")));
+    drop(fx.fs.take());
+    assert!(!is_mount_point(&fx.m("")), "still mounted");
+    let e = (&open).read(&mut [0u8; 1]).unwrap_err();
+    assert!(is(&e, Errno::NOTCONN), "{e}");
 }
