@@ -508,6 +508,63 @@ mod tests {
     }
 
     #[test]
+    fn overlay_matches_a_plain_buffer_under_random_operations() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _round in 0..20 {
+            let initial: Vec<u8> = (0..rnd(20_000)).map(|i| (i * 7 % 256) as u8).collect();
+            let file = backing(&initial);
+            let mut synced = initial.clone();
+            let mut model = initial.clone();
+            let mut p = Pending::new(initial.len() as u64);
+            for step in 0..200u64 {
+                match rnd(10) {
+                    0..=4 => {
+                        let off = rnd(24_000);
+                        let data: Vec<u8> = (0..rnd(9000)).map(|i| (i + step) as u8).collect();
+                        p.write(&file, off, &data).unwrap();
+                        let end = off as usize + data.len();
+                        if model.len() < end {
+                            model.resize(end, 0);
+                        }
+                        model[off as usize..end].copy_from_slice(&data);
+                    }
+                    5 | 6 => {
+                        let size = rnd(24_000);
+                        p.truncate(size);
+                        model.resize(size as usize, 0);
+                    }
+                    7 => {
+                        p.sync_to(&file, step % 2 == 0).unwrap();
+                        p = Pending::new(model.len() as u64);
+                        synced.clone_from(&model);
+                    }
+                    _ => {
+                        let off = rnd(25_000);
+                        let len = rnd(10_000);
+                        let lo = (off as usize).min(model.len());
+                        let hi = ((off + len) as usize).min(model.len());
+                        let got = p.read(&file, off, len).unwrap();
+                        assert!(got == model[lo..hi], "read {off}+{len} differs");
+                    }
+                }
+                assert_eq!(p.size, model.len() as u64);
+                // The backing file always holds the last-synced content.
+                std::io::Seek::rewind(&mut &file).unwrap();
+                let mut now = Vec::new();
+                std::io::Read::read_to_end(&mut &file, &mut now).unwrap();
+                assert!(now == synced, "backing differs from the synced content");
+            }
+            assert!(p.read(&file, 0, u64::MAX / 2).unwrap() == model);
+        }
+    }
+
+    #[test]
     fn faults_count_and_filter() {
         let mut f = Faults::default();
         f.armed
