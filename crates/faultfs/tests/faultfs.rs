@@ -546,7 +546,7 @@ fn random_operations_match_a_model_and_only_synced_data_survives() {
         match rnd(8) {
             0..=2 => {
                 let off = rnd(20_000);
-                let data: Vec<u8> = (0..1 + rnd(9000)).map(|x| (x ^ step) as u8).collect();
+                let data: Vec<u8> = (0..=rnd(9000)).map(|x| (x ^ step) as u8).collect();
                 let f = OpenOptions::new().write(true).open(&path).unwrap();
                 std::os::unix::fs::FileExt::write_all_at(&f, &data, off).unwrap();
                 let m = &mut inodes[i].now;
