@@ -33,7 +33,12 @@ pub fn handle(state: &Shared, line: &str) -> String {
     }
 }
 
-fn serve_conn(state: &Shared, mountpoint: &Path, conn: UnixStream) -> io::Result<()> {
+fn serve_conn(
+    state: &Shared,
+    mountpoint: &Path,
+    socket: Option<&Path>,
+    conn: UnixStream,
+) -> io::Result<()> {
     let mut out = conn.try_clone()?;
     for line in BufReader::new(conn).lines() {
         let line = line?;
@@ -51,6 +56,9 @@ fn serve_conn(state: &Shared, mountpoint: &Path, conn: UnixStream) -> io::Result
                 };
             let _ = out.write_all(reply);
             let _ = out.flush();
+            if let Some(socket) = socket {
+                let _ = std::fs::remove_file(socket);
+            }
             std::process::exit(0);
         }
         let reply = handle(state, &line);
@@ -62,13 +70,18 @@ fn serve_conn(state: &Shared, mountpoint: &Path, conn: UnixStream) -> io::Result
 
 /// Serve `listener` on a background thread, one thread per connection.
 pub fn spawn(state: Shared, mountpoint: PathBuf, listener: UnixListener) {
+    let socket = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
     thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             let state = state.clone();
             let mountpoint = mountpoint.clone();
+            let socket = socket.clone();
             thread::spawn(move || {
-                let _ = serve_conn(&state, &mountpoint, conn);
+                let _ = serve_conn(&state, &mountpoint, socket.as_deref(), conn);
             });
         }
     });

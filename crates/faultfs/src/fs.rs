@@ -213,7 +213,11 @@ impl State {
 
     /// The node for the backing object `meta` found at `rel`, made if new.
     fn node_for(&mut self, rel: &Path, meta: &Metadata) -> u64 {
-        if let Some(&ino) = self.by_key.get(&key(meta)) {
+        self.node_for_key(rel, key(meta))
+    }
+
+    fn node_for_key(&mut self, rel: &Path, key: (u64, u64)) -> u64 {
+        if let Some(&ino) = self.by_key.get(&key) {
             let node = self.nodes.entry(ino).or_default();
             if !node.paths.iter().any(|p| p == rel) {
                 node.paths.push(rel.to_path_buf());
@@ -222,7 +226,7 @@ impl State {
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.by_key.insert(key(meta), ino);
+        self.by_key.insert(key, ino);
         self.nodes.insert(
             ino,
             Node {
@@ -790,18 +794,15 @@ impl State {
         let file = File::open(&abs)?;
         let mut entries = vec![
             (ino, FileType::Directory, OsString::from(".")),
+            // Only a hint; the kernel answers `..` lookups itself.
             (1, FileType::Directory, OsString::from("..")),
         ];
         let dev = file.metadata()?.dev();
         for e in fs::read_dir(&abs)? {
             let e = e?;
             let kind = FileType::from_std(e.file_type()?).unwrap_or(FileType::RegularFile);
-            // Readdir inode numbers are only hints; reuse ours where we have one.
-            let child = self
-                .by_key
-                .get(&(dev, e.ino()))
-                .copied()
-                .unwrap_or(u64::MAX);
+            // The inode numbers lookup gives (one device, unless a mount is inside BACKING).
+            let child = self.node_for_key(&path.join(e.file_name()), (dev, e.ino()));
             entries.push((child, kind, e.file_name()));
         }
         Ok(self.add_handle(Handle::Dir { file, entries }))

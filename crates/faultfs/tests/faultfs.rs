@@ -111,6 +111,11 @@ fn pass_through_round_trip() {
         .collect();
     names.sort();
     assert_eq!(names, ["c", "d"]);
+    for e in fs::read_dir(fx.m("")).unwrap() {
+        let e = e.unwrap();
+        let ino = std::os::unix::fs::DirEntryExt::ino(&e);
+        assert_eq!(ino, fs::symlink_metadata(e.path()).unwrap().ino());
+    }
 
     fs::set_permissions(fx.m("c"), fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(fs::metadata(fx.m("d/b")).unwrap().mode() & 0o7777, 0o600);
