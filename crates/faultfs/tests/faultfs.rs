@@ -614,3 +614,63 @@ fn random_operations_match_a_model_and_only_synced_data_survives() {
         );
     }
 }
+
+#[test]
+fn strict_undoes_link_symlink_mkdir_and_rmdir_but_keeps_fsynced_ones() {
+    let Some(mut fx) = Fx::start(true) else {
+        return;
+    };
+    write_synced(&fx.m("f"), b"f");
+    fs::create_dir(fx.m("empty")).unwrap();
+    fs::create_dir(fx.m("kept")).unwrap();
+    fsync_dir(&fx.m(""));
+    // Durable: in kept/, fsynced afterwards.
+    fs::hard_link(fx.m("f"), fx.m("kept/link")).unwrap();
+    std::os::unix::fs::symlink("../f", fx.m("kept/sym")).unwrap();
+    fsync_dir(&fx.m("kept"));
+    // Not durable: the root is not fsynced again.
+    fs::hard_link(fx.m("f"), fx.m("link")).unwrap();
+    std::os::unix::fs::symlink("f", fx.m("sym")).unwrap();
+    fs::create_dir(fx.m("newdir")).unwrap();
+    fs::remove_dir(fx.m("empty")).unwrap();
+    assert_eq!(fs::metadata(fx.m("f")).unwrap().nlink(), 3);
+    fx.crash();
+    assert_eq!(fs::read(fx.b("kept/link")).unwrap(), b"f");
+    assert_eq!(fs::read_link(fx.b("kept/sym")).unwrap(), Path::new("../f"));
+    assert!(!fx.b("link").exists());
+    assert!(fs::symlink_metadata(fx.b("sym")).is_err());
+    assert!(!fx.b("newdir").exists());
+    assert!(fx.b("empty").is_dir());
+    assert_eq!(fs::metadata(fx.b("f")).unwrap().nlink(), 2);
+}
+
+#[test]
+fn utimens_now_and_omit() {
+    let Some(fx) = Fx::start(false) else { return };
+    fs::write(fx.m("f"), b"x").unwrap();
+    let ts = |sec, nsec| rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    let set = |atime, mtime| {
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            fx.m("f"),
+            &rustix::fs::Timestamps {
+                last_access: atime,
+                last_modification: mtime,
+            },
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+    };
+    set(ts(1_000, 0), ts(2_000, 5));
+    let m = fs::metadata(fx.m("f")).unwrap();
+    assert_eq!((m.atime(), m.mtime(), m.mtime_nsec()), (1_000, 2_000, 5));
+    // OMIT leaves atime; NOW moves mtime to the present.
+    set(ts(0, rustix::fs::UTIME_OMIT), ts(0, rustix::fs::UTIME_NOW));
+    let m = fs::metadata(fx.m("f")).unwrap();
+    assert_eq!(m.atime(), 1_000);
+    assert!(m.mtime() > 1_600_000_000);
+    assert_eq!(fs::metadata(fx.b("f")).unwrap().atime(), 1_000);
+}
