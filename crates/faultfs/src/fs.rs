@@ -331,6 +331,20 @@ impl State {
         }
     }
 
+    /// Forget the unsynced data of a file that has no name left and is no longer open: nothing
+    /// can read or sync it any more.
+    fn drop_if_unreachable(&mut self, ino: u64) {
+        let open = self
+            .handles
+            .values()
+            .any(|h| matches!(h, Handle::File { ino: i, .. } if *i == ino));
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            if node.paths.is_empty() && !open {
+                node.pending = None;
+            }
+        }
+    }
+
     fn add_handle(&mut self, h: Handle) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
@@ -1135,7 +1149,7 @@ impl Filesystem for FaultFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -1144,6 +1158,7 @@ impl Filesystem for FaultFs {
     ) {
         let mut s = self.s();
         s.handles.remove(&fh.0);
+        s.drop_if_unreachable(ino.0);
         let r = s.enter(Op::Release, &[]).map(|_| ());
         empty(reply, r);
     }
