@@ -44,8 +44,10 @@ fn serve_conn(
         let line = line?;
         if line.trim() == "unmount" {
             // Detach the mount, reply, and exit: closing /dev/fuse ends the connection even
-            // if files on it are still open (they then fail with ENOTCONN).
-            drop(lock(state)); // let a running operation finish
+            // if files on it are still open (they then fail with ENOTCONN). The lock is held
+            // to the end: no operation runs meanwhile, and the main thread, which takes it
+            // once the unmount ends its session, cannot exit before the reply is out.
+            let _guard = lock(state);
             let reply: &[u8] =
                 match rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH) {
                     Ok(()) => b"ok\n",

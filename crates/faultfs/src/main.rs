@@ -118,12 +118,14 @@ fn mount(args: &[String]) -> Result<(), String> {
     let session = Session::new(FaultFs::new(shared.clone()), &mountpoint, &config)
         .map_err(|e| format!("mount {}: {e}", mountpoint.display()))?;
 
-    control::spawn(shared, mountpoint.clone(), listener);
+    control::spawn(shared.clone(), mountpoint.clone(), listener);
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready");
     let _ = out.flush();
 
     let result = session.run();
+    // An `unmount` command holds the lock until it has replied and exited the process.
+    drop(faultfs::fs::lock(&shared));
     let _ = std::fs::remove_file(&socket);
     result.map_err(|e| format!("session: {e}"))
 }

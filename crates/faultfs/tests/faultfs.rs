@@ -733,3 +733,24 @@ fn power_loss_during_concurrent_writers_keeps_exactly_the_acknowledged_syncs() {
         );
     }
 }
+
+#[test]
+fn unmount_command_replies_ok_then_the_process_exits() {
+    let Some(mut fx) = Fx::start(false) else {
+        return;
+    };
+    fs::write(fx.m("f"), b"x").unwrap();
+    let socket = fx.fs.as_ref().unwrap().socket().to_path_buf();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_faultfs"))
+        .arg("ctl")
+        .arg(&socket)
+        .arg("unmount")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    assert!(out.status.success());
+    assert!(!is_mount_point(&fx.m("")));
+    // The guard finds the process gone and the mount already removed.
+    fx.fs.take().unwrap().unmount().unwrap();
+    assert!(!socket.exists());
+}
