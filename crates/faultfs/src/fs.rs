@@ -826,14 +826,7 @@ impl State {
         let path = self.path_opt(ino).unwrap_or_default();
         self.enter(Op::Fsyncdir, &[&path])?;
         self.file(fh)?.sync_all()?;
-        for entry in &mut self.journal {
-            for (dir, synced) in &mut entry.dirs {
-                if *dir == ino {
-                    *synced = true;
-                }
-            }
-        }
-        self.journal.retain(|e| !e.durable());
+        crate::model::fsync_dir(&mut self.journal, ino);
         Ok(())
     }
 

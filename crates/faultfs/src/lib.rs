@@ -42,7 +42,12 @@
 //!   BACKING at once and recorded in an undo journal; unlinked files and replaced rename
 //!   targets are moved to a graveyard (`DIR/graveyard`, by default `.NAME.faultfs/graveyard`
 //!   beside BACKING; it must be on BACKING's filesystem) so that they can be put back.
-//!   chmod/chown/utimes are not journaled (durable at once).
+//!   chmod/chown/utimes are not journaled (durable at once). One refinement keeps the result
+//!   a state some real filesystem could reach: a change is also durable when a *later* durable
+//!   change touched the same name (an ordered journal), e.g. `rename(x/a, y/b)` with only `y`
+//!   fsynced, then `unlink(y/b)` and an fsync of `y`: the rename stays. Only cross-directory
+//!   renames can bring this about. `powerloss` reports how many undos failed
+//!   (`undo_failed`, 0 unless BACKING was changed behind faultfs's back).
 //! * **Power loss** (control command `powerloss`): under the lock that serialises every
 //!   filesystem operation, all pending data is dropped (BACKING already holds each file's
 //!   last-synced content), in strict mode every journaled change not made durable is undone in

@@ -2,8 +2,8 @@
 //!
 //! Nothing here touches FUSE; [`crate::fs`] drives it under one lock.
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
@@ -465,6 +465,60 @@ impl Entry {
     pub fn durable(&self) -> bool {
         self.dirs.iter().all(|&(_, synced)| synced)
     }
+
+    /// The directory entries (parent node, name) the change touched.
+    pub fn names(&self) -> Vec<(u64, &OsStr)> {
+        match &self.undo {
+            Undo::Remove { dir, name }
+            | Undo::RemoveDir { dir, name }
+            | Undo::Restore { dir, name, .. } => vec![(*dir, name.as_os_str())],
+            Undo::Rename {
+                from_dir,
+                from_name,
+                to_dir,
+                to_name,
+                ..
+            } => vec![
+                (*from_dir, from_name.as_os_str()),
+                (*to_dir, to_name.as_os_str()),
+            ],
+        }
+    }
+}
+
+/// Record an fsync of directory `dir`, then drop every change that is durable from the journal.
+///
+/// A change is durable once all its directories were fsynced after it, and also (as in a
+/// journal that commits in order) when a later durable change touched one of the same names:
+/// otherwise a power loss would have to undo a change beneath one that stays, which no real
+/// filesystem does (say `rename(x/a, y/b)` with only `y` fsynced, then `unlink(y/b)` and an
+/// fsync of `y`). Only cross-directory renames can bring this about; within one directory the
+/// fsync rule is already in order.
+pub fn fsync_dir(journal: &mut Vec<Entry>, dir: u64) {
+    for entry in journal.iter_mut() {
+        for (d, synced) in &mut entry.dirs {
+            if *d == dir {
+                *synced = true;
+            }
+        }
+    }
+    let mut pinned: HashSet<(u64, OsString)> = HashSet::new();
+    for entry in journal.iter_mut().rev() {
+        let forced = !entry.durable()
+            && entry
+                .names()
+                .iter()
+                .any(|&(d, n)| pinned.contains(&(d, n.to_owned())));
+        if forced {
+            for (_, synced) in &mut entry.dirs {
+                *synced = true;
+            }
+        }
+        if entry.durable() {
+            pinned.extend(entry.names().into_iter().map(|(d, n)| (d, n.to_owned())));
+        }
+    }
+    journal.retain(|e| !e.durable());
 }
 
 #[cfg(test)]
