@@ -14,8 +14,10 @@
 //! `default_permissions` (the kernel checks permissions) and `allow_other` (any uid may use
 //! it), attribute and entry TTLs of zero, and opens every file with `FOPEN_DIRECT_IO`, so the
 //! kernel caches neither metadata nor data that a power loss might drop. `statfs` reports the
-//! FUSE magic, like any FUSE filesystem. Stop it with the control command `unmount` (replies
-//! `ok`, then detaches the mount; the process exits) or `umount -l MOUNTPOINT` from outside.
+//! FUSE magic, like any FUSE filesystem. Stop it with the control command `unmount` (detaches
+//! the mount, replies `ok`, exits) or with `umount MOUNTPOINT` from outside (the process exits
+//! once the mount is gone; after `umount -l`, once no file on it is open any more). Nothing
+//! else may change BACKING while it is mounted.
 //! [`harness::Mounted`] does all of this for a Rust test (with a bounded wait for readiness
 //! and an unmount in `Drop`, so no mount is left behind when a test fails); from another
 //! package's tests, build the binary first (`cargo build -p faultfs`) and find it with
@@ -70,10 +72,10 @@
 //! | command | effect |
 //! | --- | --- |
 //! | `ping` | `ok` once mounted |
-//! | `powerloss` | crash as above; `ok dropped=N undone=N undo_failed=N` |
+//! | `powerloss` | crash as above; `ok dropped=N undone=N undo_failed=N` (files whose unsynced data was dropped, entries undone, undos that failed); again: `ok already dead` |
 //! | `fault OP N ERR [sticky] [under PREFIX]` | the N-th (1-based, counted from now) call of OP fails with ERR; `sticky`: that and every later call, until `clear`; `under PREFIX`: only calls on paths under PREFIX (relative to the mount root; a rename counts if either name is under it) are counted |
 //! | `clear` | disarm all faults |
-//! | `stats` | `ok lookup=N getattr=N ... create=N`: calls per op since mount (including failed ones) |
+//! | `stats` | `ok lookup=N getattr=N setattr=N readlink=N mknod=N mkdir=N unlink=N rmdir=N symlink=N rename=N link=N open=N read=N write=N flush=N release=N fsync=N opendir=N readdir=N fsyncdir=N statfs=N create=N`: calls per op since mount, faulted ones included (not those after a power loss) |
 //! | `unmount` | lazily unmount (like `umount -l`), reply `ok`, and exit; files still open on the mount then fail with `ENOTCONN` |
 //!
 //! OP is one of `write`, `read`, `open`, `create`, `fsync` (also fdatasync), `fsyncdir`,
