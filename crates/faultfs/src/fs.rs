@@ -33,6 +33,10 @@ fn rx(e: rustix::io::Errno) -> Errno {
     Errno::from_i32(e.raw_os_error())
 }
 
+fn refs(paths: &[PathBuf]) -> Vec<&Path> {
+    paths.iter().map(PathBuf::as_path).collect()
+}
+
 /// One file or directory of BACKING, by the names it is known under (relative to BACKING).
 #[derive(Debug, Default)]
 struct Node {
@@ -201,6 +205,14 @@ impl State {
     /// The node's first name, if it has one.
     fn path_opt(&self, ino: u64) -> Option<PathBuf> {
         self.nodes.get(&ino).and_then(|n| n.paths.first().cloned())
+    }
+
+    /// Every name of the node (a hard-linked file has several; an unlinked one none).
+    fn paths(&self, ino: u64) -> Vec<PathBuf> {
+        self.nodes
+            .get(&ino)
+            .map(|n| n.paths.clone())
+            .unwrap_or_default()
     }
 
     fn path(&self, ino: u64) -> R<PathBuf> {
@@ -378,8 +390,9 @@ impl State {
         mtime: Option<TimeOrNow>,
         fh: Option<u64>,
     ) -> R<FileAttr> {
-        let path = self.path_opt(ino);
-        self.enter(Op::Setattr, &[path.as_deref().unwrap_or(Path::new(""))])?;
+        let paths = self.paths(ino);
+        self.enter(Op::Setattr, &refs(&paths))?;
+        let path = paths.into_iter().next();
         let fh = fh.filter(|fh| self.handles.contains_key(fh));
         let abs = path.as_deref().map(|p| self.abs(p));
         // A file to act on: the open handle, else the path.
@@ -684,8 +697,9 @@ impl State {
     }
 
     fn open(&mut self, ino: u64) -> R<u64> {
-        let path = self.path(ino)?;
-        self.enter(Op::Open, &[&path])?;
+        let paths = self.paths(ino);
+        self.enter(Op::Open, &refs(&paths))?;
+        let path = paths.into_iter().next().ok_or(Errno::ENOENT)?;
         let file = open_rw(&self.abs(&path))?;
         Ok(self.add_handle(Handle::File { ino, file }))
     }
@@ -739,8 +753,8 @@ impl State {
     }
 
     fn read(&mut self, ino: u64, fh: u64, offset: u64, size: u32) -> R<Vec<u8>> {
-        let path = self.path_opt(ino).unwrap_or_default();
-        self.enter(Op::Read, &[&path])?;
+        let paths = self.paths(ino);
+        self.enter(Op::Read, &refs(&paths))?;
         let file = self.file(fh)?;
         if let Some(p) = self.nodes.get(&ino).and_then(|n| n.pending.as_ref()) {
             return Ok(p.read(file, offset, u64::from(size))?);
@@ -760,8 +774,8 @@ impl State {
     }
 
     fn write(&mut self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> R<u32> {
-        let path = self.path_opt(ino).unwrap_or_default();
-        let fault = self.enter(Op::Write, &[&path])?;
+        let paths = self.paths(ino);
+        let fault = self.enter(Op::Write, &refs(&paths))?;
         let n = if fault == Some(FaultKind::Short) && data.len() >= 2 {
             data.len() / 2
         } else {
@@ -782,8 +796,8 @@ impl State {
     }
 
     fn fsync(&mut self, ino: u64, fh: u64, datasync: bool) -> R<()> {
-        let path = self.path_opt(ino).unwrap_or_default();
-        self.enter(Op::Fsync, &[&path])?;
+        let paths = self.paths(ino);
+        self.enter(Op::Fsync, &refs(&paths))?;
         let Some(Handle::File { file, .. }) = self.handles.get(&fh) else {
             return Err(Errno::EBADF);
         };

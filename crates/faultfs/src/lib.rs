@@ -73,7 +73,7 @@
 //! | --- | --- |
 //! | `ping` | `ok` once mounted |
 //! | `powerloss` | crash as above; `ok dropped=N undone=N undo_failed=N` (files whose unsynced data was dropped, entries undone, undos that failed); again: `ok already dead` |
-//! | `fault OP N ERR [sticky] [under PREFIX]` | the N-th (1-based, counted from now) call of OP fails with ERR; `sticky`: that and every later call, until `clear`; `under PREFIX`: only calls on paths under PREFIX (relative to the mount root; a rename counts if either name is under it) are counted |
+//! | `fault OP N ERR [sticky] [under PREFIX]` | the N-th (1-based, counted from now) call of OP fails with ERR; `sticky`: that and every later call, until `clear`; `under PREFIX`: only calls on paths under PREFIX (relative to the mount root; a rename or link counts if either name is under it, a call on a hard-linked file if any of its names is) are counted |
 //! | `clear` | disarm all faults |
 //! | `stats` | `ok lookup=N getattr=N setattr=N readlink=N mknod=N mkdir=N unlink=N rmdir=N symlink=N rename=N link=N open=N read=N write=N flush=N release=N fsync=N opendir=N readdir=N fsyncdir=N statfs=N create=N`: calls per op since mount, faulted ones included (not those after a power loss) |
 //! | `unmount` | lazily unmount (like `umount -l`), reply `ok`, and exit; files still open on the mount then fail with `ENOTCONN` |

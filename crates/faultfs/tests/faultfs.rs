@@ -455,6 +455,40 @@ fn fsync_rename_and_filtered_faults() {
     assert!(is(&fs::remove_file(fx.m("tmp/3")).unwrap_err(), Errno::IO));
     fx.ctl("fault mkdir 1 ENOSPC");
     assert!(is(&fs::create_dir(fx.m("d")).unwrap_err(), Errno::NOSPC));
+    // A file counts as under the prefix through any of its names.
+    fx.ctl("fault write 1 EIO under objects");
+    let mut w = OpenOptions::new().write(true).open(fx.m("tmp/3")).unwrap();
+    w.write_all(b"fine").unwrap();
+    fs::hard_link(fx.m("tmp/3"), fx.m("objects/3")).unwrap();
+    assert!(is(&w.write_all(b"not").unwrap_err(), Errno::IO));
+    drop(w);
+    // The other faultable calls.
+    fx.ctl("fault open 1 EACCES");
+    assert!(is(&File::open(fx.m("tmp/3")).unwrap_err(), Errno::ACCESS));
+    let mut r = File::open(fx.m("tmp/3")).unwrap();
+    fx.ctl("fault read 1 EIO");
+    assert!(is(&r.read(&mut [0u8; 4]).unwrap_err(), Errno::IO));
+    fx.ctl("fault setattr 1 EPERM");
+    assert!(is(
+        &fs::set_permissions(fx.m("tmp/3"), fs::Permissions::from_mode(0o600)).unwrap_err(),
+        Errno::PERM
+    ));
+    fx.ctl("fault fsyncdir 1 EIO");
+    assert!(is(
+        &File::open(fx.m("tmp")).unwrap().sync_all().unwrap_err(),
+        Errno::IO
+    ));
+    fx.ctl("fault rmdir 1 EROFS");
+    assert!(is(
+        &fs::remove_dir(fx.m("objects")).unwrap_err(),
+        Errno::ROFS
+    ));
+    fx.ctl("fault symlink 1 ENOSPC");
+    assert!(is(
+        &std::os::unix::fs::symlink("x", fx.m("sym")).unwrap_err(),
+        Errno::NOSPC
+    ));
+
     fx.ctl("fault link 1 EIO");
     assert!(is(
         &fs::hard_link(fx.m("tmp/3"), fx.m("l")).unwrap_err(),
