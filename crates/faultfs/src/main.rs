@@ -92,7 +92,9 @@ fn mount(args: &[String]) -> Result<(), String> {
     let graveyard = state_dir.join("graveyard");
     if strict {
         let _ = std::fs::remove_dir_all(&graveyard);
-        std::fs::create_dir_all(&graveyard).map_err(|e| format!("{}: {e}", graveyard.display()))?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&graveyard)
+            .map_err(|e| format!("{}: {e}", graveyard.display()))?;
     }
 
     let _ = std::fs::remove_file(&socket);
