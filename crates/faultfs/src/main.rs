@@ -79,8 +79,6 @@ fn mount(args: &[String]) -> Result<(), String> {
     let mountpoint = mountpoint
         .canonicalize()
         .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
-    // Modes from the kernel already have the caller's umask applied.
-    rustix::process::umask(rustix::fs::Mode::empty());
 
     let state_dir = state_dir.unwrap_or_else(|| {
         let name = backing.file_name().unwrap_or_default().to_string_lossy();
@@ -92,14 +90,16 @@ fn mount(args: &[String]) -> Result<(), String> {
     let graveyard = state_dir.join("graveyard");
     if strict {
         let _ = std::fs::remove_dir_all(&graveyard);
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(&graveyard)
-            .map_err(|e| format!("{}: {e}", graveyard.display()))?;
+        std::fs::create_dir_all(&graveyard).map_err(|e| format!("{}: {e}", graveyard.display()))?;
     }
 
     let _ = std::fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket)
         .map_err(|e| format!("{}: {e}", socket.display()))?;
+
+    // Modes from the kernel already have the caller's umask applied. (After the socket is
+    // made: only root may send it commands.)
+    rustix::process::umask(rustix::fs::Mode::empty());
 
     let state = State::new(Options {
         backing: backing.clone(),
