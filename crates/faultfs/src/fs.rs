@@ -497,7 +497,7 @@ impl State {
         self.enter(Op::Mknod, &[&rel])?;
         let abs = self.abs(&rel);
         let perm = mode & 0o7777;
-        match mode & libc_s_ifmt() {
+        match mode & S_IFMT {
             S_IFIFO => rustix::fs::mknodat(
                 rustix::fs::CWD,
                 &abs,
@@ -926,11 +926,10 @@ impl State {
     }
 }
 
+// Linux values, as the kernel sends them (no libc dependency for four constants).
+const S_IFMT: u32 = 0o170_000;
 const S_IFIFO: u32 = 0o010_000;
 const S_IFREG: u32 = 0o100_000;
-const fn libc_s_ifmt() -> u32 {
-    0o170_000
-}
 const O_EXCL: i32 = 0o200;
 const O_TRUNC: i32 = 0o1000;
 
