@@ -124,8 +124,7 @@ impl Workload {
                     let paths: Vec<PathBuf> = (0..3)
                         .map(|k| {
                             let p = self.scratch.join(format!("b{w}-{i}-{k}"));
-                            std::fs::write(&p, data(100 + k * 3000, seed * 3 + k as u64))
-                                .unwrap();
+                            std::fs::write(&p, data(100 + k * 3000, seed * 3 + k as u64)).unwrap();
                             p
                         })
                         .collect();
@@ -172,7 +171,8 @@ impl Workload {
                         .entry(name.clone())
                         .or_default()
                         .push(h.clone());
-                    self.run(&mut cmd, None).map(|_| Done::Ref { name, value: h })
+                    self.run(&mut cmd, None)
+                        .map(|_| Done::Ref { name, value: h })
                 }
                 // a keyed entry
                 6 => {
@@ -230,11 +230,10 @@ impl Workload {
                         Ok(Done::Objects(hs.iter().map(ToString::to_string).collect()))
                     })
                 }
-                2 => {
-                    let mut w = store.writer().expect("writer");
+                2 => store.writer().and_then(|mut w| {
                     std::io::Write::write_all(&mut w, &data(2 << 20, seed)).ok();
                     w.commit().map(|h| Done::Objects(vec![h.to_string()]))
-                }
+                }),
                 _ => {
                     let bytes = data(900, seed);
                     let key = format!("lib{i}");
@@ -387,7 +386,10 @@ fn assert_consistent(store: &Path, what: &str) {
         .into_iter()
         .filter(|(_, ok)| !ok)
         .collect();
-    assert!(bad.is_empty(), "{what}: objects whose bytes are not their hash: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "{what}: objects whose bytes are not their hash: {bad:?}"
+    );
     common::run_ok(cas_on(store).arg("gc"));
     let out = common::run(cas_on(store).args(["verify", "--json"]));
     assert!(
@@ -469,10 +471,18 @@ fn power_loss_with_durability_full_keeps_every_success_even_in_strict_mode() {
                     .args(["key", "get", key])
                     .output()
                     .unwrap();
-                assert!(got.status.success(), "entry {key} lost: {}", text(&got.stderr));
+                assert!(
+                    got.status.success(),
+                    "entry {key} lost: {}",
+                    text(&got.stderr)
+                );
                 // Every key is written once, so it holds exactly what was put.
                 assert_eq!(keys[key], vec![hash.clone()]);
-                assert_eq!(blake3_hex(&got.stdout), *hash, "entry {key} holds other bytes");
+                assert_eq!(
+                    blake3_hex(&got.stdout),
+                    *hash,
+                    "entry {key} holds other bytes"
+                );
             }
         }
     }
@@ -508,5 +518,8 @@ fn power_loss_with_durability_none_corrupts_the_control() {
         objects.len()
     );
     let out = common::run(cas_on(&store).arg("verify"));
-    assert!(!out.status.success(), "verify found nothing wrong after the control crash");
+    assert!(
+        !out.status.success(),
+        "verify found nothing wrong after the control crash"
+    );
 }

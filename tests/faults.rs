@@ -22,7 +22,9 @@ use common::faultfs::{self, FaultFs};
 use common::{blake3_hex, cas_bin, data, text};
 
 /// The operations the fault filesystem can fail.
-const OPS: &[&str] = &["write", "fsync", "create", "rename", "link", "unlink", "mkdir"];
+const OPS: &[&str] = &[
+    "write", "fsync", "create", "rename", "link", "unlink", "mkdir",
+];
 /// At most this many calls of one operation are failed in turn per command.
 const MAX_N: usize = 4;
 
@@ -139,7 +141,11 @@ fn scenarios() -> Vec<Scenario> {
             prepare: |c| {
                 // Two garbage objects and one kept by a ref.
                 for k in 0..2u64 {
-                    common::run_ok(c.cas().arg("put").arg(c.input(&format!("x{k}"), &data(900, 70 + k))));
+                    common::run_ok(
+                        c.cas()
+                            .arg("put")
+                            .arg(c.input(&format!("x{k}"), &data(900, 70 + k))),
+                    );
                 }
                 let keep = common::run_ok(c.cas().arg("put").arg(c.input("keep", b"keep me")));
                 common::run_ok(c.cas().args(["ref", "set", "keep", keep.trim()]));
@@ -177,11 +183,19 @@ fn assert_sound(c: &Ctx, case: &str) {
             p.parent().unwrap().file_name().unwrap().to_string_lossy(),
             p.file_name().unwrap().to_string_lossy()
         );
-        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{case}: read {}: {e}", p.display()));
-        assert_eq!(blake3_hex(&bytes), name, "{case}: object {name} holds other bytes");
+        let bytes =
+            std::fs::read(&p).unwrap_or_else(|e| panic!("{case}: read {}: {e}", p.display()));
+        assert_eq!(
+            blake3_hex(&bytes),
+            name,
+            "{case}: object {name} holds other bytes"
+        );
     }
     let left = common::files_under(&c.store.join("tmp"));
-    assert!(left.is_empty(), "{case}: staging files left behind: {left:?}");
+    assert!(
+        left.is_empty(),
+        "{case}: staging files left behind: {left:?}"
+    );
     if c.out.exists() {
         let outs = common::files_under(&c.out);
         assert!(
@@ -189,7 +203,11 @@ fn assert_sound(c: &Ctx, case: &str) {
             "{case}: temporary outputs left behind: {outs:?}"
         );
         if let Some(f) = outs.first() {
-            assert_eq!(std::fs::read(f).unwrap(), data(200_000, 60), "{case}: partial output");
+            assert_eq!(
+                std::fs::read(f).unwrap(),
+                data(200_000, 60),
+                "{case}: partial output"
+            );
         }
     }
     let v = common::run(c.cas().arg("verify"));
@@ -201,7 +219,11 @@ fn assert_sound(c: &Ctx, case: &str) {
     );
     common::run_ok(c.cas().args(["ref", "get", "keep"]));
     let h = with_stdin(c.cas().arg("put"), b"after the fault");
-    assert!(h.status.success(), "{case}: a put after the fault failed: {}", text(&h.stderr));
+    assert!(
+        h.status.success(),
+        "{case}: a put after the fault failed: {}",
+        text(&h.stderr)
+    );
 }
 
 fn run_scenario(s: &Scenario) {
@@ -231,7 +253,12 @@ fn run_scenario(s: &Scenario) {
     let (c, args) = fresh("count");
     let before = counts(&fs);
     let out = (s.run)(&c, &args);
-    assert!(out.status.success(), "{}: fails without faults: {}", s.name, text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}: fails without faults: {}",
+        s.name,
+        text(&out.stderr)
+    );
     let after = counts(&fs);
     assert_sound(&c, s.name);
 

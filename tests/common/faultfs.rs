@@ -108,7 +108,6 @@ impl FaultFs {
                 "faultfs not ready after 30 s"
             );
             std::thread::sleep(Duration::from_millis(2)); // polling a condition, bounded
-
         }
         fs
     }

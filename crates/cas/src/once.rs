@@ -342,7 +342,10 @@ mod tests {
         let tmp = std::fs::read_dir(store.root().join("tmp")).unwrap().count();
         assert_eq!(tmp, 0, "a staging file survived the panic");
 
-        let obj = store.compute_once(b"k").bytes(|| Ok(b"ok".to_vec())).unwrap();
+        let obj = store
+            .compute_once(b"k")
+            .bytes(|| Ok(b"ok".to_vec()))
+            .unwrap();
         assert_eq!(&*obj, b"ok");
     }
 
@@ -354,7 +357,10 @@ mod tests {
         std::fs::remove_file(&p).unwrap();
         std::fs::write(&p, b"garbage").unwrap();
         assert!(store.get_keyed(b"k").unwrap_err().is_malformed());
-        let obj = store.compute_once(b"k").bytes(|| Ok(b"new".to_vec())).unwrap();
+        let obj = store
+            .compute_once(b"k")
+            .bytes(|| Ok(b"new".to_vec()))
+            .unwrap();
         assert_eq!(&*obj, b"new");
         assert_eq!(&*store.get_keyed(b"k").unwrap(), b"new");
     }

@@ -86,6 +86,12 @@ impl Staging {
         Ok(r)
     }
 
+    /// `fsync` of `tmp/` (the directory this staging file was created in): a rename out of it
+    /// is a change to both directories, and only syncing both makes it durable everywhere.
+    fn sync_dir(&self) -> io::Result<()> {
+        rustix::fs::fsync(self.dir.as_fd()).map_err(Into::into)
+    }
+
     /// Renames the staging file over `dst` (replacing a file there).
     fn replace(&mut self, store: &Store, dst: &Path) -> io::Result<()> {
         store
@@ -248,6 +254,10 @@ impl Store {
         if new_fanout && durability == Durability::Full {
             dirs.insert(self.path(layout::OBJECTS));
         }
+        if created > 0 && durability == Durability::Full {
+            // The names moved out of tmp/ (a rename changes both directories).
+            dirs.insert(self.path(layout::TMP));
+        }
         for dir in dirs {
             self.inner
                 .root_dir
@@ -380,8 +390,13 @@ impl Store {
             }
         }
         if durability == Durability::Full {
-            // The directory holds the new name; if directories had to be made on the way (a
-            // ref `team/notes`, an entry's fan-out), their names live in their parents.
+            // A rename changes both directories: tmp/ lost the name.
+            staging
+                .sync_dir()
+                .map_err(|e| Error::io("fsync directory", self.path(layout::TMP), e))?;
+            // The directory holds the new name, and every directory up to the store root
+            // holds the next one's: any of them may have been created just now (a ref
+            // `team/notes`, an entry's fan-out — perhaps by the lock step before us).
             let mut sync = Some(dir);
             while let Some(d) = sync {
                 self.inner
@@ -390,7 +405,7 @@ impl Store {
                     .map_err(Error::at("fsync directory", d))?;
                 sync = d
                     .parent()
-                    .filter(|p| attempts > 0 && p.starts_with(&self.inner.root) && *p != self.inner.root);
+                    .filter(|p| p.starts_with(&self.inner.root) && *p != self.inner.root);
             }
         }
         Ok(())
@@ -412,9 +427,15 @@ impl Store {
     pub(crate) fn sync_layout(&self) -> Result<()> {
         let root = &self.inner.root_dir;
         for dir in [self.path(layout::OBJECTS), self.inner.root.clone()] {
-            root.fsync_dir(&dir).map_err(Error::at("fsync directory", &dir))?;
+            root.fsync_dir(&dir)
+                .map_err(Error::at("fsync directory", &dir))?;
         }
-        if let Some(parent) = self.inner.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = self
+            .inner
+            .root
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             // Read-only open of the directory that holds the store, to fsync the store's name.
             fs::fsync_dir_path(parent).map_err(Error::at("fsync directory", parent))?;
         }

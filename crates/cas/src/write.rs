@@ -330,7 +330,10 @@ impl Store {
         let mut staging = self.new_staging()?;
         let may_map = !self.inner.options.shared_group && !self.inner.caps.network;
         let (hash, len) =
-            copy_and_hash(&src, staging.file_mut(), may_map).map_err(|e| input.error(e))?;
+            copy_and_hash(&src, staging.file_mut(), may_map).map_err(|e| match e {
+                CopyError::Read(e) => input.error(e),
+                CopyError::Store(e) => Error::io("copy into staging file", staging.path(), e),
+            })?;
         Ok((hash, Some(Staged { staging, hash, len })))
     }
 
@@ -346,6 +349,15 @@ impl Store {
     }
 }
 
+/// Which side of a copy into the store failed.
+#[derive(Debug)]
+enum CopyError {
+    /// Reading the input.
+    Read(io::Error),
+    /// Writing, or reading back, the staging file.
+    Store(io::Error),
+}
+
 /// Copies `src` (from its current position to its end) into `dst` while hashing the copy.
 ///
 /// Another thread copies chunk by chunk — in the kernel (`copy_file_range`, a reflink where the
@@ -356,11 +368,11 @@ impl Store {
 /// With `may_map` (a private staging file on a local filesystem, see
 /// [`fs::map_private_staging`]) each copied chunk is hashed through a mapping instead of
 /// being read back into a buffer: one memory copy less per byte.
-fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> io::Result<(Hash, u64)> {
+fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> Result<(Hash, u64), CopyError> {
     use std::os::unix::fs::FileExt;
     let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
     std::thread::scope(|s| {
-        let copier = s.spawn(move || -> io::Result<()> {
+        let copier = s.spawn(move || -> Result<(), CopyError> {
             let mut total = 0u64;
             let mut through_memory: Vec<u8> = Vec::new();
             loop {
@@ -372,15 +384,20 @@ fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> io::Result<(Hash, u64
                             continue;
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
+                        // The kernel copy fails for either side; the store's side (ENOSPC,
+                        // EDQUOT, EIO of the staging file) is what can fail here in practice,
+                        // since the source was opened and stat'ed already.
+                        Err(e) => return Err(CopyError::Store(e)),
                     }
                 } else {
                     let n = match (&*src).read(&mut through_memory) {
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(CopyError::Read(e)),
                     };
-                    (&*dst).write_all(&through_memory[..n])?;
+                    (&*dst)
+                        .write_all(&through_memory[..n])
+                        .map_err(CopyError::Store)?;
                     n
                 };
                 if n == 0 {
@@ -437,10 +454,13 @@ fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> io::Result<(Hash, u64
                 break;
             }
         }
-        let copy_result = copier
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the copying thread panicked")));
-        copy_result.and(hash_result)?;
+        let copy_result = copier.join().unwrap_or_else(|_| {
+            Err(CopyError::Store(io::Error::other(
+                "the copying thread panicked",
+            )))
+        });
+        copy_result?;
+        hash_result.map_err(CopyError::Store)?;
         Ok((hasher.finalize(), done))
     })
 }
