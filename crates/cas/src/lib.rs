@@ -33,6 +33,7 @@
 //!   (`b3sum objects/ab/cd…` prints the object's own name).
 
 mod batch;
+mod cleanup;
 mod codec;
 mod config;
 mod doctor;
@@ -41,8 +42,10 @@ mod fs;
 mod gc;
 mod hash;
 mod index;
+mod init;
 mod layout;
 mod lock;
+mod output;
 mod progress;
 mod read;
 mod refs;
@@ -53,12 +56,14 @@ mod verify;
 mod write;
 
 pub use batch::Batch;
+pub use cleanup::abandon_temporaries;
 pub use config::{parse_duration, parse_size, Durability, Options};
 pub use doctor::{DoctorReport, FsInfoReport, Probe};
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport};
 pub use hash::{Hash, HASH_LEN, HEX_LEN};
 pub use index::Entry;
+pub use init::Create;
 pub use progress::{no_progress, Progress, ProgressFn};
 pub use read::{Object, ObjectIter, ObjectReader, Stats};
 pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};

@@ -80,6 +80,8 @@ pub(crate) struct Lock {
     path: PathBuf,
     nonce: String,
     released: bool,
+    /// Known to the process's clean-up on signals (crate::cleanup) while held.
+    registered: Option<crate::cleanup::Registered>,
 }
 
 fn now_ms() -> u64 {
@@ -126,6 +128,11 @@ impl Store {
             path: path.to_owned(),
             nonce: me.nonce.clone(),
             released: false,
+            registered: Some(crate::cleanup::register_lock(
+                path,
+                &me.nonce,
+                &self.inner.root,
+            )),
         };
         let mut backoff = Duration::from_micros(200);
         // Answers a network filesystem gives for a moment while other clients rename and
@@ -358,6 +365,7 @@ impl Lock {
         if self.verify().is_ok() {
             fs::remove_quietly(&self.path);
         }
+        self.registered = None;
     }
 }
 
