@@ -7,16 +7,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use cas::{Durability, Expect, Hash, Options, Store};
+use cas::{Create, Durability, Expect, Hash, Options, Store};
 use clap::{Args, Parser, Subcommand};
 
 mod output;
+mod signals;
 
 /// A content-addressed object store: put bytes, get them back by hash.
 ///
 /// The store is `--store DIR`, else `$CAS_STORE`, else `$XDG_CACHE_HOME/cas`, else
-/// `~/.cache/cas`;
-/// it is created on first use.
+/// `~/.cache/cas`. Only `cas init` and the commands that store something (put, key put, ref
+/// set, gc) create it, and only where nothing exists yet (or, for the default store, an empty
+/// directory); commands that only read never create anything.
 #[derive(Parser, Debug)]
 #[command(name = "cas", version, about, long_about)]
 struct Cli {
@@ -26,28 +28,35 @@ struct Cli {
     cmd: Cmd,
 }
 
+const GLOBAL: &str = "Global options";
+
 #[derive(Args, Debug)]
 struct Global {
     /// Store directory.
-    #[arg(long, global = true, value_name = "DIR", env = "CAS_STORE")]
+    #[arg(long, global = true, value_name = "DIR", env = "CAS_STORE", help_heading = GLOBAL)]
     store: Option<PathBuf>,
     /// Durability of writes: none, file (fsync objects) or full (also their directories).
-    #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_durability)]
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_durability, help_heading = GLOBAL)]
     durability: Option<Durability>,
     /// Lock lease timeout: a lock older than this whose holder is not provably alive is broken.
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     lock_timeout: Option<Duration>,
     /// Staging files of writers on other hosts are judged dead after this long (gc, doctor).
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     stale_age: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Create a store (default: the default store). Idempotent.
+    /// Create a store (default: the default store). Idempotent on a store; refuses a
+    /// non-empty directory that is not one unless --force.
     Init {
         /// Where to create it (overrides --store).
         dir: Option<PathBuf>,
+        /// Create the store even in a non-empty directory that is not a store (its files are
+        /// left as they are).
+        #[arg(long)]
+        force: bool,
         /// Multi-user store: `group` makes directories setgid and group-writable.
         #[arg(long, value_name = "MODE", value_parser = ["group", "none"])]
         shared: Option<String>,
@@ -63,8 +72,8 @@ enum Cmd {
         #[arg(short, long)]
         recursive: bool,
         /// Also point this ref at the (last) stored object, retrying if a concurrent gc
-        /// collected it in between.
-        #[arg(long, value_name = "NAME")]
+        /// collected it in between. Not moved if any input failed.
+        #[arg(long, value_name = "NAME", value_parser = parse_ref_name)]
         r#ref: Option<String>,
     },
     /// Write an object's bytes to stdout (or -o FILE), verified before anything is written.
@@ -72,8 +81,9 @@ enum Cmd {
         /// The object's hash.
         #[arg(value_parser = parse_hash)]
         hash: Hash,
-        /// Write to FILE (atomically: a temp file beside it, renamed after verification).
-        /// With -r: the directory to create.
+        /// Write to FILE, verified first: a regular file (or a symlink's target) is replaced
+        /// atomically (a temp file beside it, renamed); a device or FIFO is written in place;
+        /// `-` is stdout. With -r: the directory to create.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         /// Restore a tree into the directory given with -o (which must not exist).
@@ -90,9 +100,13 @@ enum Cmd {
     /// Collect unreachable objects (via trash/), clean dead writers' staging files, and with
     /// a size budget evict least recently used cache entries.
     Gc {
-        /// Keep unreachable objects younger than this, and trash younger than this.
+        /// Keep unreachable objects younger than this, and trash younger than this. 0s
+        /// collects every unreachable object and frees its space in this run.
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
         grace: Duration,
+        /// Same as --grace 0s.
+        #[arg(long, conflicts_with = "grace")]
+        now: bool,
         /// Say what would go; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -150,6 +164,7 @@ enum RefCmd {
     /// Point NAME at HASH (compare-and-swap with --expect / --expect-none).
     Set {
         /// Ref name: segments of [A-Za-z0-9._-] separated by '/'.
+        #[arg(value_parser = parse_ref_name)]
         name: String,
         /// The object (must be in the store).
         #[arg(value_parser = parse_hash)]
@@ -167,11 +182,13 @@ enum RefCmd {
     /// Print the hash NAME points to (exit 1 if it does not exist).
     Get {
         /// Ref name.
+        #[arg(value_parser = parse_ref_name)]
         name: String,
     },
     /// Remove NAME (with --expect: only if it holds OLD).
     Rm {
         /// Ref name.
+        #[arg(value_parser = parse_ref_name)]
         name: String,
         /// Only if the ref currently holds OLD.
         #[arg(long, value_name = "OLD", value_parser = parse_hash)]
@@ -186,6 +203,7 @@ enum RefCmd {
     /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first.
     Log {
         /// Ref name.
+        #[arg(value_parser = parse_ref_name)]
         name: String,
         /// Machine-readable output (one JSON object per line).
         #[arg(long)]
@@ -209,7 +227,7 @@ enum KeyCmd {
     Get {
         /// The key.
         key: String,
-        /// Write to FILE atomically.
+        /// Write to FILE as `cas get -o` does (`-` is stdout).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -233,6 +251,11 @@ enum KeyCmd {
 fn parse_hash(s: &str) -> Result<Hash, String> {
     Hash::parse(s).map_err(|e| e.to_string())
 }
+/// Ref names are checked while parsing arguments, so an invalid one is a usage error (exit 2).
+fn parse_ref_name(s: &str) -> Result<String, String> {
+    cas::validate_ref_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
 fn parse_durability(s: &str) -> Result<Durability, String> {
     s.parse().map_err(|e: cas::Error| e.to_string())
 }
@@ -245,6 +268,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = signals::install() {
+        eprintln!("cas: error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -284,11 +311,55 @@ fn store_dir(g: &Global) -> Result<PathBuf> {
     }
 }
 
-/// Opens (creating on first use) the store, with the global overrides applied.
-fn open_store(g: &Global) -> Result<Store> {
+/// Whether a command may create the store it works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads, checks or removes: the store must exist; nothing is ever created.
+    Existing,
+    /// Stores something: creates the store where nothing exists yet (the default store also
+    /// in an empty directory), never in an existing directory that is not a store.
+    Write,
+}
+
+/// Opens the store, with the global overrides applied; creates it only as `access` allows.
+fn open_store(g: &Global, access: Access) -> Result<Store> {
     let dir = store_dir(g)?;
-    let store = Store::open_or_init(&dir, Options::default())?;
-    apply_overrides(store, g)
+    let create = match access {
+        Access::Existing => Create::Never,
+        // An explicit --store / $CAS_STORE is created only where nothing is: an existing
+        // directory there, even an empty one, is more likely a typo than a wish.
+        Access::Write if g.store.is_some() => Create::IfMissing,
+        Access::Write => Create::IfMissingOrEmpty,
+    };
+    let store = match Store::open_or_create(&dir, Options::default(), create) {
+        Ok(s) => s,
+        Err(e @ (cas::Error::NotAStore { .. } | cas::Error::NotEmpty { .. })) => {
+            return Err(not_a_store_hint(&dir, e));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let store = apply_overrides(store, g)?;
+    signals::set_store(&store);
+    Ok(store)
+}
+
+/// The error for a path that holds no store, saying what to run.
+fn not_a_store_hint(dir: &Path, e: cas::Error) -> anyhow::Error {
+    let d = dir.display();
+    let msg = match std::fs::symlink_metadata(dir) {
+        Err(_) => format!("there is no store at {d}; create one with `cas init {d}`"),
+        Ok(m) if m.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut r| r.next().is_some()) => {
+            format!(
+                "{d} is not a cas store (nothing was written there); to make it one, run \
+                 `cas init --force {d}` (its files are kept), or choose another --store"
+            )
+        }
+        Ok(m) if m.is_dir() => {
+            format!("{d} is not a cas store; create one there with `cas init {d}`")
+        }
+        Ok(_) => format!("{d} is not a directory: {e}"),
+    };
+    anyhow!(msg)
 }
 
 fn apply_overrides(store: Store, g: &Global) -> Result<Store> {
@@ -314,31 +385,36 @@ fn with_globals(mut o: Options, g: &Global) -> Options {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    use Access::{Existing, Write};
     let g = &cli.global;
     match cli.cmd {
         Cmd::Init {
             dir,
+            force,
             shared,
             max_size,
-        } => cmd_init(g, dir, shared.as_deref() == Some("group"), max_size),
+        } => cmd_init(g, dir, force, shared.as_deref() == Some("group"), max_size),
         Cmd::Put {
             files,
             recursive,
             r#ref,
-        } => cmd_put(&open_store(g)?, &files, recursive, r#ref.as_deref()),
-        Cmd::Doctor { fix, json } => cmd_doctor(&open_store(g)?, fix, json),
-        Cmd::Verify { json } => cmd_verify(&open_store(g)?, json),
+        } => cmd_put(&open_store(g, Write)?, &files, recursive, r#ref.as_deref()),
+        Cmd::Doctor { fix, json } => {
+            cmd_doctor(&open_store(g, Existing)?, fix, json)
+        }
+        Cmd::Verify { json } => cmd_verify(&open_store(g, Existing)?, json),
         Cmd::Gc {
             grace,
+            now,
             dry_run,
             max_size,
             json,
         } => {
             let opts = cas::GcOptions::default()
-                .grace(grace)
+                .grace(if now { Duration::ZERO } else { grace })
                 .dry_run(dry_run)
                 .max_size(max_size);
-            cmd_gc(&open_store(g)?, &opts, json)
+            cmd_gc(&open_store(g, Write)?, &opts, json)
         }
         Cmd::Get {
             hash,
@@ -346,15 +422,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recursive: true,
         } => {
             let dest = output.context("-r needs -o DIR")?;
-            open_store(g)?.checkout(&hash, &dest)?;
+            open_store(g, Existing)?.checkout(&hash, &dest)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
-            write_object(&open_store(g)?, &hash, output.as_deref())?;
+            write_object(&open_store(g, Existing)?, &hash, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Has { hashes } => {
-            let store = open_store(g)?;
+            let store = open_store(g, Existing)?;
             let missing: Vec<&Hash> = hashes.iter().filter(|h| !store.contains(h)).collect();
             for h in &missing {
                 eprintln!("cas: missing {h}");
@@ -362,7 +438,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(exit(missing.is_empty()))
         }
         Cmd::Rm { hashes } => {
-            let store = open_store(g)?;
+            let store = open_store(g, Existing)?;
             let mut ok = true;
             for h in &hashes {
                 if let Err(e) = store.remove(h) {
@@ -372,10 +448,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(exit(ok))
         }
-        Cmd::Ls { long } => cmd_ls(&open_store(g)?, long),
-        Cmd::Ref(c) => cmd_ref(&open_store(g)?, c),
-        Cmd::Key(c) => cmd_key(&open_store(g)?, c),
-        Cmd::Stats { json } => cmd_stats(&open_store(g)?, json),
+        Cmd::Ls { long } => cmd_ls(&open_store(g, Existing)?, long),
+        Cmd::Ref(c) => {
+            let access = if matches!(c, RefCmd::Set { .. }) {
+                Write
+            } else {
+                Existing
+            };
+            cmd_ref(&open_store(g, access)?, c)
+        }
+        Cmd::Key(c) => {
+            let access = if matches!(c, KeyCmd::Put { .. }) {
+                Write
+            } else {
+                Existing
+            };
+            cmd_key(&open_store(g, access)?, c)
+        }
+        Cmd::Stats { json } => cmd_stats(&open_store(g, Existing)?, json),
     }
 }
 
@@ -390,6 +480,7 @@ fn exit(success: bool) -> ExitCode {
 fn cmd_init(
     g: &Global,
     dir: Option<PathBuf>,
+    force: bool,
     shared: bool,
     max_size: Option<u64>,
 ) -> Result<ExitCode> {
@@ -402,7 +493,21 @@ fn cmd_init(
         g,
     );
     let existed = Store::open(&dir).is_ok();
-    let store = Store::init(&dir, o)?;
+    let create = if force {
+        Create::Force
+    } else {
+        Create::IfMissingOrEmpty
+    };
+    let store = match Store::open_or_create(&dir, o, create) {
+        Ok(s) => s,
+        Err(cas::Error::NotEmpty { path }) => anyhow::bail!(
+            "{} exists and is not an empty directory or a store; nothing was written. \
+             `cas init --force {}` adds a store beside what is there",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
     if existed {
         eprintln!("cas: {} is already a store; left as it is", dir.display());
     }
@@ -410,15 +515,19 @@ fn cmd_init(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes an object to `output` (atomically) or stdout, verified before any byte is written.
+/// Writes an object to `output` (see `Store::get_to_path`) or stdout (none, or `-`),
+/// verified before any byte is written.
 fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()> {
-    if let Some(path) = output {
-        output::write_atomically(path, |w| store.get_to_writer(hash, w).map(|_| ()))?;
-    } else {
-        let stdout = io::stdout();
-        let mut lock = stdout.lock();
-        store.get_to_writer(hash, &mut lock)?;
-        lock.flush().context("write output")?;
+    match output {
+        Some(path) if path != Path::new("-") => {
+            store.get_to_path(hash, path)?;
+        }
+        _ => {
+            let stdout = io::stdout();
+            let mut lock = stdout.lock();
+            store.get_to_writer(hash, &mut lock)?;
+            lock.flush().context("write output")?;
+        }
     }
     Ok(())
 }
@@ -502,9 +611,6 @@ fn cmd_put(
     recursive: bool,
     ref_name: Option<&str>,
 ) -> Result<ExitCode> {
-    if let Some(name) = ref_name {
-        cas::validate_ref_name(name)?;
-    }
     let stdin_only = [PathBuf::from("-")];
     let files = if files.is_empty() {
         &stdin_only[..]
@@ -526,29 +632,37 @@ fn cmd_put(
             store.put_path(f)?
         })
     };
+    // One rule for partial failure: every good input is stored and its hash printed, in
+    // input order; each bad one is named on stderr; the exit status is then 1.
     let mut last = None;
+    let mut failed = 0usize;
+    let mut report = |f: &Path, e: &dyn std::fmt::Display| {
+        failed += 1;
+        eprintln!("cas: error: {}: {e}", f.display());
+    };
     if recursive {
         for f in files {
-            let hash = put_one(f)?;
-            last = Some((f, hash));
-            // One line per input as soon as it is stored, so a pipeline sees progress.
-            let mut lock = stdout.lock();
-            writeln!(lock, "{hash}")?;
-            lock.flush()?;
+            match put_one(f) {
+                Ok(hash) => {
+                    last = Some((f, hash));
+                    // One line per input as soon as it is stored, so a pipeline sees progress.
+                    let mut lock = stdout.lock();
+                    writeln!(lock, "{hash}")?;
+                    lock.flush()?;
+                }
+                Err(e) => report(f, &format!("{e:#}")),
+            }
         }
     } else {
         // Plain files: one durability barrier for all of them (docs/performance.md).
         let mut batch = store.batch();
         let mut hashes = Vec::new();
-        let mut failure = None;
         for f in files {
             let r = if f == Path::new("-") {
                 batch.put_reader(io::stdin().lock())
             } else if f.is_dir() {
-                Err(anyhow::anyhow!(
-                    "{} is a directory (use -r to store it as a tree)",
-                    f.display()
-                ))?
+                report(f, &"is a directory (use -r to store it as a tree)");
+                continue;
             } else {
                 batch.put_path(f)
             };
@@ -557,22 +671,22 @@ fn cmd_put(
                     hashes.push(h);
                     last = Some((f, h));
                 }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+                Err(e) => report(f, &e),
             }
         }
-        // What was staged before a failure is still stored and printed, in input order.
         batch.commit()?;
         let mut out = io::BufWriter::new(stdout.lock());
         for h in &hashes {
             writeln!(out, "{h}")?;
         }
         out.flush()?;
-        if let Some(e) = failure {
-            return Err(e.into());
+    }
+    if failed > 0 {
+        // A ref is only moved when everything it stands for was stored.
+        if ref_name.is_some() {
+            eprintln!("cas: the ref was not moved: {failed} input(s) failed");
         }
+        return Ok(ExitCode::FAILURE);
     }
     if let (Some(name), Some((f, mut hash))) = (ref_name, last) {
         // A gc with a tiny grace period may collect the object between the put and the ref

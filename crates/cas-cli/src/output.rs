@@ -1,59 +1,8 @@
-//! Output helpers: atomic output files, human sizes, broken pipes.
+//! Output helpers: human sizes, broken pipes, progress bars, reports.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
-use anyhow::{Context, Result};
-
-/// Writes `path` atomically: `fill` writes into a temp file beside `path`, which is renamed
-/// into place only if `fill` succeeds. On failure `path` is left untouched and the temp file
-/// removed.
-pub fn write_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> cas::Result<()>,
-) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file name", path.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    {
-        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        fill(&mut w)?;
-        w.flush()
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    // Regular file permissions per the umask, not tempfile's private 0600.
-    let mode = 0o666 & !cas_umask();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(mode),
-    )
-    .with_context(|| format!("cannot set permissions of {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot rename the output into place at {}", path.display()))?;
-    Ok(())
-}
-
-fn cas_umask() -> u32 {
-    // Read from /proc to avoid an unsafe umask() call in the CLI; default to 022.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
-}
 
 /// True if the error is a write to a closed pipe (`cas get … | head`): not a failure.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
