@@ -399,9 +399,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recursive,
             r#ref,
         } => cmd_put(&open_store(g, Write)?, &files, recursive, r#ref.as_deref()),
-        Cmd::Doctor { fix, json } => {
-            cmd_doctor(&open_store(g, Existing)?, fix, json)
-        }
+        Cmd::Doctor { fix, json } => cmd_doctor(&open_store(g, Existing)?, fix, json),
         Cmd::Verify { json } => cmd_verify(&open_store(g, Existing)?, json),
         Cmd::Gc {
             grace,

@@ -3,7 +3,6 @@
 use std::io;
 use std::path::Path;
 
-
 /// True if the error is a write to a closed pipe (`cas get … | head`): not a failure.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {

@@ -18,9 +18,7 @@ use crate::layout;
 
 static ABANDONED: AtomicBool = AtomicBool::new(false);
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    items: None,
-});
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { items: None });
 
 struct Registry {
     items: Option<HashMap<u64, Item>>,
@@ -211,7 +209,11 @@ mod tests {
         let store = crate::Store::init(d.path(), crate::Options::default()).unwrap();
         let path = d.path().join("locks").join("x.lock");
         let lock = store
-            .acquire_lock(&path, None, crate::lock::Wait::For(std::time::Duration::ZERO))
+            .acquire_lock(
+                &path,
+                None,
+                crate::lock::Wait::For(std::time::Duration::ZERO),
+            )
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let ours = crate::lock::Holder::parse(&text).unwrap().nonce;
@@ -221,7 +223,10 @@ mod tests {
         assert!(release_if_ours(&path, &ours, d.path()));
         assert!(!path.exists());
         // Nothing left aside in locks/.
-        assert_eq!(std::fs::read_dir(d.path().join("locks")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(d.path().join("locks")).unwrap().count(),
+            0
+        );
         drop(lock);
     }
 

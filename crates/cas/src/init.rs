@@ -228,7 +228,11 @@ mod tests {
         let before = tree(d.path());
         for c in [Create::Never, Create::IfMissing, Create::IfMissingOrEmpty] {
             assert!(Store::open_or_create(d.path(), Options::default(), c).is_err());
-            assert_eq!(tree(d.path()), before, "{c:?} wrote into a foreign directory");
+            assert_eq!(
+                tree(d.path()),
+                before,
+                "{c:?} wrote into a foreign directory"
+            );
         }
         let empty = d.path().join("empty");
         std::fs::create_dir(&empty).unwrap();

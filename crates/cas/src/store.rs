@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Options;
-use crate::init::Create;
 use crate::error::{Error, Result};
 use crate::fs::{self, Caps, Published};
+use crate::init::Create;
 use crate::layout::{self, FORMAT_LINE, FORMAT_MAJOR};
 use crate::Durability;
 
@@ -165,7 +165,12 @@ impl Store {
         let text = match read_small(&fmt_path) {
             Ok(t) => t,
             // NotADirectory: the path is a file.
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
                 return Err(Error::NotAStore {
                     path: root.to_owned(),
                 })
