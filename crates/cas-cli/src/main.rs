@@ -334,7 +334,7 @@ fn open_store(g: &Global, access: Access) -> Result<Store> {
     let store = match Store::open_or_create(&dir, Options::default(), create) {
         Ok(s) => s,
         Err(e @ (cas::Error::NotAStore { .. } | cas::Error::NotEmpty { .. })) => {
-            return Err(not_a_store_hint(&dir, e));
+            return Err(not_a_store_hint(&dir, &e));
         }
         Err(e) => return Err(e.into()),
     };
@@ -344,7 +344,7 @@ fn open_store(g: &Global, access: Access) -> Result<Store> {
 }
 
 /// The error for a path that holds no store, saying what to run.
-fn not_a_store_hint(dir: &Path, e: cas::Error) -> anyhow::Error {
+fn not_a_store_hint(dir: &Path, e: &cas::Error) -> anyhow::Error {
     let d = dir.display();
     let msg = match std::fs::symlink_metadata(dir) {
         Err(_) => format!("there is no store at {d}; create one with `cas init {d}`"),

@@ -4,10 +4,10 @@
 //! everything reachable from a root through tree objects is kept. One gc at a time
 //! (`locks/gc.lock`, a lease refreshed as it goes). An unreachable object older than the grace
 //! period is moved to `trash/<run>/`; a later gc deletes trash older than the grace period after
-//! checking reachability again; with a zero grace period that deletion happens in the same run,
-//! after the rescue mark, so `gc --grace 0s` frees the space at once. After condemning, gc marks a second time and moves back
-//! anything that became reachable meanwhile, so a pointer made visible during the run never
-//! dangles.
+//! checking reachability again; with a zero grace period that deletion happens in the same
+//! run, after the rescue mark, so `gc --grace 0s` frees the space at once. After condemning,
+//! gc marks a second time and moves back anything that became reachable meanwhile, so a
+//! pointer made visible during the run never dangles.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -298,20 +298,7 @@ impl Store {
         }
 
         let deleted_before_rescue = r.deleted_bytes;
-        if !dry {
-            let m2 = self.rescue(evicted, &mut r)?;
-            if opts.grace.is_zero() && !interrupted {
-                // No grace: what this run condemned is already "trash older than the grace
-                // period", so delete it now, exactly as the next run would (after the rescue
-                // mark, so nothing that became reachable meanwhile goes).
-                self.purge_trash(&m2, SystemTime::now(), false, &mut r)?;
-            }
-            let _ = std::fs::remove_dir(&run_dir);
-        } else if opts.grace.is_zero() {
-            // A dry run reports what a real one would free.
-            r.deleted += r.trashed;
-            r.deleted_bytes += r.trashed_bytes;
-        }
+        self.after_condemning(opts, evicted, interrupted, &run_dir, &mut r)?;
 
         r.staging_removed = self.clean_staging(dry)?;
         if !dry {
@@ -360,6 +347,33 @@ impl Store {
             if !dry {
                 let _ = std::fs::remove_dir(&run.path);
             }
+        }
+        Ok(())
+    }
+
+    /// After the sweep and eviction: the rescue mark, then with a zero grace period the
+    /// deletion of what is still condemned.
+    fn after_condemning(
+        &self,
+        opts: &GcOptions,
+        evicted: Vec<(PathBuf, u64)>,
+        interrupted: bool,
+        run_dir: &Path,
+        r: &mut GcReport,
+    ) -> Result<()> {
+        if !opts.dry_run {
+            let m2 = self.rescue(evicted, r)?;
+            if opts.grace.is_zero() && !interrupted {
+                // No grace: what this run condemned is already "trash older than the grace
+                // period", so delete it now, exactly as the next run would (after the rescue
+                // mark, so nothing that became reachable meanwhile goes).
+                self.purge_trash(&m2, SystemTime::now(), false, r)?;
+            }
+            let _ = std::fs::remove_dir(run_dir);
+        } else if opts.grace.is_zero() {
+            // A dry run reports what a real one would free.
+            r.deleted += r.trashed;
+            r.deleted_bytes += r.trashed_bytes;
         }
         Ok(())
     }

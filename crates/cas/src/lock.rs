@@ -80,7 +80,7 @@ pub(crate) struct Lock {
     path: PathBuf,
     nonce: String,
     released: bool,
-    /// Known to the process's clean-up on signals (crate::cleanup) while held.
+    /// Known to the process's clean-up on signals (`crate::cleanup`) while held.
     registered: Option<crate::cleanup::Registered>,
 }
 
