@@ -41,6 +41,10 @@ struct Global {
     /// Lock lease timeout: a lock older than this whose holder is not provably alive is broken.
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     lock_timeout: Option<Duration>,
+    /// Machine-readable output: one JSON object, or one per line for lists (put, has, ls,
+    /// ref ls, ref log, key ls). The same fact has the same field name in every command.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    json: bool,
     /// Staging files of writers on other hosts are judged dead after this long (gc, doctor).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     stale_age: Option<Duration>,
@@ -92,11 +96,7 @@ enum Cmd {
     },
     /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
     /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
-    Verify {
-        /// Machine-readable report.
-        #[arg(long)]
-        json: bool,
-    },
+    Verify,
     /// Collect unreachable objects (via trash/), clean dead writers' staging files, and with
     /// a size budget evict least recently used cache entries.
     Gc {
@@ -113,9 +113,6 @@ enum Cmd {
         /// Evict least recently used cache entries until the store is under SIZE.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         max_size: Option<u64>,
-        /// Machine-readable report.
-        #[arg(long)]
-        json: bool,
     },
     /// Report the filesystem's capabilities and problems: permissions, dead writers' staging
     /// files, expired locks, dangling refs. Exit 0 if healthy.
@@ -123,9 +120,6 @@ enum Cmd {
         /// Repair what is safe to repair.
         #[arg(long)]
         fix: bool,
-        /// Machine-readable report.
-        #[arg(long)]
-        json: bool,
     },
     /// Exit 0 if every object is present, 1 otherwise (missing ones are named on stderr).
     Has {
@@ -139,11 +133,14 @@ enum Cmd {
         #[arg(required = true, value_parser = parse_hash)]
         hashes: Vec<Hash>,
     },
-    /// List the hashes of all objects.
+    /// List the hashes of all objects, sorted.
     Ls {
         /// Also print each object's size.
         #[arg(short, long)]
         long: bool,
+        /// Only hashes starting with these hex digits.
+        #[arg(long, value_name = "HEX", value_parser = parse_hex_prefix)]
+        prefix: Option<String>,
     },
     /// Named refs: names for objects that survive gc.
     #[command(subcommand)]
@@ -152,11 +149,7 @@ enum Cmd {
     #[command(subcommand)]
     Key(KeyCmd),
     /// Show the store's location, filesystem, object count and size.
-    Stats {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Stats,
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,9 +198,6 @@ enum RefCmd {
         /// Ref name.
         #[arg(value_parser = parse_ref_name)]
         name: String,
-        /// Machine-readable output (one JSON object per line).
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -235,9 +225,6 @@ enum KeyCmd {
     Info {
         /// The key.
         key: String,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
     },
     /// Remove KEY's entry.
     Rm {
@@ -251,6 +238,15 @@ enum KeyCmd {
 fn parse_hash(s: &str) -> Result<Hash, String> {
     Hash::parse(s).map_err(|e| e.to_string())
 }
+fn parse_hex_prefix(s: &str) -> Result<String, String> {
+    if s.len() > cas::HEX_LEN || !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!(
+            "{s:?} is not a hash prefix (up to 64 lowercase hex digits)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 /// Ref names are checked while parsing arguments, so an invalid one is a usage error (exit 2).
 fn parse_ref_name(s: &str) -> Result<String, String> {
     cas::validate_ref_name(s).map_err(|e| e.to_string())?;
@@ -398,21 +394,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             recursive,
             r#ref,
-        } => cmd_put(&open_store(g, Write)?, &files, recursive, r#ref.as_deref()),
-        Cmd::Doctor { fix, json } => cmd_doctor(&open_store(g, Existing)?, fix, json),
-        Cmd::Verify { json } => cmd_verify(&open_store(g, Existing)?, json),
+        } => cmd_put(
+            &open_store(g, Write)?,
+            &files,
+            recursive,
+            r#ref.as_deref(),
+            g.json,
+        ),
+        Cmd::Doctor { fix } => cmd_doctor(&open_store(g, Existing)?, fix, g.json),
+        Cmd::Verify => cmd_verify(&open_store(g, Existing)?, g.json),
         Cmd::Gc {
             grace,
             now,
             dry_run,
             max_size,
-            json,
         } => {
             let opts = cas::GcOptions::default()
                 .grace(if now { Duration::ZERO } else { grace })
                 .dry_run(dry_run)
                 .max_size(max_size);
-            cmd_gc(&open_store(g, Write)?, &opts, json)
+            cmd_gc(&open_store(g, Write)?, &opts, g.json)
         }
         Cmd::Get {
             hash,
@@ -429,11 +430,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Has { hashes } => {
             let store = open_store(g, Existing)?;
-            let missing: Vec<&Hash> = hashes.iter().filter(|h| !store.contains(h)).collect();
-            for h in &missing {
-                eprintln!("cas: missing {h}");
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            let mut all = true;
+            for h in &hashes {
+                let present = store.contains(h);
+                all &= present;
+                if g.json {
+                    let v = serde_json::json!({ "hash": h, "present": present });
+                    writeln!(out, "{v}")?;
+                } else if !present {
+                    eprintln!("cas: missing {h}");
+                }
             }
-            Ok(exit(missing.is_empty()))
+            out.flush()?;
+            Ok(exit(all))
         }
         Cmd::Rm { hashes } => {
             let store = open_store(g, Existing)?;
@@ -446,14 +456,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(exit(ok))
         }
-        Cmd::Ls { long } => cmd_ls(&open_store(g, Existing)?, long),
+        Cmd::Ls { long, prefix } => cmd_ls(
+            &open_store(g, Existing)?,
+            long,
+            prefix.as_deref().unwrap_or(""),
+            g.json,
+        ),
         Cmd::Ref(c) => {
             let access = if matches!(c, RefCmd::Set { .. }) {
                 Write
             } else {
                 Existing
             };
-            cmd_ref(&open_store(g, access)?, c)
+            cmd_ref(&open_store(g, access)?, c, g.json)
         }
         Cmd::Key(c) => {
             let access = if matches!(c, KeyCmd::Put { .. }) {
@@ -461,9 +476,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 Existing
             };
-            cmd_key(&open_store(g, access)?, c)
+            cmd_key(&open_store(g, access)?, c, g.json)
         }
-        Cmd::Stats { json } => cmd_stats(&open_store(g, Existing)?, json),
+        Cmd::Stats => cmd_stats(&open_store(g, Existing)?, g.json),
     }
 }
 
@@ -506,10 +521,15 @@ fn cmd_init(
         ),
         Err(e) => return Err(e.into()),
     };
-    if existed {
-        eprintln!("cas: {} is already a store; left as it is", dir.display());
+    if g.json {
+        let v = serde_json::json!({ "store": store.root(), "created": !existed });
+        println!("{v}");
+    } else {
+        if existed {
+            eprintln!("cas: {} is already a store; left as it is", dir.display());
+        }
+        println!("{}", store.root().display());
     }
-    println!("{}", store.root().display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -532,14 +552,22 @@ fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()>
 
 fn cmd_doctor(store: &Store, fix: bool, json: bool) -> Result<ExitCode> {
     let r = store.doctor(fix)?;
+    // After --fix, what was repaired no longer counts against health.
+    let repaired_ok = fix && r.dangling.is_empty() && r.permission_problems.is_empty();
+    let healthy = r.is_healthy() || repaired_ok;
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        println!(
+            "{}",
+            output::json_with(
+                serde_json::to_value(&r)?,
+                store,
+                &[("healthy", healthy.into())]
+            )
+        );
     } else {
         output::print_doctor(store.root(), &r);
     }
-    // After --fix, what was repaired no longer counts against health.
-    let repaired_ok = fix && r.dangling.is_empty() && r.permission_problems.is_empty();
-    Ok(exit(r.is_healthy() || repaired_ok))
+    Ok(exit(healthy))
 }
 
 fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> {
@@ -547,20 +575,35 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
     let r = store.gc(opts, &|p| bar.update(p))?;
     bar.finish();
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        println!(
+            "{}",
+            output::json_with(serde_json::to_value(&r)?, store, &[])
+        );
     } else {
         output::print_gc(&r);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_ls(store: &Store, long: bool) -> Result<ExitCode> {
-    let mut out = io::BufWriter::new(io::stdout().lock());
+fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCode> {
+    // Sorted, so that listings compare and diff; a hash is 32 bytes, so even millions of
+    // objects sort in memory.
+    let mut hashes = Vec::new();
     for h in store.iter() {
         let h = h?;
-        if long {
-            let len = std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
-            writeln!(out, "{h} {len}")?;
+        if h.to_hex().starts_with(prefix) {
+            hashes.push(h);
+        }
+    }
+    hashes.sort_unstable_by_key(Hash::to_hex);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for h in hashes {
+        let size = || std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
+        if json {
+            let v = serde_json::json!({ "hash": h, "size": size() });
+            writeln!(out, "{v}")?;
+        } else if long {
+            writeln!(out, "{h} {}", size())?;
         } else {
             writeln!(out, "{h}")?;
         }
@@ -573,15 +616,15 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
     let s = store.stats()?;
     let fs = store.fs_info();
     if json {
+        // `fs` is the same object as in `cas doctor --json`.
         let v = serde_json::json!({
             "store": store.root(),
             "objects": s.objects,
             "bytes": s.bytes,
             "durability": store.durability().to_string(),
             "shared_group": store.options().shared_group,
-            "filesystem": fs.fs_type,
-            "network_filesystem": fs.network,
-            "rename_noreplace": fs.rename_noreplace,
+            "max_size": store.options().max_size,
+            "fs": cas::FsInfoReport::from(fs),
         });
         println!("{v}");
     } else {
@@ -608,7 +651,15 @@ fn cmd_put(
     files: &[PathBuf],
     recursive: bool,
     ref_name: Option<&str>,
+    json: bool,
 ) -> Result<ExitCode> {
+    let line = |f: &Path, h: &Hash| {
+        if json {
+            serde_json::json!({ "input": f, "hash": h }).to_string()
+        } else {
+            h.to_string()
+        }
+    };
     let stdin_only = [PathBuf::from("-")];
     let files = if files.is_empty() {
         &stdin_only[..]
@@ -645,7 +696,7 @@ fn cmd_put(
                     last = Some((f, hash));
                     // One line per input as soon as it is stored, so a pipeline sees progress.
                     let mut lock = stdout.lock();
-                    writeln!(lock, "{hash}")?;
+                    writeln!(lock, "{}", line(f, &hash))?;
                     lock.flush()?;
                 }
                 Err(e) => report(f, &format!("{e:#}")),
@@ -666,7 +717,7 @@ fn cmd_put(
             };
             match r {
                 Ok(h) => {
-                    hashes.push(h);
+                    hashes.push((f, h));
                     last = Some((f, h));
                 }
                 Err(e) => report(f, &e),
@@ -674,8 +725,8 @@ fn cmd_put(
         }
         batch.commit()?;
         let mut out = io::BufWriter::new(stdout.lock());
-        for h in &hashes {
-            writeln!(out, "{h}")?;
+        for (f, h) in &hashes {
+            writeln!(out, "{}", line(f, h))?;
         }
         out.flush()?;
     }
@@ -711,7 +762,11 @@ fn cmd_verify(store: &Store, json: bool) -> Result<ExitCode> {
     let r = store.verify(&|p| bar.update(p))?;
     bar.finish();
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        let clean = r.is_clean();
+        println!(
+            "{}",
+            output::json_with(serde_json::to_value(&r)?, store, &[("clean", clean.into())])
+        );
     } else {
         output::print_verify(&r);
     }
@@ -722,7 +777,7 @@ fn cmd_verify(store: &Store, json: bool) -> Result<ExitCode> {
     })
 }
 
-fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
+fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
     match c {
         RefCmd::Set {
             name,
@@ -739,6 +794,7 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
             store.set_ref_msg(&name, hash, exp, &message)?;
         }
         RefCmd::Get { name } => match store.get_ref(&name)? {
+            Some(h) if json => println!("{}", serde_json::json!({ "name": name, "hash": h })),
             Some(h) => println!("{h}"),
             None => return Err(cas::Error::RefNotFound { name }.into()),
         },
@@ -749,11 +805,15 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
         RefCmd::Ls { prefix } => {
             let mut out = io::BufWriter::new(io::stdout().lock());
             for (name, h) in store.list_refs(&prefix)? {
-                writeln!(out, "{name} {h}")?;
+                if json {
+                    writeln!(out, "{}", serde_json::json!({ "name": name, "hash": h }))?;
+                } else {
+                    writeln!(out, "{name} {h}")?;
+                }
             }
             out.flush()?;
         }
-        RefCmd::Log { name, json } => {
+        RefCmd::Log { name } => {
             let mut out = io::BufWriter::new(io::stdout().lock());
             for e in store.reflog(&name)? {
                 if json {
@@ -765,7 +825,7 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
                         "{} {} {} {} {} {}",
                         f(e.old),
                         f(e.new),
-                        e.time,
+                        output::human_time(e.time),
                         e.host,
                         e.user,
                         e.message
@@ -778,7 +838,7 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
+fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
     match c {
         KeyCmd::Put { key, file, meta } => {
             let hash = match file {
@@ -789,27 +849,24 @@ fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
                 }
                 _ => store.put_keyed(key.as_bytes(), io::stdin().lock(), meta.as_bytes())?,
             };
-            println!("{hash}");
+            if json {
+                println!("{}", serde_json::json!({ "key": key, "hash": hash }));
+            } else {
+                println!("{hash}");
+            }
         }
         KeyCmd::Get { key, output } => {
             let entry = store.entry(key.as_bytes())?;
             write_object(store, &entry.hash, output.as_deref())?;
         }
-        KeyCmd::Info { key, json } => {
+        KeyCmd::Info { key } => {
             let e = store.entry(key.as_bytes())?;
             if json {
-                let v = serde_json::json!({
-                    "key": String::from_utf8_lossy(&e.key),
-                    "hash": e.hash.to_string(),
-                    "size": e.size,
-                    "time_ms": e.time_ms,
-                    "metadata": String::from_utf8_lossy(&e.metadata),
-                });
-                println!("{v}");
+                println!("{}", entry_json(&e));
             } else {
                 println!("hash:     {}", e.hash);
-                println!("size:     {}", e.size);
-                println!("time_ms:  {}", e.time_ms);
+                println!("size:     {} ({})", e.size, output::human_bytes(e.size));
+                println!("time:     {}", output::human_time(e.time_ms / 1000));
                 println!("metadata: {}", String::from_utf8_lossy(&e.metadata));
             }
         }
@@ -819,6 +876,7 @@ fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
             let mut ok = true;
             for e in store.iter_keys()? {
                 match e {
+                    Ok(e) if json => writeln!(out, "{}", entry_json(&e))?,
                     Ok(e) => writeln!(
                         out,
                         "{} {} {}",
@@ -839,4 +897,17 @@ fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A cache entry in JSON, the same for `key info` and `key ls`: `time` in Unix seconds as in
+/// `ref log`, `time_ms` as stored.
+fn entry_json(e: &cas::Entry) -> serde_json::Value {
+    serde_json::json!({
+        "key": String::from_utf8_lossy(&e.key),
+        "hash": e.hash,
+        "size": e.size,
+        "time": e.time_ms / 1000,
+        "time_ms": e.time_ms,
+        "metadata": String::from_utf8_lossy(&e.metadata),
+    })
 }

@@ -14,6 +14,50 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// A report as JSON with the store's path and extra fields (`clean`, `healthy`) added, so
+/// every command names the same facts the same way.
+pub fn json_with(
+    mut v: serde_json::Value,
+    store: &cas::Store,
+    extra: &[(&str, serde_json::Value)],
+) -> serde_json::Value {
+    if let Some(m) = v.as_object_mut() {
+        m.insert("store".into(), serde_json::json!(store.root()));
+        for (k, x) in extra {
+            m.insert((*k).into(), x.clone());
+        }
+    }
+    v
+}
+
+/// Unix seconds as `2026-12-02 11:42:09 UTC` (no time-zone database needed).
+pub fn human_time(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
 /// 1536 → "1.5 KiB".
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -192,4 +236,16 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
             "problems found (cas doctor --fix repairs what is safe)"
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_times() {
+        assert_eq!(human_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(human_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(human_time(1_796_211_729), "2026-12-02 11:42:09 UTC");
+    }
 }
