@@ -583,3 +583,220 @@ fn gc_with_zero_grace_frees_space_in_one_run() {
         assert!(s.object_path(&keep).is_file());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. Output and arguments people can use
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON value ({e}): {out}"))
+}
+
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines().map(json).collect()
+}
+
+/// Issue 12, 5: every command that prints has --json, and a fact has one name everywhere:
+/// the filesystem (`fs`) in stats and doctor, `hash`, `size`, `name`, `key`, `store`; verify
+/// says `clean` and doctor `healthy`.
+#[test]
+fn json_everywhere_with_the_same_field_names() {
+    let s = Store::uninit();
+    let init = json(&run_ok(cas(&s).args(["init", "--json"])));
+    assert_eq!(init["created"], true, "{init}");
+    assert_eq!(init["store"].as_str(), s.root.to_str(), "{init}");
+    let init = json(&run_ok(cas(&s).args(["init", "--json"])));
+    assert_eq!(init["created"], false, "{init}");
+
+    let input = s.input("a", b"aaa");
+    let lines = json_lines(&run_ok(cas(&s).args(["put", "--json"]).arg(&input)));
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["input"].as_str(), input.to_str());
+    let h = lines[0]["hash"].as_str().unwrap().to_owned();
+    assert_eq!(h, blake3_hex(b"aaa"));
+
+    let stats = json(&run_ok(cas(&s).args(["stats", "--json"])));
+    let doctor = json(&run_ok(cas(&s).args(["doctor", "--json"])));
+    for field in [
+        "fs_type",
+        "network",
+        "rename_noreplace",
+        "magic",
+        "mmap_reads",
+    ] {
+        assert!(
+            !stats["fs"][field].is_null(),
+            "stats lacks fs.{field}: {stats}"
+        );
+        assert_eq!(stats["fs"][field], doctor["fs"][field], "fs.{field}");
+    }
+    assert_eq!(stats["objects"], 1);
+    assert_eq!(doctor["healthy"], true, "{doctor}");
+    assert_eq!(doctor["store"], stats["store"]);
+    let verify = json(&run_ok(cas(&s).args(["verify", "--json"])));
+    assert_eq!(verify["clean"], true, "{verify}");
+    assert_eq!(verify["store"], stats["store"]);
+    let gc = json(&run_ok(cas(&s).args(["gc", "--json"])));
+    assert_eq!(gc["store"], stats["store"]);
+
+    let out = run(cas(&s).args(["has", "--json", &h, H]));
+    assert_eq!(out.status.code(), Some(1), "one is missing");
+    let has = json_lines(&text(&out.stdout));
+    assert_eq!(has.len(), 2);
+    assert_eq!(
+        (has[0]["hash"].as_str(), &has[0]["present"]),
+        (Some(h.as_str()), &true.into())
+    );
+    assert_eq!(has[1]["present"], false);
+    let ls = json_lines(&run_ok(cas(&s).args(["ls", "--json"])));
+    assert_eq!(
+        (ls[0]["hash"].as_str(), &ls[0]["size"]),
+        (Some(h.as_str()), &3.into())
+    );
+
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+    let rget = json(&run_ok(cas(&s).args(["ref", "get", "r", "--json"])));
+    assert_eq!(
+        (rget["name"].as_str(), rget["hash"].as_str()),
+        (Some("r"), Some(h.as_str()))
+    );
+    let rl = json_lines(&run_ok(cas(&s).args(["ref", "ls", "--json"])));
+    assert_eq!(rl, vec![rget]);
+    let log = json_lines(&run_ok(cas(&s).args(["ref", "log", "r", "--json"])));
+    assert_eq!(log[0]["new"].as_str(), Some(h.as_str()));
+    assert!(log[0]["time"].as_u64().unwrap() > 1_700_000_000);
+
+    let out = run_with_stdin(cas(&s).args(["key", "put", "k", "--json"]), b"aaa");
+    let kp = json(&text(&out.stdout));
+    assert_eq!(
+        (kp["key"].as_str(), kp["hash"].as_str()),
+        (Some("k"), Some(h.as_str()))
+    );
+    let info = json(&run_ok(cas(&s).args(["key", "info", "k", "--json"])));
+    assert_eq!(
+        (info["key"].as_str(), info["hash"].as_str()),
+        (Some("k"), Some(h.as_str()))
+    );
+    assert_eq!(info["size"], 3);
+    assert!(info["time"].as_u64().unwrap() > 1_700_000_000);
+    let kl = json_lines(&run_ok(cas(&s).args(["key", "ls", "--json"])));
+    assert_eq!(kl, vec![info]);
+}
+
+/// Issue 12, 5: `ls` is sorted and `--prefix` selects; a bad prefix is a usage error.
+#[test]
+fn ls_is_sorted_and_takes_a_prefix() {
+    let s = Store::new();
+    let mut all: Vec<String> = (0..40).map(|i| s.put(&data(100, i))).collect();
+    all.sort();
+    let ls: Vec<String> = run_ok(cas(&s).arg("ls"))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ls, all);
+    let p = &all[7][..1];
+    let want: Vec<&String> = all.iter().filter(|h| h.starts_with(p)).collect();
+    let got = run_ok(cas(&s).args(["ls", "--prefix", p]));
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+    let out = run(cas(&s).args(["ls", "--prefix", "XY"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// Issue 12, 5: sizes like 1.5G and durations like 1h30m or 1w are accepted; a malformed one
+/// is a usage error. Human output shows times as dates.
+#[test]
+fn sizes_durations_and_times_as_people_write_them() {
+    let s = Store::uninit();
+    run_ok(cas(&s).args(["init", "--max-size", "1.5G"]));
+    let v = json(&run_ok(cas(&s).args(["stats", "--json"])));
+    assert_eq!(v["max_size"], 1_610_612_736u64, "{v}");
+    for args in [
+        &["gc", "--grace", "1h30m", "--max-size", "0.5T"][..],
+        &["gc", "--grace", "1w", "--lock-timeout", "1.5m"][..],
+        &["gc", "--grace", "2d12h", "--stale-age", "1w"][..],
+    ] {
+        run_ok(cas(&s).args(args));
+    }
+    for args in [
+        &["gc", "--grace", "1h30"][..],
+        &["gc", "--max-size", "1.5"][..],
+    ] {
+        let out = run(cas(&s).args(args));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "cas {args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let h = s.put(b"x");
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+    let log = run_ok(cas(&s).args(["ref", "log", "r"]));
+    assert!(
+        log.contains(" UTC "),
+        "ref log time is not human-readable: {log}"
+    );
+    run_with_stdin(cas(&s).args(["key", "put", "k"]), b"x");
+    let info = run_ok(cas(&s).args(["key", "info", "k"]));
+    assert!(
+        info.contains(" UTC"),
+        "key info time is not human-readable: {info}"
+    );
+}
+
+/// Issue 12, 5: every subcommand's help has an example and lists the global options under
+/// their own heading; `cas completions SHELL` prints a completion script.
+#[test]
+fn help_has_examples_and_completions_work() {
+    let s = Store::uninit();
+    let subcommands: &[&[&str]] = &[
+        &["init"],
+        &["put"],
+        &["get"],
+        &["verify"],
+        &["gc"],
+        &["doctor"],
+        &["has"],
+        &["rm"],
+        &["ls"],
+        &["stats"],
+        &["completions"],
+        &["ref"],
+        &["ref", "set"],
+        &["ref", "get"],
+        &["ref", "rm"],
+        &["ref", "ls"],
+        &["ref", "log"],
+        &["key"],
+        &["key", "put"],
+        &["key", "get"],
+        &["key", "info"],
+        &["key", "rm"],
+        &["key", "ls"],
+    ];
+    for sub in subcommands {
+        let out = run_ok(cas(&s).args(*sub).arg("--help"));
+        assert!(
+            out.contains("Examples:\n  cas "),
+            "cas {sub:?} --help has no example:\n{out}"
+        );
+        if sub.len() == 2 || !["ref", "key"].contains(&sub[0]) {
+            assert!(
+                out.contains("Global options:"),
+                "cas {sub:?} --help:\n{out}"
+            );
+        }
+    }
+    for (shell, marker) in [
+        ("bash", "_cas()"),
+        ("zsh", "#compdef cas"),
+        ("fish", "complete -c cas"),
+    ] {
+        let out = run_ok(cas(&s).args(["completions", shell]));
+        assert!(out.contains(marker), "{shell} completions lack {marker:?}");
+        assert!(
+            out.contains("completions"),
+            "{shell} completions do not know the subcommands"
+        );
+    }
+    assert!(!s.root.exists(), "help or completions created the store");
+}

@@ -54,6 +54,9 @@ struct Global {
 enum Cmd {
     /// Create a store (default: the default store). Idempotent on a store; refuses a
     /// non-empty directory that is not one unless --force.
+    #[command(
+        after_help = "Examples:\n  cas init                          # the default store\n  cas init /srv/cache --shared group --max-size 50G\n  cas init --force ./dir-with-files # a store beside its files"
+    )]
     Init {
         /// Where to create it (overrides --store).
         dir: Option<PathBuf>,
@@ -69,6 +72,9 @@ enum Cmd {
         max_size: Option<u64>,
     },
     /// Store files (or stdin) and print one hash per line, in input order.
+    #[command(
+        after_help = "Examples:\n  cas put report.pdf\n  tar c src | cas put\n  cas put -r src/ --ref release/v1\n  cas put --json a b c"
+    )]
     Put {
         /// Files to store; none or `-` reads stdin.
         files: Vec<PathBuf>,
@@ -81,6 +87,9 @@ enum Cmd {
         r#ref: Option<String>,
     },
     /// Write an object's bytes to stdout (or -o FILE), verified before anything is written.
+    #[command(
+        after_help = "Examples:\n  cas get HASH > copy\n  cas get HASH -o copy   # atomic; a device or FIFO is written in place\n  cas get -r TREE -o restored/"
+    )]
     Get {
         /// The object's hash.
         #[arg(value_parser = parse_hash)]
@@ -96,9 +105,13 @@ enum Cmd {
     },
     /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
     /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
+    #[command(after_help = "Examples:\n  cas verify && echo clean\n  cas verify --json")]
     Verify,
     /// Collect unreachable objects (via trash/), clean dead writers' staging files, and with
     /// a size budget evict least recently used cache entries.
+    #[command(
+        after_help = "Examples:\n  cas gc                  # unreachable objects older than 1h go\n  cas gc --max-size 10G\n  cas gc --now --dry-run"
+    )]
     Gc {
         /// Keep unreachable objects younger than this, and trash younger than this. 0s
         /// collects every unreachable object and frees its space in this run.
@@ -116,24 +129,28 @@ enum Cmd {
     },
     /// Report the filesystem's capabilities and problems: permissions, dead writers' staging
     /// files, expired locks, dangling refs. Exit 0 if healthy.
+    #[command(after_help = "Examples:\n  cas doctor\n  cas doctor --fix --json")]
     Doctor {
         /// Repair what is safe to repair.
         #[arg(long)]
         fix: bool,
     },
     /// Exit 0 if every object is present, 1 otherwise (missing ones are named on stderr).
+    #[command(after_help = "Examples:\n  cas has HASH1 HASH2 && echo all present")]
     Has {
         /// Hashes to look for.
         #[arg(required = true, value_parser = parse_hash)]
         hashes: Vec<Hash>,
     },
     /// Remove objects (refs to them will dangle; prefer gc).
+    #[command(after_help = "Examples:\n  cas rm HASH")]
     Rm {
         /// Hashes to remove.
         #[arg(required = true, value_parser = parse_hash)]
         hashes: Vec<Hash>,
     },
     /// List the hashes of all objects, sorted.
+    #[command(after_help = "Examples:\n  cas ls\n  cas ls -l --prefix ab\n  cas ls --json")]
     Ls {
         /// Also print each object's size.
         #[arg(short, long)]
@@ -143,18 +160,36 @@ enum Cmd {
         prefix: Option<String>,
     },
     /// Named refs: names for objects that survive gc.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cas ref set release/v1 HASH\n  cas ref ls"
+    )]
     Ref(RefCmd),
     /// Keyed cache entries: map your own keys to content.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cas key put build:abc123 out.tar\n  cas key get build:abc123 -o out.tar"
+    )]
     Key(KeyCmd),
+    /// Print a shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  cas completions bash > /etc/bash_completion.d/cas\n  cas completions zsh > ~/.zfunc/_cas"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Show the store's location, filesystem, object count and size.
+    #[command(after_help = "Examples:\n  cas stats\n  cas --store /srv/cache stats --json")]
     Stats,
 }
 
 #[derive(Subcommand, Debug)]
 enum RefCmd {
     /// Point NAME at HASH (compare-and-swap with --expect / --expect-none).
+    #[command(
+        after_help = "Examples:\n  cas ref set release/v1 HASH\n  cas ref set release/v1 NEW --expect OLD   # compare-and-swap"
+    )]
     Set {
         /// Ref name: segments of [A-Za-z0-9._-] separated by '/'.
         #[arg(value_parser = parse_ref_name)]
@@ -173,12 +208,14 @@ enum RefCmd {
         message: String,
     },
     /// Print the hash NAME points to (exit 1 if it does not exist).
+    #[command(after_help = "Examples:\n  cas ref get release/v1")]
     Get {
         /// Ref name.
         #[arg(value_parser = parse_ref_name)]
         name: String,
     },
     /// Remove NAME (with --expect: only if it holds OLD).
+    #[command(after_help = "Examples:\n  cas ref rm release/v1 --expect HASH")]
     Rm {
         /// Ref name.
         #[arg(value_parser = parse_ref_name)]
@@ -188,12 +225,14 @@ enum RefCmd {
         expect: Option<Hash>,
     },
     /// List refs (NAME HASH), optionally only those starting with PREFIX.
+    #[command(after_help = "Examples:\n  cas ref ls release/")]
     Ls {
         /// Name prefix.
         #[arg(default_value = "")]
         prefix: String,
     },
     /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first.
+    #[command(after_help = "Examples:\n  cas ref log release/v1\n  cas ref log release/v1 --json")]
     Log {
         /// Ref name.
         #[arg(value_parser = parse_ref_name)]
@@ -204,6 +243,7 @@ enum RefCmd {
 #[derive(Subcommand, Debug)]
 enum KeyCmd {
     /// Store FILE (or stdin) under KEY; prints the object's hash.
+    #[command(after_help = "Examples:\n  cas key put build:abc123 out.tar --meta target=x86_64")]
     Put {
         /// The key (any text).
         key: String,
@@ -214,6 +254,7 @@ enum KeyCmd {
         meta: String,
     },
     /// Write KEY's content to stdout (or -o FILE), verified.
+    #[command(after_help = "Examples:\n  cas key get build:abc123 -o out.tar")]
     Get {
         /// The key.
         key: String,
@@ -222,16 +263,19 @@ enum KeyCmd {
         output: Option<PathBuf>,
     },
     /// Show KEY's entry: hash, size, time, metadata.
+    #[command(after_help = "Examples:\n  cas key info build:abc123 --json")]
     Info {
         /// The key.
         key: String,
     },
     /// Remove KEY's entry.
+    #[command(after_help = "Examples:\n  cas key rm build:abc123")]
     Rm {
         /// The key.
         key: String,
     },
     /// List entries: HASH SIZE KEY.
+    #[command(after_help = "Examples:\n  cas key ls\n  cas key ls --json")]
     Ls,
 }
 
@@ -428,34 +472,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             write_object(&open_store(g, Existing)?, &hash, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Has { hashes } => {
-            let store = open_store(g, Existing)?;
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            let mut all = true;
-            for h in &hashes {
-                let present = store.contains(h);
-                all &= present;
-                if g.json {
-                    let v = serde_json::json!({ "hash": h, "present": present });
-                    writeln!(out, "{v}")?;
-                } else if !present {
-                    eprintln!("cas: missing {h}");
-                }
-            }
-            out.flush()?;
-            Ok(exit(all))
-        }
-        Cmd::Rm { hashes } => {
-            let store = open_store(g, Existing)?;
-            let mut ok = true;
-            for h in &hashes {
-                if let Err(e) = store.remove(h) {
-                    eprintln!("cas: error: {e}");
-                    ok = false;
-                }
-            }
-            Ok(exit(ok))
-        }
+        Cmd::Has { hashes } => cmd_has(&open_store(g, Existing)?, &hashes, g.json),
+        Cmd::Rm { hashes } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes)),
         Cmd::Ls { long, prefix } => cmd_ls(
             &open_store(g, Existing)?,
             long,
@@ -479,6 +497,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_key(&open_store(g, access)?, c, g.json)
         }
         Cmd::Stats => cmd_stats(&open_store(g, Existing)?, g.json),
+        Cmd::Completions { shell } => cmd_completions(shell),
     }
 }
 
@@ -910,4 +929,43 @@ fn entry_json(e: &cas::Entry) -> serde_json::Value {
         "time_ms": e.time_ms,
         "metadata": String::from_utf8_lossy(&e.metadata),
     })
+}
+
+fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut all = true;
+    for h in hashes {
+        let present = store.contains(h);
+        all &= present;
+        if json {
+            let v = serde_json::json!({ "hash": h, "present": present });
+            writeln!(out, "{v}")?;
+        } else if !present {
+            eprintln!("cas: missing {h}");
+        }
+    }
+    out.flush()?;
+    Ok(exit(all))
+}
+
+fn cmd_rm(store: &Store, hashes: &[Hash]) -> ExitCode {
+    let mut ok = true;
+    for h in hashes {
+        if let Err(e) = store.remove(h) {
+            eprintln!("cas: error: {e}");
+            ok = false;
+        }
+    }
+    exit(ok)
+}
+
+fn cmd_completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    // Into memory first: clap_complete panics on a write error (`| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "cas", &mut script);
+    let mut out = io::stdout().lock();
+    out.write_all(&script)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
