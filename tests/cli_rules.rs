@@ -351,6 +351,20 @@ fn output_dash_is_stdout_and_symlinked_files_keep_their_link() {
         "-o - did not write the object to stdout"
     );
     assert!(!Path::new("-").exists(), "-o - created a file named -");
+    // /dev/stdout (a link through /proc/self/fd to a pipe here) is written in place too.
+    let out = run(cas(&s).args(["get", &h, "-o", "/dev/stdout"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == bytes,
+        "-o /dev/stdout did not write to stdout"
+    );
+    // ... and when stdout is redirected to a file, that file gets the bytes.
+    let redirected = s.scratch.join("redirected");
+    let f = fs::File::create(&redirected).unwrap();
+    let out = run(cas(&s).args(["get", &h, "-o", "/dev/stdout"]).stdout(f));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(fs::read(&redirected).unwrap() == bytes);
+    fs::remove_file(&redirected).unwrap();
 
     let target_dir = s.scratch.join("real");
     fs::create_dir(&target_dir).unwrap();

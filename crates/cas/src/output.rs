@@ -27,8 +27,56 @@ enum Target {
     Special(PathBuf),
 }
 
-/// Follows symlinks from `dest` to what they finally name, as the kernel would.
+fn is_special(t: std::fs::FileType) -> bool {
+    t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket()
+}
+
+/// What `dest` is, symlinks followed: asked of the kernel first (`stat`), which also follows
+/// the "magic" links of `/proc/self/fd` behind `/dev/stdout`; then, for a regular file or
+/// nothing, the links are followed by hand to find the path to replace.
 fn resolve(dest: &Path) -> Result<Target> {
+    match std::fs::metadata(dest) {
+        Ok(m) if is_special(m.file_type()) => return Ok(Target::Special(dest.to_owned())),
+        Ok(m) if m.is_dir() => {
+            return Err(Error::io(
+                "write output to",
+                dest,
+                io::Error::from(io::ErrorKind::IsADirectory),
+            ))
+        }
+        Ok(_) if through_fd_link(dest) => {
+            // `/dev/stdout` redirected to a file: an open descriptor, written in place (the
+            // file behind it is the caller's, already opened and truncated by the shell).
+            return Ok(Target::Special(dest.to_owned()));
+        }
+        _ => {}
+    }
+    resolve_links(dest)
+}
+
+/// True if following `dest`'s symlinks passes through a file-descriptor link
+/// (`/proc/*/fd/N`, `/dev/fd/N`), whose text is not a path to replace.
+fn through_fd_link(dest: &Path) -> bool {
+    let mut p = dest.to_owned();
+    for _ in 0..=MAX_LINKS {
+        let Ok(link) = std::fs::read_link(&p) else {
+            return false;
+        };
+        let next = match p.parent() {
+            Some(dir) if link.is_relative() => dir.join(link),
+            _ => link,
+        };
+        let s = next.to_string_lossy();
+        if s.starts_with("/proc/") || s.starts_with("/dev/fd/") {
+            return true;
+        }
+        p = next;
+    }
+    false
+}
+
+/// Follows symlinks from `dest` by hand to the path they finally name.
+fn resolve_links(dest: &Path) -> Result<Target> {
     let mut p = dest.to_owned();
     for _ in 0..=MAX_LINKS {
         let m = match std::fs::symlink_metadata(&p) {
@@ -51,7 +99,7 @@ fn resolve(dest: &Path) -> Result<Target> {
                 dest,
                 io::Error::from(io::ErrorKind::IsADirectory),
             ));
-        } else if t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket() {
+        } else if is_special(t) {
             return Ok(Target::Special(p));
         } else {
             return Err(Error::io(
@@ -108,7 +156,9 @@ impl Store {
     /// - a **character or block device, FIFO** (or a link to one, like `/dev/stdout`): opened
     ///   without creating or truncating and written in place, only after verification. It is
     ///   never replaced: `get_to_path(h, "/dev/null")` does not turn `/dev/null` into a file.
-    ///   A socket cannot be opened this way and fails.
+    ///   A socket cannot be opened this way and fails. A path that leads through a
+    ///   descriptor link (`/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N`) is written in place
+    ///   whatever is behind it: `cas get H -o /dev/stdout > file` fills `file`.
     ///
     /// Returns the number of bytes written. If the process abandons its work on a signal
     /// ([`Store::abandon_own_staging`]), the temporary file is removed.
@@ -214,9 +264,10 @@ mod tests {
             resolve(&d.path().join("dangling")).unwrap(),
             Target::New(d.path().join("nothing"))
         );
+        // A device is opened through the link (the kernel follows it).
         assert_eq!(
             resolve(&d.path().join("null")).unwrap(),
-            Target::Special("/dev/null".into())
+            Target::Special(d.path().join("null"))
         );
         assert!(resolve(&d.path().join("loop")).is_err());
         assert!(resolve(d.path()).is_err());
