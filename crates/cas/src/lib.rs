@@ -23,6 +23,11 @@
 //!   [`Error::Corrupt`].
 //! - A process killed at any point leaves at most a staging file in `tmp/` (cleaned by gc).
 //! - Durability against power loss is chosen per store or per write ([`Durability`]).
+//! - Stores are created only on purpose: [`Store::open`] never creates one, and
+//!   [`Store::open_or_create`] says where one may be created ([`Create`]); an existing
+//!   directory holding anything but a store is never written unless [`Create::Force`].
+//! - A program stopping on a signal calls [`Store::abandon_own_staging`] (from a normal
+//!   thread) and leaves no staging file, temporary output or lock of its own behind.
 //!
 //! See `docs/format.md` for the on-disk format and protocols and `docs/guarantees.md` for the
 //! full contract.
