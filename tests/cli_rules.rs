@@ -814,3 +814,49 @@ fn help_has_examples_and_completions_work() {
     }
     assert!(!s.root.exists(), "help or completions created the store");
 }
+
+/// Issue 12, 1: racing `cas init` on an existing empty directory all succeed on one store
+/// (each tolerates the layout the others are making), and racing creators of a missing path
+/// leave no staging directory beside it.
+#[test]
+fn racing_inits_agree_on_one_store() {
+    let base = tempfile::tempdir().unwrap();
+    let empty = base.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let missing = base.path().join("missing");
+    for dir in [&empty, &missing] {
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                Command::new(cas_bin())
+                    .arg("init")
+                    .arg(dir)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                dir.display(),
+                text(&out.stderr)
+            );
+        }
+        assert!(dir.join("FORMAT").is_file());
+        run_ok(
+            Command::new(cas_bin())
+                .arg("--store")
+                .arg(dir)
+                .arg("verify"),
+        );
+    }
+    let mut names: Vec<_> = fs::read_dir(base.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["empty", "missing"], "left beside the stores");
+}
