@@ -97,20 +97,30 @@ pub(crate) fn abandon_registered() -> u64 {
     let mut n = 0;
     for it in items {
         match it {
-            Item::Temp(p) => {
-                let gone = match std::fs::symlink_metadata(&p) {
-                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).is_ok(),
-                    Ok(_) => std::fs::remove_file(&p).is_ok(),
-                    Err(_) => false,
-                };
-                n += u64::from(gone);
-            }
+            Item::Temp(p) => n += u64::from(remove_temp(&p)),
             Item::Lock { path, nonce, root } => {
                 n += u64::from(release_if_ours(&path, &nonce, &root));
             }
         }
     }
     n
+}
+
+/// Removes a temporary file or directory by its temporary name. A directory (a checkout, a
+/// store being created) is first renamed aside, atomically: if its owner renamed it into
+/// place meanwhile, the name is gone and nothing is touched, whereas removing the tree under
+/// the old name while it moves would leave a partial tree at the final name.
+fn remove_temp(p: &Path) -> bool {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let mut aside = p.as_os_str().to_owned();
+            aside.push(".abandoned");
+            let aside = PathBuf::from(aside);
+            std::fs::rename(p, &aside).is_ok() && std::fs::remove_dir_all(&aside).is_ok()
+        }
+        Ok(_) => std::fs::remove_file(p).is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// Removes the lock at `path` only if it still holds `nonce`: move it aside into
@@ -228,6 +238,21 @@ mod tests {
             0
         );
         drop(lock);
+    }
+
+    #[test]
+    fn temporaries_are_removed_by_their_own_name_only() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join(".x.cas-checkout.abc");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub").join("f"), "x").unwrap();
+        assert!(remove_temp(&dir));
+        let file = d.path().join(".out.abc.tmp");
+        std::fs::write(&file, "x").unwrap();
+        assert!(remove_temp(&file));
+        // Already renamed into place by its owner: nothing to remove.
+        assert!(!remove_temp(&file));
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     #[test]
