@@ -323,7 +323,12 @@ fn output_onto_a_fifo_behind_a_symlink_writes_the_bytes_into_it() {
         // Opening blocks until cas opens the FIFO for writing; reads to its close.
         std::thread::spawn(move || fs::read(&fifo).unwrap())
     };
-    run_ok(cas(&s).args(["get", &h, "-o"]).arg(&link));
+    let out = run(cas(&s).args(["get", &h, "-o"]).arg(&link));
+    if !out.status.success() {
+        // Release the reader (blocked opening the FIFO) before failing, rather than hang.
+        drop(fs::OpenOptions::new().write(true).open(&fifo));
+        panic!("cas get -o FIFO failed: {}", text(&out.stderr));
+    }
     let got = reader.join().unwrap();
     assert!(
         got == bytes,
