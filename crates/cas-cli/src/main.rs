@@ -20,7 +20,13 @@ mod signals;
 /// set, gc) create it, and only where nothing exists yet (or, for the default store, an empty
 /// directory); commands that only read never create anything.
 #[derive(Parser, Debug)]
-#[command(name = "cas", version, about, long_about)]
+#[command(
+    name = "cas",
+    version,
+    about,
+    long_about,
+    after_help = "Examples:\n  cas init\n  h=$(cas put README.md) && cas get \"$h\" -o copy.md\n  cas ref set release/v1 \"$h\"\n  cas gc --max-size 10G"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -71,7 +77,8 @@ enum Cmd {
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         max_size: Option<u64>,
     },
-    /// Store files (or stdin) and print one hash per line, in input order.
+    /// Store files (or stdin) and print one hash per line, in input order. An input that
+    /// fails is named on stderr and the others are still stored and printed (exit 1).
     #[command(
         after_help = "Examples:\n  cas put report.pdf\n  tar c src | cas put\n  cas put -r src/ --ref release/v1\n  cas put --json a b c"
     )]
