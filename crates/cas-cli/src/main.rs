@@ -7,18 +7,26 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use cas::{Durability, Expect, Hash, Options, Store};
+use cas::{Create, Durability, Expect, Hash, Options, Store};
 use clap::{Args, Parser, Subcommand};
 
 mod output;
+mod signals;
 
 /// A content-addressed object store: put bytes, get them back by hash.
 ///
 /// The store is `--store DIR`, else `$CAS_STORE`, else `$XDG_CACHE_HOME/cas`, else
-/// `~/.cache/cas`;
-/// it is created on first use.
+/// `~/.cache/cas`. Only `cas init` and the commands that store something (put, key put, ref
+/// set, gc) create it, and only where nothing exists yet (or, for the default store, an empty
+/// directory); commands that only read never create anything.
 #[derive(Parser, Debug)]
-#[command(name = "cas", version, about, long_about)]
+#[command(
+    name = "cas",
+    version,
+    about,
+    long_about,
+    after_help = "Examples:\n  cas init\n  h=$(cas put README.md) && cas get \"$h\" -o copy.md\n  cas ref set release/v1 \"$h\"\n  cas gc --max-size 10G"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -26,28 +34,42 @@ struct Cli {
     cmd: Cmd,
 }
 
+const GLOBAL: &str = "Global options";
+
 #[derive(Args, Debug)]
 struct Global {
     /// Store directory.
-    #[arg(long, global = true, value_name = "DIR", env = "CAS_STORE")]
+    #[arg(long, global = true, value_name = "DIR", env = "CAS_STORE", help_heading = GLOBAL)]
     store: Option<PathBuf>,
     /// Durability of writes: none, file (fsync objects) or full (also their directories).
-    #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_durability)]
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_durability, help_heading = GLOBAL)]
     durability: Option<Durability>,
     /// Lock lease timeout: a lock older than this whose holder is not provably alive is broken.
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     lock_timeout: Option<Duration>,
+    /// Machine-readable output: one JSON object, or one per line for lists (put, has, ls,
+    /// ref ls, ref log, key ls). The same fact has the same field name in every command.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    json: bool,
     /// Staging files of writers on other hosts are judged dead after this long (gc, doctor).
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     stale_age: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Create a store (default: the default store). Idempotent.
+    /// Create a store (default: the default store). Idempotent on a store; refuses a
+    /// non-empty directory that is not one unless --force.
+    #[command(
+        after_help = "Examples:\n  cas init                          # the default store\n  cas init /srv/cache --shared group --max-size 50G\n  cas init --force ./dir-with-files # a store beside its files"
+    )]
     Init {
         /// Where to create it (overrides --store).
         dir: Option<PathBuf>,
+        /// Create the store even in a non-empty directory that is not a store (its files are
+        /// left as they are).
+        #[arg(long)]
+        force: bool,
         /// Multi-user store: `group` makes directories setgid and group-writable.
         #[arg(long, value_name = "MODE", value_parser = ["group", "none"])]
         shared: Option<String>,
@@ -55,7 +77,11 @@ enum Cmd {
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         max_size: Option<u64>,
     },
-    /// Store files (or stdin) and print one hash per line, in input order.
+    /// Store files (or stdin) and print one hash per line, in input order. An input that
+    /// fails is named on stderr and the others are still stored and printed (exit 1).
+    #[command(
+        after_help = "Examples:\n  cas put report.pdf\n  tar c src | cas put\n  cas put -r src/ --ref release/v1\n  cas put --json a b c"
+    )]
     Put {
         /// Files to store; none or `-` reads stdin.
         files: Vec<PathBuf>,
@@ -63,17 +89,21 @@ enum Cmd {
         #[arg(short, long)]
         recursive: bool,
         /// Also point this ref at the (last) stored object, retrying if a concurrent gc
-        /// collected it in between.
-        #[arg(long, value_name = "NAME")]
+        /// collected it in between. Not moved if any input failed.
+        #[arg(long, value_name = "NAME", value_parser = parse_ref_name)]
         r#ref: Option<String>,
     },
     /// Write an object's bytes to stdout (or -o FILE), verified before anything is written.
+    #[command(
+        after_help = "Examples:\n  cas get HASH > copy\n  cas get HASH -o copy   # atomic; a device or FIFO is written in place\n  cas get -r TREE -o restored/"
+    )]
     Get {
         /// The object's hash.
         #[arg(value_parser = parse_hash)]
         hash: Hash,
-        /// Write to FILE (atomically: a temp file beside it, renamed after verification).
-        /// With -r: the directory to create.
+        /// Write to FILE, verified first: a regular file (or a symlink's target) is replaced
+        /// atomically (a temp file beside it, renamed); a device or FIFO is written in place;
+        /// `-` is stdout. With -r: the directory to create.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         /// Restore a tree into the directory given with -o (which must not exist).
@@ -82,74 +112,94 @@ enum Cmd {
     },
     /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
     /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
-    Verify {
-        /// Machine-readable report.
-        #[arg(long)]
-        json: bool,
-    },
+    #[command(after_help = "Examples:\n  cas verify && echo clean\n  cas verify --json")]
+    Verify,
     /// Collect unreachable objects (via trash/), clean dead writers' staging files, and with
     /// a size budget evict least recently used cache entries.
+    #[command(
+        after_help = "Examples:\n  cas gc                  # unreachable objects older than 1h go\n  cas gc --max-size 10G\n  cas gc --now --dry-run"
+    )]
     Gc {
-        /// Keep unreachable objects younger than this, and trash younger than this.
+        /// Keep unreachable objects younger than this, and trash younger than this. 0s
+        /// collects every unreachable object and frees its space in this run.
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
         grace: Duration,
+        /// Same as --grace 0s.
+        #[arg(long, conflicts_with = "grace")]
+        now: bool,
         /// Say what would go; change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Evict least recently used cache entries until the store is under SIZE.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         max_size: Option<u64>,
-        /// Machine-readable report.
-        #[arg(long)]
-        json: bool,
     },
     /// Report the filesystem's capabilities and problems: permissions, dead writers' staging
     /// files, expired locks, dangling refs. Exit 0 if healthy.
+    #[command(after_help = "Examples:\n  cas doctor\n  cas doctor --fix --json")]
     Doctor {
         /// Repair what is safe to repair.
         #[arg(long)]
         fix: bool,
-        /// Machine-readable report.
-        #[arg(long)]
-        json: bool,
     },
     /// Exit 0 if every object is present, 1 otherwise (missing ones are named on stderr).
+    #[command(after_help = "Examples:\n  cas has HASH1 HASH2 && echo all present")]
     Has {
         /// Hashes to look for.
         #[arg(required = true, value_parser = parse_hash)]
         hashes: Vec<Hash>,
     },
     /// Remove objects (refs to them will dangle; prefer gc).
+    #[command(after_help = "Examples:\n  cas rm HASH")]
     Rm {
         /// Hashes to remove.
         #[arg(required = true, value_parser = parse_hash)]
         hashes: Vec<Hash>,
     },
-    /// List the hashes of all objects.
+    /// List the hashes of all objects, sorted.
+    #[command(after_help = "Examples:\n  cas ls\n  cas ls -l --prefix ab\n  cas ls --json")]
     Ls {
         /// Also print each object's size.
         #[arg(short, long)]
         long: bool,
+        /// Only hashes starting with these hex digits.
+        #[arg(long, value_name = "HEX", value_parser = parse_hex_prefix)]
+        prefix: Option<String>,
     },
     /// Named refs: names for objects that survive gc.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cas ref set release/v1 HASH\n  cas ref ls"
+    )]
     Ref(RefCmd),
     /// Keyed cache entries: map your own keys to content.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cas key put build:abc123 out.tar\n  cas key get build:abc123 -o out.tar"
+    )]
     Key(KeyCmd),
-    /// Show the store's location, filesystem, object count and size.
-    Stats {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
+    /// Print a shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  cas completions bash > /etc/bash_completion.d/cas\n  cas completions zsh > ~/.zfunc/_cas"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
+    /// Show the store's location, filesystem, object count and size.
+    #[command(after_help = "Examples:\n  cas stats\n  cas --store /srv/cache stats --json")]
+    Stats,
 }
 
 #[derive(Subcommand, Debug)]
 enum RefCmd {
     /// Point NAME at HASH (compare-and-swap with --expect / --expect-none).
+    #[command(
+        after_help = "Examples:\n  cas ref set release/v1 HASH\n  cas ref set release/v1 NEW --expect OLD   # compare-and-swap"
+    )]
     Set {
         /// Ref name: segments of [A-Za-z0-9._-] separated by '/'.
+        #[arg(value_parser = parse_ref_name)]
         name: String,
         /// The object (must be in the store).
         #[arg(value_parser = parse_hash)]
@@ -165,37 +215,42 @@ enum RefCmd {
         message: String,
     },
     /// Print the hash NAME points to (exit 1 if it does not exist).
+    #[command(after_help = "Examples:\n  cas ref get release/v1")]
     Get {
         /// Ref name.
+        #[arg(value_parser = parse_ref_name)]
         name: String,
     },
     /// Remove NAME (with --expect: only if it holds OLD).
+    #[command(after_help = "Examples:\n  cas ref rm release/v1 --expect HASH")]
     Rm {
         /// Ref name.
+        #[arg(value_parser = parse_ref_name)]
         name: String,
         /// Only if the ref currently holds OLD.
         #[arg(long, value_name = "OLD", value_parser = parse_hash)]
         expect: Option<Hash>,
     },
     /// List refs (NAME HASH), optionally only those starting with PREFIX.
+    #[command(after_help = "Examples:\n  cas ref ls release/")]
     Ls {
         /// Name prefix.
         #[arg(default_value = "")]
         prefix: String,
     },
     /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first.
+    #[command(after_help = "Examples:\n  cas ref log release/v1\n  cas ref log release/v1 --json")]
     Log {
         /// Ref name.
+        #[arg(value_parser = parse_ref_name)]
         name: String,
-        /// Machine-readable output (one JSON object per line).
-        #[arg(long)]
-        json: bool,
     },
 }
 
 #[derive(Subcommand, Debug)]
 enum KeyCmd {
     /// Store FILE (or stdin) under KEY; prints the object's hash.
+    #[command(after_help = "Examples:\n  cas key put build:abc123 out.tar --meta target=x86_64")]
     Put {
         /// The key (any text).
         key: String,
@@ -206,32 +261,47 @@ enum KeyCmd {
         meta: String,
     },
     /// Write KEY's content to stdout (or -o FILE), verified.
+    #[command(after_help = "Examples:\n  cas key get build:abc123 -o out.tar")]
     Get {
         /// The key.
         key: String,
-        /// Write to FILE atomically.
+        /// Write to FILE as `cas get -o` does (`-` is stdout).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
     /// Show KEY's entry: hash, size, time, metadata.
+    #[command(after_help = "Examples:\n  cas key info build:abc123 --json")]
     Info {
         /// The key.
         key: String,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
     },
     /// Remove KEY's entry.
+    #[command(after_help = "Examples:\n  cas key rm build:abc123")]
     Rm {
         /// The key.
         key: String,
     },
     /// List entries: HASH SIZE KEY.
+    #[command(after_help = "Examples:\n  cas key ls\n  cas key ls --json")]
     Ls,
 }
 
 fn parse_hash(s: &str) -> Result<Hash, String> {
     Hash::parse(s).map_err(|e| e.to_string())
+}
+fn parse_hex_prefix(s: &str) -> Result<String, String> {
+    if s.len() > cas::HEX_LEN || !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!(
+            "{s:?} is not a hash prefix (up to 64 lowercase hex digits)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// Ref names are checked while parsing arguments, so an invalid one is a usage error (exit 2).
+fn parse_ref_name(s: &str) -> Result<String, String> {
+    cas::validate_ref_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
 }
 fn parse_durability(s: &str) -> Result<Durability, String> {
     s.parse().map_err(|e: cas::Error| e.to_string())
@@ -245,22 +315,17 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = signals::install() {
+        eprintln!("cas: error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             if output::is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            let mut msg = format!("cas: error: {e}");
-            for cause in e.chain().skip(1) {
-                let c = cause.to_string();
-                // thiserror variants already include their source's text.
-                if !msg.contains(&c) {
-                    msg.push_str(": ");
-                    msg.push_str(&c);
-                }
-            }
-            eprintln!("{msg}");
+            eprintln!("cas: error: {}", output::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -284,11 +349,55 @@ fn store_dir(g: &Global) -> Result<PathBuf> {
     }
 }
 
-/// Opens (creating on first use) the store, with the global overrides applied.
-fn open_store(g: &Global) -> Result<Store> {
+/// Whether a command may create the store it works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads, checks or removes: the store must exist; nothing is ever created.
+    Existing,
+    /// Stores something: creates the store where nothing exists yet (the default store also
+    /// in an empty directory), never in an existing directory that is not a store.
+    Write,
+}
+
+/// Opens the store, with the global overrides applied; creates it only as `access` allows.
+fn open_store(g: &Global, access: Access) -> Result<Store> {
     let dir = store_dir(g)?;
-    let store = Store::open_or_init(&dir, Options::default())?;
-    apply_overrides(store, g)
+    let create = match access {
+        Access::Existing => Create::Never,
+        // An explicit --store / $CAS_STORE is created only where nothing is: an existing
+        // directory there, even an empty one, is more likely a typo than a wish.
+        Access::Write if g.store.is_some() => Create::IfMissing,
+        Access::Write => Create::IfMissingOrEmpty,
+    };
+    let store = match Store::open_or_create(&dir, Options::default(), create) {
+        Ok(s) => s,
+        Err(e @ (cas::Error::NotAStore { .. } | cas::Error::NotEmpty { .. })) => {
+            return Err(not_a_store_hint(&dir, &e));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let store = apply_overrides(store, g)?;
+    signals::set_store(&store);
+    Ok(store)
+}
+
+/// The error for a path that holds no store, saying what to run.
+fn not_a_store_hint(dir: &Path, e: &cas::Error) -> anyhow::Error {
+    let d = dir.display();
+    let msg = match std::fs::symlink_metadata(dir) {
+        Err(_) => format!("there is no store at {d}; create one with `cas init {d}`"),
+        Ok(m) if m.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut r| r.next().is_some()) => {
+            format!(
+                "{d} is not a cas store (nothing was written there); to make it one, run \
+                 `cas init --force {d}` (its files are kept), or choose another --store"
+            )
+        }
+        Ok(m) if m.is_dir() => {
+            format!("{d} is not a cas store; create one there with `cas init {d}`")
+        }
+        Ok(_) => format!("{d} is not a directory: {e}"),
+    };
+    anyhow!(msg)
 }
 
 fn apply_overrides(store: Store, g: &Global) -> Result<Store> {
@@ -314,31 +423,39 @@ fn with_globals(mut o: Options, g: &Global) -> Options {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    use Access::{Existing, Write};
     let g = &cli.global;
     match cli.cmd {
         Cmd::Init {
             dir,
+            force,
             shared,
             max_size,
-        } => cmd_init(g, dir, shared.as_deref() == Some("group"), max_size),
+        } => cmd_init(g, dir, force, shared.as_deref() == Some("group"), max_size),
         Cmd::Put {
             files,
             recursive,
             r#ref,
-        } => cmd_put(&open_store(g)?, &files, recursive, r#ref.as_deref()),
-        Cmd::Doctor { fix, json } => cmd_doctor(&open_store(g)?, fix, json),
-        Cmd::Verify { json } => cmd_verify(&open_store(g)?, json),
+        } => cmd_put(
+            &open_store(g, Write)?,
+            &files,
+            recursive,
+            r#ref.as_deref(),
+            g.json,
+        ),
+        Cmd::Doctor { fix } => cmd_doctor(&open_store(g, Existing)?, fix, g.json),
+        Cmd::Verify => cmd_verify(&open_store(g, Existing)?, g.json),
         Cmd::Gc {
             grace,
+            now,
             dry_run,
             max_size,
-            json,
         } => {
             let opts = cas::GcOptions::default()
-                .grace(grace)
+                .grace(if now { Duration::ZERO } else { grace })
                 .dry_run(dry_run)
                 .max_size(max_size);
-            cmd_gc(&open_store(g)?, &opts, json)
+            cmd_gc(&open_store(g, Write)?, &opts, g.json)
         }
         Cmd::Get {
             hash,
@@ -346,36 +463,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recursive: true,
         } => {
             let dest = output.context("-r needs -o DIR")?;
-            open_store(g)?.checkout(&hash, &dest)?;
+            open_store(g, Existing)?.checkout(&hash, &dest)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
-            write_object(&open_store(g)?, &hash, output.as_deref())?;
+            write_object(&open_store(g, Existing)?, &hash, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Has { hashes } => {
-            let store = open_store(g)?;
-            let missing: Vec<&Hash> = hashes.iter().filter(|h| !store.contains(h)).collect();
-            for h in &missing {
-                eprintln!("cas: missing {h}");
-            }
-            Ok(exit(missing.is_empty()))
+        Cmd::Has { hashes } => cmd_has(&open_store(g, Existing)?, &hashes, g.json),
+        Cmd::Rm { hashes } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes)),
+        Cmd::Ls { long, prefix } => cmd_ls(
+            &open_store(g, Existing)?,
+            long,
+            prefix.as_deref().unwrap_or(""),
+            g.json,
+        ),
+        Cmd::Ref(c) => {
+            let access = if matches!(c, RefCmd::Set { .. }) {
+                Write
+            } else {
+                Existing
+            };
+            cmd_ref(&open_store(g, access)?, c, g.json)
         }
-        Cmd::Rm { hashes } => {
-            let store = open_store(g)?;
-            let mut ok = true;
-            for h in &hashes {
-                if let Err(e) = store.remove(h) {
-                    eprintln!("cas: error: {e}");
-                    ok = false;
-                }
-            }
-            Ok(exit(ok))
+        Cmd::Key(c) => {
+            let access = if matches!(c, KeyCmd::Put { .. }) {
+                Write
+            } else {
+                Existing
+            };
+            cmd_key(&open_store(g, access)?, c, g.json)
         }
-        Cmd::Ls { long } => cmd_ls(&open_store(g)?, long),
-        Cmd::Ref(c) => cmd_ref(&open_store(g)?, c),
-        Cmd::Key(c) => cmd_key(&open_store(g)?, c),
-        Cmd::Stats { json } => cmd_stats(&open_store(g)?, json),
+        Cmd::Stats => cmd_stats(&open_store(g, Existing)?, g.json),
+        Cmd::Completions { shell } => cmd_completions(shell),
     }
 }
 
@@ -390,6 +510,7 @@ fn exit(success: bool) -> ExitCode {
 fn cmd_init(
     g: &Global,
     dir: Option<PathBuf>,
+    force: bool,
     shared: bool,
     max_size: Option<u64>,
 ) -> Result<ExitCode> {
@@ -402,37 +523,68 @@ fn cmd_init(
         g,
     );
     let existed = Store::open(&dir).is_ok();
-    let store = Store::init(&dir, o)?;
-    if existed {
-        eprintln!("cas: {} is already a store; left as it is", dir.display());
+    let create = if force {
+        Create::Force
+    } else {
+        Create::IfMissingOrEmpty
+    };
+    let store = match Store::open_or_create(&dir, o, create) {
+        Ok(s) => s,
+        Err(cas::Error::NotEmpty { path }) => anyhow::bail!(
+            "{} exists and is not an empty directory or a store; nothing was written. \
+             `cas init --force {}` adds a store beside what is there",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    if g.json {
+        let v = serde_json::json!({ "store": store.root(), "created": !existed });
+        println!("{v}");
+    } else {
+        if existed {
+            eprintln!("cas: {} is already a store; left as it is", dir.display());
+        }
+        println!("{}", store.root().display());
     }
-    println!("{}", store.root().display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes an object to `output` (atomically) or stdout, verified before any byte is written.
+/// Writes an object to `output` (see `Store::get_to_path`) or stdout (none, or `-`),
+/// verified before any byte is written.
 fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()> {
-    if let Some(path) = output {
-        output::write_atomically(path, |w| store.get_to_writer(hash, w).map(|_| ()))?;
-    } else {
-        let stdout = io::stdout();
-        let mut lock = stdout.lock();
-        store.get_to_writer(hash, &mut lock)?;
-        lock.flush().context("write output")?;
+    match output {
+        Some(path) if path != Path::new("-") => {
+            store.get_to_path(hash, path)?;
+        }
+        _ => {
+            let stdout = io::stdout();
+            let mut lock = stdout.lock();
+            store.get_to_writer(hash, &mut lock)?;
+            lock.flush().context("write output")?;
+        }
     }
     Ok(())
 }
 
 fn cmd_doctor(store: &Store, fix: bool, json: bool) -> Result<ExitCode> {
     let r = store.doctor(fix)?;
+    // After --fix, what was repaired no longer counts against health.
+    let repaired_ok = fix && r.dangling.is_empty() && r.permission_problems.is_empty();
+    let healthy = r.is_healthy() || repaired_ok;
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        println!(
+            "{}",
+            output::json_with(
+                serde_json::to_value(&r)?,
+                store,
+                &[("healthy", healthy.into())]
+            )
+        );
     } else {
         output::print_doctor(store.root(), &r);
     }
-    // After --fix, what was repaired no longer counts against health.
-    let repaired_ok = fix && r.dangling.is_empty() && r.permission_problems.is_empty();
-    Ok(exit(r.is_healthy() || repaired_ok))
+    Ok(exit(healthy))
 }
 
 fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> {
@@ -440,20 +592,35 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
     let r = store.gc(opts, &|p| bar.update(p))?;
     bar.finish();
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        println!(
+            "{}",
+            output::json_with(serde_json::to_value(&r)?, store, &[])
+        );
     } else {
         output::print_gc(&r);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_ls(store: &Store, long: bool) -> Result<ExitCode> {
-    let mut out = io::BufWriter::new(io::stdout().lock());
+fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCode> {
+    // Sorted, so that listings compare and diff; a hash is 32 bytes, so even millions of
+    // objects sort in memory.
+    let mut hashes = Vec::new();
     for h in store.iter() {
         let h = h?;
-        if long {
-            let len = std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
-            writeln!(out, "{h} {len}")?;
+        if h.to_hex().starts_with(prefix) {
+            hashes.push(h);
+        }
+    }
+    hashes.sort_unstable_by_key(Hash::to_hex);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for h in hashes {
+        let size = || std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
+        if json {
+            let v = serde_json::json!({ "hash": h, "size": size() });
+            writeln!(out, "{v}")?;
+        } else if long {
+            writeln!(out, "{h} {}", size())?;
         } else {
             writeln!(out, "{h}")?;
         }
@@ -466,16 +633,15 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
     let s = store.stats()?;
     let fs = store.fs_info();
     if json {
+        // `fs` is the same object as in `cas doctor --json`.
         let v = serde_json::json!({
             "store": store.root(),
             "objects": s.objects,
             "bytes": s.bytes,
             "durability": store.durability().to_string(),
             "shared_group": store.options().shared_group,
-            "filesystem": fs.fs_type,
-            "network_filesystem": fs.network,
-            "rename_noreplace": fs.rename_noreplace,
-            "barrier": fs.barrier,
+            "max_size": store.options().max_size,
+            "fs": cas::FsInfoReport::from(fs),
         });
         println!("{v}");
     } else {
@@ -503,10 +669,15 @@ fn cmd_put(
     files: &[PathBuf],
     recursive: bool,
     ref_name: Option<&str>,
+    json: bool,
 ) -> Result<ExitCode> {
-    if let Some(name) = ref_name {
-        cas::validate_ref_name(name)?;
-    }
+    let line = |f: &Path, h: &Hash| {
+        if json {
+            serde_json::json!({ "input": f, "hash": h }).to_string()
+        } else {
+            h.to_string()
+        }
+    };
     let stdin_only = [PathBuf::from("-")];
     let files = if files.is_empty() {
         &stdin_only[..]
@@ -528,53 +699,61 @@ fn cmd_put(
             store.put_path(f)?
         })
     };
+    // One rule for partial failure: every good input is stored and its hash printed, in
+    // input order; each bad one is named on stderr; the exit status is then 1.
     let mut last = None;
+    let mut failed = 0usize;
+    let mut report = |f: &Path, e: &dyn std::fmt::Display| {
+        failed += 1;
+        eprintln!("cas: error: {}: {e}", f.display());
+    };
     if recursive {
         for f in files {
-            let hash = put_one(f)?;
-            last = Some((f, hash));
-            // One line per input as soon as it is stored, so a pipeline sees progress.
-            let mut lock = stdout.lock();
-            writeln!(lock, "{hash}")?;
-            lock.flush()?;
+            match put_one(f) {
+                Ok(hash) => {
+                    last = Some((f, hash));
+                    // One line per input as soon as it is stored, so a pipeline sees progress.
+                    let mut lock = stdout.lock();
+                    writeln!(lock, "{}", line(f, &hash))?;
+                    lock.flush()?;
+                }
+                Err(e) => report(f, &format!("{e:#}")),
+            }
         }
     } else {
         // Plain files: one durability barrier for all of them (docs/performance.md).
         let mut batch = store.batch();
         let mut hashes = Vec::new();
-        let mut failure = None;
         for f in files {
             let r = if f == Path::new("-") {
                 batch.put_reader(io::stdin().lock())
             } else if f.is_dir() {
-                Err(anyhow::anyhow!(
-                    "{} is a directory (use -r to store it as a tree)",
-                    f.display()
-                ))?
+                report(f, &"is a directory (use -r to store it as a tree)");
+                continue;
             } else {
                 batch.put_path(f)
             };
             match r {
                 Ok(h) => {
-                    hashes.push(h);
+                    hashes.push((f, h));
                     last = Some((f, h));
                 }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+                Err(e) => report(f, &output::chain(&e)),
             }
         }
-        // What was staged before a failure is still stored and printed, in input order.
         batch.commit()?;
         let mut out = io::BufWriter::new(stdout.lock());
-        for h in &hashes {
-            writeln!(out, "{h}")?;
+        for (f, h) in &hashes {
+            writeln!(out, "{}", line(f, h))?;
         }
         out.flush()?;
-        if let Some(e) = failure {
-            return Err(e.into());
+    }
+    if failed > 0 {
+        // A ref is only moved when everything it stands for was stored.
+        if ref_name.is_some() {
+            eprintln!("cas: the ref was not moved: {failed} input(s) failed");
         }
+        return Ok(ExitCode::FAILURE);
     }
     if let (Some(name), Some((f, mut hash))) = (ref_name, last) {
         // A gc with a tiny grace period may collect the object between the put and the ref
@@ -601,7 +780,11 @@ fn cmd_verify(store: &Store, json: bool) -> Result<ExitCode> {
     let r = store.verify(&|p| bar.update(p))?;
     bar.finish();
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        let clean = r.is_clean();
+        println!(
+            "{}",
+            output::json_with(serde_json::to_value(&r)?, store, &[("clean", clean.into())])
+        );
     } else {
         output::print_verify(&r);
     }
@@ -612,7 +795,7 @@ fn cmd_verify(store: &Store, json: bool) -> Result<ExitCode> {
     })
 }
 
-fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
+fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
     match c {
         RefCmd::Set {
             name,
@@ -629,6 +812,7 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
             store.set_ref_msg(&name, hash, exp, &message)?;
         }
         RefCmd::Get { name } => match store.get_ref(&name)? {
+            Some(h) if json => println!("{}", serde_json::json!({ "name": name, "hash": h })),
             Some(h) => println!("{h}"),
             None => return Err(cas::Error::RefNotFound { name }.into()),
         },
@@ -639,11 +823,15 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
         RefCmd::Ls { prefix } => {
             let mut out = io::BufWriter::new(io::stdout().lock());
             for (name, h) in store.list_refs(&prefix)? {
-                writeln!(out, "{name} {h}")?;
+                if json {
+                    writeln!(out, "{}", serde_json::json!({ "name": name, "hash": h }))?;
+                } else {
+                    writeln!(out, "{name} {h}")?;
+                }
             }
             out.flush()?;
         }
-        RefCmd::Log { name, json } => {
+        RefCmd::Log { name } => {
             let mut out = io::BufWriter::new(io::stdout().lock());
             for e in store.reflog(&name)? {
                 if json {
@@ -655,7 +843,7 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
                         "{} {} {} {} {} {}",
                         f(e.old),
                         f(e.new),
-                        e.time,
+                        output::human_time(e.time),
                         e.host,
                         e.user,
                         e.message
@@ -668,7 +856,7 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
+fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
     match c {
         KeyCmd::Put { key, file, meta } => {
             let hash = match file {
@@ -679,27 +867,24 @@ fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
                 }
                 _ => store.put_keyed(key.as_bytes(), io::stdin().lock(), meta.as_bytes())?,
             };
-            println!("{hash}");
+            if json {
+                println!("{}", serde_json::json!({ "key": key, "hash": hash }));
+            } else {
+                println!("{hash}");
+            }
         }
         KeyCmd::Get { key, output } => {
             let entry = store.entry(key.as_bytes())?;
             write_object(store, &entry.hash, output.as_deref())?;
         }
-        KeyCmd::Info { key, json } => {
+        KeyCmd::Info { key } => {
             let e = store.entry(key.as_bytes())?;
             if json {
-                let v = serde_json::json!({
-                    "key": String::from_utf8_lossy(&e.key),
-                    "hash": e.hash.to_string(),
-                    "size": e.size,
-                    "time_ms": e.time_ms,
-                    "metadata": String::from_utf8_lossy(&e.metadata),
-                });
-                println!("{v}");
+                println!("{}", entry_json(&e));
             } else {
                 println!("hash:     {}", e.hash);
-                println!("size:     {}", e.size);
-                println!("time_ms:  {}", e.time_ms);
+                println!("size:     {} ({})", e.size, output::human_bytes(e.size));
+                println!("time:     {}", output::human_time(e.time_ms / 1000));
                 println!("metadata: {}", String::from_utf8_lossy(&e.metadata));
             }
         }
@@ -709,6 +894,7 @@ fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
             let mut ok = true;
             for e in store.iter_keys()? {
                 match e {
+                    Ok(e) if json => writeln!(out, "{}", entry_json(&e))?,
                     Ok(e) => writeln!(
                         out,
                         "{} {} {}",
@@ -717,7 +903,7 @@ fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
                         String::from_utf8_lossy(&e.key)
                     )?,
                     Err(e) => {
-                        eprintln!("cas: error: {e}");
+                        eprintln!("cas: error: {}", output::chain(&e));
                         ok = false;
                     }
                 }
@@ -728,5 +914,57 @@ fn cmd_key(store: &Store, c: KeyCmd) -> Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A cache entry in JSON, the same for `key info` and `key ls`: `time` in Unix seconds as in
+/// `ref log`, `time_ms` as stored.
+fn entry_json(e: &cas::Entry) -> serde_json::Value {
+    serde_json::json!({
+        "key": String::from_utf8_lossy(&e.key),
+        "hash": e.hash,
+        "size": e.size,
+        "time": e.time_ms / 1000,
+        "time_ms": e.time_ms,
+        "metadata": String::from_utf8_lossy(&e.metadata),
+    })
+}
+
+fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut all = true;
+    for h in hashes {
+        let present = store.contains(h);
+        all &= present;
+        if json {
+            let v = serde_json::json!({ "hash": h, "present": present });
+            writeln!(out, "{v}")?;
+        } else if !present {
+            eprintln!("cas: missing {h}");
+        }
+    }
+    out.flush()?;
+    Ok(exit(all))
+}
+
+fn cmd_rm(store: &Store, hashes: &[Hash]) -> ExitCode {
+    let mut ok = true;
+    for h in hashes {
+        if let Err(e) = store.remove(h) {
+            eprintln!("cas: error: {}", output::chain(&e));
+            ok = false;
+        }
+    }
+    exit(ok)
+}
+
+fn cmd_completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    // Into memory first: clap_complete panics on a write error (`| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "cas", &mut script);
+    let mut out = io::stdout().lock();
+    out.write_all(&script)?;
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

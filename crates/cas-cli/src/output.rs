@@ -1,59 +1,7 @@
-//! Output helpers: atomic output files, human sizes, broken pipes.
+//! Output helpers: human sizes, broken pipes, progress bars, reports.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
-
-use anyhow::{Context, Result};
-
-/// Writes `path` atomically: `fill` writes into a temp file beside `path`, which is renamed
-/// into place only if `fill` succeeds. On failure `path` is left untouched and the temp file
-/// removed.
-pub fn write_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> cas::Result<()>,
-) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file name", path.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    {
-        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        fill(&mut w)?;
-        w.flush()
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    // Regular file permissions per the umask, not tempfile's private 0600.
-    let mode = 0o666 & !cas_umask();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(mode),
-    )
-    .with_context(|| format!("cannot set permissions of {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot rename the output into place at {}", path.display()))?;
-    Ok(())
-}
-
-fn cas_umask() -> u32 {
-    // Read from /proc to avoid an unsafe umask() call in the CLI; default to 022.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
-}
 
 /// True if the error is a write to a closed pipe (`cas get … | head`): not a failure.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -64,6 +12,50 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 .and_then(cas::Error::io_error)
                 .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
+}
+
+/// A report as JSON with the store's path and extra fields (`clean`, `healthy`) added, so
+/// every command names the same facts the same way.
+pub fn json_with(
+    mut v: serde_json::Value,
+    store: &cas::Store,
+    extra: &[(&str, serde_json::Value)],
+) -> serde_json::Value {
+    if let Some(m) = v.as_object_mut() {
+        m.insert("store".into(), serde_json::json!(store.root()));
+        for (k, x) in extra {
+            m.insert((*k).into(), x.clone());
+        }
+    }
+    v
+}
+
+/// Unix seconds as `2026-12-02 11:42:09 UTC` (no time-zone database needed).
+pub fn human_time(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// 1536 → "1.5 KiB".
@@ -253,4 +245,31 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
             "problems found (cas doctor --fix repairs what is safe)"
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_times() {
+        assert_eq!(human_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(human_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(human_time(1_796_211_729), "2026-12-02 11:42:09 UTC");
+    }
+}
+
+/// An error and its causes on one line, `error: cause: cause`, each said once.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !msg.contains(&c_text) {
+            msg.push_str(": ");
+            msg.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    msg
 }

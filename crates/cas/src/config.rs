@@ -157,72 +157,151 @@ impl Options {
     }
 }
 
-/// Splits `"123unit"` into the number and the unit text.
-fn split_number<'a>(s: &'a str, what: &str) -> std::result::Result<(u64, &'a str), String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(format!("{s:?} is not {what}"));
-    }
-    let n = num
-        .parse()
-        .map_err(|_| format!("{s:?}: number too large"))?;
-    Ok((n, unit))
+/// A decimal number at the start of `s`: its integer part, its fraction digits (at most 9
+/// kept, as a numerator over `10^len`), and the rest of the text.
+struct Decimal<'a> {
+    int: u64,
+    frac: u64,
+    frac_scale: u64,
+    rest: &'a str,
 }
 
-/// Parses a size: a number with an optional unit `B`, `K`/`KB`/`KiB`, `M…`, `G…`, `T…`
-/// (binary multiples: `1K` = 1024 bytes).
+fn split_decimal<'a>(s: &'a str, what: &str) -> std::result::Result<Decimal<'a>, String> {
+    let int_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (int_text, mut rest) = s.split_at(int_end);
+    let (mut frac, mut frac_scale) = (0u64, 1u64);
+    if let Some(after_dot) = rest.strip_prefix('.') {
+        let frac_end = after_dot
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after_dot.len());
+        if frac_end == 0 {
+            return Err(format!("{s:?} is not {what}"));
+        }
+        for d in after_dot[..frac_end].bytes().take(9) {
+            frac = frac * 10 + u64::from(d - b'0');
+            frac_scale *= 10;
+        }
+        rest = &after_dot[frac_end..];
+    }
+    if int_text.is_empty() && frac_scale == 1 {
+        return Err(format!("{s:?} is not {what}"));
+    }
+    let int = if int_text.is_empty() {
+        0
+    } else {
+        int_text
+            .parse()
+            .map_err(|_| format!("{s:?}: number too large"))?
+    };
+    Ok(Decimal {
+        int,
+        frac,
+        frac_scale,
+        rest,
+    })
+}
+
+impl Decimal<'_> {
+    /// `int.frac × per`, rounded down; `None` on overflow.
+    fn times(&self, per: u64) -> Option<u64> {
+        let whole = self.int.checked_mul(per)?;
+        let part = u128::from(self.frac) * u128::from(per) / u128::from(self.frac_scale);
+        whole.checked_add(u64::try_from(part).ok()?)
+    }
+}
+
+/// Parses a size: a number, possibly with a fraction, with an optional unit `B`,
+/// `K`/`KB`/`KiB`, `M…`, `G…`, `T…`, `P…` (binary multiples: `1K` = 1024 bytes).
 ///
 /// ```
 /// assert_eq!(cas::parse_size("1536").unwrap(), 1536);
 /// assert_eq!(cas::parse_size("10M").unwrap(), 10 << 20);
 /// assert_eq!(cas::parse_size("2GiB").unwrap(), 2 << 30);
+/// assert_eq!(cas::parse_size("1.5G").unwrap(), 3 << 29);
+/// assert_eq!(cas::parse_size("0.5k").unwrap(), 512);
 /// assert!(cas::parse_size("ten").is_err());
+/// assert!(cas::parse_size("1.5").is_err()); // a fraction of a byte
 /// ```
 ///
 /// # Errors
 /// A message saying what is wrong with the text.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
-    let (n, unit) = split_number(s, "a size (expected e.g. 512M, 10G, 1048576)")?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+    let d = split_decimal(s, "a size (expected e.g. 512M, 1.5G, 1048576)")?;
+    let shift = match d.rest.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (use K, M, G or T)")),
+        "p" | "pb" | "pib" => 50,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use K, M, G, T or P)")),
     };
-    n.checked_mul(1u64 << shift)
+    if shift == 0 && d.frac != 0 {
+        return Err(format!("{s:?}: a size in bytes is a whole number"));
+    }
+    d.times(1u64 << shift)
         .ok_or_else(|| format!("{s:?}: size too large"))
 }
 
-/// Parses a duration: a number with a unit `ms`, `s`, `m`, `h`, `d` (a bare number is seconds).
+/// Parses a duration: one or more numbers (possibly with a fraction), each with a unit `ms`,
+/// `s`, `m`/`min`, `h`, `d`, `w`, added up (`1h30m`, `1w`, `1.5h`); a bare number is seconds.
 ///
 /// ```
 /// use std::time::Duration;
 /// assert_eq!(cas::parse_duration("0s").unwrap(), Duration::ZERO);
 /// assert_eq!(cas::parse_duration("90m").unwrap(), Duration::from_secs(5400));
+/// assert_eq!(cas::parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+/// assert_eq!(cas::parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+/// assert_eq!(cas::parse_duration("1w").unwrap(), Duration::from_secs(7 * 86400));
 /// assert_eq!(cas::parse_duration("250ms").unwrap(), Duration::from_millis(250));
+/// assert_eq!(cas::parse_duration("30").unwrap(), Duration::from_secs(30));
 /// assert!(cas::parse_duration("-1s").is_err());
+/// assert!(cas::parse_duration("1h30").is_err()); // a unit on every part but a lone number
 /// ```
 ///
 /// # Errors
 /// A message saying what is wrong with the text.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let (n, unit) = split_number(s, "a duration (expected e.g. 0s, 30s, 10m, 1h, 7d)")?;
-    let ms_per = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
-    };
-    n.checked_mul(ms_per)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?}: duration too large"))
+    let what = "a duration (expected e.g. 0s, 30s, 10m, 1h30m, 7d, 1w)";
+    let mut rest = s;
+    let mut total: u64 = 0;
+    let mut parts = 0;
+    while !rest.is_empty() || parts == 0 {
+        let d = split_decimal(rest, what).map_err(|_| format!("{s:?} is not {what}"))?;
+        let unit_end = d
+            .rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(d.rest.len());
+        let (unit, after) = d.rest.split_at(unit_end);
+        let ms_per = match unit {
+            "ms" => 1,
+            "" if parts == 0 && after.is_empty() => 1000,
+            "s" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "" => {
+                return Err(format!(
+                    "{s:?}: every part needs a unit (ms, s, m, h, d or w)"
+                ))
+            }
+            u => {
+                return Err(format!(
+                    "{s:?}: unknown unit {u:?} (use ms, s, m, h, d or w)"
+                ))
+            }
+        };
+        total = d
+            .times(ms_per)
+            .and_then(|ms| total.checked_add(ms))
+            .ok_or_else(|| format!("{s:?}: duration too large"))?;
+        rest = after.trim_start();
+        parts += 1;
+    }
+    Ok(Duration::from_millis(total))
 }
 
 /// Formats a duration the way [`parse_duration`] reads it.

@@ -114,10 +114,18 @@ pub enum Error {
         supported: u32,
     },
 
-    /// The directory is not a cas store (no `FORMAT` file).
+    /// The directory is not a cas store (no `FORMAT` file), or does not exist.
     #[error("{} is not a cas store (no FORMAT file); create one with `cas init`", path.display())]
     NotAStore {
         /// The directory.
+        path: PathBuf,
+    },
+
+    /// A store was to be created at a path that holds something else: a directory that is
+    /// neither empty nor a store, or a file. Nothing was written there.
+    #[error("{} exists and is not an empty directory or a cas store; not creating a store there", path.display())]
+    NotEmpty {
+        /// The path.
         path: PathBuf,
     },
 
@@ -268,7 +276,9 @@ impl Error {
             Error::Locked { .. } => ErrorKind::Locked,
             Error::LockLost { .. } => ErrorKind::LockLost,
             Error::Input { .. } => ErrorKind::Input,
-            Error::NotAStore { .. } | Error::UnsupportedFormat { .. } => ErrorKind::NotAStore,
+            Error::NotAStore { .. } | Error::UnsupportedFormat { .. } | Error::NotEmpty { .. } => {
+                ErrorKind::NotAStore
+            }
             Error::Io { .. } => ErrorKind::Io,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::Producer { .. } => ErrorKind::Producer,
@@ -332,6 +342,7 @@ impl Error {
             | Error::Malformed { path, .. }
             | Error::UnsupportedFormat { path, .. }
             | Error::NotAStore { path }
+            | Error::NotEmpty { path }
             | Error::Locked { path, .. }
             | Error::LockLost { path }
             | Error::Tree { path, .. } => Some(path),

@@ -4,9 +4,10 @@
 //! everything reachable from a root through tree objects is kept. One gc at a time
 //! (`locks/gc.lock`, a lease refreshed as it goes). An unreachable object older than the grace
 //! period is moved to `trash/<run>/`; a later gc deletes trash older than the grace period after
-//! checking reachability again. After condemning, gc marks a second time and moves back
-//! anything that became reachable meanwhile, so a pointer made visible during the run never
-//! dangles.
+//! checking reachability again; with a zero grace period that deletion happens in the same
+//! run, after the rescue mark, so `gc --grace 0s` frees the space at once. After condemning,
+//! gc marks a second time and moves back anything that became reachable meanwhile, so a
+//! pointer made visible during the run never dangles.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::Store;
 #[non_exhaustive]
 pub struct GcOptions {
     /// Unreachable objects younger than this are kept; trash younger than this is not deleted.
+    /// Zero condemns every unreachable object and deletes it in the same run.
     pub grace: Duration,
     /// Report what would be done, change nothing.
     pub dry_run: bool,
@@ -296,15 +298,14 @@ impl Store {
         }
 
         let deleted_before_rescue = r.deleted_bytes;
-        if !dry {
-            self.rescue(evicted, &mut r)?;
-            let _ = std::fs::remove_dir(&run_dir);
-        }
+        self.after_condemning(opts, evicted, interrupted, &run_dir, &mut r)?;
 
         // Empty fan-out directories stay: `init` makes all 256 and a publish never has to
         // create one (whose own name would need another fsync to survive a power loss).
         r.staging_removed = self.clean_staging(dry)?;
-        r.bytes_after = if dry {
+        r.bytes_after = if dry && opts.grace.is_zero() {
+            total.saturating_sub(r.evicted_bytes + r.trashed_bytes)
+        } else if dry {
             total.saturating_sub(r.evicted_bytes)
         } else {
             total.saturating_sub(r.deleted_bytes - deleted_before_rescue)
@@ -349,9 +350,36 @@ impl Store {
         Ok(())
     }
 
+    /// After the sweep and eviction: the rescue mark, then with a zero grace period the
+    /// deletion of what is still condemned.
+    fn after_condemning(
+        &self,
+        opts: &GcOptions,
+        evicted: Vec<(PathBuf, u64)>,
+        interrupted: bool,
+        run_dir: &Path,
+        r: &mut GcReport,
+    ) -> Result<()> {
+        if !opts.dry_run {
+            let m2 = self.rescue(evicted, r)?;
+            if opts.grace.is_zero() && !interrupted {
+                // No grace: what this run condemned is already "trash older than the grace
+                // period", so delete it now, exactly as the next run would (after the rescue
+                // mark, so nothing that became reachable meanwhile goes).
+                self.purge_trash(&m2, SystemTime::now(), false, r)?;
+            }
+            let _ = std::fs::remove_dir(run_dir);
+        } else if opts.grace.is_zero() {
+            // A dry run reports what a real one would free.
+            r.deleted += r.trashed;
+            r.deleted_bytes += r.trashed_bytes;
+        }
+        Ok(())
+    }
+
     /// Rescue mark: anything in trash that became reachable while we condemned goes back;
     /// then the evicted objects still in trash are deleted.
-    fn rescue(&self, evicted: Vec<(PathBuf, u64)>, r: &mut GcReport) -> Result<()> {
+    fn rescue(&self, evicted: Vec<(PathBuf, u64)>, r: &mut GcReport) -> Result<Mark> {
         let m2 = self.mark()?;
         for run in self.trash_runs()? {
             for (h, _, _, _) in list_trash_run(&run.path)? {
@@ -370,7 +398,7 @@ impl Store {
                 Err(e) => return Err(Error::io("delete", &p, e)),
             }
         }
-        Ok(())
+        Ok(m2)
     }
 
     /// Chooses and removes cache entries and condemned objects, least recently used first,

@@ -23,6 +23,11 @@
 //!   [`Error::Corrupt`].
 //! - A process killed at any point leaves at most a staging file in `tmp/` (cleaned by gc).
 //! - Durability against power loss is chosen per store or per write ([`Durability`]).
+//! - Stores are created only on purpose: [`Store::open`] never creates one, and
+//!   [`Store::open_or_create`] says where one may be created ([`Create`]); an existing
+//!   directory holding anything but a store is never written unless [`Create::Force`].
+//! - A program stopping on a signal calls [`Store::abandon_own_staging`] (from a normal
+//!   thread) and leaves no staging file, temporary output or lock of its own behind.
 //!
 //! See `docs/format.md` for the on-disk format and protocols and `docs/guarantees.md` for the
 //! full contract.
@@ -33,6 +38,7 @@
 //!   (`b3sum objects/ab/cd…` prints the object's own name).
 
 mod batch;
+mod cleanup;
 mod codec;
 mod config;
 mod doctor;
@@ -41,9 +47,11 @@ mod fs;
 mod gc;
 mod hash;
 mod index;
+mod init;
 mod layout;
 mod lock;
 mod once;
+mod output;
 mod progress;
 mod read;
 mod refs;
@@ -55,12 +63,14 @@ mod verify;
 mod write;
 
 pub use batch::Batch;
+pub use cleanup::abandon_temporaries;
 pub use config::{parse_duration, parse_size, Durability, Options};
 pub use doctor::{DoctorReport, FsInfoReport, Probe};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport};
 pub use hash::{Hash, HASH_LEN, HEX_LEN};
 pub use index::Entry;
+pub use init::Create;
 pub use once::{ComputeOnce, ProducerError};
 pub use progress::{no_progress, Progress, ProgressFn};
 pub use read::{Object, ObjectIter, ObjectReader, Stats};

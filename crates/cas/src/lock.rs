@@ -82,6 +82,8 @@ pub(crate) struct Lock {
     path: PathBuf,
     nonce: String,
     released: bool,
+    /// Known to the process's clean-up on signals (`crate::cleanup`) while held.
+    registered: Option<crate::cleanup::Registered>,
 }
 
 fn now_ms() -> u64 {
@@ -129,6 +131,11 @@ impl Store {
             path: path.to_owned(),
             nonce: me.nonce.clone(),
             released: false,
+            registered: Some(crate::cleanup::register_lock(
+                path,
+                &me.nonce,
+                &self.inner.root,
+            )),
         };
         let mut backoff = Duration::from_micros(200);
         // Answers a network filesystem gives for a moment while other clients rename and
@@ -312,7 +319,14 @@ impl Store {
     }
 
     fn read_lock_once(&self, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
-        let f = self.inner.root_dir.open_read(path)?;
+        read_lock_in(&self.inner.root_dir, path)
+    }
+}
+
+/// Reads the lock file at `path` beneath `root` once (see [`Store::read_lock`]).
+pub(crate) fn read_lock_in(root: &fs::Root, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
+    {
+        let f = root.open_read(path)?;
         let age = f
             .metadata()?
             .modified()
@@ -363,6 +377,7 @@ impl Lock {
         if self.verify().is_ok() {
             let _ = self.store.inner.root_dir.unlink(&self.path);
         }
+        self.registered = None;
     }
 }
 

@@ -180,13 +180,19 @@ impl Store {
             name.extend(std::iter::repeat_with(fastrand::alphanumeric).take(10));
             match fs::create_excl_at(dir.as_fd(), name.as_ref(), self.staging_mode()) {
                 Ok(fd) => {
-                    return Ok(Staging {
+                    let staging = Staging {
                         file: File::from(fd),
                         dir,
                         name: name.into(),
                         root: self.inner.root.clone(),
                         armed: true,
-                    })
+                    };
+                    // Checked after creating: either an abandoning thread's scan of tmp/ sees
+                    // this file, or we see its flag (crate::cleanup); dropping removes it.
+                    if crate::cleanup::abandoned() {
+                        return Err(Error::Interrupted);
+                    }
+                    return Ok(staging);
                 }
                 Err(Errno::EXIST) if attempts < 16 => attempts += 1,
                 // tmp/ was removed (by hand, or it never existed): find or make it again.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::Options;
 use crate::error::{Error, Result};
 use crate::fs::{self, Caps, Root};
+use crate::init::Create;
 use crate::layout::{self, FORMAT_LINE, FORMAT_MAJOR};
 use crate::Durability;
 
@@ -92,17 +93,33 @@ impl std::fmt::Display for Barrier {
 }
 
 impl Store {
-    /// Creates a store at `root` (and its parents) with `options`, or opens it if a store is
-    /// already there (its own persisted options win; `init` is idempotent and safe to race).
+    /// Creates a store at `root` (and its missing parents) with `options`, or opens it if a
+    /// store is already there (its own persisted options win; `init` is idempotent and safe
+    /// to race). A store is only created where nothing exists yet, or in an empty directory:
+    /// an existing directory that holds anything else is refused, so a mistyped path never
+    /// scatters a store's files among someone else's. To create one there all the same, use
+    /// [`Store::open_or_create`] with [`Create::Force`].
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path().join("new"), cas::Options::default())?;
+    /// std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    /// let e = cas::Store::init(dir.path(), cas::Options::default()).unwrap_err();
+    /// assert!(matches!(e, cas::Error::NotEmpty { .. }));
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
+    /// [`Error::NotEmpty`] if `root` exists and is neither a store nor an empty directory;
     /// I/O errors naming the path; [`Error::UnsupportedFormat`] if a newer store is there.
     #[allow(clippy::needless_pass_by_value)] // builder-style Options read better by value
     pub fn init(root: impl AsRef<Path>, options: Options) -> Result<Store> {
-        Self::init_inner(root.as_ref(), &options)
+        Self::open_or_create(root, options, Create::IfMissingOrEmpty)
     }
 
-    fn init_inner(root: &Path, options: &Options) -> Result<Store> {
+    /// Lays out a store in the existing or missing directory `root`, in place.
+    pub(crate) fn init_inner(root: &Path, options: &Options) -> Result<Store> {
         match Self::open(root) {
             Ok(s) => return Ok(s),
             Err(Error::NotAStore { .. }) => {}
@@ -162,19 +179,27 @@ impl Store {
         Self::open_inner(root.as_ref(), Some(options))
     }
 
-    /// Opens the store at `root`, creating it with `options` if there is none.
+    /// Opens the store at `root`, creating it with `options` if nothing exists there yet or
+    /// `root` is an empty directory (as [`Store::init`]). An existing directory that is not a
+    /// store and not empty is never written.
     ///
     /// # Errors
     /// As [`Store::init`].
     #[allow(clippy::needless_pass_by_value)] // as `init`
     pub fn open_or_init(root: impl AsRef<Path>, options: Options) -> Result<Store> {
-        Self::init_inner(root.as_ref(), &options)
+        Self::open_or_create(root, options, Create::IfMissingOrEmpty)
     }
 
     fn open_inner(root: &Path, over: Option<Options>) -> Result<Store> {
         let dir = match Root::open(root) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Nothing there, or a file: not a store.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
                 return Err(Error::NotAStore {
                     path: root.to_owned(),
                 })
@@ -184,7 +209,13 @@ impl Store {
         let fmt_path = root.join(layout::FORMAT);
         let text = match read_small(&dir, &fmt_path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // NotADirectory: the path is a file.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
                 return Err(Error::NotAStore {
                     path: root.to_owned(),
                 })

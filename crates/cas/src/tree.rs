@@ -282,6 +282,11 @@ impl Store {
             .prefix(&format!(".{name}.cas-checkout."))
             .tempdir_in(parent)
             .map_err(Error::at("create temporary directory in", parent))?;
+        // Removed by the process's clean-up if it stops on a signal (crate::cleanup).
+        let _reg = crate::cleanup::register_temp(tmp.path());
+        if crate::cleanup::abandoned() {
+            return Err(Error::Interrupted);
+        }
         self.restore_tree(&root, tmp.path(), dest, 0)?;
         let mode = 0o777 & !fs::umask();
         fs::chmod_path(tmp.path(), mode).map_err(Error::at("set permissions of", tmp.path()))?;

@@ -30,7 +30,7 @@ pub struct CorruptObject {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Dangling {
-    /// What points ("ref \"main\"", "cache entry \"k\"", "tree <hash>").
+    /// What points ("ref \"main\"", "cache entry \"k\"", "tree `<hash>`").
     pub from: String,
     /// The missing object.
     pub hash: Hash,

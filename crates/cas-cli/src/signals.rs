@@ -1,0 +1,39 @@
+//! SIGINT, SIGTERM and SIGHUP: abandon what is in flight, then exit 128 + the signal.
+//!
+//! The signals are received by `signal-hook`'s iterator on an ordinary thread (its handler only
+//! writes to a pipe), so the clean-up — removing this process's staging files and temporary
+//! outputs and releasing its own locks, all through the library's
+//! `Store::abandon_own_staging` — runs as normal code, not inside a signal handler.
+
+use std::sync::OnceLock;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+static STORE: OnceLock<cas::Store> = OnceLock::new();
+
+/// Starts the thread that waits for the signals. Call first thing in `main`.
+pub fn install() -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                match STORE.get() {
+                    Some(store) => {
+                        store.abandon_own_staging();
+                    }
+                    None => {
+                        cas::abandon_temporaries();
+                    }
+                }
+                std::process::exit(128 + sig);
+            }
+        })?;
+    Ok(())
+}
+
+/// The store whose `tmp/` is cleaned if a signal comes.
+pub fn set_store(store: &cas::Store) {
+    let _ = STORE.set(store.clone());
+}

@@ -1,0 +1,281 @@
+//! What this process has in flight, so that it can be abandoned cleanly when the process is
+//! told to stop (SIGINT, SIGTERM, SIGHUP): temporary output files and directories beside a
+//! destination, a store being created, and the locks it holds. Staging files in a store's
+//! `tmp/` need no registry: their names say `HOST.PID.`.
+//!
+//! Abandoning is one-way: once [`abandon_registered`] has run, creating a staging file or a
+//! temporary output fails with [`crate::Error::Interrupted`], so nothing created after the
+//! clean-up scan can be left behind. The check is made *after* creating (and the flag is set
+//! *before* scanning), so either the scan sees the file or its creator sees the flag.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::fs;
+use crate::layout;
+
+static ABANDONED: AtomicBool = AtomicBool::new(false);
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { items: None });
+
+struct Registry {
+    items: Option<HashMap<u64, Item>>,
+}
+
+#[derive(Debug, Clone)]
+enum Item {
+    /// A temporary file or directory this process created and will rename or remove.
+    Temp(PathBuf),
+    /// A lock file held by this process: its path, its nonce, and the store root whose
+    /// `locks/` directory receives it while checking it is still ours.
+    Lock {
+        path: PathBuf,
+        nonce: String,
+        root: PathBuf,
+    },
+}
+
+fn registry() -> MutexGuard<'static, Registry> {
+    // A panic while holding the lock poisons it; the map is still consistent.
+    REGISTRY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// True once this process has abandoned its work in flight.
+pub(crate) fn abandoned() -> bool {
+    ABANDONED.load(Ordering::SeqCst)
+}
+
+/// A registration; dropping it forgets the item (it was renamed into place, removed, or
+/// released by its owner).
+#[derive(Debug)]
+pub(crate) struct Registered(u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(m) = registry().items.as_mut() {
+            m.remove(&self.0);
+        }
+    }
+}
+
+fn register(item: Item) -> Registered {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    registry()
+        .items
+        .get_or_insert_with(HashMap::new)
+        .insert(id, item);
+    Registered(id)
+}
+
+/// Registers a temporary file or directory to remove if the process abandons its work.
+pub(crate) fn register_temp(path: &Path) -> Registered {
+    register(Item::Temp(path.to_owned()))
+}
+
+/// Registers a held lock (see [`abandon_registered`]).
+pub(crate) fn register_lock(path: &Path, nonce: &str, root: &Path) -> Registered {
+    register(Item::Lock {
+        path: path.to_owned(),
+        nonce: nonce.to_owned(),
+        root: root.to_owned(),
+    })
+}
+
+/// Marks the process as abandoning, then removes every registered temporary and releases
+/// every registered lock that is still provably ours. Returns how many items were removed.
+pub(crate) fn abandon_registered() -> u64 {
+    ABANDONED.store(true, Ordering::SeqCst);
+    let items: Vec<Item> = registry()
+        .items
+        .as_ref()
+        .map(|m| m.values().cloned().collect())
+        .unwrap_or_default();
+    let mut n = 0;
+    for it in items {
+        match it {
+            Item::Temp(p) => n += u64::from(remove_temp(&p)),
+            Item::Lock { path, nonce, root } => {
+                n += u64::from(release_if_ours(&path, &nonce, &root));
+            }
+        }
+    }
+    n
+}
+
+/// Removes a temporary file or directory by its temporary name. A directory (a checkout, a
+/// store being created) is first renamed aside, atomically: if its owner renamed it into
+/// place meanwhile, the name is gone and nothing is touched, whereas removing the tree under
+/// the old name while it moves would leave a partial tree at the final name.
+fn remove_temp(p: &Path) -> bool {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let mut aside = p.as_os_str().to_owned();
+            aside.push(".abandoned");
+            let aside = PathBuf::from(aside);
+            std::fs::rename(p, &aside).is_ok() && std::fs::remove_dir_all(&aside).is_ok()
+        }
+        Ok(_) => std::fs::remove_file(p).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Removes the lock at `path` only if it still holds `nonce`: move it aside into
+/// `root/locks/` first (so a lock taken by someone else between our read and our removal is
+/// never the one removed), check what was moved, and put back anything that is not ours.
+fn release_if_ours(path: &Path, nonce: &str, root_path: &Path) -> bool {
+    // Everything inside the store is reached beneath its root, never through a symlink.
+    let Ok(root) = fs::Root::open(root_path) else {
+        return false;
+    };
+    let aside = root_path.join(layout::LOCKS).join(format!(
+        "abandoned.{}.{}.{nonce}",
+        fs::hostname(),
+        fs::pid()
+    ));
+    if root.rename(path, &aside).is_err() {
+        return false; // gone already (released or broken), or unreachable: nothing of ours
+    }
+    let ours = crate::lock::read_lock_in(&root, &aside)
+        .ok()
+        .and_then(|(h, _)| h)
+        .is_some_and(|h| h.nonce == nonce);
+    if !ours {
+        // Someone else's lock, taken after ours went: link it back (never replacing).
+        let _ = root.link(&aside, path);
+    }
+    let _ = root.unlink(&aside);
+    ours
+}
+
+/// Removes this process's staging files (`HOST.PID.*`, regular files only) from `tmp`,
+/// reached beneath the store's `root`.
+pub(crate) fn remove_own_staging(root: &fs::Root, tmp: &Path, prefix: &str) -> u64 {
+    let Ok(entries) = root.read_dir(tmp) else {
+        return 0;
+    };
+    let mut n = 0;
+    for (name, kind) in entries {
+        if kind == fs::Kind::File && fs::name_bytes(&name).starts_with(prefix.as_bytes()) {
+            n += u64::from(root.unlink(&tmp.join(&name)).is_ok());
+        }
+    }
+    n
+}
+
+/// Abandons this process's work in flight outside any store: removes the temporary output
+/// files and directories it was writing ([`crate::Store::get_to_path`], checkouts, a store
+/// being created) and releases the locks it holds, if they are still provably its own. From
+/// then on, every write in this process fails with [`crate::Error::Interrupted`].
+///
+/// For a program that stops on a signal and has no [`crate::Store`] handle at hand;
+/// [`crate::Store::abandon_own_staging`] does this and also clears the store's `tmp/`.
+/// Call it from a normal thread (not inside a signal handler), then exit. Returns how many
+/// files, directories and locks it removed.
+pub fn abandon_temporaries() -> u64 {
+    abandon_registered()
+}
+
+impl crate::Store {
+    /// Abandons everything this process has in flight, for a program about to exit on a
+    /// signal: marks the process as abandoning (every later write fails with
+    /// [`crate::Error::Interrupted`], so nothing created after the clean-up survives it), then
+    /// removes this process's staging files from the store's `tmp/` (named `HOST.PID.*`),
+    /// removes the temporary outputs it was writing, and releases the locks it holds — only
+    /// those whose recorded nonce is still its own; another process's lock is never removed.
+    ///
+    /// Nothing partial becomes visible: staging files and temporary outputs only ever reach
+    /// their final names complete and verified. Call it from a normal thread (with
+    /// `signal-hook`'s iterator, or `ctrlc`), never from inside an async-signal handler, then
+    /// exit the process: it is one-way. Returns how many files and locks it removed.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let mut w = store.writer()?;            // a staging file in tmp/
+    /// std::io::Write::write_all(&mut w, b"half of it").unwrap();
+    /// store.abandon_own_staging();            // as a signal-handling thread would
+    /// assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    /// assert!(store.put_bytes(b"more").unwrap_err().to_string().contains("interrupted"));
+    /// # drop(w); Ok(()) }
+    /// ```
+    pub fn abandon_own_staging(&self) -> u64 {
+        let n = abandon_registered();
+        n + remove_own_staging(
+            &self.inner.root_dir,
+            &self.path(layout::TMP),
+            &self.inner.staging_prefix,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `abandon_registered` is one-way for the whole process, so unit tests (which share one)
+    // exercise its parts; the doc test of `Store::abandon_own_staging` and the end-to-end
+    // signal tests run it for real.
+
+    #[test]
+    fn only_our_own_lock_is_released() {
+        let d = tempfile::tempdir().unwrap();
+        let store = crate::Store::init(d.path(), crate::Options::default()).unwrap();
+        let path = d.path().join("locks").join("x.lock");
+        let lock = store
+            .acquire_lock(
+                &path,
+                None,
+                crate::lock::Wait::For(std::time::Duration::ZERO),
+            )
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ours = crate::lock::Holder::parse(&text).unwrap().nonce;
+        // Someone else's nonce: never removed, and put back exactly as it was.
+        assert!(!release_if_ours(&path, "someone-else", d.path()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        assert!(release_if_ours(&path, &ours, d.path()));
+        assert!(!path.exists());
+        // Nothing left aside in locks/.
+        assert_eq!(
+            std::fs::read_dir(d.path().join("locks")).unwrap().count(),
+            0
+        );
+        drop(lock);
+    }
+
+    #[test]
+    fn temporaries_are_removed_by_their_own_name_only() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join(".x.cas-checkout.abc");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub").join("f"), "x").unwrap();
+        assert!(remove_temp(&dir));
+        let file = d.path().join(".out.abc.tmp");
+        std::fs::write(&file, "x").unwrap();
+        assert!(remove_temp(&file));
+        // Already renamed into place by its owner: nothing to remove.
+        assert!(!remove_temp(&file));
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn own_staging_files_only() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["h.1.aaa", "h.1.bbb", "h.12.ccc", "other.1.ddd"] {
+            std::fs::write(d.path().join(n), "x").unwrap();
+        }
+        let root = fs::Root::open(d.path()).unwrap();
+        assert_eq!(remove_own_staging(&root, d.path(), "h.1."), 2);
+        let mut left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["h.12.ccc", "other.1.ddd"]);
+    }
+}

@@ -1,0 +1,867 @@
+//! Issue 12 end to end, through the real `cas` binary: stores are created only on purpose,
+//! `-o` treats devices, FIFOs and symlinks right, signals leave nothing behind, and partial
+//! failures and usage errors follow one rule.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// A `cas` command with `--store store`, isolated from the caller's environment (no
+/// `CAS_STORE`; `HOME` and `XDG_CACHE_HOME` inside `home`, so no real store is reachable).
+fn cas_at(store: &Path, home: &Path) -> Command {
+    let mut c = Command::new(cas_bin());
+    c.arg("--store")
+        .arg(store)
+        .env_remove("CAS_STORE")
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("xdg"))
+        .stdin(Stdio::null());
+    c
+}
+
+/// Everything under `dir` (itself included): type, size, mode, mtime, owner and file content,
+/// by relative path. Any change a command makes shows up here.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let content = if m.is_file() {
+            blake3_hex(&fs::read(&p).unwrap())
+        } else if m.is_symlink() {
+            fs::read_link(&p).unwrap().display().to_string()
+        } else {
+            String::new()
+        };
+        out.insert(
+            p.strip_prefix(dir).unwrap().to_owned(),
+            format!(
+                "{:?} len={} mode={:o} mtime={}.{} uid={} {content}",
+                m.file_type(),
+                m.len(),
+                m.mode(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.uid()
+            ),
+        );
+        if m.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+const H: &str = "d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24";
+
+/// Every subcommand, with arguments, and whether it may create a store (`true`: it stores
+/// something). Output paths point into `out`, outside the directories being watched.
+fn every_subcommand(input: &Path, dir_input: &Path, out: &Path) -> Vec<(Vec<String>, bool)> {
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let p = |x: &Path| x.display().to_string();
+    vec![
+        (s(&["get", H]), false),
+        (s(&["get", H, "-o", &p(&out.join("o1"))]), false),
+        (s(&["get", "-r", H, "-o", &p(&out.join("o2"))]), false),
+        (s(&["has", H]), false),
+        (s(&["rm", H]), false),
+        (s(&["ls"]), false),
+        (s(&["ls", "-l"]), false),
+        (s(&["stats"]), false),
+        (s(&["stats", "--json"]), false),
+        (s(&["verify"]), false),
+        (s(&["doctor"]), false),
+        (s(&["doctor", "--fix"]), false),
+        (s(&["ref", "get", "r"]), false),
+        (s(&["ref", "ls"]), false),
+        (s(&["ref", "log", "r"]), false),
+        (s(&["ref", "rm", "r"]), false),
+        (s(&["key", "get", "k"]), false),
+        (s(&["key", "get", "k", "-o", &p(&out.join("o3"))]), false),
+        (s(&["key", "info", "k"]), false),
+        (s(&["key", "ls"]), false),
+        (s(&["key", "rm", "k"]), false),
+        (s(&["put", &p(input)]), true),
+        (s(&["put", "-r", &p(dir_input)]), true),
+        (s(&["put", "--ref", "r", &p(input)]), true),
+        (s(&["key", "put", "k", &p(input)]), true),
+        (s(&["ref", "set", "r", H]), true),
+        (s(&["gc"]), true),
+        (s(&["gc", "--now"]), true),
+    ]
+}
+
+/// Issue 12, 1: `--store` at an existing directory that is not a store, for every
+/// subcommand: nothing is written there (nor beside it), the command fails and says to run
+/// `cas init`.
+#[test]
+fn no_subcommand_writes_into_a_directory_that_is_not_a_store() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let watched = base.join("watched");
+    let foreign = watched.join("etc");
+    fs::create_dir_all(foreign.join("sub")).unwrap();
+    fs::write(foreign.join("passwd"), "root:x:0:0\n").unwrap();
+    fs::write(foreign.join("sub").join("f"), "data").unwrap();
+    let outside = base.join("outside");
+    fs::create_dir(&outside).unwrap();
+    let input = outside.join("in");
+    fs::write(&input, "input bytes").unwrap();
+    let dir_input = outside.join("dir");
+    fs::create_dir(&dir_input).unwrap();
+    fs::write(dir_input.join("x"), "x").unwrap();
+
+    let before = snapshot(&watched);
+    for (args, _) in every_subcommand(&input, &dir_input, &outside) {
+        let out = run(cas_at(&foreign, base).args(&args));
+        let stderr = text(&out.stderr);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "cas {args:?} succeeded: {stderr}"
+        );
+        assert!(
+            stderr.contains("cas init"),
+            "cas {args:?}: the error does not say what to run: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "cas {args:?}: {stderr}");
+        assert_eq!(
+            snapshot(&watched),
+            before,
+            "cas {args:?} changed a directory that is not a store"
+        );
+    }
+    // The same through $CAS_STORE.
+    let out = run(Command::new(cas_bin())
+        .env("CAS_STORE", &foreign)
+        .env("HOME", base)
+        .arg("put")
+        .arg(&input));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(snapshot(&watched), before);
+
+    // cas init refuses it without --force, and says how.
+    let out = run(cas_at(&foreign, base).arg("init"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(Command::new(cas_bin()).arg("init").arg(&foreign));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(snapshot(&watched), before, "cas init without --force wrote");
+    // With --force: a store beside the files, which are kept.
+    run_ok(
+        Command::new(cas_bin())
+            .args(["init", "--force"])
+            .arg(&foreign),
+    );
+    assert!(foreign.join("FORMAT").is_file());
+    assert_eq!(fs::read(foreign.join("passwd")).unwrap(), b"root:x:0:0\n");
+    assert_eq!(fs::read(foreign.join("sub").join("f")).unwrap(), b"data");
+    run_ok(cas_at(&foreign, base).arg("put").arg(&input));
+}
+
+/// Issue 12, 1: `--store` at a path that does not exist: commands that only read, check or
+/// remove create nothing (not even the parent); commands that store something create it.
+#[test]
+fn only_writing_subcommands_create_a_missing_store() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let watched = base.join("watched");
+    fs::create_dir(&watched).unwrap();
+    let missing = watched.join("not").join("yet");
+    let outside = base.join("outside");
+    fs::create_dir(&outside).unwrap();
+    let input = outside.join("in");
+    fs::write(&input, "input bytes").unwrap();
+    let dir_input = outside.join("dir");
+    fs::create_dir(&dir_input).unwrap();
+    fs::write(dir_input.join("x"), "x").unwrap();
+
+    let before = snapshot(&watched);
+    for (args, writes) in every_subcommand(&input, &dir_input, &outside) {
+        let out = run(cas_at(&missing, base).args(&args));
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "cas {args:?}: {stderr}");
+        if writes {
+            assert!(
+                missing.join("FORMAT").is_file(),
+                "cas {args:?} did not create the missing store: {stderr}"
+            );
+            assert_no_init_leftovers(&watched);
+            fs::remove_dir_all(watched.join("not")).unwrap();
+        } else {
+            assert_ne!(
+                out.status.code(),
+                Some(0),
+                "cas {args:?} succeeded: {stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("cas init {}", missing.display())),
+                "cas {args:?}: the error does not say what to run: {stderr}"
+            );
+            assert_eq!(snapshot(&watched), before, "cas {args:?} created something");
+        }
+    }
+
+    // The default store (no --store, no CAS_STORE) is not created by a reader either.
+    let home = base.join("home");
+    let out = run(Command::new(cas_bin())
+        .env_remove("CAS_STORE")
+        .env_remove("XDG_CACHE_HOME")
+        .env("HOME", &home)
+        .arg("stats"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cas init"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!home.exists(), "cas stats created the default store");
+}
+
+/// Asserts that creating a store left no hidden staging directory beside it.
+fn assert_no_init_leftovers(dir: &Path) {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.contains(".cas-init."),
+                "left behind: {}",
+                e.path().display()
+            );
+            if e.file_type().unwrap().is_dir() && name != "objects" {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Outputs
+
+fn mknod_char(path: &Path, major: u32, minor: u32) {
+    let st = Command::new("mknod")
+        .arg(path)
+        .args(["c", &major.to_string(), &minor.to_string()])
+        .status()
+        .expect("run mknod");
+    assert!(
+        st.success(),
+        "mknod {} failed (the tests run as root)",
+        path.display()
+    );
+}
+
+/// Issue 12, 2 (regression: `cas get H -o /dev/null` as root replaced /dev/null with a
+/// regular file): a character device stays a device, directly or behind a symlink.
+#[test]
+fn output_onto_a_character_device_writes_in_place() {
+    let s = Store::new();
+    let bytes = data(200_000, 7);
+    let h = s.put(&bytes);
+    let null = s.scratch.join("null");
+    mknod_char(&null, 1, 3);
+    let rdev = fs::metadata(&null).unwrap().rdev();
+    let link = s.scratch.join("to-null");
+    std::os::unix::fs::symlink(&null, &link).unwrap();
+    for dest in [&null, &link] {
+        run_ok(cas(&s).args(["get", &h, "-o"]).arg(dest));
+        let m = fs::metadata(&null).unwrap();
+        assert!(
+            m.file_type().is_char_device(),
+            "{} is no longer a device",
+            null.display()
+        );
+        assert_eq!(m.rdev(), rdev);
+    }
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // key get -o too.
+    run_with_stdin(cas(&s).args(["key", "put", "k", "-"]), &bytes);
+    run_ok(cas(&s).args(["key", "get", "k", "-o"]).arg(&link));
+    assert!(fs::metadata(&null).unwrap().file_type().is_char_device());
+    // No temporary file was left beside it.
+    let names: Vec<_> = fs::read_dir(&s.scratch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// Issue 12, 2: a FIFO behind a symlink gets the verified bytes written into it, and stays a
+/// FIFO; the symlink stays a symlink.
+#[test]
+fn output_onto_a_fifo_behind_a_symlink_writes_the_bytes_into_it() {
+    let s = Store::new();
+    let bytes = data(300_000, 8);
+    let h = s.put(&bytes);
+    let fifo = s.scratch.join("fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let link = s.scratch.join("link");
+    std::os::unix::fs::symlink("fifo", &link).unwrap();
+    let reader = {
+        let fifo = fifo.clone();
+        // Opening blocks until cas opens the FIFO for writing; reads to its close.
+        std::thread::spawn(move || fs::read(&fifo).unwrap())
+    };
+    let out = run(cas(&s).args(["get", &h, "-o"]).arg(&link));
+    if !out.status.success() {
+        // Release the reader (blocked opening the FIFO) before failing, rather than hang.
+        drop(fs::OpenOptions::new().write(true).open(&fifo));
+        panic!("cas get -o FIFO failed: {}", text(&out.stderr));
+    }
+    let got = reader.join().unwrap();
+    assert!(
+        got == bytes,
+        "the FIFO's reader got {} bytes, not the object",
+        got.len()
+    );
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// Issue 12, 2: `-o -` is stdout; `-o` onto a symlink to a regular file replaces the target's
+/// content and keeps the link.
+#[test]
+fn output_dash_is_stdout_and_symlinked_files_keep_their_link() {
+    let s = Store::new();
+    let bytes = data(70_000, 9);
+    let h = s.put(&bytes);
+    let out = run(cas(&s).args(["get", &h, "-o", "-"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == bytes,
+        "-o - did not write the object to stdout"
+    );
+    assert!(!Path::new("-").exists(), "-o - created a file named -");
+    // /dev/stdout (a link through /proc/self/fd to a pipe here) is written in place too.
+    let out = run(cas(&s).args(["get", &h, "-o", "/dev/stdout"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == bytes,
+        "-o /dev/stdout did not write to stdout"
+    );
+    // ... and when stdout is redirected to a file, that file gets the bytes.
+    let redirected = s.scratch.join("redirected");
+    let f = fs::File::create(&redirected).unwrap();
+    let out = run(cas(&s).args(["get", &h, "-o", "/dev/stdout"]).stdout(f));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(fs::read(&redirected).unwrap() == bytes);
+    fs::remove_file(&redirected).unwrap();
+
+    let target_dir = s.scratch.join("real");
+    fs::create_dir(&target_dir).unwrap();
+    let target = target_dir.join("file");
+    fs::write(&target, "old content").unwrap();
+    let link = s.scratch.join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let link2 = s.scratch.join("link2");
+    std::os::unix::fs::symlink("link", &link2).unwrap();
+    run_ok(cas(&s).args(["get", &h, "-o"]).arg(&link2));
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(fs::symlink_metadata(&link2)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read_link(&link).unwrap(), target);
+    assert!(
+        fs::read(&target).unwrap() == bytes,
+        "the link's target was not replaced"
+    );
+    // The temporary file was beside the target and is gone.
+    assert_eq!(fs::read_dir(&target_dir).unwrap().count(), 1);
+    assert_eq!(fs::read_dir(&s.scratch).unwrap().count(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Signals
+
+fn kill(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// Issue 12, 3: SIGINT, SIGTERM and SIGHUP during a put streaming from a pipe remove its
+/// staging file and exit 128 + the signal; nothing is published and verify is clean.
+#[test]
+fn signals_mid_put_remove_staging_and_exit_128_plus_signal() {
+    let s = Store::new();
+    for (sig, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
+        let mut child = cas(&s)
+            .args(["put", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&data(3 << 20, 10)).unwrap();
+        wait_until("the put's staging file", || {
+            !staging_files_of(&s.tmp(), pid).is_empty()
+        });
+        assert_running(&mut child, "cas put with its input still open");
+        kill(pid, sig);
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "SIG{sig}: {} stderr: {}",
+            out.status,
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "a hash was printed");
+        s.assert_tmp_empty();
+        assert!(s.object_hashes().is_empty(), "something was published");
+        run_ok(cas(&s).arg("verify"));
+    }
+}
+
+/// Issue 12, 3: a process stopped by a signal while waiting for a lock held by another
+/// process removes its own staging files and leaves the other process's lock alone.
+#[test]
+fn a_signal_never_removes_another_process_lock() {
+    let s = Store::new();
+    let key = "busy";
+    let lock = {
+        let mut p = s.entry_file(key).into_os_string();
+        p.push(".lock");
+        PathBuf::from(p)
+    };
+    fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    // A live holder on another host: only its lease could expire, in 60 s.
+    let content = format!("otherhost 1 {now_ms} othernonce\n");
+    fs::write(&lock, &content).unwrap();
+    let mut child = cas(&s)
+        .args(["key", "put", key, "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.stdin.take().unwrap().write_all(b"value").unwrap();
+    // The object's staging file and the staged lock: it is waiting for the lock.
+    wait_until("cas key put to wait for the lock", || {
+        staging_files_of(&s.tmp(), pid).len() >= 2
+    });
+    kill(pid, "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert_eq!(
+        fs::read_to_string(&lock).unwrap(),
+        content,
+        "the other holder's lock was touched"
+    );
+    s.assert_tmp_empty();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Consistency
+
+/// Issue 12, 4: one rule for a multi-input put that partly fails: the good inputs are stored
+/// and printed in order, each bad one is named on stderr, exit 1 — whether the bad input is a
+/// directory without -r or a missing file.
+#[test]
+fn multi_input_put_stores_the_good_inputs_and_names_the_bad() {
+    let s = Store::new();
+    let a = s.input("a", b"aaa");
+    let b = s.input("b", b"bbb");
+    let c = s.input("c", b"ccc");
+    let dir = s.scratch.join("adir");
+    fs::create_dir(&dir).unwrap();
+    let missing = s.scratch.join("missing");
+    let want = vec![blake3_hex(b"aaa"), blake3_hex(b"bbb"), blake3_hex(b"ccc")];
+    for bad in [&dir, &missing] {
+        let out = run(cas(&s).arg("put").arg(&a).arg(&b).arg(bad).arg(&c));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+        assert_eq!(lines, want, "with bad input {}", bad.display());
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
+        for h in &want {
+            assert!(s.object_path(h).is_file());
+        }
+        for p in s.object_hashes() {
+            fs::remove_file(s.object_path(&p)).unwrap();
+        }
+    }
+    // -r: same rule.
+    let d1 = s.scratch.join("d1");
+    fs::create_dir(&d1).unwrap();
+    fs::write(d1.join("f"), "f").unwrap();
+    let out = run(cas(&s).args(["put", "-r"]).arg(&d1).arg(&missing).arg(&a));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        2,
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stderr).contains(&missing.display().to_string()));
+    // A ref is not moved when an input failed.
+    let out = run(cas(&s).args(["put", "--ref", "r"]).arg(&a).arg(&missing));
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(cas(&s).args(["ref", "get", "r"]));
+    assert_eq!(out.status.code(), Some(1), "the ref was set");
+}
+
+/// Issue 12, 4: an invalid ref name on the command line is a usage error (exit 2) for every
+/// command that takes one, and nothing is stored.
+#[test]
+fn invalid_ref_names_are_usage_errors() {
+    let s = Store::new();
+    let h = s.put(b"x");
+    let a = s.input("a", b"not stored");
+    for bad in ["../x", "a//b", ".hidden", "x.lock", ""] {
+        let cmds: Vec<Vec<String>> = vec![
+            vec!["ref".into(), "set".into(), bad.into(), h.clone()],
+            vec!["ref".into(), "get".into(), bad.into()],
+            vec!["ref".into(), "rm".into(), bad.into()],
+            vec!["ref".into(), "log".into(), bad.into()],
+            vec![
+                "put".into(),
+                "--ref".into(),
+                bad.into(),
+                a.display().to_string(),
+            ],
+        ];
+        for args in cmds {
+            let out = run(cas(&s).args(&args));
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "cas {args:?}: {}",
+                text(&out.stderr)
+            );
+            assert!(
+                text(&out.stderr).contains("invalid"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+    assert!(!s.object_path(&blake3_hex(b"not stored")).exists());
+}
+
+/// Issue 12, 4: `gc --grace 0s` (and `gc --now`) free unreachable space in that same run.
+#[test]
+fn gc_with_zero_grace_frees_space_in_one_run() {
+    let s = Store::new();
+    let keep = s.put(&data(10_000, 1));
+    run_ok(cas(&s).args(["ref", "set", "keep", &keep]));
+    for flag in [&["--grace", "0s"][..], &["--now"][..]] {
+        let garbage = s.put(&data(500_000, 2));
+        let out = run_ok(cas(&s).arg("gc").args(flag).arg("--json"));
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["trashed"], 1, "{r}");
+        assert_eq!(r["deleted"], 1, "{r}");
+        assert_eq!(r["deleted_bytes"], 500_000, "{r}");
+        assert_eq!(r["bytes_after"], 10_000, "{r}");
+        assert!(!s.object_path(&garbage).exists());
+        let in_trash = files_under(&s.root.join("trash"));
+        assert!(in_trash.is_empty(), "{flag:?} left {in_trash:?}");
+        let stored: u64 = files_under(&s.objects())
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum();
+        assert_eq!(stored, 10_000);
+        assert!(s.object_path(&keep).is_file());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Output and arguments people can use
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON value ({e}): {out}"))
+}
+
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines().map(json).collect()
+}
+
+/// Issue 12, 5: every command that prints has --json, and a fact has one name everywhere:
+/// the filesystem (`fs`) in stats and doctor, `hash`, `size`, `name`, `key`, `store`; verify
+/// says `clean` and doctor `healthy`.
+#[test]
+fn json_everywhere_with_the_same_field_names() {
+    let s = Store::uninit();
+    let init = json(&run_ok(cas(&s).args(["init", "--json"])));
+    assert_eq!(init["created"], true, "{init}");
+    assert_eq!(init["store"].as_str(), s.root.to_str(), "{init}");
+    let init = json(&run_ok(cas(&s).args(["init", "--json"])));
+    assert_eq!(init["created"], false, "{init}");
+
+    let input = s.input("a", b"aaa");
+    let lines = json_lines(&run_ok(cas(&s).args(["put", "--json"]).arg(&input)));
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["input"].as_str(), input.to_str());
+    let h = lines[0]["hash"].as_str().unwrap().to_owned();
+    assert_eq!(h, blake3_hex(b"aaa"));
+
+    let stats = json(&run_ok(cas(&s).args(["stats", "--json"])));
+    let doctor = json(&run_ok(cas(&s).args(["doctor", "--json"])));
+    for field in [
+        "fs_type",
+        "network",
+        "rename_noreplace",
+        "magic",
+        "mmap_reads",
+    ] {
+        assert!(
+            !stats["fs"][field].is_null(),
+            "stats lacks fs.{field}: {stats}"
+        );
+        assert_eq!(stats["fs"][field], doctor["fs"][field], "fs.{field}");
+    }
+    assert_eq!(stats["objects"], 1);
+    assert_eq!(doctor["healthy"], true, "{doctor}");
+    assert_eq!(doctor["store"], stats["store"]);
+    let verify = json(&run_ok(cas(&s).args(["verify", "--json"])));
+    assert_eq!(verify["clean"], true, "{verify}");
+    assert_eq!(verify["store"], stats["store"]);
+    let gc = json(&run_ok(cas(&s).args(["gc", "--json"])));
+    assert_eq!(gc["store"], stats["store"]);
+
+    let out = run(cas(&s).args(["has", "--json", &h, H]));
+    assert_eq!(out.status.code(), Some(1), "one is missing");
+    let has = json_lines(&text(&out.stdout));
+    assert_eq!(has.len(), 2);
+    assert_eq!(
+        (has[0]["hash"].as_str(), &has[0]["present"]),
+        (Some(h.as_str()), &true.into())
+    );
+    assert_eq!(has[1]["present"], false);
+    let ls = json_lines(&run_ok(cas(&s).args(["ls", "--json"])));
+    assert_eq!(
+        (ls[0]["hash"].as_str(), &ls[0]["size"]),
+        (Some(h.as_str()), &3.into())
+    );
+
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+    let rget = json(&run_ok(cas(&s).args(["ref", "get", "r", "--json"])));
+    assert_eq!(
+        (rget["name"].as_str(), rget["hash"].as_str()),
+        (Some("r"), Some(h.as_str()))
+    );
+    let rl = json_lines(&run_ok(cas(&s).args(["ref", "ls", "--json"])));
+    assert_eq!(rl, vec![rget]);
+    let log = json_lines(&run_ok(cas(&s).args(["ref", "log", "r", "--json"])));
+    assert_eq!(log[0]["new"].as_str(), Some(h.as_str()));
+    assert!(log[0]["time"].as_u64().unwrap() > 1_700_000_000);
+
+    let out = run_with_stdin(cas(&s).args(["key", "put", "k", "--json"]), b"aaa");
+    let kp = json(&text(&out.stdout));
+    assert_eq!(
+        (kp["key"].as_str(), kp["hash"].as_str()),
+        (Some("k"), Some(h.as_str()))
+    );
+    let info = json(&run_ok(cas(&s).args(["key", "info", "k", "--json"])));
+    assert_eq!(
+        (info["key"].as_str(), info["hash"].as_str()),
+        (Some("k"), Some(h.as_str()))
+    );
+    assert_eq!(info["size"], 3);
+    assert!(info["time"].as_u64().unwrap() > 1_700_000_000);
+    let kl = json_lines(&run_ok(cas(&s).args(["key", "ls", "--json"])));
+    assert_eq!(kl, vec![info]);
+}
+
+/// Issue 12, 5: `ls` is sorted and `--prefix` selects; a bad prefix is a usage error.
+#[test]
+fn ls_is_sorted_and_takes_a_prefix() {
+    let s = Store::new();
+    let mut all: Vec<String> = (0..40).map(|i| s.put(&data(100, i))).collect();
+    all.sort();
+    let ls: Vec<String> = run_ok(cas(&s).arg("ls"))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ls, all);
+    let p = &all[7][..1];
+    let want: Vec<&String> = all.iter().filter(|h| h.starts_with(p)).collect();
+    let got = run_ok(cas(&s).args(["ls", "--prefix", p]));
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+    let out = run(cas(&s).args(["ls", "--prefix", "XY"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// Issue 12, 5: sizes like 1.5G and durations like 1h30m or 1w are accepted; a malformed one
+/// is a usage error. Human output shows times as dates.
+#[test]
+fn sizes_durations_and_times_as_people_write_them() {
+    let s = Store::uninit();
+    run_ok(cas(&s).args(["init", "--max-size", "1.5G"]));
+    let v = json(&run_ok(cas(&s).args(["stats", "--json"])));
+    assert_eq!(v["max_size"], 1_610_612_736u64, "{v}");
+    for args in [
+        &["gc", "--grace", "1h30m", "--max-size", "0.5T"][..],
+        &["gc", "--grace", "1w", "--lock-timeout", "1.5m"][..],
+        &["gc", "--grace", "2d12h", "--stale-age", "1w"][..],
+    ] {
+        run_ok(cas(&s).args(args));
+    }
+    for args in [
+        &["gc", "--grace", "1h30"][..],
+        &["gc", "--max-size", "1.5"][..],
+    ] {
+        let out = run(cas(&s).args(args));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "cas {args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let h = s.put(b"x");
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+    let log = run_ok(cas(&s).args(["ref", "log", "r"]));
+    assert!(
+        log.contains(" UTC "),
+        "ref log time is not human-readable: {log}"
+    );
+    run_with_stdin(cas(&s).args(["key", "put", "k"]), b"x");
+    let info = run_ok(cas(&s).args(["key", "info", "k"]));
+    assert!(
+        info.contains(" UTC"),
+        "key info time is not human-readable: {info}"
+    );
+}
+
+/// Issue 12, 5: every subcommand's help has an example and lists the global options under
+/// their own heading; `cas completions SHELL` prints a completion script.
+#[test]
+fn help_has_examples_and_completions_work() {
+    let s = Store::uninit();
+    let subcommands: &[&[&str]] = &[
+        &["init"],
+        &["put"],
+        &["get"],
+        &["verify"],
+        &["gc"],
+        &["doctor"],
+        &["has"],
+        &["rm"],
+        &["ls"],
+        &["stats"],
+        &["completions"],
+        &["ref"],
+        &["ref", "set"],
+        &["ref", "get"],
+        &["ref", "rm"],
+        &["ref", "ls"],
+        &["ref", "log"],
+        &["key"],
+        &["key", "put"],
+        &["key", "get"],
+        &["key", "info"],
+        &["key", "rm"],
+        &["key", "ls"],
+    ];
+    for sub in subcommands {
+        let out = run_ok(cas(&s).args(*sub).arg("--help"));
+        assert!(
+            out.contains("Examples:\n  cas "),
+            "cas {sub:?} --help has no example:\n{out}"
+        );
+        if sub.len() == 2 || !["ref", "key"].contains(&sub[0]) {
+            assert!(
+                out.contains("Global options:"),
+                "cas {sub:?} --help:\n{out}"
+            );
+        }
+    }
+    for (shell, marker) in [
+        ("bash", "_cas()"),
+        ("zsh", "#compdef cas"),
+        ("fish", "complete -c cas"),
+    ] {
+        let out = run_ok(cas(&s).args(["completions", shell]));
+        assert!(out.contains(marker), "{shell} completions lack {marker:?}");
+        assert!(
+            out.contains("completions"),
+            "{shell} completions do not know the subcommands"
+        );
+    }
+    assert!(!s.root.exists(), "help or completions created the store");
+}
+
+/// Issue 12, 1: racing `cas init` on an existing empty directory all succeed on one store
+/// (each tolerates the layout the others are making), and racing creators of a missing path
+/// leave no staging directory beside it.
+#[test]
+fn racing_inits_agree_on_one_store() {
+    let base = tempfile::tempdir().unwrap();
+    let empty = base.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let missing = base.path().join("missing");
+    for dir in [&empty, &missing] {
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                Command::new(cas_bin())
+                    .arg("init")
+                    .arg(dir)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                dir.display(),
+                text(&out.stderr)
+            );
+        }
+        assert!(dir.join("FORMAT").is_file());
+        run_ok(
+            Command::new(cas_bin())
+                .arg("--store")
+                .arg(dir)
+                .arg("verify"),
+        );
+    }
+    let mut names: Vec<_> = fs::read_dir(base.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["empty", "missing"], "left beside the stores");
+}
