@@ -10,6 +10,8 @@ use anyhow::{anyhow, Context, Result};
 use cas::{Create, Durability, Expect, Hash, Options, Store};
 use clap::{Args, Parser, Subcommand};
 
+mod ensure;
+
 mod output;
 mod signals;
 
@@ -249,16 +251,70 @@ enum RefCmd {
 
 #[derive(Subcommand, Debug)]
 enum KeyCmd {
-    /// Store FILE (or stdin) under KEY; prints the object's hash.
-    #[command(after_help = "Examples:\n  cas key put build:abc123 out.tar --meta target=x86_64")]
+    /// Store FILE (or stdin, or with -r a directory as a tree) under KEY; prints the hash.
+    #[command(
+        after_help = "Examples:\n  cas key put build:abc123 out.tar --meta target=x86_64\n  cas key put -r dataset:v3 prepared/"
+    )]
     Put {
         /// The key (any text).
         key: String,
         /// The content; none or `-` reads stdin.
         file: Option<PathBuf>,
+        /// Store FILE, a directory, as a tree.
+        #[arg(short, long)]
+        recursive: bool,
         /// Metadata stored with the entry.
         #[arg(long, value_name = "TEXT", default_value = "")]
         meta: String,
+    },
+    /// Point KEY at an object already in the store (compare-and-swap with --expect /
+    /// --expect-none: exit 1 if the entry holds something else).
+    #[command(
+        after_help = "Examples:\n  cas key set artifact:v1 \"$(cas put -r out/)\" --expect-none"
+    )]
+    Set {
+        /// The key.
+        key: String,
+        /// The object (must be in the store).
+        #[arg(value_parser = parse_hash)]
+        hash: Hash,
+        /// Metadata stored with the entry.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        meta: String,
+        /// Only if the entry currently holds OLD.
+        #[arg(long, value_name = "OLD", value_parser = parse_hash, conflicts_with = "expect_none")]
+        expect: Option<Hash>,
+        /// Only if there is no entry yet (first writer wins).
+        #[arg(long)]
+        expect_none: bool,
+    },
+    /// Write KEY's content to stdout (or -o FILE); if KEY is missing, run CMD — in exactly one
+    /// of all concurrent callers, on every host sharing the store — and store its stdout as
+    /// KEY's value. The others wait for it. If CMD fails, nothing is stored and its exit
+    /// status is cas's.
+    #[command(after_help = "Examples:\n  \
+  cas key ensure ref-genome:v2 -o ref.fa -- ./download-and-index.sh\n  \
+  cas key ensure env:py3.12 --tree -o venv/ -- sh -c 'python3 -m venv \"$CAS_OUT\"'")]
+    Ensure {
+        /// The key.
+        key: String,
+        /// Write the content to FILE (with --tree: restore the tree into the new directory
+        /// DIR); `-` is stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Give up waiting for another caller's computation after this long (e.g. 30m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// CMD fills the empty directory `$CAS_OUT`, stored as a tree (its stdout goes to
+        /// stderr).
+        #[arg(long)]
+        tree: bool,
+        /// Metadata stored with the entry when this caller computes it.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        meta: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<std::ffi::OsString>,
     },
     /// Write KEY's content to stdout (or -o FILE), verified.
     #[command(after_help = "Examples:\n  cas key get build:abc123 -o out.tar")]
@@ -487,7 +543,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_ref(&open_store(g, access)?, c, g.json)
         }
         Cmd::Key(c) => {
-            let access = if matches!(c, KeyCmd::Put { .. }) {
+            let access = if matches!(
+                c,
+                KeyCmd::Put { .. } | KeyCmd::Set { .. } | KeyCmd::Ensure { .. }
+            ) {
                 Write
             } else {
                 Existing
@@ -858,7 +917,55 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
 
 fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
     match c {
-        KeyCmd::Put { key, file, meta } => {
+        KeyCmd::Put {
+            key,
+            file: Some(dir),
+            recursive: true,
+            meta,
+        } => {
+            let tree = store.put_dir(&dir)?;
+            store.set_keyed(key.as_bytes(), tree, meta.as_bytes(), Expect::Any)?;
+            if json {
+                println!("{}", serde_json::json!({ "key": key, "hash": tree }));
+            } else {
+                println!("{tree}");
+            }
+        }
+        KeyCmd::Put {
+            recursive: true, ..
+        } => return Err(anyhow!("key put -r needs a directory")),
+        KeyCmd::Set {
+            key,
+            hash,
+            meta,
+            expect,
+            expect_none,
+        } => {
+            let expect = match (expect, expect_none) {
+                (Some(h), _) => Expect::Value(h),
+                (None, true) => Expect::Absent,
+                (None, false) => Expect::Any,
+            };
+            match store.set_keyed(key.as_bytes(), hash, meta.as_bytes(), expect) {
+                Ok(_) => {}
+                Err(e) if e.is_conflict() => {
+                    eprintln!("cas: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        KeyCmd::Ensure {
+            key,
+            output,
+            timeout,
+            tree,
+            meta,
+            cmd,
+        } => return ensure::run(store, &key, output.as_deref(), timeout, tree, &meta, &cmd),
+        KeyCmd::Put {
+            key, file, meta, ..
+        } => {
             let hash = match file {
                 Some(f) if f != Path::new("-") => {
                     let src = std::fs::File::open(&f)

@@ -203,7 +203,8 @@ impl Store {
         };
         if !matches {
             return Err(Error::Conflict {
-                name: format!("cache entry {}", display_key(key)),
+                what: "cache entry",
+                name: String::from_utf8_lossy(key).into_owned(),
                 expected: match expect {
                     Expect::Value(v) => Some(v),
                     _ => None,

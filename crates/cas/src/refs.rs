@@ -274,6 +274,7 @@ impl Store {
         };
         if !ok {
             return Err(Error::Conflict {
+                what: "ref",
                 name: name.to_owned(),
                 expected: match expect {
                     Expect::Value(v) => Some(v),
