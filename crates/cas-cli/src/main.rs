@@ -79,6 +79,11 @@ enum Cmd {
         /// Restore a tree into the directory given with -o (which must not exist).
         #[arg(short, long, requires = "output")]
         recursive: bool,
+        /// With -r: restore symlinks that point outside the destination as they are (like
+        /// tar, git and cp -a) instead of refusing the tree. Whatever follows such a link later
+        /// reaches wherever the tree's author pointed it: only for trees you trust.
+        #[arg(long, requires = "recursive")]
+        allow_external_symlinks: bool,
     },
     /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
     /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
@@ -344,9 +349,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hash,
             output,
             recursive: true,
+            allow_external_symlinks,
         } => {
             let dest = output.context("-r needs -o DIR")?;
-            open_store(g)?.checkout(&hash, &dest)?;
+            let opts =
+                cas::CheckoutOptions::default().allow_external_symlinks(allow_external_symlinks);
+            open_store(g)?.checkout_with(&hash, &dest, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
@@ -406,6 +414,12 @@ fn cmd_init(
     if existed {
         eprintln!("cas: {} is already a store; left as it is", dir.display());
     }
+    if store.options().shared_group != shared {
+        eprintln!(
+            "cas: {} is a shared (group) store: the directory was prepared for one",
+            dir.display()
+        );
+    }
     println!("{}", store.root().display());
     Ok(ExitCode::SUCCESS)
 }
@@ -431,7 +445,8 @@ fn cmd_doctor(store: &Store, fix: bool, json: bool) -> Result<ExitCode> {
         output::print_doctor(store.root(), &r);
     }
     // After --fix, what was repaired no longer counts against health.
-    let repaired_ok = fix && r.dangling.is_empty() && r.permission_problems.is_empty();
+    let repaired_ok =
+        fix && r.dangling.is_empty() && r.permission_problems.is_empty() && r.damaged.is_empty();
     Ok(exit(r.is_healthy() || repaired_ok))
 }
 
@@ -444,7 +459,13 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
     } else {
         output::print_gc(&r);
     }
-    Ok(ExitCode::SUCCESS)
+    for p in &r.problems {
+        eprintln!("cas: damaged: {}: {}", p.path.display(), p.reason);
+    }
+    if let Some(why) = &r.sweep_skipped {
+        eprintln!("cas: gc condemned and deleted nothing: {why}");
+    }
+    Ok(exit(r.is_clean()))
 }
 
 fn cmd_ls(store: &Store, long: bool) -> Result<ExitCode> {
@@ -516,7 +537,18 @@ fn cmd_put(
         Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
         } else if recursive && f.is_dir() {
-            store.put_dir(f)?
+            let (hash, report) = store.put_dir_report(f)?;
+            if let Some((link, target)) = &report.example {
+                eprintln!(
+                    "cas: warning: {} symlink(s) in {} point outside it (e.g. {} -> {}); \
+                     `cas get -r` refuses to restore them unless --allow-external-symlinks",
+                    report.external_symlinks,
+                    f.display(),
+                    link.display(),
+                    target.display()
+                );
+            }
+            hash
         } else if f.is_dir() {
             anyhow::bail!(
                 "{} is a directory (use -r to store it as a tree)",
@@ -635,11 +667,18 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
             store.remove_ref(&name, exp)?;
         }
         RefCmd::Ls { prefix } => {
+            let (refs, damaged) = store.refs_report(&prefix);
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for (name, h) in store.list_refs(&prefix)? {
+            for (name, h) in refs {
                 writeln!(out, "{name} {h}")?;
             }
             out.flush()?;
+            for p in &damaged {
+                eprintln!("cas: error: {}: {}", p.path.display(), p.reason);
+            }
+            if !damaged.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         RefCmd::Log { name, json } => {
             let mut out = io::BufWriter::new(io::stdout().lock());

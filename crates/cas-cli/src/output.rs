@@ -135,6 +135,9 @@ pub fn print_verify(r: &cas::VerifyReport) {
     for p in &r.bad_files {
         println!("unreadable {}: {}", p.path.display(), p.reason);
     }
+    for h in &r.restored {
+        println!("restored {h} from trash (it is reachable)");
+    }
     for p in &r.stale_staging {
         println!(
             "stale staging file {} ({}); `cas gc` removes it",
@@ -150,8 +153,8 @@ pub fn print_verify(r: &cas::VerifyReport) {
         r.dangling.len(),
         r.bad_files.len(),
         r.stale_staging.len(),
-        if r.restored > 0 {
-            format!(", {} restored from trash", r.restored)
+        if !r.restored.is_empty() {
+            format!(", {} restored from trash", r.restored.len())
         } else {
             String::new()
         }
@@ -232,6 +235,12 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
     }
     for d in &r.dangling {
         println!("dangling     {} (pointed to by {})", d.hash, d.from);
+    }
+    for p in &r.damaged {
+        println!("damaged      {}: {}", p.path.display(), p.reason);
+    }
+    for h in &r.reachable_in_trash {
+        println!("in trash     {h} is reachable (cas doctor --fix moves it back)");
     }
     for f in &r.fixed {
         println!("fixed        {f}");

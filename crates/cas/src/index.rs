@@ -70,14 +70,11 @@ pub(crate) fn display_key(key: &[u8]) -> String {
 
 impl Store {
     fn entry_path(&self, key: &[u8]) -> PathBuf {
-        let kh = Hash::of(key).to_hex();
-        self.path(layout::INDEX).join(&kh[..2]).join(&kh[2..])
+        layout::entry_paths(&self.inner.root, &Hash::of(key)).0
     }
 
     fn entry_lock_path(&self, key: &[u8]) -> PathBuf {
-        let mut p = self.entry_path(key).into_os_string();
-        p.push(layout::LOCK_SUFFIX);
-        p.into()
+        layout::entry_paths(&self.inner.root, &Hash::of(key)).1
     }
 
     /// Streams `reader` into the store and points `key` at it, with `metadata`, replacing any
@@ -164,7 +161,9 @@ impl Store {
 
     /// Reads and decodes an entry file; `None` if absent. Also returns the file's age.
     pub(crate) fn read_entry_file(&self, path: &Path) -> Result<Option<(Entry, std::fs::File)>> {
-        let mut f = match fs::open_read(path) {
+        // Beneath the root, never through a symlink, non-blocking: a FIFO or a directory at
+        // an entry's name is an error naming it, not a hang.
+        let mut f = match self.inner.root_dir.open_read(path) {
             Ok(f) => f,
             Err(e) if fs::is_not_found(&e) => return Ok(None),
             Err(e) => return Err(Error::io("open cache entry", path, e)),
@@ -217,7 +216,7 @@ impl Store {
     /// [`Error::KeyNotFound`]; I/O errors naming the entry file.
     pub fn remove_keyed(&self, key: &[u8]) -> Result<()> {
         let path = self.entry_path(key);
-        match std::fs::remove_file(&path) {
+        match self.inner.root_dir.unlink(&path) {
             Ok(()) => Ok(()),
             Err(e) if fs::is_not_found(&e) => Err(Error::KeyNotFound {
                 key: display_key(key),
@@ -226,31 +225,33 @@ impl Store {
         }
     }
 
-    /// Paths of all entry files (not locks, not foreign files).
+    /// Paths of all entry files (not locks, not foreign files), listed beneath the root: a
+    /// fan-out name that is not a directory is skipped, never followed. Entry names that are
+    /// not regular files are listed (reading them reports what they are).
     pub(crate) fn entry_files(&self) -> Result<Vec<PathBuf>> {
-        let root = self.path(layout::INDEX);
+        let root = &self.inner.root_dir;
+        let index = self.path(layout::INDEX);
         let mut out = Vec::new();
-        let outer = match std::fs::read_dir(&root) {
-            Ok(rd) => rd,
+        let outer = match root.read_dir(&index) {
+            Ok(v) => v,
             Err(e) if fs::is_not_found(&e) => return Ok(out),
-            Err(e) => return Err(Error::io("list", &root, e)),
+            Err(e) => return Err(Error::io("list", &index, e)),
         };
-        for d in outer {
-            let d = d.map_err(Error::at("list", &root))?;
-            let dname = d.file_name();
-            let dpath = d.path();
-            let inner = match std::fs::read_dir(&dpath) {
-                Ok(rd) => rd,
-                Err(e) if fs::is_not_found(&e) || e.raw_os_error() == Some(20) => continue,
+        for (dname, kind) in outer {
+            if kind != fs::Kind::Dir {
+                continue;
+            }
+            let dpath = index.join(&dname);
+            let inner = match root.read_dir(&dpath) {
+                Ok(v) => v,
+                Err(e) if fs::is_not_found(&e) => continue,
                 Err(e) => return Err(Error::io("list", &dpath, e)),
             };
-            for f in inner {
-                let f = f.map_err(Error::at("list", &dpath))?;
-                let fname = f.file_name();
+            for (fname, _) in inner {
                 if layout::parse_object_name(fs::name_bytes(&dname), fs::name_bytes(&fname))
                     .is_some()
                 {
-                    out.push(f.path());
+                    out.push(dpath.join(fname));
                 }
             }
         }

@@ -59,6 +59,49 @@ pub(crate) fn parse_staging_name(name: &str) -> Option<(&str, u32)> {
     Some((host, pid.parse().ok()?))
 }
 
+/// The name of a trash run directory: `MILLIS.HOST.PID`, with `.evict` for eviction runs.
+pub(crate) fn trash_run_name(
+    start: std::time::SystemTime,
+    host: &str,
+    pid: u32,
+    evict: bool,
+) -> String {
+    let millis = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let suffix = if evict { ".evict" } else { "" };
+    format!("{millis}.{host}.{pid}{suffix}")
+}
+
+/// The name of a quarantined object: `HASH.SECS.PID.N`.
+pub(crate) fn quarantine_name(hash: &Hash, secs: u64, pid: u32, n: u32) -> String {
+    format!("{hash}.{secs}.{pid}.{n}")
+}
+
+/// The name a lock breaker moves a lock to in `locks/`: `broken.HOST.PID.NONCE`.
+pub(crate) fn broken_lock_name(host: &str, pid: u32, nonce: &str) -> String {
+    format!("broken.{host}.{pid}.{nonce}")
+}
+
+/// The path of a ref under `refs/`, of its lock, and of its log under `logs/refs/`.
+pub(crate) fn ref_paths(root: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let refs = root.join(REFS);
+    (
+        refs.join(name),
+        refs.join(format!("{name}{LOCK_SUFFIX}")),
+        root.join(LOGS).join(REFS).join(name),
+    )
+}
+
+/// The path of the cache entry for a key hash (`index/ab/<62 hex>`) and of its lock.
+pub(crate) fn entry_paths(root: &Path, key_hash: &Hash) -> (PathBuf, PathBuf) {
+    let kh = key_hash.to_hex();
+    let p = root.join(INDEX).join(&kh[..2]).join(&kh[2..]);
+    let mut lock = p.clone().into_os_string();
+    lock.push(LOCK_SUFFIX);
+    (p, lock.into())
+}
+
 /// The prefix of this process's staging files: `HOST.PID.`.
 pub(crate) fn staging_prefix(host: &str, pid: u32) -> String {
     format!("{host}.{pid}.")
