@@ -200,13 +200,24 @@ impl Store {
             out.write_all(&obj).map_err(out_err)?;
         } else {
             // Not mapped (network filesystem, or a file another user could truncate): hash in
-            // one pass, then copy in a second pass through the same open file.
+            // one pass, then copy in a second pass through the same open file, hashing again.
+            // Nothing is written before the first pass verified; if the file changed before
+            // the second pass ended (truncated, rewritten by its owner), the copy fails as
+            // corrupt instead of ending quietly with other bytes.
             let actual = hash_file(&file, false).map_err(Error::at("read", &path))?;
             if actual != *hash {
                 return Err(self.corrupt(hash, actual, &path));
             }
             file.rewind().map_err(Error::at("rewind", &path))?;
-            io::copy(&mut file, out).map_err(out_err)?;
+            let mut hashing = HashingReader {
+                inner: (&file).take(len),
+                hasher: Hasher::new(),
+            };
+            let copied = io::copy(&mut hashing, out).map_err(out_err)?;
+            let again = hashing.hasher.finalize();
+            if copied != len || again != *hash {
+                return Err(self.corrupt(hash, again, &path));
+            }
         }
         self.refresh_on_read(&file, &meta);
         Ok(len)
@@ -464,6 +475,20 @@ impl Iterator for ObjectIter {
                 Err(e) => return Some(Err(Error::io("list", dpath, e))),
             }
         }
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 
