@@ -153,10 +153,10 @@ pub fn print_verify(r: &cas::VerifyReport) {
         r.dangling.len(),
         r.bad_files.len(),
         r.stale_staging.len(),
-        if !r.restored.is_empty() {
-            format!(", {} restored from trash", r.restored.len())
-        } else {
+        if r.restored.is_empty() {
             String::new()
+        } else {
+            format!(", {} restored from trash", r.restored.len())
         }
     );
 }

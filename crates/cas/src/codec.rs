@@ -41,21 +41,6 @@ pub(crate) fn try_encode<T: serde::Serialize + ?Sized, const LIMIT: usize>(
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn over_the_limit_is_refused_not_truncated() {
-        let v = vec![7u8; 100];
-        let e = super::try_encode::<_, 16>(*b"CASTEST\0", 1, &v, "test").unwrap_err();
-        assert!(e.contains("limit"), "{e}");
-        let ok = super::try_encode::<_, 1000>(*b"CASTEST\0", 1, &v, "test").unwrap();
-        let back: Vec<u8> = super::decode::<_, 1000>(&ok, *b"CASTEST\0", 1, "test").unwrap();
-        assert_eq!(back, v);
-        // The decoder with the small limit refuses what the big one wrote.
-        assert!(super::decode::<Vec<u8>, 16>(&ok, *b"CASTEST\0", 1, "test").is_err());
-    }
-}
-
 /// Decodes what [`encode`] wrote. The error names `what` and says what is wrong: foreign magic,
 /// another version, a damaged body, trailing bytes. Never panics, whatever the bytes.
 pub(crate) fn decode<T: serde::de::DeserializeOwned, const LIMIT: usize>(
@@ -82,4 +67,19 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned, const LIMIT: usize>(
         return Err(format!("trailing bytes after the {what}"));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn over_the_limit_is_refused_not_truncated() {
+        let v = vec![7u8; 100];
+        let e = super::try_encode::<_, 16>(*b"CASTEST\0", 1, &v, "test").unwrap_err();
+        assert!(e.contains("limit"), "{e}");
+        let ok = super::try_encode::<_, 1000>(*b"CASTEST\0", 1, &v, "test").unwrap();
+        let back: Vec<u8> = super::decode::<_, 1000>(&ok, *b"CASTEST\0", 1, "test").unwrap();
+        assert_eq!(back, v);
+        // The decoder with the small limit refuses what the big one wrote.
+        assert!(super::decode::<Vec<u8>, 16>(&ok, *b"CASTEST\0", 1, "test").is_err());
+    }
 }

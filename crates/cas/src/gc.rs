@@ -181,8 +181,6 @@ impl Store {
             dry_run: dry,
             ..GcReport::default()
         };
-        let mut interrupted = false;
-
         let m1 = self.mark();
         r.roots = m1.roots;
         r.reachable = m1.reach.reachable.len() as u64;
@@ -214,55 +212,8 @@ impl Store {
             self.inner.pid,
             false,
         ));
-        let mut live: Vec<Kept> = Vec::new();
-        for (i, h) in self.iter().enumerate() {
-            let h = match h {
-                Ok(h) => h,
-                Err(e) => {
-                    r.problems.push(problem_of(&e, self.path(layout::OBJECTS)));
-                    continue;
-                }
-            };
-            let p = self.object_path(&h);
-            let md = match self.inner.root_dir.lstat(&p) {
-                Ok(md) => md,
-                Err(e) if fs::is_not_found(&e) => continue,
-                Err(e) => return Err(Error::io("stat", &p, e)),
-            };
-            r.objects += 1;
-            r.bytes += md.len;
-            let keep = Kept {
-                hash: h,
-                len: md.len,
-                mtime: md.mtime,
-            };
-            if m1.reach.reachable.contains(&h) || !sweep {
-                live.push(keep);
-            } else if md.mtime > cutoff {
-                r.kept_young += 1;
-                live.push(keep);
-            } else {
-                // Anything at an unreachable object name goes: a rename moves the name
-                // (a symlink, a FIFO, a directory) and never follows it.
-                r.condemned.push(h);
-                r.trashed += 1;
-                r.trashed_bytes += md.len;
-                if !dry {
-                    self.move_to_trash(&p, &run_dir, &h)?;
-                }
-            }
-            if i % 1024 == 1023 {
-                beat.beat(&lock)?;
-                if !progress(Progress {
-                    phase: "sweep",
-                    done: i as u64 + 1,
-                    total: None,
-                }) {
-                    interrupted = true;
-                    break;
-                }
-            }
-        }
+        let (live, interrupted) =
+            self.sweep(&m1, cutoff, &run_dir, &lock, &mut beat, progress, &mut r)?;
 
         // Bytes under objects/ and trash/ as this run counted them: moving to trash frees
         // nothing (the budget covers both), and a dry run has not deleted what it reports.
@@ -308,6 +259,76 @@ impl Store {
             return Err(Error::Interrupted);
         }
         Ok(r)
+    }
+
+    /// Sweep: condemns unreachable objects older than the grace period (unless the mark could
+    /// not prove what is unreachable); returns the objects kept, and whether `progress` asked
+    /// to stop.
+    #[allow(clippy::too_many_arguments)]
+    fn sweep(
+        &self,
+        m1: &Mark,
+        cutoff: SystemTime,
+        run_dir: &Path,
+        lock: &crate::lock::Lock,
+        beat: &mut Heartbeat,
+        progress: ProgressFn<'_>,
+        r: &mut GcReport,
+    ) -> Result<(Vec<Kept>, bool)> {
+        let sweep = r.sweep_skipped.is_none();
+        let dry = r.dry_run;
+        let mut interrupted = false;
+        let mut live: Vec<Kept> = Vec::new();
+        for (i, h) in self.iter().enumerate() {
+            let h = match h {
+                Ok(h) => h,
+                Err(e) => {
+                    r.problems.push(problem_of(&e, self.path(layout::OBJECTS)));
+                    continue;
+                }
+            };
+            let p = self.object_path(&h);
+            let md = match self.inner.root_dir.lstat(&p) {
+                Ok(md) => md,
+                Err(e) if fs::is_not_found(&e) => continue,
+                Err(e) => return Err(Error::io("stat", &p, e)),
+            };
+            r.objects += 1;
+            r.bytes += md.len;
+            let keep = Kept {
+                hash: h,
+                len: md.len,
+                mtime: md.mtime,
+            };
+            if m1.reach.reachable.contains(&h) || !sweep {
+                live.push(keep);
+            } else if md.mtime > cutoff {
+                r.kept_young += 1;
+                live.push(keep);
+            } else {
+                // Anything at an unreachable object name goes: a rename moves the name
+                // (a symlink, a FIFO, a directory) and never follows it.
+                r.condemned.push(h);
+                r.trashed += 1;
+                r.trashed_bytes += md.len;
+                if !dry {
+                    self.move_to_trash(&p, run_dir, &h)?;
+                }
+            }
+            if i % 1024 == 1023 {
+                beat.beat(lock)?;
+                if !progress(Progress {
+                    phase: "sweep",
+                    done: i as u64 + 1,
+                    total: None,
+                }) {
+                    interrupted = true;
+                    break;
+                }
+            }
+        }
+
+        Ok((live, interrupted))
     }
 
     /// Trash of earlier runs, condemned longer ago than the grace period: delete what is still

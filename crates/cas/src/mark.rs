@@ -150,7 +150,7 @@ impl Store {
         // Everything but cache entries first: what eviction may never release.
         m.roots = visits.len() as u64;
         self.traverse(visits, &mut m.reach);
-        m.pinned_by_refs = m.reach.reachable.clone();
+        m.pinned_by_refs.clone_from(&m.reach.reachable);
         let mut visits = Vec::new();
 
         match self.entry_files() {

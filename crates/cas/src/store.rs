@@ -77,7 +77,7 @@ pub enum Barrier {
     /// object is still `fdatasync`ed, which is cheaper for one file.
     Syncfs,
     /// `fdatasync(2)` of every staged file, overlapped across threads for a batch (FUSE, NFS,
-    /// CIFS, Lustre, CephFS, tmpfs and anything unknown: where `syncfs` is not known to reach
+    /// CIFS, Lustre, `CephFS`, tmpfs and anything unknown: where `syncfs` is not known to reach
     /// stable storage).
     Fdatasync,
 }

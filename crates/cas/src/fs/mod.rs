@@ -88,7 +88,7 @@ pub(crate) fn fs_kind(magic: i64) -> (&'static str, bool) {
 /// The durability barrier for a filesystem. `syncfs(2)` only where it is known to write every
 /// dirty file of that filesystem to stable storage: the local block-device filesystems ext4,
 /// xfs, btrfs and f2fs. Everywhere else — FUSE (the kernel never forwards `syncfs` to a FUSE
-/// daemon), NFS, CIFS, Lustre, CephFS, tmpfs, anything unknown — each file is `fdatasync`ed,
+/// daemon), NFS, CIFS, Lustre, `CephFS`, tmpfs, anything unknown — each file is `fdatasync`ed,
 /// which every filesystem must honour.
 pub(crate) fn barrier_for(magic: i64) -> Barrier {
     match magic {
@@ -330,7 +330,7 @@ mod tests {
         for m in [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010] {
             assert_eq!(barrier_for(m), Barrier::Syncfs, "{m:#x}");
         }
-        // FUSE, NFS, CIFS, Lustre, CephFS, tmpfs, unknown
+        // FUSE, NFS, CIFS, Lustre, `CephFS`, tmpfs, unknown
         for m in [
             0x6573_5546,
             0x6969,

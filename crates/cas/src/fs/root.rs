@@ -606,8 +606,8 @@ fn meta_of(st: &rustix::fs::Stat) -> Meta {
         mtime,
         uid: st.st_uid,
         mode: st.st_mode & 0o7777,
-        dev: st.st_dev as u64,
-        ino: st.st_ino as u64,
+        dev: st.st_dev,
+        ino: st.st_ino,
     }
 }
 
@@ -691,8 +691,8 @@ mod tests {
             r.publish_noreplace(&p("a/x"), &p("z"), &caps).unwrap(),
             Published::Created
         );
-        let m = r.lstat(&p("z")).unwrap();
-        assert_eq!((m.kind, m.len), (Kind::File, 5));
+        let meta = r.lstat(&p("z")).unwrap();
+        assert_eq!((meta.kind, meta.len), (Kind::File, 5));
         let s = std::io::read_to_string(r.open_read(&p("z")).unwrap()).unwrap();
         assert_eq!(s, "hello");
         r.chmod(&p("z"), 0o444).unwrap();
