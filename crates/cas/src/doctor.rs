@@ -100,11 +100,27 @@ impl Store {
     /// files in `tmp/` and remove them): reachable objects found in trash are reported, not
     /// moved back.
     pub fn doctor(&self, fix: bool) -> Result<DoctorReport> {
-        let probes = self.probe_capabilities()?;
+        // Probes need staging files; a tmp/ that cannot hold them (a symlink planted there, a
+        // full filesystem) is a finding, not a reason to stop.
+        let (probes, probe_failure) = match self.probe_capabilities() {
+            Ok(p) => (p, None),
+            Err(e) => (
+                vec![Probe {
+                    name: "staging files in tmp/",
+                    ok: false,
+                    detail: e.to_string(),
+                }],
+                Some(Problem {
+                    path: self.path(layout::TMP),
+                    reason: crate::mark::error_reason(&e),
+                }),
+            ),
+        };
         let mut fixed = Vec::new();
         let root = &self.inner.root_dir;
 
         let (stale, mut damaged) = self.stale_staging();
+        damaged.extend(probe_failure);
         let stale_staging: Vec<Problem> = stale
             .into_iter()
             .map(|s| {

@@ -169,7 +169,14 @@ impl Store {
         // nobody can attribute, blocking everyone for a whole lease.
         let mut staged = match self.stage_lock(&me.render()) {
             Ok(s) => Some(s),
-            Err(e) if in_place_when_full && is_no_space(&e) => None,
+            // Also when tmp/ itself is not a directory we may use (a symlink planted there):
+            // gc still runs, and reports it.
+            Err(e)
+                if in_place_when_full
+                    && (is_no_space(&e) || e.io_error().is_some_and(fs::is_hostile)) =>
+            {
+                None
+            }
             Err(e) => return Err(e),
         };
         let held = |ident: Ident| Lock {
