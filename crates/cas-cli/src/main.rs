@@ -470,17 +470,26 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
 
 fn cmd_ls(store: &Store, long: bool) -> Result<ExitCode> {
     let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut ok = true;
     for h in store.iter() {
-        let h = h?;
+        // A fan-out name that is not a directory is reported; the listing goes on.
+        let h = match h {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("cas: error: {e}");
+                ok = false;
+                continue;
+            }
+        };
         if long {
-            let len = std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
+            let len = store.object_len(&h).unwrap_or(0);
             writeln!(out, "{h} {len}")?;
         } else {
             writeln!(out, "{h}")?;
         }
     }
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(exit(ok))
 }
 
 fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {

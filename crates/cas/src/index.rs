@@ -225,51 +225,70 @@ impl Store {
         }
     }
 
-    /// Paths of all entry files (not locks, not foreign files), listed beneath the root: a
-    /// fan-out name that is not a directory is skipped, never followed. Entry names that are
-    /// not regular files are listed (reading them reports what they are).
-    pub(crate) fn entry_files(&self) -> Result<Vec<PathBuf>> {
+    /// Paths of all entry files (not locks, not foreign files), listed beneath the root, and
+    /// the errors met: `index/` or a fan-out directory that cannot be listed, or a fan-out
+    /// name that is not a directory (never followed). Entry names that are not regular files
+    /// are listed (reading them reports what they are).
+    pub(crate) fn entry_files(&self) -> (Vec<PathBuf>, Vec<Error>) {
         let root = &self.inner.root_dir;
         let index = self.path(layout::INDEX);
         let mut out = Vec::new();
+        let mut errors = Vec::new();
         let outer = match root.read_dir(&index) {
             Ok(v) => v,
-            Err(e) if fs::is_not_found(&e) => return Ok(out),
-            Err(e) => return Err(Error::io("list", &index, e)),
+            Err(e) if fs::is_not_found(&e) => return (out, errors),
+            Err(e) => return (out, vec![Error::io("list", &index, e)]),
         };
         for (dname, kind) in outer {
+            let dpath = index.join(&dname);
+            let fanout = fs::name_bytes(&dname);
+            if fanout.len() != 2 || !fanout.iter().all(u8::is_ascii_hexdigit) {
+                continue; // foreign
+            }
             if kind != fs::Kind::Dir {
+                // A fan-out name that is not a directory may hide entries: say so.
+                errors.push(Error::io(
+                    "list",
+                    &dpath,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("is {}, not a directory", kind.describe()),
+                    ),
+                ));
                 continue;
             }
-            let dpath = index.join(&dname);
             let inner = match root.read_dir(&dpath) {
                 Ok(v) => v,
                 Err(e) if fs::is_not_found(&e) => continue,
-                Err(e) => return Err(Error::io("list", &dpath, e)),
+                Err(e) => {
+                    errors.push(Error::io("list", &dpath, e));
+                    continue;
+                }
             };
             for (fname, _) in inner {
-                if layout::parse_object_name(fs::name_bytes(&dname), fs::name_bytes(&fname))
-                    .is_some()
-                {
+                if layout::parse_object_name(fanout, fs::name_bytes(&fname)).is_some() {
                     out.push(dpath.join(fname));
                 }
             }
         }
-        Ok(out)
+        (out, errors)
     }
 
-    /// All cache entries. An entry that cannot be decoded is an `Err` item naming its file;
-    /// iteration goes on past it.
+    /// All cache entries. An entry that cannot be decoded, or a directory of entries that
+    /// cannot be listed, is an `Err` item naming its path; iteration goes on past it.
     ///
     /// # Errors
-    /// The outer error: `index/` cannot be listed.
+    /// None today (listing errors are items); kept fallible for compatibility.
     pub fn iter_keys(&self) -> Result<impl Iterator<Item = Result<Entry>> + '_> {
-        let files = self.entry_files()?;
-        Ok(files.into_iter().filter_map(move |p| {
-            self.read_entry_file(&p)
-                .map(|o| o.map(|(e, _)| e))
-                .transpose()
-        }))
+        let (files, errors) = self.entry_files();
+        Ok(errors
+            .into_iter()
+            .map(Err)
+            .chain(files.into_iter().filter_map(move |p| {
+                self.read_entry_file(&p)
+                    .map(|o| o.map(|(e, _)| e))
+                    .transpose()
+            })))
     }
 }
 

@@ -153,37 +153,34 @@ impl Store {
         m.pinned_by_refs.clone_from(&m.reach.reachable);
         let mut visits = Vec::new();
 
-        match self.entry_files() {
-            Ok(files) => {
-                for p in files {
-                    match self.read_entry_file(&p) {
-                        Ok(Some((e, f))) => {
-                            let mtime = f
-                                .metadata()
-                                .and_then(|md| md.modified())
-                                .unwrap_or(SystemTime::UNIX_EPOCH);
-                            m.entries.push(EntryRoot {
-                                path: p,
-                                hash: e.hash,
-                                mtime,
-                            });
-                            visits.push(Visit {
-                                from: Source::Entry(crate::index::display_key(&e.key)),
-                                hash: e.hash,
-                                may_be_tree: true,
-                                report_missing: true,
-                            });
-                        }
-                        Ok(None) => {}
-                        Err(e) => m.reach.damaged(p, error_reason(&e), true),
-                    }
+        let (files, errors) = self.entry_files();
+        for e in errors {
+            let p = e
+                .path()
+                .map_or_else(|| self.path(layout::INDEX), Into::into);
+            m.reach.damaged(p, error_reason(&e), true);
+        }
+        for p in files {
+            match self.read_entry_file(&p) {
+                Ok(Some((e, f))) => {
+                    let mtime = f
+                        .metadata()
+                        .and_then(|md| md.modified())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    m.entries.push(EntryRoot {
+                        path: p,
+                        hash: e.hash,
+                        mtime,
+                    });
+                    visits.push(Visit {
+                        from: Source::Entry(crate::index::display_key(&e.key)),
+                        hash: e.hash,
+                        may_be_tree: true,
+                        report_missing: true,
+                    });
                 }
-            }
-            Err(e) => {
-                let p = e
-                    .path()
-                    .map_or_else(|| self.path(layout::INDEX), Into::into);
-                m.reach.damaged(p, error_reason(&e), true);
+                Ok(None) => {}
+                Err(e) => m.reach.damaged(p, error_reason(&e), true),
             }
         }
         m.roots += visits.len() as u64;
@@ -312,5 +309,108 @@ pub(crate) fn error_reason(e: &Error) -> String {
         Error::Io { op, source, .. } => format!("cannot {op}: {source}"),
         Error::Malformed { what, reason, .. } => format!("not a valid {what}: {reason}"),
         e => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{EntryKind, TreeEntry};
+    use crate::{Expect, Options};
+
+    fn tree(entries: Vec<(&str, EntryKind)>) -> Vec<u8> {
+        Tree {
+            entries: entries
+                .into_iter()
+                .map(|(n, kind)| TreeEntry {
+                    name: n.as_bytes().to_vec(),
+                    kind,
+                })
+                .collect(),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn mark_reaches_through_trees_and_reads_trash_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let store = Store::init(d, Options::default()).unwrap();
+        let s = &store;
+        let (leaf, deep, keyed) = (
+            s.put_bytes(b"a").unwrap(),
+            s.put_bytes(b"b").unwrap(),
+            s.put_bytes(b"c").unwrap(),
+        );
+        let file = |h| EntryKind::File {
+            executable: false,
+            size: 1,
+            hash: h,
+        };
+        let sub = s.put_bytes(&tree(vec![("b", file(deep))])).unwrap();
+        let top = s
+            .put_bytes(&tree(vec![
+                ("a", file(leaf)),
+                ("s", EntryKind::Dir { hash: sub }),
+            ]))
+            .unwrap();
+        s.set_ref("r", top, Expect::Any).unwrap();
+        s.put_keyed_bytes(b"k", b"c", b"").unwrap();
+        let lost = Hash::of(b"never stored");
+        std::fs::write(d.join("refs/lost"), format!("{lost}\n")).unwrap();
+
+        // The subtree sits in trash: it is read there, and left there.
+        let run = d.join("trash/1000.h.1");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::rename(s.object_path(&sub), run.join(sub.to_string())).unwrap();
+
+        let m = s.mark();
+        for h in [top, leaf, sub, deep, keyed] {
+            assert!(m.reach.reachable.contains(&h), "{h} not reached");
+        }
+        assert!(m.pinned_by_refs.contains(&deep) && !m.pinned_by_refs.contains(&keyed));
+        assert_eq!(m.entries.len(), 1);
+        assert_eq!(m.reach.missing.len(), 1);
+        assert!(matches!(&m.reach.missing[0].from, Source::Ref(n) if n == "lost"));
+        assert!(
+            m.reach.unsafe_to_sweep.is_empty(),
+            "{:?}",
+            m.reach.unsafe_to_sweep
+        );
+        assert!(
+            run.join(sub.to_string()).exists(),
+            "marking moved an object"
+        );
+        assert!(!s.object_path(&sub).exists());
+        assert_eq!(s.closure(&top).len(), 4);
+    }
+
+    #[test]
+    fn what_could_hide_roots_makes_the_sweep_unsafe() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::init(d.path(), Options::default()).unwrap();
+        std::fs::write(d.path().join("refs/garbage"), b"hello\n").unwrap();
+        let mut future = crate::tree::TREE_MAGIC.to_vec();
+        future.extend_from_slice(&7u32.to_le_bytes());
+        let t = s.put_bytes(&future).unwrap();
+        s.set_ref("t", t, Expect::Any).unwrap();
+        // A FIFO at a lock name holds no pin: reported, but no reason to stop.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.path().join("refs/x.lock"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let m = s.mark();
+        let why = m.reach.unsafe_to_sweep.join("\n");
+        assert_eq!(m.reach.unsafe_to_sweep.len(), 2, "{why}");
+        assert!(
+            why.contains("refs/garbage") && why.contains("version 7"),
+            "{why}"
+        );
+        assert_eq!(m.reach.damaged.len(), 3, "{:?}", m.reach.damaged);
+        assert!(m.reach.reachable.contains(&t));
     }
 }

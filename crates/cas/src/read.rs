@@ -248,6 +248,20 @@ impl Store {
         self.locate(hash).is_some()
     }
 
+    /// The size of what is at an object's name, without following it (`lstat` beneath the
+    /// store's root).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if nothing is there; I/O errors naming the path.
+    pub fn object_len(&self, hash: &Hash) -> Result<u64> {
+        let path = self.object_path(hash);
+        match self.inner.root_dir.lstat(&path) {
+            Ok(m) => Ok(m.len),
+            Err(e) if fs::is_not_found(&e) => Err(Error::NotFound { hash: *hash, path }),
+            Err(e) => Err(Error::io("stat", &path, e)),
+        }
+    }
+
     /// Removes an object. Refs or cache entries pointing to it will dangle: gc and eviction are
     /// the safe ways to remove objects from a store in use.
     ///
