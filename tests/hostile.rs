@@ -525,6 +525,33 @@ fn one_damaged_item_does_not_stop_verify_gc_or_doctor() {
     fs::create_dir_all(lp.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", &lp).unwrap();
 
+    // A directory at the name of an object a ref points to.
+    let dir_obj = blake3_hex(b"a directory at an object name");
+    let dp = s.object_path(&dir_obj);
+    fs::create_dir_all(&dp).unwrap();
+    fs::write(s.root.join("refs/dir"), format!("{dir_obj}\n")).unwrap();
+
+    let out = run_bounded(cas(&s).args(["gc", "--grace", "0s", "--json"]), "gc");
+    fails(&out, "gc with a garbage ref");
+    let r = json(&out, "gc");
+    let why = r["sweep_skipped"].to_string();
+    assert!(
+        why.contains("refs/bad") && why.contains(&dir_obj[2..]),
+        "{r}"
+    );
+    assert!(
+        s.object_path(&garbage_obj).exists(),
+        "gc condemned an object while a root was unreadable"
+    );
+
+    let out = run_bounded(cas(&s).args(["doctor", "--json"]), "doctor");
+    fails(&out, "doctor");
+    let damaged = json(&out, "doctor")["damaged"].to_string();
+    assert!(
+        damaged.contains("refs/bad") && damaged.contains(&dir_obj[2..]),
+        "{damaged}"
+    );
+
     let out = run_bounded(cas(&s).args(["verify", "--json"]), "verify");
     fails(&out, "verify");
     let r = json(&out, "verify");
@@ -536,6 +563,7 @@ fn one_damaged_item_does_not_stop_verify_gc_or_doctor() {
         .collect();
     assert!(corrupt.contains(&bad.as_str()), "{r}");
     assert!(corrupt.contains(&linked.as_str()), "{r}");
+    assert!(corrupt.contains(&dir_obj.as_str()), "{r}");
     assert!(
         !bp.exists() && fs::symlink_metadata(&lp).is_err(),
         "not quarantined"
@@ -546,20 +574,18 @@ fn one_damaged_item_does_not_stop_verify_gc_or_doctor() {
         "the link target was moved"
     );
 
-    let out = run_bounded(cas(&s).args(["gc", "--grace", "0s", "--json"]), "gc");
-    fails(&out, "gc with a garbage ref");
-    let r = json(&out, "gc");
-    assert!(r["sweep_skipped"].to_string().contains("refs/bad"), "{r}");
+    // A reflog line that cannot be parsed is reported by path and line, the rest shown.
+    let log = s.root.join("logs/refs/keep");
+    let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"\xff garbage\n").unwrap();
+    let out = run_bounded(cas(&s).args(["ref", "log", "keep"]), "ref log");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&good));
+    let err = text(&out.stderr);
     assert!(
-        s.object_path(&garbage_obj).exists(),
-        "gc condemned an object while a root was unreadable"
+        err.contains("logs/refs/keep") && err.contains("line 2"),
+        "{err}"
     );
-
-    let out = run_bounded(cas(&s).args(["doctor", "--json"]), "doctor");
-    fails(&out, "doctor");
-    assert!(json(&out, "doctor")["damaged"]
-        .to_string()
-        .contains("refs/bad"));
 
     // A compare-and-swap against the garbage fails cleanly; a plain set replaces it.
     let out = run_bounded(

@@ -690,8 +690,12 @@ fn cmd_ref(store: &Store, c: RefCmd) -> Result<ExitCode> {
             }
         }
         RefCmd::Log { name, json } => {
+            let (entries, damaged) = store.reflog_report(&name)?;
+            for p in &damaged {
+                eprintln!("cas: warning: {}: {}", p.path.display(), p.reason);
+            }
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for e in store.reflog(&name)? {
+            for e in entries {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&e)?)?;
                 } else {

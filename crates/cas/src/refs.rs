@@ -371,24 +371,42 @@ impl Store {
         Ok(f)
     }
 
-    /// The history of a ref, oldest first. Lines that cannot be parsed are skipped.
+    /// The history of a ref, oldest first. Lines that cannot be parsed are skipped (see
+    /// [`Store::reflog_report`] to hear about them).
     ///
     /// # Errors
     /// [`Error::InvalidRefName`]; I/O errors reading the log.
     pub fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>> {
+        Ok(self.reflog_report(name)?.0)
+    }
+
+    /// The history of a ref, oldest first, and each line that cannot be parsed, by path and
+    /// line number (the log is read beneath the store's root, never through a symlink).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRefName`]; I/O errors reading the log.
+    pub fn reflog_report(&self, name: &str) -> Result<(Vec<RefLogEntry>, Vec<crate::Problem>)> {
         validate_ref_name(name)?;
         let path = self.ref_log_path(name);
         let f = match self.inner.root_dir.open_read(&path) {
             Ok(f) => f,
-            Err(e) if fs::is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) if fs::is_not_found(&e) => return Ok((Vec::new(), Vec::new())),
             Err(e) => return Err(Error::io("read reflog", &path, e)),
         };
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut &f, &mut bytes).map_err(Error::at("read reflog", &path))?;
-        Ok(String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter_map(parse_log_line)
-            .collect())
+        let mut entries = Vec::new();
+        let mut damaged = Vec::new();
+        for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+            match parse_log_line(line) {
+                Some(e) => entries.push(e),
+                None => damaged.push(crate::Problem {
+                    path: path.clone(),
+                    reason: format!("line {} is not a reflog line (skipped)", i + 1),
+                }),
+            }
+        }
+        Ok((entries, damaged))
     }
 
     /// All refs whose name starts with `prefix` (`""` for all), sorted by name.
