@@ -593,6 +593,8 @@ fn one_damaged_item_does_not_stop_verify_gc_or_doctor() {
         "ref set --expect",
     );
     assert!(fails(&out, "cas against garbage").contains("refs/bad"));
+    let out = run_bounded(cas(&s).args(["ref", "rm", "bad"]), "ref rm");
+    assert!(fails(&out, "removing garbage").contains("refs/bad"));
     run_ok(cas(&s).args(["ref", "set", "bad", &good]));
     assert_eq!(run_ok(cas(&s).args(["ref", "get", "bad"])).trim(), good);
     let out = run_bounded(cas(&s).args(["gc", "--grace", "0s", "--json"]), "gc");

@@ -287,11 +287,11 @@ impl Store {
             .acquire_lock(&lock_path, new, wait)
             .map_err(|e| conflict_with_prefix(e, name))?;
         // A ref that cannot be read (garbage, a FIFO, a symlink) is replaced by a plain set;
-        // a compare-and-swap against it fails, naming the file.
-        let current = match (self.read_ref_file(name), expect) {
-            (Ok(c), _) => c,
-            (Err(Error::Malformed { .. }), Expect::Any) => None,
-            (Err(e), _) => return Err(e),
+        // a compare-and-swap against it, or a removal, fails naming the file (set it first).
+        let current = match (self.read_ref_file(name), expect, new) {
+            (Ok(c), _, _) => c,
+            (Err(Error::Malformed { .. }), Expect::Any, Some(_)) => None,
+            (Err(e), _, _) => return Err(e),
         };
         let ok = match expect {
             Expect::Any => true,
@@ -312,11 +312,13 @@ impl Store {
         if new.is_none() && current.is_none() {
             return Ok(None);
         }
+        if let Some(h) = new {
+            self.ensure_present(&h)?;
+        }
         // The log is opened before the ref changes: a log that cannot be opened (a symlink
         // planted at it, a FIFO) fails the update before anything happened.
         let mut log = self.open_reflog(name)?;
         if let Some(h) = new {
-            self.ensure_present(&h)?;
             lock.verify()?;
             self.replace_small(&path, format!("{h}\n").as_bytes(), self.durability())
                 .map_err(|e| conflict_with_prefix(e, name))?;
