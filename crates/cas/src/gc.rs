@@ -169,7 +169,7 @@ impl Store {
     /// [`Error::Locked`] if another gc is running; [`Error::Interrupted`] if `progress` asked
     /// to stop (the store is left consistent); I/O errors naming the path.
     pub fn gc(&self, opts: &GcOptions, progress: ProgressFn<'_>) -> Result<GcReport> {
-        let lock_path = self.path(layout::LOCKS).join("gc.lock");
+        let lock_path = layout::gc_lock_path(&self.inner.root);
         let lock = self.acquire_gc_lock(&lock_path)?;
         let mut beat = Heartbeat::new(self.inner.options.lock_timeout);
         let start = SystemTime::now();
