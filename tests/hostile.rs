@@ -758,12 +758,22 @@ fn the_documented_shared_store_setup_works_for_two_members() {
     let s = Store::uninit();
     open_up(&s);
     // The administrator's part.
-    for d in ["shared", "prepared"] {
+    for d in ["shared", "prepared", "unprepared", "init-prepared"] {
         let p = s.base().join(d);
         fs::create_dir(&p).unwrap();
         rustix::fs::chown(&p, None, Some(rustix::fs::Gid::from_raw(u.gid))).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o2775)).unwrap();
+        let mode = if d == "unprepared" { 0o755 } else { 0o2775 };
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
     }
+    // Only chgrp'd (what the old docs said): the member is told what the owner must do.
+    let unprepared = s.base().join("unprepared");
+    let out = run_bounded(
+        cas_as(&unprepared, u.a)
+            .args(["init", "--shared", "group"])
+            .arg(&unprepared),
+        "init in an unprepared directory",
+    );
+    assert!(fails(&out, "init, unprepared").contains("chmod 2775"));
     let shared = s.base().join("shared");
     let out = run_bounded(
         cas_as(&shared, u.a)

@@ -325,7 +325,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             shared,
             max_size,
-        } => cmd_init(g, dir, shared.as_deref() == Some("group"), max_size),
+        } => cmd_init(g, dir, shared.as_deref(), max_size),
         Cmd::Put {
             files,
             recursive,
@@ -398,7 +398,7 @@ fn exit(success: bool) -> ExitCode {
 fn cmd_init(
     g: &Global,
     dir: Option<PathBuf>,
-    shared: bool,
+    shared: Option<&str>,
     max_size: Option<u64>,
 ) -> Result<ExitCode> {
     let dir = match dir {
@@ -406,17 +406,25 @@ fn cmd_init(
         None => store_dir(g)?,
     };
     let o = with_globals(
-        Options::default().shared_group(shared).max_size(max_size),
+        Options::default()
+            .shared_group(shared == Some("group"))
+            .max_size(max_size),
         g,
     );
     let existed = Store::open(&dir).is_ok();
-    let store = Store::init(&dir, o)?;
+    // Without --shared, a directory prepared for a shared store (setgid, group-writable)
+    // gets one: its shared mode is never silently dropped. `--shared none` is the way out.
+    let store = if shared.is_none() {
+        Store::open_or_init(&dir, o)?
+    } else {
+        Store::init(&dir, o)?
+    };
     if existed {
         eprintln!("cas: {} is already a store; left as it is", dir.display());
-    }
-    if store.options().shared_group != shared {
+    } else if shared.is_none() && store.options().shared_group {
         eprintln!(
-            "cas: {} is a shared (group) store: the directory was prepared for one",
+            "cas: {} was prepared for a shared store (setgid, group-writable): made a \
+             shared (group) store; use --shared none for a private one",
             dir.display()
         );
     }
