@@ -370,13 +370,13 @@ impl Store {
                 let children = std::mem::take(&mut levels[depth + 1]);
                 // Never write a tree that a reader would refuse to decode: gc would not know
                 // its children.
-                let bytes =
-                    Tree { entries: children }
-                        .try_encode()
-                        .map_err(|reason| Error::Tree {
-                            path: ent.path().to_owned(),
-                            reason,
-                        })?;
+                let bytes = Tree { entries: children }
+                    .try_encode()
+                    .and_then(|b| Tree::decode(&b).map(|_| b))
+                    .map_err(|reason| Error::Tree {
+                        path: ent.path().to_owned(),
+                        reason,
+                    })?;
                 let hash = self.put_bytes(&bytes)?;
                 if depth == 0 {
                     return Ok(hash);
