@@ -111,6 +111,11 @@ enum Cmd {
         /// Restore a tree into the directory given with -o (which must not exist).
         #[arg(short, long, requires = "output")]
         recursive: bool,
+        /// With -r: restore symlinks that point outside the destination as they are (like
+        /// tar, git and cp -a) instead of refusing the tree. Whatever follows such a link later
+        /// reaches wherever the tree's author pointed it: only for trees you trust.
+        #[arg(long, requires = "recursive")]
+        allow_external_symlinks: bool,
     },
     /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
     /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
@@ -487,7 +492,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             shared,
             max_size,
-        } => cmd_init(g, dir, force, shared.as_deref() == Some("group"), max_size),
+        } => cmd_init(g, dir, force, shared.as_deref(), max_size),
         Cmd::Put {
             files,
             recursive,
@@ -517,9 +522,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hash,
             output,
             recursive: true,
+            allow_external_symlinks,
         } => {
             let dest = output.context("-r needs -o DIR")?;
-            open_store(g, Existing)?.checkout(&hash, &dest)?;
+            let opts =
+                cas::CheckoutOptions::default().allow_external_symlinks(allow_external_symlinks);
+            open_store(g, Existing)?.checkout_with(&hash, &dest, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
@@ -570,7 +578,7 @@ fn cmd_init(
     g: &Global,
     dir: Option<PathBuf>,
     force: bool,
-    shared: bool,
+    shared: Option<&str>,
     max_size: Option<u64>,
 ) -> Result<ExitCode> {
     let dir = match dir {
@@ -578,7 +586,9 @@ fn cmd_init(
         None => store_dir(g)?,
     };
     let o = with_globals(
-        Options::default().shared_group(shared).max_size(max_size),
+        Options::default()
+            .shared_group(shared == Some("group"))
+            .max_size(max_size),
         g,
     );
     let existed = Store::open(&dir).is_ok();
@@ -587,7 +597,14 @@ fn cmd_init(
     } else {
         Create::IfMissingOrEmpty
     };
-    let store = match Store::open_or_create(&dir, o, create) {
+    // Without --shared, a directory prepared for a shared store (setgid, group-writable)
+    // gets one: its shared mode is never silently dropped. `--shared none` is the way out.
+    let made = if shared.is_none() || force {
+        Store::open_or_create(&dir, o, create)
+    } else {
+        Store::init(&dir, o)
+    };
+    let store = match made {
         Ok(s) => s,
         Err(cas::Error::NotEmpty { path }) => anyhow::bail!(
             "{} exists and is not an empty directory or a store; nothing was written. \
@@ -603,6 +620,12 @@ fn cmd_init(
     } else {
         if existed {
             eprintln!("cas: {} is already a store; left as it is", dir.display());
+        } else if shared.is_none() && store.options().shared_group {
+            eprintln!(
+                "cas: {} was prepared for a shared store (setgid, group-writable): made a \
+                 shared (group) store; use --shared none for a private one",
+                dir.display()
+            );
         }
         println!("{}", store.root().display());
     }
@@ -629,7 +652,8 @@ fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()>
 fn cmd_doctor(store: &Store, fix: bool, json: bool) -> Result<ExitCode> {
     let r = store.doctor(fix)?;
     // After --fix, what was repaired no longer counts against health.
-    let repaired_ok = fix && r.dangling.is_empty() && r.permission_problems.is_empty();
+    let repaired_ok =
+        fix && r.dangling.is_empty() && r.permission_problems.is_empty() && r.damaged.is_empty();
     let healthy = r.is_healthy() || repaired_ok;
     if json {
         println!(
@@ -658,23 +682,35 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
     } else {
         output::print_gc(&r);
     }
-    Ok(ExitCode::SUCCESS)
+    for p in &r.problems {
+        eprintln!("cas: damaged: {}: {}", p.path.display(), p.reason);
+    }
+    if let Some(why) = &r.sweep_skipped {
+        eprintln!("cas: gc condemned and deleted nothing: {why}");
+    }
+    Ok(exit(r.is_clean()))
 }
 
 fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCode> {
     // Sorted, so that listings compare and diff; a hash is 32 bytes, so even millions of
     // objects sort in memory.
     let mut hashes = Vec::new();
+    let mut ok = true;
     for h in store.iter() {
-        let h = h?;
-        if h.to_hex().starts_with(prefix) {
-            hashes.push(h);
+        // A fan-out name that is not a directory is reported; the listing goes on.
+        match h {
+            Ok(h) if h.to_hex().starts_with(prefix) => hashes.push(h),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("cas: error: {}", output::chain(&e));
+                ok = false;
+            }
         }
     }
     hashes.sort_unstable_by_key(Hash::to_hex);
     let mut out = io::BufWriter::new(io::stdout().lock());
     for h in hashes {
-        let size = || std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
+        let size = || store.object_len(&h).unwrap_or(0);
         if json {
             let v = serde_json::json!({ "hash": h, "size": size() });
             writeln!(out, "{v}")?;
@@ -685,7 +721,7 @@ fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCod
         }
     }
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(exit(ok))
 }
 
 fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
@@ -723,6 +759,20 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `put -r` stored symlinks that point outside the tree: say so once, with an example.
+fn warn_external_symlinks(dir: &Path, report: &cas::PutDirReport) {
+    if let Some((link, target)) = &report.example {
+        eprintln!(
+            "cas: warning: {} symlink(s) in {} point outside it (e.g. {} -> {}); \
+             `cas get -r` refuses to restore them unless --allow-external-symlinks",
+            report.external_symlinks,
+            dir.display(),
+            link.display(),
+            target.display()
+        );
+    }
+}
+
 fn cmd_put(
     store: &Store,
     files: &[PathBuf],
@@ -748,7 +798,9 @@ fn cmd_put(
         Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
         } else if recursive && f.is_dir() {
-            store.put_dir(f)?
+            let (hash, report) = store.put_dir_report(f)?;
+            warn_external_symlinks(f, &report);
+            hash
         } else if f.is_dir() {
             anyhow::bail!(
                 "{} is a directory (use -r to store it as a tree)",
@@ -880,8 +932,9 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
             store.remove_ref(&name, exp)?;
         }
         RefCmd::Ls { prefix } => {
+            let (refs, damaged) = store.refs_report(&prefix);
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for (name, h) in store.list_refs(&prefix)? {
+            for (name, h) in refs {
                 if json {
                     writeln!(out, "{}", serde_json::json!({ "name": name, "hash": h }))?;
                 } else {
@@ -889,10 +942,20 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
                 }
             }
             out.flush()?;
+            for p in &damaged {
+                eprintln!("cas: error: {}: {}", p.path.display(), p.reason);
+            }
+            if !damaged.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         RefCmd::Log { name } => {
+            let (entries, damaged) = store.reflog_report(&name)?;
+            for p in &damaged {
+                eprintln!("cas: warning: {}: {}", p.path.display(), p.reason);
+            }
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for e in store.reflog(&name)? {
+            for e in entries {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&e)?)?;
                 } else {
@@ -913,6 +976,18 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cas key set`: a lost compare-and-swap is a negative answer (exit 1), not an error.
+fn key_set(store: &Store, key: &str, hash: Hash, meta: &str, expect: Expect) -> Result<ExitCode> {
+    match store.set_keyed(key.as_bytes(), hash, meta.as_bytes(), expect) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.is_conflict() => {
+            eprintln!("cas: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
@@ -946,14 +1021,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
                 (None, true) => Expect::Absent,
                 (None, false) => Expect::Any,
             };
-            match store.set_keyed(key.as_bytes(), hash, meta.as_bytes(), expect) {
-                Ok(_) => {}
-                Err(e) if e.is_conflict() => {
-                    eprintln!("cas: {e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-                Err(e) => return Err(e.into()),
-            }
+            return key_set(store, &key, hash, &meta, expect);
         }
         KeyCmd::Ensure {
             key,

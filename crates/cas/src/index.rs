@@ -80,14 +80,11 @@ pub(crate) fn display_key(key: &[u8]) -> String {
 
 impl Store {
     pub(crate) fn entry_path(&self, key: &[u8]) -> PathBuf {
-        let kh = Hash::of(key).to_hex();
-        self.path(layout::INDEX).join(&kh[..2]).join(&kh[2..])
+        layout::entry_paths(&self.inner.root, &Hash::of(key)).0
     }
 
     fn entry_lock_path(&self, key: &[u8]) -> PathBuf {
-        let mut p = self.entry_path(key).into_os_string();
-        p.push(layout::LOCK_SUFFIX);
-        p.into()
+        layout::entry_paths(&self.inner.root, &Hash::of(key)).1
     }
 
     /// Streams `reader` into the store and points `key` at it, with `metadata`, replacing any
@@ -258,7 +255,9 @@ impl Store {
 
     /// Reads and decodes an entry file; `None` if absent. Also returns the file's age.
     pub(crate) fn read_entry_file(&self, path: &Path) -> Result<Option<(Entry, std::fs::File)>> {
-        let mut f = match fs::open_read(path) {
+        // Beneath the root, never through a symlink, non-blocking: a FIFO or a directory at
+        // an entry's name is an error naming it, not a hang.
+        let mut f = match self.inner.root_dir.open_read(path) {
             Ok(f) => f,
             Err(e) if fs::is_not_found(&e) => return Ok(None),
             Err(e) => return Err(Error::io("open cache entry", path, e)),
@@ -311,7 +310,7 @@ impl Store {
     /// [`Error::KeyNotFound`]; I/O errors naming the entry file.
     pub fn remove_keyed(&self, key: &[u8]) -> Result<()> {
         let path = self.entry_path(key);
-        match std::fs::remove_file(&path) {
+        match self.inner.root_dir.unlink(&path) {
             Ok(()) => Ok(()),
             Err(e) if fs::is_not_found(&e) => Err(Error::KeyNotFound {
                 key: display_key(key),
@@ -320,49 +319,70 @@ impl Store {
         }
     }
 
-    /// Paths of all entry files (not locks, not foreign files).
-    pub(crate) fn entry_files(&self) -> Result<Vec<PathBuf>> {
-        let root = self.path(layout::INDEX);
+    /// Paths of all entry files (not locks, not foreign files), listed beneath the root, and
+    /// the errors met: `index/` or a fan-out directory that cannot be listed, or a fan-out
+    /// name that is not a directory (never followed). Entry names that are not regular files
+    /// are listed (reading them reports what they are).
+    pub(crate) fn entry_files(&self) -> (Vec<PathBuf>, Vec<Error>) {
+        let root = &self.inner.root_dir;
+        let index = self.path(layout::INDEX);
         let mut out = Vec::new();
-        let outer = match std::fs::read_dir(&root) {
-            Ok(rd) => rd,
-            Err(e) if fs::is_not_found(&e) => return Ok(out),
-            Err(e) => return Err(Error::io("list", &root, e)),
+        let mut errors = Vec::new();
+        let outer = match root.read_dir(&index) {
+            Ok(v) => v,
+            Err(e) if fs::is_not_found(&e) => return (out, errors),
+            Err(e) => return (out, vec![Error::io("list", &index, e)]),
         };
-        for d in outer {
-            let d = d.map_err(Error::at("list", &root))?;
-            let dname = d.file_name();
-            let dpath = d.path();
-            let inner = match std::fs::read_dir(&dpath) {
-                Ok(rd) => rd,
-                Err(e) if fs::is_not_found(&e) || e.raw_os_error() == Some(20) => continue,
-                Err(e) => return Err(Error::io("list", &dpath, e)),
+        for (dname, kind) in outer {
+            let dpath = index.join(&dname);
+            let fanout = fs::name_bytes(&dname);
+            if fanout.len() != 2 || !fanout.iter().all(u8::is_ascii_hexdigit) {
+                continue; // foreign
+            }
+            if kind != fs::Kind::Dir {
+                // A fan-out name that is not a directory may hide entries: say so.
+                errors.push(Error::io(
+                    "list",
+                    &dpath,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("is {}, not a directory", kind.describe()),
+                    ),
+                ));
+                continue;
+            }
+            let inner = match root.read_dir(&dpath) {
+                Ok(v) => v,
+                Err(e) if fs::is_not_found(&e) => continue,
+                Err(e) => {
+                    errors.push(Error::io("list", &dpath, e));
+                    continue;
+                }
             };
-            for f in inner {
-                let f = f.map_err(Error::at("list", &dpath))?;
-                let fname = f.file_name();
-                if layout::parse_object_name(fs::name_bytes(&dname), fs::name_bytes(&fname))
-                    .is_some()
-                {
-                    out.push(f.path());
+            for (fname, _) in inner {
+                if layout::parse_object_name(fanout, fs::name_bytes(&fname)).is_some() {
+                    out.push(dpath.join(fname));
                 }
             }
         }
-        Ok(out)
+        (out, errors)
     }
 
-    /// All cache entries. An entry that cannot be decoded is an `Err` item naming its file;
-    /// iteration goes on past it.
+    /// All cache entries. An entry that cannot be decoded, or a directory of entries that
+    /// cannot be listed, is an `Err` item naming its path; iteration goes on past it.
     ///
     /// # Errors
-    /// The outer error: `index/` cannot be listed.
+    /// None today (listing errors are items); kept fallible for compatibility.
     pub fn iter_keys(&self) -> Result<impl Iterator<Item = Result<Entry>> + '_> {
-        let files = self.entry_files()?;
-        Ok(files.into_iter().filter_map(move |p| {
-            self.read_entry_file(&p)
-                .map(|o| o.map(|(e, _)| e))
-                .transpose()
-        }))
+        let (files, errors) = self.entry_files();
+        Ok(errors
+            .into_iter()
+            .map(Err)
+            .chain(files.into_iter().filter_map(move |p| {
+                self.read_entry_file(&p)
+                    .map(|o| o.map(|(e, _)| e))
+                    .transpose()
+            })))
     }
 }
 

@@ -50,6 +50,7 @@ mod index;
 mod init;
 mod layout;
 mod lock;
+mod mark;
 mod once;
 mod output;
 mod progress;
@@ -76,6 +77,8 @@ pub use progress::{no_progress, Progress, ProgressFn};
 pub use read::{Object, ObjectIter, ObjectReader, Stats};
 pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};
 pub use store::{Barrier, FsInfo, Store};
-pub use tree::{EntryKind, Tree, TreeEntry, TREE_MAGIC, TREE_VERSION};
+pub use tree::{
+    CheckoutOptions, EntryKind, PutDirReport, Tree, TreeEntry, TREE_MAGIC, TREE_VERSION,
+};
 pub use verify::{CorruptObject, Dangling, Problem, VerifyReport};
 pub use write::Writer;
