@@ -156,6 +156,21 @@ fn the_tree_form_restores_one_build_into_four_directories() {
         assert_eq!(std::fs::read(o.join("sub/f")).unwrap(), b"a");
         assert_eq!(std::fs::read(o.join("g")).unwrap(), b"b");
     }
+    // Again into a directory that already holds the tree: success, nothing runs. Into one
+    // that holds something else: refused, untouched.
+    let again = run(cas(&s)
+        .args(["key", "ensure", "t", "--tree", "-o"])
+        .arg(&outs[0])
+        .args(["--", "false"]));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    std::fs::write(outs[1].join("g"), "changed").unwrap();
+    let clash = run(cas(&s)
+        .args(["key", "ensure", "t", "--tree", "-o"])
+        .arg(&outs[1])
+        .args(["--", "false"]));
+    assert_eq!(clash.status.code(), Some(1), "{}", text(&clash.stderr));
+    assert!(text(&clash.stderr).contains("does not hold this tree"));
+    assert_eq!(std::fs::read(outs[1].join("g")).unwrap(), b"changed");
     // The entry points at the tree, as `put -r` of the same directory gives it.
     let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&outs[0]));
     let info = run_ok(cas(&s).args(["--json", "key", "info", "t"]));

@@ -110,14 +110,7 @@ impl Store {
     fn put_keyed_inner(&self, key: &[u8], reader: &mut dyn Read, metadata: &[u8]) -> Result<Hash> {
         check_entry_size(key, metadata)?;
         let staged = self.stage_reader(reader, Input::Stream)?;
-        let (hash, size) = (staged.hash, staged.len);
-        // Pin the object before it is published or deduplicated, so gc keeps it until the
-        // entry that makes it reachable is visible.
-        let lock = self.lock_entry(key, hash)?;
-        self.publish(vec![staged], self.durability())?;
-        self.write_entry(key, hash, size, metadata, Expect::Any, &lock)?;
-        lock.release();
-        Ok(hash)
+        self.commit_keyed(staged, self.durability(), key, metadata)
     }
 
     /// Points `key` at an object already in the store (a tree from
@@ -163,6 +156,26 @@ impl Store {
         let prev = self.write_entry(key, hash, size, metadata, expect, &lock)?;
         lock.release();
         Ok(prev)
+    }
+
+    /// Publishes a [`Writer`](crate::Writer)'s object and points `key` at it with
+    /// `metadata`, replacing any previous entry: the keyed put for producers that push bytes.
+    pub(crate) fn commit_keyed(
+        &self,
+        staged: crate::stage::Staged,
+        durability: crate::Durability,
+        key: &[u8],
+        metadata: &[u8],
+    ) -> Result<Hash> {
+        check_entry_size(key, metadata)?;
+        let (hash, size) = (staged.hash, staged.len);
+        // Pin the object before it is published or deduplicated, so gc keeps it until the
+        // entry that makes it reachable is visible.
+        let lock = self.lock_entry(key, hash)?;
+        self.publish(vec![staged], durability)?;
+        self.write_entry(key, hash, size, metadata, Expect::Any, &lock)?;
+        lock.release();
+        Ok(hash)
     }
 
     /// Takes the key's lock, pinning `hash` for gc until the entry is written.
@@ -280,6 +293,26 @@ impl Store {
     /// # Errors
     /// [`Error::KeyNotFound`]; as [`Store::get`] for the object.
     pub fn get_keyed(&self, key: &[u8]) -> Result<Object> {
+        self.get_keyed_entry(key).map(|(_, obj)| obj)
+    }
+
+    /// The entry for `key` and its object, verified, read together: the entry is the one the
+    /// object came from even if another process replaces it meanwhile (a separate
+    /// [`Store::entry`] call could see the replacement).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// store.put_keyed_bytes(b"page:/", b"<html>", b"etag=abc")?;
+    /// let (entry, body) = store.get_keyed_entry(b"page:/")?;
+    /// assert_eq!((&entry.metadata[..], &body[..]), (&b"etag=abc"[..], &b"<html>"[..]));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::get_keyed`].
+    pub fn get_keyed_entry(&self, key: &[u8]) -> Result<(Entry, Object)> {
         let path = self.entry_path(key);
         let (e, f) = self
             .read_entry_file(&path)?
@@ -301,7 +334,7 @@ impl Store {
         if old {
             let _ = fs::touch(&f);
         }
-        Ok(obj)
+        Ok((e, obj))
     }
 
     /// Removes the entry for `key` (the object stays until gc finds it unreachable).

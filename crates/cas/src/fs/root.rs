@@ -420,6 +420,20 @@ impl Root {
         .map_err(Into::into)
     }
 
+    /// Hard-links `from`, a name inside the store, as `to`, a path outside it chosen by the
+    /// caller (EEXIST if `to` exists): only `from` is resolved beneath the root.
+    pub(crate) fn link_out(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (fdir, fname) = self.parent(from)?;
+        rustix::fs::linkat(
+            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
+            fname,
+            rustix::fs::CWD,
+            to,
+            AtFlags::empty(),
+        )
+        .map_err(Into::into)
+    }
+
     /// Hard-links `from` as `to` (EEXIST if `to` exists).
     pub(crate) fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (fdir, fname) = self.parent(from)?;
