@@ -636,15 +636,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_show(&store, &hash.resolve(&store)?, g.json)
         }
         Cmd::Completions { shell } => cmd_completions(shell),
-        Cmd::Man => {
-            use clap::CommandFactory;
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-            let mut out = io::stdout().lock();
-            out.write_all(&page)?;
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Man => cmd_man(),
     }
 }
 
@@ -1194,6 +1186,37 @@ fn key_set(store: &Store, key: &str, hash: Hash, meta: &str, expect: Expect) -> 
     }
 }
 
+/// `cas key ls`: sorted by key; damaged entries are named on stderr (exit 1).
+fn key_ls(store: &Store, nul: bool, json: bool) -> Result<ExitCode> {
+    let mut ok = true;
+    let mut entries = Vec::new();
+    for e in store.iter_keys()? {
+        match e {
+            Ok(e) => entries.push(e),
+            Err(e) => {
+                eprintln!("cas: error: {}", output::chain(&e));
+                ok = false;
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for e in entries {
+        if json {
+            writeln!(out, "{}", entry_json(&e))?;
+        } else if nul {
+            write!(out, "{} {} ", e.hash, e.size)?;
+            out.write_all(&e.key)?;
+            out.write_all(b"\0")?;
+        } else {
+            let key = String::from_utf8_lossy(&e.key);
+            writeln!(out, "{} {} {}", e.hash, e.size, key.escape_debug())?;
+        }
+    }
+    out.flush()?;
+    Ok(exit(ok))
+}
+
 fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
     match c {
         KeyCmd::Put {
@@ -1268,37 +1291,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             }
         }
         KeyCmd::Rm { key } => store.remove_keyed(key.as_bytes())?,
-        KeyCmd::Ls { nul } => {
-            let mut ok = true;
-            let mut entries = Vec::new();
-            for e in store.iter_keys()? {
-                match e {
-                    Ok(e) => entries.push(e),
-                    Err(e) => {
-                        eprintln!("cas: error: {}", output::chain(&e));
-                        ok = false;
-                    }
-                }
-            }
-            entries.sort_by(|a, b| a.key.cmp(&b.key));
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            for e in entries {
-                if json {
-                    writeln!(out, "{}", entry_json(&e))?;
-                } else if nul {
-                    write!(out, "{} {} ", e.hash, e.size)?;
-                    out.write_all(&e.key)?;
-                    out.write_all(b"\0")?;
-                } else {
-                    let key = String::from_utf8_lossy(&e.key);
-                    writeln!(out, "{} {} {}", e.hash, e.size, key.escape_debug())?;
-                }
-            }
-            out.flush()?;
-            if !ok {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        KeyCmd::Ls { nul } => return key_ls(store, nul, json),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1342,6 +1335,16 @@ fn cmd_rm(store: &Store, hashes: &[Hash]) -> ExitCode {
         }
     }
     exit(ok)
+}
+
+fn cmd_man() -> Result<ExitCode> {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    let mut out = io::stdout().lock();
+    out.write_all(&page)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_completions(shell: clap_complete::Shell) -> Result<ExitCode> {

@@ -165,7 +165,7 @@ impl Store {
             .iter()
             .filter(|(_, kind)| *kind == fs::Kind::File)
             .filter_map(|(n, _)| {
-                layout::parse_object_name(prefix[..2].as_bytes(), fs::name_bytes(n))
+                layout::parse_object_name(&prefix.as_bytes()[..2], fs::name_bytes(n))
             })
             .filter(|h| h.to_hex().starts_with(prefix))
             .collect();
