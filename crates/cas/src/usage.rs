@@ -128,3 +128,35 @@ impl Store {
         Ok(u)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Options, Store};
+
+    #[test]
+    fn prefixes_resolve_uniquely_or_say_why_not() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path(), Options::default()).unwrap();
+        // Two names sharing their first 10 digits (contents do not matter to resolution).
+        let dir = d.path().join("objects/ab");
+        for tail in ["cdef01234", "cdef01235"] {
+            let name = format!("{tail}{}", "0".repeat(62 - tail.len()));
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let e = store.resolve_prefix("abcdef0123").unwrap_err();
+        assert!(e.to_string().contains("ambiguous"), "{e}");
+        assert!(e.to_string().contains("2 objects"), "{e}");
+        let one = store.resolve_prefix("abcdef01234").unwrap();
+        assert!(one.to_string().starts_with("abcdef01234"));
+        assert!(
+            store.resolve_prefix("abcdef0").is_err(),
+            "7 digits is too short"
+        );
+        assert!(store.resolve_prefix("ABCDEF01").is_err(), "uppercase");
+        assert!(store
+            .resolve_prefix("ffffffff")
+            .unwrap_err()
+            .to_string()
+            .contains("no object"));
+    }
+}
