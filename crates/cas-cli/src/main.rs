@@ -1028,6 +1028,21 @@ fn cmd_put(
     } else {
         // Plain files: one durability barrier for all of them (docs/performance.md).
         let mut batch = store.batch();
+        // Bytes and rate on a terminal; the total is known before the bar starts unless
+        // stdin is among the inputs.
+        let total = files.iter().try_fold(0u64, |t, f| {
+            std::fs::metadata(f)
+                .ok()
+                .filter(|m| m.is_file() && f != Path::new("-"))
+                .map(|m| t + m.len())
+        });
+        let bar = output::Bar::bytes("put", total);
+        if let Some(b) = bar.handle() {
+            batch.set_progress(move |p| {
+                b.set_position(p.done);
+                true
+            });
+        }
         let mut hashes = Vec::new();
         for f in files {
             let r = if f == Path::new("-") {
@@ -1047,6 +1062,7 @@ fn cmd_put(
             }
         }
         batch.commit()?;
+        bar.finish();
         let mut out = io::BufWriter::new(stdout.lock());
         for (f, h) in &hashes {
             writeln!(out, "{}", line(f, h))?;
