@@ -396,6 +396,50 @@ impl Store {
     }
 }
 
+/// The copying side of [`copy_and_hash`]: copies `src` to `dst` chunk by chunk (in the kernel
+/// where it can, else through memory) and sends the running total after each chunk.
+fn copy_chunks(
+    src: &File,
+    dst: &File,
+    copied_tx: &std::sync::mpsc::Sender<u64>,
+) -> Result<(), CopyError> {
+    let mut total = 0u64;
+    let mut through_memory: Vec<u8> = Vec::new();
+    loop {
+        let n = if through_memory.is_empty() {
+            match fs::copy_range(src, dst, COPY_CHUNK) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    through_memory = vec![0; COPY_CHUNK];
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The kernel copy fails for either side; the store's side (ENOSPC,
+                // EDQUOT, EIO of the staging file) is what can fail here in practice,
+                // since the source was opened and stat'ed already.
+                Err(e) => return Err(CopyError::Store(e)),
+            }
+        } else {
+            let n = match (&*src).read(&mut through_memory) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            };
+            (&*dst)
+                .write_all(&through_memory[..n])
+                .map_err(CopyError::Store)?;
+            n
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        total += n as u64;
+        if copied_tx.send(total).is_err() {
+            return Ok(()); // the hashing side failed and reports why
+        }
+    }
+}
+
 /// Which side of a copy into the store failed.
 #[derive(Debug)]
 enum CopyError {
@@ -426,43 +470,7 @@ fn copy_and_hash(
     use std::os::unix::fs::FileExt;
     let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
     std::thread::scope(|s| {
-        let copier = s.spawn(move || -> Result<(), CopyError> {
-            let mut total = 0u64;
-            let mut through_memory: Vec<u8> = Vec::new();
-            loop {
-                let n = if through_memory.is_empty() {
-                    match fs::copy_range(src, dst, COPY_CHUNK) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                            through_memory = vec![0; COPY_CHUNK];
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        // The kernel copy fails for either side; the store's side (ENOSPC,
-                        // EDQUOT, EIO of the staging file) is what can fail here in practice,
-                        // since the source was opened and stat'ed already.
-                        Err(e) => return Err(CopyError::Store(e)),
-                    }
-                } else {
-                    let n = match (&*src).read(&mut through_memory) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(CopyError::Read(e)),
-                    };
-                    (&*dst)
-                        .write_all(&through_memory[..n])
-                        .map_err(CopyError::Store)?;
-                    n
-                };
-                if n == 0 {
-                    return Ok(());
-                }
-                total += n as u64;
-                if copied_tx.send(total).is_err() {
-                    return Ok(()); // the hashing side failed and reports why
-                }
-            }
-        });
+        let copier = s.spawn(move || copy_chunks(src, dst, &copied_tx));
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut done = 0u64;
