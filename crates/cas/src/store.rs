@@ -289,6 +289,43 @@ impl Store {
         })
     }
 
+    /// A handle on the same store with other options for this handle only (as
+    /// [`Store::open_with`], without opening the store again: the same directory, the same
+    /// filesystem knowledge).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let fast = store.with_options(store.options().clone().durability(cas::Durability::None))?;
+    /// assert_eq!(fast.durability(), cas::Durability::None);
+    /// assert_eq!(store.durability(), cas::Durability::File);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// I/O errors duplicating the store's directory descriptor.
+    #[allow(clippy::needless_pass_by_value)] // builder-style Options read better by value
+    pub fn with_options(&self, options: Options) -> Result<Store> {
+        let i = &self.inner;
+        let dir = i
+            .root_dir
+            .try_clone()
+            .map_err(Error::at("open store directory", &i.root))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                staging_prefix: i.staging_prefix.clone(),
+                root: i.root.clone(),
+                root_dir: dir,
+                tmp_dir: Mutex::new(None),
+                options,
+                caps: i.caps.snapshot(),
+                host: i.host.clone(),
+                pid: i.pid,
+            }),
+        })
+    }
+
     /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.inner.root
