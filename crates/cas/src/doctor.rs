@@ -93,6 +93,9 @@ impl Store {
     /// # Errors
     /// I/O errors listing the store or running the probes.
     pub fn doctor(&self, fix: bool) -> Result<DoctorReport> {
+        if self.upstream().is_some() {
+            return self.without_upstream().doctor(fix); // the local tier only
+        }
         let probes = self.probe_capabilities()?;
         let mut fixed = Vec::new();
 

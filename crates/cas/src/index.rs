@@ -112,6 +112,13 @@ impl Store {
 
     fn put_keyed_inner(&self, key: &[u8], reader: &mut dyn Read, metadata: &[u8]) -> Result<Hash> {
         check_entry_size(key, metadata)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            // Tiered: the object is written through, the entry lives upstream.
+            let hash = self.put_reader(reader)?;
+            return self
+                .upstream_set_keyed(up, key, hash, metadata, Expect::Any)
+                .map(|_| hash);
+        }
         let staged = self.stage_reader(reader, Input::Stream)?;
         let (hash, size) = (staged.hash, staged.len);
         // Pin the object before it is published or deduplicated, so gc keeps it until the
@@ -154,6 +161,9 @@ impl Store {
         expect: Expect,
     ) -> Result<Option<Hash>> {
         check_entry_size(key, metadata)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            return self.upstream_set_keyed(up, key, hash, metadata, expect);
+        }
         let lock = self.lock_entry(key, hash)?;
         self.ensure_present(&hash)?;
         let obj = self.object_path(&hash);
@@ -239,6 +249,9 @@ impl Store {
     /// [`Error::KeyNotFound`]; [`Error::Malformed`] for an unreadable or foreign-version entry
     /// (naming the file and what is wrong).
     pub fn entry(&self, key: &[u8]) -> Result<Entry> {
+        if let Some(up) = self.names_upstream() {
+            return up.entry(key);
+        }
         let path = self.entry_path(key);
         let (e, _) = self
             .read_entry_file(&path)?
@@ -280,6 +293,9 @@ impl Store {
     /// # Errors
     /// [`Error::KeyNotFound`]; as [`Store::get`] for the object.
     pub fn get_keyed(&self, key: &[u8]) -> Result<Object> {
+        if let Some(up) = self.names_upstream() {
+            return self.get(&up.entry(key)?.hash);
+        }
         let path = self.entry_path(key);
         let (e, f) = self
             .read_entry_file(&path)?
@@ -309,6 +325,9 @@ impl Store {
     /// # Errors
     /// [`Error::KeyNotFound`]; I/O errors naming the entry file.
     pub fn remove_keyed(&self, key: &[u8]) -> Result<()> {
+        if let Some(up) = self.names_upstream_mut()? {
+            return up.remove_keyed(key);
+        }
         let path = self.entry_path(key);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -356,12 +375,18 @@ impl Store {
     /// # Errors
     /// The outer error: `index/` cannot be listed.
     pub fn iter_keys(&self) -> Result<impl Iterator<Item = Result<Entry>> + '_> {
-        let files = self.entry_files()?;
-        Ok(files.into_iter().filter_map(move |p| {
-            self.read_entry_file(&p)
-                .map(|o| o.map(|(e, _)| e))
-                .transpose()
-        }))
+        // A tiered store's entries live upstream (listed at once); its own index is empty.
+        let (upstream, files) = match self.names_upstream() {
+            Some(up) => (up.list_keys()?, Vec::new()),
+            None => (Vec::new(), self.entry_files()?),
+        };
+        Ok(upstream
+            .into_iter()
+            .chain(files.into_iter().filter_map(move |p| {
+                self.read_entry_file(&p)
+                    .map(|o| o.map(|(e, _)| e))
+                    .transpose()
+            })))
     }
 }
 

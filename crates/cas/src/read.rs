@@ -88,6 +88,11 @@ impl Store {
                     let f = fs::open_read(&p).map_err(Error::at("open", &p))?;
                     return Ok((f, p));
                 }
+                // A tiered store fetches a miss from its upstream (crate::upstream).
+                if self.fetch_from_upstream(hash)? {
+                    let f = fs::open_read(&path).map_err(Error::at("open", &path))?;
+                    return Ok((f, path));
+                }
                 Err(Error::NotFound { hash: *hash, path })
             }
             Err(e) => Err(Error::io("open object", &path, e)),
@@ -103,6 +108,10 @@ impl Store {
     /// [`Error::NotFound`] naming the hash; [`Error::Corrupt`] if the bytes do not match (the
     /// object is moved to `quarantine/`); I/O errors naming the path.
     pub fn get(&self, hash: &Hash) -> Result<Object> {
+        self.refetch_if_corrupt(hash, || self.get_once(hash))
+    }
+
+    fn get_once(&self, hash: &Hash) -> Result<Object> {
         let (file, path) = self.open_file(hash)?;
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
         let obj = self.load(&file, &path, meta.len())?;
@@ -129,6 +138,12 @@ impl Store {
     /// # Errors
     /// As [`Store::get`]; a failure to write to `out` is [`Error::Io`] with op "write output".
     pub fn get_to_writer(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
+        // Nothing is written to `out` before verification, so a retry writes it once.
+        let out = std::cell::RefCell::new(out);
+        self.refetch_if_corrupt(hash, || self.get_to_writer_once(hash, &mut **out.borrow_mut()))
+    }
+
+    fn get_to_writer_once(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
         let (mut file, path) = self.open_file(hash)?;
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
         let len = meta.len();
@@ -174,10 +189,12 @@ impl Store {
         })
     }
 
-    /// True if the object is in the store (or in `trash/`, from where a read restores it).
+    /// True if the object is in the store (or in `trash/`, from where a read restores it; or,
+    /// for a tiered store, in its upstream).
     pub fn contains(&self, hash: &Hash) -> bool {
         std::fs::symlink_metadata(self.object_path(hash)).is_ok()
             || self.find_in_trash(hash).is_some()
+            || self.upstream_has(hash)
     }
 
     /// Removes an object. Refs or cache entries pointing to it will dangle: gc and eviction are

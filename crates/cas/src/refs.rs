@@ -178,6 +178,9 @@ impl Store {
     /// [`Error::InvalidRefName`]; [`Error::Malformed`] if the file does not hold a hash.
     pub fn get_ref(&self, name: &str) -> Result<Option<Hash>> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream() {
+            return up.get_ref(name); // a tiered store's refs live upstream
+        }
         self.read_ref_file(name)
     }
 
@@ -236,6 +239,9 @@ impl Store {
         message: &str,
     ) -> Result<Option<Hash>> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            return self.upstream_set_ref(up, name, new, expect, message);
+        }
         self.update_ref(name, Some(new), expect, message)
     }
 
@@ -245,6 +251,9 @@ impl Store {
     /// [`Error::RefNotFound`] if it does not exist; otherwise as [`Store::set_ref`].
     pub fn remove_ref(&self, name: &str, expect: Expect) -> Result<Hash> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            return up.remove_ref(name, expect);
+        }
         match self.update_ref(name, None, expect, "remove")? {
             Some(old) => Ok(old),
             None => Err(Error::RefNotFound {
@@ -349,6 +358,9 @@ impl Store {
     /// [`Error::InvalidRefName`]; I/O errors reading the log.
     pub fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream() {
+            return up.reflog(name);
+        }
         let path = self.ref_log_path(name);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -363,6 +375,9 @@ impl Store {
     /// # Errors
     /// I/O errors listing `refs/`; [`Error::Malformed`] for a ref file that holds no hash.
     pub fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>> {
+        if let Some(up) = self.names_upstream() {
+            return up.list_refs(prefix);
+        }
         let root = self.path(layout::REFS);
         let mut out = Vec::new();
         for ent in walkdir::WalkDir::new(&root)

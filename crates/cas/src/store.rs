@@ -26,6 +26,8 @@ use crate::Durability;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
+    /// The upstream of a tiered store (crate::upstream); `None` for a standalone store.
+    pub(crate) tier: Option<Arc<crate::upstream::Tier>>,
 }
 
 pub(crate) struct Inner {
@@ -48,6 +50,7 @@ impl std::fmt::Debug for Store {
             .field("root", &self.inner.root)
             .field("options", &self.inner.options)
             .field("filesystem", &self.inner.caps.name)
+            .field("upstream", &self.upstream().map(crate::Upstream::location))
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +127,9 @@ impl Store {
             Ok(s) => return Ok(s),
             Err(Error::NotAStore { .. }) => {}
             Err(e) => return Err(e),
+        }
+        if let Some(up) = &options.upstream {
+            crate::upstream::check_upstream_path(up)?;
         }
         std::fs::create_dir_all(root).map_err(Error::at("create store directory", root))?;
         let dir_mode = dir_mode(options.shared_group);
@@ -236,7 +242,16 @@ impl Store {
                 Err(e) => return Err(Error::io("read", &cfg_path, e)),
             },
         };
-        Self::with_root(dir, options)
+        let store = Self::with_root(dir, options)?;
+        // A tiered store (issue 13): the upstream is opened on first use, not here, so a
+        // node whose shared filesystem is gone still serves its cached objects.
+        Ok(match store.inner.options.upstream.clone() {
+            Some(up) => {
+                let readonly = store.inner.options.upstream_readonly;
+                store.with_upstream(up, readonly)
+            }
+            None => store,
+        })
     }
 
     /// A handle on `root` without checking that a store is there (for `init`).
@@ -261,6 +276,7 @@ impl Store {
                 host,
                 pid,
             }),
+            tier: None,
         })
     }
 

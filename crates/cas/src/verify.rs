@@ -94,6 +94,9 @@ impl Store {
     /// # Errors
     /// [`Error::Interrupted`] if `progress` asked to stop; I/O errors listing the store.
     pub fn verify(&self, progress: ProgressFn<'_>) -> Result<VerifyReport> {
+        if self.upstream().is_some() {
+            return self.without_upstream().verify(progress); // the local tier only
+        }
         let hashes: Vec<Hash> = self.iter().collect::<Result<_>>()?;
         let total = hashes.len() as u64;
         let next = AtomicUsize::new(0);

@@ -1,0 +1,533 @@
+//! Tiered stores (issue 13): a node-local store in front of an upstream store.
+//!
+//! A store with an upstream is a cache of it. A get looks here, then in the upstream; an
+//! object fetched from the upstream is verified and published here through the normal write
+//! path (stage, barrier, publish without replacing), so concurrent fetches on one node
+//! converge. A put publishes in the upstream first, then here (write-through), so every
+//! object of this store is also in the upstream and this store's gc may evict any of them.
+//! Refs and cache entries live in the upstream only. docs/format.md §10 has the protocol and
+//! its crash analysis.
+//!
+//! The upstream sits behind the [`Upstream`] trait; [`DirUpstream`] implements it for a store
+//! directory (a shared filesystem). An object-store upstream (S3 API) would implement the
+//! same trait without touching these protocols.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::gc::{GcOptions, GcReport};
+use crate::hash::Hash;
+use crate::index::Entry;
+use crate::layout;
+use crate::lock::Wait;
+use crate::progress::{Progress, ProgressFn};
+use crate::refs::RefLogEntry;
+use crate::stage::Staged;
+use crate::{Expect, Store};
+
+/// Where a tiered store's misses go, and where its writes, refs and cache entries end up.
+///
+/// Implementations are shared between threads. Every method may fail with
+/// [`Error::Upstream`] when the upstream cannot be reached; "not there" answers are
+/// `Ok(false)`, `Ok(None)` or the usual not-found errors ([`Error::NotFound`],
+/// [`Error::KeyNotFound`], [`Error::RefNotFound`]).
+pub trait Upstream: Send + Sync {
+    /// The upstream's location, for messages (a directory, a URL).
+    fn location(&self) -> &Path;
+    /// True if the upstream holds the object.
+    fn has(&self, hash: &Hash) -> Result<bool>;
+    /// Writes the object's bytes to `into`, verified by the upstream before anything is
+    /// written where it can (the receiving store verifies again). Returns the length.
+    fn fetch(&self, hash: &Hash, into: &mut dyn Write) -> Result<u64>;
+    /// Stores objects whose hashes the caller already knows (the bytes were hashed while they
+    /// were staged). Objects already present are skipped. Returns when all are published
+    /// with the upstream's durability.
+    fn put(&self, objects: &mut [(Hash, &mut dyn Read)]) -> Result<()>;
+    /// A ref's value.
+    fn get_ref(&self, name: &str) -> Result<Option<Hash>>;
+    /// Sets a ref with compare-and-swap (as [`Store::set_ref_msg`]).
+    fn set_ref(&self, name: &str, new: Hash, expect: Expect, message: &str)
+        -> Result<Option<Hash>>;
+    /// Removes a ref (as [`Store::remove_ref`]).
+    fn remove_ref(&self, name: &str, expect: Expect) -> Result<Hash>;
+    /// Refs whose names start with `prefix`, sorted.
+    fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>>;
+    /// A ref's history.
+    fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>>;
+    /// A cache entry.
+    fn entry(&self, key: &[u8]) -> Result<Entry>;
+    /// Sets a cache entry with compare-and-swap (as [`Store::set_keyed`]).
+    fn set_keyed(
+        &self,
+        key: &[u8],
+        hash: Hash,
+        metadata: &[u8],
+        expect: Expect,
+    ) -> Result<Option<Hash>>;
+    /// Removes a cache entry.
+    fn remove_keyed(&self, key: &[u8]) -> Result<()>;
+    /// All cache entries (an undecodable one is an `Err` item).
+    fn list_keys(&self) -> Result<Vec<Result<Entry>>>;
+}
+
+/// A store directory as an upstream, typically on a shared filesystem.
+///
+/// The store is opened on first use, not when the tiered store is opened, so a node whose
+/// shared filesystem is gone still serves what it has cached. An open that fails, and any
+/// I/O failure of the upstream, is [`Error::Upstream`] naming the directory; the next call
+/// tries to open it again.
+pub struct DirUpstream {
+    path: PathBuf,
+    store: Mutex<Option<Store>>,
+}
+
+impl std::fmt::Debug for DirUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirUpstream")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirUpstream {
+    /// An upstream at the store directory `path` (opened on first use).
+    pub fn new(path: impl Into<PathBuf>) -> DirUpstream {
+        DirUpstream {
+            path: path.into(),
+            store: Mutex::new(None),
+        }
+    }
+
+    /// The upstream store, opened now if it was not yet (its own upstream, if it has one, is
+    /// not used: one level of tiering).
+    fn store(&self) -> Result<Store> {
+        let mut slot = self
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = Store::open(&self.path)
+            .map_err(|e| unavailable(&self.path, e))?
+            .without_upstream();
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Runs `f` on the upstream store; an I/O failure names the upstream and makes the next
+    /// call open it again (it may have been unmounted and mounted again).
+    fn with<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        let s = self.store()?;
+        f(&s).map_err(|e| {
+            if matches!(e.kind(), crate::ErrorKind::Io | crate::ErrorKind::NotAStore) {
+                *self
+                    .store
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                Error::Upstream {
+                    upstream: self.path.clone(),
+                    what: "failed".into(),
+                    source: Some(Box::new(e)),
+                }
+            } else {
+                e
+            }
+        })
+    }
+}
+
+fn unavailable(path: &Path, e: Error) -> Error {
+    Error::Upstream {
+        upstream: path.to_owned(),
+        what: "is unavailable (missing, unmounted or unreadable)".into(),
+        source: Some(Box::new(e)),
+    }
+}
+
+impl Upstream for DirUpstream {
+    fn location(&self) -> &Path {
+        &self.path
+    }
+
+    fn has(&self, hash: &Hash) -> Result<bool> {
+        // `contains` cannot tell "absent" from "unreachable"; the open above can.
+        self.with(|s| Ok(s.contains(hash)))
+    }
+
+    fn fetch(&self, hash: &Hash, into: &mut dyn Write) -> Result<u64> {
+        self.with(|s| s.get_to_writer(hash, into))
+    }
+
+    fn put(&self, objects: &mut [(Hash, &mut dyn Read)]) -> Result<()> {
+        self.with(|s| {
+            let mut batch = s.batch();
+            let mut wanted = Vec::new();
+            for (hash, reader) in objects.iter_mut() {
+                // Present already (perhaps put by another node): refresh its age, copy nothing.
+                if s.refresh_if_present(hash) {
+                    continue;
+                }
+                let got = batch.put_reader(&mut **reader)?;
+                wanted.push((*hash, got));
+            }
+            batch.commit()?;
+            for (hash, got) in wanted {
+                if got != hash {
+                    return Err(Error::Corrupt {
+                        expected: hash,
+                        actual: got,
+                        path: s.object_path(&hash),
+                    });
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn get_ref(&self, name: &str) -> Result<Option<Hash>> {
+        self.with(|s| s.get_ref(name))
+    }
+
+    fn set_ref(
+        &self,
+        name: &str,
+        new: Hash,
+        expect: Expect,
+        message: &str,
+    ) -> Result<Option<Hash>> {
+        self.with(|s| s.set_ref_msg(name, new, expect, message))
+    }
+
+    fn remove_ref(&self, name: &str, expect: Expect) -> Result<Hash> {
+        self.with(|s| s.remove_ref(name, expect))
+    }
+
+    fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>> {
+        self.with(|s| s.list_refs(prefix))
+    }
+
+    fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>> {
+        self.with(|s| s.reflog(name))
+    }
+
+    fn entry(&self, key: &[u8]) -> Result<Entry> {
+        self.with(|s| s.entry(key))
+    }
+
+    fn set_keyed(
+        &self,
+        key: &[u8],
+        hash: Hash,
+        metadata: &[u8],
+        expect: Expect,
+    ) -> Result<Option<Hash>> {
+        self.with(|s| s.set_keyed(key, hash, metadata, expect))
+    }
+
+    fn remove_keyed(&self, key: &[u8]) -> Result<()> {
+        self.with(|s| s.remove_keyed(key))
+    }
+
+    fn list_keys(&self) -> Result<Vec<Result<Entry>>> {
+        self.with(|s| Ok(s.iter_keys()?.collect()))
+    }
+}
+
+/// A store's upstream and how it may be used.
+pub(crate) struct Tier {
+    pub(crate) upstream: Arc<dyn Upstream>,
+    pub(crate) readonly: bool,
+}
+
+/// Reads a staging file from the start through positioned reads, leaving its offset alone.
+struct PosReader<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl Read for PosReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+impl Store {
+    /// This store as a tier in front of the store directory `dir`: misses are fetched from
+    /// it, puts are written through to it (unless `readonly`), refs and cache entries live
+    /// in it. Nothing is opened yet (see [`DirUpstream`]). The store's `config` is not
+    /// changed; `cas init --upstream` (an [`Options::upstream`](crate::Options) given to
+    /// [`Store::init`]) makes it permanent.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let shared = cas::Store::init(dir.path().join("shared"), cas::Options::default())?;
+    /// let h = shared.put_bytes(b"reference genome")?;
+    /// let local = cas::Store::init(dir.path().join("local"), cas::Options::default())?
+    ///     .with_upstream(shared.root(), false);
+    /// assert_eq!(&*local.get(&h)?, b"reference genome"); // fetched, now cached locally
+    /// assert!(local.without_upstream().contains(&h));
+    /// let mine = local.put_bytes(b"result")?; // written through
+    /// assert!(shared.contains(&mine));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_upstream(&self, dir: impl AsRef<Path>, readonly: bool) -> Store {
+        self.with_upstream_impl(Arc::new(DirUpstream::new(dir.as_ref())), readonly)
+    }
+
+    /// As [`Store::with_upstream`], with any [`Upstream`] implementation.
+    #[must_use]
+    pub fn with_upstream_impl(&self, upstream: Arc<dyn Upstream>, readonly: bool) -> Store {
+        Store {
+            inner: Arc::clone(&self.inner),
+            tier: Some(Arc::new(Tier { upstream, readonly })),
+        }
+    }
+
+    /// This store alone, without its upstream: reads, writes, refs and gc see only the local
+    /// directory.
+    #[must_use]
+    pub fn without_upstream(&self) -> Store {
+        Store {
+            inner: Arc::clone(&self.inner),
+            tier: None,
+        }
+    }
+
+    /// The upstream of a tiered store.
+    pub fn upstream(&self) -> Option<&dyn Upstream> {
+        self.tier.as_deref().map(|t| &*t.upstream)
+    }
+
+    /// True if the store has an upstream that it must not write to.
+    pub fn upstream_readonly(&self) -> bool {
+        self.tier.as_ref().is_some_and(|t| t.readonly)
+    }
+
+    /// The upstream where refs and cache entries are read.
+    pub(crate) fn names_upstream(&self) -> Option<&dyn Upstream> {
+        self.upstream()
+    }
+
+    /// The upstream where refs and cache entries are written; a read-only one refuses.
+    pub(crate) fn names_upstream_mut(&self) -> Result<Option<&dyn Upstream>> {
+        match self.tier.as_deref() {
+            None => Ok(None),
+            Some(t) if t.readonly => Err(Error::Upstream {
+                upstream: t.upstream.location().to_owned(),
+                what: "is read-only: refs and cache entries live there and cannot be changed \
+                       through this store"
+                    .into(),
+                source: None,
+            }),
+            Some(t) => Ok(Some(&*t.upstream)),
+        }
+    }
+
+    /// Fetches an object from the upstream into this store: staged here while hashed,
+    /// verified, published without replacing (so racing fetches converge). `Ok(false)`
+    /// without an upstream.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the upstream lacks it too; [`Error::Upstream`] if it cannot be
+    /// reached; [`Error::Corrupt`] if the bytes received do not match.
+    pub(crate) fn fetch_from_upstream(&self, hash: &Hash) -> Result<bool> {
+        let Some(tier) = &self.tier else {
+            return Ok(false);
+        };
+        let local = self.without_upstream();
+        let mut w = local.writer()?;
+        tier.upstream.fetch(hash, &mut w)?;
+        let staged = w.finish()?;
+        if staged.hash != *hash {
+            return Err(Error::Corrupt {
+                expected: *hash,
+                actual: staged.hash,
+                path: tier.upstream.location().to_owned(),
+            });
+        }
+        local.publish(vec![staged], self.durability())?;
+        Ok(true)
+    }
+
+    /// Write-through: before staged objects are published here, they are stored in the
+    /// upstream (read back from their staging files). Nothing without a writable upstream.
+    pub(crate) fn write_through(&self, staged: &[Staged]) -> Result<()> {
+        let Some(tier) = self.tier.as_deref().filter(|t| !t.readonly) else {
+            return Ok(());
+        };
+        let mut readers: Vec<PosReader<'_>> = staged
+            .iter()
+            .map(|s| PosReader {
+                file: s.staging.file(),
+                offset: 0,
+            })
+            .collect();
+        let mut objects: Vec<(Hash, &mut dyn Read)> = staged
+            .iter()
+            .zip(readers.iter_mut())
+            .map(|(s, r)| (s.hash, r as &mut dyn Read))
+            .collect();
+        tier.upstream.put(&mut objects)
+    }
+
+    /// True if the upstream holds the object (false without one, or when it is unreachable).
+    pub(crate) fn upstream_has(&self, hash: &Hash) -> bool {
+        self.upstream()
+            .is_some_and(|u| u.has(hash).unwrap_or(false))
+    }
+
+    /// Runs a local read; if it found the local copy corrupt (and quarantined it), fetches
+    /// the object again from the upstream and reads once more.
+    pub(crate) fn refetch_if_corrupt<T>(
+        &self,
+        hash: &Hash,
+        read: impl Fn() -> Result<T>,
+    ) -> Result<T> {
+        match read() {
+            Err(e) if e.is_corrupt() && self.tier.is_some() => {
+                self.fetch_from_upstream(hash)?;
+                read()
+            }
+            r => r,
+        }
+    }
+
+    /// Makes sure the upstream holds an object a ref or entry is about to name there: a
+    /// store given an upstream after objects were put in it has local-only objects.
+    fn ensure_upstream_has(&self, up: &dyn Upstream, hash: &Hash) -> Result<()> {
+        if up.has(hash)? {
+            return Ok(());
+        }
+        let local = self.without_upstream();
+        let Ok(obj) = local.get(hash) else {
+            return Ok(()); // let the upstream report what it lacks
+        };
+        up.put(&mut [(*hash, &mut &obj[..])])
+    }
+
+    /// Sets a ref in the upstream.
+    pub(crate) fn upstream_set_ref(
+        &self,
+        up: &dyn Upstream,
+        name: &str,
+        new: Hash,
+        expect: Expect,
+        message: &str,
+    ) -> Result<Option<Hash>> {
+        self.ensure_upstream_has(up, &new)?;
+        up.set_ref(name, new, expect, message)
+    }
+
+    /// Points a key at an object in the upstream.
+    pub(crate) fn upstream_set_keyed(
+        &self,
+        up: &dyn Upstream,
+        key: &[u8],
+        hash: Hash,
+        metadata: &[u8],
+        expect: Expect,
+    ) -> Result<Option<Hash>> {
+        self.ensure_upstream_has(up, &hash)?;
+        up.set_keyed(key, hash, metadata, expect)
+    }
+
+    /// gc of a tiered store: this store is a cache of its upstream, so nothing here is a root
+    /// except what local refs, entries and pins reach (a standalone store's, if the upstream
+    /// was added later). Unreachable objects are kept while the store is within its budget;
+    /// over budget they are evicted least recently used first (deleted at once: the upstream
+    /// holds them, and a reader that loses one fetches it again). An object the upstream
+    /// does not hold (put through a read-only upstream) is never evicted. Dead writers'
+    /// staging files are removed as by the normal gc.
+    pub(crate) fn gc_tier(&self, opts: &GcOptions, progress: ProgressFn<'_>) -> Result<GcReport> {
+        let local = self.without_upstream();
+        let lock_path = self.path(layout::LOCKS).join("gc.lock");
+        let lock = local.acquire_lock(&lock_path, None, Wait::For(Duration::ZERO))?;
+        let dry = opts.dry_run;
+        let mark = local.mark()?;
+        let mut r = GcReport {
+            dry_run: dry,
+            roots: mark.roots,
+            reachable: mark.reachable.len() as u64,
+            ..GcReport::default()
+        };
+        let mut cached = Vec::new();
+        for h in local.iter() {
+            let h = h?;
+            let p = self.object_path(&h);
+            let meta = match self.inner.root_dir.lstat(&p) {
+                Ok(m) => m,
+                Err(e) if crate::fs::is_not_found(&e) => continue,
+                Err(e) => return Err(Error::io("stat", &p, e)),
+            };
+            r.objects += 1;
+            r.bytes += meta.len;
+            if !mark.reachable.contains(&h) {
+                cached.push((meta.mtime, h, meta.len));
+            }
+        }
+        if !progress(Progress {
+            phase: "scan",
+            done: r.objects,
+            total: Some(r.objects),
+        }) {
+            return Err(Error::Interrupted);
+        }
+        let mut total = r.bytes;
+        if let Some(budget) = opts.max_size.or(self.inner.options.max_size) {
+            cached.sort_unstable_by_key(|(t, h, _)| (*t, *h));
+            for (_, h, len) in cached {
+                if total <= budget {
+                    break;
+                }
+                // The copy here may be the only one (a put through a read-only upstream).
+                if !self.upstream().is_some_and(|u| u.has(&h).unwrap_or(false)) {
+                    continue;
+                }
+                if !dry {
+                    let p = self.object_path(&h);
+                    match self.inner.root_dir.unlink(&p) {
+                        Ok(()) => {}
+                        Err(e) if crate::fs::is_not_found(&e) => continue,
+                        Err(e) => return Err(Error::io("evict", &p, e)),
+                    }
+                }
+                r.evicted_objects += 1;
+                r.evicted_bytes += len;
+                total -= len;
+            }
+        }
+        for (p, _) in local.stale_staging()? {
+            r.staging_removed += 1;
+            if !dry {
+                let _ = self.inner.root_dir.unlink(&p);
+            }
+        }
+        r.bytes_after = total;
+        lock.release();
+        Ok(r)
+    }
+}
+
+/// Validates an upstream path for the `config` file (one line, not empty).
+pub(crate) fn check_upstream_path(p: &Path) -> Result<()> {
+    let s = p.to_string_lossy();
+    if s.trim().is_empty() || s.contains('\n') || s.contains('\r') || s.trim() != s {
+        return Err(Error::InvalidInput {
+            what: "upstream",
+            reason: format!(
+                "{s:?}: the path must be non-empty, one line, without surrounding spaces"
+            ),
+        });
+    }
+    Ok(())
+}
