@@ -54,6 +54,15 @@ struct Global {
     /// Staging files of writers on other hosts are judged dead after this long (gc, doctor).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     stale_age: Option<Duration>,
+    /// Use the store as a local tier in front of the upstream store DIR: misses are fetched
+    /// from it, puts written through to it, refs and keys live in it. With `cas init`,
+    /// recorded in the store's config.
+    #[arg(long, global = true, value_name = "DIR", env = "CAS_UPSTREAM", help_heading = GLOBAL)]
+    upstream: Option<PathBuf>,
+    /// The upstream is read-only (a published dataset): puts stay local; refs and keys can
+    /// be read, not set.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    upstream_readonly: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,9 +195,52 @@ enum Cmd {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Copy refs and keys, with every object they reach, to the store DEST; then set them
+    /// there with compare-and-swap (exit 1 naming a ref DEST moved meanwhile). Re-running
+    /// after an interruption copies only what is missing.
+    #[command(
+        after_help = "Examples:\n  cas push /shared/cas release/v1\n  cas push /shared/cas --all --json\n  cas push /shared/cas release/v1 --force"
+    )]
+    Push {
+        /// The destination store.
+        dest: PathBuf,
+        #[command(flatten)]
+        what: TransferArgs,
+    },
+    /// Copy refs and keys, with every object they reach, from the store SRC into this one;
+    /// then set them here with compare-and-swap (as push, the other way).
+    #[command(
+        after_help = "Examples:\n  cas pull /shared/cas release/v1\n  cas pull /shared/cas --key build:abc123"
+    )]
+    Pull {
+        /// The source store.
+        src: PathBuf,
+        #[command(flatten)]
+        what: TransferArgs,
+    },
     /// Show the store's location, filesystem, object count and size.
     #[command(after_help = "Examples:\n  cas stats\n  cas --store /srv/cache stats --json")]
     Stats,
+}
+
+/// What push and pull transfer.
+#[derive(Args, Debug)]
+struct TransferArgs {
+    /// Refs to transfer.
+    #[arg(value_parser = parse_ref_name)]
+    refs: Vec<String>,
+    /// Cache keys to transfer (repeatable).
+    #[arg(long = "key", value_name = "KEY")]
+    keys: Vec<String>,
+    /// Every ref and every key.
+    #[arg(long)]
+    all: bool,
+    /// Set the names whatever the destination holds now.
+    #[arg(long)]
+    force: bool,
+    /// Objects copied at once.
+    #[arg(long, short, value_name = "N", default_value_t = 4)]
+    jobs: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -401,7 +453,12 @@ fn not_a_store_hint(dir: &Path, e: &cas::Error) -> anyhow::Error {
 }
 
 fn apply_overrides(store: Store, g: &Global) -> Result<Store> {
-    if g.durability.is_none() && g.lock_timeout.is_none() && g.stale_age.is_none() {
+    if g.durability.is_none()
+        && g.lock_timeout.is_none()
+        && g.stale_age.is_none()
+        && g.upstream.is_none()
+        && !g.upstream_readonly
+    {
         return Ok(store);
     }
     let o = with_globals(store.options().clone(), g);
@@ -418,6 +475,12 @@ fn with_globals(mut o: Options, g: &Global) -> Options {
     }
     if let Some(t) = g.stale_age {
         o = o.stale_age(t);
+    }
+    if let Some(u) = &g.upstream {
+        o = o.upstream(Some(std::path::absolute(u).unwrap_or_else(|_| u.clone())));
+    }
+    if g.upstream_readonly {
+        o = o.upstream_readonly(true);
     }
     o
 }
@@ -495,8 +558,71 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_key(&open_store(g, access)?, c, g.json)
         }
         Cmd::Stats => cmd_stats(&open_store(g, Existing)?, g.json),
+        Cmd::Push { dest, what } => {
+            let src = open_store(g, Existing)?;
+            let dst = open_other(&dest)?;
+            cmd_transfer(&src, &dst, &what, g.json)
+        }
+        Cmd::Pull { src, what } => {
+            let dst = open_store(g, Write)?;
+            let src = open_other(&src)?;
+            cmd_transfer(&src, &dst, &what, g.json)
+        }
         Cmd::Completions { shell } => cmd_completions(shell),
     }
+}
+
+/// The other store of a push or pull: it must exist; its own config (and upstream) apply.
+fn open_other(dir: &Path) -> Result<Store> {
+    match Store::open(dir) {
+        Ok(s) => Ok(s),
+        Err(e @ cas::Error::NotAStore { .. }) => Err(not_a_store_hint(dir, &e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn cmd_transfer(src: &Store, dst: &Store, what: &TransferArgs, json: bool) -> Result<ExitCode> {
+    if what.refs.is_empty() && what.keys.is_empty() && !what.all {
+        anyhow::bail!("nothing to transfer: name refs, --key KEY, or --all");
+    }
+    let opts = cas::TransferOptions::default()
+        .refs(what.refs.iter().cloned())
+        .keys(what.keys.iter().map(|k| k.as_bytes().to_vec()))
+        .all(what.all)
+        .force(what.force)
+        .jobs(what.jobs);
+    let r = src.push_to(dst, &opts)?;
+    for c in &r.conflicts {
+        let f = |h: Option<Hash>| h.map_or_else(|| "absent".to_owned(), |h| h.to_string());
+        eprintln!(
+            "cas: error: {} moved on {} while transferring (was {}, now {}); not set \
+             (--force overwrites)",
+            c.name,
+            dst.root().display(),
+            f(c.expected),
+            f(c.actual)
+        );
+    }
+    if json {
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(m) = v.as_object_mut() {
+            m.insert("source".into(), serde_json::json!(src.root()));
+            m.insert("dest".into(), serde_json::json!(dst.root()));
+            m.insert("complete".into(), r.is_complete().into());
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "{} objects: {} copied ({}), {} already there; refs set: {}; keys set: {}",
+            r.objects,
+            r.objects_copied,
+            output::human_bytes(r.bytes_copied),
+            r.objects_skipped,
+            r.refs_set.len(),
+            r.keys_set.len()
+        );
+    }
+    Ok(exit(r.is_complete()))
 }
 
 fn exit(success: bool) -> ExitCode {
@@ -522,6 +648,16 @@ fn cmd_init(
         Options::default().shared_group(shared).max_size(max_size),
         g,
     );
+    if let Some(up) = &o.upstream {
+        // A typo would otherwise surface only at the first miss.
+        Store::open(up).with_context(|| {
+            format!(
+                "the upstream {} is not a store (create it first with `cas init {}`)",
+                up.display(),
+                up.display()
+            )
+        })?;
+    }
     let existed = Store::open(&dir).is_ok();
     let create = if force {
         Create::Force
@@ -641,6 +777,8 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
             "durability": store.durability().to_string(),
             "shared_group": store.options().shared_group,
             "max_size": store.options().max_size,
+            "upstream": store.upstream().map(cas::Upstream::location),
+            "upstream_readonly": store.upstream_readonly(),
             "fs": cas::FsInfoReport::from(fs),
         });
         println!("{v}");
@@ -653,6 +791,14 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
             output::human_bytes(s.bytes)
         );
         println!("durability:  {}", store.durability());
+        if let Some(u) = store.upstream() {
+            let ro = if store.upstream_readonly() {
+                " (read-only)"
+            } else {
+                ""
+            };
+            println!("upstream:    {}{ro}", u.location().display());
+        }
         let note = if fs.network {
             " (network/FUSE: no mmap, link+unlink publish)"
         } else {
