@@ -117,9 +117,8 @@ fn racing_writers_on_two_hosts_converge_in_both_tiers() {
         let node = if w % 2 == 0 { &t.a } else { &t.b };
         writers.push((spawn(cas_at(node).arg("put").args(&files)), want));
     }
-    for (i, d) in shared.iter().enumerate() {
+    for d in &shared {
         all.push((blake3_hex(d), d.clone()));
-        let _ = i;
     }
     for (child, want) in writers {
         let out = child.wait_with_output().unwrap();
@@ -151,13 +150,16 @@ fn racing_writers_on_two_hosts_converge_in_both_tiers() {
     let mut setters = Vec::new();
     for (i, (h, _)) in all.iter().take(6).enumerate() {
         let node = if i % 2 == 0 { &t.a } else { &t.b };
-        setters.push(spawn(
-            cas_at(node).args(["ref", "set", "first", h, "--expect-none"]),
-        ));
+        setters.push(spawn(cas_at(node).args([
+            "ref",
+            "set",
+            "first",
+            h,
+            "--expect-none",
+        ])));
     }
     let wins = setters
         .into_iter()
-        .filter(|_| true)
         .map(|c| c.wait_with_output().unwrap().status.success())
         .filter(|ok| *ok)
         .count();
@@ -167,7 +169,10 @@ fn racing_writers_on_two_hosts_converge_in_both_tiers() {
     let upstream = run_ok(cas_at(&t.up).args(["ref", "get", "first"]));
     assert_eq!(on_a, upstream);
     assert_eq!(on_b, upstream);
-    assert!(files_under(&t.a.join("refs")).is_empty(), "refs are not local");
+    assert!(
+        files_under(&t.a.join("refs")).is_empty(),
+        "refs are not local"
+    );
 }
 
 /// A corrupt local copy is quarantined by the get that finds it, fetched again from the
@@ -246,11 +251,20 @@ fn unreachable_upstream_serves_cache_and_fails_clearly() {
 
     // A per-command upstream that does not exist at all.
     let missing = t.dir.path().join("never-mounted");
-    let out = run(cas_at(&t.b).arg("--upstream").arg(&missing).args(["get", &hc]));
+    let out = run(cas_at(&t.b)
+        .arg("--upstream")
+        .arg(&missing)
+        .args(["get", &hc]));
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains(&missing.display().to_string()));
-    let out = run(cas_at(&t.b).arg("--upstream").arg(&missing).args(["get", &ho]));
-    assert!(out.status.success() && out.stdout == other, "B's cache serves");
+    let out = run(cas_at(&t.b)
+        .arg("--upstream")
+        .arg(&missing)
+        .args(["get", &ho]));
+    assert!(
+        out.status.success() && out.stdout == other,
+        "B's cache serves"
+    );
 
     std::fs::rename(&away, &t.up).unwrap();
     assert!(get(&t.a, &ho).stdout == other, "fetched once back");
@@ -286,12 +300,22 @@ fn tier_gc_evicts_to_budget_and_refetches() {
 }
 
 /// A tree of many files in `store` under `ref`; returns the source directory and tree hash.
-fn tree_with_ref(store: &Path, base: &Path, name: &str, files: usize, seed: u64) -> (PathBuf, String) {
+fn tree_with_ref(
+    store: &Path,
+    base: &Path,
+    name: &str,
+    files: usize,
+    seed: u64,
+) -> (PathBuf, String) {
     let dir = base.join(name);
     for i in 0..files {
         let sub = dir.join(format!("d{}", i % 7));
         std::fs::create_dir_all(&sub).unwrap();
-        std::fs::write(sub.join(format!("f{i}")), data(8_000 + i * 13, seed + i as u64)).unwrap();
+        std::fs::write(
+            sub.join(format!("f{i}")),
+            data(8_000 + i * 13, seed + i as u64),
+        )
+        .unwrap();
     }
     let h = run_ok(cas_at(store).args(["put", "-r"]).arg(&dir))
         .trim()
@@ -305,7 +329,12 @@ fn assert_same_tree(store: &Path, tree: &str, original: &Path, out: &Path) {
     let rel = |root: &Path| -> Vec<(PathBuf, Vec<u8>)> {
         files_under(root)
             .into_iter()
-            .map(|p| (p.strip_prefix(root).unwrap().to_owned(), std::fs::read(&p).unwrap()))
+            .map(|p| {
+                (
+                    p.strip_prefix(root).unwrap().to_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
             .collect()
     };
     assert!(rel(original) == rel(out), "restored tree differs");
@@ -320,7 +349,7 @@ fn kill(pid: u32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid}");
 }
 
-/// A push SIGKILLed once some objects arrived, resumed by a pull from the other side: the
+/// A push killed with SIGKILL once some objects arrived, resumed by a pull from the other side: the
 /// destination verifies clean, the ref is set, the tree restores identical, and the resumed
 /// transfer skipped what had arrived.
 #[test]
@@ -333,7 +362,12 @@ fn push_killed_halfway_then_pull_resumes() {
     let (dir, tree) = tree_with_ref(&src, base.path(), "dataset", 600, 10);
     let total = files_under(&src.join("objects")).len();
 
-    let mut push = spawn(cas_at(&src).args(["push", "--jobs", "2"]).arg(&dst).arg("dataset"));
+    let mut push = spawn(
+        cas_at(&src)
+            .args(["push", "--jobs", "2"])
+            .arg(&dst)
+            .arg("dataset"),
+    );
     wait_until("some objects at the destination", || {
         objects_in(&dst) > 0 || push.try_wait().unwrap().is_some()
     });
@@ -345,10 +379,17 @@ fn push_killed_halfway_then_pull_resumes() {
     } else {
         assert!(arrived < total, "killed before the end");
         let refs = run(cas_at(&dst).args(["ref", "get", "dataset"]));
-        assert_eq!(refs.status.code(), Some(1), "no ref before all objects arrived");
+        assert_eq!(
+            refs.status.code(),
+            Some(1),
+            "no ref before all objects arrived"
+        );
     }
     // Resume from the other side.
-    let out = run(cas_at(&dst).args(["pull", "--json"]).arg(&src).arg("dataset"));
+    let out = run(cas_at(&dst)
+        .args(["pull", "--json"])
+        .arg(&src)
+        .arg("dataset"));
     assert!(out.status.success(), "pull: {}", text(&out.stderr));
     let r = json(&out);
     assert_eq!(r["objects"], total as u64, "{r}");
@@ -367,7 +408,10 @@ fn push_killed_halfway_then_pull_resumes() {
     );
     assert_same_tree(&dst, &tree, &dir, &base.path().join("restored"));
     // Nothing left to do.
-    let r = json(&run(cas_at(&src).args(["push", "--json"]).arg(&dst).arg("dataset")));
+    let r = json(&run(cas_at(&src)
+        .args(["push", "--json"])
+        .arg(&dst)
+        .arg("dataset")));
     assert_eq!(r["objects_copied"], 0);
     assert_eq!(r["refs_unchanged"], serde_json::json!(["dataset"]));
 }
@@ -408,9 +452,8 @@ fn push_conflicts_when_destination_moved_meanwhile() {
             objects_in(&dst) > before || push.try_wait().unwrap().is_some()
         });
         kill(push.id(), "STOP");
-        let still_old =
-            run_ok(cas_at(&dst).args(["ref", "get", "dataset"])).trim() == old
-                && !dst.join("refs/dataset.lock").exists();
+        let still_old = run_ok(cas_at(&dst).args(["ref", "get", "dataset"])).trim() == old
+            && !dst.join("refs/dataset.lock").exists();
         if still_old {
             run_ok(cas_at(&dst).args(["ref", "set", "dataset", &mine]));
         }
@@ -422,13 +465,19 @@ fn push_conflicts_when_destination_moved_meanwhile() {
         }
         assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
         let err = text(&out.stderr);
-        assert!(err.contains("ref dataset") && err.contains("--force"), "{err}");
+        assert!(
+            err.contains("ref dataset") && err.contains("--force"),
+            "{err}"
+        );
         assert_eq!(
             run_ok(cas_at(&dst).args(["ref", "get", "dataset"])).trim(),
             mine,
             "the destination's move is kept"
         );
-        let out = run(cas_at(&src).args(["push", "--force", "--json"]).arg(&dst).arg("dataset"));
+        let out = run(cas_at(&src)
+            .args(["push", "--force", "--json"])
+            .arg(&dst)
+            .arg("dataset"));
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(json(&out)["refs_set"], serde_json::json!(["dataset"]));
         assert_eq!(
@@ -449,7 +498,12 @@ fn push_conflicts_when_destination_moved_meanwhile() {
         b"artifact",
     );
     assert!(out.status.success());
-    run_ok(cas_at(&src).arg("push").arg(&dst).args(["--key", "build:1"]));
+    run_ok(
+        cas_at(&src)
+            .arg("push")
+            .arg(&dst)
+            .args(["--key", "build:1"]),
+    );
     let info = json(&run(cas_at(&dst).args(["key", "info", "build:1", "--json"])));
     assert_eq!(info["metadata"], "m=1");
     assert_eq!(
@@ -476,20 +530,24 @@ fn readonly_upstream_is_never_written() {
         c
     };
     assert!(run(ro(&t.a).args(["get", &h])).stdout == published);
-    assert_eq!(
-        run_ok(ro(&t.a).args(["ref", "get", "dataset"])).trim(),
-        h
-    );
+    assert_eq!(run_ok(ro(&t.a).args(["ref", "get", "dataset"])).trim(), h);
     let mine = run_ok(ro(&t.a).arg("put").arg(t.scratch("mine", b"local only")))
         .trim()
         .to_owned();
     assert!(object_path(&t.a, &mine).is_file());
     let out = run(ro(&t.a).args(["ref", "set", "x", &mine]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("read-only"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("read-only"),
+        "{}",
+        text(&out.stderr)
+    );
     // gc never evicts the only copy of a local put.
     run_ok(ro(&t.a).args(["gc", "--max-size", "0"]));
     assert!(object_path(&t.a, &mine).is_file());
-    assert!(!object_path(&t.a, &h).exists(), "the cached copy was evicted");
+    assert!(
+        !object_path(&t.a, &h).exists(),
+        "the cached copy was evicted"
+    );
     assert_eq!(files_under(&t.up), before, "upstream untouched");
 }

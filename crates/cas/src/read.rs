@@ -140,7 +140,9 @@ impl Store {
     pub fn get_to_writer(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
         // Nothing is written to `out` before verification, so a retry writes it once.
         let out = std::cell::RefCell::new(out);
-        self.refetch_if_corrupt(hash, || self.get_to_writer_once(hash, &mut **out.borrow_mut()))
+        self.refetch_if_corrupt(hash, || {
+            self.get_to_writer_once(hash, &mut **out.borrow_mut())
+        })
     }
 
     fn get_to_writer_once(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {

@@ -26,7 +26,7 @@ use crate::Durability;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
-    /// The upstream of a tiered store (crate::upstream); `None` for a standalone store.
+    /// The upstream of a tiered store (`crate::upstream`); `None` for a standalone store.
     pub(crate) tier: Option<Arc<crate::upstream::Tier>>,
 }
 

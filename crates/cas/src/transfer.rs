@@ -187,7 +187,11 @@ fn transfer(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Transfer
         if !seen.insert(h) {
             continue;
         }
-        match maybe_tree.then(|| src.tree_children(&h)).transpose()?.flatten() {
+        match maybe_tree
+            .then(|| src.tree_children(&h))
+            .transpose()?
+            .flatten()
+        {
             Some(children) => {
                 trees.push(h);
                 stack.extend(children);
@@ -273,9 +277,9 @@ fn resolve_names(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Vec
         if refs.iter().any(|(n, _)| n == name) {
             continue;
         }
-        let h = src.get_ref(name)?.ok_or_else(|| Error::RefNotFound {
-            name: name.clone(),
-        })?;
+        let h = src
+            .get_ref(name)?
+            .ok_or_else(|| Error::RefNotFound { name: name.clone() })?;
         refs.push((name.clone(), h));
     }
     for (name, value) in refs {
