@@ -1218,10 +1218,14 @@ fn tier(c: &mut Criterion, cfg: &Cfg) {
     let unit = Unit::Bytes(big_len as u64);
     let mut g = group(c, "tier-get-big", cfg);
     bench(&mut g, TIER_GET_BIG, "local tier", unit, || {
-        timed(|| black_box(local.get(&big_hash).expect("get").len()))
+        timed(|| {
+            black_box(local.get(&big_hash).expect("get").len());
+        })
     });
     bench(&mut g, TIER_GET_BIG, "upstream direct", unit, || {
-        timed(|| black_box(upstream.get(&big_hash).expect("get").len()))
+        timed(|| {
+            black_box(upstream.get(&big_hash).expect("get").len());
+        })
     });
     g.finish();
 

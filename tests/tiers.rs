@@ -371,9 +371,14 @@ fn push_killed_halfway_then_pull_resumes() {
     wait_until("some objects at the destination", || {
         objects_in(&dst) > 0 || push.try_wait().unwrap().is_some()
     });
-    kill(push.id(), "KILL");
+    let pid = push.id();
+    kill(pid, "KILL");
     let status = push.wait().unwrap();
     let arrived = objects_in(&dst);
+    // SIGKILL cannot be caught: at most the killed writer's own staging files are left.
+    for p in files_under(&dst.join("tmp")) {
+        assert_eq!(common::staging_pid(&p), Some(pid), "{}", p.display());
+    }
     if status.success() {
         eprintln!("note: the push finished before it could be killed");
     } else {
@@ -401,6 +406,9 @@ fn push_killed_halfway_then_pull_resumes() {
     if !status.success() {
         assert_eq!(r["refs_set"], serde_json::json!(["dataset"]), "{r}");
     }
+    // gc removes the killed writer's staging files (same host, dead pid) and nothing else.
+    run_ok(cas_at(&dst).arg("gc"));
+    assert_eq!(objects_in(&dst), total);
     assert_clean(&dst);
     assert_eq!(
         run_ok(cas_at(&dst).args(["ref", "get", "dataset"])).trim(),
@@ -550,4 +558,17 @@ fn readonly_upstream_is_never_written() {
         "the cached copy was evicted"
     );
     assert_eq!(files_under(&t.up), before, "upstream untouched");
+    // `cas init --upstream` refuses an upstream that is not a store, and creates nothing.
+    let typo = t.dir.path().join("nodeC");
+    let out = run(cas_at(&typo)
+        .arg("init")
+        .arg("--upstream")
+        .arg(t.dir.path().join("sahred")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("sahred"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!typo.exists());
 }

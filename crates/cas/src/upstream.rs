@@ -156,8 +156,15 @@ impl Upstream for DirUpstream {
     }
 
     fn has(&self, hash: &Hash) -> Result<bool> {
-        // `contains` cannot tell "absent" from "unreachable"; the open above can.
-        self.with(|s| Ok(s.contains(hash)))
+        // Not `contains`, which cannot tell "absent" from "unreachable" (EIO, ENOTCONN).
+        self.with(|s| {
+            let p = s.object_path(hash);
+            match s.inner.root_dir.lstat(&p) {
+                Ok(_) => Ok(true),
+                Err(e) if crate::fs::is_not_found(&e) => Ok(s.find_in_trash(hash).is_some()),
+                Err(e) => Err(Error::io("stat", &p, e)),
+            }
+        })
     }
 
     fn fetch(&self, hash: &Hash, into: &mut dyn Write) -> Result<u64> {
@@ -243,6 +250,26 @@ impl Upstream for DirUpstream {
 pub(crate) struct Tier {
     pub(crate) upstream: Arc<dyn Upstream>,
     pub(crate) readonly: bool,
+}
+
+/// A writer that remembers its own failure, so an error coming back through the upstream's
+/// `fetch` can be told apart from a failure of the upstream itself.
+struct Recording<'a> {
+    inner: &'a mut dyn Write,
+    failed: Option<io::Error>,
+}
+
+impl Write for Recording<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| {
+            self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|e| {
+            self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+        })
+    }
 }
 
 /// Reads a staging file from the start through positioned reads, leaving its offset alone.
@@ -346,7 +373,18 @@ impl Store {
         };
         let local = self.without_upstream();
         let mut w = local.writer()?;
-        tier.upstream.fetch(hash, &mut w)?;
+        let staging = w.staging_path();
+        let mut rec = Recording {
+            inner: &mut w,
+            failed: None,
+        };
+        if let Err(e) = tier.upstream.fetch(hash, &mut rec) {
+            // A full local disk is this store's failure, not the upstream's.
+            return Err(match rec.failed.take() {
+                Some(local_err) => Error::io("write staging file", staging, local_err),
+                None => e,
+            });
+        }
         let staged = w.finish()?;
         if staged.hash != *hash {
             return Err(Error::Corrupt {
@@ -489,8 +527,13 @@ impl Store {
                 if total <= budget {
                     break;
                 }
-                // The copy here may be the only one (a put through a read-only upstream).
-                if !self.upstream().is_some_and(|u| u.has(&h).unwrap_or(false)) {
+                // The copy here may be the only one (a put through a read-only upstream). An
+                // unreachable upstream fails the gc: it cannot tell which copies are spare.
+                let spare = match self.upstream() {
+                    Some(u) => u.has(&h)?,
+                    None => false,
+                };
+                if !spare {
                     continue;
                 }
                 if !dry {
@@ -530,4 +573,117 @@ pub(crate) fn check_upstream_path(p: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An upstream that is not a directory (as an object-store upstream would be): objects
+    /// and refs in memory. The tier's protocols work unchanged over it.
+    #[derive(Default)]
+    struct Memory {
+        objects: Mutex<HashMap<Hash, Vec<u8>>>,
+        refs: Mutex<HashMap<String, Hash>>,
+    }
+
+    impl Upstream for Memory {
+        fn location(&self) -> &Path {
+            Path::new("mem://test")
+        }
+        fn has(&self, hash: &Hash) -> Result<bool> {
+            Ok(self.objects.lock().unwrap().contains_key(hash))
+        }
+        fn fetch(&self, hash: &Hash, into: &mut dyn Write) -> Result<u64> {
+            let o = self.objects.lock().unwrap().get(hash).cloned();
+            let o = o.ok_or(Error::NotFound {
+                hash: *hash,
+                path: PathBuf::from("mem://test"),
+            })?;
+            into.write_all(&o)
+                .map_err(|e| Error::io("write output", "<output>", e))?;
+            Ok(o.len() as u64)
+        }
+        fn put(&self, objects: &mut [(Hash, &mut dyn Read)]) -> Result<()> {
+            for (h, r) in objects.iter_mut() {
+                let mut v = Vec::new();
+                r.read_to_end(&mut v).unwrap();
+                assert_eq!(Hash::of(&v), *h, "the tier hands over the bytes it hashed");
+                self.objects.lock().unwrap().insert(*h, v);
+            }
+            Ok(())
+        }
+        fn get_ref(&self, name: &str) -> Result<Option<Hash>> {
+            Ok(self.refs.lock().unwrap().get(name).copied())
+        }
+        fn set_ref(&self, name: &str, new: Hash, _: Expect, _: &str) -> Result<Option<Hash>> {
+            Ok(self.refs.lock().unwrap().insert(name.to_owned(), new))
+        }
+        fn remove_ref(&self, name: &str, _: Expect) -> Result<Hash> {
+            self.refs
+                .lock()
+                .unwrap()
+                .remove(name)
+                .ok_or(Error::RefNotFound { name: name.into() })
+        }
+        fn list_refs(&self, _: &str) -> Result<Vec<(String, Hash)>> {
+            Ok(self.refs.lock().unwrap().clone().into_iter().collect())
+        }
+        fn reflog(&self, _: &str) -> Result<Vec<RefLogEntry>> {
+            Ok(Vec::new())
+        }
+        fn entry(&self, key: &[u8]) -> Result<Entry> {
+            Err(Error::KeyNotFound {
+                key: String::from_utf8_lossy(key).into(),
+            })
+        }
+        fn set_keyed(&self, _: &[u8], _: Hash, _: &[u8], _: Expect) -> Result<Option<Hash>> {
+            Ok(None)
+        }
+        fn remove_keyed(&self, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn list_keys(&self) -> Result<Vec<Result<Entry>>> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_custom_upstream_gets_write_through_fetches_and_names() {
+        let d = tempfile::tempdir().unwrap();
+        let mem = Arc::new(Memory::default());
+        let tier = Store::init(d.path().join("a"), crate::Options::default())
+            .unwrap()
+            .with_upstream_impl(mem.clone(), false);
+        let h = tier.put_bytes(b"written through").unwrap();
+        assert!(mem.has(&h).unwrap());
+        tier.set_ref("r", h, Expect::Any).unwrap();
+        assert_eq!(mem.get_ref("r").unwrap(), Some(h));
+        assert!(tier.without_upstream().list_refs("").unwrap().is_empty());
+
+        // Another node's tier fetches it, verified, and keeps a local copy.
+        let other = Store::init(d.path().join("b"), crate::Options::default())
+            .unwrap()
+            .with_upstream_impl(mem.clone(), false);
+        assert_eq!(&*other.get(&h).unwrap(), b"written through");
+        assert!(other.without_upstream().contains(&h));
+
+        // An upstream that serves wrong bytes is caught before anything is published.
+        let bad = Hash::of(b"claimed");
+        mem.objects.lock().unwrap().insert(bad, b"not it".to_vec());
+        assert!(other.get(&bad).unwrap_err().is_corrupt());
+        assert!(!other.without_upstream().contains(&bad));
+        assert!(std::fs::read_dir(d.path().join("b/tmp"))
+            .unwrap()
+            .next()
+            .is_none());
+
+        // Budget eviction keeps nothing it cannot get back.
+        let r = other
+            .gc(&GcOptions::default().max_size(Some(0)), &crate::no_progress)
+            .unwrap();
+        assert_eq!(r.evicted_objects, 1);
+        assert_eq!(&*other.get(&h).unwrap(), b"written through");
+    }
 }
