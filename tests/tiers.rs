@@ -520,7 +520,7 @@ fn push_conflicts_when_destination_moved_meanwhile() {
     );
     // Nothing named: a usage error, not a silent no-op.
     let out = run(cas_at(&src).arg("push").arg(&dst));
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
 /// A read-only upstream: misses are fetched, puts stay local, refs are read upstream and
@@ -571,4 +571,44 @@ fn readonly_upstream_is_never_written() {
         text(&out.stderr)
     );
     assert!(!typo.exists());
+}
+
+/// SIGTERM while a put is writing through to the upstream removes this process's staging
+/// files in both stores (the tier's and the upstream's) and exits 143; nothing is published.
+#[test]
+fn signal_during_write_through_cleans_both_stores() {
+    let t = Tiers::new();
+    let big = t.scratch("big", &data(192 << 20, 99));
+    let h = blake3_hex(&std::fs::read(&big).unwrap());
+    let mut concluded = false;
+    for _ in 0..3 {
+        let mut put = spawn(cas_at(&t.a).arg("put").arg(&big));
+        let pid = put.id();
+        wait_until("a staging file of the put in the upstream", || {
+            !common::staging_files_of(&t.up.join("tmp"), pid).is_empty()
+                || put.try_wait().unwrap().is_some()
+        });
+        if put.try_wait().unwrap().is_some() {
+            eprintln!("note: the put finished before it was seen writing through");
+            let _ = put.wait();
+            run_ok(cas_at(&t.a).args(["rm", &h]));
+            run_ok(cas_at(&t.up).args(["rm", &h]));
+            continue;
+        }
+        kill(pid, "TERM");
+        let status = put.wait().unwrap();
+        assert_eq!(status.code(), Some(143));
+        for store in [&t.a, &t.up] {
+            let left = files_under(&store.join("tmp"));
+            assert!(
+                left.is_empty(),
+                "{}: staging left: {left:?}",
+                store.display()
+            );
+            assert!(!object_path(store, &h).exists(), "nothing published");
+        }
+        concluded = true;
+        break;
+    }
+    assert!(concluded, "never caught the put writing through");
 }

@@ -575,7 +575,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// The other store of a push or pull: it must exist; its own config (and upstream) apply.
 fn open_other(dir: &Path) -> Result<Store> {
     match Store::open(dir) {
-        Ok(s) => Ok(s),
+        Ok(s) => {
+            signals::set_store(&s);
+            Ok(s)
+        }
         Err(e @ cas::Error::NotAStore { .. }) => Err(not_a_store_hint(dir, &e)),
         Err(e) => Err(e.into()),
     }
@@ -583,7 +586,13 @@ fn open_other(dir: &Path) -> Result<Store> {
 
 fn cmd_transfer(src: &Store, dst: &Store, what: &TransferArgs, json: bool) -> Result<ExitCode> {
     if what.refs.is_empty() && what.keys.is_empty() && !what.all {
-        anyhow::bail!("nothing to transfer: name refs, --key KEY, or --all");
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "nothing to transfer: name refs, --key KEY, or --all",
+            )
+            .exit(); // a usage error: exit 2
     }
     let opts = cas::TransferOptions::default()
         .refs(what.refs.iter().cloned())

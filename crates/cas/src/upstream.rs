@@ -73,6 +73,12 @@ pub trait Upstream: Send + Sync {
     fn remove_keyed(&self, key: &[u8]) -> Result<()>;
     /// All cache entries (an undecodable one is an `Err` item).
     fn list_keys(&self) -> Result<Vec<Result<Entry>>>;
+    /// For a process about to exit on a signal: removes what this process has in flight in
+    /// the upstream (staging files of a write-through). Called by
+    /// [`Store::abandon_own_staging`] of the tier. Returns how many files it removed.
+    fn abandon_own_staging(&self) -> u64 {
+        0
+    }
 }
 
 /// A store directory as an upstream, typically on a shared filesystem.
@@ -243,6 +249,16 @@ impl Upstream for DirUpstream {
 
     fn list_keys(&self) -> Result<Vec<Result<Entry>>> {
         self.with(|s| Ok(s.iter_keys()?.collect()))
+    }
+
+    fn abandon_own_staging(&self) -> u64 {
+        // Only a store that was opened can hold our staging files; never open one now.
+        let opened = self
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        opened.map_or(0, |s| s.abandon_own_staging())
     }
 }
 
