@@ -173,6 +173,40 @@ fn racing_writers_on_two_hosts_converge_in_both_tiers() {
         files_under(&t.a.join("refs")).is_empty(),
         "refs are not local"
     );
+
+    // Keys and trees cross hosts too: put on A, read on B.
+    let out = common::run_with_stdin(
+        cas_at(&t.a).args(["key", "put", "build:42", "-", "--meta", "x"]),
+        b"built on A",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        run_ok(cas_at(&t.b).args(["key", "get", "build:42"])),
+        "built on A"
+    );
+    assert!(
+        files_under(&t.a.join("index")).is_empty(),
+        "keys are not local"
+    );
+    let tree_src = t.dir.path().join("scratch/tree");
+    for i in 0..20u64 {
+        let d = tree_src.join(format!("sub{}", i % 3));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}")), data(3000 + i as usize, 500 + i)).unwrap();
+    }
+    let tree = run_ok(cas_at(&t.a).args(["put", "-r"]).arg(&tree_src))
+        .trim()
+        .to_owned();
+    let restored = t.dir.path().join("restored-on-b");
+    run_ok(cas_at(&t.b).args(["get", "-r", &tree, "-o"]).arg(&restored));
+    for p in files_under(&tree_src) {
+        let rel = p.strip_prefix(&tree_src).unwrap();
+        assert_eq!(
+            std::fs::read(restored.join(rel)).unwrap(),
+            std::fs::read(&p).unwrap()
+        );
+    }
+    assert_clean(&t.b);
 }
 
 /// A corrupt local copy is quarantined by the get that finds it, fetched again from the
