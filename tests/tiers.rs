@@ -173,8 +173,12 @@ fn racing_writers_on_two_hosts_converge_in_both_tiers() {
         files_under(&t.a.join("refs")).is_empty(),
         "refs are not local"
     );
+}
 
-    // Keys and trees cross hosts too: put on A, read on B.
+/// Keys and trees cross hosts through the tiers: put on A, read on B.
+#[test]
+fn keys_and_trees_cross_hosts() {
+    let t = Tiers::new();
     let out = common::run_with_stdin(
         cas_at(&t.a).args(["key", "put", "build:42", "-", "--meta", "x"]),
         b"built on A",
