@@ -128,9 +128,19 @@ impl Store {
             Err(Error::NotAStore { .. }) => {}
             Err(e) => return Err(e),
         }
-        if let Some(up) = &options.upstream {
-            crate::upstream::check_upstream_path(up)?;
-        }
+        // The config records the upstream as an absolute path: a relative one would be
+        // resolved against whatever directory a later process runs in.
+        let absolute;
+        let options = match &options.upstream {
+            Some(up) => {
+                crate::upstream::check_upstream_path(up)?;
+                absolute = options.clone().upstream(Some(
+                    std::path::absolute(up).map_err(Error::at("resolve", up))?,
+                ));
+                &absolute
+            }
+            None => options,
+        };
         std::fs::create_dir_all(root).map_err(Error::at("create store directory", root))?;
         let dir_mode = dir_mode(options.shared_group);
         if options.shared_group {
