@@ -515,8 +515,14 @@ impl Store {
             ..GcReport::default()
         };
         let mut cached = Vec::new();
+        let beat = self.inner.options.lock_timeout / 3;
+        let mut last_beat = std::time::Instant::now();
         for h in local.iter() {
             let h = h?;
+            if last_beat.elapsed() > beat {
+                lock.refresh()?; // the lease, as the normal gc keeps it
+                last_beat = std::time::Instant::now();
+            }
             let p = self.object_path(&h);
             let meta = match self.inner.root_dir.lstat(&p) {
                 Ok(m) => m,
