@@ -663,72 +663,7 @@ fn big(c: &mut Criterion, cfg: &Cfg) {
     let name_hex = blake3::hash(data).to_hex().to_string();
     let name = &name_hex;
 
-    let mut g = group(c, "put-big", cfg);
-    // Each repetition: a fresh directory (and store), synced filesystem, the timed put, then
-    // the big file is deleted at once (its dirty pages never reach the disk).
-    let none = || Options::default().durability(Durability::None);
-    bench(&mut g, PUT_BIG, "cas put_reader (stream)", unit, || {
-        big_rep(cfg, |dir| {
-            let store = Store::init(dir, none()).expect("init");
-            Box::new(move || {
-                store.put_reader(Cursor::new(data)).expect("put");
-            })
-        })
-    });
-    bench(&mut g, PUT_BIG, "cas put_path", unit, || {
-        big_rep(cfg, |dir| {
-            let store = Store::init(dir, none()).expect("init");
-            Box::new(move || {
-                store.put_path(src).expect("put");
-            })
-        })
-    });
-    bench(&mut g, PUT_BIG, "cacache", unit, || {
-        big_rep(cfg, |dir| {
-            let dir = dir.to_path_buf();
-            Box::new(move || {
-                cacache::write_hash_sync(&dir, data).expect("cacache write");
-            })
-        })
-    });
-    bench(&mut g, PUT_BIG, "floor", unit, || {
-        big_rep(cfg, |dir| {
-            let (tmp, dst) = (dir.join("tmp"), dir.join(name));
-            Box::new(move || {
-                let mut f = File::create(&tmp).expect("create");
-                f.write_all(data).expect("write");
-                drop(f);
-                fs::rename(&tmp, &dst).expect("rename");
-            })
-        })
-    });
-    bench(&mut g, PUT_BIG, "cp", unit, || {
-        big_rep(cfg, |dir| {
-            let dst = dir.join("copy");
-            Box::new(move || {
-                let ok = Command::new("cp")
-                    .arg(src)
-                    .arg(&dst)
-                    .status()
-                    .is_ok_and(|s| s.success());
-                assert!(ok, "cp failed");
-            })
-        })
-    });
-    g.finish();
-    set_targets(
-        PUT_BIG,
-        "cas put_reader (stream)",
-        vec![Target::Cacache(5.0)],
-    );
-    set_targets(
-        PUT_BIG,
-        "cas put_path",
-        vec![
-            Target::Floor(0.85),
-            Target::Row(PUT_BIG, "cp".to_owned(), 0.8),
-        ],
-    );
+    put_big(c, cfg, data, src, name, unit);
 
     // Get: one copy of the object in each store, written once and synced (clean, cached).
     let store = cas_store(&cfg.fresh("get-big-cas"), Durability::None);
@@ -818,6 +753,76 @@ fn cluster(c: &mut Criterion, cfg: &Cfg, dir: &Path) {
             let _ = fs::remove_dir_all(ent.path());
         }
     }
+}
+
+/// The put-big group: cas (stream and path), cacache, the floor and `cp` on one object.
+fn put_big(c: &mut Criterion, cfg: &Cfg, data: &[u8], src: &Path, name: &str, unit: Unit) {
+    let mut g = group(c, "put-big", cfg);
+    // Each repetition: a fresh directory (and store), synced filesystem, the timed put, then
+    // the big file is deleted at once (its dirty pages never reach the disk).
+    let none = || Options::default().durability(Durability::None);
+    bench(&mut g, PUT_BIG, "cas put_reader (stream)", unit, || {
+        big_rep(cfg, |dir| {
+            let store = Store::init(dir, none()).expect("init");
+            Box::new(move || {
+                store.put_reader(Cursor::new(data)).expect("put");
+            })
+        })
+    });
+    bench(&mut g, PUT_BIG, "cas put_path", unit, || {
+        big_rep(cfg, |dir| {
+            let store = Store::init(dir, none()).expect("init");
+            Box::new(move || {
+                store.put_path(src).expect("put");
+            })
+        })
+    });
+    bench(&mut g, PUT_BIG, "cacache", unit, || {
+        big_rep(cfg, |dir| {
+            let dir = dir.to_path_buf();
+            Box::new(move || {
+                cacache::write_hash_sync(&dir, data).expect("cacache write");
+            })
+        })
+    });
+    bench(&mut g, PUT_BIG, "floor", unit, || {
+        big_rep(cfg, |dir| {
+            let (tmp, dst) = (dir.join("tmp"), dir.join(name));
+            Box::new(move || {
+                let mut f = File::create(&tmp).expect("create");
+                f.write_all(data).expect("write");
+                drop(f);
+                fs::rename(&tmp, &dst).expect("rename");
+            })
+        })
+    });
+    bench(&mut g, PUT_BIG, "cp", unit, || {
+        big_rep(cfg, |dir| {
+            let dst = dir.join("copy");
+            Box::new(move || {
+                let ok = Command::new("cp")
+                    .arg(src)
+                    .arg(&dst)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "cp failed");
+            })
+        })
+    });
+    g.finish();
+    set_targets(
+        PUT_BIG,
+        "cas put_reader (stream)",
+        vec![Target::Cacache(5.0)],
+    );
+    set_targets(
+        PUT_BIG,
+        "cas put_path",
+        vec![
+            Target::Floor(0.85),
+            Target::Row(PUT_BIG, "cp".to_owned(), 0.8),
+        ],
+    );
 }
 
 /// One repetition of a big put: a fresh directory, `setup` (a store…) untimed, a synced

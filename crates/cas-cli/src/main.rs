@@ -10,6 +10,8 @@ use anyhow::{anyhow, Context, Result};
 use cas::{Create, Durability, Expect, Hash, Options, Store};
 use clap::{Args, Parser, Subcommand};
 
+mod ensure;
+
 mod output;
 mod signals;
 
@@ -118,6 +120,11 @@ enum Cmd {
         /// Restore a tree into the directory given with -o (which must not exist).
         #[arg(short, long, requires = "output")]
         recursive: bool,
+        /// With -r: restore symlinks that point outside the destination as they are (like
+        /// tar, git and cp -a) instead of refusing the tree. Whatever follows such a link later
+        /// reaches wherever the tree's author pointed it: only for trees you trust.
+        #[arg(long, requires = "recursive")]
+        allow_external_symlinks: bool,
     },
     /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
     /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
@@ -301,16 +308,70 @@ enum RefCmd {
 
 #[derive(Subcommand, Debug)]
 enum KeyCmd {
-    /// Store FILE (or stdin) under KEY; prints the object's hash.
-    #[command(after_help = "Examples:\n  cas key put build:abc123 out.tar --meta target=x86_64")]
+    /// Store FILE (or stdin, or with -r a directory as a tree) under KEY; prints the hash.
+    #[command(
+        after_help = "Examples:\n  cas key put build:abc123 out.tar --meta target=x86_64\n  cas key put -r dataset:v3 prepared/"
+    )]
     Put {
         /// The key (any text).
         key: String,
         /// The content; none or `-` reads stdin.
         file: Option<PathBuf>,
+        /// Store FILE, a directory, as a tree.
+        #[arg(short, long)]
+        recursive: bool,
         /// Metadata stored with the entry.
         #[arg(long, value_name = "TEXT", default_value = "")]
         meta: String,
+    },
+    /// Point KEY at an object already in the store (compare-and-swap with --expect /
+    /// --expect-none: exit 1 if the entry holds something else).
+    #[command(
+        after_help = "Examples:\n  cas key set artifact:v1 \"$(cas put -r out/)\" --expect-none"
+    )]
+    Set {
+        /// The key.
+        key: String,
+        /// The object (must be in the store).
+        #[arg(value_parser = parse_hash)]
+        hash: Hash,
+        /// Metadata stored with the entry.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        meta: String,
+        /// Only if the entry currently holds OLD.
+        #[arg(long, value_name = "OLD", value_parser = parse_hash, conflicts_with = "expect_none")]
+        expect: Option<Hash>,
+        /// Only if there is no entry yet (first writer wins).
+        #[arg(long)]
+        expect_none: bool,
+    },
+    /// Write KEY's content to stdout (or -o FILE); if KEY is missing, run CMD — in exactly one
+    /// of all concurrent callers, on every host sharing the store — and store its stdout as
+    /// KEY's value. The others wait for it. If CMD fails, nothing is stored and its exit
+    /// status is cas's.
+    #[command(after_help = "Examples:\n  \
+  cas key ensure ref-genome:v2 -o ref.fa -- ./download-and-index.sh\n  \
+  cas key ensure env:py3.12 --tree -o venv/ -- sh -c 'python3 -m venv \"$CAS_OUT\"'")]
+    Ensure {
+        /// The key.
+        key: String,
+        /// Write the content to FILE (with --tree: restore the tree into the new directory
+        /// DIR); `-` is stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Give up waiting for another caller's computation after this long (e.g. 30m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// CMD fills the empty directory `$CAS_OUT`, stored as a tree (its stdout goes to
+        /// stderr).
+        #[arg(long)]
+        tree: bool,
+        /// Metadata stored with the entry when this caller computes it.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        meta: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<std::ffi::OsString>,
     },
     /// Write KEY's content to stdout (or -o FILE), verified.
     #[command(after_help = "Examples:\n  cas key get build:abc123 -o out.tar")]
@@ -494,7 +555,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             shared,
             max_size,
-        } => cmd_init(g, dir, force, shared.as_deref() == Some("group"), max_size),
+        } => cmd_init(g, dir, force, shared.as_deref(), max_size),
         Cmd::Put {
             files,
             recursive,
@@ -524,9 +585,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hash,
             output,
             recursive: true,
+            allow_external_symlinks,
         } => {
             let dest = output.context("-r needs -o DIR")?;
-            open_store(g, Existing)?.checkout(&hash, &dest)?;
+            let opts =
+                cas::CheckoutOptions::default().allow_external_symlinks(allow_external_symlinks);
+            open_store(g, Existing)?.checkout_with(&hash, &dest, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
@@ -550,7 +614,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_ref(&open_store(g, access)?, c, g.json)
         }
         Cmd::Key(c) => {
-            let access = if matches!(c, KeyCmd::Put { .. }) {
+            let access = if matches!(
+                c,
+                KeyCmd::Put { .. } | KeyCmd::Set { .. } | KeyCmd::Ensure { .. }
+            ) {
                 Write
             } else {
                 Existing
@@ -646,7 +713,7 @@ fn cmd_init(
     g: &Global,
     dir: Option<PathBuf>,
     force: bool,
-    shared: bool,
+    shared: Option<&str>,
     max_size: Option<u64>,
 ) -> Result<ExitCode> {
     let dir = match dir {
@@ -654,7 +721,9 @@ fn cmd_init(
         None => store_dir(g)?,
     };
     let o = with_globals(
-        Options::default().shared_group(shared).max_size(max_size),
+        Options::default()
+            .shared_group(shared == Some("group"))
+            .max_size(max_size),
         g,
     );
     if let Some(up) = &o.upstream {
@@ -673,7 +742,14 @@ fn cmd_init(
     } else {
         Create::IfMissingOrEmpty
     };
-    let store = match Store::open_or_create(&dir, o, create) {
+    // Without --shared, a directory prepared for a shared store (setgid, group-writable)
+    // gets one: its shared mode is never silently dropped. `--shared none` is the way out.
+    let made = if shared.is_none() || force {
+        Store::open_or_create(&dir, o, create)
+    } else {
+        Store::init(&dir, o)
+    };
+    let store = match made {
         Ok(s) => s,
         Err(cas::Error::NotEmpty { path }) => anyhow::bail!(
             "{} exists and is not an empty directory or a store; nothing was written. \
@@ -689,6 +765,12 @@ fn cmd_init(
     } else {
         if existed {
             eprintln!("cas: {} is already a store; left as it is", dir.display());
+        } else if shared.is_none() && store.options().shared_group {
+            eprintln!(
+                "cas: {} was prepared for a shared store (setgid, group-writable): made a \
+                 shared (group) store; use --shared none for a private one",
+                dir.display()
+            );
         }
         println!("{}", store.root().display());
     }
@@ -715,7 +797,8 @@ fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()>
 fn cmd_doctor(store: &Store, fix: bool, json: bool) -> Result<ExitCode> {
     let r = store.doctor(fix)?;
     // After --fix, what was repaired no longer counts against health.
-    let repaired_ok = fix && r.dangling.is_empty() && r.permission_problems.is_empty();
+    let repaired_ok =
+        fix && r.dangling.is_empty() && r.permission_problems.is_empty() && r.damaged.is_empty();
     let healthy = r.is_healthy() || repaired_ok;
     if json {
         println!(
@@ -744,23 +827,35 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
     } else {
         output::print_gc(&r);
     }
-    Ok(ExitCode::SUCCESS)
+    for p in &r.problems {
+        eprintln!("cas: damaged: {}: {}", p.path.display(), p.reason);
+    }
+    if let Some(why) = &r.sweep_skipped {
+        eprintln!("cas: gc condemned and deleted nothing: {why}");
+    }
+    Ok(exit(r.is_clean()))
 }
 
 fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCode> {
     // Sorted, so that listings compare and diff; a hash is 32 bytes, so even millions of
     // objects sort in memory.
     let mut hashes = Vec::new();
+    let mut ok = true;
     for h in store.iter() {
-        let h = h?;
-        if h.to_hex().starts_with(prefix) {
-            hashes.push(h);
+        // A fan-out name that is not a directory is reported; the listing goes on.
+        match h {
+            Ok(h) if h.to_hex().starts_with(prefix) => hashes.push(h),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("cas: error: {}", output::chain(&e));
+                ok = false;
+            }
         }
     }
     hashes.sort_unstable_by_key(Hash::to_hex);
     let mut out = io::BufWriter::new(io::stdout().lock());
     for h in hashes {
-        let size = || std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
+        let size = || store.object_len(&h).unwrap_or(0);
         if json {
             let v = serde_json::json!({ "hash": h, "size": size() });
             writeln!(out, "{v}")?;
@@ -771,7 +866,7 @@ fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCod
         }
     }
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(exit(ok))
 }
 
 fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
@@ -819,6 +914,20 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `put -r` stored symlinks that point outside the tree: say so once, with an example.
+fn warn_external_symlinks(dir: &Path, report: &cas::PutDirReport) {
+    if let Some((link, target)) = &report.example {
+        eprintln!(
+            "cas: warning: {} symlink(s) in {} point outside it (e.g. {} -> {}); \
+             `cas get -r` refuses to restore them unless --allow-external-symlinks",
+            report.external_symlinks,
+            dir.display(),
+            link.display(),
+            target.display()
+        );
+    }
+}
+
 fn cmd_put(
     store: &Store,
     files: &[PathBuf],
@@ -844,7 +953,9 @@ fn cmd_put(
         Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
         } else if recursive && f.is_dir() {
-            store.put_dir(f)?
+            let (hash, report) = store.put_dir_report(f)?;
+            warn_external_symlinks(f, &report);
+            hash
         } else if f.is_dir() {
             anyhow::bail!(
                 "{} is a directory (use -r to store it as a tree)",
@@ -976,8 +1087,9 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
             store.remove_ref(&name, exp)?;
         }
         RefCmd::Ls { prefix } => {
+            let (refs, damaged) = store.refs_report(&prefix);
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for (name, h) in store.list_refs(&prefix)? {
+            for (name, h) in refs {
                 if json {
                     writeln!(out, "{}", serde_json::json!({ "name": name, "hash": h }))?;
                 } else {
@@ -985,10 +1097,20 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
                 }
             }
             out.flush()?;
+            for p in &damaged {
+                eprintln!("cas: error: {}: {}", p.path.display(), p.reason);
+            }
+            if !damaged.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         RefCmd::Log { name } => {
+            let (entries, damaged) = store.reflog_report(&name)?;
+            for p in &damaged {
+                eprintln!("cas: warning: {}: {}", p.path.display(), p.reason);
+            }
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for e in store.reflog(&name)? {
+            for e in entries {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&e)?)?;
                 } else {
@@ -1011,9 +1133,62 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cas key set`: a lost compare-and-swap is a negative answer (exit 1), not an error.
+fn key_set(store: &Store, key: &str, hash: Hash, meta: &str, expect: Expect) -> Result<ExitCode> {
+    match store.set_keyed(key.as_bytes(), hash, meta.as_bytes(), expect) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.is_conflict() => {
+            eprintln!("cas: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
     match c {
-        KeyCmd::Put { key, file, meta } => {
+        KeyCmd::Put {
+            key,
+            file: Some(dir),
+            recursive: true,
+            meta,
+        } => {
+            let tree = store.put_dir(&dir)?;
+            store.set_keyed(key.as_bytes(), tree, meta.as_bytes(), Expect::Any)?;
+            if json {
+                println!("{}", serde_json::json!({ "key": key, "hash": tree }));
+            } else {
+                println!("{tree}");
+            }
+        }
+        KeyCmd::Put {
+            recursive: true, ..
+        } => return Err(anyhow!("key put -r needs a directory")),
+        KeyCmd::Set {
+            key,
+            hash,
+            meta,
+            expect,
+            expect_none,
+        } => {
+            let expect = match (expect, expect_none) {
+                (Some(h), _) => Expect::Value(h),
+                (None, true) => Expect::Absent,
+                (None, false) => Expect::Any,
+            };
+            return key_set(store, &key, hash, &meta, expect);
+        }
+        KeyCmd::Ensure {
+            key,
+            output,
+            timeout,
+            tree,
+            meta,
+            cmd,
+        } => return ensure::run(store, &key, output.as_deref(), timeout, tree, &meta, &cmd),
+        KeyCmd::Put {
+            key, file, meta, ..
+        } => {
             let hash = match file {
                 Some(f) if f != Path::new("-") => {
                     let src = std::fs::File::open(&f)

@@ -127,6 +127,9 @@ pub fn print_verify(r: &cas::VerifyReport) {
     for p in &r.bad_files {
         println!("unreadable {}: {}", p.path.display(), p.reason);
     }
+    for h in &r.restored {
+        println!("restored {h} from trash (it is reachable)");
+    }
     for p in &r.stale_staging {
         println!(
             "stale staging file {} ({}); `cas gc` removes it",
@@ -142,10 +145,10 @@ pub fn print_verify(r: &cas::VerifyReport) {
         r.dangling.len(),
         r.bad_files.len(),
         r.stale_staging.len(),
-        if r.restored > 0 {
-            format!(", {} restored from trash", r.restored)
-        } else {
+        if r.restored.is_empty() {
             String::new()
+        } else {
+            format!(", {} restored from trash", r.restored.len())
         }
     );
 }
@@ -234,6 +237,12 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
     for d in &r.dangling {
         println!("dangling     {} (pointed to by {})", d.hash, d.from);
     }
+    for p in &r.damaged {
+        println!("damaged      {}: {}", p.path.display(), p.reason);
+    }
+    for h in &r.reachable_in_trash {
+        println!("in trash     {h} is reachable (cas doctor --fix moves it back)");
+    }
     for f in &r.fixed {
         println!("fixed        {f}");
     }
@@ -245,18 +254,6 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
             "problems found (cas doctor --fix repairs what is safe)"
         }
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_times() {
-        assert_eq!(human_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(human_time(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(human_time(1_796_211_729), "2026-12-02 11:42:09 UTC");
-    }
 }
 
 /// An error and its causes on one line, `error: cause: cause`, each said once.
@@ -272,4 +269,16 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_times() {
+        assert_eq!(human_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(human_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(human_time(1_796_211_729), "2026-12-02 11:42:09 UTC");
+    }
 }

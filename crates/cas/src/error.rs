@@ -130,9 +130,11 @@ pub enum Error {
     },
 
     /// A compare-and-swap found another value than expected.
-    #[error("ref {name:?} is {}, expected {}", fmt_opt(.actual.as_ref()), fmt_opt(.expected.as_ref()))]
+    #[error("{what} {name:?} is {}, expected {}", fmt_opt(.actual.as_ref()), fmt_opt(.expected.as_ref()))]
     Conflict {
-        /// The ref (or cache key, shown as text).
+        /// What was compared: `"ref"` or `"cache entry"`.
+        what: &'static str,
+        /// The ref name, or the cache key as text (lossy UTF-8).
         name: String,
         /// The value the caller expected (`None`: must not exist).
         expected: Option<Hash>,

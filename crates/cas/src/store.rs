@@ -81,7 +81,7 @@ pub enum Barrier {
     /// object is still `fdatasync`ed, which is cheaper for one file.
     Syncfs,
     /// `fdatasync(2)` of every staged file, overlapped across threads for a batch (FUSE, NFS,
-    /// CIFS, Lustre, CephFS, tmpfs and anything unknown: where `syncfs` is not known to reach
+    /// CIFS, Lustre, `CephFS`, tmpfs and anything unknown: where `syncfs` is not known to reach
     /// stable storage).
     Fdatasync,
 }
@@ -118,35 +118,47 @@ impl Store {
     /// I/O errors naming the path; [`Error::UnsupportedFormat`] if a newer store is there.
     #[allow(clippy::needless_pass_by_value)] // builder-style Options read better by value
     pub fn init(root: impl AsRef<Path>, options: Options) -> Result<Store> {
-        Self::open_or_create(root, options, Create::IfMissingOrEmpty)
+        crate::init::open_or_create_inner(root.as_ref(), &options, Create::IfMissingOrEmpty, false)
     }
 
-    /// Lays out a store in the existing or missing directory `root`, in place.
-    pub(crate) fn init_inner(root: &Path, options: &Options) -> Result<Store> {
+    /// Lays out a store in the existing or missing directory `root`, in place; with
+    /// `infer_shared`, a directory an administrator prepared for a shared store (setgid and
+    /// group-writable, no store in it yet) gets a shared store even if `options` did not ask
+    /// for one: a store's shared mode is never silently dropped.
+    pub(crate) fn init_with(root: &Path, options: &Options, infer_shared: bool) -> Result<Store> {
         match Self::open(root) {
             Ok(s) => return Ok(s),
             Err(Error::NotAStore { .. }) => {}
             Err(e) => return Err(e),
         }
+        let mut options = options.clone();
+        if infer_shared && !options.shared_group && prepared_for_sharing(root) {
+            options.shared_group = true;
+        }
         // The config records the upstream as an absolute path: a relative one would be
         // resolved against whatever directory a later process runs in.
-        let absolute;
-        let options = match &options.upstream {
-            Some(up) => {
-                crate::upstream::check_upstream_path(up)?;
-                absolute = options.clone().upstream(Some(
-                    std::path::absolute(up).map_err(Error::at("resolve", up))?,
-                ));
-                &absolute
-            }
-            None => options,
-        };
+        if let Some(up) = options.upstream.clone() {
+            crate::upstream::check_upstream_path(&up)?;
+            options.upstream = Some(std::path::absolute(&up).map_err(Error::at("resolve", &up))?);
+        }
+        let options = &options;
         std::fs::create_dir_all(root).map_err(Error::at("create store directory", root))?;
         let dir_mode = dir_mode(options.shared_group);
         if options.shared_group {
             // setgid so everything below inherits the group; explicit chmod beats the umask.
-            fs::chmod_path(root, dir_mode).map_err(Error::at("set permissions of", root))?;
+            // Only the owner may chmod: a directory an administrator created for the group
+            // (docs/shared-stores.md) is fine as it is if it already has the shared bits.
+            if let Err(e) = fs::chmod_path(root, dir_mode) {
+                if !prepared_for_sharing(root) {
+                    return Err(Error::Io {
+                        op: "make the shared store directory setgid and group-writable (its owner must run `chmod 2775` on it)",
+                        path: root.to_owned(),
+                        source: e,
+                    });
+                }
+            }
         }
+        let handle = Root::open(root).map_err(Error::at("open store directory", root))?;
         for d in [
             layout::TMP,
             layout::OBJECTS,
@@ -154,15 +166,23 @@ impl Store {
             layout::INDEX,
             layout::LOCKS,
         ] {
+            // Beneath the root, never through a symlink planted at the name.
             let p = root.join(d);
-            fs::mkdir_exist_ok(&p, dir_mode).map_err(Error::at("create directory", &p))?;
+            handle
+                .mkdir(&p, dir_mode)
+                .map_err(Error::at("create directory", &p))?;
             if options.shared_group {
-                fs::chmod_path(&p, dir_mode).map_err(Error::at("set permissions of", &p))?;
+                if let Err(e) = handle.chmod(&p, dir_mode) {
+                    // Another member created it first: theirs to chmod, and fine if shared.
+                    if handle.lstat(&p).map_or(true, |m| m.mode & 0o2070 != 0o2070) {
+                        return Err(Error::io("set permissions of", &p, e));
+                    }
+                }
             }
         }
         // config first, FORMAT last: a FORMAT file means the store is complete. Both are
         // published without replacing, so racing inits agree on the first one's options.
-        let store = Self::handle(root, options.clone())?;
+        let store = Self::with_root(handle, options.clone())?;
         store.create_fanouts()?;
         for (name, text) in [
             (layout::CONFIG, options.to_file()),
@@ -202,6 +222,10 @@ impl Store {
     /// # Errors
     /// As [`Store::init`].
     #[allow(clippy::needless_pass_by_value)] // as `init`
+    ///
+    /// A directory that exists, holds no store yet, and is setgid and group-writable (what an
+    /// administrator prepares for a shared store, docs/shared-stores.md) gets a shared store
+    /// whatever `options` says.
     pub fn open_or_init(root: impl AsRef<Path>, options: Options) -> Result<Store> {
         Self::open_or_create(root, options, Create::IfMissingOrEmpty)
     }
@@ -262,12 +286,6 @@ impl Store {
             }
             None => store,
         })
-    }
-
-    /// A handle on `root` without checking that a store is there (for `init`).
-    fn handle(root: &Path, options: Options) -> Result<Store> {
-        let dir = Root::open(root).map_err(Error::at("open store directory", root))?;
-        Self::with_root(dir, options)
     }
 
     fn with_root(dir: Root, options: Options) -> Result<Store> {
@@ -370,6 +388,13 @@ impl Store {
             0o600
         }
     }
+}
+
+/// True if `root` is a directory that is setgid and group-writable: prepared for a shared
+/// store by whoever owns it.
+pub(crate) fn prepared_for_sharing(root: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(root).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o2070 == 0o2070)
 }
 
 fn dir_mode(shared: bool) -> u32 {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::index::display_key;
-use crate::{Expect, Store};
+use crate::{Expect, Store, Tree};
 
 /// What to transfer, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +188,7 @@ fn transfer(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Transfer
             continue;
         }
         match maybe_tree
-            .then(|| src.tree_children(&h))
+            .then(|| tree_children(src, &h))
             .transpose()?
             .flatten()
         {
@@ -318,6 +318,33 @@ fn resolve_names(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Vec
         });
     }
     Ok(names)
+}
+
+/// If the object is a tree, its direct children `(hash, is_tree)`. Only the first bytes are
+/// read to tell (a root may be a huge file); a tree is then read whole, verified, decoded.
+fn tree_children(src: &Store, hash: &Hash) -> Result<Option<Vec<(Hash, bool)>>> {
+    let mut head = [0u8; 8];
+    let mut r = src.reader(hash)?;
+    let mut n = 0;
+    while n < head.len() {
+        match std::io::Read::read(&mut r, &mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", src.object_path(hash), e)),
+        }
+    }
+    if !Tree::is_tree(&head[..n]) {
+        return Ok(None);
+    }
+    let obj = src.get(hash)?;
+    Tree::decode(&obj)
+        .map(|t| Some(t.children().collect()))
+        .map_err(|reason| Error::Malformed {
+            what: "tree object",
+            path: src.object_path(hash),
+            reason,
+        })
 }
 
 /// Copies one object: verified while read from the source, hashed again while staged in the

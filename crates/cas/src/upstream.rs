@@ -17,14 +17,12 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gc::{GcOptions, GcReport};
 use crate::hash::Hash;
 use crate::index::Entry;
 use crate::layout;
-use crate::lock::Wait;
 use crate::progress::{Progress, ProgressFn};
 use crate::refs::RefLogEntry;
 use crate::stage::Staged;
@@ -504,14 +502,16 @@ impl Store {
     /// staging files are removed as by the normal gc.
     pub(crate) fn gc_tier(&self, opts: &GcOptions, progress: ProgressFn<'_>) -> Result<GcReport> {
         let local = self.without_upstream();
-        let lock_path = self.path(layout::LOCKS).join("gc.lock");
-        let lock = local.acquire_lock(&lock_path, None, Wait::For(Duration::ZERO))?;
+        let lock = local.acquire_gc_lock(&layout::gc_lock_path(&self.inner.root))?;
         let dry = opts.dry_run;
-        let mark = local.mark()?;
+        // Local roots only (a tier's names live upstream). Damaged local items do not stop
+        // eviction: only objects the upstream holds are ever deleted here.
+        let mark = local.mark();
+        let reachable = mark.reach.reachable;
         let mut r = GcReport {
             dry_run: dry,
             roots: mark.roots,
-            reachable: mark.reachable.len() as u64,
+            reachable: reachable.len() as u64,
             ..GcReport::default()
         };
         let mut cached = Vec::new();
@@ -531,7 +531,7 @@ impl Store {
             };
             r.objects += 1;
             r.bytes += meta.len;
-            if !mark.reachable.contains(&h) {
+            if !reachable.contains(&h) {
                 cached.push((meta.mtime, h, meta.len));
             }
         }
@@ -571,10 +571,10 @@ impl Store {
                 total -= len;
             }
         }
-        for (p, _) in local.stale_staging()? {
+        for s in local.stale_staging().0 {
             r.staging_removed += 1;
             if !dry {
-                let _ = self.inner.root_dir.unlink(&p);
+                let _ = self.inner.root_dir.unlink(&s.path);
             }
         }
         r.bytes_after = total;

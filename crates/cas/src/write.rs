@@ -171,6 +171,31 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Publishes the object and points `key` at it (with `metadata`), replacing any previous
+    /// entry — [`Store::put_keyed`] for producers that push bytes into a writer.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let mut w = store.writer()?;
+    /// write!(w, "line 1\nline 2\n").unwrap();
+    /// let h = w.commit_keyed(b"log:today", b"")?;
+    /// assert_eq!(store.entry(b"log:today")?.hash, h);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Writer::commit`]; [`Error::Locked`] if the key's lock stays held.
+    pub fn commit_keyed(self, key: &[u8], metadata: &[u8]) -> Result<Hash> {
+        let (store, durability) = (self.store.clone(), self.durability);
+        let staged = self.finish()?;
+        store.commit_keyed(staged, durability, key, metadata)
+    }
+}
+
 impl Write for Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.buf.len() + data.len() <= WRITE_BUF {
