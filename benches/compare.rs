@@ -732,6 +732,8 @@ fn cluster(c: &mut Criterion, cfg: &Cfg, dir: &Path) {
         let d = fresh("floor");
         timed(|| floor_put(&d, &objs, &names, true))
     });
+    g.finish();
+    let mut g = group(c, "cluster-put-4KiB-file-batch", cfg);
     bench(&mut g, CLUSTER_BATCH, "cas", unit, || {
         let store = cas_store(&fresh("batch"), Durability::File);
         timed(|| {

@@ -123,8 +123,9 @@ impl Batch {
         let (hash, staged) = self
             .store
             .stage_path(path.as_ref(), |h| self.seen.contains(h))?;
+        // stage_path already looked in the store (small files) and in this batch.
         if let Some(s) = staged {
-            if !self.known(&hash) {
+            if !self.seen.contains(&hash) {
                 self.add(s)?;
             }
         }
