@@ -283,6 +283,13 @@ fn unreachable_upstream_serves_cache_and_fails_clearly() {
         run(cas_at(&t.a).args(["key", "get", "some-key"])),
         "key get",
     );
+    // gc without a budget needs nothing from the upstream; eviction does, and says so.
+    run_ok(cas_at(&t.a).arg("gc"));
+    expect_fail(
+        run(cas_at(&t.a).args(["gc", "--max-size", "0"])),
+        "gc eviction",
+    );
+    assert!(object_path(&t.a, &hc).is_file(), "nothing evicted blindly");
     // The failed put published nothing locally (the upstream gets an object first).
     assert!(!object_path(&t.a, &blake3_hex(b"new bytes")).exists());
     assert_clean(&t.a);
