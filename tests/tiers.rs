@@ -201,6 +201,10 @@ fn keys_and_trees_cross_hosts() {
     let tree = run_ok(cas_at(&t.a).args(["put", "-r"]).arg(&tree_src))
         .trim()
         .to_owned();
+    // A hash prefix resolves against the upstream (B has not cached the tree yet).
+    assert!(!object_path(&t.b, &tree).exists());
+    let shown = run_ok(cas_at(&t.b).args(["show", &tree[..12]]));
+    assert!(shown.contains("sub0"), "{shown}");
     let restored = t.dir.path().join("restored-on-b");
     run_ok(cas_at(&t.b).args(["get", "-r", &tree, "-o"]).arg(&restored));
     for p in files_under(&tree_src) {

@@ -109,9 +109,9 @@ enum Cmd {
         after_help = "Examples:\n  cas get HASH > copy\n  cas get HASH -o copy   # atomic; a device or FIFO is written in place\n  cas get -r TREE -o restored/"
     )]
     Get {
-        /// The object's hash.
-        #[arg(value_parser = parse_hash)]
-        hash: Hash,
+        /// The object's hash, or a unique prefix of it (8 or more hex digits).
+        #[arg(value_parser = parse_hash_arg)]
+        hash: HashArg,
         /// Write to FILE, verified first: a regular file (or a symlink's target) is replaced
         /// atomically (a temp file beside it, renamed); a device or FIFO is written in place;
         /// `-` is stdout. With -r: the directory to create.
@@ -175,12 +175,18 @@ enum Cmd {
     /// List the hashes of all objects, sorted.
     #[command(after_help = "Examples:\n  cas ls\n  cas ls -l --prefix ab\n  cas ls --json")]
     Ls {
-        /// Also print each object's size.
+        /// Also print each object's size, last use (mtime) and kind (blob or tree).
         #[arg(short, long)]
         long: bool,
         /// Only hashes starting with these hex digits.
         #[arg(long, value_name = "HEX", value_parser = parse_hex_prefix)]
         prefix: Option<String>,
+        /// Only objects not used (put or read) for this long (e.g. 30d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Only objects used (put or read) within this long (e.g. 1h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        newer_than: Option<Duration>,
     },
     /// Named refs: names for objects that survive gc.
     #[command(
@@ -225,9 +231,24 @@ enum Cmd {
         #[command(flatten)]
         what: TransferArgs,
     },
+    /// Print the manual page (roff), generated from these very definitions.
+    #[command(
+        after_help = "Examples:\n  cas man | man -l -\n  cas man > /usr/local/share/man/man1/cas.1"
+    )]
+    Man,
     /// Show the store's location, filesystem, object count and size.
     #[command(after_help = "Examples:\n  cas stats\n  cas --store /srv/cache stats --json")]
     Stats,
+    /// Describe an object: a tree is listed recursively (MODE KIND HASH SIZE PATH, like
+    /// `git ls-tree -r -t`); a blob gets its kind and size.
+    #[command(
+        after_help = "Examples:\n  cas show 4f2a91c0\n  cas --json show \"$(cas put -r src/)\""
+    )]
+    Show {
+        /// The object's hash, or a unique prefix of it (8 or more hex digits).
+        #[arg(value_parser = parse_hash_arg)]
+        hash: HashArg,
+    },
 }
 
 /// What push and pull transfer.
@@ -260,9 +281,9 @@ enum RefCmd {
         /// Ref name: segments of [A-Za-z0-9._-] separated by '/'.
         #[arg(value_parser = parse_ref_name)]
         name: String,
-        /// The object (must be in the store).
-        #[arg(value_parser = parse_hash)]
-        hash: Hash,
+        /// The object (must be in the store): its hash or a unique prefix (8+ hex digits).
+        #[arg(value_parser = parse_hash_arg)]
+        hash: HashArg,
         /// Only if the ref currently holds OLD (exit 1 otherwise).
         #[arg(long, value_name = "OLD", value_parser = parse_hash, conflicts_with = "expect_none")]
         expect: Option<Hash>,
@@ -296,6 +317,9 @@ enum RefCmd {
         /// Name prefix.
         #[arg(default_value = "")]
         prefix: String,
+        /// End each line with NUL instead of a newline (for `xargs -0`).
+        #[arg(short = 'z')]
+        nul: bool,
     },
     /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first.
     #[command(after_help = "Examples:\n  cas ref log release/v1\n  cas ref log release/v1 --json")]
@@ -332,9 +356,9 @@ enum KeyCmd {
     Set {
         /// The key.
         key: String,
-        /// The object (must be in the store).
-        #[arg(value_parser = parse_hash)]
-        hash: Hash,
+        /// The object (must be in the store): its hash or a unique prefix (8+ hex digits).
+        #[arg(value_parser = parse_hash_arg)]
+        hash: HashArg,
         /// Metadata stored with the entry.
         #[arg(long, value_name = "TEXT", default_value = "")]
         meta: String,
@@ -394,9 +418,43 @@ enum KeyCmd {
         /// The key.
         key: String,
     },
-    /// List entries: HASH SIZE KEY.
-    #[command(after_help = "Examples:\n  cas key ls\n  cas key ls --json")]
-    Ls,
+    /// List entries sorted by key: HASH SIZE KEY (the key last, so any text parses; control
+    /// characters in a key are escaped unless -z).
+    #[command(
+        after_help = "Examples:\n  cas key ls\n  cas key ls --json\n  cas key ls -z | xargs -0 …"
+    )]
+    Ls {
+        /// End each line with NUL instead of a newline and print keys verbatim.
+        #[arg(short = 'z')]
+        nul: bool,
+    },
+}
+
+/// A hash given on the command line: the full 64 hex digits, or a unique prefix of 8 or more,
+/// resolved against the store once it is open.
+#[derive(Debug, Clone)]
+struct HashArg(String);
+
+impl HashArg {
+    fn resolve(&self, store: &Store) -> Result<Hash> {
+        Ok(store.resolve_prefix(&self.0)?)
+    }
+}
+
+fn parse_hash_arg(s: &str) -> Result<HashArg, String> {
+    if s.len() == cas::HEX_LEN {
+        return Hash::parse(s)
+            .map(|_| HashArg(s.to_owned()))
+            .map_err(|e| e.to_string());
+    }
+    if (8..cas::HEX_LEN).contains(&s.len())
+        && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Ok(HashArg(s.to_owned()));
+    }
+    Hash::parse(s)
+        .map(|_| HashArg(s.to_owned()))
+        .map_err(|e| format!("{e} (a unique prefix of 8 or more lowercase hex digits also works)"))
 }
 
 fn parse_hash(s: &str) -> Result<Hash, String> {
@@ -590,19 +648,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let dest = output.context("-r needs -o DIR")?;
             let opts =
                 cas::CheckoutOptions::default().allow_external_symlinks(allow_external_symlinks);
-            open_store(g, Existing)?.checkout_with(&hash, &dest, &opts)?;
+            let store = open_store(g, Existing)?;
+            store.checkout_with(&hash.resolve(&store)?, &dest, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
-            write_object(&open_store(g, Existing)?, &hash, output.as_deref())?;
+            let store = open_store(g, Existing)?;
+            write_object(&store, &hash.resolve(&store)?, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Has { hashes } => cmd_has(&open_store(g, Existing)?, &hashes, g.json),
         Cmd::Rm { hashes } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes)),
-        Cmd::Ls { long, prefix } => cmd_ls(
-            &open_store(g, Existing)?,
+        Cmd::Ls {
             long,
-            prefix.as_deref().unwrap_or(""),
+            prefix,
+            older_than,
+            newer_than,
+        } => cmd_ls(
+            &open_store(g, Existing)?,
+            &LsFilter {
+                long,
+                prefix: prefix.unwrap_or_default(),
+                older_than,
+                newer_than,
+            },
             g.json,
         ),
         Cmd::Ref(c) => {
@@ -635,7 +704,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let src = open_other(&src)?;
             cmd_transfer(&src, &dst, &what, g.json)
         }
+        Cmd::Show { hash } => {
+            let store = open_store(g, Existing)?;
+            cmd_show(&store, &hash.resolve(&store)?, g.json)
+        }
         Cmd::Completions { shell } => cmd_completions(shell),
+        Cmd::Man => cmd_man(),
     }
 }
 
@@ -836,7 +910,15 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
     Ok(exit(r.is_clean()))
 }
 
-fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCode> {
+/// What `cas ls` lists and how.
+struct LsFilter {
+    long: bool,
+    prefix: String,
+    older_than: Option<Duration>,
+    newer_than: Option<Duration>,
+}
+
+fn cmd_ls(store: &Store, f: &LsFilter, json: bool) -> Result<ExitCode> {
     // Sorted, so that listings compare and diff; a hash is 32 bytes, so even millions of
     // objects sort in memory.
     let mut hashes = Vec::new();
@@ -844,7 +926,7 @@ fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCod
     for h in store.iter() {
         // A fan-out name that is not a directory is reported; the listing goes on.
         match h {
-            Ok(h) if h.to_hex().starts_with(prefix) => hashes.push(h),
+            Ok(h) if h.to_hex().starts_with(&f.prefix) => hashes.push(h),
             Ok(_) => {}
             Err(e) => {
                 eprintln!("cas: error: {}", output::chain(&e));
@@ -853,16 +935,49 @@ fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCod
         }
     }
     hashes.sort_unstable_by_key(Hash::to_hex);
+    let now = std::time::SystemTime::now();
+    let by_age = f.older_than.is_some() || f.newer_than.is_some();
     let mut out = io::BufWriter::new(io::stdout().lock());
     for h in hashes {
-        let size = || store.object_len(&h).unwrap_or(0);
-        if json {
-            let v = serde_json::json!({ "hash": h, "size": size() });
-            writeln!(out, "{v}")?;
-        } else if long {
-            writeln!(out, "{h} {}", size())?;
+        let info = if f.long || json || by_age {
+            match store.object_info(&h) {
+                Ok(i) => Some(i),
+                Err(e) if e.is_not_found() => continue, // removed meanwhile
+                Err(e) => {
+                    eprintln!("cas: error: {}", output::chain(&e));
+                    ok = false;
+                    continue;
+                }
+            }
         } else {
-            writeln!(out, "{h}")?;
+            None
+        };
+        if let Some(i) = &info {
+            let age = now.duration_since(i.mtime).unwrap_or_default();
+            if f.older_than.is_some_and(|d| age < d) || f.newer_than.is_some_and(|d| age > d) {
+                continue;
+            }
+        }
+        match info {
+            Some(i) if json => {
+                let secs = i
+                    .mtime
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let kind = if i.is_tree { "tree" } else { "blob" };
+                let v =
+                    serde_json::json!({ "hash": h, "size": i.len, "mtime": secs, "kind": kind });
+                writeln!(out, "{v}")?;
+            }
+            Some(i) if f.long => {
+                let secs = i
+                    .mtime
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let kind = if i.is_tree { "tree" } else { "blob" };
+                writeln!(out, "{h} {:>12} {} {kind}", i.len, output::human_time(secs))?;
+            }
+            _ => writeln!(out, "{h}")?,
         }
     }
     out.flush()?;
@@ -870,47 +985,127 @@ fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCod
 }
 
 fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
-    let s = store.stats()?;
-    let fs = store.fs_info();
+    let u = store.usage()?;
+    let objects = u.area("objects").map_or((0, 0), |a| (a.files, a.bytes));
     if json {
-        // `fs` is the same object as in `cas doctor --json`.
+        // `fs` is the same object as in `cas doctor --json`; `objects`/`bytes` are the
+        // objects area, `total_bytes` everything under the store.
         let v = serde_json::json!({
             "store": store.root(),
-            "objects": s.objects,
-            "bytes": s.bytes,
+            "objects": objects.0,
+            "bytes": objects.1,
+            "total_files": u.files,
+            "total_bytes": u.bytes,
+            "areas": u.areas,
             "durability": store.durability().to_string(),
             "shared_group": store.options().shared_group,
-            "max_size": store.options().max_size,
+            "max_size": u.max_size,
+            "fs": u.fs,
+            "unreadable": u.unreadable,
             "upstream": store.upstream().map(cas::Upstream::location),
             "upstream_readonly": store.upstream_readonly(),
-            "fs": cas::FsInfoReport::from(fs),
         });
         println!("{v}");
     } else {
         println!("store:       {}", store.root().display());
-        println!("objects:     {}", s.objects);
+        for a in &u.areas {
+            if a.files > 0 || a.name == "objects" {
+                println!(
+                    "{:<12} {:>10} files {:>12}",
+                    format!("{}:", a.name),
+                    a.files,
+                    output::human_bytes(a.bytes)
+                );
+            }
+        }
         println!(
-            "bytes:       {} ({})",
-            s.bytes,
-            output::human_bytes(s.bytes)
+            "{:<12} {:>10} files {:>12}",
+            "total:",
+            u.files,
+            output::human_bytes(u.bytes)
         );
+        if let Some(b) = u.max_size {
+            println!("budget:      {} (gc evicts to it)", output::human_bytes(b));
+        }
         println!("durability:  {}", store.durability());
-        if let Some(u) = store.upstream() {
+        if let Some(up) = store.upstream() {
             let ro = if store.upstream_readonly() {
                 " (read-only)"
             } else {
                 ""
             };
-            println!("upstream:    {}{ro}", u.location().display());
+            println!("upstream:    {}{ro}", up.location().display());
         }
-        let note = if fs.network {
+        let note = if u.fs.network {
             " (network/FUSE: no mmap, link+unlink publish)"
         } else {
             ""
         };
-        println!("filesystem:  {}{note}", fs.fs_type);
-        println!("barrier:     {}", output::describe_barrier(fs.barrier));
+        println!("filesystem:  {}{note}", u.fs.fs_type);
+        println!("barrier:     {}", output::describe_barrier(u.fs.barrier));
+        for (p, why) in &u.unreadable {
+            eprintln!("cas: warning: cannot list {}: {why}", p.display());
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_show(store: &Store, hash: &Hash, json: bool) -> Result<ExitCode> {
+    // The reader first: through a tier it fetches the object (object_len only looks here).
+    let mut r = store.reader(hash)?;
+    let size = r.len()?;
+    let mut head = [0u8; 8];
+    let n = io::Read::read(&mut r, &mut head).context("read the object")?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    if !cas::Tree::is_tree(&head[..n]) {
+        if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "hash": hash, "kind": "blob", "size": size })
+            )?;
+        } else {
+            writeln!(out, "blob {hash} {size}")?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (path, kind) in store.list_tree(hash)? {
+        let p = path.display();
+        if json {
+            let v = match &kind {
+                cas::EntryKind::File {
+                    executable,
+                    size,
+                    hash,
+                } => serde_json::json!({ "path": path, "kind": "file", "hash": hash,
+                    "size": size, "executable": executable }),
+                cas::EntryKind::Dir { hash } => {
+                    serde_json::json!({ "path": path, "kind": "dir", "hash": hash })
+                }
+                cas::EntryKind::Symlink { target } => serde_json::json!({ "path": path,
+                    "kind": "symlink", "target": String::from_utf8_lossy(target) }),
+            };
+            writeln!(out, "{v}")?;
+            continue;
+        }
+        match &kind {
+            cas::EntryKind::File {
+                executable,
+                size,
+                hash,
+            } => {
+                let mode = if *executable { "100755" } else { "100644" };
+                writeln!(out, "{mode} blob {hash} {size:>10}\t{p}")?;
+            }
+            cas::EntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
+            cas::EntryKind::Symlink { target } => {
+                let t = String::from_utf8_lossy(target);
+                writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
+            }
+        }
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1075,7 +1270,7 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
                 (None, true) => Expect::Absent,
                 (None, false) => Expect::Any,
             };
-            store.set_ref_msg(&name, hash, exp, &message)?;
+            store.set_ref_msg(&name, hash.resolve(store)?, exp, &message)?;
         }
         RefCmd::Get { name } => match store.get_ref(&name)? {
             Some(h) if json => println!("{}", serde_json::json!({ "name": name, "hash": h })),
@@ -1086,12 +1281,14 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
             let exp = expect.map_or(Expect::Any, Expect::Value);
             store.remove_ref(&name, exp)?;
         }
-        RefCmd::Ls { prefix } => {
+        RefCmd::Ls { prefix, nul } => {
             let (refs, damaged) = store.refs_report(&prefix);
             let mut out = io::BufWriter::new(io::stdout().lock());
             for (name, h) in refs {
                 if json {
                     writeln!(out, "{}", serde_json::json!({ "name": name, "hash": h }))?;
+                } else if nul {
+                    write!(out, "{name} {h}\0")?;
                 } else {
                     writeln!(out, "{name} {h}")?;
                 }
@@ -1145,6 +1342,37 @@ fn key_set(store: &Store, key: &str, hash: Hash, meta: &str, expect: Expect) -> 
     }
 }
 
+/// `cas key ls`: sorted by key; damaged entries are named on stderr (exit 1).
+fn key_ls(store: &Store, nul: bool, json: bool) -> Result<ExitCode> {
+    let mut ok = true;
+    let mut entries = Vec::new();
+    for e in store.iter_keys()? {
+        match e {
+            Ok(e) => entries.push(e),
+            Err(e) => {
+                eprintln!("cas: error: {}", output::chain(&e));
+                ok = false;
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for e in entries {
+        if json {
+            writeln!(out, "{}", entry_json(&e))?;
+        } else if nul {
+            write!(out, "{} {} ", e.hash, e.size)?;
+            out.write_all(&e.key)?;
+            out.write_all(b"\0")?;
+        } else {
+            let key = String::from_utf8_lossy(&e.key);
+            writeln!(out, "{} {} {}", e.hash, e.size, key.escape_debug())?;
+        }
+    }
+    out.flush()?;
+    Ok(exit(ok))
+}
+
 fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
     match c {
         KeyCmd::Put {
@@ -1176,7 +1404,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
                 (None, true) => Expect::Absent,
                 (None, false) => Expect::Any,
             };
-            return key_set(store, &key, hash, &meta, expect);
+            return key_set(store, &key, hash.resolve(store)?, &meta, expect);
         }
         KeyCmd::Ensure {
             key,
@@ -1219,30 +1447,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             }
         }
         KeyCmd::Rm { key } => store.remove_keyed(key.as_bytes())?,
-        KeyCmd::Ls => {
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            let mut ok = true;
-            for e in store.iter_keys()? {
-                match e {
-                    Ok(e) if json => writeln!(out, "{}", entry_json(&e))?,
-                    Ok(e) => writeln!(
-                        out,
-                        "{} {} {}",
-                        e.hash,
-                        e.size,
-                        String::from_utf8_lossy(&e.key)
-                    )?,
-                    Err(e) => {
-                        eprintln!("cas: error: {}", output::chain(&e));
-                        ok = false;
-                    }
-                }
-            }
-            out.flush()?;
-            if !ok {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        KeyCmd::Ls { nul } => return key_ls(store, nul, json),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1286,6 +1491,16 @@ fn cmd_rm(store: &Store, hashes: &[Hash]) -> ExitCode {
         }
     }
     exit(ok)
+}
+
+fn cmd_man() -> Result<ExitCode> {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    let mut out = io::stdout().lock();
+    out.write_all(&page)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_completions(shell: clap_complete::Shell) -> Result<ExitCode> {

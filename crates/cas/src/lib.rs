@@ -171,6 +171,7 @@ mod transfer;
 mod trash;
 mod tree;
 mod upstream;
+mod usage;
 mod verify;
 mod write;
 
@@ -186,7 +187,7 @@ pub use init::Create;
 pub use materialize::Materialized;
 pub use once::{ComputeOnce, ProducerError};
 pub use progress::{no_progress, Progress, ProgressFn};
-pub use read::{Object, ObjectIter, ObjectReader, Stats};
+pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
 pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};
 pub use store::{Barrier, FsInfo, Store};
 pub use transfer::{TransferConflict, TransferOptions, TransferReport};
@@ -194,5 +195,6 @@ pub use tree::{
     CheckoutOptions, EntryKind, PutDirReport, Tree, TreeEntry, TREE_MAGIC, TREE_VERSION,
 };
 pub use upstream::{DirUpstream, Upstream};
+pub use usage::{Area, Usage};
 pub use verify::{CorruptObject, Dangling, Problem, VerifyReport};
 pub use write::Writer;

@@ -80,7 +80,120 @@ pub struct Stats {
     pub bytes: u64,
 }
 
+/// What [`Store::object_info`] tells about an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub len: u64,
+    /// Last use: when it was last put or read (refreshed at most hourly on reads).
+    pub mtime: std::time::SystemTime,
+    /// The object starts with the tree magic.
+    pub is_tree: bool,
+}
+
+/// Reads into `buf` until it is full or the file ends.
+fn read_up_to(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match io::Read::read(&mut file, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 impl Store {
+    /// An object's size, last use (its mtime: set when it is put or read, the age gc and LRU
+    /// eviction go by) and whether it is a tree. Reads the first bytes, not the whole object;
+    /// nothing is verified.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; I/O errors naming the object's path.
+    pub fn object_info(&self, hash: &Hash) -> Result<ObjectInfo> {
+        let (file, path) = self.open_located(hash)?;
+        let m = fs::Root::fmeta(&file).map_err(Error::at("stat", &path))?;
+        let mut head = [0u8; 8];
+        let n = read_up_to(&file, &mut head).map_err(Error::at("read", &path))?;
+        Ok(ObjectInfo {
+            len: m.len,
+            mtime: m.mtime,
+            is_tree: crate::Tree::is_tree(&head[..n]),
+        })
+    }
+
+    /// The object whose hash starts with `prefix` (at least 8 lowercase hex digits; a full
+    /// 64-digit hash is parsed without looking at the store).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let h = store.put_bytes(b"abc")?;
+    /// assert_eq!(store.resolve_prefix(&h.to_string()[..10])?, h);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidHash`] for anything but 8–64 lowercase hex digits;
+    /// [`Error::InvalidInput`] if no object, or more than one, starts with `prefix`.
+    pub fn resolve_prefix(&self, prefix: &str) -> Result<Hash> {
+        if prefix.len() == crate::HEX_LEN {
+            return Hash::parse(prefix);
+        }
+        if prefix.len() < 8
+            || prefix.len() > crate::HEX_LEN
+            || !prefix
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Error::InvalidHash {
+                input: prefix.chars().take(80).collect(),
+                reason: "a hash prefix is 8 to 64 lowercase hex digits",
+            });
+        }
+        // A tier holds a subset of its upstream: resolve there (crate::upstream), here only
+        // if the upstream cannot be reached.
+        if let Some(up) = self.upstream() {
+            match up.resolve_prefix(prefix) {
+                Err(e) if e.kind() == crate::ErrorKind::Upstream => {}
+                r => return r,
+            }
+        }
+        let dir = self.path(layout::OBJECTS).join(&prefix[..2]);
+        let names = match self.inner.root_dir.read_dir(&dir) {
+            Ok(n) => n,
+            Err(e) if fs::is_not_found(&e) => Vec::new(),
+            Err(e) => return Err(Error::io("list", &dir, e)),
+        };
+        let mut found: Vec<Hash> = names
+            .iter()
+            .filter(|(_, kind)| *kind == fs::Kind::File)
+            .filter_map(|(n, _)| {
+                layout::parse_object_name(&prefix.as_bytes()[..2], fs::name_bytes(n))
+            })
+            .filter(|h| h.to_hex().starts_with(prefix))
+            .collect();
+        found.sort_unstable_by_key(Hash::to_hex);
+        match found.as_slice() {
+            [h] => Ok(*h),
+            [] => Err(Error::InvalidInput {
+                what: "hash prefix",
+                reason: format!("no object in the store starts with {prefix}"),
+            }),
+            [a, b, ..] => Err(Error::InvalidInput {
+                what: "hash prefix",
+                reason: format!(
+                    "{prefix} is ambiguous: {} objects start with it ({a}, {b}, …); give more digits",
+                    found.len()
+                ),
+            }),
+        }
+    }
+
     /// The path an object has (or would have) in the store.
     pub fn object_path(&self, hash: &Hash) -> PathBuf {
         layout::object_path(&self.inner.root, hash)

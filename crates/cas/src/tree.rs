@@ -467,6 +467,57 @@ impl Store {
         Ok(true)
     }
 
+    /// Every entry of the tree `hash`, recursively, with its path from the tree's root
+    /// (directories before their contents, sorted): what `cas show` lists, like
+    /// `git ls-tree -r -t`. Every tree object read is verified.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// std::fs::create_dir_all(dir.path().join("src/sub")).unwrap();
+    /// std::fs::write(dir.path().join("src/sub/f"), b"x").unwrap();
+    /// let tree = store.put_dir(dir.path().join("src"))?;
+    /// let paths: Vec<_> = store.list_tree(&tree)?.into_iter().map(|(p, _)| p).collect();
+    /// assert_eq!(paths, [std::path::PathBuf::from("sub"), "sub/f".into()]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::read_tree`], for the tree and every subtree.
+    pub fn list_tree(&self, hash: &Hash) -> Result<Vec<(PathBuf, EntryKind)>> {
+        let mut out = Vec::new();
+        self.list_tree_into(hash, Path::new(""), 0, &mut out)?;
+        Ok(out)
+    }
+
+    fn list_tree_into(
+        &self,
+        hash: &Hash,
+        at: &Path,
+        depth: usize,
+        out: &mut Vec<(PathBuf, EntryKind)>,
+    ) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(Error::Tree {
+                path: at.to_owned(),
+                reason: format!("trees nested deeper than {MAX_DEPTH}"),
+            });
+        }
+        for e in self.read_tree(hash)?.entries {
+            let p = at.join(std::ffi::OsStr::from_bytes(&e.name));
+            let sub = match &e.kind {
+                EntryKind::Dir { hash } => Some(*hash),
+                _ => None,
+            };
+            out.push((p.clone(), e.kind));
+            if let Some(h) = sub {
+                self.list_tree_into(&h, &p, depth + 1, out)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and decodes a tree object.
     ///
     /// # Errors

@@ -71,6 +71,17 @@ pub trait Upstream: Send + Sync {
     fn remove_keyed(&self, key: &[u8]) -> Result<()>;
     /// All cache entries (an undecodable one is an `Err` item).
     fn list_keys(&self) -> Result<Vec<Result<Entry>>>;
+    /// The object whose hash starts with `prefix` (8 to 63 lowercase hex digits, already
+    /// checked), as [`Store::resolve_prefix`]. The default cannot: it asks for the full hash.
+    fn resolve_prefix(&self, prefix: &str) -> Result<Hash> {
+        Err(Error::InvalidInput {
+            what: "hash prefix",
+            reason: format!(
+                "{prefix}: the upstream {} cannot resolve prefixes; give the full hash",
+                self.location().display()
+            ),
+        })
+    }
     /// For a process about to exit on a signal: removes what this process has in flight in
     /// the upstream (staging files of a write-through). Called by
     /// [`Store::abandon_own_staging`] of the tier. Returns how many files it removed.
@@ -247,6 +258,10 @@ impl Upstream for DirUpstream {
 
     fn list_keys(&self) -> Result<Vec<Result<Entry>>> {
         self.with(|s| Ok(s.iter_keys()?.collect()))
+    }
+
+    fn resolve_prefix(&self, prefix: &str) -> Result<Hash> {
+        self.with(|s| s.resolve_prefix(prefix))
     }
 
     fn abandon_own_staging(&self) -> u64 {
