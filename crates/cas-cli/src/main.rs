@@ -251,8 +251,11 @@ enum Cmd {
     },
 }
 
-/// What push and pull transfer.
+/// What push and pull transfer: at least one ref, key or `--all` (else a usage error, exit 2,
+/// before any store is opened).
 #[derive(Args, Debug)]
+#[group(id = "transfer", skip)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["refs", "keys", "all"])))]
 struct TransferArgs {
     /// Refs to transfer.
     #[arg(value_parser = parse_ref_name)]
@@ -694,16 +697,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_key(&open_store(g, access)?, c, g.json)
         }
         Cmd::Stats => cmd_stats(&open_store(g, Existing)?, g.json),
-        Cmd::Push { dest, what } => {
-            let src = open_store(g, Existing)?;
-            let dst = open_other(&dest)?;
-            cmd_transfer(&src, &dst, &what, g.json)
-        }
-        Cmd::Pull { src, what } => {
-            let dst = open_store(g, Write)?;
-            let src = open_other(&src)?;
-            cmd_transfer(&src, &dst, &what, g.json)
-        }
+        Cmd::Push { dest, what } => cmd_transfer(&open_store(g, Existing)?, &dest, true, &what, g),
+        Cmd::Pull { src, what } => cmd_transfer(&open_store(g, Write)?, &src, false, &what, g),
         Cmd::Show { hash } => {
             let store = open_store(g, Existing)?;
             cmd_show(&store, &hash.resolve(&store)?, g.json)
@@ -725,16 +720,17 @@ fn open_other(dir: &Path) -> Result<Store> {
     }
 }
 
-fn cmd_transfer(src: &Store, dst: &Store, what: &TransferArgs, json: bool) -> Result<ExitCode> {
-    if what.refs.is_empty() && what.keys.is_empty() && !what.all {
-        use clap::CommandFactory;
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "nothing to transfer: name refs, --key KEY, or --all",
-            )
-            .exit(); // a usage error: exit 2
-    }
+/// `cas push OTHER` (`push`: this store to OTHER) or `cas pull OTHER`.
+fn cmd_transfer(
+    this: &Store,
+    other: &Path,
+    push: bool,
+    what: &TransferArgs,
+    g: &Global,
+) -> Result<ExitCode> {
+    let other = open_other(other)?;
+    let (src, dst) = if push { (this, &other) } else { (&other, this) };
+    let json = g.json;
     let opts = cas::TransferOptions::default()
         .refs(what.refs.iter().cloned())
         .keys(what.keys.iter().map(|k| k.as_bytes().to_vec()))
