@@ -1119,6 +1119,25 @@ fn warn_external_symlinks(dir: &Path, report: &cas::PutDirReport) {
     }
 }
 
+/// Bytes and rate of a put on a terminal; the total is known before the bar starts unless
+/// stdin is among the inputs.
+fn put_bar(files: &[PathBuf], batch: &mut cas::Batch) -> output::Bar {
+    let total = files.iter().try_fold(0u64, |t, f| {
+        std::fs::metadata(f)
+            .ok()
+            .filter(|m| m.is_file() && f != Path::new("-"))
+            .map(|m| t + m.len())
+    });
+    let bar = output::Bar::bytes("put", total);
+    if let Some(b) = bar.handle() {
+        batch.set_progress(move |p| {
+            b.set_position(p.done);
+            true
+        });
+    }
+    bar
+}
+
 fn cmd_put(
     store: &Store,
     files: &[PathBuf],
@@ -1180,6 +1199,7 @@ fn cmd_put(
     } else {
         // Plain files: one durability barrier for all of them (docs/performance.md).
         let mut batch = store.batch();
+        let bar = put_bar(files, &mut batch);
         let mut hashes = Vec::new();
         for f in files {
             let r = if f == Path::new("-") {
@@ -1199,6 +1219,7 @@ fn cmd_put(
             }
         }
         batch.commit()?;
+        bar.finish();
         let mut out = io::BufWriter::new(stdout.lock());
         for (f, h) in &hashes {
             writeln!(out, "{}", line(f, h))?;

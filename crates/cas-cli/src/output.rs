@@ -95,6 +95,35 @@ impl Bar {
         Bar(Some(b))
     }
 
+    /// A bar counting bytes (with the rate), towards `total` if it is known.
+    pub fn bytes(what: &str, total: Option<u64>) -> Bar {
+        use std::io::IsTerminal;
+        if !io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let b = match total {
+            Some(t) => indicatif::ProgressBar::new(t),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let template = if total.is_some() {
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+        } else {
+            "{prefix} {spinner} {bytes} {bytes_per_sec}"
+        };
+        b.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_prefix(what.to_owned());
+        Bar(Some(b))
+    }
+
+    /// The underlying bar, to move from another thread or a callback (`None`: not a terminal).
+    pub fn handle(&self) -> Option<indicatif::ProgressBar> {
+        self.0.clone()
+    }
+
     /// Updates from a library progress report; never interrupts.
     pub fn update(&self, p: cas::Progress) -> bool {
         if let Some(b) = &self.0 {
