@@ -313,11 +313,7 @@ impl Store {
     /// # Errors
     /// As [`Store::get`]; a failure to write to `out` is [`Error::Io`] with op "write output".
     pub fn get_to_writer(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
-        // Nothing is written to `out` before verification, so a retry writes it once.
-        let out = std::cell::RefCell::new(out);
-        self.refetch_if_corrupt(hash, || {
-            self.get_to_writer_once(hash, &mut **out.borrow_mut())
-        })
+        self.refetch_if_corrupt_to(hash, out, |o| self.get_to_writer_once(hash, o))
     }
 
     fn get_to_writer_once(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {

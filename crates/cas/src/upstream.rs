@@ -301,6 +301,23 @@ impl Write for Recording<'_> {
     }
 }
 
+/// Counts the bytes that went through to `inner`.
+struct Counting<'a> {
+    inner: &'a mut dyn Write,
+    n: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Reads a staging file from the start through positioned reads, leaving its offset alone.
 struct PosReader<'a> {
     file: &'a File,
@@ -464,6 +481,24 @@ impl Store {
             Err(e) if e.is_corrupt() && self.tier.is_some() => {
                 self.fetch_from_upstream(hash)?;
                 read()
+            }
+            r => r,
+        }
+    }
+
+    /// [`Store::refetch_if_corrupt`] for a read into `out`: retried only if the failed read
+    /// wrote nothing to `out` (a large unmapped read can find the corruption after writing).
+    pub(crate) fn refetch_if_corrupt_to(
+        &self,
+        hash: &Hash,
+        out: &mut dyn Write,
+        read: impl Fn(&mut dyn Write) -> Result<u64>,
+    ) -> Result<u64> {
+        let mut counted = Counting { inner: out, n: 0 };
+        match read(&mut counted) {
+            Err(e) if e.is_corrupt() && self.tier.is_some() && counted.n == 0 => {
+                self.fetch_from_upstream(hash)?;
+                read(&mut counted)
             }
             r => r,
         }
