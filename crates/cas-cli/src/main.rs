@@ -584,7 +584,7 @@ fn apply_overrides(store: Store, g: &Global) -> Result<Store> {
         return Ok(store);
     }
     let o = with_globals(store.options().clone(), g);
-    Ok(Store::open_with(store.root(), o)?)
+    Ok(store.with_options(o)?)
 }
 
 /// The global --durability, --lock-timeout and --stale-age applied to `o`.
@@ -866,10 +866,7 @@ fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()>
 
 fn cmd_doctor(store: &Store, fix: bool, json: bool) -> Result<ExitCode> {
     let r = store.doctor(fix)?;
-    // After --fix, what was repaired no longer counts against health.
-    let repaired_ok =
-        fix && r.dangling.is_empty() && r.permission_problems.is_empty() && r.damaged.is_empty();
-    let healthy = r.is_healthy() || repaired_ok;
+    let healthy = r.is_healthy();
     if json {
         println!(
             "{}",
@@ -1233,22 +1230,17 @@ fn cmd_put(
         }
         return Ok(ExitCode::FAILURE);
     }
-    if let (Some(name), Some((f, mut hash))) = (ref_name, last) {
-        // A gc with a tiny grace period may collect the object between the put and the ref
-        // update; the update then fails cleanly with NotFound, and putting again fixes it.
-        let mut attempts = 0;
-        loop {
-            match store.set_ref_msg(name, hash, Expect::Any, "put") {
-                Err(e) if e.is_not_found() && attempts < 5 && f != Path::new("-") => {
-                    attempts += 1;
-                    hash = put_one(f)?;
-                }
-                r => {
-                    r?;
-                    break;
-                }
-            }
-        }
+    if let (Some(name), Some((f, hash))) = (ref_name, last) {
+        // A stream cannot be read twice: only a file is put again if a gc took the object.
+        let mut reput = || -> cas::Result<Hash> {
+            put_one(f).map_err(|e| cas::Error::InvalidInput {
+                what: "input",
+                reason: format!("{e:#}"),
+            })
+        };
+        let reput: Option<&mut dyn FnMut() -> cas::Result<Hash>> =
+            (f != Path::new("-")).then_some(&mut reput);
+        store.set_ref_after_put(name, hash, "put", reput)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -47,6 +47,8 @@ pub struct DoctorReport {
     pub reachable_in_trash: Vec<crate::Hash>,
     /// What `fix` repaired.
     pub fixed: Vec<String>,
+    /// Whether this was a run with `fix` (what it found stale was removed).
+    pub fix: bool,
 }
 
 /// [`FsInfo`] in a serializable form.
@@ -82,12 +84,13 @@ impl From<FsInfo> for FsInfoReport {
 
 impl DoctorReport {
     /// True if nothing needs attention (probes that fail only change which fallback is used).
+    /// After a run with `fix`, the stale staging files and expired locks it reports were
+    /// removed, so they no longer count.
     pub fn is_healthy(&self) -> bool {
         self.permission_problems.is_empty()
-            && self.stale_staging.is_empty()
-            && self.expired_locks.is_empty()
             && self.dangling.is_empty()
             && self.damaged.is_empty()
+            && (self.fix || (self.stale_staging.is_empty() && self.expired_locks.is_empty()))
     }
 }
 
@@ -208,6 +211,7 @@ impl Store {
             damaged,
             reachable_in_trash,
             fixed,
+            fix,
         })
     }
 

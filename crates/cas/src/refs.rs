@@ -265,6 +265,46 @@ impl Store {
         self.update_ref(name, Some(new), expect, message)
     }
 
+    /// Points `name` at an object that was just put, for "put then name it" in one step. A gc
+    /// with a zero grace period may collect the object between the put and this update (the
+    /// update then fails with [`Error::NotFound`], never leaving a dangling ref): with
+    /// `reput`, the object is put again and the update retried (at most 5 times). Returns the
+    /// hash the ref points to.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let put = || store.put_bytes(b"release notes");
+    /// let h = store.set_ref_after_put("notes", put()?, "put", Some(&mut || put()))?;
+    /// assert_eq!(store.get_ref("notes")?, Some(h));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::set_ref`]; the error of `reput`.
+    pub fn set_ref_after_put(
+        &self,
+        name: &str,
+        mut hash: Hash,
+        message: &str,
+        mut reput: Option<&mut dyn FnMut() -> Result<Hash>>,
+    ) -> Result<Hash> {
+        let mut attempts = 0;
+        loop {
+            match self.set_ref_msg(name, hash, Expect::Any, message) {
+                Err(e) if e.is_not_found() && attempts < 5 => {
+                    let Some(again) = reput.as_mut() else {
+                        return Err(e);
+                    };
+                    attempts += 1;
+                    hash = again()?;
+                }
+                r => return r.map(|_| hash),
+            }
+        }
+    }
+
     /// Removes a ref if its current value matches `expect`. Returns the removed value.
     ///
     /// # Errors

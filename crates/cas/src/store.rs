@@ -276,16 +276,7 @@ impl Store {
                 Err(e) => return Err(Error::io("read", &cfg_path, e)),
             },
         };
-        let store = Self::with_root(dir, options)?;
-        // A tiered store (issue 13): the upstream is opened on first use, not here, so a
-        // node whose shared filesystem is gone still serves its cached objects.
-        Ok(match store.inner.options.upstream.clone() {
-            Some(up) => {
-                let readonly = store.inner.options.upstream_readonly;
-                store.with_upstream(up, readonly)
-            }
-            None => store,
-        })
+        Ok(Self::with_root(dir, options)?.attach_upstream())
     }
 
     fn with_root(dir: Root, options: Options) -> Result<Store> {
@@ -305,6 +296,51 @@ impl Store {
                 pid,
             }),
             tier: None,
+        })
+    }
+
+    /// A handle on the same store with other options for this handle only (as
+    /// [`Store::open_with`], without opening the store again: the same directory, the same
+    /// filesystem knowledge).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let fast = store.with_options(store.options().clone().durability(cas::Durability::None))?;
+    /// assert_eq!(fast.durability(), cas::Durability::None);
+    /// assert_eq!(store.durability(), cas::Durability::File);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// I/O errors duplicating the store's directory descriptor.
+    #[allow(clippy::needless_pass_by_value)] // builder-style Options read better by value
+    pub fn with_options(&self, options: Options) -> Result<Store> {
+        let i = &self.inner;
+        let dir = i
+            .root_dir
+            .try_clone()
+            .map_err(Error::at("open store directory", &i.root))?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                staging_prefix: i.staging_prefix.clone(),
+                root: i.root.clone(),
+                root_dir: dir,
+                tmp_dir: Mutex::new(None),
+                options,
+                caps: i.caps.snapshot(),
+                host: i.host.clone(),
+                pid: i.pid,
+            }),
+            // An upstream in `options` is attached; otherwise this handle's upstream (if
+            // any, perhaps not a directory) stays (`without_upstream` drops it).
+            tier: self.tier.clone(),
+        };
+        Ok(if store.inner.options.upstream.is_some() {
+            store.attach_upstream()
+        } else {
+            store
         })
     }
 

@@ -366,6 +366,19 @@ impl Store {
         }
     }
 
+    /// The store as a tier if its options name an upstream (the `upstream` key of its
+    /// `config`, or [`Options::upstream`](crate::Options)). The upstream is opened on first
+    /// use, not here, so a node whose shared filesystem is gone still serves its cache.
+    pub(crate) fn attach_upstream(self) -> Store {
+        match self.inner.options.upstream.clone() {
+            Some(up) => {
+                let readonly = self.inner.options.upstream_readonly;
+                self.with_upstream(up, readonly)
+            }
+            None => self,
+        }
+    }
+
     /// This store alone, without its upstream: reads, writes, refs and gc see only the local
     /// directory.
     #[must_use]

@@ -43,6 +43,20 @@ pub(crate) struct Caps {
 }
 
 impl Caps {
+    /// A copy of what was learned so far (for another handle on the same store).
+    pub(crate) fn snapshot(&self) -> Caps {
+        Caps {
+            magic: self.magic,
+            name: self.name,
+            network: self.network,
+            rename_noreplace: AtomicBool::new(
+                self.rename_noreplace
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            barrier: self.barrier,
+        }
+    }
+
     /// Probes the filesystem that holds `path` with `statfs(2)`.
     pub(crate) fn probe(path: &Path) -> io::Result<Caps> {
         let st = rustix::fs::statfs(path)?;

@@ -129,6 +129,14 @@ impl Root {
         })
     }
 
+    /// Another handle on the same directory (`dup`): no path is resolved again.
+    pub(crate) fn try_clone(&self) -> io::Result<Root> {
+        Ok(Root {
+            fd: rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)?,
+            path: self.path.clone(),
+        })
+    }
+
     /// The root's path (as given when opened).
     pub(crate) fn path(&self) -> &Path {
         &self.path
