@@ -92,20 +92,6 @@ pub struct ObjectInfo {
     pub is_tree: bool,
 }
 
-/// Reads into `buf` until it is full or the file ends.
-fn read_up_to(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match io::Read::read(&mut file, &mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 impl Store {
     /// An object's size, last use (its mtime: set when it is put or read, the age gc and LRU
     /// eviction go by) and whether it is a tree. Reads the first bytes, not the whole object;
@@ -117,7 +103,7 @@ impl Store {
         let (file, path) = self.open_located(hash)?;
         let m = fs::Root::fmeta(&file).map_err(Error::at("stat", &path))?;
         let mut head = [0u8; 8];
-        let n = read_up_to(&file, &mut head).map_err(Error::at("read", &path))?;
+        let n = fs::read_full(&file, &mut head).map_err(Error::at("read", &path))?;
         Ok(ObjectInfo {
             len: m.len,
             mtime: m.mtime,

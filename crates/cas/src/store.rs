@@ -231,35 +231,25 @@ impl Store {
     }
 
     fn open_inner(root: &Path, over: Option<Options>) -> Result<Store> {
+        // Nothing there, a file, or no FORMAT in it: not a store.
+        let absent = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            )
+        };
+        let not_a_store = || Error::NotAStore {
+            path: root.to_owned(),
+        };
         let dir = match Root::open(root) {
             Ok(d) => d,
-            // Nothing there, or a file: not a store.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Err(Error::NotAStore {
-                    path: root.to_owned(),
-                })
-            }
+            Err(e) if absent(&e) => return Err(not_a_store()),
             Err(e) => return Err(Error::io("open store directory", root, e)),
         };
         let fmt_path = root.join(layout::FORMAT);
         let text = match read_small(&dir, &fmt_path) {
             Ok(t) => t,
-            // NotADirectory: the path is a file.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Err(Error::NotAStore {
-                    path: root.to_owned(),
-                })
-            }
+            Err(e) if absent(&e) => return Err(not_a_store()),
             Err(e) => return Err(Error::io("read", &fmt_path, e)),
         };
         check_format(&fmt_path, &text)?;

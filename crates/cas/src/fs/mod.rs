@@ -170,17 +170,24 @@ pub(crate) fn read_len(mut file: &File, len: u64) -> io::Result<Vec<u8>> {
         return Ok(v);
     }
     let mut v = vec![0u8; usize::try_from(len).map_err(|_| io::ErrorKind::OutOfMemory)?];
+    let filled = read_full(file, &mut v)?;
+    v.truncate(filled);
+    Ok(v)
+}
+
+/// Reads into `buf` from the current position until it is full or the file ends; returns
+/// how many bytes were read.
+pub(crate) fn read_full(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
-    while filled < v.len() {
-        match io::Read::read(&mut file, &mut v[filled..]) {
+    while filled < buf.len() {
+        match io::Read::read(&mut file, &mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    v.truncate(filled);
-    Ok(v)
+    Ok(filled)
 }
 
 /// Copies up to `len` bytes from `src`'s file position to `dst`'s in the kernel

@@ -207,7 +207,7 @@ impl Root {
             let Component::Normal(name) = c else {
                 return Err(Errno::INVAL);
             };
-            let base = dir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd);
+            let base = self.base(dir.as_ref());
             if comps.peek().is_none() {
                 return rustix::fs::openat(base, name, flags, mode);
             }
@@ -236,14 +236,36 @@ impl Root {
         Ok((Some(fd), name))
     }
 
+    /// Resolves the parents of `from` and `to` beneath the root and calls `f` with both
+    /// directories and names (for rename and link).
+    fn with_parents<T>(
+        &self,
+        from: &Path,
+        to: &Path,
+        f: impl FnOnce(BorrowedFd<'_>, &OsStr, BorrowedFd<'_>, &OsStr) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let (fdir, fname) = self.parent(from)?;
+        let (tdir, tname) = self.parent(to)?;
+        f(
+            self.base(fdir.as_ref()),
+            fname,
+            self.base(tdir.as_ref()),
+            tname,
+        )
+    }
+
+    /// A resolved parent, or the root itself for a name at the top.
+    fn base<'a>(&'a self, dir: Option<&'a OwnedFd>) -> BorrowedFd<'a> {
+        dir.map_or(self.fd.as_fd(), AsFd::as_fd)
+    }
+
     fn with_parent<T>(
         &self,
         path: &Path,
         f: impl FnOnce(BorrowedFd<'_>, &OsStr) -> Result<T, Errno>,
     ) -> io::Result<T> {
         let (dir, name) = self.parent(path)?;
-        let base = dir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd);
-        f(base, name).map_err(Into::into)
+        f(self.base(dir.as_ref()), name).map_err(Into::into)
     }
 
     /// Opens a regular file for reading: non-blocking (a FIFO cannot hang us), no symlink
@@ -348,15 +370,9 @@ impl Root {
 
     /// Renames `from` over `to` (replacing a file there).
     pub(crate) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (fdir, fname) = self.parent(from)?;
-        let (tdir, tname) = self.parent(to)?;
-        rustix::fs::renameat(
-            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-        )
-        .map_err(Into::into)
+        self.with_parents(from, to, |fd, fname, td, tname| {
+            rustix::fs::renameat(fd, fname, td, tname).map_err(Into::into)
+        })
     }
 
     /// Moves `from` to `to` without ever replacing an existing `to` (see
@@ -367,15 +383,9 @@ impl Root {
         to: &Path,
         caps: &Caps,
     ) -> io::Result<Published> {
-        let (fdir, fname) = self.parent(from)?;
-        let (tdir, tname) = self.parent(to)?;
-        publish_noreplace_at(
-            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-            caps,
-        )
+        self.with_parents(from, to, |fd, fname, td, tname| {
+            publish_noreplace_at(fd, fname, td, tname, caps)
+        })
     }
 
     /// Moves the name `fname` in the directory `fdir` (a staging file) to `to` without
@@ -388,13 +398,7 @@ impl Root {
         caps: &Caps,
     ) -> io::Result<Published> {
         let (tdir, tname) = self.parent(to)?;
-        publish_noreplace_at(
-            fdir,
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-            caps,
-        )
+        publish_noreplace_at(fdir, fname, self.base(tdir.as_ref()), tname, caps)
     }
 
     /// Renames the name `fname` in the directory `fdir` over `to`.
@@ -405,27 +409,15 @@ impl Root {
         to: &Path,
     ) -> io::Result<()> {
         let (tdir, tname) = self.parent(to)?;
-        rustix::fs::renameat(
-            fdir,
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-        )
-        .map_err(Into::into)
+        rustix::fs::renameat(fdir, fname, self.base(tdir.as_ref()), tname).map_err(Into::into)
     }
 
     /// `renameat2(RENAME_NOREPLACE)` alone, with no fallback (for probing the filesystem).
     pub(crate) fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (fdir, fname) = self.parent(from)?;
-        let (tdir, tname) = self.parent(to)?;
-        rustix::fs::renameat_with(
-            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-            RenameFlags::NOREPLACE,
-        )
-        .map_err(Into::into)
+        self.with_parents(from, to, |fd, fname, td, tname| {
+            rustix::fs::renameat_with(fd, fname, td, tname, RenameFlags::NOREPLACE)
+                .map_err(Into::into)
+        })
     }
 
     /// Hard-links `from`, a name inside the store, as `to`, a path outside it chosen by the
@@ -433,7 +425,7 @@ impl Root {
     pub(crate) fn link_out(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (fdir, fname) = self.parent(from)?;
         rustix::fs::linkat(
-            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
+            self.base(fdir.as_ref()),
             fname,
             rustix::fs::CWD,
             to,
@@ -444,16 +436,9 @@ impl Root {
 
     /// Hard-links `from` as `to` (EEXIST if `to` exists).
     pub(crate) fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (fdir, fname) = self.parent(from)?;
-        let (tdir, tname) = self.parent(to)?;
-        rustix::fs::linkat(
-            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-            AtFlags::empty(),
-        )
-        .map_err(Into::into)
+        self.with_parents(from, to, |fd, fname, td, tname| {
+            rustix::fs::linkat(fd, fname, td, tname, AtFlags::empty()).map_err(Into::into)
+        })
     }
 
     /// Removes a name that is not a directory (a symlink is removed, never followed).
