@@ -575,6 +575,100 @@ fn killed_writer_cleaned_from_other_host(c: &Cluster) {
     assert_store_sound(&sa, true);
 }
 
+/// 6. Tiered stores (issue 13): each host has a node-local store in a local temporary
+///    directory with the shared store on the mount as its upstream. Racing puts on both hosts
+///    (written through) and racing gets (each host fetching what the other wrote) converge:
+///    every process succeeds with the right bytes, the upstream and both tiers hold each
+///    object once and verify clean, and a ref created from both hosts has one winner.
+fn tiers_over_shared_store(c: &Cluster, scratch: &Path) {
+    let (ua, ub) = c.store("tier-upstream");
+    let local = tempfile::tempdir().unwrap();
+    let (la, lb) = (local.path().join("nodeA"), local.path().join("nodeB"));
+    ok(cas_a(&la).arg("init").arg("--upstream").arg(&ua));
+    ok(cas_b(&lb).arg("init").arg("--upstream").arg(&ub));
+    let shared: Vec<Vec<u8>> = (0..4)
+        .map(|i| data(2000 + i * 80_000, 300 + i as u64))
+        .collect();
+    let mut all: Vec<(String, Vec<u8>)> =
+        shared.iter().map(|d| (blake3_hex(d), d.clone())).collect();
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let dir = scratch.join(format!("tier-w{w}"));
+        let mut files = Vec::new();
+        let mut want = Vec::new();
+        for (i, d) in shared.iter().enumerate() {
+            files.push(input(&dir, &format!("s{i}"), d));
+            want.push(blake3_hex(d));
+        }
+        let own = data(60_000, 400 + w);
+        files.push(input(&dir, "own", &own));
+        want.push(blake3_hex(&own));
+        all.push((blake3_hex(&own), own));
+        let mut cmd = if w % 2 == 0 { cas_a(&la) } else { cas_b(&lb) };
+        cmd.arg("put").args(&files);
+        writers.push((spawn(&mut cmd), want));
+    }
+    for (child, want) in writers {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: tier writer failed: {}",
+            c.fs,
+            text(&out.stderr)
+        );
+        let got: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+        assert_eq!(got, want, "{}: tier writer printed wrong hashes", c.fs);
+    }
+    assert_eq!(
+        files_under(&ub.join("objects")).len(),
+        all.len(),
+        "{}: the upstream holds every object once",
+        c.fs
+    );
+    let mut readers = Vec::new();
+    for r in 0..4 {
+        for (h, _) in &all {
+            let mut cmd = if r % 2 == 0 { cas_a(&la) } else { cas_b(&lb) };
+            cmd.args(["get", h]);
+            readers.push((spawn(&mut cmd), h.clone()));
+        }
+    }
+    for (child, h) in readers {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: tier get {h}: {}",
+            c.fs,
+            text(&out.stderr)
+        );
+        let want = &all.iter().find(|(x, _)| *x == h).unwrap().1;
+        assert!(&out.stdout == want, "{}: wrong bytes for {h}", c.fs);
+    }
+    for store in [&la, &lb] {
+        assert_eq!(files_under(&store.join("objects")).len(), all.len());
+        assert_store_sound(store, true);
+    }
+    assert_store_sound(&ua, true);
+    ok(cas_a(&la).arg("verify"));
+    ok(cas_b(&lb).arg("verify"));
+    ok(cas_b(&ub).arg("verify"));
+    let mut setters = Vec::new();
+    for (i, (h, _)) in all.iter().take(6).enumerate() {
+        let mut cmd = if i % 2 == 0 { cas_a(&la) } else { cas_b(&lb) };
+        cmd.args(["ref", "set", "tier-first", h, "--expect-none"]);
+        setters.push(spawn(&mut cmd));
+    }
+    let wins = setters
+        .into_iter()
+        .map(|ch| ch.wait_with_output().unwrap().status.success())
+        .filter(|won| *won)
+        .count();
+    assert_eq!(wins, 1, "{}: one --expect-none winner across tiers", c.fs);
+    let on_a = ok(cas_a(&la).args(["ref", "get", "tier-first"]));
+    let on_b = ok(cas_b(&lb).args(["ref", "get", "tier-first"]));
+    assert_eq!(on_a, on_b, "{}: both tiers see the upstream's ref", c.fs);
+}
+
 fn scenarios(fs: &'static str) {
     let _one = ONE_AT_A_TIME
         .lock()
@@ -587,6 +681,7 @@ fn scenarios(fs: &'static str) {
     gc_beside_writers(&c, scratch.path());
     killed_writer_cleaned_from_other_host(&c);
     compute_once_across_hosts(&c, scratch.path());
+    tiers_over_shared_store(&c, scratch.path());
     // Shared-group mode on the distributed filesystem too.
     multi_user(&c.a.join("multiuser"));
 }

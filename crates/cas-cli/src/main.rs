@@ -56,6 +56,15 @@ struct Global {
     /// Staging files of writers on other hosts are judged dead after this long (gc, doctor).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     stale_age: Option<Duration>,
+    /// Use the store as a local tier in front of the upstream store DIR: misses are fetched
+    /// from it, puts written through to it, refs and keys live in it. With `cas init`,
+    /// recorded in the store's config.
+    #[arg(long, global = true, value_name = "DIR", env = "CAS_UPSTREAM", help_heading = GLOBAL)]
+    upstream: Option<PathBuf>,
+    /// The upstream is read-only (a published dataset): puts stay local; refs and keys can
+    /// be read, not set.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    upstream_readonly: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,6 +208,29 @@ enum Cmd {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Copy refs and keys, with every object they reach, to the store DEST; then set them
+    /// there with compare-and-swap (exit 1 naming a ref DEST moved meanwhile). Re-running
+    /// after an interruption copies only what is missing.
+    #[command(
+        after_help = "Examples:\n  cas push /shared/cas release/v1\n  cas push /shared/cas --all --json\n  cas push /shared/cas release/v1 --force"
+    )]
+    Push {
+        /// The destination store.
+        dest: PathBuf,
+        #[command(flatten)]
+        what: TransferArgs,
+    },
+    /// Copy refs and keys, with every object they reach, from the store SRC into this one;
+    /// then set them here with compare-and-swap (as push, the other way).
+    #[command(
+        after_help = "Examples:\n  cas pull /shared/cas release/v1\n  cas pull /shared/cas --key build:abc123"
+    )]
+    Pull {
+        /// The source store.
+        src: PathBuf,
+        #[command(flatten)]
+        what: TransferArgs,
+    },
     /// Print the manual page (roff), generated from these very definitions.
     #[command(
         after_help = "Examples:\n  cas man | man -l -\n  cas man > /usr/local/share/man/man1/cas.1"
@@ -217,6 +249,29 @@ enum Cmd {
         #[arg(value_parser = parse_hash_arg)]
         hash: HashArg,
     },
+}
+
+/// What push and pull transfer: at least one ref, key or `--all` (else a usage error, exit 2,
+/// before any store is opened).
+#[derive(Args, Debug)]
+#[group(id = "transfer", skip)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["refs", "keys", "all"])))]
+struct TransferArgs {
+    /// Refs to transfer.
+    #[arg(value_parser = parse_ref_name)]
+    refs: Vec<String>,
+    /// Cache keys to transfer (repeatable).
+    #[arg(long = "key", value_name = "KEY")]
+    keys: Vec<String>,
+    /// Every ref and every key.
+    #[arg(long)]
+    all: bool,
+    /// Set the names whatever the destination holds now.
+    #[arg(long)]
+    force: bool,
+    /// Objects copied at once.
+    #[arg(long, short, value_name = "N", default_value_t = 4)]
+    jobs: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -520,7 +575,12 @@ fn not_a_store_hint(dir: &Path, e: &cas::Error) -> anyhow::Error {
 }
 
 fn apply_overrides(store: Store, g: &Global) -> Result<Store> {
-    if g.durability.is_none() && g.lock_timeout.is_none() && g.stale_age.is_none() {
+    if g.durability.is_none()
+        && g.lock_timeout.is_none()
+        && g.stale_age.is_none()
+        && g.upstream.is_none()
+        && !g.upstream_readonly
+    {
         return Ok(store);
     }
     let o = with_globals(store.options().clone(), g);
@@ -537,6 +597,12 @@ fn with_globals(mut o: Options, g: &Global) -> Options {
     }
     if let Some(t) = g.stale_age {
         o = o.stale_age(t);
+    }
+    if let Some(u) = &g.upstream {
+        o = o.upstream(Some(std::path::absolute(u).unwrap_or_else(|_| u.clone())));
+    }
+    if g.upstream_readonly {
+        o = o.upstream_readonly(true);
     }
     o
 }
@@ -631,6 +697,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_key(&open_store(g, access)?, c, g.json)
         }
         Cmd::Stats => cmd_stats(&open_store(g, Existing)?, g.json),
+        Cmd::Push { dest, what } => cmd_transfer(&open_store(g, Existing)?, &dest, true, &what, g),
+        Cmd::Pull { src, what } => cmd_transfer(&open_store(g, Write)?, &src, false, &what, g),
         Cmd::Show { hash } => {
             let store = open_store(g, Existing)?;
             cmd_show(&store, &hash.resolve(&store)?, g.json)
@@ -638,6 +706,69 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Completions { shell } => cmd_completions(shell),
         Cmd::Man => cmd_man(),
     }
+}
+
+/// The other store of a push or pull: it must exist; its own config (and upstream) apply.
+fn open_other(dir: &Path) -> Result<Store> {
+    match Store::open(dir) {
+        Ok(s) => {
+            signals::set_store(&s);
+            Ok(s)
+        }
+        Err(e @ cas::Error::NotAStore { .. }) => Err(not_a_store_hint(dir, &e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `cas push OTHER` (`push`: this store to OTHER) or `cas pull OTHER`.
+fn cmd_transfer(
+    this: &Store,
+    other: &Path,
+    push: bool,
+    what: &TransferArgs,
+    g: &Global,
+) -> Result<ExitCode> {
+    let other = open_other(other)?;
+    let (src, dst) = if push { (this, &other) } else { (&other, this) };
+    let json = g.json;
+    let opts = cas::TransferOptions::default()
+        .refs(what.refs.iter().cloned())
+        .keys(what.keys.iter().map(|k| k.as_bytes().to_vec()))
+        .all(what.all)
+        .force(what.force)
+        .jobs(what.jobs);
+    let r = src.push_to(dst, &opts)?;
+    for c in &r.conflicts {
+        let f = |h: Option<Hash>| h.map_or_else(|| "absent".to_owned(), |h| h.to_string());
+        eprintln!(
+            "cas: error: {} moved on {} while transferring (was {}, now {}); not set \
+             (--force overwrites)",
+            c.name,
+            dst.root().display(),
+            f(c.expected),
+            f(c.actual)
+        );
+    }
+    if json {
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(m) = v.as_object_mut() {
+            m.insert("source".into(), serde_json::json!(src.root()));
+            m.insert("dest".into(), serde_json::json!(dst.root()));
+            m.insert("complete".into(), r.is_complete().into());
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "{} objects: {} copied ({}), {} already there; refs set: {}; keys set: {}",
+            r.objects,
+            r.objects_copied,
+            output::human_bytes(r.bytes_copied),
+            r.objects_skipped,
+            r.refs_set.len(),
+            r.keys_set.len()
+        );
+    }
+    Ok(exit(r.is_complete()))
 }
 
 fn exit(success: bool) -> ExitCode {
@@ -665,6 +796,16 @@ fn cmd_init(
             .max_size(max_size),
         g,
     );
+    if let Some(up) = &o.upstream {
+        // A typo would otherwise surface only at the first miss.
+        Store::open(up).with_context(|| {
+            format!(
+                "the upstream {} is not a store (create it first with `cas init {}`)",
+                up.display(),
+                up.display()
+            )
+        })?;
+    }
     let existed = Store::open(&dir).is_ok();
     let create = if force {
         Create::Force
@@ -854,6 +995,8 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
             "max_size": u.max_size,
             "fs": u.fs,
             "unreadable": u.unreadable,
+            "upstream": store.upstream().map(cas::Upstream::location),
+            "upstream_readonly": store.upstream_readonly(),
         });
         println!("{v}");
     } else {
@@ -878,6 +1021,14 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
             println!("budget:      {} (gc evicts to it)", output::human_bytes(b));
         }
         println!("durability:  {}", store.durability());
+        if let Some(up) = store.upstream() {
+            let ro = if store.upstream_readonly() {
+                " (read-only)"
+            } else {
+                ""
+            };
+            println!("upstream:    {}{ro}", up.location().display());
+        }
         let note = if u.fs.network {
             " (network/FUSE: no mmap, link+unlink publish)"
         } else {
@@ -893,9 +1044,10 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
 }
 
 fn cmd_show(store: &Store, hash: &Hash, json: bool) -> Result<ExitCode> {
-    let size = store.object_len(hash)?;
-    let mut head = [0u8; 8];
+    // The reader first: through a tier it fetches the object (object_len only looks here).
     let mut r = store.reader(hash)?;
+    let size = r.len()?;
+    let mut head = [0u8; 8];
     let n = io::Read::read(&mut r, &mut head).context("read the object")?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     if !cas::Tree::is_tree(&head[..n]) {

@@ -109,6 +109,7 @@ impl Store {
 
     fn put_keyed_inner(&self, key: &[u8], reader: &mut dyn Read, metadata: &[u8]) -> Result<Hash> {
         check_entry_size(key, metadata)?;
+        self.names_upstream_mut()?; // a read-only upstream refuses before anything is read
         let staged = self.stage_reader(reader, Input::Stream)?;
         self.commit_keyed(staged, self.durability(), key, metadata)
     }
@@ -144,6 +145,9 @@ impl Store {
         expect: Expect,
     ) -> Result<Option<Hash>> {
         check_entry_size(key, metadata)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            return self.upstream_set_keyed(up, key, hash, metadata, expect);
+        }
         let lock = self.lock_entry(key, hash)?;
         self.ensure_present(&hash)?;
         let obj = self.object_path(&hash);
@@ -169,6 +173,13 @@ impl Store {
     ) -> Result<Hash> {
         check_entry_size(key, metadata)?;
         let (hash, size) = (staged.hash, staged.len);
+        if let Some(up) = self.names_upstream_mut()? {
+            // Tiered: the object is written through, the entry lives upstream.
+            self.publish(vec![staged], durability)?;
+            return self
+                .upstream_set_keyed(up, key, hash, metadata, Expect::Any)
+                .map(|_| hash);
+        }
         // Pin the object before it is published or deduplicated, so gc keeps it until the
         // entry that makes it reachable is visible.
         let lock = self.lock_entry(key, hash)?;
@@ -250,6 +261,9 @@ impl Store {
     /// [`Error::KeyNotFound`]; [`Error::Malformed`] for an unreadable or foreign-version entry
     /// (naming the file and what is wrong).
     pub fn entry(&self, key: &[u8]) -> Result<Entry> {
+        if let Some(up) = self.names_upstream() {
+            return up.entry(key);
+        }
         let path = self.entry_path(key);
         let (e, _) = self
             .read_entry_file(&path)?
@@ -313,6 +327,11 @@ impl Store {
     /// # Errors
     /// As [`Store::get_keyed`].
     pub fn get_keyed_entry(&self, key: &[u8]) -> Result<(Entry, Object)> {
+        if let Some(up) = self.names_upstream() {
+            let e = up.entry(key)?; // a tiered store's entries live upstream
+            let obj = self.get(&e.hash)?;
+            return Ok((e, obj));
+        }
         let path = self.entry_path(key);
         let (e, f) = self
             .read_entry_file(&path)?
@@ -342,6 +361,9 @@ impl Store {
     /// # Errors
     /// [`Error::KeyNotFound`]; I/O errors naming the entry file.
     pub fn remove_keyed(&self, key: &[u8]) -> Result<()> {
+        if let Some(up) = self.names_upstream_mut()? {
+            return up.remove_keyed(key);
+        }
         let path = self.entry_path(key);
         match self.inner.root_dir.unlink(&path) {
             Ok(()) => Ok(()),
@@ -407,10 +429,14 @@ impl Store {
     /// # Errors
     /// None today (listing errors are items); kept fallible for compatibility.
     pub fn iter_keys(&self) -> Result<impl Iterator<Item = Result<Entry>> + '_> {
-        let (files, errors) = self.entry_files();
-        Ok(errors
+        // A tiered store's entries live upstream (listed at once); its own index is empty.
+        let (upstream, (files, errors)) = match self.names_upstream() {
+            Some(up) => (up.list_keys()?, (Vec::new(), Vec::new())),
+            None => (Vec::new(), self.entry_files()),
+        };
+        Ok(upstream
             .into_iter()
-            .map(Err)
+            .chain(errors.into_iter().map(Err))
             .chain(files.into_iter().filter_map(move |p| {
                 self.read_entry_file(&p)
                     .map(|o| o.map(|(e, _)| e))

@@ -167,8 +167,10 @@ mod read;
 mod refs;
 mod stage;
 mod store;
+mod transfer;
 mod trash;
 mod tree;
+mod upstream;
 mod usage;
 mod verify;
 mod write;
@@ -188,9 +190,11 @@ pub use progress::{no_progress, Progress, ProgressFn};
 pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
 pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};
 pub use store::{Barrier, FsInfo, Store};
+pub use transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use tree::{
     CheckoutOptions, EntryKind, PutDirReport, Tree, TreeEntry, TREE_MAGIC, TREE_VERSION,
 };
+pub use upstream::{DirUpstream, Upstream};
 pub use usage::{Area, Usage};
 pub use verify::{CorruptObject, Dangling, Problem, VerifyReport};
 pub use write::Writer;

@@ -141,6 +141,14 @@ impl Store {
                 reason: "a hash prefix is 8 to 64 lowercase hex digits",
             });
         }
+        // A tier holds a subset of its upstream: resolve there (crate::upstream), here only
+        // if the upstream cannot be reached.
+        if let Some(up) = self.upstream() {
+            match up.resolve_prefix(prefix) {
+                Err(e) if e.kind() == crate::ErrorKind::Upstream => {}
+                r => return r,
+            }
+        }
         let dir = self.path(layout::OBJECTS).join(&prefix[..2]);
         let names = match self.inner.root_dir.read_dir(&dir) {
             Ok(n) => n,
@@ -226,6 +234,15 @@ impl Store {
                         .map_err(Error::at("open", &p))?;
                     return Ok((f, p));
                 }
+                // A tiered store fetches a miss from its upstream (crate::upstream).
+                if self.fetch_from_upstream(hash)? {
+                    let f = self
+                        .inner
+                        .root_dir
+                        .open_read(&path)
+                        .map_err(Error::at("open", &path))?;
+                    return Ok((f, path));
+                }
                 Err(Error::NotFound { hash: *hash, path })
             }
             Err(e) => Err(Error::io("open object", &path, e)),
@@ -251,6 +268,10 @@ impl Store {
     /// [`Error::NotFound`] naming the hash; [`Error::Corrupt`] if the bytes do not match (the
     /// object is moved to `quarantine/`); I/O errors naming the path.
     pub fn get(&self, hash: &Hash) -> Result<Object> {
+        self.refetch_if_corrupt(hash, || self.get_once(hash))
+    }
+
+    fn get_once(&self, hash: &Hash) -> Result<Object> {
         let (file, path) = self.open_file(hash)?;
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
         let obj = self.load(&file, &path, &meta)?;
@@ -278,6 +299,10 @@ impl Store {
     /// # Errors
     /// As [`Store::get`]; a failure to write to `out` is [`Error::Io`] with op "write output".
     pub fn get_to_writer(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
+        self.refetch_if_corrupt_to(hash, out, |o| self.get_to_writer_once(hash, o))
+    }
+
+    fn get_to_writer_once(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
         let (mut file, path) = self.open_file(hash)?;
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
         let len = meta.len();
@@ -334,9 +359,10 @@ impl Store {
         })
     }
 
-    /// True if the object is in the store (or in `trash/`, from where a read restores it).
+    /// True if the object is in the store (or in `trash/`, from where a read restores it; or,
+    /// for a tiered store, in its upstream).
     pub fn contains(&self, hash: &Hash) -> bool {
-        self.locate(hash).is_some()
+        self.locate(hash).is_some() || self.upstream_has(hash)
     }
 
     /// The size of what is at an object's name, without following it (`lstat` beneath the

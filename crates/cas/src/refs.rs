@@ -177,6 +177,9 @@ impl Store {
     /// [`Error::InvalidRefName`]; [`Error::Malformed`] if the file does not hold a hash.
     pub fn get_ref(&self, name: &str) -> Result<Option<Hash>> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream() {
+            return up.get_ref(name); // a tiered store's refs live upstream
+        }
         self.read_ref_file(name)
     }
 
@@ -256,6 +259,9 @@ impl Store {
         message: &str,
     ) -> Result<Option<Hash>> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            return self.upstream_set_ref(up, name, new, expect, message);
+        }
         self.update_ref(name, Some(new), expect, message)
     }
 
@@ -305,6 +311,9 @@ impl Store {
     /// [`Error::RefNotFound`] if it does not exist; otherwise as [`Store::set_ref`].
     pub fn remove_ref(&self, name: &str, expect: Expect) -> Result<Hash> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            return up.remove_ref(name, expect);
+        }
         match self.update_ref(name, None, expect, "remove")? {
             Some(old) => Ok(old),
             None => Err(Error::RefNotFound {
@@ -430,6 +439,9 @@ impl Store {
     /// [`Error::InvalidRefName`]; I/O errors reading the log.
     pub fn reflog_report(&self, name: &str) -> Result<(Vec<RefLogEntry>, Vec<crate::Problem>)> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream() {
+            return up.reflog(name).map(|e| (e, Vec::new()));
+        }
         let path = self.ref_log_path(name);
         let f = match self.inner.root_dir.open_read(&path) {
             Ok(f) => f,
@@ -458,6 +470,9 @@ impl Store {
     /// The first damaged ref or unlistable directory under `refs/` (see
     /// [`Store::refs_report`] to list past them).
     pub fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>> {
+        if let Some(up) = self.names_upstream() {
+            return up.list_refs(prefix);
+        }
         let scan = self.scan_refs(prefix);
         if let Some((path, reason)) = scan.damaged.into_iter().next() {
             return Err(Error::Malformed {

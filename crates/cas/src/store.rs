@@ -26,6 +26,8 @@ use crate::Durability;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
+    /// The upstream of a tiered store (`crate::upstream`); `None` for a standalone store.
+    pub(crate) tier: Option<Arc<crate::upstream::Tier>>,
 }
 
 pub(crate) struct Inner {
@@ -48,6 +50,7 @@ impl std::fmt::Debug for Store {
             .field("root", &self.inner.root)
             .field("options", &self.inner.options)
             .field("filesystem", &self.inner.caps.name)
+            .field("upstream", &self.upstream().map(crate::Upstream::location))
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +134,12 @@ impl Store {
         let mut options = options.clone();
         if infer_shared && !options.shared_group && prepared_for_sharing(root) {
             options.shared_group = true;
+        }
+        // The config records the upstream as an absolute path: a relative one would be
+        // resolved against whatever directory a later process runs in.
+        if let Some(up) = options.upstream.clone() {
+            crate::upstream::check_upstream_path(&up)?;
+            options.upstream = Some(std::path::absolute(&up).map_err(Error::at("resolve", &up))?);
         }
         let options = &options;
         std::fs::create_dir_all(root).map_err(Error::at("create store directory", root))?;
@@ -257,7 +266,7 @@ impl Store {
                 Err(e) => return Err(Error::io("read", &cfg_path, e)),
             },
         };
-        Self::with_root(dir, options)
+        Ok(Self::with_root(dir, options)?.attach_upstream())
     }
 
     fn with_root(dir: Root, options: Options) -> Result<Store> {
@@ -276,6 +285,7 @@ impl Store {
                 host,
                 pid,
             }),
+            tier: None,
         })
     }
 
@@ -302,7 +312,7 @@ impl Store {
             .root_dir
             .try_clone()
             .map_err(Error::at("open store directory", &i.root))?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 staging_prefix: i.staging_prefix.clone(),
                 root: i.root.clone(),
@@ -313,6 +323,14 @@ impl Store {
                 host: i.host.clone(),
                 pid: i.pid,
             }),
+            // An upstream in `options` is attached; otherwise this handle's upstream (if
+            // any, perhaps not a directory) stays (`without_upstream` drops it).
+            tier: self.tier.clone(),
+        };
+        Ok(if store.inner.options.upstream.is_some() {
+            store.attach_upstream()
+        } else {
+            store
         })
     }
 

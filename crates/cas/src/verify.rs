@@ -94,6 +94,9 @@ impl Store {
     /// # Errors
     /// [`Error::Interrupted`] if `progress` asked to stop; I/O errors listing the store.
     pub fn verify(&self, progress: ProgressFn<'_>) -> Result<VerifyReport> {
+        if self.upstream().is_some() {
+            return self.without_upstream().verify(progress); // the local tier only
+        }
         let mut bad_files = Vec::new();
         let mut hashes = Vec::new();
         for h in self.iter() {
