@@ -482,12 +482,16 @@ const PUT_BATCH: &str = "put 4 KiB, batches of 1000, one sync each";
 const GET_SMALL: &str = "get 4 KiB verified, warm";
 const PUT_BIG: &str = "put big object, durability none";
 const CLUSTER_SINGLE: &str = "cluster fs: put 4 KiB, durability file, one at a time";
+const CLUSTER_GET: &str = "cluster fs: get 4 KiB verified";
+const CLUSTER_PUT_BIG: &str = "cluster fs: put big object, durability file";
+const CLUSTER_GET_BIG: &str = "cluster fs: get big object verified";
 const CLUSTER_BATCH: &str = "cluster fs: put 4 KiB, durability file, one batch of 200";
 const GET_BIG: &str = "get big object verified, warm";
 const SCALE_PUT: &str = "scale: put 4 KiB, durability none";
 const SCALE_GET: &str = "scale: get 4 KiB verified, warm";
 const VERIFY: &str = "verify (rehash every object), warm";
 const GC: &str = "gc scan (nothing to delete), warm";
+const TIER_MOUNTS: &str = "tier: 4 mounts each get one big object 3 times";
 const TIER_GET_SMALL: &str = "tier: get 4 KiB verified, warm";
 const TIER_GET_BIG: &str = "tier: get big object verified, warm";
 const TIER_FETCH: &str = "tier: get 4 KiB, cold local tier (fetch + publish)";
@@ -750,6 +754,9 @@ fn cluster(c: &mut Criterion, cfg: &Cfg, dir: &Path) {
         "cas",
         vec![Target::Row(CLUSTER_SINGLE, "cas".to_owned(), 1.0)],
     );
+    set_targets(CLUSTER_SINGLE, "cas", vec![Target::Floor(0.8)]);
+
+    cluster_reads_and_big(c, cfg, &fresh, &objs, &names);
     for ent in fs::read_dir(dir).expect("list").flatten() {
         if ent.file_name().to_string_lossy().starts_with("bench-") {
             let _ = fs::remove_dir_all(ent.path());
@@ -835,6 +842,150 @@ fn put_big(c: &mut Criterion, cfg: &Cfg, data: &[u8], src: &Path, name: &str, un
             Target::Row(PUT_BIG, "cp".to_owned(), 0.8),
         ],
     );
+}
+
+/// The rest of [`cluster`]: small gets, and a big object put and got, against the floor.
+fn cluster_reads_and_big(
+    c: &mut Criterion,
+    cfg: &Cfg,
+    fresh: &dyn Fn(&str) -> PathBuf,
+    objs: &Objects,
+    names: &[String],
+) {
+    let unit = Unit::Ops(names.len() as u64);
+    // Gets of the same small objects (warm as that filesystem's client allows), and a big
+    // object put and got, against the floor there.
+    let store = cas_store(&fresh("get"), Durability::File);
+    let hashes: Vec<Hash> = objs.iter().map(|o| store.put_bytes(o).expect("put")).collect();
+    let fdir = fresh("get-floor");
+    floor_put(&fdir, objs, names, false);
+    let mut buf = Vec::new();
+    let mut g = group(c, "cluster-get-4KiB", cfg);
+    bench(&mut g, CLUSTER_GET, "cas", unit, || {
+        timed(|| {
+            for h in &hashes {
+                black_box(store.get(h).expect("get").len());
+            }
+        })
+    });
+    bench(&mut g, CLUSTER_GET, "floor", unit, || {
+        timed(|| {
+            black_box(floor_get(&fdir, names, &mut buf));
+        })
+    });
+    g.finish();
+
+    let len = cfg.big.min(64 << 20);
+    let mut data = vec![0u8; len];
+    for (i, chunk) in data.chunks_mut(1 << 20).enumerate() {
+        fill(chunk, 14, i as u64);
+    }
+    let data = &data[..];
+    let big_name = blake3::hash(data).to_hex().to_string();
+    let unit = Unit::Bytes(len as u64);
+    let mut g = group(c, "cluster-put-big", cfg);
+    bench(&mut g, CLUSTER_PUT_BIG, "cas", unit, || {
+        let store = cas_store(&fresh("put-big"), Durability::File);
+        timed(|| {
+            store.put_reader(Cursor::new(data)).expect("put");
+        })
+    });
+    bench(&mut g, CLUSTER_PUT_BIG, "floor", unit, || {
+        let d = fresh("put-big-floor");
+        timed(|| {
+            let tmp = d.join("tmp");
+            let mut f = File::create(&tmp).expect("create");
+            f.write_all(data).expect("write");
+            f.sync_data().expect("fdatasync");
+            drop(f);
+            fs::rename(&tmp, d.join(&big_name)).expect("rename");
+        })
+    });
+    g.finish();
+    set_targets(CLUSTER_PUT_BIG, "cas", vec![Target::Floor(0.8)]);
+    let store = cas_store(&fresh("get-big"), Durability::File);
+    let h = store.put_bytes(data).expect("put");
+    let fdir = fresh("get-big-floor");
+    fs::write(fdir.join(&big_name), data).expect("write");
+    let mut g = group(c, "cluster-get-big", cfg);
+    bench(&mut g, CLUSTER_GET_BIG, "cas", unit, || {
+        timed(|| {
+            black_box(store.get(&h).expect("get").len());
+        })
+    });
+    bench(&mut g, CLUSTER_GET_BIG, "floor", unit, || {
+        timed(|| {
+            black_box(floor_get(&fdir, std::slice::from_ref(&big_name), &mut buf));
+        })
+    });
+    g.finish();
+}
+
+/// Reads per mount in [`tier_mounts`].
+const MOUNT_READS: usize = 3;
+
+/// Four "nodes" (mounts of one cluster filesystem) each read the same big object
+/// [`MOUNT_READS`] times: straight from the shared store, and through a fresh local tier of
+/// their own (on the local disk) over the shared store. Prints the bytes read from the shared
+/// store: every read for the direct case; for the tiers, what they fetched (measured: the
+/// objects their local stores hold afterwards, each started empty).
+fn tier_mounts(c: &mut Criterion, cfg: &Cfg, mounts: &[PathBuf]) {
+    let name = format!("bench-tier4-{}", std::process::id());
+    let shared = cas_store(&mounts[0].join(&name), Durability::None);
+    let len = cfg.big.min(64 << 20);
+    let mut data = vec![0u8; len];
+    for (i, chunk) in data.chunks_mut(1 << 20).enumerate() {
+        fill(chunk, 13, i as u64);
+    }
+    let h = shared.put_bytes(&data).expect("put on the shared store");
+    drop(data);
+    let views: Vec<Store> = mounts
+        .iter()
+        .map(|m| Store::open(m.join(&name)).expect("open the shared store through a mount"))
+        .collect();
+    let reads = mounts.len() * MOUNT_READS;
+    let unit = Unit::Bytes((reads * len) as u64);
+    let read_all = |stores: &[Store]| {
+        std::thread::scope(|s| {
+            for st in stores {
+                s.spawn(|| {
+                    for _ in 0..MOUNT_READS {
+                        black_box(st.get(&h).expect("get").len());
+                    }
+                });
+            }
+        });
+    };
+    let mut g = group(c, "tier-4-mounts", cfg);
+    bench(&mut g, TIER_MOUNTS, "shared store, direct", unit, || {
+        timed(|| read_all(&views))
+    });
+    let fetched = AtomicU64::new(0);
+    bench(&mut g, TIER_MOUNTS, "a local tier per mount", unit, || {
+        let tiers: Vec<Store> = mounts
+            .iter()
+            .map(|m| {
+                cas_store(&cfg.fresh("tier4-local"), Durability::None)
+                    .with_upstream(m.join(&name), false)
+            })
+            .collect();
+        let t = timed(|| read_all(&tiers));
+        let bytes: u64 = tiers
+            .iter()
+            .filter_map(|t| t.usage().ok())
+            .filter_map(|u| u.area("objects").map(|a| a.bytes))
+            .sum();
+        fetched.store(bytes, Ordering::Relaxed);
+        t
+    });
+    g.finish();
+    println!(
+        "tier-4-mounts: bytes read from the shared store per repetition: direct {} \
+         ({reads} reads of {len}), through local tiers {}",
+        reads * len,
+        fetched.load(Ordering::Relaxed)
+    );
+    let _ = fs::remove_dir_all(mounts[0].join(&name));
 }
 
 /// One repetition of a big put: a fresh directory, `setup` (a store…) untimed, a synced
@@ -1326,6 +1477,14 @@ fn main() {
     }
     if let Some(dir) = std::env::var_os("CAS_BENCH_CLUSTER_DIR").filter(|_| want("cluster")) {
         cluster(&mut c, &cfg, Path::new(&dir));
+    }
+    // `CAS_BENCH_CLUSTER_MOUNTS=/mnt/a:/mnt/b:/mnt/c:/mnt/d`: mounts of one cluster filesystem.
+    if let Some(m) = std::env::var("CAS_BENCH_CLUSTER_MOUNTS")
+        .ok()
+        .filter(|_| want("tier4"))
+    {
+        let mounts: Vec<PathBuf> = m.split(':').map(PathBuf::from).collect();
+        tier_mounts(&mut c, &cfg, &mounts);
     }
     c.final_summary();
 
