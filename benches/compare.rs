@@ -856,7 +856,10 @@ fn cluster_reads_and_big(
     // Gets of the same small objects (warm as that filesystem's client allows), and a big
     // object put and got, against the floor there.
     let store = cas_store(&fresh("get"), Durability::File);
-    let hashes: Vec<Hash> = objs.iter().map(|o| store.put_bytes(o).expect("put")).collect();
+    let hashes: Vec<Hash> = objs
+        .iter()
+        .map(|o| store.put_bytes(o).expect("put"))
+        .collect();
     let fdir = fresh("get-floor");
     floor_put(&fdir, objs, names, false);
     let mut buf = Vec::new();
