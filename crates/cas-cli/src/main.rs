@@ -489,6 +489,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_fd_limit();
     if let Err(e) = signals::install() {
         eprintln!("cas: error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
@@ -502,6 +503,19 @@ fn main() -> ExitCode {
             eprintln!("cas: error: {}", output::chain(e.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, as build tools do: a batch put holds its
+/// staged files open until one barrier covers them (`cas::Batch`), and more files per barrier
+/// is fewer barriers.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let mut raised = lim;
+        raised.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, raised);
     }
 }
 

@@ -12,8 +12,17 @@ use crate::progress::Progress;
 use crate::stage::{Input, Staged};
 use crate::{Durability, Store};
 
-/// Objects staged (files held open) before a batch publishes what it has.
-const MAX_STAGED: usize = 512;
+/// Objects staged (files held open) before a batch publishes what it has: half the
+/// process's open-file limit, between 64 and 4096 (512 under the usual limit of 1024).
+fn max_staged() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1024);
+        usize::try_from(soft / 2).unwrap_or(4096).clamp(64, 4096)
+    })
+}
 
 /// A batch of objects written with a single durability barrier.
 ///
@@ -27,9 +36,10 @@ const MAX_STAGED: usize = 512;
 /// synced once after publishing. Dropping a batch without committing removes its staging
 /// files; nothing staged since the last barrier becomes visible.
 ///
-/// A batch holds each staged file open, so it keeps at most 512 objects staged: when it
-/// reaches that, it makes them durable and publishes them (in the order they were staged)
-/// before staging more. A batch is a way to share barriers, not a transaction.
+/// A batch holds each staged file open, so it keeps at most half the process's open-file
+/// limit staged (between 64 and 4096; 512 under the usual limit of 1024): when it reaches
+/// that, it makes them durable and publishes them (in the order they were staged) before
+/// staging more. A batch is a way to share barriers, not a transaction.
 ///
 /// ```
 /// # fn main() -> cas::Result<()> {
@@ -123,7 +133,7 @@ impl Batch {
         self.durability = d;
     }
 
-    /// Number of objects staged and not yet published (at most 512).
+    /// Number of objects staged and not yet published.
     pub fn len(&self) -> usize {
         self.staged.len()
     }
@@ -190,7 +200,7 @@ impl Batch {
     fn add(&mut self, s: Staged) -> Result<()> {
         self.seen.insert(s.hash);
         self.staged.push(s);
-        if self.staged.len() >= MAX_STAGED {
+        if self.staged.len() >= max_staged() {
             let staged = std::mem::take(&mut self.staged);
             self.published += self.store.publish(staged, self.durability)?;
         }
@@ -213,18 +223,20 @@ impl Batch {
 mod tests {
     use crate::{Durability, Options, Store};
 
-    /// A batch holds its staged files open: one bigger than the usual file limit (1024) must
-    /// still commit, holding at most 512 open at any time.
+    /// A batch holds its staged files open: one bigger than its cap (half the file limit)
+    /// must still commit, holding at most the cap open at any time.
     #[test]
     fn a_batch_larger_than_the_fd_limit_commits() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::init(d.path(), Options::default().durability(Durability::None)).unwrap();
-        let n = 1300;
+        let cap = super::max_staged();
+        assert!((64..=4096).contains(&cap));
+        let n = cap + 300;
         let mut b = store.batch();
         let hashes: Vec<_> = (0..n)
             .map(|i| {
                 let h = b.put_bytes(format!("object {i}").as_bytes()).unwrap();
-                assert!(b.len() < 512, "{} staged files held open", b.len());
+                assert!(b.len() < cap, "{} staged files held open", b.len());
                 h
             })
             .collect();
