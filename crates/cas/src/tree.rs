@@ -93,7 +93,8 @@ impl Tree {
     }
 
     /// Decodes and validates a tree: known version, names valid, strictly sorted (so unique),
-    /// symlink targets non-empty without NUL. Never panics, whatever the bytes.
+    /// symlink targets non-empty without NUL, bytes exactly the canonical encoding (as
+    /// [`Tree::encode`] writes it). Never panics, whatever the bytes.
     ///
     /// # Errors
     /// A message saying what is wrong.
@@ -111,6 +112,11 @@ impl Tree {
                     return Err("symlink target is empty or contains NUL".into());
                 }
             }
+        }
+        // bincode also reads integers and lengths written in more bytes than needed; such a
+        // tree would be a second object (another hash) for the same directory.
+        if codec::encode::<_, MAX_TREE>(*TREE_MAGIC, TREE_VERSION, &entries) != bytes {
+            return Err("not the canonical encoding of its entries".into());
         }
         Ok(Tree { entries })
     }
@@ -384,6 +390,17 @@ mod tests {
                 .prop_map(|t| EntryKind::Symlink { target: t }),
         ];
         (name, kind).prop_map(|(name, kind)| TreeEntry { name, kind })
+    }
+
+    #[test]
+    fn longer_than_needed_integers_are_rejected() {
+        // Found by fuzzing (fuzz/corpus/tree/crash-noncanonical-*): the empty list with its
+        // length as a 2-byte varint decoded, a second object for the empty directory.
+        let mut bytes = Tree::default().encode();
+        assert_eq!(bytes.pop(), Some(0));
+        bytes.extend_from_slice(&[251, 0, 0]);
+        let err = Tree::decode(&bytes).unwrap_err();
+        assert!(err.contains("canonical"), "{err}");
     }
 
     #[test]
