@@ -488,6 +488,9 @@ const SCALE_PUT: &str = "scale: put 4 KiB, durability none";
 const SCALE_GET: &str = "scale: get 4 KiB verified, warm";
 const VERIFY: &str = "verify (rehash every object), warm";
 const GC: &str = "gc scan (nothing to delete), warm";
+const TIER_GET_SMALL: &str = "tier: get 4 KiB verified, warm";
+const TIER_GET_BIG: &str = "tier: get big object verified, warm";
+const TIER_FETCH: &str = "tier: get 4 KiB, cold local tier (fetch + publish)";
 
 fn put_small(c: &mut Criterion, cfg: &Cfg) {
     let objs = Objects::new(cfg.n, 1);
@@ -660,72 +663,7 @@ fn big(c: &mut Criterion, cfg: &Cfg) {
     let name_hex = blake3::hash(data).to_hex().to_string();
     let name = &name_hex;
 
-    let mut g = group(c, "put-big", cfg);
-    // Each repetition: a fresh directory (and store), synced filesystem, the timed put, then
-    // the big file is deleted at once (its dirty pages never reach the disk).
-    let none = || Options::default().durability(Durability::None);
-    bench(&mut g, PUT_BIG, "cas put_reader (stream)", unit, || {
-        big_rep(cfg, |dir| {
-            let store = Store::init(dir, none()).expect("init");
-            Box::new(move || {
-                store.put_reader(Cursor::new(data)).expect("put");
-            })
-        })
-    });
-    bench(&mut g, PUT_BIG, "cas put_path", unit, || {
-        big_rep(cfg, |dir| {
-            let store = Store::init(dir, none()).expect("init");
-            Box::new(move || {
-                store.put_path(src).expect("put");
-            })
-        })
-    });
-    bench(&mut g, PUT_BIG, "cacache", unit, || {
-        big_rep(cfg, |dir| {
-            let dir = dir.to_path_buf();
-            Box::new(move || {
-                cacache::write_hash_sync(&dir, data).expect("cacache write");
-            })
-        })
-    });
-    bench(&mut g, PUT_BIG, "floor", unit, || {
-        big_rep(cfg, |dir| {
-            let (tmp, dst) = (dir.join("tmp"), dir.join(name));
-            Box::new(move || {
-                let mut f = File::create(&tmp).expect("create");
-                f.write_all(data).expect("write");
-                drop(f);
-                fs::rename(&tmp, &dst).expect("rename");
-            })
-        })
-    });
-    bench(&mut g, PUT_BIG, "cp", unit, || {
-        big_rep(cfg, |dir| {
-            let dst = dir.join("copy");
-            Box::new(move || {
-                let ok = Command::new("cp")
-                    .arg(src)
-                    .arg(&dst)
-                    .status()
-                    .is_ok_and(|s| s.success());
-                assert!(ok, "cp failed");
-            })
-        })
-    });
-    g.finish();
-    set_targets(
-        PUT_BIG,
-        "cas put_reader (stream)",
-        vec![Target::Cacache(5.0)],
-    );
-    set_targets(
-        PUT_BIG,
-        "cas put_path",
-        vec![
-            Target::Floor(0.85),
-            Target::Row(PUT_BIG, "cp".to_owned(), 0.8),
-        ],
-    );
+    put_big(c, cfg, data, src, name, unit);
 
     // Get: one copy of the object in each store, written once and synced (clean, cached).
     let store = cas_store(&cfg.fresh("get-big-cas"), Durability::None);
@@ -794,6 +732,8 @@ fn cluster(c: &mut Criterion, cfg: &Cfg, dir: &Path) {
         let d = fresh("floor");
         timed(|| floor_put(&d, &objs, &names, true))
     });
+    g.finish();
+    let mut g = group(c, "cluster-put-4KiB-file-batch", cfg);
     bench(&mut g, CLUSTER_BATCH, "cas", unit, || {
         let store = cas_store(&fresh("batch"), Durability::File);
         timed(|| {
@@ -815,6 +755,86 @@ fn cluster(c: &mut Criterion, cfg: &Cfg, dir: &Path) {
             let _ = fs::remove_dir_all(ent.path());
         }
     }
+}
+
+/// The put-big group: cas (stream and path), cacache, the floor and `cp` on one object.
+fn put_big(c: &mut Criterion, cfg: &Cfg, data: &[u8], src: &Path, name: &str, unit: Unit) {
+    let mut g = group(c, "put-big", cfg);
+    // Each repetition: a fresh directory (and store), synced filesystem, the timed put, then
+    // the big file is deleted at once (its dirty pages never reach the disk).
+    let none = || Options::default().durability(Durability::None);
+    bench(&mut g, PUT_BIG, "cas put_reader (stream)", unit, || {
+        big_rep(cfg, |dir| {
+            let store = Store::init(dir, none()).expect("init");
+            Box::new(move || {
+                store.put_reader(Cursor::new(data)).expect("put");
+            })
+        })
+    });
+    bench(&mut g, PUT_BIG, "cas put_path", unit, || {
+        big_rep(cfg, |dir| {
+            let store = Store::init(dir, none()).expect("init");
+            Box::new(move || {
+                store.put_path(src).expect("put");
+            })
+        })
+    });
+    bench(&mut g, PUT_BIG, "cacache", unit, || {
+        big_rep(cfg, |dir| {
+            let dir = dir.to_path_buf();
+            Box::new(move || {
+                cacache::write_hash_sync(&dir, data).expect("cacache write");
+            })
+        })
+    });
+    bench(&mut g, PUT_BIG, "floor", unit, || {
+        big_rep(cfg, |dir| {
+            let (tmp, dst) = (dir.join("tmp"), dir.join(name));
+            Box::new(move || {
+                let mut f = File::create(&tmp).expect("create");
+                f.write_all(data).expect("write");
+                drop(f);
+                fs::rename(&tmp, &dst).expect("rename");
+            })
+        })
+    });
+    // The floor of a put *from a path*: the bytes must be copied, not written from memory.
+    bench(&mut g, PUT_BIG, "floor (copy)", unit, || {
+        big_rep(cfg, |dir| {
+            let (tmp, dst) = (dir.join("tmp"), dir.join(name));
+            Box::new(move || {
+                fs::copy(src, &tmp).expect("copy"); // copy_file_range where it can
+                fs::rename(&tmp, &dst).expect("rename");
+            })
+        })
+    });
+    bench(&mut g, PUT_BIG, "cp", unit, || {
+        big_rep(cfg, |dir| {
+            let dst = dir.join("copy");
+            Box::new(move || {
+                let ok = Command::new("cp")
+                    .arg(src)
+                    .arg(&dst)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "cp failed");
+            })
+        })
+    });
+    g.finish();
+    set_targets(
+        PUT_BIG,
+        "cas put_reader (stream)",
+        vec![Target::Cacache(5.0)],
+    );
+    set_targets(
+        PUT_BIG,
+        "cas put_path",
+        vec![
+            Target::Row(PUT_BIG, "floor (copy)".to_owned(), 0.85),
+            Target::Row(PUT_BIG, "cp".to_owned(), 0.8),
+        ],
+    );
 }
 
 /// One repetition of a big put: a fresh directory, `setup` (a store…) untimed, a synced
@@ -1160,6 +1180,113 @@ fn fs_type(dir: &Path) -> String {
     )
 }
 
+/// A node-local tier in front of an upstream store (issue 13): warm gets through the tier
+/// against gets straight from the upstream, and cold gets that fetch into the tier. The
+/// upstream is on `CAS_BENCH_CLUSTER_DIR` when set (the case a tier exists for), else on the
+/// bench disk beside the tier.
+fn tier(c: &mut Criterion, cfg: &Cfg) {
+    let up_dir = match std::env::var_os("CAS_BENCH_CLUSTER_DIR") {
+        Some(d) => {
+            let d = Path::new(&d).join(format!("bench-tier-{}", std::process::id()));
+            fs::create_dir_all(&d).expect("create a directory on the cluster filesystem");
+            d
+        }
+        None => cfg.fresh("tier-upstream"),
+    };
+    let upstream = cas_store(&up_dir, Durability::File);
+    let objs = Objects::new(cfg.n, 11);
+    let mut batch = upstream.batch();
+    let hashes: Vec<Hash> = objs
+        .iter()
+        .map(|o| batch.put_bytes(o).expect("put"))
+        .collect();
+    batch.commit().expect("commit");
+    let big_len = cfg.big.min(64 << 20);
+    let mut big = vec![0u8; big_len];
+    for (i, chunk) in big.chunks_mut(1 << 20).enumerate() {
+        fill(chunk, 12, i as u64);
+    }
+    let big_hash = upstream.put_bytes(&big).expect("put big");
+    drop(big);
+    let local = cas_store(&cfg.fresh("tier-local"), Durability::File).with_upstream(&up_dir, false);
+    for h in hashes.iter().chain([&big_hash]) {
+        black_box(local.get(h).expect("warm the tier").len());
+    }
+    sync_fs(&cfg.run);
+
+    let unit = Unit::Ops(cfg.n as u64);
+    let mut g = group(c, "tier-get-4KiB", cfg);
+    bench(&mut g, TIER_GET_SMALL, "local tier", unit, || {
+        timed(|| {
+            for h in &hashes {
+                black_box(local.get(h).expect("get").len());
+            }
+        })
+    });
+    bench(&mut g, TIER_GET_SMALL, "upstream direct", unit, || {
+        timed(|| {
+            for h in &hashes {
+                black_box(upstream.get(h).expect("get").len());
+            }
+        })
+    });
+    g.finish();
+
+    let unit = Unit::Bytes(big_len as u64);
+    let mut g = group(c, "tier-get-big", cfg);
+    bench(&mut g, TIER_GET_BIG, "local tier", unit, || {
+        timed(|| {
+            black_box(local.get(&big_hash).expect("get").len());
+        })
+    });
+    bench(&mut g, TIER_GET_BIG, "upstream direct", unit, || {
+        timed(|| {
+            black_box(upstream.get(&big_hash).expect("get").len());
+        })
+    });
+    g.finish();
+
+    // Cold: each repetition a fresh, empty tier (created untimed) fetches every object.
+    let unit = Unit::Ops(cfg.n as u64);
+    let mut g = group(c, "tier-fetch-4KiB", cfg);
+    bench(
+        &mut g,
+        TIER_FETCH,
+        "cold tier, durability file",
+        unit,
+        || {
+            let cold =
+                cas_store(&cfg.fresh("tier-cold"), Durability::File).with_upstream(&up_dir, false);
+            timed(|| {
+                for h in &hashes {
+                    black_box(cold.get(h).expect("fetch").len());
+                }
+            })
+        },
+    );
+    bench(
+        &mut g,
+        TIER_FETCH,
+        "cold tier, durability none",
+        unit,
+        || {
+            let cold =
+                cas_store(&cfg.fresh("tier-cold"), Durability::None).with_upstream(&up_dir, false);
+            timed(|| {
+                for h in &hashes {
+                    black_box(cold.get(h).expect("fetch").len());
+                }
+            })
+        },
+    );
+    g.finish();
+    remove_big_files(&up_dir);
+    remove_big_files(local.root());
+    if std::env::var_os("CAS_BENCH_CLUSTER_DIR").is_some() {
+        let _ = fs::remove_dir_all(&up_dir);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn main() {
@@ -1176,7 +1303,8 @@ fn main() {
     wait_after_cleanup(&cfg);
     let started = Instant::now();
     let mut c = Criterion::default().configure_from_args();
-    // `CAS_BENCH_ONLY=big,cluster` runs only those groups (default: all but cluster, which
+    // `CAS_BENCH_ONLY=big,cluster` runs only those groups (small, big, scale, scan, tier,
+    // cluster; default: all but cluster, which
     // needs `CAS_BENCH_CLUSTER_DIR`).
     let only = std::env::var("CAS_BENCH_ONLY").unwrap_or_default();
     let want = |g: &str| only.is_empty() || only.split(',').any(|o| o.trim() == g);
@@ -1192,6 +1320,9 @@ fn main() {
     }
     if want("scan") {
         scan(&mut c, &cfg);
+    }
+    if want("tier") {
+        tier(&mut c, &cfg);
     }
     if let Some(dir) = std::env::var_os("CAS_BENCH_CLUSTER_DIR").filter(|_| want("cluster")) {
         cluster(&mut c, &cfg, Path::new(&dir));

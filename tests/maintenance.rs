@@ -153,10 +153,17 @@ fn tree_round_trip_is_exact_and_deterministic() {
         Path::new("a/b/c/deep.txt")
     );
 
-    // A restore never replaces an existing destination, and a non-tree is refused.
+    // A restore never replaces an existing destination: one that already holds exactly this
+    // tree is a success that changes nothing; anything else is refused, untouched. A non-tree
+    // is refused.
     let out = run(cas(&s).args(["get", "-r", &tree, "-o", dest.to_str().unwrap()]));
-    assert_clean_failure(&out, "restore over an existing directory");
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(snapshot(&dest), snapshot(&src));
+    fs::write(dest.join("extra"), "x").unwrap();
+    let out = run(cas(&s).args(["get", "-r", &tree, "-o", dest.to_str().unwrap()]));
+    assert_clean_failure(&out, "restore over a directory holding something else");
+    assert_eq!(fs::read(dest.join("extra")).unwrap(), b"x");
+    fs::remove_file(dest.join("extra")).unwrap();
     let blob = blake3_hex(b"deep");
     let not_tree = s.scratch.join("not-a-tree");
     let out = run(cas(&s).args(["get", "-r", &blob, "-o", not_tree.to_str().unwrap()]));

@@ -113,12 +113,12 @@ impl FaultFs {
     }
 
     fn is_fuse(&self) -> bool {
-        rustix::fs::statfs(&self.mnt).is_ok_and(|s| s.f_type as i64 == 0x6573_5546)
+        rustix::fs::statfs(&self.mnt).is_ok_and(|s| s.f_type == 0x6573_5546)
     }
 
     fn try_ctl(&self, command: &str) -> Option<String> {
         let mut s = UnixStream::connect(&self.control).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+        s.set_read_timeout(Some(Duration::from_mins(1))).ok()?;
         writeln!(s, "{command}").ok()?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).ok()?;

@@ -10,6 +10,8 @@ use anyhow::{anyhow, Context, Result};
 use cas::{Create, Durability, Expect, Hash, Options, Store};
 use clap::{Args, Parser, Subcommand};
 
+mod ensure;
+
 mod output;
 mod signals;
 
@@ -54,6 +56,15 @@ struct Global {
     /// Staging files of writers on other hosts are judged dead after this long (gc, doctor).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     stale_age: Option<Duration>,
+    /// Use the store as a local tier in front of the upstream store DIR: misses are fetched
+    /// from it, puts written through to it, refs and keys live in it. With `cas init`,
+    /// recorded in the store's config.
+    #[arg(long, global = true, value_name = "DIR", env = "CAS_UPSTREAM", help_heading = GLOBAL)]
+    upstream: Option<PathBuf>,
+    /// The upstream is read-only (a published dataset): puts stay local; refs and keys can
+    /// be read, not set.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    upstream_readonly: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,9 +109,9 @@ enum Cmd {
         after_help = "Examples:\n  cas get HASH > copy\n  cas get HASH -o copy   # atomic; a device or FIFO is written in place\n  cas get -r TREE -o restored/"
     )]
     Get {
-        /// The object's hash.
-        #[arg(value_parser = parse_hash)]
-        hash: Hash,
+        /// The object's hash, or a unique prefix of it (8 or more hex digits).
+        #[arg(value_parser = parse_hash_arg)]
+        hash: HashArg,
         /// Write to FILE, verified first: a regular file (or a symlink's target) is replaced
         /// atomically (a temp file beside it, renamed); a device or FIFO is written in place;
         /// `-` is stdout. With -r: the directory to create.
@@ -109,6 +120,11 @@ enum Cmd {
         /// Restore a tree into the directory given with -o (which must not exist).
         #[arg(short, long, requires = "output")]
         recursive: bool,
+        /// With -r: restore symlinks that point outside the destination as they are (like
+        /// tar, git and cp -a) instead of refusing the tree. Whatever follows such a link later
+        /// reaches wherever the tree's author pointed it: only for trees you trust.
+        #[arg(long, requires = "recursive")]
+        allow_external_symlinks: bool,
     },
     /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
     /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
@@ -159,12 +175,18 @@ enum Cmd {
     /// List the hashes of all objects, sorted.
     #[command(after_help = "Examples:\n  cas ls\n  cas ls -l --prefix ab\n  cas ls --json")]
     Ls {
-        /// Also print each object's size.
+        /// Also print each object's size, last use (mtime) and kind (blob or tree).
         #[arg(short, long)]
         long: bool,
         /// Only hashes starting with these hex digits.
         #[arg(long, value_name = "HEX", value_parser = parse_hex_prefix)]
         prefix: Option<String>,
+        /// Only objects not used (put or read) for this long (e.g. 30d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Only objects used (put or read) within this long (e.g. 1h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        newer_than: Option<Duration>,
     },
     /// Named refs: names for objects that survive gc.
     #[command(
@@ -186,9 +208,70 @@ enum Cmd {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Copy refs and keys, with every object they reach, to the store DEST; then set them
+    /// there with compare-and-swap (exit 1 naming a ref DEST moved meanwhile). Re-running
+    /// after an interruption copies only what is missing.
+    #[command(
+        after_help = "Examples:\n  cas push /shared/cas release/v1\n  cas push /shared/cas --all --json\n  cas push /shared/cas release/v1 --force"
+    )]
+    Push {
+        /// The destination store.
+        dest: PathBuf,
+        #[command(flatten)]
+        what: TransferArgs,
+    },
+    /// Copy refs and keys, with every object they reach, from the store SRC into this one;
+    /// then set them here with compare-and-swap (as push, the other way).
+    #[command(
+        after_help = "Examples:\n  cas pull /shared/cas release/v1\n  cas pull /shared/cas --key build:abc123"
+    )]
+    Pull {
+        /// The source store.
+        src: PathBuf,
+        #[command(flatten)]
+        what: TransferArgs,
+    },
+    /// Print the manual page (roff), generated from these very definitions.
+    #[command(
+        after_help = "Examples:\n  cas man | man -l -\n  cas man > /usr/local/share/man/man1/cas.1"
+    )]
+    Man,
     /// Show the store's location, filesystem, object count and size.
     #[command(after_help = "Examples:\n  cas stats\n  cas --store /srv/cache stats --json")]
     Stats,
+    /// Describe an object: a tree is listed recursively (MODE KIND HASH SIZE PATH, like
+    /// `git ls-tree -r -t`); a blob gets its kind and size.
+    #[command(
+        after_help = "Examples:\n  cas show 4f2a91c0\n  cas --json show \"$(cas put -r src/)\""
+    )]
+    Show {
+        /// The object's hash, or a unique prefix of it (8 or more hex digits).
+        #[arg(value_parser = parse_hash_arg)]
+        hash: HashArg,
+    },
+}
+
+/// What push and pull transfer: at least one ref, key or `--all` (else a usage error, exit 2,
+/// before any store is opened).
+#[derive(Args, Debug)]
+#[group(id = "transfer", skip)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["refs", "keys", "all"])))]
+struct TransferArgs {
+    /// Refs to transfer.
+    #[arg(value_parser = parse_ref_name)]
+    refs: Vec<String>,
+    /// Cache keys to transfer (repeatable).
+    #[arg(long = "key", value_name = "KEY")]
+    keys: Vec<String>,
+    /// Every ref and every key.
+    #[arg(long)]
+    all: bool,
+    /// Set the names whatever the destination holds now.
+    #[arg(long)]
+    force: bool,
+    /// Objects copied at once.
+    #[arg(long, short, value_name = "N", default_value_t = 4)]
+    jobs: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,9 +284,9 @@ enum RefCmd {
         /// Ref name: segments of [A-Za-z0-9._-] separated by '/'.
         #[arg(value_parser = parse_ref_name)]
         name: String,
-        /// The object (must be in the store).
-        #[arg(value_parser = parse_hash)]
-        hash: Hash,
+        /// The object (must be in the store): its hash or a unique prefix (8+ hex digits).
+        #[arg(value_parser = parse_hash_arg)]
+        hash: HashArg,
         /// Only if the ref currently holds OLD (exit 1 otherwise).
         #[arg(long, value_name = "OLD", value_parser = parse_hash, conflicts_with = "expect_none")]
         expect: Option<Hash>,
@@ -237,6 +320,9 @@ enum RefCmd {
         /// Name prefix.
         #[arg(default_value = "")]
         prefix: String,
+        /// End each line with NUL instead of a newline (for `xargs -0`).
+        #[arg(short = 'z')]
+        nul: bool,
     },
     /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first.
     #[command(after_help = "Examples:\n  cas ref log release/v1\n  cas ref log release/v1 --json")]
@@ -249,16 +335,70 @@ enum RefCmd {
 
 #[derive(Subcommand, Debug)]
 enum KeyCmd {
-    /// Store FILE (or stdin) under KEY; prints the object's hash.
-    #[command(after_help = "Examples:\n  cas key put build:abc123 out.tar --meta target=x86_64")]
+    /// Store FILE (or stdin, or with -r a directory as a tree) under KEY; prints the hash.
+    #[command(
+        after_help = "Examples:\n  cas key put build:abc123 out.tar --meta target=x86_64\n  cas key put -r dataset:v3 prepared/"
+    )]
     Put {
         /// The key (any text).
         key: String,
         /// The content; none or `-` reads stdin.
         file: Option<PathBuf>,
+        /// Store FILE, a directory, as a tree.
+        #[arg(short, long)]
+        recursive: bool,
         /// Metadata stored with the entry.
         #[arg(long, value_name = "TEXT", default_value = "")]
         meta: String,
+    },
+    /// Point KEY at an object already in the store (compare-and-swap with --expect /
+    /// --expect-none: exit 1 if the entry holds something else).
+    #[command(
+        after_help = "Examples:\n  cas key set artifact:v1 \"$(cas put -r out/)\" --expect-none"
+    )]
+    Set {
+        /// The key.
+        key: String,
+        /// The object (must be in the store): its hash or a unique prefix (8+ hex digits).
+        #[arg(value_parser = parse_hash_arg)]
+        hash: HashArg,
+        /// Metadata stored with the entry.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        meta: String,
+        /// Only if the entry currently holds OLD.
+        #[arg(long, value_name = "OLD", value_parser = parse_hash, conflicts_with = "expect_none")]
+        expect: Option<Hash>,
+        /// Only if there is no entry yet (first writer wins).
+        #[arg(long)]
+        expect_none: bool,
+    },
+    /// Write KEY's content to stdout (or -o FILE); if KEY is missing, run CMD — in exactly one
+    /// of all concurrent callers, on every host sharing the store — and store its stdout as
+    /// KEY's value. The others wait for it. If CMD fails, nothing is stored and its exit
+    /// status is cas's.
+    #[command(after_help = "Examples:\n  \
+  cas key ensure ref-genome:v2 -o ref.fa -- ./download-and-index.sh\n  \
+  cas key ensure env:py3.12 --tree -o venv/ -- sh -c 'python3 -m venv \"$CAS_OUT\"'")]
+    Ensure {
+        /// The key.
+        key: String,
+        /// Write the content to FILE (with --tree: restore the tree into the new directory
+        /// DIR); `-` is stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Give up waiting for another caller's computation after this long (e.g. 30m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// CMD fills the empty directory `$CAS_OUT`, stored as a tree (its stdout goes to
+        /// stderr).
+        #[arg(long)]
+        tree: bool,
+        /// Metadata stored with the entry when this caller computes it.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        meta: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<std::ffi::OsString>,
     },
     /// Write KEY's content to stdout (or -o FILE), verified.
     #[command(after_help = "Examples:\n  cas key get build:abc123 -o out.tar")]
@@ -281,9 +421,43 @@ enum KeyCmd {
         /// The key.
         key: String,
     },
-    /// List entries: HASH SIZE KEY.
-    #[command(after_help = "Examples:\n  cas key ls\n  cas key ls --json")]
-    Ls,
+    /// List entries sorted by key: HASH SIZE KEY (the key last, so any text parses; control
+    /// characters in a key are escaped unless -z).
+    #[command(
+        after_help = "Examples:\n  cas key ls\n  cas key ls --json\n  cas key ls -z | xargs -0 …"
+    )]
+    Ls {
+        /// End each line with NUL instead of a newline and print keys verbatim.
+        #[arg(short = 'z')]
+        nul: bool,
+    },
+}
+
+/// A hash given on the command line: the full 64 hex digits, or a unique prefix of 8 or more,
+/// resolved against the store once it is open.
+#[derive(Debug, Clone)]
+struct HashArg(String);
+
+impl HashArg {
+    fn resolve(&self, store: &Store) -> Result<Hash> {
+        Ok(store.resolve_prefix(&self.0)?)
+    }
+}
+
+fn parse_hash_arg(s: &str) -> Result<HashArg, String> {
+    if s.len() == cas::HEX_LEN {
+        return Hash::parse(s)
+            .map(|_| HashArg(s.to_owned()))
+            .map_err(|e| e.to_string());
+    }
+    if (8..cas::HEX_LEN).contains(&s.len())
+        && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Ok(HashArg(s.to_owned()));
+    }
+    Hash::parse(s)
+        .map(|_| HashArg(s.to_owned()))
+        .map_err(|e| format!("{e} (a unique prefix of 8 or more lowercase hex digits also works)"))
 }
 
 fn parse_hash(s: &str) -> Result<Hash, String> {
@@ -401,11 +575,16 @@ fn not_a_store_hint(dir: &Path, e: &cas::Error) -> anyhow::Error {
 }
 
 fn apply_overrides(store: Store, g: &Global) -> Result<Store> {
-    if g.durability.is_none() && g.lock_timeout.is_none() && g.stale_age.is_none() {
+    if g.durability.is_none()
+        && g.lock_timeout.is_none()
+        && g.stale_age.is_none()
+        && g.upstream.is_none()
+        && !g.upstream_readonly
+    {
         return Ok(store);
     }
     let o = with_globals(store.options().clone(), g);
-    Ok(Store::open_with(store.root(), o)?)
+    Ok(store.with_options(o)?)
 }
 
 /// The global --durability, --lock-timeout and --stale-age applied to `o`.
@@ -419,6 +598,12 @@ fn with_globals(mut o: Options, g: &Global) -> Options {
     if let Some(t) = g.stale_age {
         o = o.stale_age(t);
     }
+    if let Some(u) = &g.upstream {
+        o = o.upstream(Some(std::path::absolute(u).unwrap_or_else(|_| u.clone())));
+    }
+    if g.upstream_readonly {
+        o = o.upstream_readonly(true);
+    }
     o
 }
 
@@ -431,7 +616,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             shared,
             max_size,
-        } => cmd_init(g, dir, force, shared.as_deref() == Some("group"), max_size),
+        } => cmd_init(g, dir, force, shared.as_deref(), max_size),
         Cmd::Put {
             files,
             recursive,
@@ -461,21 +646,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hash,
             output,
             recursive: true,
+            allow_external_symlinks,
         } => {
             let dest = output.context("-r needs -o DIR")?;
-            open_store(g, Existing)?.checkout(&hash, &dest)?;
+            let opts =
+                cas::CheckoutOptions::default().allow_external_symlinks(allow_external_symlinks);
+            let store = open_store(g, Existing)?;
+            store.checkout_with(&hash.resolve(&store)?, &dest, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
-            write_object(&open_store(g, Existing)?, &hash, output.as_deref())?;
+            let store = open_store(g, Existing)?;
+            write_object(&store, &hash.resolve(&store)?, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Has { hashes } => cmd_has(&open_store(g, Existing)?, &hashes, g.json),
         Cmd::Rm { hashes } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes)),
-        Cmd::Ls { long, prefix } => cmd_ls(
-            &open_store(g, Existing)?,
+        Cmd::Ls {
             long,
-            prefix.as_deref().unwrap_or(""),
+            prefix,
+            older_than,
+            newer_than,
+        } => cmd_ls(
+            &open_store(g, Existing)?,
+            &LsFilter {
+                long,
+                prefix: prefix.unwrap_or_default(),
+                older_than,
+                newer_than,
+            },
             g.json,
         ),
         Cmd::Ref(c) => {
@@ -487,7 +686,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_ref(&open_store(g, access)?, c, g.json)
         }
         Cmd::Key(c) => {
-            let access = if matches!(c, KeyCmd::Put { .. }) {
+            let access = if matches!(
+                c,
+                KeyCmd::Put { .. } | KeyCmd::Set { .. } | KeyCmd::Ensure { .. }
+            ) {
                 Write
             } else {
                 Existing
@@ -495,8 +697,78 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_key(&open_store(g, access)?, c, g.json)
         }
         Cmd::Stats => cmd_stats(&open_store(g, Existing)?, g.json),
+        Cmd::Push { dest, what } => cmd_transfer(&open_store(g, Existing)?, &dest, true, &what, g),
+        Cmd::Pull { src, what } => cmd_transfer(&open_store(g, Write)?, &src, false, &what, g),
+        Cmd::Show { hash } => {
+            let store = open_store(g, Existing)?;
+            cmd_show(&store, &hash.resolve(&store)?, g.json)
+        }
         Cmd::Completions { shell } => cmd_completions(shell),
+        Cmd::Man => cmd_man(),
     }
+}
+
+/// The other store of a push or pull: it must exist; its own config (and upstream) apply.
+fn open_other(dir: &Path) -> Result<Store> {
+    match Store::open(dir) {
+        Ok(s) => {
+            signals::set_store(&s);
+            Ok(s)
+        }
+        Err(e @ cas::Error::NotAStore { .. }) => Err(not_a_store_hint(dir, &e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `cas push OTHER` (`push`: this store to OTHER) or `cas pull OTHER`.
+fn cmd_transfer(
+    this: &Store,
+    other: &Path,
+    push: bool,
+    what: &TransferArgs,
+    g: &Global,
+) -> Result<ExitCode> {
+    let other = open_other(other)?;
+    let (src, dst) = if push { (this, &other) } else { (&other, this) };
+    let json = g.json;
+    let opts = cas::TransferOptions::default()
+        .refs(what.refs.iter().cloned())
+        .keys(what.keys.iter().map(|k| k.as_bytes().to_vec()))
+        .all(what.all)
+        .force(what.force)
+        .jobs(what.jobs);
+    let r = src.push_to(dst, &opts)?;
+    for c in &r.conflicts {
+        let f = |h: Option<Hash>| h.map_or_else(|| "absent".to_owned(), |h| h.to_string());
+        eprintln!(
+            "cas: error: {} moved on {} while transferring (was {}, now {}); not set \
+             (--force overwrites)",
+            c.name,
+            dst.root().display(),
+            f(c.expected),
+            f(c.actual)
+        );
+    }
+    if json {
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(m) = v.as_object_mut() {
+            m.insert("source".into(), serde_json::json!(src.root()));
+            m.insert("dest".into(), serde_json::json!(dst.root()));
+            m.insert("complete".into(), r.is_complete().into());
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "{} objects: {} copied ({}), {} already there; refs set: {}; keys set: {}",
+            r.objects,
+            r.objects_copied,
+            output::human_bytes(r.bytes_copied),
+            r.objects_skipped,
+            r.refs_set.len(),
+            r.keys_set.len()
+        );
+    }
+    Ok(exit(r.is_complete()))
 }
 
 fn exit(success: bool) -> ExitCode {
@@ -511,7 +783,7 @@ fn cmd_init(
     g: &Global,
     dir: Option<PathBuf>,
     force: bool,
-    shared: bool,
+    shared: Option<&str>,
     max_size: Option<u64>,
 ) -> Result<ExitCode> {
     let dir = match dir {
@@ -519,16 +791,35 @@ fn cmd_init(
         None => store_dir(g)?,
     };
     let o = with_globals(
-        Options::default().shared_group(shared).max_size(max_size),
+        Options::default()
+            .shared_group(shared == Some("group"))
+            .max_size(max_size),
         g,
     );
+    if let Some(up) = &o.upstream {
+        // A typo would otherwise surface only at the first miss.
+        Store::open(up).with_context(|| {
+            format!(
+                "the upstream {} is not a store (create it first with `cas init {}`)",
+                up.display(),
+                up.display()
+            )
+        })?;
+    }
     let existed = Store::open(&dir).is_ok();
     let create = if force {
         Create::Force
     } else {
         Create::IfMissingOrEmpty
     };
-    let store = match Store::open_or_create(&dir, o, create) {
+    // Without --shared, a directory prepared for a shared store (setgid, group-writable)
+    // gets one: its shared mode is never silently dropped. `--shared none` is the way out.
+    let made = if shared.is_none() || force {
+        Store::open_or_create(&dir, o, create)
+    } else {
+        Store::init(&dir, o)
+    };
+    let store = match made {
         Ok(s) => s,
         Err(cas::Error::NotEmpty { path }) => anyhow::bail!(
             "{} exists and is not an empty directory or a store; nothing was written. \
@@ -544,6 +835,12 @@ fn cmd_init(
     } else {
         if existed {
             eprintln!("cas: {} is already a store; left as it is", dir.display());
+        } else if shared.is_none() && store.options().shared_group {
+            eprintln!(
+                "cas: {} was prepared for a shared store (setgid, group-writable): made a \
+                 shared (group) store; use --shared none for a private one",
+                dir.display()
+            );
         }
         println!("{}", store.root().display());
     }
@@ -569,9 +866,7 @@ fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()>
 
 fn cmd_doctor(store: &Store, fix: bool, json: bool) -> Result<ExitCode> {
     let r = store.doctor(fix)?;
-    // After --fix, what was repaired no longer counts against health.
-    let repaired_ok = fix && r.dangling.is_empty() && r.permission_problems.is_empty();
-    let healthy = r.is_healthy() || repaired_ok;
+    let healthy = r.is_healthy();
     if json {
         println!(
             "{}",
@@ -599,69 +894,245 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
     } else {
         output::print_gc(&r);
     }
-    Ok(ExitCode::SUCCESS)
+    for p in &r.problems {
+        eprintln!("cas: damaged: {}: {}", p.path.display(), p.reason);
+    }
+    if let Some(why) = &r.sweep_skipped {
+        eprintln!("cas: gc condemned and deleted nothing: {why}");
+    }
+    Ok(exit(r.is_clean()))
 }
 
-fn cmd_ls(store: &Store, long: bool, prefix: &str, json: bool) -> Result<ExitCode> {
+/// What `cas ls` lists and how.
+struct LsFilter {
+    long: bool,
+    prefix: String,
+    older_than: Option<Duration>,
+    newer_than: Option<Duration>,
+}
+
+fn cmd_ls(store: &Store, f: &LsFilter, json: bool) -> Result<ExitCode> {
     // Sorted, so that listings compare and diff; a hash is 32 bytes, so even millions of
     // objects sort in memory.
     let mut hashes = Vec::new();
+    let mut ok = true;
     for h in store.iter() {
-        let h = h?;
-        if h.to_hex().starts_with(prefix) {
-            hashes.push(h);
+        // A fan-out name that is not a directory is reported; the listing goes on.
+        match h {
+            Ok(h) if h.to_hex().starts_with(&f.prefix) => hashes.push(h),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("cas: error: {}", output::chain(&e));
+                ok = false;
+            }
         }
     }
     hashes.sort_unstable_by_key(Hash::to_hex);
+    let now = std::time::SystemTime::now();
+    let by_age = f.older_than.is_some() || f.newer_than.is_some();
     let mut out = io::BufWriter::new(io::stdout().lock());
     for h in hashes {
-        let size = || std::fs::symlink_metadata(store.object_path(&h)).map_or(0, |m| m.len());
-        if json {
-            let v = serde_json::json!({ "hash": h, "size": size() });
-            writeln!(out, "{v}")?;
-        } else if long {
-            writeln!(out, "{h} {}", size())?;
+        let info = if f.long || json || by_age {
+            match store.object_info(&h) {
+                Ok(i) => Some(i),
+                Err(e) if e.is_not_found() => continue, // removed meanwhile
+                Err(e) => {
+                    eprintln!("cas: error: {}", output::chain(&e));
+                    ok = false;
+                    continue;
+                }
+            }
         } else {
-            writeln!(out, "{h}")?;
+            None
+        };
+        if let Some(i) = &info {
+            let age = now.duration_since(i.mtime).unwrap_or_default();
+            if f.older_than.is_some_and(|d| age < d) || f.newer_than.is_some_and(|d| age > d) {
+                continue;
+            }
+        }
+        match info {
+            Some(i) if json => {
+                let secs = i
+                    .mtime
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let kind = if i.is_tree { "tree" } else { "blob" };
+                let v =
+                    serde_json::json!({ "hash": h, "size": i.len, "mtime": secs, "kind": kind });
+                writeln!(out, "{v}")?;
+            }
+            Some(i) if f.long => {
+                let secs = i
+                    .mtime
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let kind = if i.is_tree { "tree" } else { "blob" };
+                writeln!(out, "{h} {:>12} {} {kind}", i.len, output::human_time(secs))?;
+            }
+            _ => writeln!(out, "{h}")?,
+        }
+    }
+    out.flush()?;
+    Ok(exit(ok))
+}
+
+fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
+    let u = store.usage()?;
+    let objects = u.area("objects").map_or((0, 0), |a| (a.files, a.bytes));
+    if json {
+        // `fs` is the same object as in `cas doctor --json`; `objects`/`bytes` are the
+        // objects area, `total_bytes` everything under the store.
+        let v = serde_json::json!({
+            "store": store.root(),
+            "objects": objects.0,
+            "bytes": objects.1,
+            "total_files": u.files,
+            "total_bytes": u.bytes,
+            "areas": u.areas,
+            "durability": store.durability().to_string(),
+            "shared_group": store.options().shared_group,
+            "max_size": u.max_size,
+            "fs": u.fs,
+            "unreadable": u.unreadable,
+            "upstream": store.upstream().map(cas::Upstream::location),
+            "upstream_readonly": store.upstream_readonly(),
+        });
+        println!("{v}");
+    } else {
+        println!("store:       {}", store.root().display());
+        for a in &u.areas {
+            if a.files > 0 || a.name == "objects" {
+                println!(
+                    "{:<12} {:>10} files {:>12}",
+                    format!("{}:", a.name),
+                    a.files,
+                    output::human_bytes(a.bytes)
+                );
+            }
+        }
+        println!(
+            "{:<12} {:>10} files {:>12}",
+            "total:",
+            u.files,
+            output::human_bytes(u.bytes)
+        );
+        if let Some(b) = u.max_size {
+            println!("budget:      {} (gc evicts to it)", output::human_bytes(b));
+        }
+        println!("durability:  {}", store.durability());
+        if let Some(up) = store.upstream() {
+            let ro = if store.upstream_readonly() {
+                " (read-only)"
+            } else {
+                ""
+            };
+            println!("upstream:    {}{ro}", up.location().display());
+        }
+        let note = if u.fs.network {
+            " (network/FUSE: no mmap, link+unlink publish)"
+        } else {
+            ""
+        };
+        println!("filesystem:  {}{note}", u.fs.fs_type);
+        println!("barrier:     {}", output::describe_barrier(u.fs.barrier));
+        for (p, why) in &u.unreadable {
+            eprintln!("cas: warning: cannot list {}: {why}", p.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_show(store: &Store, hash: &Hash, json: bool) -> Result<ExitCode> {
+    // The reader first: through a tier it fetches the object (object_len only looks here).
+    let mut r = store.reader(hash)?;
+    let size = r.len()?;
+    let mut head = [0u8; 8];
+    let n = io::Read::read(&mut r, &mut head).context("read the object")?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    if !cas::Tree::is_tree(&head[..n]) {
+        if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "hash": hash, "kind": "blob", "size": size })
+            )?;
+        } else {
+            writeln!(out, "blob {hash} {size}")?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (path, kind) in store.list_tree(hash)? {
+        let p = path.display();
+        if json {
+            let v = match &kind {
+                cas::EntryKind::File {
+                    executable,
+                    size,
+                    hash,
+                } => serde_json::json!({ "path": path, "kind": "file", "hash": hash,
+                    "size": size, "executable": executable }),
+                cas::EntryKind::Dir { hash } => {
+                    serde_json::json!({ "path": path, "kind": "dir", "hash": hash })
+                }
+                cas::EntryKind::Symlink { target } => serde_json::json!({ "path": path,
+                    "kind": "symlink", "target": String::from_utf8_lossy(target) }),
+            };
+            writeln!(out, "{v}")?;
+            continue;
+        }
+        match &kind {
+            cas::EntryKind::File {
+                executable,
+                size,
+                hash,
+            } => {
+                let mode = if *executable { "100755" } else { "100644" };
+                writeln!(out, "{mode} blob {hash} {size:>10}\t{p}")?;
+            }
+            cas::EntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
+            cas::EntryKind::Symlink { target } => {
+                let t = String::from_utf8_lossy(target);
+                writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
+            }
         }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
-    let s = store.stats()?;
-    let fs = store.fs_info();
-    if json {
-        // `fs` is the same object as in `cas doctor --json`.
-        let v = serde_json::json!({
-            "store": store.root(),
-            "objects": s.objects,
-            "bytes": s.bytes,
-            "durability": store.durability().to_string(),
-            "shared_group": store.options().shared_group,
-            "max_size": store.options().max_size,
-            "fs": cas::FsInfoReport::from(fs),
-        });
-        println!("{v}");
-    } else {
-        println!("store:       {}", store.root().display());
-        println!("objects:     {}", s.objects);
-        println!(
-            "bytes:       {} ({})",
-            s.bytes,
-            output::human_bytes(s.bytes)
+/// `put -r` stored symlinks that point outside the tree: say so once, with an example.
+fn warn_external_symlinks(dir: &Path, report: &cas::PutDirReport) {
+    if let Some((link, target)) = &report.example {
+        eprintln!(
+            "cas: warning: {} symlink(s) in {} point outside it (e.g. {} -> {}); \
+             `cas get -r` refuses to restore them unless --allow-external-symlinks",
+            report.external_symlinks,
+            dir.display(),
+            link.display(),
+            target.display()
         );
-        println!("durability:  {}", store.durability());
-        let note = if fs.network {
-            " (network/FUSE: no mmap, link+unlink publish)"
-        } else {
-            ""
-        };
-        println!("filesystem:  {}{note}", fs.fs_type);
-        println!("barrier:     {}", output::describe_barrier(fs.barrier));
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes and rate of a put on a terminal; the total is known before the bar starts unless
+/// stdin is among the inputs.
+fn put_bar(files: &[PathBuf], batch: &mut cas::Batch) -> output::Bar {
+    let total = files.iter().try_fold(0u64, |t, f| {
+        std::fs::metadata(f)
+            .ok()
+            .filter(|m| m.is_file() && f != Path::new("-"))
+            .map(|m| t + m.len())
+    });
+    let bar = output::Bar::bytes("put", total);
+    if let Some(b) = bar.handle() {
+        batch.set_progress(move |p| {
+            b.set_position(p.done);
+            true
+        });
+    }
+    bar
 }
 
 fn cmd_put(
@@ -689,7 +1160,9 @@ fn cmd_put(
         Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
         } else if recursive && f.is_dir() {
-            store.put_dir(f)?
+            let (hash, report) = store.put_dir_report(f)?;
+            warn_external_symlinks(f, &report);
+            hash
         } else if f.is_dir() {
             anyhow::bail!(
                 "{} is a directory (use -r to store it as a tree)",
@@ -723,6 +1196,7 @@ fn cmd_put(
     } else {
         // Plain files: one durability barrier for all of them (docs/performance.md).
         let mut batch = store.batch();
+        let bar = put_bar(files, &mut batch);
         let mut hashes = Vec::new();
         for f in files {
             let r = if f == Path::new("-") {
@@ -742,6 +1216,7 @@ fn cmd_put(
             }
         }
         batch.commit()?;
+        bar.finish();
         let mut out = io::BufWriter::new(stdout.lock());
         for (f, h) in &hashes {
             writeln!(out, "{}", line(f, h))?;
@@ -755,22 +1230,17 @@ fn cmd_put(
         }
         return Ok(ExitCode::FAILURE);
     }
-    if let (Some(name), Some((f, mut hash))) = (ref_name, last) {
-        // A gc with a tiny grace period may collect the object between the put and the ref
-        // update; the update then fails cleanly with NotFound, and putting again fixes it.
-        let mut attempts = 0;
-        loop {
-            match store.set_ref_msg(name, hash, Expect::Any, "put") {
-                Err(e) if e.is_not_found() && attempts < 5 && f != Path::new("-") => {
-                    attempts += 1;
-                    hash = put_one(f)?;
-                }
-                r => {
-                    r?;
-                    break;
-                }
-            }
-        }
+    if let (Some(name), Some((f, hash))) = (ref_name, last) {
+        // A stream cannot be read twice: only a file is put again if a gc took the object.
+        let mut reput = || -> cas::Result<Hash> {
+            put_one(f).map_err(|e| cas::Error::InvalidInput {
+                what: "input",
+                reason: format!("{e:#}"),
+            })
+        };
+        let reput: Option<&mut dyn FnMut() -> cas::Result<Hash>> =
+            (f != Path::new("-")).then_some(&mut reput);
+        store.set_ref_after_put(name, hash, "put", reput)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -809,7 +1279,7 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
                 (None, true) => Expect::Absent,
                 (None, false) => Expect::Any,
             };
-            store.set_ref_msg(&name, hash, exp, &message)?;
+            store.set_ref_msg(&name, hash.resolve(store)?, exp, &message)?;
         }
         RefCmd::Get { name } => match store.get_ref(&name)? {
             Some(h) if json => println!("{}", serde_json::json!({ "name": name, "hash": h })),
@@ -820,20 +1290,33 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
             let exp = expect.map_or(Expect::Any, Expect::Value);
             store.remove_ref(&name, exp)?;
         }
-        RefCmd::Ls { prefix } => {
+        RefCmd::Ls { prefix, nul } => {
+            let (refs, damaged) = store.refs_report(&prefix);
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for (name, h) in store.list_refs(&prefix)? {
+            for (name, h) in refs {
                 if json {
                     writeln!(out, "{}", serde_json::json!({ "name": name, "hash": h }))?;
+                } else if nul {
+                    write!(out, "{name} {h}\0")?;
                 } else {
                     writeln!(out, "{name} {h}")?;
                 }
             }
             out.flush()?;
+            for p in &damaged {
+                eprintln!("cas: error: {}: {}", p.path.display(), p.reason);
+            }
+            if !damaged.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         RefCmd::Log { name } => {
+            let (entries, damaged) = store.reflog_report(&name)?;
+            for p in &damaged {
+                eprintln!("cas: warning: {}: {}", p.path.display(), p.reason);
+            }
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for e in store.reflog(&name)? {
+            for e in entries {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&e)?)?;
                 } else {
@@ -856,9 +1339,93 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cas key set`: a lost compare-and-swap is a negative answer (exit 1), not an error.
+fn key_set(store: &Store, key: &str, hash: Hash, meta: &str, expect: Expect) -> Result<ExitCode> {
+    match store.set_keyed(key.as_bytes(), hash, meta.as_bytes(), expect) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.is_conflict() => {
+            eprintln!("cas: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `cas key ls`: sorted by key; damaged entries are named on stderr (exit 1).
+fn key_ls(store: &Store, nul: bool, json: bool) -> Result<ExitCode> {
+    let mut ok = true;
+    let mut entries = Vec::new();
+    for e in store.iter_keys()? {
+        match e {
+            Ok(e) => entries.push(e),
+            Err(e) => {
+                eprintln!("cas: error: {}", output::chain(&e));
+                ok = false;
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for e in entries {
+        if json {
+            writeln!(out, "{}", entry_json(&e))?;
+        } else if nul {
+            write!(out, "{} {} ", e.hash, e.size)?;
+            out.write_all(&e.key)?;
+            out.write_all(b"\0")?;
+        } else {
+            let key = String::from_utf8_lossy(&e.key);
+            writeln!(out, "{} {} {}", e.hash, e.size, key.escape_debug())?;
+        }
+    }
+    out.flush()?;
+    Ok(exit(ok))
+}
+
 fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
     match c {
-        KeyCmd::Put { key, file, meta } => {
+        KeyCmd::Put {
+            key,
+            file: Some(dir),
+            recursive: true,
+            meta,
+        } => {
+            let tree = store.put_dir(&dir)?;
+            store.set_keyed(key.as_bytes(), tree, meta.as_bytes(), Expect::Any)?;
+            if json {
+                println!("{}", serde_json::json!({ "key": key, "hash": tree }));
+            } else {
+                println!("{tree}");
+            }
+        }
+        KeyCmd::Put {
+            recursive: true, ..
+        } => return Err(anyhow!("key put -r needs a directory")),
+        KeyCmd::Set {
+            key,
+            hash,
+            meta,
+            expect,
+            expect_none,
+        } => {
+            let expect = match (expect, expect_none) {
+                (Some(h), _) => Expect::Value(h),
+                (None, true) => Expect::Absent,
+                (None, false) => Expect::Any,
+            };
+            return key_set(store, &key, hash.resolve(store)?, &meta, expect);
+        }
+        KeyCmd::Ensure {
+            key,
+            output,
+            timeout,
+            tree,
+            meta,
+            cmd,
+        } => return ensure::run(store, &key, output.as_deref(), timeout, tree, &meta, &cmd),
+        KeyCmd::Put {
+            key, file, meta, ..
+        } => {
             let hash = match file {
                 Some(f) if f != Path::new("-") => {
                     let src = std::fs::File::open(&f)
@@ -889,30 +1456,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             }
         }
         KeyCmd::Rm { key } => store.remove_keyed(key.as_bytes())?,
-        KeyCmd::Ls => {
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            let mut ok = true;
-            for e in store.iter_keys()? {
-                match e {
-                    Ok(e) if json => writeln!(out, "{}", entry_json(&e))?,
-                    Ok(e) => writeln!(
-                        out,
-                        "{} {} {}",
-                        e.hash,
-                        e.size,
-                        String::from_utf8_lossy(&e.key)
-                    )?,
-                    Err(e) => {
-                        eprintln!("cas: error: {}", output::chain(&e));
-                        ok = false;
-                    }
-                }
-            }
-            out.flush()?;
-            if !ok {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        KeyCmd::Ls { nul } => return key_ls(store, nul, json),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -956,6 +1500,16 @@ fn cmd_rm(store: &Store, hashes: &[Hash]) -> ExitCode {
         }
     }
     exit(ok)
+}
+
+fn cmd_man() -> Result<ExitCode> {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    let mut out = io::stdout().lock();
+    out.write_all(&page)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_completions(shell: clap_complete::Shell) -> Result<ExitCode> {

@@ -95,6 +95,35 @@ impl Bar {
         Bar(Some(b))
     }
 
+    /// A bar counting bytes (with the rate), towards `total` if it is known.
+    pub fn bytes(what: &str, total: Option<u64>) -> Bar {
+        use std::io::IsTerminal;
+        if !io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let b = match total {
+            Some(t) => indicatif::ProgressBar::new(t),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let template = if total.is_some() {
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+        } else {
+            "{prefix} {spinner} {bytes} {bytes_per_sec}"
+        };
+        b.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_prefix(what.to_owned());
+        Bar(Some(b))
+    }
+
+    /// The underlying bar, to move from another thread or a callback (`None`: not a terminal).
+    pub fn handle(&self) -> Option<indicatif::ProgressBar> {
+        self.0.clone()
+    }
+
     /// Updates from a library progress report; never interrupts.
     pub fn update(&self, p: cas::Progress) -> bool {
         if let Some(b) = &self.0 {
@@ -127,6 +156,9 @@ pub fn print_verify(r: &cas::VerifyReport) {
     for p in &r.bad_files {
         println!("unreadable {}: {}", p.path.display(), p.reason);
     }
+    for h in &r.restored {
+        println!("restored {h} from trash (it is reachable)");
+    }
     for p in &r.stale_staging {
         println!(
             "stale staging file {} ({}); `cas gc` removes it",
@@ -142,10 +174,10 @@ pub fn print_verify(r: &cas::VerifyReport) {
         r.dangling.len(),
         r.bad_files.len(),
         r.stale_staging.len(),
-        if r.restored > 0 {
-            format!(", {} restored from trash", r.restored)
-        } else {
+        if r.restored.is_empty() {
             String::new()
+        } else {
+            format!(", {} restored from trash", r.restored.len())
         }
     );
 }
@@ -234,6 +266,12 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
     for d in &r.dangling {
         println!("dangling     {} (pointed to by {})", d.hash, d.from);
     }
+    for p in &r.damaged {
+        println!("damaged      {}: {}", p.path.display(), p.reason);
+    }
+    for h in &r.reachable_in_trash {
+        println!("in trash     {h} is reachable (cas doctor --fix moves it back)");
+    }
     for f in &r.fixed {
         println!("fixed        {f}");
     }
@@ -245,18 +283,6 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
             "problems found (cas doctor --fix repairs what is safe)"
         }
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_times() {
-        assert_eq!(human_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(human_time(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(human_time(1_796_211_729), "2026-12-02 11:42:09 UTC");
-    }
 }
 
 /// An error and its causes on one line, `error: cause: cause`, each said once.
@@ -272,4 +298,16 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_times() {
+        assert_eq!(human_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(human_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(human_time(1_796_211_729), "2026-12-02 11:42:09 UTC");
+    }
 }

@@ -5,12 +5,13 @@
 //! outputs and releasing its own locks, all through the library's
 //! `Store::abandon_own_staging` — runs as normal code, not inside a signal handler.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-static STORE: OnceLock<cas::Store> = OnceLock::new();
+/// The stores whose `tmp/` is cleaned (two for push and pull).
+static STORES: Mutex<Vec<cas::Store>> = Mutex::new(Vec::new());
 
 /// Starts the thread that waits for the signals. Call first thing in `main`.
 pub fn install() -> std::io::Result<()> {
@@ -19,13 +20,12 @@ pub fn install() -> std::io::Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                match STORE.get() {
-                    Some(store) => {
-                        store.abandon_own_staging();
-                    }
-                    None => {
-                        cas::abandon_temporaries();
-                    }
+                let stores = STORES
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                cas::abandon_temporaries();
+                for store in stores.iter() {
+                    store.abandon_own_staging();
                 }
                 std::process::exit(128 + sig);
             }
@@ -33,7 +33,10 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The store whose `tmp/` is cleaned if a signal comes.
+/// Adds a store whose `tmp/` is cleaned if a signal comes (with its upstream's, for a tier).
 pub fn set_store(store: &cas::Store) {
-    let _ = STORE.set(store.clone());
+    STORES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(store.clone());
 }

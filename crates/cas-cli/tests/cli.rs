@@ -32,7 +32,8 @@ const GOOD: &str = "d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a
 
 fn malformed() -> Vec<(&'static str, String)> {
     vec![
-        ("short", GOOD[..63].to_owned()),
+        // Shorter than the 8 digits a prefix needs (`get` takes unique prefixes of 8–63).
+        ("short", GOOD[..7].to_owned()),
         ("long", format!("{GOOD}0")),
         ("uppercase", GOOD.to_uppercase()),
         ("non-hex", format!("{}g", &GOOD[..63])),
@@ -125,4 +126,27 @@ fn missing_arguments_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "cas {sub}: {stderr}");
         assert!(!stderr.contains("panicked"), "cas {sub}: {stderr}");
     }
+}
+
+#[test]
+fn unique_prefixes_resolve_and_ambiguity_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let init = run(cas(d.path()).arg("init"));
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    // An 8-digit prefix resolves; one that matches nothing is named (ambiguity: unit test
+    // of Store::resolve_prefix, with crafted names).
+    let f = d.path().join("a");
+    std::fs::write(&f, b"prefix me").unwrap();
+    let out = run(cas(d.path()).arg("put").arg(&f));
+    let h = text(&out.stdout).trim().to_owned();
+    let got = run(cas(d.path()).args(["get", &h[..8]]));
+    assert_eq!(text(&got.stdout), "prefix me", "{}", text(&got.stderr));
+    let other = if h.starts_with("00") {
+        "ffffffff"
+    } else {
+        "00000000"
+    };
+    let miss = run(cas(d.path()).args(["get", other]));
+    assert_eq!(miss.status.code(), Some(1));
+    assert!(text(&miss.stderr).contains(other), "{}", text(&miss.stderr));
 }

@@ -4,8 +4,11 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::error::Result;
 use crate::hash::Hash;
+use crate::progress::Progress;
 use crate::stage::{Input, Staged};
 use crate::{Durability, Store};
 
@@ -48,6 +51,10 @@ pub struct Batch {
     durability: Durability,
     /// Names published by earlier barriers of this batch.
     published: usize,
+    /// Told the input bytes staged so far (see [`Batch::set_progress`]).
+    progress: Option<Box<dyn Fn(Progress) -> bool + Send + Sync>>,
+    /// Input bytes read so far (including those of objects already in the store).
+    bytes_in: AtomicU64,
 }
 
 impl std::fmt::Debug for Batch {
@@ -68,11 +75,49 @@ impl Store {
             seen: HashSet::new(),
             durability: self.durability(),
             published: 0,
+            progress: None,
+            bytes_in: AtomicU64::new(0),
         }
     }
 }
 
 impl Batch {
+    /// Reports progress while inputs are read: phase `"put"`, `done` = input bytes read so far
+    /// by this batch (total unknown here: the caller knows what it will put). Returning
+    /// `false` stops the put in progress with [`Error::Interrupted`](crate::Error::Interrupted)
+    /// (its staging file is removed; what was staged before stays staged).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// let seen = Arc::new(AtomicU64::new(0));
+    /// let mut batch = store.batch();
+    /// let s = seen.clone();
+    /// batch.set_progress(move |p| { s.store(p.done, Ordering::Relaxed); true });
+    /// batch.put_bytes(&[7u8; 1000])?;
+    /// batch.commit()?;
+    /// assert_eq!(seen.load(Ordering::Relaxed), 1000);
+    /// # Ok(()) }
+    /// ```
+    pub fn set_progress(&mut self, f: impl Fn(Progress) -> bool + Send + Sync + 'static) {
+        self.progress = Some(Box::new(f));
+    }
+
+    /// Counts `n` more input bytes and tells the progress callback; false: stop.
+    fn tick(&self, n: u64) -> bool {
+        let done = self.bytes_in.fetch_add(n, Ordering::Relaxed) + n;
+        self.progress.as_ref().is_none_or(|f| {
+            f(Progress {
+                phase: "put",
+                done,
+                total: None,
+            })
+        })
+    }
+
     /// Overrides the durability of the whole batch.
     pub fn set_durability(&mut self, d: Durability) {
         self.durability = d;
@@ -94,6 +139,9 @@ impl Batch {
     /// I/O errors naming the staging file.
     pub fn put_bytes(&mut self, bytes: &[u8]) -> Result<Hash> {
         let hash = Hash::of_parallel(bytes);
+        if !self.tick(bytes.len() as u64) {
+            return Err(crate::Error::Interrupted);
+        }
         if !self.known(&hash) {
             let s = self.store.stage_hashed(bytes, hash)?;
             self.add(s)?;
@@ -107,7 +155,9 @@ impl Batch {
     /// [`Error::Input`](crate::Error::Input) if the reader fails; I/O errors naming the
     /// staging file.
     pub fn put_reader(&mut self, reader: impl Read) -> Result<Hash> {
-        let s = self.store.stage_reader(&mut { reader }, Input::Stream)?;
+        let s = self
+            .store
+            .stage_reader_ticking(&mut { reader }, Input::Stream, &|n| self.tick(n))?;
         let hash = s.hash;
         if !self.known(&hash) {
             self.add(s)?;
@@ -120,11 +170,12 @@ impl Batch {
     /// # Errors
     /// [`Error::Input`](crate::Error::Input) naming `path` if it cannot be read.
     pub fn put_path(&mut self, path: impl AsRef<Path>) -> Result<Hash> {
-        let (hash, staged) = self
-            .store
-            .stage_path(path.as_ref(), |h| self.seen.contains(h))?;
+        let (hash, staged) =
+            self.store
+                .stage_path(path.as_ref(), |h| self.seen.contains(h), &|n| self.tick(n))?;
+        // stage_path already looked in the store (small files) and in this batch.
         if let Some(s) = staged {
-            if !self.known(&hash) {
+            if !self.seen.contains(&hash) {
                 self.add(s)?;
             }
         }

@@ -87,12 +87,15 @@ pub(crate) fn register_lock(path: &Path, nonce: &str, root: &Path) -> Registered
 
 /// Marks the process as abandoning, then removes every registered temporary and releases
 /// every registered lock that is still provably ours. Returns how many items were removed.
+/// The items are taken out of the registry, so a second call (a tier abandons its upstream's
+/// staging too; push and pull abandon two stores) does not move a lock aside again — each
+/// check moves the lock aside for a moment, which is a window for nobody else's benefit.
 pub(crate) fn abandon_registered() -> u64 {
     ABANDONED.store(true, Ordering::SeqCst);
     let items: Vec<Item> = registry()
         .items
-        .as_ref()
-        .map(|m| m.values().cloned().collect())
+        .as_mut()
+        .map(|m| m.drain().map(|(_, it)| it).collect())
         .unwrap_or_default();
     let mut n = 0;
     for it in items {
@@ -205,11 +208,16 @@ impl crate::Store {
     /// ```
     pub fn abandon_own_staging(&self) -> u64 {
         let n = abandon_registered();
-        n + remove_own_staging(
-            &self.inner.root_dir,
-            &self.path(layout::TMP),
-            &self.inner.staging_prefix,
-        )
+        // A tier's write-through stages in its upstream too (crate::upstream).
+        let upstream = self
+            .upstream()
+            .map_or(0, crate::Upstream::abandon_own_staging);
+        n + upstream
+            + remove_own_staging(
+                &self.inner.root_dir,
+                &self.path(layout::TMP),
+                &self.inner.staging_prefix,
+            )
     }
 }
 

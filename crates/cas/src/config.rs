@@ -1,6 +1,7 @@
 //! Store options and the `config` file that persists them (`key = value` lines).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -63,6 +64,15 @@ pub struct Options {
     /// Staging files older than this are removed by gc even when their writer's liveness is
     /// unknown (writer on another host).
     pub stale_age: Duration,
+    /// The upstream store of a tiered store (`upstream = DIR` in `config`): objects missing
+    /// here are fetched from it, puts are written through to it, and refs and cache entries
+    /// live in it (docs/format.md §10). `None`: a standalone store. [`crate::Store::init`]
+    /// records it as an absolute path; one given to [`crate::Store::open_with`] is used as
+    /// it is (relative to the current directory).
+    pub upstream: Option<PathBuf>,
+    /// The upstream is read-only (`upstream-readonly = true`): puts stay in this store, and
+    /// refs and cache entries can be read but not set.
+    pub upstream_readonly: bool,
 }
 
 impl Default for Options {
@@ -73,6 +83,8 @@ impl Default for Options {
             max_size: None,
             lock_timeout: Duration::from_mins(1),
             stale_age: Duration::from_hours(24),
+            upstream: None,
+            upstream_readonly: false,
         }
     }
 }
@@ -109,14 +121,34 @@ impl Options {
         self
     }
 
+    /// Sets the upstream store (builder style); see [`Options::upstream`].
+    #[must_use]
+    pub fn upstream(mut self, dir: Option<PathBuf>) -> Self {
+        self.upstream = dir;
+        self
+    }
+    /// Makes the upstream read-only (builder style).
+    #[must_use]
+    pub fn upstream_readonly(mut self, on: bool) -> Self {
+        self.upstream_readonly = on;
+        self
+    }
+
     /// Renders the `config` file.
     pub(crate) fn to_file(&self) -> String {
         let max = self
             .max_size
             .map_or_else(String::new, |m| format!("max-size = {m}\n"));
+        let mut upstream = self
+            .upstream
+            .as_ref()
+            .map_or_else(String::new, |u| format!("upstream = {}\n", u.display()));
+        if self.upstream.is_some() && self.upstream_readonly {
+            upstream.push_str("upstream-readonly = true\n");
+        }
         format!(
             "# cas store configuration; see docs/format.md\n\
-             durability = {}\nshared = {}\n{max}lock-timeout = {}\nstale-age = {}\n",
+             durability = {}\nshared = {}\n{max}lock-timeout = {}\nstale-age = {}\n{upstream}",
             self.durability,
             if self.shared_group { "group" } else { "none" },
             format_duration(self.lock_timeout),
@@ -150,6 +182,15 @@ impl Options {
                 "max-size" => o.max_size = Some(parse_size(v).map_err(bad)?),
                 "lock-timeout" => o.lock_timeout = parse_duration(v).map_err(bad)?,
                 "stale-age" => o.stale_age = parse_duration(v).map_err(bad)?,
+                "upstream" if v.is_empty() => return Err(bad("an empty path".into())),
+                "upstream" => o.upstream = Some(PathBuf::from(v)),
+                "upstream-readonly" => {
+                    o.upstream_readonly = match v {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad(format!("{v:?} is not `true` or `false`"))),
+                    }
+                }
                 _ => {}
             }
         }
@@ -326,6 +367,10 @@ mod tests {
             .shared_group(true)
             .max_size(Some(12345))
             .lock_timeout(Duration::from_millis(1500));
+        assert_eq!(Options::parse_file(&o.to_file()).unwrap(), o);
+        let o = o
+            .upstream(Some(PathBuf::from("/shared/cas store")))
+            .upstream_readonly(true);
         assert_eq!(Options::parse_file(&o.to_file()).unwrap(), o);
     }
 

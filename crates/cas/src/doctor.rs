@@ -1,7 +1,6 @@
 //! `doctor`: what the store's filesystem can do, and what is wrong with the store that a
 //! person should know about (permissions, dead writers, expired leases, dangling refs).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -40,8 +39,16 @@ pub struct DoctorReport {
     pub expired_locks: Vec<Problem>,
     /// Refs, cache entries or trees pointing to missing objects.
     pub dangling: Vec<Dangling>,
+    /// Items that are not what they should be (a symlink, FIFO or garbage where a ref, entry,
+    /// lock or object belongs), by path.
+    pub damaged: Vec<Problem>,
+    /// Reachable objects sitting in trash (a gc was interrupted). Without `fix` they are only
+    /// reported; with `fix` they are moved back (and listed in `fixed` too).
+    pub reachable_in_trash: Vec<crate::Hash>,
     /// What `fix` repaired.
     pub fixed: Vec<String>,
+    /// Whether this was a run with `fix` (what it found stale was removed).
+    pub fix: bool,
 }
 
 /// [`FsInfo`] in a serializable form.
@@ -77,11 +84,13 @@ impl From<FsInfo> for FsInfoReport {
 
 impl DoctorReport {
     /// True if nothing needs attention (probes that fail only change which fallback is used).
+    /// After a run with `fix`, the stale staging files and expired locks it reports were
+    /// removed, so they no longer count.
     pub fn is_healthy(&self) -> bool {
         self.permission_problems.is_empty()
-            && self.stale_staging.is_empty()
-            && self.expired_locks.is_empty()
             && self.dangling.is_empty()
+            && self.damaged.is_empty()
+            && (self.fix || (self.stale_staging.is_empty() && self.expired_locks.is_empty()))
     }
 }
 
@@ -92,48 +101,69 @@ impl Store {
     ///
     /// # Errors
     /// I/O errors listing the store or running the probes.
+    ///
+    /// Without `fix`, nothing in the store changes (the capability probes use private staging
+    /// files in `tmp/` and remove them): reachable objects found in trash are reported, not
+    /// moved back.
     pub fn doctor(&self, fix: bool) -> Result<DoctorReport> {
-        let probes = self.probe_capabilities()?;
+        if self.upstream().is_some() {
+            return self.without_upstream().doctor(fix); // the local tier only
+        }
+        // Probes need staging files; a tmp/ that cannot hold them (a symlink planted there, a
+        // full filesystem) is a finding, not a reason to stop.
+        let (probes, probe_failure) = match self.probe_capabilities() {
+            Ok(p) => (p, None),
+            Err(e) => (
+                vec![Probe {
+                    name: "staging files in tmp/",
+                    ok: false,
+                    detail: e.to_string(),
+                }],
+                Some(Problem {
+                    path: self.path(layout::TMP),
+                    reason: crate::mark::error_reason(&e),
+                }),
+            ),
+        };
         let mut fixed = Vec::new();
+        let root = &self.inner.root_dir;
 
-        let stale_staging: Vec<Problem> = self
-            .stale_staging()?
+        let (stale, mut damaged) = self.stale_staging();
+        damaged.extend(probe_failure);
+        let stale_staging: Vec<Problem> = stale
             .into_iter()
-            .map(|(path, why)| {
-                if fix && std::fs::remove_file(&path).is_ok() {
-                    fixed.push(format!("removed staging file {}", path.display()));
+            .map(|s| {
+                if fix && root.unlink(&s.path).is_ok() {
+                    fixed.push(format!("removed staging file {}", s.path.display()));
                 }
                 Problem {
-                    path,
-                    reason: why.to_owned(),
+                    path: s.path,
+                    reason: s.reason.to_owned(),
                 }
             })
             .collect();
 
         let mut expired_locks = Vec::new();
         for dir in [layout::REFS, layout::INDEX, layout::LOCKS] {
-            for ent in walkdir::WalkDir::new(self.path(dir))
-                .follow_links(false)
-                .into_iter()
-                .flatten()
-            {
-                let name = ent.file_name().to_string_lossy();
-                if !ent.file_type().is_file() || !name.ends_with(layout::LOCK_SUFFIX) {
+            let walk = root.walk_tree(&self.path(dir));
+            for (path, kind) in walk.entries {
+                if kind != fs::Kind::File || !path.to_string_lossy().ends_with(layout::LOCK_SUFFIX)
+                {
                     continue;
                 }
-                let Ok((holder, age)) = self.read_lock(ent.path()) else {
+                let Ok((holder, age)) = self.read_lock(&path) else {
                     continue;
                 };
                 if self.is_stale(holder.as_ref(), age) {
                     let who = holder.as_ref().map_or_else(
-                        || "an incomplete lock".to_owned(),
+                        || "an incomplete or unparsable lock".to_owned(),
                         |h| format!("held by host {} pid {}", h.host, h.pid),
                     );
-                    if fix && self.break_lock(ent.path(), holder.as_ref()).is_ok() {
-                        fixed.push(format!("broke expired lock {}", ent.path().display()));
+                    if fix && self.break_lock(&path, holder.as_ref()).is_ok() {
+                        fixed.push(format!("broke expired lock {}", path.display()));
                     }
                     expired_locks.push(Problem {
-                        path: ent.path().to_owned(),
+                        path,
                         reason: format!("{who}, not refreshed for {} s", age.as_secs()),
                     });
                 }
@@ -142,13 +172,34 @@ impl Store {
 
         let permission_problems = self.check_permissions(fix, &mut fixed);
 
-        let m = self.mark()?;
+        let m = self.mark();
+        let mut reachable_in_trash = Vec::new();
+        for run in self.trash_runs()? {
+            for (name, _) in root.read_dir(&run.path).unwrap_or_default() {
+                if let Some(h) = name.to_str().and_then(|n| crate::Hash::parse(n).ok()) {
+                    if m.reach.reachable.contains(&h) && root.lstat(&self.object_path(&h)).is_err()
+                    {
+                        reachable_in_trash.push(h);
+                    }
+                }
+            }
+        }
+        if fix {
+            for h in self.restore_reachable_trash(&m.reach.reachable)? {
+                fixed.push(format!("moved reachable object {h} back from trash"));
+            }
+        }
         let dangling = m
+            .reach
             .missing
             .into_iter()
-            .filter(|(_, h)| !self.contains(h))
-            .map(|(from, hash)| Dangling { from, hash })
+            .filter(|x| self.locate(&x.hash).is_none())
+            .map(|x| Dangling {
+                from: x.from.to_string(),
+                hash: x.hash,
+            })
             .collect();
+        damaged.extend(m.reach.damaged);
 
         Ok(DoctorReport {
             fs: self.fs_info().into(),
@@ -157,7 +208,10 @@ impl Store {
             stale_staging,
             expired_locks,
             dangling,
+            damaged,
+            reachable_in_trash,
             fixed,
+            fix,
         })
     }
 
@@ -270,16 +324,17 @@ impl Store {
             layout::TRASH,
             layout::QUARANTINE,
         ];
+        let root = &self.inner.root_dir;
         let mut check = |path: &Path, is_dir: bool| {
-            let Ok(md) = std::fs::symlink_metadata(path) else {
+            let Ok(md) = root.lstat(path) else {
                 return;
             };
-            let mode = md.permissions().mode() & 0o7777;
+            let mode = md.mode;
             let bad = if is_dir {
                 if shared {
                     (mode & 0o2070) != 0o2070
                 } else {
-                    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_err()
+                    !root.writable(path)
                 }
             } else {
                 shared && mode & 0o040 == 0
@@ -294,7 +349,8 @@ impl Store {
             };
             if fix {
                 let target = if is_dir { want_dir } else { mode | 0o040 };
-                if fs::chmod_path(path, target).is_ok() {
+                // Opened without following and type-checked: never chmods through a link.
+                if root.chmod(path, target).is_ok() {
                     fixed.push(format!("chmod {target:o} {}", path.display()));
                     return;
                 }
@@ -308,12 +364,13 @@ impl Store {
         for d in dirs {
             let p = self.path(d);
             check(&p, true);
-            let walk = walkdir::WalkDir::new(&p).min_depth(1).follow_links(false);
-            for ent in walk.into_iter().flatten() {
-                if d == layout::TMP && ent.file_type().is_file() {
-                    continue; // private staging files are fine
+            for (ent, kind) in root.walk_tree(&p).entries {
+                if !matches!(kind, fs::Kind::File | fs::Kind::Dir)
+                    || (d == layout::TMP && kind == fs::Kind::File)
+                {
+                    continue; // private staging files are fine; links and FIFOs are reported elsewhere
                 }
-                check(ent.path(), ent.file_type().is_dir());
+                check(&ent, kind == fs::Kind::Dir);
             }
         }
         out

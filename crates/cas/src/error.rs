@@ -130,9 +130,11 @@ pub enum Error {
     },
 
     /// A compare-and-swap found another value than expected.
-    #[error("ref {name:?} is {}, expected {}", fmt_opt(.actual.as_ref()), fmt_opt(.expected.as_ref()))]
+    #[error("{what} {name:?} is {}, expected {}", fmt_opt(.actual.as_ref()), fmt_opt(.expected.as_ref()))]
     Conflict {
-        /// The ref (or cache key, shown as text).
+        /// What was compared: `"ref"` or `"cache entry"`.
+        what: &'static str,
+        /// The ref name, or the cache key as text (lossy UTF-8).
         name: String,
         /// The value the caller expected (`None`: must not exist).
         expected: Option<Hash>,
@@ -197,6 +199,20 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+
+    /// The upstream store of a tiered store could not do what was needed: it is unreachable
+    /// (missing, unmounted, I/O errors), or read-only for a write. Objects already cached in
+    /// the local store are still served; whatever needs the upstream fails with this.
+    #[error("upstream store {} {what}", upstream.display())]
+    Upstream {
+        /// The upstream, as configured.
+        upstream: PathBuf,
+        /// What went wrong, as a phrase ("is unavailable", "is read-only: …").
+        what: String,
+        /// The error the upstream gave, if any.
+        #[source]
+        source: Option<Box<Error>>,
+    },
 }
 
 /// What kind of failure an [`Error`] is, for callers that branch on it
@@ -228,6 +244,8 @@ pub enum ErrorKind {
     Interrupted,
     /// A compute-once producer failed.
     Producer,
+    /// The upstream of a tiered store is unreachable or read-only.
+    Upstream,
 }
 
 fn fmt_opt(h: Option<&Hash>) -> String {
@@ -282,6 +300,7 @@ impl Error {
             Error::Io { .. } => ErrorKind::Io,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::Producer { .. } => ErrorKind::Producer,
+            Error::Upstream { .. } => ErrorKind::Upstream,
         }
     }
 
@@ -345,7 +364,8 @@ impl Error {
             | Error::NotEmpty { path }
             | Error::Locked { path, .. }
             | Error::LockLost { path }
-            | Error::Tree { path, .. } => Some(path),
+            | Error::Tree { path, .. }
+            | Error::Upstream { upstream: path, .. } => Some(path),
             _ => None,
         }
     }

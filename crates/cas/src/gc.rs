@@ -9,7 +9,7 @@
 //! gc marks a second time and moves back anything that became reachable meanwhile, so a
 //! pointer made visible during the run never dangles.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,8 +17,9 @@ use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
 use crate::layout;
-use crate::lock::Wait;
+use crate::mark::Mark;
 use crate::progress::{Progress, ProgressFn};
+use crate::verify::Problem;
 use crate::Store;
 
 /// Options of a gc run.
@@ -104,89 +105,47 @@ pub struct GcReport {
     pub bytes_after: u64,
     /// Hashes condemned by this run (moved to trash, or would be in a dry run).
     pub condemned: Vec<Hash>,
+    /// Damaged items found (refs, entries, locks, objects, staging files that are not what
+    /// they should be), each by path; gc went on past them.
+    pub problems: Vec<Problem>,
+    /// Why nothing was deleted or condemned, if the mark could not prove what is unreachable
+    /// (an unreadable root, an undecodable tree): then only reachable objects are restored
+    /// from trash and dead writers' staging files removed.
+    pub sweep_skipped: Option<String>,
 }
 
-/// The result of marking: what is reachable, and from where things are missing.
-#[derive(Debug, Default)]
-pub(crate) struct Mark {
-    pub(crate) reachable: HashSet<Hash>,
-    pub(crate) roots: u64,
-    /// (what points, missing hash)
-    pub(crate) missing: Vec<(String, Hash)>,
-    /// Cache entries: (entry file, object hash, entry mtime).
-    pub(crate) entries: Vec<(PathBuf, Hash, SystemTime)>,
-    /// Files that should be roots but could not be decoded: (path, reason).
-    pub(crate) bad: Vec<(PathBuf, String)>,
+impl GcReport {
+    /// True if gc found nothing damaged and could sweep.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.sweep_skipped.is_none()
+    }
 }
 
-fn mtime(m: &std::fs::Metadata) -> SystemTime {
-    m.modified().unwrap_or(SystemTime::UNIX_EPOCH)
+/// An object seen by the sweep and kept.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    hash: Hash,
+    len: u64,
+    mtime: SystemTime,
+}
+
+/// An object in a trash run.
+#[derive(Debug, Clone)]
+struct Trashed {
+    hash: Hash,
+    path: PathBuf,
+    len: u64,
+    mtime: SystemTime,
+}
+
+/// A staging file gc may remove, and why.
+#[derive(Debug, Clone)]
+pub(crate) struct StaleStaging {
+    pub(crate) path: PathBuf,
+    pub(crate) reason: &'static str,
 }
 
 impl Store {
-    /// Finds all roots and everything reachable from them.
-    pub(crate) fn mark(&self) -> Result<Mark> {
-        let mut m = Mark::default();
-        // Pins first, then the pointers: a pin removed while we list pins belongs to an update
-        // that completed before we list the pointers, so we see its result there.
-        let mut roots: Vec<(String, Hash, bool)> = Vec::new();
-        for dir in [layout::REFS, layout::INDEX] {
-            for h in self.lock_pins(&self.path(dir))? {
-                roots.push(("an update in progress".into(), h, false));
-            }
-        }
-        for (name, h) in self.list_refs("")? {
-            roots.push((format!("ref {name:?}"), h, true));
-        }
-        for p in self.entry_files()? {
-            match self.read_entry_file(&p) {
-                Ok(Some((e, f))) => {
-                    let t = f.metadata().map_or(SystemTime::UNIX_EPOCH, |md| mtime(&md));
-                    m.entries.push((p, e.hash, t));
-                    roots.push((
-                        format!("cache entry {}", crate::index::display_key(&e.key)),
-                        e.hash,
-                        true,
-                    ));
-                }
-                Ok(None) => {}
-                Err(e) => m.bad.push((p, e.to_string())),
-            }
-        }
-        m.roots = roots.len() as u64;
-        let mut stack: Vec<(String, Hash, bool, bool)> = roots
-            .into_iter()
-            .map(|(from, h, report)| (from, h, true, report))
-            .collect();
-        while let Some((from, h, maybe_tree, report)) = stack.pop() {
-            if !m.reachable.insert(h) {
-                continue;
-            }
-            if !maybe_tree {
-                if report && !self.contains(&h) {
-                    m.missing.push((from, h));
-                }
-                continue;
-            }
-            match self.tree_children(&h) {
-                Ok(Some(children)) => {
-                    for (c, is_tree) in children {
-                        stack.push((format!("tree {h}"), c, is_tree, true));
-                    }
-                }
-                Ok(None) => {}
-                Err(e) if e.is_not_found() => {
-                    if report {
-                        m.missing.push((from, h));
-                    }
-                }
-                Err(e) if e.is_corrupt() => m.missing.push((from, h)),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(m)
-    }
-
     /// Collects garbage: see the module docs and docs/format.md §GC.
     ///
     /// ```
@@ -203,12 +162,20 @@ impl Store {
     /// # Ok(()) }
     /// ```
     ///
+    /// Damaged items do not stop gc: they are listed in [`GcReport::problems`]. If one of
+    /// them could hide reachable objects (a ref or cache entry that cannot be parsed, a tree
+    /// that cannot be decoded), nothing is condemned or deleted and
+    /// [`GcReport::sweep_skipped`] says why.
+    ///
     /// # Errors
     /// [`Error::Locked`] if another gc is running; [`Error::Interrupted`] if `progress` asked
     /// to stop (the store is left consistent); I/O errors naming the path.
     pub fn gc(&self, opts: &GcOptions, progress: ProgressFn<'_>) -> Result<GcReport> {
-        let lock_path = self.path(layout::LOCKS).join("gc.lock");
-        let lock = self.acquire_lock(&lock_path, None, Wait::For(Duration::ZERO))?;
+        if self.upstream().is_some() {
+            return self.gc_tier(opts, progress); // a cache of its upstream (crate::upstream)
+        }
+        let lock_path = layout::gc_lock_path(&self.inner.root);
+        let lock = self.acquire_gc_lock(&lock_path)?;
         let mut beat = Heartbeat::new(self.inner.options.lock_timeout);
         let start = SystemTime::now();
         let cutoff = start
@@ -219,11 +186,17 @@ impl Store {
             dry_run: dry,
             ..GcReport::default()
         };
-        let mut interrupted = false;
-
-        let m1 = self.mark()?;
+        let m1 = self.mark();
         r.roots = m1.roots;
-        r.reachable = m1.reachable.len() as u64;
+        r.reachable = m1.reach.reachable.len() as u64;
+        r.problems.extend(m1.reach.damaged.iter().cloned());
+        if !m1.reach.unsafe_to_sweep.is_empty() {
+            r.sweep_skipped = Some(format!(
+                "cannot tell what is unreachable: {}",
+                m1.reach.unsafe_to_sweep.join("; ")
+            ));
+        }
+        let sweep = r.sweep_skipped.is_none();
         if !progress(Progress {
             phase: "mark",
             done: m1.roots,
@@ -232,56 +205,20 @@ impl Store {
             return Err(Error::Interrupted);
         }
 
-        self.purge_trash(&m1, cutoff, dry, &mut r)?;
+        self.purge_trash(&m1, cutoff, dry, sweep, &mut r)?;
         // What is left in trash; with the sweep's own count of objects/ this is the store's
         // size, without walking objects/ a second time.
-        let trash_bytes = self.trash_usage()?;
+        let trash_bytes: u64 = self.trash_objects()?.iter().map(|t| t.len).sum();
 
         // Sweep: condemn unreachable objects older than the grace period.
-        let run_dir = self.path(layout::TRASH).join(format!(
-            "{}.{}.{}",
-            start
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-            self.inner.host,
-            self.inner.pid
+        let run_dir = self.path(layout::TRASH).join(layout::trash_run_name(
+            start,
+            &self.inner.host,
+            self.inner.pid,
+            false,
         ));
-        let mut live: Vec<(Hash, u64, SystemTime)> = Vec::new();
-        for (i, h) in self.iter().enumerate() {
-            let h = h?;
-            let p = self.object_path(&h);
-            let md = match std::fs::symlink_metadata(&p) {
-                Ok(md) => md,
-                Err(e) if fs::is_not_found(&e) => continue,
-                Err(e) => return Err(Error::io("stat", &p, e)),
-            };
-            r.objects += 1;
-            r.bytes += md.len();
-            if m1.reachable.contains(&h) {
-                live.push((h, md.len(), mtime(&md)));
-            } else if mtime(&md) > cutoff {
-                r.kept_young += 1;
-                live.push((h, md.len(), mtime(&md)));
-            } else {
-                r.condemned.push(h);
-                r.trashed += 1;
-                r.trashed_bytes += md.len();
-                if !dry {
-                    self.move_to_trash(&p, &run_dir, &h)?;
-                }
-            }
-            if i % 1024 == 1023 {
-                beat.beat(&lock)?;
-                if !progress(Progress {
-                    phase: "sweep",
-                    done: i as u64 + 1,
-                    total: None,
-                }) {
-                    interrupted = true;
-                    break;
-                }
-            }
-        }
+        let (live, interrupted) =
+            self.sweep(&m1, cutoff, &run_dir, &lock, &mut beat, progress, &mut r)?;
 
         // Bytes under objects/ and trash/ as this run counted them: moving to trash frees
         // nothing (the budget covers both), and a dry run has not deleted what it reports.
@@ -292,17 +229,40 @@ impl Store {
 
         // Eviction to the size budget, least recently used first.
         let mut evicted: Vec<(PathBuf, u64)> = Vec::new();
-        if let (Some(budget), false) = (opts.max_size.or(self.inner.options.max_size), interrupted)
-        {
+        if let (Some(budget), false, true) = (
+            opts.max_size.or(self.inner.options.max_size),
+            interrupted,
+            sweep,
+        ) {
             evicted = self.evict(&m1, &live, budget, total, dry, &mut r)?;
         }
 
         let deleted_before_rescue = r.deleted_bytes;
-        self.after_condemning(opts, evicted, interrupted, &run_dir, &mut r)?;
+        if !dry {
+            let m2 = self.rescue(evicted, &mut r)?;
+            if opts.grace.is_zero() && !interrupted && sweep {
+                // No grace: what this run condemned is already "trash older than the grace
+                // period", so delete it now, exactly as the next run would (after the rescue
+                // mark, so nothing that became reachable meanwhile goes).
+                self.purge_trash(&m2, SystemTime::now(), false, sweep, &mut r)?;
+            }
+            let _ = self.inner.root_dir.rmdir(&run_dir);
+        } else if opts.grace.is_zero() {
+            // A dry run reports what a real one would free.
+            r.deleted += r.trashed;
+            r.deleted_bytes += r.trashed_bytes;
+        }
 
+        let (stale, staging_problems) = self.stale_staging();
+        r.problems.extend(staging_problems);
+        for s in stale {
+            if dry || self.inner.root_dir.unlink(&s.path).is_ok() {
+                r.staging_removed += 1;
+            }
+        }
+        self.clean_broken_locks(dry);
         // Empty fan-out directories stay: `init` makes all 256 and a publish never has to
         // create one (whose own name would need another fsync to survive a power loss).
-        r.staging_removed = self.clean_staging(dry)?;
         r.bytes_after = if dry && opts.grace.is_zero() {
             total.saturating_sub(r.evicted_bytes + r.trashed_bytes)
         } else if dry {
@@ -317,79 +277,133 @@ impl Store {
         Ok(r)
     }
 
+    /// Sweep: condemns unreachable objects older than the grace period (unless the mark could
+    /// not prove what is unreachable); returns the objects kept, and whether `progress` asked
+    /// to stop.
+    #[allow(clippy::too_many_arguments)]
+    fn sweep(
+        &self,
+        m1: &Mark,
+        cutoff: SystemTime,
+        run_dir: &Path,
+        lock: &crate::lock::Lock,
+        beat: &mut Heartbeat,
+        progress: ProgressFn<'_>,
+        r: &mut GcReport,
+    ) -> Result<(Vec<Kept>, bool)> {
+        let sweep = r.sweep_skipped.is_none();
+        let dry = r.dry_run;
+        let mut interrupted = false;
+        let mut live: Vec<Kept> = Vec::new();
+        for (i, h) in self.iter().enumerate() {
+            let h = match h {
+                Ok(h) => h,
+                Err(e) => {
+                    r.problems.push(problem_of(&e, self.path(layout::OBJECTS)));
+                    continue;
+                }
+            };
+            let p = self.object_path(&h);
+            let md = match self.inner.root_dir.lstat(&p) {
+                Ok(md) => md,
+                Err(e) if fs::is_not_found(&e) => continue,
+                Err(e) => return Err(Error::io("stat", &p, e)),
+            };
+            r.objects += 1;
+            r.bytes += md.len;
+            let keep = Kept {
+                hash: h,
+                len: md.len,
+                mtime: md.mtime,
+            };
+            if m1.reach.reachable.contains(&h) || !sweep {
+                live.push(keep);
+            } else if md.mtime > cutoff {
+                r.kept_young += 1;
+                live.push(keep);
+            } else {
+                // Anything at an unreachable object name goes: a rename moves the name
+                // (a symlink, a FIFO, a directory) and never follows it.
+                r.condemned.push(h);
+                r.trashed += 1;
+                r.trashed_bytes += md.len;
+                if !dry {
+                    self.move_to_trash(&p, run_dir, &h)?;
+                }
+            }
+            if i % 1024 == 1023 {
+                beat.beat(lock)?;
+                if !progress(Progress {
+                    phase: "sweep",
+                    done: i as u64 + 1,
+                    total: None,
+                }) {
+                    interrupted = true;
+                    break;
+                }
+            }
+        }
+
+        Ok((live, interrupted))
+    }
+
     /// Trash of earlier runs, condemned longer ago than the grace period: delete what is still
-    /// unreachable, restore the rest.
+    /// unreachable (only if `sweep`: the mark proved it), restore the rest.
     fn purge_trash(
         &self,
         m1: &Mark,
         cutoff: SystemTime,
         dry: bool,
+        sweep: bool,
         r: &mut GcReport,
     ) -> Result<()> {
         for run in self.trash_runs()? {
             if run.created > cutoff {
                 continue;
             }
-            for (h, p, len, _) in list_trash_run(&run.path)? {
-                if m1.reachable.contains(&h) {
-                    if !dry && self.restore_from_trash(&h)?.is_some() {
+            for t in self.list_trash_run(&run.path)? {
+                if m1.reach.reachable.contains(&t.hash) {
+                    if !dry && self.restore_from_trash(&t.hash)?.is_some() {
                         r.restored += 1;
                     }
-                } else {
+                } else if sweep {
                     r.deleted += 1;
-                    r.deleted_bytes += len;
+                    r.deleted_bytes += t.len;
                     if !dry {
-                        remove_file_ok(&p)?;
+                        self.delete(&t.path, r);
                     }
                 }
             }
             if !dry {
-                let _ = std::fs::remove_dir(&run.path);
+                let _ = self.inner.root_dir.rmdir(&run.path);
             }
         }
         Ok(())
     }
 
-    /// After the sweep and eviction: the rescue mark, then with a zero grace period the
-    /// deletion of what is still condemned.
-    fn after_condemning(
-        &self,
-        opts: &GcOptions,
-        evicted: Vec<(PathBuf, u64)>,
-        interrupted: bool,
-        run_dir: &Path,
-        r: &mut GcReport,
-    ) -> Result<()> {
-        if !opts.dry_run {
-            let m2 = self.rescue(evicted, r)?;
-            if opts.grace.is_zero() && !interrupted {
-                // No grace: what this run condemned is already "trash older than the grace
-                // period", so delete it now, exactly as the next run would (after the rescue
-                // mark, so nothing that became reachable meanwhile goes).
-                self.purge_trash(&m2, SystemTime::now(), false, r)?;
-            }
-            let _ = std::fs::remove_dir(run_dir);
-        } else if opts.grace.is_zero() {
-            // A dry run reports what a real one would free.
-            r.deleted += r.trashed;
-            r.deleted_bytes += r.trashed_bytes;
+    /// Deletes a name in trash; a directory planted there is reported, never recursed into.
+    fn delete(&self, p: &Path, r: &mut GcReport) {
+        match self.inner.root_dir.unlink(p) {
+            Ok(()) => {}
+            Err(e) if fs::is_not_found(&e) => {}
+            Err(e) => r.problems.push(Problem {
+                path: p.to_owned(),
+                reason: format!("cannot delete: {e}"),
+            }),
         }
-        Ok(())
     }
 
     /// Rescue mark: anything in trash that became reachable while we condemned goes back;
     /// then the evicted objects still in trash are deleted.
     fn rescue(&self, evicted: Vec<(PathBuf, u64)>, r: &mut GcReport) -> Result<Mark> {
-        let m2 = self.mark()?;
-        for run in self.trash_runs()? {
-            for (h, _, _, _) in list_trash_run(&run.path)? {
-                if m2.reachable.contains(&h) && self.restore_from_trash(&h)?.is_some() {
-                    r.restored += 1;
-                }
+        let m2 = self.mark();
+        for t in self.trash_objects()? {
+            if m2.reach.reachable.contains(&t.hash) && self.restore_from_trash(&t.hash)?.is_some() {
+                r.restored += 1;
             }
         }
         for (p, len) in evicted {
-            match std::fs::remove_file(&p) {
+            match self.inner.root_dir.unlink(&p) {
                 Ok(()) => {
                     r.deleted += 1;
                     r.deleted_bytes += len;
@@ -408,9 +422,9 @@ impl Store {
     fn evict(
         &self,
         m1: &Mark,
-        live: &[(Hash, u64, SystemTime)],
+        live: &[Kept],
         budget: u64,
-        mut total: u64,
+        total: u64,
         dry: bool,
         r: &mut GcReport,
     ) -> Result<Vec<(PathBuf, u64)>> {
@@ -418,76 +432,58 @@ impl Store {
             return Ok(Vec::new());
         }
         let size_of: HashMap<Hash, (u64, SystemTime)> =
-            live.iter().map(|(h, l, t)| (*h, (*l, *t))).collect();
-        // Objects pinned by refs and in-flight updates: closure of every root but the entries.
-        let pinned = self.pinned_by_refs()?;
-        let mut refcount: HashMap<Hash, u32> = HashMap::new();
-        let mut closures: Vec<Vec<Hash>> = Vec::new();
-        for (_, h, _) in &m1.entries {
-            let c: Vec<Hash> = self
-                .closure(h)?
-                .into_iter()
-                .filter(|x| !pinned.contains(x))
-                .collect();
-            for x in &c {
-                *refcount.entry(*x).or_default() += 1;
-            }
-            closures.push(c);
-        }
+            live.iter().map(|k| (k.hash, (k.len, k.mtime))).collect();
+        let closures: Vec<Vec<Hash>> = m1
+            .entries
+            .iter()
+            .map(|e| {
+                self.closure(&e.hash)
+                    .into_iter()
+                    .filter(|x| !m1.pinned_by_refs.contains(x))
+                    .collect()
+            })
+            .collect();
         let mut cands: Vec<(SystemTime, Cand)> = Vec::new();
-        for run in self.trash_runs()? {
-            for (_, p, len, t) in list_trash_run(&run.path)? {
-                cands.push((t, Cand::Trash(p, len)));
-            }
+        for t in self.trash_objects()? {
+            cands.push((t.mtime, Cand::Trash(t.path, t.len)));
         }
-        for (i, (_, h, t)) in m1.entries.iter().enumerate() {
-            let obj_t = size_of.get(h).map_or(SystemTime::UNIX_EPOCH, |x| x.1);
-            cands.push(((*t).max(obj_t), Cand::Entry(i)));
+        for (i, e) in m1.entries.iter().enumerate() {
+            let obj_t = size_of.get(&e.hash).map_or(SystemTime::UNIX_EPOCH, |x| x.1);
+            cands.push((e.mtime.max(obj_t), Cand::Entry(i)));
         }
-        cands.sort_by_key(|c| c.0);
-        let run_dir = self.path(layout::TRASH).join(format!(
-            "{}.{}.{}.evict",
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-            self.inner.host,
-            self.inner.pid
+        let plan = plan_eviction(cands, &closures, &size_of, budget, total);
+        let run_dir = self.path(layout::TRASH).join(layout::trash_run_name(
+            SystemTime::now(),
+            &self.inner.host,
+            self.inner.pid,
+            true,
         ));
         let mut out = Vec::new();
-        for (_, c) in cands {
-            if total <= budget {
-                break;
-            }
-            match c {
-                Cand::Trash(p, len) => {
-                    total = total.saturating_sub(len);
+        for step in plan {
+            match step {
+                Evict::Trash(p, len) => {
                     r.evicted_objects += 1;
                     r.evicted_bytes += len;
                     out.push((p, len));
                 }
-                Cand::Entry(i) => {
-                    let (path, _, _) = &m1.entries[i];
+                Evict::Entry(i) => {
                     r.evicted_entries += 1;
                     if !dry {
-                        remove_file_ok(path)?;
-                    }
-                    for x in &closures[i] {
-                        let n = refcount.entry(*x).or_default();
-                        *n = n.saturating_sub(1);
-                        if *n > 0 {
-                            continue;
+                        let p = &m1.entries[i].path;
+                        match self.inner.root_dir.unlink(p) {
+                            Ok(()) => {}
+                            Err(e) if fs::is_not_found(&e) => {}
+                            Err(e) => return Err(Error::io("delete", p, e)),
                         }
-                        let Some((len, _)) = size_of.get(x) else {
-                            continue;
-                        };
-                        total = total.saturating_sub(*len);
-                        r.evicted_objects += 1;
-                        r.evicted_bytes += len;
-                        if !dry {
-                            let src = self.object_path(x);
-                            if self.move_to_trash(&src, &run_dir, x).is_ok() {
-                                out.push((run_dir.join(x.to_string()), *len));
-                            }
+                    }
+                }
+                Evict::Object(h, len) => {
+                    r.evicted_objects += 1;
+                    r.evicted_bytes += len;
+                    if !dry {
+                        let src = self.object_path(&h);
+                        if self.move_to_trash(&src, &run_dir, &h).is_ok() {
+                            out.push((run_dir.join(h.to_string()), len));
                         }
                     }
                 }
@@ -499,46 +495,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Everything reachable from refs and pins (not from cache entries).
-    fn pinned_by_refs(&self) -> Result<HashSet<Hash>> {
-        let mut set = HashSet::new();
-        for dir in [layout::REFS, layout::INDEX] {
-            for h in self.lock_pins(&self.path(dir))? {
-                set.extend(self.closure(&h)?);
-            }
-        }
-        for (_, h) in self.list_refs("")? {
-            set.extend(self.closure(&h)?);
-        }
-        Ok(set)
-    }
-
-    /// The object and everything reachable from it through trees.
-    pub(crate) fn closure(&self, root: &Hash) -> Result<Vec<Hash>> {
-        let mut seen = HashSet::new();
-        let mut stack = vec![(*root, true)];
-        while let Some((h, maybe_tree)) = stack.pop() {
-            if !seen.insert(h) || !maybe_tree {
-                continue;
-            }
-            match self.tree_children(&h) {
-                Ok(Some(children)) => stack.extend(children),
-                Ok(None) => {}
-                Err(e) if e.is_not_found() || e.is_corrupt() => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(seen.into_iter().collect())
-    }
-
     fn move_to_trash(&self, src: &Path, run_dir: &Path, h: &Hash) -> Result<()> {
         let dst = run_dir.join(h.to_string());
+        let root = &self.inner.root_dir;
         let mut attempts = 0;
         loop {
-            match std::fs::rename(src, &dst) {
+            match root.rename(src, &dst) {
                 Ok(()) => return Ok(()),
                 Err(e) if fs::is_not_found(&e) && attempts < 2 => {
-                    if std::fs::symlink_metadata(src).is_err() {
+                    if root.lstat(src).is_err() {
                         return Ok(()); // removed meanwhile
                     }
                     attempts += 1;
@@ -549,107 +514,170 @@ impl Store {
         }
     }
 
-    /// Removes staging files whose writer is dead (same host) or older than the stale age.
-    /// Returns how many were (or, dry, would be) removed.
-    fn clean_staging(&self, dry: bool) -> Result<u64> {
-        let mut n = 0;
-        for (p, _) in self.stale_staging()? {
-            n += 1;
-            if !dry {
-                fs::remove_quietly(&p);
+    /// The staging files gc may remove, and what in `tmp/` is not what it should be.
+    ///
+    /// This is the one place that decides (docs/format.md §7.6): only regular files (never
+    /// followed, never a directory) whose name parses as a staging name `HOST.PID.RANDOM`,
+    /// whose writer is provably dead (this host, pid gone) or that are older than the stale
+    /// age — and in a shared store, an old file only if it is this user's own: another user's
+    /// writer on another host may still be alive, however slow.
+    pub(crate) fn stale_staging(&self) -> (Vec<StaleStaging>, Vec<Problem>) {
+        let root = &self.inner.root_dir;
+        let tmp = self.path(layout::TMP);
+        let mut stale = Vec::new();
+        let mut problems = Vec::new();
+        let ents = match root.read_dir(&tmp) {
+            Ok(v) => v,
+            Err(e) if fs::is_not_found(&e) => return (stale, problems),
+            Err(e) => {
+                problems.push(Problem {
+                    path: tmp,
+                    reason: format!("cannot list staging files: {e}"),
+                });
+                return (stale, problems);
+            }
+        };
+        let me = fs::uid();
+        for (name, kind) in ents {
+            let path = tmp.join(&name);
+            let parsed = name.to_str().and_then(layout::parse_staging_name);
+            let Some((host, pid)) = parsed else {
+                continue; // not ours to judge: cas never made it
+            };
+            if kind != fs::Kind::File {
+                problems.push(Problem {
+                    path,
+                    reason: format!("a staging name that is {}", kind.describe()),
+                });
+                continue;
+            }
+            let Ok(meta) = root.lstat(&path) else {
+                continue;
+            };
+            let age = meta.mtime.elapsed().unwrap_or_default();
+            let dead = host == self.inner.host && !fs::pid_alive(pid);
+            let old = age > self.inner.options.stale_age
+                && (!self.inner.options.shared_group || meta.uid == me);
+            if dead {
+                stale.push(StaleStaging {
+                    path,
+                    reason: "its writer is dead",
+                });
+            } else if old {
+                stale.push(StaleStaging {
+                    path,
+                    reason: "older than the stale age",
+                });
             }
         }
-        // Leftovers of lock breakers that died between rename and unlink.
-        let locks = self.path(layout::LOCKS);
-        if let Ok(rd) = std::fs::read_dir(&locks) {
-            for ent in rd.flatten() {
-                let name = ent.file_name();
-                let old = ent
-                    .metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > self.inner.options.lock_timeout);
-                if name.to_string_lossy().starts_with("broken.") && old && !dry {
-                    fs::remove_quietly(&ent.path());
-                }
-            }
-        }
-        Ok(n)
+        (stale, problems)
     }
 
-    /// Staging files in `tmp/` whose writer is dead (same host, pid gone) or that are older
-    /// than the stale age, with the reason.
-    pub(crate) fn stale_staging(&self) -> Result<Vec<(PathBuf, &'static str)>> {
-        let tmp = self.path(layout::TMP);
-        let rd = match std::fs::read_dir(&tmp) {
-            Ok(rd) => rd,
-            Err(e) if fs::is_not_found(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("list", &tmp, e)),
-        };
+    /// Every object in every trash run.
+    fn trash_objects(&self) -> Result<Vec<Trashed>> {
         let mut out = Vec::new();
-        for ent in rd {
-            let ent = ent.map_err(Error::at("list", &tmp))?;
-            let name = ent.file_name();
-            let name = name.to_string_lossy();
-            let age = ent
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.elapsed().ok())
-                .unwrap_or_default();
-            let dead = layout::parse_staging_name(&name)
-                .is_some_and(|(host, pid)| host == self.inner.host && !fs::pid_alive(pid));
-            if dead {
-                out.push((ent.path(), "its writer is dead"));
-            } else if age > self.inner.options.stale_age {
-                out.push((ent.path(), "older than the stale age"));
-            }
+        for run in self.trash_runs()? {
+            out.extend(self.list_trash_run(&run.path)?);
         }
         Ok(out)
     }
 
-    /// Bytes under `trash/`.
-    fn trash_usage(&self) -> Result<u64> {
-        let mut total = 0;
-        for run in self.trash_runs()? {
-            total += list_trash_run(&run.path)?.iter().map(|x| x.2).sum::<u64>();
+    /// The objects in a trash run directory.
+    fn list_trash_run(&self, dir: &Path) -> Result<Vec<Trashed>> {
+        let root = &self.inner.root_dir;
+        let ents = match root.read_dir(dir) {
+            Ok(v) => v,
+            Err(e) if fs::is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", dir, e)),
+        };
+        let mut out = Vec::new();
+        for (name, _) in ents {
+            let Some(hash) = name.to_str().and_then(|n| Hash::parse(n).ok()) else {
+                continue;
+            };
+            let path = dir.join(&name);
+            if let Ok(md) = root.lstat(&path) {
+                out.push(Trashed {
+                    hash,
+                    path,
+                    len: md.len,
+                    mtime: md.mtime,
+                });
+            }
         }
-        Ok(total)
+        Ok(out)
     }
 }
 
 /// An eviction candidate: an object in trash, or a cache entry (index into `Mark::entries`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Cand {
     Trash(PathBuf, u64),
     Entry(usize),
 }
 
-/// (hash, path, size, mtime) of the objects in a trash run directory.
-fn list_trash_run(dir: &Path) -> Result<Vec<(Hash, PathBuf, u64, SystemTime)>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if fs::is_not_found(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("list", dir, e)),
-    };
-    let mut out = Vec::new();
-    for ent in rd {
-        let ent = ent.map_err(Error::at("list", dir))?;
-        let Some(h) = ent.file_name().to_str().and_then(|n| Hash::parse(n).ok()) else {
-            continue;
-        };
-        if let Ok(md) = std::fs::symlink_metadata(ent.path()) {
-            out.push((h, ent.path(), md.len(), mtime(&md)));
-        }
-    }
-    Ok(out)
+/// One step of an eviction plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Evict {
+    /// Delete this object from trash.
+    Trash(PathBuf, u64),
+    /// Remove this cache entry (index into `Mark::entries`).
+    Entry(usize),
+    /// Condemn this object, released by the entries removed.
+    Object(Hash, u64),
 }
 
-fn remove_file_ok(p: &Path) -> Result<()> {
-    match std::fs::remove_file(p) {
-        Ok(()) => Ok(()),
-        Err(e) if fs::is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::io("delete", p, e)),
+/// Plans eviction, least recently used first, until `total` is within `budget`. An entry's
+/// objects (`closures[i]`, without those refs and pins reach) are released once no other
+/// remaining entry uses them; only objects the sweep saw (`size_of`) are counted and condemned.
+fn plan_eviction(
+    mut cands: Vec<(SystemTime, Cand)>,
+    closures: &[Vec<Hash>],
+    size_of: &HashMap<Hash, (u64, SystemTime)>,
+    budget: u64,
+    mut total: u64,
+) -> Vec<Evict> {
+    let mut refcount: HashMap<Hash, u32> = HashMap::new();
+    for c in closures {
+        for x in c {
+            *refcount.entry(*x).or_default() += 1;
+        }
+    }
+    cands.sort_by_key(|c| c.0);
+    let mut out = Vec::new();
+    for (_, c) in cands {
+        if total <= budget {
+            break;
+        }
+        match c {
+            Cand::Trash(p, len) => {
+                total = total.saturating_sub(len);
+                out.push(Evict::Trash(p, len));
+            }
+            Cand::Entry(i) => {
+                out.push(Evict::Entry(i));
+                for x in &closures[i] {
+                    let n = refcount.entry(*x).or_default();
+                    *n = n.saturating_sub(1);
+                    if *n > 0 {
+                        continue;
+                    }
+                    let Some((len, _)) = size_of.get(x) else {
+                        continue;
+                    };
+                    total = total.saturating_sub(*len);
+                    out.push(Evict::Object(*x, *len));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn problem_of(e: &Error, fallback: PathBuf) -> Problem {
+    Problem {
+        path: e.path().map_or(fallback, Path::to_path_buf),
+        reason: crate::mark::error_reason(e),
     }
 }
 
@@ -673,5 +701,66 @@ impl Heartbeat {
             self.last = Instant::now();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn eviction_is_lru_and_releases_shared_objects_last() {
+        let (a, b, shared) = (Hash::of(b"a"), Hash::of(b"b"), Hash::of(b"s"));
+        let size_of: HashMap<Hash, (u64, SystemTime)> =
+            [(a, (10, t(1))), (b, (10, t(1))), (shared, (100, t(1)))]
+                .into_iter()
+                .collect();
+        // Entry 0 (older) uses a and shared; entry 1 uses b and shared.
+        let closures = vec![vec![a, shared], vec![b, shared]];
+        let cands = vec![
+            (t(20), Cand::Entry(1)),
+            (t(10), Cand::Entry(0)),
+            (t(5), Cand::Trash(PathBuf::from("trash/x"), 7)),
+        ];
+        // Over budget by a little: the oldest thing (trash) goes first, and is enough.
+        let plan = plan_eviction(cands.clone(), &closures, &size_of, 120, 127);
+        assert_eq!(plan, vec![Evict::Trash(PathBuf::from("trash/x"), 7)]);
+        // More: entry 0 goes, releasing a but not the shared object entry 1 still uses.
+        let plan = plan_eviction(cands.clone(), &closures, &size_of, 110, 127);
+        assert_eq!(
+            plan,
+            vec![
+                Evict::Trash(PathBuf::from("trash/x"), 7),
+                Evict::Entry(0),
+                Evict::Object(a, 10)
+            ]
+        );
+        // Everything: the shared object is released with the last entry using it.
+        let plan = plan_eviction(cands, &closures, &size_of, 0, 127);
+        assert_eq!(
+            plan[3..],
+            [
+                Evict::Entry(1),
+                Evict::Object(b, 10),
+                Evict::Object(shared, 100)
+            ]
+        );
+    }
+
+    #[test]
+    fn objects_the_sweep_did_not_see_are_not_counted() {
+        let a = Hash::of(b"a");
+        let plan = plan_eviction(
+            vec![(t(1), Cand::Entry(0))],
+            &[vec![a]],
+            &HashMap::new(),
+            0,
+            50,
+        );
+        assert_eq!(plan, vec![Evict::Entry(0)]);
     }
 }

@@ -80,14 +80,11 @@ pub(crate) fn display_key(key: &[u8]) -> String {
 
 impl Store {
     pub(crate) fn entry_path(&self, key: &[u8]) -> PathBuf {
-        let kh = Hash::of(key).to_hex();
-        self.path(layout::INDEX).join(&kh[..2]).join(&kh[2..])
+        layout::entry_paths(&self.inner.root, &Hash::of(key)).0
     }
 
     fn entry_lock_path(&self, key: &[u8]) -> PathBuf {
-        let mut p = self.entry_path(key).into_os_string();
-        p.push(layout::LOCK_SUFFIX);
-        p.into()
+        layout::entry_paths(&self.inner.root, &Hash::of(key)).1
     }
 
     /// Streams `reader` into the store and points `key` at it, with `metadata`, replacing any
@@ -112,15 +109,9 @@ impl Store {
 
     fn put_keyed_inner(&self, key: &[u8], reader: &mut dyn Read, metadata: &[u8]) -> Result<Hash> {
         check_entry_size(key, metadata)?;
+        self.names_upstream_mut()?; // a read-only upstream refuses before anything is read
         let staged = self.stage_reader(reader, Input::Stream)?;
-        let (hash, size) = (staged.hash, staged.len);
-        // Pin the object before it is published or deduplicated, so gc keeps it until the
-        // entry that makes it reachable is visible.
-        let lock = self.lock_entry(key, hash)?;
-        self.publish(vec![staged], self.durability())?;
-        self.write_entry(key, hash, size, metadata, Expect::Any, &lock)?;
-        lock.release();
-        Ok(hash)
+        self.commit_keyed(staged, self.durability(), key, metadata)
     }
 
     /// Points `key` at an object already in the store (a tree from
@@ -154,6 +145,9 @@ impl Store {
         expect: Expect,
     ) -> Result<Option<Hash>> {
         check_entry_size(key, metadata)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            return self.upstream_set_keyed(up, key, hash, metadata, expect);
+        }
         let lock = self.lock_entry(key, hash)?;
         self.ensure_present(&hash)?;
         let obj = self.object_path(&hash);
@@ -166,6 +160,33 @@ impl Store {
         let prev = self.write_entry(key, hash, size, metadata, expect, &lock)?;
         lock.release();
         Ok(prev)
+    }
+
+    /// Publishes a [`Writer`](crate::Writer)'s object and points `key` at it with
+    /// `metadata`, replacing any previous entry: the keyed put for producers that push bytes.
+    pub(crate) fn commit_keyed(
+        &self,
+        staged: crate::stage::Staged,
+        durability: crate::Durability,
+        key: &[u8],
+        metadata: &[u8],
+    ) -> Result<Hash> {
+        check_entry_size(key, metadata)?;
+        let (hash, size) = (staged.hash, staged.len);
+        if let Some(up) = self.names_upstream_mut()? {
+            // Tiered: the object is written through, the entry lives upstream.
+            self.publish(vec![staged], durability)?;
+            return self
+                .upstream_set_keyed(up, key, hash, metadata, Expect::Any)
+                .map(|_| hash);
+        }
+        // Pin the object before it is published or deduplicated, so gc keeps it until the
+        // entry that makes it reachable is visible.
+        let lock = self.lock_entry(key, hash)?;
+        self.publish(vec![staged], durability)?;
+        self.write_entry(key, hash, size, metadata, Expect::Any, &lock)?;
+        lock.release();
+        Ok(hash)
     }
 
     /// Takes the key's lock, pinning `hash` for gc until the entry is written.
@@ -203,7 +224,8 @@ impl Store {
         };
         if !matches {
             return Err(Error::Conflict {
-                name: format!("cache entry {}", display_key(key)),
+                what: "cache entry",
+                name: String::from_utf8_lossy(key).into_owned(),
                 expected: match expect {
                     Expect::Value(v) => Some(v),
                     _ => None,
@@ -239,6 +261,9 @@ impl Store {
     /// [`Error::KeyNotFound`]; [`Error::Malformed`] for an unreadable or foreign-version entry
     /// (naming the file and what is wrong).
     pub fn entry(&self, key: &[u8]) -> Result<Entry> {
+        if let Some(up) = self.names_upstream() {
+            return up.entry(key);
+        }
         let path = self.entry_path(key);
         let (e, _) = self
             .read_entry_file(&path)?
@@ -257,7 +282,9 @@ impl Store {
 
     /// Reads and decodes an entry file; `None` if absent. Also returns the file's age.
     pub(crate) fn read_entry_file(&self, path: &Path) -> Result<Option<(Entry, std::fs::File)>> {
-        let mut f = match fs::open_read(path) {
+        // Beneath the root, never through a symlink, non-blocking: a FIFO or a directory at
+        // an entry's name is an error naming it, not a hang.
+        let mut f = match self.inner.root_dir.open_read(path) {
             Ok(f) => f,
             Err(e) if fs::is_not_found(&e) => return Ok(None),
             Err(e) => return Err(Error::io("open cache entry", path, e)),
@@ -280,6 +307,31 @@ impl Store {
     /// # Errors
     /// [`Error::KeyNotFound`]; as [`Store::get`] for the object.
     pub fn get_keyed(&self, key: &[u8]) -> Result<Object> {
+        self.get_keyed_entry(key).map(|(_, obj)| obj)
+    }
+
+    /// The entry for `key` and its object, verified, read together: the entry is the one the
+    /// object came from even if another process replaces it meanwhile (a separate
+    /// [`Store::entry`] call could see the replacement).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// store.put_keyed_bytes(b"page:/", b"<html>", b"etag=abc")?;
+    /// let (entry, body) = store.get_keyed_entry(b"page:/")?;
+    /// assert_eq!((&entry.metadata[..], &body[..]), (&b"etag=abc"[..], &b"<html>"[..]));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::get_keyed`].
+    pub fn get_keyed_entry(&self, key: &[u8]) -> Result<(Entry, Object)> {
+        if let Some(up) = self.names_upstream() {
+            let e = up.entry(key)?; // a tiered store's entries live upstream
+            let obj = self.get(&e.hash)?;
+            return Ok((e, obj));
+        }
         let path = self.entry_path(key);
         let (e, f) = self
             .read_entry_file(&path)?
@@ -301,7 +353,7 @@ impl Store {
         if old {
             let _ = fs::touch(&f);
         }
-        Ok(obj)
+        Ok((e, obj))
     }
 
     /// Removes the entry for `key` (the object stays until gc finds it unreachable).
@@ -309,8 +361,11 @@ impl Store {
     /// # Errors
     /// [`Error::KeyNotFound`]; I/O errors naming the entry file.
     pub fn remove_keyed(&self, key: &[u8]) -> Result<()> {
+        if let Some(up) = self.names_upstream_mut()? {
+            return up.remove_keyed(key);
+        }
         let path = self.entry_path(key);
-        match std::fs::remove_file(&path) {
+        match self.inner.root_dir.unlink(&path) {
             Ok(()) => Ok(()),
             Err(e) if fs::is_not_found(&e) => Err(Error::KeyNotFound {
                 key: display_key(key),
@@ -319,49 +374,74 @@ impl Store {
         }
     }
 
-    /// Paths of all entry files (not locks, not foreign files).
-    pub(crate) fn entry_files(&self) -> Result<Vec<PathBuf>> {
-        let root = self.path(layout::INDEX);
+    /// Paths of all entry files (not locks, not foreign files), listed beneath the root, and
+    /// the errors met: `index/` or a fan-out directory that cannot be listed, or a fan-out
+    /// name that is not a directory (never followed). Entry names that are not regular files
+    /// are listed (reading them reports what they are).
+    pub(crate) fn entry_files(&self) -> (Vec<PathBuf>, Vec<Error>) {
+        let root = &self.inner.root_dir;
+        let index = self.path(layout::INDEX);
         let mut out = Vec::new();
-        let outer = match std::fs::read_dir(&root) {
-            Ok(rd) => rd,
-            Err(e) if fs::is_not_found(&e) => return Ok(out),
-            Err(e) => return Err(Error::io("list", &root, e)),
+        let mut errors = Vec::new();
+        let outer = match root.read_dir(&index) {
+            Ok(v) => v,
+            Err(e) if fs::is_not_found(&e) => return (out, errors),
+            Err(e) => return (out, vec![Error::io("list", &index, e)]),
         };
-        for d in outer {
-            let d = d.map_err(Error::at("list", &root))?;
-            let dname = d.file_name();
-            let dpath = d.path();
-            let inner = match std::fs::read_dir(&dpath) {
-                Ok(rd) => rd,
-                Err(e) if fs::is_not_found(&e) || e.raw_os_error() == Some(20) => continue,
-                Err(e) => return Err(Error::io("list", &dpath, e)),
+        for (dname, kind) in outer {
+            let dpath = index.join(&dname);
+            let fanout = fs::name_bytes(&dname);
+            if fanout.len() != 2 || !fanout.iter().all(u8::is_ascii_hexdigit) {
+                continue; // foreign
+            }
+            if kind != fs::Kind::Dir {
+                // A fan-out name that is not a directory may hide entries: say so.
+                errors.push(Error::io(
+                    "list",
+                    &dpath,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("is {}, not a directory", kind.describe()),
+                    ),
+                ));
+                continue;
+            }
+            let inner = match root.read_dir(&dpath) {
+                Ok(v) => v,
+                Err(e) if fs::is_not_found(&e) => continue,
+                Err(e) => {
+                    errors.push(Error::io("list", &dpath, e));
+                    continue;
+                }
             };
-            for f in inner {
-                let f = f.map_err(Error::at("list", &dpath))?;
-                let fname = f.file_name();
-                if layout::parse_object_name(fs::name_bytes(&dname), fs::name_bytes(&fname))
-                    .is_some()
-                {
-                    out.push(f.path());
+            for (fname, _) in inner {
+                if layout::parse_object_name(fanout, fs::name_bytes(&fname)).is_some() {
+                    out.push(dpath.join(fname));
                 }
             }
         }
-        Ok(out)
+        (out, errors)
     }
 
-    /// All cache entries. An entry that cannot be decoded is an `Err` item naming its file;
-    /// iteration goes on past it.
+    /// All cache entries. An entry that cannot be decoded, or a directory of entries that
+    /// cannot be listed, is an `Err` item naming its path; iteration goes on past it.
     ///
     /// # Errors
-    /// The outer error: `index/` cannot be listed.
+    /// None today (listing errors are items); kept fallible for compatibility.
     pub fn iter_keys(&self) -> Result<impl Iterator<Item = Result<Entry>> + '_> {
-        let files = self.entry_files()?;
-        Ok(files.into_iter().filter_map(move |p| {
-            self.read_entry_file(&p)
-                .map(|o| o.map(|(e, _)| e))
-                .transpose()
-        }))
+        // A tiered store's entries live upstream (listed at once); its own index is empty.
+        let (upstream, (files, errors)) = match self.names_upstream() {
+            Some(up) => (up.list_keys()?, (Vec::new(), Vec::new())),
+            None => (Vec::new(), self.entry_files()),
+        };
+        Ok(upstream
+            .into_iter()
+            .chain(errors.into_iter().map(Err))
+            .chain(files.into_iter().filter_map(move |p| {
+                self.read_entry_file(&p)
+                    .map(|o| o.map(|(e, _)| e))
+                    .transpose()
+            })))
     }
 }
 

@@ -23,7 +23,9 @@ pub enum Create {
     /// Never: open an existing store or fail with [`Error::NotAStore`] (as [`Store::open`]).
     Never,
     /// Only if nothing exists at the path yet (missing parents are created too). An existing
-    /// directory that is not a store, even an empty one, is an [`Error::NotAStore`].
+    /// directory that is not a store, even an empty one, is an [`Error::NotAStore`] — except
+    /// an empty directory an administrator prepared for a shared store (setgid and
+    /// group-writable), which gets a shared store.
     IfMissing,
     /// If nothing exists at the path, or it is an empty directory. The rule of
     /// [`Store::init`] and [`Store::open_or_init`].
@@ -75,17 +77,28 @@ impl Store {
     /// directory, a file) and `create` is [`Create::IfMissingOrEmpty`] (or a file under
     /// [`Create::Force`]); [`Error::UnsupportedFormat`] for a newer store; I/O errors naming
     /// the path.
+    ///
+    /// A directory that exists, holds no store yet, and is setgid and group-writable (what an
+    /// administrator prepares for a shared store) gets a shared store whatever `options` says;
+    /// [`Store::init`] takes `options` exactly.
     #[allow(clippy::needless_pass_by_value)] // builder-style Options read better by value
     pub fn open_or_create(
         root: impl AsRef<Path>,
         options: Options,
         create: Create,
     ) -> Result<Store> {
-        open_or_create_inner(root.as_ref(), &options, create)
+        open_or_create_inner(root.as_ref(), &options, create, true)
     }
 }
 
-fn open_or_create_inner(root: &Path, options: &Options, create: Create) -> Result<Store> {
+/// `open_or_create`; with `infer_shared`, a directory prepared for a shared store gets one
+/// (see `Store::init_with`).
+pub(crate) fn open_or_create_inner(
+    root: &Path,
+    options: &Options,
+    create: Create,
+    infer_shared: bool,
+) -> Result<Store> {
     // A racing creator may turn a missing path into a store (or an empty directory, if it is
     // not one of us) between our looks: a few rounds settle it.
     for _ in 0..4 {
@@ -125,12 +138,19 @@ fn open_or_create_inner(root: &Path, options: &Options, create: Create) -> Resul
                     r => return r,
                 }
                 let usable = match create {
-                    Create::IfMissing | Create::Never => false,
+                    Create::Never => false,
+                    // An existing directory is not taken for a store by accident, unless an
+                    // administrator visibly prepared it for one (setgid, group-writable).
+                    Create::IfMissing => {
+                        infer_shared
+                            && crate::store::prepared_for_sharing(root)
+                            && looks_empty(root)?
+                    }
                     Create::IfMissingOrEmpty => looks_empty(root)?,
                     Create::Force => true,
                 };
                 if usable {
-                    return Store::init_inner(root, options);
+                    return Store::init_with(root, options, infer_shared);
                 }
                 if create == Create::IfMissing {
                     return Err(not_a_store());
@@ -190,7 +210,7 @@ fn create_fresh(root: &Path, options: &Options) -> Result<Option<Store>> {
         0o777 & !fs::umask()
     };
     fs::chmod_path(staged.path(), mode).map_err(Error::at("set permissions of", staged.path()))?;
-    drop(Store::init_inner(staged.path(), options)?);
+    drop(Store::init_with(staged.path(), options, false)?);
     match fs::rename_dir_noreplace(staged.path(), root) {
         Ok(()) => {
             let _ = staged.keep();

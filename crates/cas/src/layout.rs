@@ -59,6 +59,54 @@ pub(crate) fn parse_staging_name(name: &str) -> Option<(&str, u32)> {
     Some((host, pid.parse().ok()?))
 }
 
+/// `locks/gc.lock`: the gc lease.
+pub(crate) fn gc_lock_path(root: &Path) -> PathBuf {
+    root.join(LOCKS).join("gc.lock")
+}
+
+/// The name of a trash run directory: `MILLIS.HOST.PID`, with `.evict` for eviction runs.
+pub(crate) fn trash_run_name(
+    start: std::time::SystemTime,
+    host: &str,
+    pid: u32,
+    evict: bool,
+) -> String {
+    let millis = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let suffix = if evict { ".evict" } else { "" };
+    format!("{millis}.{host}.{pid}{suffix}")
+}
+
+/// The name of a quarantined object: `HASH.SECS.PID.N`.
+pub(crate) fn quarantine_name(hash: &Hash, secs: u64, pid: u32, n: u32) -> String {
+    format!("{hash}.{secs}.{pid}.{n}")
+}
+
+/// The name a lock breaker moves a lock to in `locks/`: `broken.HOST.PID.NONCE`.
+pub(crate) fn broken_lock_name(host: &str, pid: u32, nonce: &str) -> String {
+    format!("broken.{host}.{pid}.{nonce}")
+}
+
+/// The path of a ref under `refs/`, of its lock, and of its log under `logs/refs/`.
+pub(crate) fn ref_paths(root: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let refs = root.join(REFS);
+    (
+        refs.join(name),
+        refs.join(format!("{name}{LOCK_SUFFIX}")),
+        root.join(LOGS).join(REFS).join(name),
+    )
+}
+
+/// The path of the cache entry for a key hash (`index/ab/<62 hex>`) and of its lock.
+pub(crate) fn entry_paths(root: &Path, key_hash: &Hash) -> (PathBuf, PathBuf) {
+    let kh = key_hash.to_hex();
+    let p = root.join(INDEX).join(&kh[..2]).join(&kh[2..]);
+    let mut lock = p.clone().into_os_string();
+    lock.push(LOCK_SUFFIX);
+    (p, lock.into())
+}
+
 /// The prefix of this process's staging files: `HOST.PID.`.
 pub(crate) fn staging_prefix(host: &str, pid: u32) -> String {
     format!("{host}.{pid}.")
@@ -91,6 +139,27 @@ mod tests {
         assert_eq!(parse_staging_name("nodots"), None);
         let p = staging_prefix("h.x", 7);
         assert_eq!(parse_staging_name(&format!("{p}rnd")), Some(("h.x", 7)));
+    }
+
+    #[test]
+    fn names_of_the_layout() {
+        let r = Path::new("/s");
+        let (re, lock, log) = ref_paths(r, "a/b");
+        assert_eq!(re, Path::new("/s/refs/a/b"));
+        assert_eq!(lock, Path::new("/s/refs/a/b.lock"));
+        assert_eq!(log, Path::new("/s/logs/refs/a/b"));
+        let k = Hash::of(b"key");
+        let hex = k.to_string();
+        let (e, el) = entry_paths(r, &k);
+        assert_eq!(e, Path::new("/s/index").join(&hex[..2]).join(&hex[2..]));
+        assert_eq!(el.to_str().unwrap(), format!("{}.lock", e.display()));
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1234);
+        assert_eq!(trash_run_name(t, "h.x", 7, false), "1234.h.x.7");
+        assert_eq!(trash_run_name(t, "h", 7, true), "1234.h.7.evict");
+        assert!(crate::trash::parse_run_name(&trash_run_name(t, "h", 7, true)).is_some());
+        assert_eq!(broken_lock_name("h", 1, "n"), "broken.h.1.n");
+        assert_eq!(quarantine_name(&k, 5, 6, 0), format!("{hex}.5.6.0"));
+        assert_eq!(gc_lock_path(r), Path::new("/s/locks/gc.lock"));
     }
 
     proptest! {

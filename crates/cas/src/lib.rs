@@ -29,8 +29,116 @@
 //! - A program stopping on a signal calls [`Store::abandon_own_staging`] (from a normal
 //!   thread) and leaves no staging file, temporary output or lock of its own behind.
 //!
-//! See `docs/format.md` for the on-disk format and protocols and `docs/guarantees.md` for the
-//! full contract.
+//! The on-disk format and protocols, and the full contract per durability level and
+//! filesystem, are documented in the repository (`docs/format.md`, `docs/guarantees.md`).
+//!
+//! # Cookbook
+//!
+//! ## A download cache
+//! Key the entry by what identifies the content (the URL and its version), keep what you will
+//! want to check later in the metadata, and let a size budget evict what is unused:
+//! ```
+//! # fn main() -> cas::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let fetch = |_url: &str| -> Vec<u8> { b"tarball bytes".to_vec() };
+//! let store = cas::Store::open_or_init(dir.path().join("dl"), cas::Options::default())?;
+//! let url = "https://example.org/pkg-1.2.tar.gz";
+//! let body = match store.get_keyed(url.as_bytes()) {
+//!     Ok(obj) => obj.into_vec(),                        // verified against its hash
+//!     Err(e) if e.is_not_found() || e.is_malformed() => {
+//!         let bytes = fetch(url);                       // a miss (or a damaged entry)
+//!         store.put_keyed_bytes(url.as_bytes(), &bytes, b"etag=\"abc\"")?;
+//!         bytes
+//!     }
+//!     Err(e) => return Err(e),                          // a real failure: say so
+//! };
+//! # assert_eq!(body, b"tarball bytes");
+//! // Later, or from cron: keep the store under 10 GiB, least recently used first.
+//! store.gc(&cas::GcOptions::default().max_size(Some(10 << 30)), &cas::no_progress)?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## A directory artifact built once, per format version
+//! Put the layout's version in the key: a new version is a new entry, and old ones age out.
+//! [`Store::compute_once`] builds it in exactly one of all the processes and hosts that ask at
+//! once; [`Store::checkout`] restores it (and succeeds if the directory already holds it).
+//! ```
+//! # fn main() -> cas::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = cas::Store::open_or_init(dir.path().join("s"), cas::Options::default())?;
+//! const FORMAT: u32 = 3;
+//! let key = format!("index:genome-hg38:v{FORMAT}");
+//! let tree = store.compute_once(key.as_bytes()).dir(|out| {
+//!     std::fs::write(out.join("index.bin"), b"...")?;  // the expensive build
+//!     Ok(())
+//! })?;
+//! store.checkout(&tree, dir.path().join("work"))?;
+//! store.checkout(&tree, dir.path().join("work"))?;     // already there: fine
+//! # Ok(()) }
+//! ```
+//!
+//! ## A memo cache of a serialized map
+//! A damaged entry (a crash, a bad disk, another version's format) is a miss, not an error:
+//! ```
+//! # fn main() -> cas::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use std::collections::BTreeMap;
+//! let store = cas::Store::open_or_init(dir.path().join("memo"), cas::Options::default())?;
+//! let compute = || BTreeMap::from([("answer".to_string(), 42u64)]);
+//! let decode = |b: &[u8]| serde_json::from_slice::<BTreeMap<String, u64>>(b).ok();
+//! let memo = match store.get_keyed(b"memo:v1") {
+//!     Ok(obj) => decode(&obj),
+//!     Err(e) if e.is_not_found() || e.is_malformed() => None,
+//!     Err(e) => return Err(e),
+//! };
+//! let memo = memo.unwrap_or_else(|| {
+//!     let m = compute();
+//!     // Best effort: a cache that cannot be written is still a working program.
+//!     let _ = store.put_keyed_bytes(b"memo:v1", &serde_json::to_vec(&m).unwrap(), b"");
+//!     m
+//! });
+//! assert_eq!(memo["answer"], 42);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Compute once, as bytes or streamed
+//! ```
+//! # fn main() -> cas::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use std::io::Write;
+//! let store = cas::Store::open_or_init(dir.path().join("s"), cas::Options::default())?;
+//! let obj = store.get_or_insert_with(b"report:2026-12", |w| {
+//!     writeln!(w, "expensive report")?;                 // streamed into the store
+//!     Ok(())
+//! })?;
+//! assert_eq!(&*obj, b"expensive report\n");
+//! # Ok(()) }
+//! ```
+//! Waiters give up after [`ComputeOnce::timeout`] with [`Error::Locked`]; a producer's error
+//! comes back as [`Error::Producer`] and nothing is stored.
+//!
+//! ## From async code
+//! The API is synchronous and does blocking filesystem I/O (and `fsync`s): call it from a
+//! blocking thread, not from an async task.
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = cas::Store::open_or_init(dir.path().join("s"), cas::Options::default())?;
+//! let rt = tokio::runtime::Builder::new_current_thread().build()?;
+//! let hash = rt.block_on(async {
+//!     let s = store.clone(); // a cheap handle (an Arc inside), Send + Sync
+//!     tokio::task::spawn_blocking(move || s.put_bytes(b"from async")).await
+//! })??;
+//! assert_eq!(&*store.get(&hash)?, b"from async");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Errors to branch on
+//! [`Error::kind`] says what happened ([`ErrorKind`]); the predicates cover the usual
+//! questions: [`Error::is_not_found`] (a miss: the object, ref or key is absent — never a
+//! filesystem error), [`Error::is_malformed`], [`Error::is_corrupt`], [`Error::is_conflict`],
+//! [`Error::is_already_exists`], [`Error::is_locked`]. The operating system's error is the
+//! [`source`](std::error::Error::source), printed once by a reporter that walks the chain.
 //!
 //! ## Limitations
 //! - Unix only (Linux is what is tested).
@@ -52,6 +160,8 @@ mod index;
 mod init;
 mod layout;
 mod lock;
+mod mark;
+mod materialize;
 mod once;
 mod output;
 mod progress;
@@ -59,8 +169,11 @@ mod read;
 mod refs;
 mod stage;
 mod store;
+mod transfer;
 mod trash;
 mod tree;
+mod upstream;
+mod usage;
 mod verify;
 mod write;
 
@@ -73,11 +186,17 @@ pub use gc::{GcOptions, GcReport};
 pub use hash::{Hash, HASH_LEN, HEX_LEN};
 pub use index::Entry;
 pub use init::Create;
+pub use materialize::Materialized;
 pub use once::{ComputeOnce, ProducerError};
 pub use progress::{no_progress, Progress, ProgressFn};
-pub use read::{Object, ObjectIter, ObjectReader, Stats};
+pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
 pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};
 pub use store::{Barrier, FsInfo, Store};
-pub use tree::{EntryKind, Tree, TreeEntry, TREE_MAGIC, TREE_VERSION};
+pub use transfer::{TransferConflict, TransferOptions, TransferReport};
+pub use tree::{
+    CheckoutOptions, EntryKind, PutDirReport, Tree, TreeEntry, TREE_MAGIC, TREE_VERSION,
+};
+pub use upstream::{DirUpstream, Upstream};
+pub use usage::{Area, Usage};
 pub use verify::{CorruptObject, Dangling, Problem, VerifyReport};
 pub use write::Writer;

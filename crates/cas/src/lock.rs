@@ -80,10 +80,35 @@ impl Holder {
 pub(crate) struct Lock {
     store: Store,
     path: PathBuf,
-    nonce: String,
+    ident: Ident,
     released: bool,
     /// Known to the process's clean-up on signals (`crate::cleanup`) while held.
     registered: Option<crate::cleanup::Registered>,
+}
+
+/// How a holder recognises its own lock file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ident {
+    /// By the nonce in its holder line (every lock written whole).
+    Nonce(String),
+    /// By the file's device and inode: a gc lock created empty on a full filesystem, where
+    /// not even a holder line fits (docs/format.md §4).
+    Inode(u64, u64),
+}
+
+/// The pins found in lock files, and lock files that are not what they should be.
+#[derive(Debug, Default)]
+pub(crate) struct Pins {
+    pub(crate) pins: Vec<(PathBuf, Hash)>,
+    pub(crate) damaged: Vec<crate::verify::Problem>,
+}
+
+/// True if the error says the filesystem (or the user's quota) is full.
+pub(crate) fn is_no_space(e: &Error) -> bool {
+    e.io_error().is_some_and(|io| {
+        io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+            || io.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error())
+    })
 }
 
 fn now_ms() -> u64 {
@@ -112,6 +137,25 @@ impl Store {
     /// Takes the lock file at `path`, pinning `pin` for gc. Waits (with backoff) while a live
     /// holder has it; breaks it when its holder is dead or its lease expired.
     pub(crate) fn acquire_lock(&self, path: &Path, pin: Option<Hash>, wait: Wait) -> Result<Lock> {
+        self.acquire_lock_inner(path, pin, wait, false)
+    }
+
+    /// The gc lease. gc is what frees space, so it must be able to start on a full
+    /// filesystem: when the lock cannot be staged for lack of space, it is created in place
+    /// with `O_CREAT | O_EXCL` (no data block needed) and its holder line written if it fits;
+    /// a lock left empty is known to its holder by inode, and to everyone else as an
+    /// incomplete lock, broken once its lease is not refreshed.
+    pub(crate) fn acquire_gc_lock(&self, path: &Path) -> Result<Lock> {
+        self.acquire_lock_inner(path, None, Wait::For(Duration::ZERO), true)
+    }
+
+    fn acquire_lock_inner(
+        &self,
+        path: &Path,
+        pin: Option<Hash>,
+        wait: Wait,
+        in_place_when_full: bool,
+    ) -> Result<Lock> {
         let Wait::For(max_wait) = wait;
         let started = Instant::now();
         let me = Holder {
@@ -125,11 +169,22 @@ impl Store {
         // file first and published under the lock name without replacing. A holder killed
         // between an O_EXCL create and its write would otherwise leave an empty lock that
         // nobody can attribute, blocking everyone for a whole lease.
-        let mut staged = self.stage_lock(&me.render())?;
-        let held = || Lock {
+        let mut staged = match self.stage_lock(&me.render()) {
+            Ok(s) => Some(s),
+            // Also when tmp/ itself is not a directory we may use (a symlink planted there):
+            // gc still runs, and reports it.
+            Err(e)
+                if in_place_when_full
+                    && (is_no_space(&e) || e.io_error().is_some_and(fs::is_hostile)) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let held = |ident: Ident| Lock {
             store: self.clone(),
             path: path.to_owned(),
-            nonce: me.nonce.clone(),
+            ident,
             released: false,
             registered: Some(crate::cleanup::register_lock(
                 path,
@@ -151,8 +206,16 @@ impl Store {
             }
         };
         loop {
-            match self.publish_small(&mut staged, path) {
-                Ok(fs::Published::Created) => return Ok(held()),
+            let published = match staged.as_mut() {
+                Some(s) => self.publish_small(s, path),
+                None => match self.create_lock_in_place(path, &me) {
+                    Ok(Some(ident)) => return Ok(held(ident)),
+                    Ok(None) => Ok(fs::Published::Existed),
+                    Err(e) => Err(e),
+                },
+            };
+            match published {
+                Ok(fs::Published::Created) => return Ok(held(Ident::Nonce(me.nonce.clone()))),
                 Ok(fs::Published::Existed) => {}
                 Err(e) if fs::is_not_found(&e) => {
                     self.ensure_dir(path.parent().unwrap_or(path))?;
@@ -176,7 +239,7 @@ impl Store {
             };
             if holder.as_ref().is_some_and(|h| h.nonce == me.nonce) {
                 // Our own lock: a publish reported as failed (ESTALE) had in fact succeeded.
-                return Ok(held());
+                return Ok(held(Ident::Nonce(me.nonce.clone())));
             }
             if self.is_stale(holder.as_ref(), age) {
                 self.break_lock(path, holder.as_ref())?;
@@ -195,6 +258,25 @@ impl Store {
             std::thread::sleep(backoff + Duration::from_micros(jitter));
             backoff = (backoff * 2).min(Duration::from_millis(20));
         }
+    }
+
+    /// Creates the lock file in place with `O_EXCL` and writes the holder line if the
+    /// filesystem has room for it. `None` if the lock exists.
+    fn create_lock_in_place(&self, path: &Path, me: &Holder) -> io::Result<Option<Ident>> {
+        use std::io::Write;
+        let mut f = match self.inner.root_dir.create_excl(path, self.file_mode()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let _ = self.fix_shared_mode(&f);
+        if f.write_all(me.render().as_bytes()).is_ok() {
+            return Ok(Some(Ident::Nonce(me.nonce.clone())));
+        }
+        // No room for even a line: an empty lock, ours by inode. Never a partial line.
+        f.set_len(0)?;
+        let m = fs::Root::fmeta(&f)?;
+        Ok(Some(Ident::Inode(m.dev, m.ino)))
     }
 
     /// Writes a lock's content to a staging file in `tmp/`, with the lock file's mode. Locks
@@ -220,11 +302,10 @@ impl Store {
     pub(crate) fn break_lock(&self, path: &Path, judged: Option<&Holder>) -> Result<()> {
         let aside_dir = self.path(layout::LOCKS);
         self.ensure_dir(&aside_dir)?;
-        let aside = aside_dir.join(format!(
-            "broken.{}.{}.{}",
-            self.inner.host,
+        let aside = aside_dir.join(layout::broken_lock_name(
+            &self.inner.host,
             self.inner.pid,
-            nonce()
+            &nonce(),
         ));
         match self.inner.root_dir.rename(path, &aside) {
             Ok(()) => {}
@@ -268,34 +349,70 @@ impl Store {
         }
     }
 
-    /// Holders of all lock files under `dir` (recursively) — the pins gc must keep.
-    pub(crate) fn lock_pins(&self, dir: &Path) -> Result<Vec<Hash>> {
-        let mut pins = Vec::new();
-        for ent in walkdir::WalkDir::new(dir).follow_links(false) {
-            let ent = match ent {
-                Ok(e) => e,
-                Err(e) if e.io_error().is_some_and(fs::is_not_found) => continue,
-                Err(e) => {
-                    let p = e.path().unwrap_or(dir).to_owned();
-                    return Err(Error::io("list", p, e.into()));
-                }
-            };
-            if !ent.file_type().is_file()
-                || !ent
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(layout::LOCK_SUFFIX)
-            {
+    /// The pins of all lock files under `dir` (recursively, never through a symlink) — roots
+    /// gc must keep. A lock name that is not a regular file cannot hold a pin (no writer could
+    /// take such a lock): it is reported, not followed.
+    pub(crate) fn lock_pins(&self, dir: &Path) -> Pins {
+        let mut out = Pins::default();
+        let walk = self.inner.root_dir.walk_tree(dir);
+        for (p, e) in walk.errors {
+            out.damaged.push(crate::verify::Problem {
+                path: p,
+                reason: format!("cannot list: {e}"),
+            });
+        }
+        for (p, kind) in walk.entries {
+            if !p.to_string_lossy().ends_with(layout::LOCK_SUFFIX) || kind == fs::Kind::Dir {
                 continue;
             }
-            match self.read_lock(ent.path()) {
-                Ok((Some(h), _)) => pins.extend(h.pin),
+            if kind != fs::Kind::File {
+                out.damaged.push(crate::verify::Problem {
+                    path: p,
+                    reason: format!("a lock name that is {}", kind.describe()),
+                });
+                continue;
+            }
+            match self.read_lock(&p) {
+                Ok((Some(h), _)) => {
+                    if let Some(pin) = h.pin {
+                        out.pins.push((p, pin));
+                    }
+                }
                 Ok((None, _)) => {}
                 Err(e) if fs::is_not_found(&e) => {}
-                Err(e) => return Err(Error::io("read lock", ent.path(), e)),
+                Err(e) => out.damaged.push(crate::verify::Problem {
+                    path: p,
+                    reason: format!("cannot read lock: {e}"),
+                }),
             }
         }
-        Ok(pins)
+        out
+    }
+
+    /// Removes what lock breakers that died between their rename and unlink left in `locks/`
+    /// (`broken.*`, once older than the lock timeout). Only regular files; returns how many.
+    pub(crate) fn clean_broken_locks(&self, dry: bool) -> u64 {
+        let root = &self.inner.root_dir;
+        let dir = self.path(layout::LOCKS);
+        let Ok(ents) = root.read_dir(&dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for (name, kind) in ents {
+            if kind != fs::Kind::File || !fs::name_bytes(&name).starts_with(b"broken.") {
+                continue;
+            }
+            let p = dir.join(&name);
+            let old = root
+                .lstat(&p)
+                .ok()
+                .and_then(|m| m.mtime.elapsed().ok())
+                .is_some_and(|age| age > self.inner.options.lock_timeout);
+            if old && (dry || root.unlink(&p).is_ok()) {
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -343,8 +460,20 @@ impl Lock {
     /// Fails with [`Error::LockLost`] if the lock file is no longer ours (it was judged stale
     /// and broken). Call right before applying the protected update.
     pub(crate) fn verify(&self) -> Result<()> {
+        if let Ident::Inode(dev, ino) = self.ident {
+            return match self.store.inner.root_dir.lstat(&self.path) {
+                Ok(m) if m.kind == fs::Kind::File && (m.dev, m.ino) == (dev, ino) => Ok(()),
+                Ok(_) => Err(Error::LockLost {
+                    path: self.path.clone(),
+                }),
+                Err(e) if fs::is_not_found(&e) => Err(Error::LockLost {
+                    path: self.path.clone(),
+                }),
+                Err(e) => Err(Error::io("read lock", &self.path, e)),
+            };
+        }
         match self.store.read_lock(&self.path) {
-            Ok((Some(h), _)) if h.nonce == self.nonce => Ok(()),
+            Ok((Some(h), _)) if Ident::Nonce(h.nonce.clone()) == self.ident => Ok(()),
             Ok(_) => Err(Error::LockLost {
                 path: self.path.clone(),
             }),

@@ -63,7 +63,7 @@ impl Store {
             store: self,
             key,
             metadata: b"",
-            timeout: Duration::from_secs(3600),
+            timeout: Duration::from_hours(1),
         }
     }
 

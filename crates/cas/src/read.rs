@@ -61,6 +61,15 @@ impl std::fmt::Debug for Object {
     }
 }
 
+/// Where [`Store::locate`] found an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// At its name under `objects/`.
+    Objects(PathBuf),
+    /// In a trash run, condemned by gc.
+    Trash(PathBuf),
+}
+
 /// Counts returned by [`Store::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -71,27 +80,183 @@ pub struct Stats {
     pub bytes: u64,
 }
 
+/// What [`Store::object_info`] tells about an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub len: u64,
+    /// Last use: when it was last put or read (refreshed at most hourly on reads).
+    pub mtime: std::time::SystemTime,
+    /// The object starts with the tree magic.
+    pub is_tree: bool,
+}
+
 impl Store {
+    /// An object's size, last use (its mtime: set when it is put or read, the age gc and LRU
+    /// eviction go by) and whether it is a tree. Reads the first bytes, not the whole object;
+    /// nothing is verified.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; I/O errors naming the object's path.
+    pub fn object_info(&self, hash: &Hash) -> Result<ObjectInfo> {
+        let (file, path) = self.open_located(hash)?;
+        let m = fs::Root::fmeta(&file).map_err(Error::at("stat", &path))?;
+        let mut head = [0u8; 8];
+        let n = fs::read_full(&file, &mut head).map_err(Error::at("read", &path))?;
+        Ok(ObjectInfo {
+            len: m.len,
+            mtime: m.mtime,
+            is_tree: crate::Tree::is_tree(&head[..n]),
+        })
+    }
+
+    /// The object whose hash starts with `prefix` (at least 8 lowercase hex digits; a full
+    /// 64-digit hash is parsed without looking at the store).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let h = store.put_bytes(b"abc")?;
+    /// assert_eq!(store.resolve_prefix(&h.to_string()[..10])?, h);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidHash`] for anything but 8–64 lowercase hex digits;
+    /// [`Error::InvalidInput`] if no object, or more than one, starts with `prefix`.
+    pub fn resolve_prefix(&self, prefix: &str) -> Result<Hash> {
+        if prefix.len() == crate::HEX_LEN {
+            return Hash::parse(prefix);
+        }
+        if prefix.len() < 8
+            || prefix.len() > crate::HEX_LEN
+            || !prefix
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Error::InvalidHash {
+                input: prefix.chars().take(80).collect(),
+                reason: "a hash prefix is 8 to 64 lowercase hex digits",
+            });
+        }
+        // A tier holds a subset of its upstream: resolve there (crate::upstream), here only
+        // if the upstream cannot be reached.
+        if let Some(up) = self.upstream() {
+            match up.resolve_prefix(prefix) {
+                Err(e) if e.kind() == crate::ErrorKind::Upstream => {}
+                r => return r,
+            }
+        }
+        let dir = self.path(layout::OBJECTS).join(&prefix[..2]);
+        let names = match self.inner.root_dir.read_dir(&dir) {
+            Ok(n) => n,
+            Err(e) if fs::is_not_found(&e) => Vec::new(),
+            Err(e) => return Err(Error::io("list", &dir, e)),
+        };
+        let mut found: Vec<Hash> = names
+            .iter()
+            .filter(|(_, kind)| *kind == fs::Kind::File)
+            .filter_map(|(n, _)| {
+                layout::parse_object_name(&prefix.as_bytes()[..2], fs::name_bytes(n))
+            })
+            .filter(|h| h.to_hex().starts_with(prefix))
+            .collect();
+        found.sort_unstable_by_key(Hash::to_hex);
+        match found.as_slice() {
+            [h] => Ok(*h),
+            [] => Err(Error::InvalidInput {
+                what: "hash prefix",
+                reason: format!("no object in the store starts with {prefix}"),
+            }),
+            [a, b, ..] => Err(Error::InvalidInput {
+                what: "hash prefix",
+                reason: format!(
+                    "{prefix} is ambiguous: {} objects start with it ({a}, {b}, …); give more digits",
+                    found.len()
+                ),
+            }),
+        }
+    }
+
     /// The path an object has (or would have) in the store.
     pub fn object_path(&self, hash: &Hash) -> PathBuf {
         layout::object_path(&self.inner.root, hash)
     }
 
-    /// Opens an object's file for reading. Falls back to an object gc moved to `trash/` (and
-    /// moves it back, best effort), so a reader never fails because gc is running.
+    /// Where an object is, without changing anything: `objects/`, or a trash run gc moved it
+    /// to. Anything at the object's name counts (a damaged one is found, and reported, when
+    /// it is read). `None` if it is in neither place.
+    ///
+    /// This is the side-effect-free twin of [`Store::open_file`]: marking (gc, verify, doctor)
+    /// uses it, so inspecting a store never moves objects back from trash behind the user's
+    /// back (docs/format.md §9).
+    pub(crate) fn locate(&self, hash: &Hash) -> Option<Location> {
+        let path = self.object_path(hash);
+        match self.inner.root_dir.lstat(&path) {
+            Ok(_) => Some(Location::Objects(path)),
+            Err(_) => self.find_in_trash(hash).map(Location::Trash),
+        }
+    }
+
+    /// Opens an object for reading where it is (`objects/` or trash), changing nothing.
+    pub(crate) fn open_located(&self, hash: &Hash) -> Result<(File, PathBuf)> {
+        let path = self.object_path(hash);
+        match self.inner.root_dir.open_read(&path) {
+            Ok(f) => Ok((f, path)),
+            Err(e) if fs::is_not_found(&e) => match self.find_in_trash(hash) {
+                Some(p) => match self.inner.root_dir.open_read(&p) {
+                    Ok(f) => Ok((f, p)),
+                    Err(e) if fs::is_not_found(&e) => Err(Error::NotFound { hash: *hash, path }),
+                    Err(e) => Err(Error::io("open object", &p, e)),
+                },
+                None => Err(Error::NotFound { hash: *hash, path }),
+            },
+            Err(e) => Err(Error::io("open object", &path, e)),
+        }
+    }
+
+    /// Opens an object's file for reading: beneath the root, never through a symlink, refused
+    /// unless it is a regular file (a FIFO planted at an object name cannot hang a reader).
+    /// Falls back to an object gc moved to `trash/` (and moves it back, best effort), so a
+    /// reader never fails because gc is running.
     pub(crate) fn open_file(&self, hash: &Hash) -> Result<(File, PathBuf)> {
         let path = self.object_path(hash);
-        match fs::open_read(&path) {
+        match self.inner.root_dir.open_read(&path) {
             Ok(f) => Ok((f, path)),
             Err(e) if fs::is_not_found(&e) => {
                 if let Some(p) = self.restore_from_trash(hash)? {
-                    let f = fs::open_read(&p).map_err(Error::at("open", &p))?;
+                    let f = self
+                        .inner
+                        .root_dir
+                        .open_read(&p)
+                        .map_err(Error::at("open", &p))?;
                     return Ok((f, p));
+                }
+                // A tiered store fetches a miss from its upstream (crate::upstream).
+                if self.fetch_from_upstream(hash)? {
+                    let f = self
+                        .inner
+                        .root_dir
+                        .open_read(&path)
+                        .map_err(Error::at("open", &path))?;
+                    return Ok((f, path));
                 }
                 Err(Error::NotFound { hash: *hash, path })
             }
             Err(e) => Err(Error::io("open object", &path, e)),
         }
+    }
+
+    /// May this open object be memory-mapped? Only on a local filesystem, in a private store,
+    /// and only a file this user owns: anyone else who owns the file (or, in a shared store,
+    /// could own it) can truncate it while it is mapped, and touching a mapped page past the
+    /// new end raises SIGBUS. Everything else is read into memory, where a truncation only
+    /// shortens what is read, which verification reports as corruption.
+    pub(crate) fn may_map(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        !self.inner.caps.network && !self.inner.options.shared_group && meta.uid() == fs::uid()
     }
 
     /// Returns an object's bytes after checking they hash to `hash`.
@@ -103,9 +268,13 @@ impl Store {
     /// [`Error::NotFound`] naming the hash; [`Error::Corrupt`] if the bytes do not match (the
     /// object is moved to `quarantine/`); I/O errors naming the path.
     pub fn get(&self, hash: &Hash) -> Result<Object> {
+        self.refetch_if_corrupt(hash, || self.get_once(hash))
+    }
+
+    fn get_once(&self, hash: &Hash) -> Result<Object> {
         let (file, path) = self.open_file(hash)?;
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
-        let obj = self.load(&file, &path, meta.len())?;
+        let obj = self.load(&file, &path, &meta)?;
         let actual = Hash::of_parallel(&obj);
         if actual != *hash {
             return Err(self.corrupt(hash, actual, &path));
@@ -114,8 +283,9 @@ impl Store {
         Ok(obj)
     }
 
-    fn load(&self, file: &File, path: &Path, len: u64) -> Result<Object> {
-        if len >= MMAP_MIN && !self.inner.caps.network {
+    fn load(&self, file: &File, path: &Path, meta: &std::fs::Metadata) -> Result<Object> {
+        let len = meta.len();
+        if len >= MMAP_MIN && self.may_map(meta) {
             let m = fs::map_readonly(file).map_err(Error::at("map", path))?;
             return Ok(Object(Repr::Map(m)));
         }
@@ -129,26 +299,41 @@ impl Store {
     /// # Errors
     /// As [`Store::get`]; a failure to write to `out` is [`Error::Io`] with op "write output".
     pub fn get_to_writer(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
+        self.refetch_if_corrupt_to(hash, out, |o| self.get_to_writer_once(hash, o))
+    }
+
+    fn get_to_writer_once(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
         let (mut file, path) = self.open_file(hash)?;
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
         let len = meta.len();
         let out_err = |e| Error::io("write output", "<output>", e);
-        if len < 8 * MMAP_MIN || !self.inner.caps.network {
-            let obj = self.load(&file, &path, len)?;
+        if len < 8 * MMAP_MIN || self.may_map(&meta) {
+            let obj = self.load(&file, &path, &meta)?;
             let actual = Hash::of_parallel(&obj);
             if actual != *hash {
                 return Err(self.corrupt(hash, actual, &path));
             }
             out.write_all(&obj).map_err(out_err)?;
         } else {
-            // Not mapped (network filesystem): hash in one pass, then copy in a second pass
-            // through the same open file, which cannot change under an open descriptor.
+            // Not mapped (network filesystem, or a file another user could truncate): hash in
+            // one pass, then copy in a second pass through the same open file, hashing again.
+            // Nothing is written before the first pass verified; if the file changed before
+            // the second pass ended (truncated, rewritten by its owner), the copy fails as
+            // corrupt instead of ending quietly with other bytes.
             let actual = hash_file(&file, false).map_err(Error::at("read", &path))?;
             if actual != *hash {
                 return Err(self.corrupt(hash, actual, &path));
             }
             file.rewind().map_err(Error::at("rewind", &path))?;
-            io::copy(&mut file, out).map_err(out_err)?;
+            let mut hashing = HashingReader {
+                inner: (&file).take(len),
+                hasher: Hasher::new(),
+            };
+            let copied = io::copy(&mut hashing, out).map_err(out_err)?;
+            let again = hashing.hasher.finalize();
+            if copied != len || again != *hash {
+                return Err(self.corrupt(hash, again, &path));
+            }
         }
         self.refresh_on_read(&file, &meta);
         Ok(len)
@@ -174,10 +359,24 @@ impl Store {
         })
     }
 
-    /// True if the object is in the store (or in `trash/`, from where a read restores it).
+    /// True if the object is in the store (or in `trash/`, from where a read restores it; or,
+    /// for a tiered store, in its upstream).
     pub fn contains(&self, hash: &Hash) -> bool {
-        std::fs::symlink_metadata(self.object_path(hash)).is_ok()
-            || self.find_in_trash(hash).is_some()
+        self.locate(hash).is_some() || self.upstream_has(hash)
+    }
+
+    /// The size of what is at an object's name, without following it (`lstat` beneath the
+    /// store's root).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if nothing is there; I/O errors naming the path.
+    pub fn object_len(&self, hash: &Hash) -> Result<u64> {
+        let path = self.object_path(hash);
+        match self.inner.root_dir.lstat(&path) {
+            Ok(m) => Ok(m.len),
+            Err(e) if fs::is_not_found(&e) => Err(Error::NotFound { hash: *hash, path }),
+            Err(e) => Err(Error::io("stat", &path, e)),
+        }
     }
 
     /// Removes an object. Refs or cache entries pointing to it will dangle: gc and eviction are
@@ -187,7 +386,7 @@ impl Store {
     /// [`Error::NotFound`] if it is not there; I/O errors naming the path.
     pub fn remove(&self, hash: &Hash) -> Result<()> {
         let path = self.object_path(hash);
-        match std::fs::remove_file(&path) {
+        match self.inner.root_dir.unlink(&path) {
             Ok(()) => Ok(()),
             Err(e) if fs::is_not_found(&e) => Err(Error::NotFound { hash: *hash, path }),
             Err(e) => Err(Error::io("remove", &path, e)),
@@ -202,10 +401,9 @@ impl Store {
     #[allow(clippy::iter_without_into_iter)] // a store is not an in-memory collection
     pub fn iter(&self) -> ObjectIter {
         ObjectIter {
-            root: self.path(layout::OBJECTS),
+            store: self.clone(),
             outer: None,
-            inner: None,
-            started: false,
+            inner: Vec::new().into_iter(),
         }
     }
 
@@ -218,10 +416,10 @@ impl Store {
         for h in self.iter() {
             let h = h?;
             let p = self.object_path(&h);
-            match std::fs::symlink_metadata(&p) {
+            match self.inner.root_dir.lstat(&p) {
                 Ok(m) => {
                     s.objects += 1;
-                    s.bytes += m.len();
+                    s.bytes += m.len;
                 }
                 Err(e) if fs::is_not_found(&e) => {} // removed meanwhile
                 Err(e) => return Err(Error::io("stat", &p, e)),
@@ -264,7 +462,7 @@ impl Store {
             .map_or(0, |d| d.as_secs());
         // Never overwrite an earlier quarantined copy (same hash, same second, same process).
         for n in 0u32.. {
-            let dst = qdir.join(format!("{hash}.{secs}.{}.{n}", self.inner.pid));
+            let dst = qdir.join(layout::quarantine_name(hash, secs, self.inner.pid, n));
             match self
                 .inner
                 .root_dir
@@ -348,58 +546,80 @@ impl Read for ObjectReader {
     }
 }
 
-/// Iterator over all object hashes (see [`Store::iter`]).
+/// Iterator over all object hashes (see [`Store::iter`]). Directories are listed beneath the
+/// store's root descriptor: a symlink or a file at a fan-out name is an `Err` item naming it,
+/// and iteration goes on past it.
 #[derive(Debug)]
 pub struct ObjectIter {
-    root: PathBuf,
-    outer: Option<std::fs::ReadDir>,
-    inner: Option<(std::fs::ReadDir, Vec<u8>, PathBuf)>,
-    started: bool,
+    store: Store,
+    outer: Option<std::vec::IntoIter<(std::ffi::OsString, fs::Kind)>>,
+    inner: std::vec::IntoIter<Hash>,
 }
 
 impl Iterator for ObjectIter {
     type Item = Result<Hash>;
 
     fn next(&mut self) -> Option<Result<Hash>> {
-        if !self.started {
-            self.started = true;
-            match std::fs::read_dir(&self.root) {
-                Ok(rd) => self.outer = Some(rd),
-                Err(e) if fs::is_not_found(&e) => return None,
-                Err(e) => return Some(Err(Error::io("list", &self.root, e))),
+        let root = &self.store.inner.root_dir;
+        let objects = self.store.path(layout::OBJECTS);
+        if self.outer.is_none() {
+            match root.read_dir(&objects) {
+                Ok(v) => self.outer = Some(v.into_iter()),
+                Err(e) if fs::is_not_found(&e) => {
+                    self.outer = Some(Vec::new().into_iter());
+                }
+                Err(e) => {
+                    self.outer = Some(Vec::new().into_iter());
+                    return Some(Err(Error::io("list", objects, e)));
+                }
             }
         }
         loop {
-            if let Some((rd, dir, dpath)) = &mut self.inner {
-                match rd.next() {
-                    Some(Ok(ent)) => {
-                        if let Some(h) =
-                            layout::parse_object_name(dir, fs::name_bytes(&ent.file_name()))
-                        {
-                            return Some(Ok(h));
-                        }
-                        continue;
-                    }
-                    Some(Err(e)) => return Some(Err(Error::io("list", dpath.clone(), e))),
-                    None => self.inner = None,
-                }
+            if let Some(h) = self.inner.next() {
+                return Some(Ok(h));
             }
-            let ent = match self.outer.as_mut()?.next()? {
-                Ok(ent) => ent,
-                Err(e) => return Some(Err(Error::io("list", &self.root, e))),
-            };
-            let name = ent.file_name();
+            let (name, kind) = self.outer.as_mut()?.next()?;
             let nb = fs::name_bytes(&name);
             if nb.len() != 2 || !nb.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
                 continue;
             }
-            let dpath = ent.path();
-            match std::fs::read_dir(&dpath) {
-                Ok(rd) => self.inner = Some((rd, nb.to_vec(), dpath)),
+            let dpath = objects.join(&name);
+            if kind != fs::Kind::Dir {
+                return Some(Err(Error::io(
+                    "list",
+                    dpath,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("is {}, not a directory", kind.describe()),
+                    ),
+                )));
+            }
+            match root.read_dir(&dpath) {
+                Ok(v) => {
+                    let hashes: Vec<Hash> = v
+                        .iter()
+                        .filter_map(|(f, _)| layout::parse_object_name(nb, fs::name_bytes(f)))
+                        .collect();
+                    self.inner = hashes.into_iter();
+                }
                 Err(e) if fs::is_not_found(&e) => {} // removed by gc meanwhile
                 Err(e) => return Some(Err(Error::io("list", dpath, e))),
             }
         }
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 

@@ -150,16 +150,15 @@ pub(crate) fn parse_log_line(line: &str) -> Option<RefLogEntry> {
 
 impl Store {
     fn ref_path(&self, name: &str) -> PathBuf {
-        self.path(layout::REFS).join(name)
+        layout::ref_paths(&self.inner.root, name).0
     }
 
     fn ref_lock_path(&self, name: &str) -> PathBuf {
-        self.path(layout::REFS)
-            .join(format!("{name}{}", layout::LOCK_SUFFIX))
+        layout::ref_paths(&self.inner.root, name).1
     }
 
     fn ref_log_path(&self, name: &str) -> PathBuf {
-        self.path(layout::LOGS).join(layout::REFS).join(name)
+        layout::ref_paths(&self.inner.root, name).2
     }
 
     /// Reads a ref. `Ok(None)` if it does not exist.
@@ -178,23 +177,47 @@ impl Store {
     /// [`Error::InvalidRefName`]; [`Error::Malformed`] if the file does not hold a hash.
     pub fn get_ref(&self, name: &str) -> Result<Option<Hash>> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream() {
+            return up.get_ref(name); // a tiered store's refs live upstream
+        }
         self.read_ref_file(name)
     }
 
+    /// Reads a ref file beneath the root. A directory at the name (a prefix of other refs) or
+    /// a file at a prefix of it is "no such ref"; a symlink, FIFO, socket or device, or bytes
+    /// that are not a ref, are [`Error::Malformed`] naming the file — never followed, never
+    /// waited on.
     fn read_ref_file(&self, name: &str) -> Result<Option<Hash>> {
         let path = self.ref_path(name);
+        let malformed = |reason: String| Error::Malformed {
+            what: "ref",
+            path: path.clone(),
+            reason,
+        };
         match read_small(&self.inner.root_dir, &path) {
-            Ok(text) => parse_ref_content(&text).map(Some).ok_or(Error::Malformed {
-                what: "ref",
-                path,
-                reason: "expected 64 lowercase hex characters and a newline".into(),
+            Ok(text) => parse_ref_content(&text).map(Some).ok_or_else(|| {
+                malformed("expected 64 lowercase hex characters and a newline".into())
             }),
             Err(e) if fs::is_not_found(&e) => Ok(None),
-            // `refs/a` is a directory of other refs (a/b…), or a prefix of `a` is a file.
-            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => Ok(None),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
                 Ok(None)
             }
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                Err(malformed(
+                    "its path goes through a symbolic link (never followed in a store)".into(),
+                ))
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::InvalidData
+                    || e.kind() == std::io::ErrorKind::IsADirectory =>
+            {
+                match self.inner.root_dir.lstat(&path) {
+                    Ok(m) if m.kind == fs::Kind::Dir => Ok(None),
+                    Ok(m) => Err(malformed(format!("is {}", m.kind.describe()))),
+                    Err(_) => Err(malformed(e.to_string())),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(malformed(e.to_string())),
             Err(e) => Err(Error::io("read ref", &path, e)),
         }
     }
@@ -236,7 +259,50 @@ impl Store {
         message: &str,
     ) -> Result<Option<Hash>> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            return self.upstream_set_ref(up, name, new, expect, message);
+        }
         self.update_ref(name, Some(new), expect, message)
+    }
+
+    /// Points `name` at an object that was just put, for "put then name it" in one step. A gc
+    /// with a zero grace period may collect the object between the put and this update (the
+    /// update then fails with [`Error::NotFound`], never leaving a dangling ref): with
+    /// `reput`, the object is put again and the update retried (at most 5 times). Returns the
+    /// hash the ref points to.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let put = || store.put_bytes(b"release notes");
+    /// let h = store.set_ref_after_put("notes", put()?, "put", Some(&mut || put()))?;
+    /// assert_eq!(store.get_ref("notes")?, Some(h));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::set_ref`]; the error of `reput`.
+    pub fn set_ref_after_put(
+        &self,
+        name: &str,
+        mut hash: Hash,
+        message: &str,
+        mut reput: Option<&mut dyn FnMut() -> Result<Hash>>,
+    ) -> Result<Hash> {
+        let mut attempts = 0;
+        loop {
+            match self.set_ref_msg(name, hash, Expect::Any, message) {
+                Err(e) if e.is_not_found() && attempts < 5 => {
+                    let Some(again) = reput.as_mut() else {
+                        return Err(e);
+                    };
+                    attempts += 1;
+                    hash = again()?;
+                }
+                r => return r.map(|_| hash),
+            }
+        }
     }
 
     /// Removes a ref if its current value matches `expect`. Returns the removed value.
@@ -245,6 +311,9 @@ impl Store {
     /// [`Error::RefNotFound`] if it does not exist; otherwise as [`Store::set_ref`].
     pub fn remove_ref(&self, name: &str, expect: Expect) -> Result<Hash> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream_mut()? {
+            return up.remove_ref(name, expect);
+        }
         match self.update_ref(name, None, expect, "remove")? {
             Some(old) => Ok(old),
             None => Err(Error::RefNotFound {
@@ -266,7 +335,13 @@ impl Store {
         let lock = self
             .acquire_lock(&lock_path, new, wait)
             .map_err(|e| conflict_with_prefix(e, name))?;
-        let current = self.read_ref_file(name)?;
+        // A ref that cannot be read (garbage, a FIFO, a symlink) is replaced by a plain set;
+        // a compare-and-swap against it, or a removal, fails naming the file (set it first).
+        let current = match (self.read_ref_file(name), expect, new) {
+            (Ok(c), _, _) => c,
+            (Err(Error::Malformed { .. }), Expect::Any, Some(_)) => None,
+            (Err(e), _, _) => return Err(e),
+        };
         let ok = match expect {
             Expect::Any => true,
             Expect::Absent => current.is_none(),
@@ -274,6 +349,7 @@ impl Store {
         };
         if !ok {
             return Err(Error::Conflict {
+                what: "ref",
                 name: name.to_owned(),
                 expected: match expect {
                     Expect::Value(v) => Some(v),
@@ -283,35 +359,39 @@ impl Store {
             });
         }
         let path = self.ref_path(name);
+        if new.is_none() && current.is_none() {
+            return Ok(None);
+        }
         if let Some(h) = new {
             self.ensure_present(&h)?;
+        }
+        // The log is opened before the ref changes: a log that cannot be opened (a symlink
+        // planted at it, a FIFO) fails the update before anything happened.
+        let mut log = self.open_reflog(name)?;
+        if let Some(h) = new {
             lock.verify()?;
             self.replace_small(&path, format!("{h}\n").as_bytes(), self.durability())
                 .map_err(|e| conflict_with_prefix(e, name))?;
         } else {
-            if current.is_none() {
-                return Ok(None);
-            }
             lock.verify()?;
-            std::fs::remove_file(&path).map_err(Error::at("remove ref", &path))?;
+            self.inner
+                .root_dir
+                .unlink(&path)
+                .map_err(Error::at("remove ref", &path))?;
         }
-        self.append_reflog(name, current.as_ref(), new.as_ref(), message)?;
+        let line = self.reflog_line(current.as_ref(), new.as_ref(), message);
+        // One write of one line, under the ref's lock: lines never interleave.
+        log.write_all(line.as_bytes())
+            .map_err(Error::at("append to reflog", &self.ref_log_path(name)))?;
         lock.release();
         Ok(current)
     }
 
-    fn append_reflog(
-        &self,
-        name: &str,
-        old: Option<&Hash>,
-        new: Option<&Hash>,
-        message: &str,
-    ) -> Result<()> {
-        let path = self.ref_log_path(name);
+    fn reflog_line(&self, old: Option<&Hash>, new: Option<&Hash>, message: &str) -> String {
         let secs = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let line = format!(
+        format!(
             "{} {} {} {} {}\t{}\n",
             log_field(old),
             log_field(new),
@@ -319,18 +399,20 @@ impl Store {
             self.inner.host,
             fs::username(),
             clean_message(message)
-        );
-        let open = || {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&path)
-        };
-        let mut f = match open() {
+        )
+    }
+
+    /// Opens a ref's log for appending (`O_APPEND | O_CREAT`, beneath the root, never through
+    /// a symlink, refused unless a regular file).
+    fn open_reflog(&self, name: &str) -> Result<std::fs::File> {
+        let path = self.ref_log_path(name);
+        let root = &self.inner.root_dir;
+        let f = match root.open_append(&path, self.file_mode()) {
             Ok(f) => f,
             Err(e) if fs::is_not_found(&e) => {
                 self.ensure_dir(path.parent().unwrap_or(&path))?;
-                open().map_err(Error::at("open reflog", &path))?
+                root.open_append(&path, self.file_mode())
+                    .map_err(Error::at("open reflog", &path))?
             }
             Err(e) => return Err(Error::io("open reflog", &path, e)),
         };
@@ -338,62 +420,116 @@ impl Store {
             // Just created (by us, or by another user who could not fix it: best effort).
             let _ = self.fix_shared_mode(&f);
         }
-        // One write of one line, under the ref's lock: lines never interleave.
-        f.write_all(line.as_bytes())
-            .map_err(Error::at("append to reflog", &path))
+        Ok(f)
     }
 
-    /// The history of a ref, oldest first. Lines that cannot be parsed are skipped.
+    /// The history of a ref, oldest first. Lines that cannot be parsed are skipped (see
+    /// [`Store::reflog_report`] to hear about them).
     ///
     /// # Errors
     /// [`Error::InvalidRefName`]; I/O errors reading the log.
     pub fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>> {
+        Ok(self.reflog_report(name)?.0)
+    }
+
+    /// The history of a ref, oldest first, and each line that cannot be parsed, by path and
+    /// line number (the log is read beneath the store's root, never through a symlink).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRefName`]; I/O errors reading the log.
+    pub fn reflog_report(&self, name: &str) -> Result<(Vec<RefLogEntry>, Vec<crate::Problem>)> {
         validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream() {
+            return up.reflog(name).map(|e| (e, Vec::new()));
+        }
         let path = self.ref_log_path(name);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if fs::is_not_found(&e) => return Ok(Vec::new()),
+        let f = match self.inner.root_dir.open_read(&path) {
+            Ok(f) => f,
+            Err(e) if fs::is_not_found(&e) => return Ok((Vec::new(), Vec::new())),
             Err(e) => return Err(Error::io("read reflog", &path, e)),
         };
-        Ok(text.lines().filter_map(parse_log_line).collect())
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &f, &mut bytes).map_err(Error::at("read reflog", &path))?;
+        let mut entries = Vec::new();
+        let mut damaged = Vec::new();
+        for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+            match parse_log_line(line) {
+                Some(e) => entries.push(e),
+                None => damaged.push(crate::Problem {
+                    path: path.clone(),
+                    reason: format!("line {} is not a reflog line (skipped)", i + 1),
+                }),
+            }
+        }
+        Ok((entries, damaged))
     }
 
     /// All refs whose name starts with `prefix` (`""` for all), sorted by name.
     ///
     /// # Errors
-    /// I/O errors listing `refs/`; [`Error::Malformed`] for a ref file that holds no hash.
+    /// The first damaged ref or unlistable directory under `refs/` (see
+    /// [`Store::refs_report`] to list past them).
     pub fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>> {
+        if let Some(up) = self.names_upstream() {
+            return up.list_refs(prefix);
+        }
+        let scan = self.scan_refs(prefix);
+        if let Some((path, reason)) = scan.damaged.into_iter().next() {
+            return Err(Error::Malformed {
+                what: "ref",
+                path,
+                reason,
+            });
+        }
+        Ok(scan.refs)
+    }
+
+    /// All refs whose name starts with `prefix`, sorted by name, and every damaged ref (a
+    /// symlink, FIFO or garbage at a ref name, a directory that cannot be listed), by path.
+    pub fn refs_report(&self, prefix: &str) -> (Vec<(String, Hash)>, Vec<crate::Problem>) {
+        let scan = self.scan_refs(prefix);
+        let damaged = scan
+            .damaged
+            .into_iter()
+            .map(|(path, reason)| crate::Problem { path, reason })
+            .collect();
+        (scan.refs, damaged)
+    }
+
+    /// Walks `refs/` beneath the root, never through a symlink.
+    pub(crate) fn scan_refs(&self, prefix: &str) -> RefScan {
         let root = self.path(layout::REFS);
-        let mut out = Vec::new();
-        for ent in walkdir::WalkDir::new(&root)
-            .follow_links(false)
-            .sort_by_file_name()
-        {
-            let ent = match ent {
-                Ok(e) => e,
-                Err(e) if e.io_error().is_some_and(fs::is_not_found) => continue,
-                Err(e) => {
-                    let p = e.path().unwrap_or(&root).to_owned();
-                    return Err(Error::io("list", p, e.into()));
-                }
-            };
-            if !ent.file_type().is_file() {
+        let walk = self.inner.root_dir.walk_tree(&root);
+        let mut out = RefScan::default();
+        for (p, e) in walk.errors {
+            out.damaged.push((p, format!("cannot list: {e}")));
+        }
+        for (p, kind) in walk.entries {
+            if kind == fs::Kind::Dir {
                 continue;
             }
-            let Ok(rel) = ent.path().strip_prefix(&root) else {
+            let Some(name) = p.strip_prefix(&root).ok().and_then(|r| r.to_str()) else {
                 continue;
             };
-            let Some(name) = rel.to_str() else { continue };
             if !name.starts_with(prefix) || validate_ref_name(name).is_err() {
                 continue; // locks, foreign files
             }
-            if let Some(h) = self.read_ref_file(name)? {
-                out.push((name.to_owned(), h));
+            match self.read_ref_file(name) {
+                Ok(Some(h)) => out.refs.push((name.to_owned(), h)),
+                Ok(None) => {}
+                Err(e) => out.damaged.push((p, crate::mark::error_reason(&e))),
             }
         }
-        out.sort();
-        Ok(out)
+        out.refs.sort();
+        out
     }
+}
+
+/// What [`Store::scan_refs`] found.
+#[derive(Debug, Default)]
+pub(crate) struct RefScan {
+    pub(crate) refs: Vec<(String, Hash)>,
+    pub(crate) damaged: Vec<(PathBuf, String)>,
 }
 
 /// `refs/a/b` cannot exist beside a ref `refs/a` (and vice versa): say so instead of ENOTDIR.

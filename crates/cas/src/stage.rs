@@ -235,6 +235,9 @@ impl Store {
         if staged.is_empty() {
             return Ok(0);
         }
+        // A tiered store writes through: the upstream holds an object before this store
+        // names it (crate::upstream).
+        self.write_through(&staged)?;
         let mode = self.object_mode();
         for s in &staged {
             fs::set_mode(s.staging.file(), mode)

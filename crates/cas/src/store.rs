@@ -26,6 +26,8 @@ use crate::Durability;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
+    /// The upstream of a tiered store (`crate::upstream`); `None` for a standalone store.
+    pub(crate) tier: Option<Arc<crate::upstream::Tier>>,
 }
 
 pub(crate) struct Inner {
@@ -48,6 +50,7 @@ impl std::fmt::Debug for Store {
             .field("root", &self.inner.root)
             .field("options", &self.inner.options)
             .field("filesystem", &self.inner.caps.name)
+            .field("upstream", &self.upstream().map(crate::Upstream::location))
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +81,7 @@ pub enum Barrier {
     /// object is still `fdatasync`ed, which is cheaper for one file.
     Syncfs,
     /// `fdatasync(2)` of every staged file, overlapped across threads for a batch (FUSE, NFS,
-    /// CIFS, Lustre, CephFS, tmpfs and anything unknown: where `syncfs` is not known to reach
+    /// CIFS, Lustre, `CephFS`, tmpfs and anything unknown: where `syncfs` is not known to reach
     /// stable storage).
     Fdatasync,
 }
@@ -115,22 +118,47 @@ impl Store {
     /// I/O errors naming the path; [`Error::UnsupportedFormat`] if a newer store is there.
     #[allow(clippy::needless_pass_by_value)] // builder-style Options read better by value
     pub fn init(root: impl AsRef<Path>, options: Options) -> Result<Store> {
-        Self::open_or_create(root, options, Create::IfMissingOrEmpty)
+        crate::init::open_or_create_inner(root.as_ref(), &options, Create::IfMissingOrEmpty, false)
     }
 
-    /// Lays out a store in the existing or missing directory `root`, in place.
-    pub(crate) fn init_inner(root: &Path, options: &Options) -> Result<Store> {
+    /// Lays out a store in the existing or missing directory `root`, in place; with
+    /// `infer_shared`, a directory an administrator prepared for a shared store (setgid and
+    /// group-writable, no store in it yet) gets a shared store even if `options` did not ask
+    /// for one: a store's shared mode is never silently dropped.
+    pub(crate) fn init_with(root: &Path, options: &Options, infer_shared: bool) -> Result<Store> {
         match Self::open(root) {
             Ok(s) => return Ok(s),
             Err(Error::NotAStore { .. }) => {}
             Err(e) => return Err(e),
         }
+        let mut options = options.clone();
+        if infer_shared && !options.shared_group && prepared_for_sharing(root) {
+            options.shared_group = true;
+        }
+        // The config records the upstream as an absolute path: a relative one would be
+        // resolved against whatever directory a later process runs in.
+        if let Some(up) = options.upstream.clone() {
+            crate::upstream::check_upstream_path(&up)?;
+            options.upstream = Some(std::path::absolute(&up).map_err(Error::at("resolve", &up))?);
+        }
+        let options = &options;
         std::fs::create_dir_all(root).map_err(Error::at("create store directory", root))?;
         let dir_mode = dir_mode(options.shared_group);
         if options.shared_group {
             // setgid so everything below inherits the group; explicit chmod beats the umask.
-            fs::chmod_path(root, dir_mode).map_err(Error::at("set permissions of", root))?;
+            // Only the owner may chmod: a directory an administrator created for the group
+            // (docs/shared-stores.md) is fine as it is if it already has the shared bits.
+            if let Err(e) = fs::chmod_path(root, dir_mode) {
+                if !prepared_for_sharing(root) {
+                    return Err(Error::Io {
+                        op: "make the shared store directory setgid and group-writable (its owner must run `chmod 2775` on it)",
+                        path: root.to_owned(),
+                        source: e,
+                    });
+                }
+            }
         }
+        let handle = Root::open(root).map_err(Error::at("open store directory", root))?;
         for d in [
             layout::TMP,
             layout::OBJECTS,
@@ -138,15 +166,23 @@ impl Store {
             layout::INDEX,
             layout::LOCKS,
         ] {
+            // Beneath the root, never through a symlink planted at the name.
             let p = root.join(d);
-            fs::mkdir_exist_ok(&p, dir_mode).map_err(Error::at("create directory", &p))?;
+            handle
+                .mkdir(&p, dir_mode)
+                .map_err(Error::at("create directory", &p))?;
             if options.shared_group {
-                fs::chmod_path(&p, dir_mode).map_err(Error::at("set permissions of", &p))?;
+                if let Err(e) = handle.chmod(&p, dir_mode) {
+                    // Another member created it first: theirs to chmod, and fine if shared.
+                    if handle.lstat(&p).map_or(true, |m| m.mode & 0o2070 != 0o2070) {
+                        return Err(Error::io("set permissions of", &p, e));
+                    }
+                }
             }
         }
         // config first, FORMAT last: a FORMAT file means the store is complete. Both are
         // published without replacing, so racing inits agree on the first one's options.
-        let store = Self::handle(root, options.clone())?;
+        let store = Self::with_root(handle, options.clone())?;
         store.create_fanouts()?;
         for (name, text) in [
             (layout::CONFIG, options.to_file()),
@@ -186,40 +222,34 @@ impl Store {
     /// # Errors
     /// As [`Store::init`].
     #[allow(clippy::needless_pass_by_value)] // as `init`
+    ///
+    /// A directory that exists, holds no store yet, and is setgid and group-writable (what an
+    /// administrator prepares for a shared store, docs/shared-stores.md) gets a shared store
+    /// whatever `options` says.
     pub fn open_or_init(root: impl AsRef<Path>, options: Options) -> Result<Store> {
         Self::open_or_create(root, options, Create::IfMissingOrEmpty)
     }
 
     fn open_inner(root: &Path, over: Option<Options>) -> Result<Store> {
+        // Nothing there, a file, or no FORMAT in it: not a store.
+        let absent = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            )
+        };
+        let not_a_store = || Error::NotAStore {
+            path: root.to_owned(),
+        };
         let dir = match Root::open(root) {
             Ok(d) => d,
-            // Nothing there, or a file: not a store.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Err(Error::NotAStore {
-                    path: root.to_owned(),
-                })
-            }
+            Err(e) if absent(&e) => return Err(not_a_store()),
             Err(e) => return Err(Error::io("open store directory", root, e)),
         };
         let fmt_path = root.join(layout::FORMAT);
         let text = match read_small(&dir, &fmt_path) {
             Ok(t) => t,
-            // NotADirectory: the path is a file.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Err(Error::NotAStore {
-                    path: root.to_owned(),
-                })
-            }
+            Err(e) if absent(&e) => return Err(not_a_store()),
             Err(e) => return Err(Error::io("read", &fmt_path, e)),
         };
         check_format(&fmt_path, &text)?;
@@ -236,13 +266,7 @@ impl Store {
                 Err(e) => return Err(Error::io("read", &cfg_path, e)),
             },
         };
-        Self::with_root(dir, options)
-    }
-
-    /// A handle on `root` without checking that a store is there (for `init`).
-    fn handle(root: &Path, options: Options) -> Result<Store> {
-        let dir = Root::open(root).map_err(Error::at("open store directory", root))?;
-        Self::with_root(dir, options)
+        Ok(Self::with_root(dir, options)?.attach_upstream())
     }
 
     fn with_root(dir: Root, options: Options) -> Result<Store> {
@@ -261,6 +285,52 @@ impl Store {
                 host,
                 pid,
             }),
+            tier: None,
+        })
+    }
+
+    /// A handle on the same store with other options for this handle only (as
+    /// [`Store::open_with`], without opening the store again: the same directory, the same
+    /// filesystem knowledge).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let fast = store.with_options(store.options().clone().durability(cas::Durability::None))?;
+    /// assert_eq!(fast.durability(), cas::Durability::None);
+    /// assert_eq!(store.durability(), cas::Durability::File);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// I/O errors duplicating the store's directory descriptor.
+    #[allow(clippy::needless_pass_by_value)] // builder-style Options read better by value
+    pub fn with_options(&self, options: Options) -> Result<Store> {
+        let i = &self.inner;
+        let dir = i
+            .root_dir
+            .try_clone()
+            .map_err(Error::at("open store directory", &i.root))?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                staging_prefix: i.staging_prefix.clone(),
+                root: i.root.clone(),
+                root_dir: dir,
+                tmp_dir: Mutex::new(None),
+                options,
+                caps: i.caps.snapshot(),
+                host: i.host.clone(),
+                pid: i.pid,
+            }),
+            // An upstream in `options` is attached; otherwise this handle's upstream (if
+            // any, perhaps not a directory) stays (`without_upstream` drops it).
+            tier: self.tier.clone(),
+        };
+        Ok(if store.inner.options.upstream.is_some() {
+            store.attach_upstream()
+        } else {
+            store
         })
     }
 
@@ -344,6 +414,13 @@ impl Store {
             0o600
         }
     }
+}
+
+/// True if `root` is a directory that is setgid and group-writable: prepared for a shared
+/// store by whoever owns it.
+pub(crate) fn prepared_for_sharing(root: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(root).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o2070 == 0o2070)
 }
 
 fn dir_mode(shared: bool) -> u32 {

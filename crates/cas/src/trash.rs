@@ -30,18 +30,20 @@ pub(crate) fn parse_run_name(name: &str) -> Option<SystemTime> {
 impl Store {
     pub(crate) fn trash_runs(&self) -> Result<Vec<TrashRun>> {
         let dir = self.path(layout::TRASH);
-        let rd = match std::fs::read_dir(&dir) {
+        let rd = match self.inner.root_dir.read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if fs::is_not_found(&e) => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("list", &dir, e)),
         };
         let mut runs = Vec::new();
-        for ent in rd {
-            let ent = ent.map_err(Error::at("list", &dir))?;
-            let name = ent.file_name();
+        for (name, kind) in rd {
+            // Only real directories: a symlink planted in trash/ is never entered.
+            if kind != fs::Kind::Dir {
+                continue;
+            }
             if let Some(created) = name.to_str().and_then(parse_run_name) {
                 runs.push(TrashRun {
-                    path: ent.path(),
+                    path: dir.join(name),
                     created,
                 });
             }
@@ -55,7 +57,7 @@ impl Store {
         let name = hash.to_string();
         self.trash_runs().ok()?.into_iter().find_map(|r| {
             let p = r.path.join(&name);
-            std::fs::symlink_metadata(&p).is_ok().then_some(p)
+            self.inner.root_dir.lstat(&p).is_ok().then_some(p)
         })
     }
 
@@ -67,7 +69,7 @@ impl Store {
         for _ in 0..4 {
             let Some(src) = self.find_in_trash(hash) else {
                 // A concurrent restore may have won: check the object path once more.
-                return Ok(std::fs::symlink_metadata(&dst).is_ok().then_some(dst));
+                return Ok(self.inner.root_dir.lstat(&dst).is_ok().then_some(dst));
             };
             match self.move_back(&src, &dst) {
                 Ok(()) => return Ok(Some(dst)),
@@ -76,7 +78,7 @@ impl Store {
                 Err(e) => return Err(Error::io("restore from trash", &src, e)),
             }
         }
-        Ok(std::fs::symlink_metadata(&dst).is_ok().then_some(dst))
+        Ok(self.inner.root_dir.lstat(&dst).is_ok().then_some(dst))
     }
 
     fn move_back(&self, src: &Path, dst: &Path) -> std::io::Result<()> {

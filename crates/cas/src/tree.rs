@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::codec;
 use crate::error::{Error, Result};
@@ -87,6 +87,16 @@ impl Tree {
         codec::encode::<_, MAX_TREE>(*TREE_MAGIC, TREE_VERSION, &entries)
     }
 
+    /// Encodes the tree, refusing one larger than any reader decodes (256 MiB).
+    ///
+    /// # Errors
+    /// A message giving the size and the limit.
+    pub fn try_encode(&self) -> std::result::Result<Vec<u8>, String> {
+        let mut entries = self.entries.clone();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        codec::try_encode::<_, MAX_TREE>(*TREE_MAGIC, TREE_VERSION, &entries, "tree object")
+    }
+
     /// True if `bytes` start like a tree object.
     pub fn is_tree(bytes: &[u8]) -> bool {
         bytes.starts_with(TREE_MAGIC)
@@ -131,25 +141,163 @@ impl Tree {
     }
 }
 
-/// Would a symlink at `depth` directories below the restore root, with this target, resolve
-/// (lexically) to somewhere outside the root?
-fn symlink_escapes(target: &[u8], depth: usize) -> bool {
-    let p = Path::new(std::ffi::OsStr::from_bytes(target));
-    let mut d = depth as i64;
-    for c in p.components() {
-        match c {
-            Component::RootDir | Component::Prefix(_) => return true,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                d -= 1;
-                if d < 0 {
-                    return true;
-                }
-            }
-            Component::Normal(_) => d += 1,
+/// How many symlinks one resolution may follow (the kernel's own limit is 40).
+const MAX_LINKS: usize = 40;
+
+/// A whole tree, names and kinds only (no file contents): what a restore will create, so
+/// that every symlink can be resolved as the restored tree will resolve it.
+#[derive(Debug, Default)]
+struct Model {
+    entries: std::collections::BTreeMap<Vec<u8>, Node>,
+}
+
+#[derive(Debug)]
+enum Node {
+    File,
+    Dir(Model),
+    Link(Vec<u8>),
+}
+
+/// Why a symlink is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Escape {
+    /// Absolute target.
+    Absolute,
+    /// Climbs above the destination (through `..`, possibly after following other links).
+    Outside,
+    /// More than [`MAX_LINKS`] links in one resolution.
+    TooManyLinks,
+}
+
+impl Escape {
+    fn describe(&self) -> &'static str {
+        match self {
+            Escape::Absolute => "is absolute",
+            Escape::Outside => "resolves outside the destination",
+            Escape::TooManyLinks => "goes through too many symlinks to check",
         }
     }
-    false
+}
+
+impl Model {
+    fn node(&self, path: &[Vec<u8>]) -> Option<&Node> {
+        let (first, rest) = path.split_first()?;
+        let n = self.entries.get(first)?;
+        if rest.is_empty() {
+            return Some(n);
+        }
+        match n {
+            Node::Dir(m) => m.node(rest),
+            _ => None,
+        }
+    }
+
+    /// Resolves `target`, a link's content, from the directory `dir` (components from the
+    /// destination's root), the way the kernel will once the tree is restored: every link met
+    /// on the way — links to links, `..` after a link — is followed within the tree. Names
+    /// the tree does not have are taken lexically (the kernel fails on a missing component,
+    /// so that is never less strict). Returns where it ends, or why it is refused.
+    fn resolve(
+        &self,
+        dir: &[Vec<u8>],
+        target: &[u8],
+        links: &mut usize,
+    ) -> Result<Vec<Vec<u8>>, Escape> {
+        if target.first() == Some(&b'/') {
+            return Err(Escape::Absolute);
+        }
+        let mut cur: Vec<Vec<u8>> = dir.to_vec();
+        for comp in target.split(|&c| c == b'/') {
+            match comp {
+                b"" | b"." => {}
+                b".." => {
+                    if cur.pop().is_none() {
+                        return Err(Escape::Outside);
+                    }
+                }
+                name => {
+                    cur.push(name.to_vec());
+                    if let Some(Node::Link(t)) = self.node(&cur) {
+                        *links += 1;
+                        if *links > MAX_LINKS {
+                            return Err(Escape::TooManyLinks);
+                        }
+                        cur.pop();
+                        cur = self.resolve(&cur, t, links)?;
+                    }
+                }
+            }
+        }
+        Ok(cur)
+    }
+
+    /// Every symlink in the tree whose target would resolve outside it: (path, target, why).
+    fn escaping_links(&self) -> Vec<(Vec<Vec<u8>>, Vec<u8>, Escape)> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(Vec<Vec<u8>>, &Model)> = vec![(Vec::new(), self)];
+        while let Some((dir, m)) = stack.pop() {
+            for (name, node) in &m.entries {
+                match node {
+                    Node::Dir(sub) => {
+                        let mut p = dir.clone();
+                        p.push(name.clone());
+                        stack.push((p, sub));
+                    }
+                    Node::Link(t) => {
+                        if let Err(e) = self.resolve(&dir, t, &mut 0) {
+                            let mut p = dir.clone();
+                            p.push(name.clone());
+                            out.push((p, t.clone(), e));
+                        }
+                    }
+                    Node::File => {}
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+fn join_shown(base: &Path, comps: &[Vec<u8>]) -> PathBuf {
+    let mut p = base.to_owned();
+    for c in comps {
+        p.push(std::ffi::OsStr::from_bytes(c));
+    }
+    p
+}
+
+/// What [`Store::put_dir_report`] noticed about a stored directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PutDirReport {
+    /// Symlinks whose target resolves outside the stored directory (absolute, or climbing
+    /// out, possibly through other links). They are stored as they are; a restore refuses
+    /// them unless [`CheckoutOptions::allow_external_symlinks`] is set.
+    pub external_symlinks: u64,
+    /// One of them, with its target, as an example.
+    pub example: Option<(PathBuf, PathBuf)>,
+}
+
+/// Options of [`Store::checkout_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckoutOptions {
+    /// Restore symlinks whose target resolves outside the destination verbatim, as `tar`,
+    /// `git` and `cp -a` do, instead of refusing the restore. The restore itself still never
+    /// writes through any link; but whatever later opens such a link — a build, a shell
+    /// following `out/passwd` — reaches outside the destination, wherever the tree's author
+    /// pointed it. Only for trees whose author you trust.
+    pub allow_external_symlinks: bool,
+}
+
+impl CheckoutOptions {
+    /// Sets [`CheckoutOptions::allow_external_symlinks`] (builder style).
+    #[must_use]
+    pub fn allow_external_symlinks(mut self, on: bool) -> Self {
+        self.allow_external_symlinks = on;
+        self
+    }
 }
 
 impl Store {
@@ -175,6 +323,28 @@ impl Store {
     /// that cannot be stored (socket, fifo, device).
     pub fn put_dir(&self, path: impl AsRef<Path>) -> Result<Hash> {
         self.put_dir_inner(path.as_ref())
+    }
+
+    /// [`Store::put_dir`], also reporting symlinks in the directory whose targets resolve
+    /// outside it (those a default restore will refuse).
+    ///
+    /// # Errors
+    /// As [`Store::put_dir`].
+    pub fn put_dir_report(&self, path: impl AsRef<Path>) -> Result<(Hash, PutDirReport)> {
+        let path = path.as_ref();
+        let hash = self.put_dir_inner(path)?;
+        let model = self.model(&hash, path, 0)?;
+        let links = model.escaping_links();
+        let report = PutDirReport {
+            external_symlinks: links.len() as u64,
+            example: links.first().map(|(p, t, _)| {
+                (
+                    join_shown(path, p),
+                    PathBuf::from(std::ffi::OsStr::from_bytes(t)),
+                )
+            }),
+        };
+        Ok((hash, report))
     }
 
     fn put_dir_inner(&self, root: &Path) -> Result<Hash> {
@@ -207,7 +377,16 @@ impl Store {
             let ft = ent.file_type();
             let kind = if ft.is_dir() {
                 let children = std::mem::take(&mut levels[depth + 1]);
-                let hash = batch.put_bytes(&Tree { entries: children }.encode())?;
+                // Never write a tree that a reader would refuse to decode: gc would not know
+                // its children.
+                let bytes = Tree { entries: children }
+                    .try_encode()
+                    .and_then(|b| Tree::decode(&b).map(|_| b))
+                    .map_err(|reason| Error::Tree {
+                        path: ent.path().to_owned(),
+                        reason,
+                    })?;
+                let hash = batch.put_bytes(&bytes)?;
                 if depth == 0 {
                     batch.commit()?;
                     return Ok(hash);
@@ -246,6 +425,105 @@ impl Store {
         })
     }
 
+    /// True if the directory `dir` holds exactly the tree `tree`: the same names, kinds,
+    /// executable bits, symlink targets and file contents (hashed), nothing more. Links are
+    /// compared, never followed.
+    fn dir_holds_tree(&self, dir: &Path, tree: &Hash, depth: usize) -> Result<bool> {
+        if depth > MAX_DEPTH {
+            return Ok(false);
+        }
+        let t = self.read_tree(tree)?;
+        let count = std::fs::read_dir(dir)
+            .map_err(Error::at("read directory", dir))?
+            .count();
+        if count != t.entries.len() {
+            return Ok(false);
+        }
+        for e in &t.entries {
+            let p = dir.join(std::ffi::OsStr::from_bytes(&e.name));
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                return Ok(false);
+            };
+            let same = match &e.kind {
+                EntryKind::File {
+                    executable,
+                    size,
+                    hash,
+                } => {
+                    m.is_file()
+                        && m.len() == *size
+                        && (m.permissions().mode() & 0o111 != 0) == *executable
+                        && std::fs::File::open(&p)
+                            .and_then(|f| crate::read::hash_file(&f, false))
+                            .is_ok_and(|h| h == *hash)
+                }
+                EntryKind::Dir { hash } => {
+                    m.is_dir() && self.dir_holds_tree(&p, hash, depth + 1)?
+                }
+                EntryKind::Symlink { target } => {
+                    m.file_type().is_symlink()
+                        && std::fs::read_link(&p)
+                            .is_ok_and(|l| l.as_os_str().as_bytes() == target.as_slice())
+                }
+            };
+            if !same {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every entry of the tree `hash`, recursively, with its path from the tree's root
+    /// (directories before their contents, sorted): what `cas show` lists, like
+    /// `git ls-tree -r -t`. Every tree object read is verified.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// std::fs::create_dir_all(dir.path().join("src/sub")).unwrap();
+    /// std::fs::write(dir.path().join("src/sub/f"), b"x").unwrap();
+    /// let tree = store.put_dir(dir.path().join("src"))?;
+    /// let paths: Vec<_> = store.list_tree(&tree)?.into_iter().map(|(p, _)| p).collect();
+    /// assert_eq!(paths, [std::path::PathBuf::from("sub"), "sub/f".into()]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::read_tree`], for the tree and every subtree.
+    pub fn list_tree(&self, hash: &Hash) -> Result<Vec<(PathBuf, EntryKind)>> {
+        let mut out = Vec::new();
+        self.list_tree_into(hash, Path::new(""), 0, &mut out)?;
+        Ok(out)
+    }
+
+    fn list_tree_into(
+        &self,
+        hash: &Hash,
+        at: &Path,
+        depth: usize,
+        out: &mut Vec<(PathBuf, EntryKind)>,
+    ) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(Error::Tree {
+                path: at.to_owned(),
+                reason: format!("trees nested deeper than {MAX_DEPTH}"),
+            });
+        }
+        for e in self.read_tree(hash)?.entries {
+            let p = at.join(std::ffi::OsStr::from_bytes(&e.name));
+            let sub = match &e.kind {
+                EntryKind::Dir { hash } => Some(*hash),
+                _ => None,
+            };
+            out.push((p.clone(), e.kind));
+            if let Some(h) = sub {
+                self.list_tree_into(&h, &p, depth + 1, out)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and decodes a tree object.
     ///
     /// # Errors
@@ -260,26 +538,66 @@ impl Store {
         })
     }
 
+    /// Restores a tree into `dest`, which must not exist, refusing symlinks that would
+    /// resolve outside it (see [`Store::checkout_with`]).
+    ///
+    /// # Errors
+    /// As [`Store::checkout_with`].
+    pub fn checkout(&self, tree: &Hash, dest: impl AsRef<Path>) -> Result<()> {
+        self.checkout_with(tree, dest, &CheckoutOptions::default())
+    }
+
     /// Restores a tree into `dest`, which must not exist. Everything is written into a
     /// temporary directory beside `dest` and renamed into place when complete, so a failed
-    /// restore leaves no partial `dest`. Entries that would write outside `dest` (names with
-    /// separators, `..`, symlinks that point outside) are rejected.
+    /// restore leaves no partial `dest`.
+    ///
+    /// Nothing is ever written outside `dest`: every file and directory is created relative
+    /// to the descriptor of a directory this restore created (`O_CREAT | O_EXCL |
+    /// O_NOFOLLOW`, `mkdirat`), so no link — restored or planted — is ever followed. Before
+    /// anything is created, every symlink in the whole tree is resolved the way the restored
+    /// tree will resolve it (links to links, `..` after a link, with a bound on the number of
+    /// links); one that would lead outside `dest`, or an absolute one, is refused, unless
+    /// `opts` allows external links.
     ///
     /// # Errors
     /// [`Error::Malformed`] if `tree` is not a tree; [`Error::Tree`] naming the offending entry
     /// for unsafe entries or if `dest` exists; object errors as for [`Store::get`].
-    pub fn checkout(&self, tree: &Hash, dest: impl AsRef<Path>) -> Result<()> {
+    pub fn checkout_with(
+        &self,
+        tree: &Hash,
+        dest: impl AsRef<Path>,
+        opts: &CheckoutOptions,
+    ) -> Result<()> {
         let dest = dest.as_ref();
-        if std::fs::symlink_metadata(dest).is_ok() {
+        if let Ok(m) = std::fs::symlink_metadata(dest) {
+            // Restoring the same tree twice (a job re-run, a second consumer) is a success.
+            if m.is_dir() && self.dir_holds_tree(dest, tree, 0)? {
+                return Ok(());
+            }
             return Err(Error::Tree {
                 path: dest.to_owned(),
-                reason: "already exists; choose a new destination".into(),
+                reason: "already exists and does not hold this tree; choose a new destination"
+                    .into(),
             });
         }
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
+        let model = self.model(tree, dest, 0)?;
+        if !opts.allow_external_symlinks {
+            if let Some((p, t, why)) = model.escaping_links().into_iter().next() {
+                return Err(Error::Tree {
+                    path: join_shown(dest, &p),
+                    reason: format!(
+                        "symlink target {:?} {} (refused; --allow-external-symlinks restores \
+                         such links as they are)",
+                        String::from_utf8_lossy(&t),
+                        why.describe()
+                    ),
+                });
+            }
+        }
         let root = self.read_tree(tree)?;
         let name = dest
             .file_name()
@@ -293,9 +611,10 @@ impl Store {
         if crate::cleanup::abandoned() {
             return Err(Error::Interrupted);
         }
-        self.restore_tree(&root, tmp.path(), dest, 0)?;
+        let dir = fs::open_dir_nofollow(tmp.path()).map_err(Error::at("open", tmp.path()))?;
+        self.restore_tree(&root, &dir, dest, 0)?;
         let mode = 0o777 & !fs::umask();
-        fs::chmod_path(tmp.path(), mode).map_err(Error::at("set permissions of", tmp.path()))?;
+        fs::set_dir_mode(&dir, mode).map_err(Error::at("set permissions of", tmp.path()))?;
         let tmp_path = tmp.keep();
         if let Err(e) = fs::rename_dir_noreplace(&tmp_path, dest) {
             let _ = std::fs::remove_dir_all(&tmp_path);
@@ -304,7 +623,38 @@ impl Store {
         Ok(())
     }
 
-    fn restore_tree(&self, tree: &Tree, dir: &Path, shown: &Path, depth: usize) -> Result<()> {
+    /// Reads a whole tree's names and kinds (not file contents) into a [`Model`].
+    fn model(&self, hash: &Hash, shown: &Path, depth: usize) -> Result<Model> {
+        if depth > MAX_DEPTH {
+            return Err(Error::Tree {
+                path: shown.to_owned(),
+                reason: format!("nesting deeper than {MAX_DEPTH} directories"),
+            });
+        }
+        let tree = self.read_tree(hash)?;
+        let mut m = Model::default();
+        for e in tree.entries {
+            let node = match e.kind {
+                EntryKind::File { .. } => Node::File,
+                EntryKind::Symlink { target } => Node::Link(target),
+                EntryKind::Dir { hash } => {
+                    let sub = shown.join(std::ffi::OsStr::from_bytes(&e.name));
+                    Node::Dir(self.model(&hash, &sub, depth + 1)?)
+                }
+            };
+            m.entries.insert(e.name, node);
+        }
+        Ok(m)
+    }
+
+    fn restore_tree(
+        &self,
+        tree: &Tree,
+        dir: &std::os::fd::OwnedFd,
+        shown: &Path,
+        depth: usize,
+    ) -> Result<()> {
+        use std::os::fd::AsFd;
         if depth > MAX_DEPTH {
             return Err(Error::Tree {
                 path: shown.to_owned(),
@@ -318,53 +668,31 @@ impl Store {
                 reason: r.into(),
             })?;
             let name = std::ffi::OsStr::from_bytes(&e.name);
-            let path = dir.join(name);
             let shown_path: PathBuf = shown.join(name);
             match &e.kind {
                 EntryKind::File {
                     executable, hash, ..
                 } => {
                     let mode = if *executable { 0o777 } else { 0o666 };
-                    let mut f =
-                        fs::create_excl(&path, mode).map_err(Error::at("create", &shown_path))?;
+                    let fd = fs::create_excl_at(dir.as_fd(), name, mode)
+                        .map_err(|e| Error::io("create", &shown_path, e.into()))?;
+                    let mut f = std::fs::File::from(fd);
                     self.get_to_writer(hash, &mut f)?;
                     f.flush().map_err(Error::at("write", &shown_path))?;
                 }
                 EntryKind::Dir { hash } => {
-                    std::fs::create_dir(&path)
+                    let sub_dir = fs::mkdir_open_at(dir.as_fd(), name)
                         .map_err(Error::at("create directory", &shown_path))?;
                     let sub = self.read_tree(hash)?;
-                    self.restore_tree(&sub, &path, &shown_path, depth + 1)?;
+                    self.restore_tree(&sub, &sub_dir, &shown_path, depth + 1)?;
                 }
                 EntryKind::Symlink { target } => {
-                    if symlink_escapes(target, depth) {
-                        return Err(Error::Tree {
-                            path: shown_path,
-                            reason: format!(
-                                "symlink target {:?} points outside the destination",
-                                String::from_utf8_lossy(target)
-                            ),
-                        });
-                    }
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
+                    fs::symlink_at(std::ffi::OsStr::from_bytes(target), dir.as_fd(), name)
                         .map_err(Error::at("create symlink", &shown_path))?;
                 }
             }
         }
         Ok(())
-    }
-
-    /// If the object is a tree, its direct children; `None` for other objects (and for
-    /// objects that start like a tree but do not decode).
-    pub(crate) fn tree_children(&self, hash: &Hash) -> Result<Option<Vec<(Hash, bool)>>> {
-        let (mut f, path) = self.open_file(hash)?;
-        let mut head = [0u8; 8];
-        let n = std::io::Read::read(&mut f, &mut head).map_err(Error::at("read", &path))?;
-        if !Tree::is_tree(&head[..n]) {
-            return Ok(None);
-        }
-        let obj = self.get(hash)?;
-        Ok(Tree::decode(&obj).ok().map(|t| t.children().collect()))
     }
 }
 
@@ -392,6 +720,24 @@ mod tests {
         (name, kind).prop_map(|(name, kind)| TreeEntry { name, kind })
     }
 
+    fn model(entries: Vec<(&str, Node)>) -> Model {
+        Model {
+            entries: entries
+                .into_iter()
+                .map(|(n, k)| (n.as_bytes().to_vec(), k))
+                .collect(),
+        }
+    }
+
+    fn link(t: &str) -> Node {
+        Node::Link(t.as_bytes().to_vec())
+    }
+
+    fn escapes(m: &Model, dir: &[&str], target: &str) -> bool {
+        let dir: Vec<Vec<u8>> = dir.iter().map(|d| d.as_bytes().to_vec()).collect();
+        m.resolve(&dir, target.as_bytes(), &mut 0).is_err()
+    }
+
     #[test]
     fn longer_than_needed_integers_are_rejected() {
         // Found by fuzzing (fuzz/corpus/tree/crash-noncanonical-*): the empty list with its
@@ -404,13 +750,48 @@ mod tests {
     }
 
     #[test]
-    fn escapes() {
-        assert!(symlink_escapes(b"/etc/passwd", 3));
-        assert!(symlink_escapes(b"..", 0));
-        assert!(symlink_escapes(b"a/../../x", 0));
-        assert!(!symlink_escapes(b"../x", 1));
-        assert!(!symlink_escapes(b"a/b/../c", 0));
-        assert!(symlink_escapes(b"../../x", 1));
+    fn lexical_escapes() {
+        let m = model(vec![("d", Node::Dir(Model::default()))]);
+        assert!(escapes(&m, &["d"], "/etc/passwd"));
+        assert!(escapes(&m, &[], ".."));
+        assert!(escapes(&m, &[], "a/../../x"));
+        assert!(!escapes(&m, &["d"], "../x"));
+        assert!(!escapes(&m, &[], "a/b/../c"));
+        assert!(escapes(&m, &["d"], "../../x"));
+    }
+
+    #[test]
+    fn escapes_through_links_in_the_tree() {
+        // x -> . makes x/x/x the root: three `..` after it leave the tree.
+        let m = model(vec![
+            ("x", link(".")),
+            ("passwd", link("x/x/x/../../../etc/passwd")),
+        ]);
+        let bad = m.escaping_links();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, vec![b"passwd".to_vec()]);
+        // A link to a link that climbs; a link created later in name order than its user.
+        let m = model(vec![
+            ("a", link("b/x/../..")),
+            ("b", link(".")),
+            ("d", Node::Dir(model(vec![("up", link(".."))]))),
+            ("e", link("d/up/..")),
+            ("f", link("e")),
+            ("ok", link("d/up/b")),
+        ]);
+        let names: Vec<Vec<u8>> = m
+            .escaping_links()
+            .into_iter()
+            .map(|x| x.0.concat())
+            .collect();
+        assert_eq!(names, vec![b"a".to_vec(), b"e".to_vec(), b"f".to_vec()]);
+        // Loops are bounded, and refused.
+        let m = model(vec![("l1", link("l2")), ("l2", link("l1"))]);
+        assert_eq!(m.escaping_links().len(), 2);
+        assert!(m
+            .escaping_links()
+            .iter()
+            .all(|x| x.2 == Escape::TooManyLinks));
     }
 
     proptest! {

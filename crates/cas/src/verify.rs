@@ -62,8 +62,8 @@ pub struct VerifyReport {
     pub bad_files: Vec<Problem>,
     /// Staging files left by dead or stale writers (gc removes them).
     pub stale_staging: Vec<Problem>,
-    /// Reachable objects found in trash and moved back.
-    pub restored: u64,
+    /// Reachable objects found in trash and moved back to `objects/`, by hash.
+    pub restored: Vec<Hash>,
 }
 
 impl VerifyReport {
@@ -94,7 +94,22 @@ impl Store {
     /// # Errors
     /// [`Error::Interrupted`] if `progress` asked to stop; I/O errors listing the store.
     pub fn verify(&self, progress: ProgressFn<'_>) -> Result<VerifyReport> {
-        let hashes: Vec<Hash> = self.iter().collect::<Result<_>>()?;
+        if self.upstream().is_some() {
+            return self.without_upstream().verify(progress); // the local tier only
+        }
+        let mut bad_files = Vec::new();
+        let mut hashes = Vec::new();
+        for h in self.iter() {
+            match h {
+                Ok(h) => hashes.push(h),
+                Err(e) => bad_files.push(Problem {
+                    path: e
+                        .path()
+                        .map_or_else(|| self.path(crate::layout::OBJECTS), Into::into),
+                    reason: crate::mark::error_reason(&e),
+                }),
+            }
+        }
         let total = hashes.len() as u64;
         let next = AtomicUsize::new(0);
         let done = AtomicU64::new(0);
@@ -102,7 +117,6 @@ impl Store {
         let stop = AtomicBool::new(false);
         let corrupt = Mutex::new(Vec::new());
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        let may_map = !self.inner.caps.network;
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| loop {
@@ -111,7 +125,7 @@ impl Store {
                         return;
                     }
                     let h = hashes[i];
-                    if let Some(c) = self.check_object(&h, may_map, &bytes) {
+                    if let Some(c) = self.check_object(&h, &bytes) {
                         corrupt
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -139,49 +153,87 @@ impl Store {
             corrupt: corrupt
                 .into_inner()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
+            bad_files,
             ..VerifyReport::default()
         };
         report.corrupt.sort_by_key(|c| c.hash);
 
-        // Reachable objects sitting in trash (a gc was killed mid-run) go back.
-        let m = self.mark()?;
-        for run in self.trash_runs()? {
-            for ent in std::fs::read_dir(&run.path).into_iter().flatten().flatten() {
-                if let Some(h) = ent.file_name().to_str().and_then(|n| Hash::parse(n).ok()) {
-                    if m.reachable.contains(&h) && self.restore_from_trash(&h)?.is_some() {
-                        report.restored += 1;
-                    }
-                }
-            }
-        }
+        // Reachable objects sitting in trash (a gc was killed mid-run) go back, each named in
+        // the report: the mark itself only looks (it reads trash in place).
+        let m = self.mark();
+        report.restored = self.restore_reachable_trash(&m.reach.reachable)?;
         report.dangling = m
+            .reach
             .missing
             .into_iter()
-            .filter(|(_, h)| !self.contains(h))
-            .map(|(from, hash)| Dangling { from, hash })
+            .filter(|x| !self.contains(&x.hash))
+            .map(|x| Dangling {
+                from: x.from.to_string(),
+                hash: x.hash,
+            })
             .collect();
-        report.bad_files = m
-            .bad
+        report.bad_files.extend(m.reach.damaged);
+        let (stale, problems) = self.stale_staging();
+        report.bad_files.extend(problems);
+        report.stale_staging = stale
             .into_iter()
-            .map(|(path, reason)| Problem { path, reason })
-            .collect();
-        report.stale_staging = self
-            .stale_staging()?
-            .into_iter()
-            .map(|(path, why)| Problem {
-                path,
-                reason: why.to_owned(),
+            .map(|s| Problem {
+                path: s.path,
+                reason: s.reason.to_owned(),
             })
             .collect();
         Ok(report)
     }
 
-    /// Rehashes one object; `Some` if it is corrupt or unreadable.
-    fn check_object(&self, h: &Hash, may_map: bool, bytes: &AtomicU64) -> Option<CorruptObject> {
+    /// Moves every object in trash that is in `reachable` back to `objects/`; returns their
+    /// hashes.
+    pub(crate) fn restore_reachable_trash(
+        &self,
+        reachable: &std::collections::HashSet<Hash>,
+    ) -> Result<Vec<Hash>> {
+        let mut restored = Vec::new();
+        for run in self.trash_runs()? {
+            let Ok(ents) = self.inner.root_dir.read_dir(&run.path) else {
+                continue;
+            };
+            for (name, _) in ents {
+                if let Some(h) = name.to_str().and_then(|n| Hash::parse(n).ok()) {
+                    if reachable.contains(&h)
+                        && self.inner.root_dir.lstat(&self.object_path(&h)).is_err()
+                        && self.restore_from_trash(&h)?.is_some()
+                    {
+                        restored.push(h);
+                    }
+                }
+            }
+        }
+        restored.sort();
+        restored.dedup();
+        Ok(restored)
+    }
+
+    /// Rehashes one object; `Some` if it is corrupt or unreadable. Anything at an object name
+    /// that is not a regular file (a symlink, FIFO, socket, device or directory) is never
+    /// followed or read: it is moved to `quarantine/` (a rename moves the name itself) and
+    /// reported.
+    fn check_object(&self, h: &Hash, bytes: &AtomicU64) -> Option<CorruptObject> {
         let path = self.object_path(h);
-        let f = match fs::open_read(&path) {
+        let f = match self.inner.root_dir.open_read(&path) {
             Ok(f) => f,
             Err(e) if fs::is_not_found(&e) => return None, // removed meanwhile (gc)
+            Err(e) if fs::is_hostile(&e) => {
+                let what = match self.inner.root_dir.lstat(&path) {
+                    Ok(m) => format!("is {}, not a regular file", m.kind.describe()),
+                    Err(_) => e.to_string(),
+                };
+                let q = self.quarantine(h, &path).ok();
+                return Some(CorruptObject {
+                    hash: *h,
+                    actual: None,
+                    quarantined: q,
+                    reason: what,
+                });
+            }
             Err(e) => {
                 return Some(CorruptObject {
                     hash: *h,
@@ -191,9 +243,13 @@ impl Store {
                 })
             }
         };
-        if let Ok(m) = f.metadata() {
-            bytes.fetch_add(m.len(), Ordering::Relaxed);
-        }
+        let may_map = match f.metadata() {
+            Ok(m) => {
+                bytes.fetch_add(m.len(), Ordering::Relaxed);
+                self.may_map(&m)
+            }
+            Err(_) => false,
+        };
         match hash_file(&f, may_map) {
             Ok(actual) if actual == *h => None,
             Ok(actual) => {

@@ -12,6 +12,10 @@ use crate::layout;
 use crate::stage::{Input, Staged, Staging};
 use crate::{Durability, Store};
 
+/// A progress tick: bytes just staged; returning false asks the put to stop
+/// ([`Error::Interrupted`]).
+pub(crate) type Tick<'a> = &'a (dyn Fn(u64) -> bool + Sync);
+
 /// Bytes copied per step when putting a file by path: large enough to amortise the system
 /// call, small enough that hashing starts early and overlaps the rest of the copy.
 const COPY_CHUNK: usize = 8 << 20;
@@ -171,6 +175,31 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Publishes the object and points `key` at it (with `metadata`), replacing any previous
+    /// entry — [`Store::put_keyed`] for producers that push bytes into a writer.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let mut w = store.writer()?;
+    /// write!(w, "line 1\nline 2\n").unwrap();
+    /// let h = w.commit_keyed(b"log:today", b"")?;
+    /// assert_eq!(store.entry(b"log:today")?.hash, h);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Writer::commit`]; [`Error::Locked`] if the key's lock stays held.
+    pub fn commit_keyed(self, key: &[u8], metadata: &[u8]) -> Result<Hash> {
+        let (store, durability) = (self.store.clone(), self.durability);
+        let staged = self.finish()?;
+        store.commit_keyed(staged, durability, key, metadata)
+    }
+}
+
 impl Write for Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.buf.len() + data.len() <= WRITE_BUF {
@@ -260,6 +289,16 @@ impl Store {
 
     /// Streams `reader` into a staging file while hashing it.
     pub(crate) fn stage_reader(&self, reader: &mut dyn Read, input: Input<'_>) -> Result<Staged> {
+        self.stage_reader_ticking(reader, input, &|_| true)
+    }
+
+    /// [`Store::stage_reader`], reporting each chunk's length to `tick` (false: stop).
+    pub(crate) fn stage_reader_ticking(
+        &self,
+        reader: &mut dyn Read,
+        input: Input<'_>,
+        tick: Tick<'_>,
+    ) -> Result<Staged> {
         let mut w = self.writer()?;
         let mut buf = vec![0u8; STREAM_BUF];
         loop {
@@ -271,6 +310,9 @@ impl Store {
             };
             w.write_all(&buf[..n])
                 .map_err(|e| Error::io("write staging file", w.staging_path(), e))?;
+            if !tick(n as u64) {
+                return Err(Error::Interrupted);
+            }
         }
         w.finish()
     }
@@ -291,7 +333,7 @@ impl Store {
     /// # Errors
     /// As [`Store::put_path`].
     pub fn put_path_with(&self, path: &Path, durability: Durability) -> Result<Hash> {
-        let (hash, staged) = self.stage_path(path, |_| false)?;
+        let (hash, staged) = self.stage_path(path, |_| false, &|_| true)?;
         if let Some(s) = staged {
             self.publish(vec![s], durability)?;
         }
@@ -305,6 +347,7 @@ impl Store {
         &self,
         path: &Path,
         known: impl Fn(&Hash) -> bool,
+        tick: Tick<'_>,
     ) -> Result<(Hash, Option<Staged>)> {
         let input = Input::Path(path);
         let mut src = File::open(path).map_err(|e| input.error(e))?;
@@ -316,12 +359,15 @@ impl Store {
             )));
         }
         if !meta.is_file() {
-            let s = self.stage_reader(&mut src, input)?;
+            let s = self.stage_reader_ticking(&mut src, input, tick)?;
             return Ok((s.hash, Some(s)));
         }
         if meta.len() <= SMALL_FILE {
             let bytes = fs::read_len(&src, meta.len()).map_err(|e| input.error(e))?;
             let hash = Hash::of_parallel(&bytes);
+            if !tick(bytes.len() as u64) {
+                return Err(Error::Interrupted);
+            }
             if known(&hash) || self.refresh_if_present(&hash) {
                 return Ok((hash, None));
             }
@@ -330,9 +376,10 @@ impl Store {
         let mut staging = self.new_staging()?;
         let may_map = !self.inner.options.shared_group && !self.inner.caps.network;
         let (hash, len) =
-            copy_and_hash(&src, staging.file_mut(), may_map).map_err(|e| match e {
+            copy_and_hash(&src, staging.file_mut(), may_map, tick).map_err(|e| match e {
                 CopyError::Read(e) => input.error(e),
                 CopyError::Store(e) => Error::io("copy into staging file", staging.path(), e),
+                CopyError::Stopped => Error::Interrupted,
             })?;
         Ok((hash, Some(Staged { staging, hash, len })))
     }
@@ -349,6 +396,50 @@ impl Store {
     }
 }
 
+/// The copying side of [`copy_and_hash`]: copies `src` to `dst` chunk by chunk (in the kernel
+/// where it can, else through memory) and sends the running total after each chunk.
+fn copy_chunks(
+    src: &File,
+    dst: &File,
+    copied_tx: &std::sync::mpsc::Sender<u64>,
+) -> Result<(), CopyError> {
+    let mut total = 0u64;
+    let mut through_memory: Vec<u8> = Vec::new();
+    loop {
+        let n = if through_memory.is_empty() {
+            match fs::copy_range(src, dst, COPY_CHUNK) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    through_memory = vec![0; COPY_CHUNK];
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The kernel copy fails for either side; the store's side (ENOSPC,
+                // EDQUOT, EIO of the staging file) is what can fail here in practice,
+                // since the source was opened and stat'ed already.
+                Err(e) => return Err(CopyError::Store(e)),
+            }
+        } else {
+            let n = match (&*src).read(&mut through_memory) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            };
+            (&*dst)
+                .write_all(&through_memory[..n])
+                .map_err(CopyError::Store)?;
+            n
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        total += n as u64;
+        if copied_tx.send(total).is_err() {
+            return Ok(()); // the hashing side failed and reports why
+        }
+    }
+}
+
 /// Which side of a copy into the store failed.
 #[derive(Debug)]
 enum CopyError {
@@ -356,6 +447,8 @@ enum CopyError {
     Read(io::Error),
     /// Writing, or reading back, the staging file.
     Store(io::Error),
+    /// The progress callback asked to stop.
+    Stopped,
 }
 
 /// Copies `src` (from its current position to its end) into `dst` while hashing the copy.
@@ -368,51 +461,21 @@ enum CopyError {
 /// With `may_map` (a private staging file on a local filesystem, see
 /// [`fs::map_private_staging`]) each copied chunk is hashed through a mapping instead of
 /// being read back into a buffer: one memory copy less per byte.
-fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> Result<(Hash, u64), CopyError> {
+fn copy_and_hash(
+    src: &File,
+    dst: &File,
+    may_map: bool,
+    tick: Tick<'_>,
+) -> Result<(Hash, u64), CopyError> {
     use std::os::unix::fs::FileExt;
     let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
     std::thread::scope(|s| {
-        let copier = s.spawn(move || -> Result<(), CopyError> {
-            let mut total = 0u64;
-            let mut through_memory: Vec<u8> = Vec::new();
-            loop {
-                let n = if through_memory.is_empty() {
-                    match fs::copy_range(src, dst, COPY_CHUNK) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                            through_memory = vec![0; COPY_CHUNK];
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        // The kernel copy fails for either side; the store's side (ENOSPC,
-                        // EDQUOT, EIO of the staging file) is what can fail here in practice,
-                        // since the source was opened and stat'ed already.
-                        Err(e) => return Err(CopyError::Store(e)),
-                    }
-                } else {
-                    let n = match (&*src).read(&mut through_memory) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(CopyError::Read(e)),
-                    };
-                    (&*dst)
-                        .write_all(&through_memory[..n])
-                        .map_err(CopyError::Store)?;
-                    n
-                };
-                if n == 0 {
-                    return Ok(());
-                }
-                total += n as u64;
-                if copied_tx.send(total).is_err() {
-                    return Ok(()); // the hashing side failed and reports why
-                }
-            }
-        });
+        let copier = s.spawn(move || copy_chunks(src, dst, &copied_tx));
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut done = 0u64;
         let mut hash_result = Ok(());
+        let mut stopped = false;
         // Ends when the copier is done (it drops the sender); dropping the receiver on an
         // error stops the copier at its next chunk.
         for copied in copied_rx {
@@ -420,7 +483,12 @@ fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> Result<(Hash, u64), C
                 match fs::map_private_staging(dst, done, (copied - done) as usize) {
                     Ok(m) => {
                         hasher.update(&m);
+                        let n = copied - done;
                         done = copied;
+                        if !tick(n) {
+                            stopped = true;
+                            break;
+                        }
                         continue;
                     }
                     Err(e) => {
@@ -442,6 +510,10 @@ fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> Result<(Hash, u64), C
                     Ok(n) => {
                         hasher.update(&buf[..n]);
                         done += n as u64;
+                        if !tick(n as u64) {
+                            stopped = true;
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -450,7 +522,7 @@ fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> Result<(Hash, u64), C
                     }
                 }
             }
-            if hash_result.is_err() {
+            if hash_result.is_err() || stopped {
                 break;
             }
         }
@@ -461,6 +533,9 @@ fn copy_and_hash(src: &File, dst: &File, may_map: bool) -> Result<(Hash, u64), C
         });
         copy_result?;
         hash_result.map_err(CopyError::Store)?;
+        if stopped {
+            return Err(CopyError::Stopped);
+        }
         Ok((hasher.finalize(), done))
     })
 }
@@ -492,11 +567,13 @@ mod tests {
         let dst = rw(&dst_path);
         for may_map in [false, true] {
             let dst = rw(&d.path().join(format!("dst-{may_map}")));
-            let (h, len) = copy_and_hash(&File::open(&src_path).unwrap(), &dst, may_map).unwrap();
+            let (h, len) =
+                copy_and_hash(&File::open(&src_path).unwrap(), &dst, may_map, &|_| true).unwrap();
             assert_eq!(h, Hash::of(&data));
             assert_eq!(len, data.len() as u64);
         }
-        let (h, _) = copy_and_hash(&File::open(&src_path).unwrap(), &dst, false).unwrap();
+        let (h, _) =
+            copy_and_hash(&File::open(&src_path).unwrap(), &dst, false, &|_| true).unwrap();
         assert_eq!(h, Hash::of(&data));
         assert!(std::fs::read(&dst_path).unwrap() == data, "copy differs");
 
@@ -504,7 +581,7 @@ mod tests {
         if let Ok(f) = File::open("/proc/self/mountinfo") {
             let dst_path = d.path().join("dst2");
             let dst = rw(&dst_path);
-            let (h, _) = copy_and_hash(&f, &dst, true).unwrap();
+            let (h, _) = copy_and_hash(&f, &dst, true, &|_| true).unwrap();
             let copy = std::fs::read(&dst_path).unwrap();
             assert!(!copy.is_empty(), "nothing copied from procfs");
             assert_eq!(h, Hash::of(&copy));

@@ -2,9 +2,10 @@
 //! portably lives here, so the protocols elsewhere read as protocols.
 
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
@@ -15,7 +16,7 @@ use rustix::io::Errno;
 use crate::Barrier;
 
 mod root;
-pub(crate) use root::{create_excl_at, is_hostile, not_regular, unlink_own, Kind, Meta, Root};
+pub(crate) use root::{create_excl_at, is_hostile, unlink_own, Kind, Root};
 
 /// What a no-replace publish found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,20 @@ pub(crate) struct Caps {
 }
 
 impl Caps {
+    /// A copy of what was learned so far (for another handle on the same store).
+    pub(crate) fn snapshot(&self) -> Caps {
+        Caps {
+            magic: self.magic,
+            name: self.name,
+            network: self.network,
+            rename_noreplace: AtomicBool::new(
+                self.rename_noreplace
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            barrier: self.barrier,
+        }
+    }
+
     /// Probes the filesystem that holds `path` with `statfs(2)`.
     pub(crate) fn probe(path: &Path) -> io::Result<Caps> {
         let st = rustix::fs::statfs(path)?;
@@ -87,7 +102,7 @@ pub(crate) fn fs_kind(magic: i64) -> (&'static str, bool) {
 /// The durability barrier for a filesystem. `syncfs(2)` only where it is known to write every
 /// dirty file of that filesystem to stable storage: the local block-device filesystems ext4,
 /// xfs, btrfs and f2fs. Everywhere else — FUSE (the kernel never forwards `syncfs` to a FUSE
-/// daemon), NFS, CIFS, Lustre, CephFS, tmpfs, anything unknown — each file is `fdatasync`ed,
+/// daemon), NFS, CIFS, Lustre, `CephFS`, tmpfs, anything unknown — each file is `fdatasync`ed,
 /// which every filesystem must honour.
 pub(crate) fn barrier_for(magic: i64) -> Barrier {
     match magic {
@@ -110,34 +125,38 @@ pub(crate) fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-/// How often an open that fails with `ESTALE` is retried (`GlusterFS` returns it during a
-/// rename).
-const STALE_RETRIES: usize = 8;
-
-/// Opens a file for reading without following a symlink at the last component (`O_NOFOLLOW`),
-/// retrying ESTALE a bounded number of times.
-pub(crate) fn open_read(path: &Path) -> io::Result<File> {
-    let mut attempt = 0;
-    loop {
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(OFlags::NOFOLLOW.bits() as i32 | OFlags::CLOEXEC.bits() as i32)
-            .open(path)
-        {
-            Err(e) if is_stale(&e) && attempt < STALE_RETRIES => attempt += 1,
-            r => return r,
-        }
-    }
+/// Opens a directory (the caller's own, outside any store) without following a symlink at
+/// its last component, as a base for `*at` calls.
+pub(crate) fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(Into::into)
 }
 
-/// Creates `path` exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`) for writing with `mode`.
-pub(crate) fn create_excl(path: &Path, mode: u32) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(OFlags::NOFOLLOW.bits() as i32 | OFlags::CLOEXEC.bits() as i32)
-        .open(path)
+/// `mkdirat(dir, name, 0777)` then opens the new directory with `O_NOFOLLOW`: the result is
+/// the directory just created, never something a link points to.
+pub(crate) fn mkdir_open_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    rustix::fs::mkdirat(dir, name, rustix::fs::Mode::from_raw_mode(0o777))?;
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(Into::into)
+}
+
+/// `symlinkat(target, dir, name)`: creates the link itself (fails if the name exists).
+pub(crate) fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    rustix::fs::symlinkat(target, dir, name).map_err(Into::into)
+}
+
+/// Sets a directory's permission bits through its descriptor (`fchmod(2)`).
+pub(crate) fn set_dir_mode(dir: &OwnedFd, mode: u32) -> io::Result<()> {
+    rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(mode)).map_err(Into::into)
 }
 
 /// Reads up to `len` bytes from the current position: the length `fstat` gave. Unlike
@@ -151,17 +170,24 @@ pub(crate) fn read_len(mut file: &File, len: u64) -> io::Result<Vec<u8>> {
         return Ok(v);
     }
     let mut v = vec![0u8; usize::try_from(len).map_err(|_| io::ErrorKind::OutOfMemory)?];
+    let filled = read_full(file, &mut v)?;
+    v.truncate(filled);
+    Ok(v)
+}
+
+/// Reads into `buf` from the current position until it is full or the file ends; returns
+/// how many bytes were read.
+pub(crate) fn read_full(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
-    while filled < v.len() {
-        match io::Read::read(&mut file, &mut v[filled..]) {
+    while filled < buf.len() {
+        match io::Read::read(&mut file, &mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    v.truncate(filled);
-    Ok(v)
+    Ok(filled)
 }
 
 /// Copies up to `len` bytes from `src`'s file position to `dst`'s in the kernel
@@ -178,19 +204,15 @@ pub(crate) fn copy_range(src: &File, dst: &File, len: usize) -> io::Result<usize
     }
 }
 
-/// Removes a file, ignoring errors: for cleaning up our own staging names.
-pub(crate) fn remove_quietly(path: &Path) {
-    let _ = std::fs::remove_file(path);
-}
-
 /// `fsync(2)` of a directory given by path, opened read-only (for the directory that holds a
 /// store, which is outside the store and so not reached through its root).
 pub(crate) fn fsync_dir_path(path: &Path) -> io::Result<()> {
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlags::DIRECTORY.bits() as i32 | OFlags::CLOEXEC.bits() as i32)
-        .open(path)?;
-    dir.sync_all()
+    let dir = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::fs::fsync(&dir).map_err(Into::into)
 }
 
 /// `fdatasync(2)`: the file's bytes (and size) are durable.
@@ -258,7 +280,12 @@ pub(crate) fn username() -> String {
             }
         }
     }
-    format!("uid{}", rustix::process::getuid().as_raw())
+    format!("uid{}", rustix::process::geteuid().as_raw())
+}
+
+/// The effective user id of this process (who owns the files it creates).
+pub(crate) fn uid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 /// The current process id.
@@ -272,15 +299,6 @@ pub(crate) fn umask() -> u32 {
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     rustix::process::umask(old);
     old.bits()
-}
-
-/// Creates a directory with `mode` (before umask); EEXIST is success.
-pub(crate) fn mkdir_exist_ok(path: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(mode).create(path) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        r => r,
-    }
 }
 
 /// Sets the permission bits of the directory or file at `path` (`chmod(2)`).
@@ -369,7 +387,7 @@ mod tests {
         for m in [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010] {
             assert_eq!(barrier_for(m), Barrier::Syncfs, "{m:#x}");
         }
-        // FUSE, NFS, CIFS, Lustre, CephFS, tmpfs, unknown
+        // FUSE, NFS, CIFS, Lustre, `CephFS`, tmpfs, unknown
         for m in [
             0x6573_5546,
             0x6969,

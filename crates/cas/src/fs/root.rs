@@ -49,6 +49,17 @@ pub(crate) struct Meta {
     pub(crate) mtime: std::time::SystemTime,
     pub(crate) uid: u32,
     pub(crate) mode: u32,
+    /// Device and inode: the identity of the file (a lock held without content is known by it).
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+/// What [`Root::walk_tree`] found below a directory: every entry (never descending through a
+/// symlink), and the directories that could not be listed, with why.
+#[derive(Debug, Default)]
+pub(crate) struct Walk {
+    pub(crate) entries: Vec<(PathBuf, Kind)>,
+    pub(crate) errors: Vec<(PathBuf, io::Error)>,
 }
 
 /// The type of a directory entry, as far as the store cares.
@@ -118,14 +129,17 @@ impl Root {
         })
     }
 
+    /// Another handle on the same directory (`dup`): no path is resolved again.
+    pub(crate) fn try_clone(&self) -> io::Result<Root> {
+        Ok(Root {
+            fd: rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)?,
+            path: self.path.clone(),
+        })
+    }
+
     /// The root's path (as given when opened).
     pub(crate) fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The root directory's descriptor.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 
     /// `path` relative to the root. Refuses paths outside the root and any `..`, `.` or root
@@ -193,7 +207,7 @@ impl Root {
             let Component::Normal(name) = c else {
                 return Err(Errno::INVAL);
             };
-            let base = dir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd);
+            let base = self.base(dir.as_ref());
             if comps.peek().is_none() {
                 return rustix::fs::openat(base, name, flags, mode);
             }
@@ -222,14 +236,36 @@ impl Root {
         Ok((Some(fd), name))
     }
 
+    /// Resolves the parents of `from` and `to` beneath the root and calls `f` with both
+    /// directories and names (for rename and link).
+    fn with_parents<T>(
+        &self,
+        from: &Path,
+        to: &Path,
+        f: impl FnOnce(BorrowedFd<'_>, &OsStr, BorrowedFd<'_>, &OsStr) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let (fdir, fname) = self.parent(from)?;
+        let (tdir, tname) = self.parent(to)?;
+        f(
+            self.base(fdir.as_ref()),
+            fname,
+            self.base(tdir.as_ref()),
+            tname,
+        )
+    }
+
+    /// A resolved parent, or the root itself for a name at the top.
+    fn base<'a>(&'a self, dir: Option<&'a OwnedFd>) -> BorrowedFd<'a> {
+        dir.map_or(self.fd.as_fd(), AsFd::as_fd)
+    }
+
     fn with_parent<T>(
         &self,
         path: &Path,
         f: impl FnOnce(BorrowedFd<'_>, &OsStr) -> Result<T, Errno>,
     ) -> io::Result<T> {
         let (dir, name) = self.parent(path)?;
-        let base = dir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd);
-        f(base, name).map_err(Into::into)
+        f(self.base(dir.as_ref()), name).map_err(Into::into)
     }
 
     /// Opens a regular file for reading: non-blocking (a FIFO cannot hang us), no symlink
@@ -250,20 +286,59 @@ impl Root {
         Ok(File::from(fd))
     }
 
+    /// Opens a regular file for appending, creating it with `mode` if missing (`O_APPEND |
+    /// O_CREAT`, never through a symlink, non-blocking so a FIFO cannot hang us), and checks
+    /// with `fstat` that it is a regular file.
+    pub(crate) fn open_append(&self, path: &Path, mode: u32) -> io::Result<File> {
+        let fd = self.openat_beneath(
+            self.rel(path)?,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NONBLOCK,
+            Mode::from_raw_mode(mode),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        let kind = Kind::of(FileType::from_raw_mode(st.st_mode));
+        if kind != Kind::File {
+            return Err(not_regular(kind));
+        }
+        rustix::fs::fcntl_setfl(&fd, OFlags::WRONLY | OFlags::APPEND)?;
+        Ok(File::from(fd))
+    }
+
+    /// `fstat` of an open file as [`Meta`].
+    pub(crate) fn fmeta(file: &File) -> io::Result<Meta> {
+        Ok(meta_of(&rustix::fs::fstat(file)?))
+    }
+
+    /// Every entry below `dir`, recursively, descending only into real directories (a
+    /// symlink is listed as one, never followed). A missing `dir` is empty; a directory that
+    /// vanishes during the walk is skipped; one that cannot be listed is in `errors`.
+    pub(crate) fn walk_tree(&self, dir: &Path) -> Walk {
+        let mut w = Walk::default();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            match self.read_dir(&d) {
+                Ok(ents) => {
+                    for (name, kind) in ents {
+                        let p = d.join(name);
+                        if kind == Kind::Dir {
+                            stack.push(p.clone());
+                        }
+                        w.entries.push((p, kind));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => w.errors.push((d, e)),
+            }
+        }
+        w.entries.sort_by(|a, b| a.0.cmp(&b.0));
+        w
+    }
+
     /// Opens a directory beneath the root (for listing or `fsync`).
     pub(crate) fn open_dir(&self, path: &Path) -> io::Result<OwnedFd> {
         self.openat_beneath(
             self.rel(path)?,
             OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-    }
-
-    /// Opens a directory beneath the root as an `O_PATH` handle, a base for `*at` calls.
-    pub(crate) fn open_dir_path(&self, path: &Path) -> io::Result<OwnedFd> {
-        self.openat_beneath(
-            self.rel(path)?,
-            OFlags::PATH | OFlags::DIRECTORY,
             Mode::empty(),
         )
     }
@@ -295,15 +370,9 @@ impl Root {
 
     /// Renames `from` over `to` (replacing a file there).
     pub(crate) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (fdir, fname) = self.parent(from)?;
-        let (tdir, tname) = self.parent(to)?;
-        rustix::fs::renameat(
-            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-        )
-        .map_err(Into::into)
+        self.with_parents(from, to, |fd, fname, td, tname| {
+            rustix::fs::renameat(fd, fname, td, tname).map_err(Into::into)
+        })
     }
 
     /// Moves `from` to `to` without ever replacing an existing `to` (see
@@ -314,15 +383,9 @@ impl Root {
         to: &Path,
         caps: &Caps,
     ) -> io::Result<Published> {
-        let (fdir, fname) = self.parent(from)?;
-        let (tdir, tname) = self.parent(to)?;
-        publish_noreplace_at(
-            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-            caps,
-        )
+        self.with_parents(from, to, |fd, fname, td, tname| {
+            publish_noreplace_at(fd, fname, td, tname, caps)
+        })
     }
 
     /// Moves the name `fname` in the directory `fdir` (a staging file) to `to` without
@@ -335,13 +398,7 @@ impl Root {
         caps: &Caps,
     ) -> io::Result<Published> {
         let (tdir, tname) = self.parent(to)?;
-        publish_noreplace_at(
-            fdir,
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-            caps,
-        )
+        publish_noreplace_at(fdir, fname, self.base(tdir.as_ref()), tname, caps)
     }
 
     /// Renames the name `fname` in the directory `fdir` over `to`.
@@ -352,61 +409,36 @@ impl Root {
         to: &Path,
     ) -> io::Result<()> {
         let (tdir, tname) = self.parent(to)?;
-        rustix::fs::renameat(
-            fdir,
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-        )
-        .map_err(Into::into)
+        rustix::fs::renameat(fdir, fname, self.base(tdir.as_ref()), tname).map_err(Into::into)
     }
 
     /// `renameat2(RENAME_NOREPLACE)` alone, with no fallback (for probing the filesystem).
     pub(crate) fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (fdir, fname) = self.parent(from)?;
-        let (tdir, tname) = self.parent(to)?;
-        rustix::fs::renameat_with(
-            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-            RenameFlags::NOREPLACE,
-        )
-        .map_err(Into::into)
+        self.with_parents(from, to, |fd, fname, td, tname| {
+            rustix::fs::renameat_with(fd, fname, td, tname, RenameFlags::NOREPLACE)
+                .map_err(Into::into)
+        })
     }
 
-    /// Renames a directory `from` to `to` only if `to` does not exist.
-    pub(crate) fn rename_dir_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+    /// Hard-links `from`, a name inside the store, as `to`, a path outside it chosen by the
+    /// caller (EEXIST if `to` exists): only `from` is resolved beneath the root.
+    pub(crate) fn link_out(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (fdir, fname) = self.parent(from)?;
-        let (tdir, tname) = self.parent(to)?;
-        let f = fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd);
-        let t = tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd);
-        match rustix::fs::renameat_with(f, fname, t, tname, RenameFlags::NOREPLACE) {
-            Ok(()) => Ok(()),
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                // No atomic no-replace here: rename(2) of a directory onto a non-empty
-                // directory fails anyway, so only an empty destination could be lost.
-                if rustix::fs::statat(t, tname, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-                    return Err(io::ErrorKind::AlreadyExists.into());
-                }
-                rustix::fs::renameat(f, fname, t, tname).map_err(Into::into)
-            }
-            Err(e) => Err(e.into()),
-        }
+        rustix::fs::linkat(
+            self.base(fdir.as_ref()),
+            fname,
+            rustix::fs::CWD,
+            to,
+            AtFlags::empty(),
+        )
+        .map_err(Into::into)
     }
 
     /// Hard-links `from` as `to` (EEXIST if `to` exists).
     pub(crate) fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (fdir, fname) = self.parent(from)?;
-        let (tdir, tname) = self.parent(to)?;
-        rustix::fs::linkat(
-            fdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            fname,
-            tdir.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd),
-            tname,
-            AtFlags::empty(),
-        )
-        .map_err(Into::into)
+        self.with_parents(from, to, |fd, fname, td, tname| {
+            rustix::fs::linkat(fd, fname, td, tname, AtFlags::empty()).map_err(Into::into)
+        })
     }
 
     /// Removes a name that is not a directory (a symlink is removed, never followed).
@@ -430,24 +462,6 @@ impl Root {
         })
     }
 
-    /// Sets the mtime of a name to `t` (no symlink following).
-    pub(crate) fn set_mtime(&self, path: &Path, t: std::time::SystemTime) -> io::Result<()> {
-        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let ts = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: d.as_secs() as i64,
-                tv_nsec: i64::from(d.subsec_nanos()),
-            },
-        };
-        self.with_parent(path, |dir, name| {
-            rustix::fs::utimensat(dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW)
-        })
-    }
-
     /// Sets the permission bits of a regular file or directory inside the store. The name is
     /// opened without following it and checked before `fchmod`: a symlink or special file
     /// planted there is refused, never chmodded through.
@@ -463,6 +477,29 @@ impl Root {
             return Err(not_regular(kind));
         }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(Into::into)
+    }
+
+    /// True if this process may create and remove names in the directory `path`
+    /// (`faccessat(W_OK)` relative to its parent, the last component not followed).
+    pub(crate) fn writable(&self, path: &Path) -> bool {
+        if self.rel(path).is_ok_and(|r| r.as_os_str().is_empty()) {
+            return rustix::fs::accessat(
+                &self.fd,
+                ".",
+                rustix::fs::Access::WRITE_OK,
+                AtFlags::empty(),
+            )
+            .is_ok();
+        }
+        self.with_parent(path, |dir, name| {
+            rustix::fs::accessat(
+                dir,
+                name,
+                rustix::fs::Access::WRITE_OK,
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+        })
+        .is_ok()
     }
 
     /// `fsync` of a directory, so names created or removed in it survive a power loss.
@@ -587,6 +624,8 @@ fn meta_of(st: &rustix::fs::Stat) -> Meta {
         mtime,
         uid: st.st_uid,
         mode: st.st_mode & 0o7777,
+        dev: st.st_dev,
+        ino: st.st_ino,
     }
 }
 
@@ -670,8 +709,8 @@ mod tests {
             r.publish_noreplace(&p("a/x"), &p("z"), &caps).unwrap(),
             Published::Created
         );
-        let m = r.lstat(&p("z")).unwrap();
-        assert_eq!((m.kind, m.len), (Kind::File, 5));
+        let meta = r.lstat(&p("z")).unwrap();
+        assert_eq!((meta.kind, meta.len), (Kind::File, 5));
         let s = std::io::read_to_string(r.open_read(&p("z")).unwrap()).unwrap();
         assert_eq!(s, "hello");
         r.chmod(&p("z"), 0o444).unwrap();

@@ -1,0 +1,230 @@
+//! Compute once across processes (`cas key ensure`), first-writer-wins keys (`cas key set
+//! --expect-none`) and keys to trees (`cas key put -r`), through the real binary.
+//!
+//! The commands that `ensure` runs hold their computation until the test creates a gate file
+//! (they poll for it: that is the command's own waiting, not the test's synchronisation), so
+//! every caller is started while the value is still being computed.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{cas, run, run_ok, text, wait_until, Store};
+
+/// A shell command that records its run in `runs`, waits for `gate`, then prints `value`.
+fn gated(dir: &Path, value: &str) -> Vec<String> {
+    let runs = dir.join("runs");
+    let gate = dir.join("gate");
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "echo $$ >> '{}'; while [ ! -e '{}' ]; do sleep 0.01; done; printf '{value}'",
+            runs.display(),
+            gate.display()
+        ),
+    ]
+}
+
+fn runs(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("runs")).map_or(0, |s| s.lines().count())
+}
+
+fn spawn_ensure(s: &Store, key: &str, extra: &[&str], cmd: &[String]) -> Child {
+    cas(s)
+        .args(["key", "ensure", key])
+        .args(extra)
+        .arg("--")
+        .args(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawn cas key ensure")
+}
+
+#[test]
+fn eight_processes_run_the_command_once_and_print_the_same_bytes() {
+    let s = Store::new();
+    let cmd = gated(&s.scratch, "the value");
+    let children: Vec<Child> = (0..8).map(|_| spawn_ensure(&s, "k", &[], &cmd)).collect();
+    wait_until("one caller to start the command", || runs(&s.scratch) >= 1);
+    std::fs::write(s.scratch.join("gate"), "").unwrap();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "the value");
+    }
+    assert_eq!(runs(&s.scratch), 1, "the command ran more than once");
+    assert_eq!(run_ok(cas(&s).args(["key", "get", "k"])), "the value");
+    s.assert_tmp_empty();
+}
+
+#[test]
+fn a_sigkilled_computing_process_is_taken_over_by_a_waiter() {
+    let s = Store::new();
+    // The first run never finishes; the second prints at once.
+    let runs_file = s.scratch.join("runs");
+    let first = s.scratch.join("first");
+    let cmd = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!(
+            "echo $$ >> '{}'; if mkdir '{}' 2>/dev/null; then while :; do sleep 0.01; done; fi; \
+             printf taken-over",
+            runs_file.display(),
+            first.display()
+        ),
+    ];
+    let mut holder = spawn_ensure(&s, "k", &[], &cmd);
+    wait_until("the holder to start the command", || runs(&s.scratch) >= 1);
+    let waiter = spawn_ensure(&s, "k", &[], &cmd);
+    // The holder and its command die together, as on a crash of the job.
+    let pgid = holder.id();
+    let _ = Command::new("kill")
+        .args(["-9", "--", &format!("-{pgid}")])
+        .status();
+    let st = holder.wait().unwrap();
+    assert!(!st.success());
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success(), "waiter: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "taken-over");
+    assert_eq!(runs(&s.scratch), 2);
+    // The dead holder's staging file is cleaned by gc; then all is clean.
+    run_ok(cas(&s).arg("gc"));
+    run_ok(cas(&s).arg("verify"));
+}
+
+#[test]
+fn a_failing_command_stores_nothing_and_its_status_is_returned() {
+    let s = Store::new();
+    let out = run(cas(&s).args([
+        "key",
+        "ensure",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        "printf partial; exit 7",
+    ]));
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("nothing was stored"));
+    assert!(out.stdout.is_empty(), "partial output was written");
+    let get = run(cas(&s).args(["key", "get", "k"]));
+    assert_eq!(get.status.code(), Some(1));
+    s.assert_tmp_empty();
+    // The next caller computes.
+    let ok = run_ok(cas(&s).args(["key", "ensure", "k", "--", "printf", "ok"]));
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn the_tree_form_restores_one_build_into_four_directories() {
+    let s = Store::new();
+    let runs_file = s.scratch.join("runs");
+    let gate = s.scratch.join("gate");
+    let cmd = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!(
+            "echo $$ >> '{}'; while [ ! -e '{}' ]; do sleep 0.01; done; \
+             mkdir \"$CAS_OUT/sub\" && printf a > \"$CAS_OUT/sub/f\" && printf b > \"$CAS_OUT/g\" \
+             && echo built",
+            runs_file.display(),
+            gate.display()
+        ),
+    ];
+    let outs: Vec<_> = (0..4).map(|i| s.scratch.join(format!("out{i}"))).collect();
+    let children: Vec<Child> = outs
+        .iter()
+        .map(|o| {
+            let o = o.to_string_lossy().into_owned();
+            spawn_ensure(&s, "t", &["--tree", "-o", &o], &cmd)
+        })
+        .collect();
+    wait_until("one caller to start the build", || runs(&s.scratch) >= 1);
+    std::fs::write(&gate, "").unwrap();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "the build's stdout went to stdout");
+    }
+    assert_eq!(runs(&s.scratch), 1, "the build ran more than once");
+    for o in &outs {
+        assert_eq!(std::fs::read(o.join("sub/f")).unwrap(), b"a");
+        assert_eq!(std::fs::read(o.join("g")).unwrap(), b"b");
+    }
+    // Again into a directory that already holds the tree: success, nothing runs. Into one
+    // that holds something else: refused, untouched.
+    let again = run(cas(&s)
+        .args(["key", "ensure", "t", "--tree", "-o"])
+        .arg(&outs[0])
+        .args(["--", "false"]));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    std::fs::write(outs[1].join("g"), "changed").unwrap();
+    let clash = run(cas(&s)
+        .args(["key", "ensure", "t", "--tree", "-o"])
+        .arg(&outs[1])
+        .args(["--", "false"]));
+    assert_eq!(clash.status.code(), Some(1), "{}", text(&clash.stderr));
+    assert!(text(&clash.stderr).contains("does not hold this tree"));
+    assert_eq!(std::fs::read(outs[1].join("g")).unwrap(), b"changed");
+    // The entry points at the tree, as `put -r` of the same directory gives it.
+    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&outs[0]));
+    let info = run_ok(cas(&s).args(["--json", "key", "info", "t"]));
+    assert!(info.contains(tree.trim()), "{info} vs {tree}");
+}
+
+#[test]
+fn key_set_expect_none_has_exactly_one_winner() {
+    let s = Store::new();
+    let hashes: Vec<String> = (0..6).map(|i| s.put(format!("v{i}").as_bytes())).collect();
+    let children: Vec<Child> = hashes
+        .iter()
+        .map(|h| {
+            cas(&s)
+                .args(["key", "set", "k", h, "--expect-none"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for (c, h) in children.into_iter().zip(&hashes) {
+        let out = c.wait_with_output().unwrap();
+        match out.status.code() {
+            Some(0) => winners.push(h.clone()),
+            Some(1) => assert!(
+                text(&out.stderr).contains("expected absent"),
+                "{}",
+                text(&out.stderr)
+            ),
+            other => panic!("exit {other:?}: {}", text(&out.stderr)),
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let got = run_ok(cas(&s).args(["key", "get", "k"]));
+    let i = hashes.iter().position(|h| *h == winners[0]).unwrap();
+    assert_eq!(got, format!("v{i}"));
+    // A hash that is not in the store is refused.
+    let missing = "0".repeat(64);
+    let out = run(cas(&s).args(["key", "set", "k2", &missing]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&missing));
+}
+
+#[test]
+fn key_put_r_points_a_key_at_a_tree() {
+    let s = Store::new();
+    let d = s.scratch.join("d");
+    std::fs::create_dir_all(d.join("x")).unwrap();
+    std::fs::write(d.join("x/y"), "z").unwrap();
+    let h = run_ok(cas(&s).args(["key", "put", "-r", "k"]).arg(&d));
+    assert_eq!(h, run_ok(cas(&s).args(["put", "-r"]).arg(&d)));
+    let restored = s.scratch.join("r");
+    run_ok(cas(&s).args(["get", "-r", h.trim(), "-o"]).arg(&restored));
+    assert_eq!(std::fs::read(restored.join("x/y")).unwrap(), b"z");
+}
