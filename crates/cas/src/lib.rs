@@ -152,6 +152,8 @@ mod config;
 mod doctor;
 mod error;
 mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 mod hash;
 mod index;

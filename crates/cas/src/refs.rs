@@ -109,7 +109,7 @@ pub(crate) fn parse_ref_content(text: &str) -> Option<Hash> {
 
 const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn log_field(h: Option<&Hash>) -> String {
+pub(crate) fn log_field(h: Option<&Hash>) -> String {
     h.map_or_else(|| ZERO.to_owned(), ToString::to_string)
 }
 

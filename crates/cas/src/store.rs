@@ -431,7 +431,7 @@ fn dir_mode(shared: bool) -> u32 {
     }
 }
 
-fn check_format(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn check_format(path: &Path, text: &str) -> Result<()> {
     let first = text.lines().next().unwrap_or("").trim();
     let malformed = |reason: &str| Error::Malformed {
         what: "FORMAT file",

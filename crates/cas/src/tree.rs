@@ -103,7 +103,8 @@ impl Tree {
     }
 
     /// Decodes and validates a tree: known version, names valid, strictly sorted (so unique),
-    /// symlink targets non-empty without NUL. Never panics, whatever the bytes.
+    /// symlink targets non-empty without NUL, bytes exactly the canonical encoding (as
+    /// [`Tree::encode`] writes it). Never panics, whatever the bytes.
     ///
     /// # Errors
     /// A message saying what is wrong.
@@ -121,6 +122,11 @@ impl Tree {
                     return Err("symlink target is empty or contains NUL".into());
                 }
             }
+        }
+        // bincode also reads integers and lengths written in more bytes than needed; such a
+        // tree would be a second object (another hash) for the same directory.
+        if codec::encode::<_, MAX_TREE>(*TREE_MAGIC, TREE_VERSION, &entries) != bytes {
+            return Err("not the canonical encoding of its entries".into());
         }
         Ok(Tree { entries })
     }
@@ -730,6 +736,17 @@ mod tests {
     fn escapes(m: &Model, dir: &[&str], target: &str) -> bool {
         let dir: Vec<Vec<u8>> = dir.iter().map(|d| d.as_bytes().to_vec()).collect();
         m.resolve(&dir, target.as_bytes(), &mut 0).is_err()
+    }
+
+    #[test]
+    fn longer_than_needed_integers_are_rejected() {
+        // Found by fuzzing (fuzz/corpus/tree/crash-noncanonical-*): the empty list with its
+        // length as a 2-byte varint decoded, a second object for the empty directory.
+        let mut bytes = Tree::default().encode();
+        assert_eq!(bytes.pop(), Some(0));
+        bytes.extend_from_slice(&[251, 0, 0]);
+        let err = Tree::decode(&bytes).unwrap_err();
+        assert!(err.contains("canonical"), "{err}");
     }
 
     #[test]
