@@ -86,6 +86,21 @@ impl Staging {
         Ok(r)
     }
 
+    /// Moves the staging file to `name` in the directory `dir` without replacing anything.
+    fn publish_into(
+        &mut self,
+        store: &Store,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::OsStr,
+    ) -> io::Result<Published> {
+        let r =
+            fs::publish_noreplace_at(self.dir.as_fd(), &self.name, dir, name, &store.inner.caps)?;
+        if r == Published::Created {
+            self.armed = false;
+        }
+        Ok(r)
+    }
+
     /// `fsync` of `tmp/` (the directory this staging file was created in): a rename out of it
     /// is a change to both directories, and only syncing both makes it durable everywhere.
     fn sync_dir(&self) -> io::Result<()> {
@@ -117,6 +132,11 @@ pub(crate) struct Staged {
     pub(crate) staging: Staging,
     pub(crate) hash: Hash,
     pub(crate) len: u64,
+}
+
+/// An object's file name inside its fan-out directory: the hash's hex after the first two.
+pub(crate) fn fanout_name(hash: &Hash) -> String {
+    hash.to_hex()[2..].to_owned()
 }
 
 /// Where the bytes of a put come from, for error messages: a read failure names the input,
@@ -251,7 +271,7 @@ impl Store {
         let mut new_fanout = false;
         for s in staged {
             let dst = layout::object_path(&self.inner.root, &s.hash);
-            let (published, made_dir) = self.publish_object(s.staging, &dst)?;
+            let (published, made_dir) = self.publish_object(s.staging, &s.hash, &dst)?;
             new_fanout |= made_dir;
             if published == Published::Created {
                 created += 1;
@@ -328,23 +348,59 @@ impl Store {
         })
     }
 
+    /// The descriptor of the fan-out directory `objects/ab/` of `hash` (an `O_PATH` handle
+    /// resolved beneath the root once per store handle), and the object's name in it.
+    /// `refresh` drops a cached handle that turned out stale (the directory was removed and
+    /// made again).
+    pub(crate) fn fanout_dir(&self, hash: &Hash, refresh: bool) -> io::Result<Arc<OwnedFd>> {
+        let i = usize::from(hash.as_bytes()[0]);
+        let mut cache = self
+            .inner
+            .fanouts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(fd), false) = (cache[i].as_ref(), refresh) {
+            return Ok(Arc::clone(fd));
+        }
+        let dst = layout::object_path(&self.inner.root, hash);
+        let fd = Arc::new(
+            self.inner
+                .root_dir
+                .open_dir_path(dst.parent().unwrap_or(&dst))?,
+        );
+        cache[i] = Some(Arc::clone(&fd));
+        Ok(fd)
+    }
+
     /// Publishes one complete staging file at `dst` (an object name) without replacing;
     /// creates the fan-out directory on demand. Returns what happened and whether we created
     /// the fan-out directory.
-    fn publish_object(&self, mut staging: Staging, dst: &Path) -> Result<(Published, bool)> {
+    fn publish_object(
+        &self,
+        mut staging: Staging,
+        hash: &Hash,
+        dst: &Path,
+    ) -> Result<(Published, bool)> {
+        let name = fanout_name(hash);
         let mut made_dir = false;
+        let mut refresh = false;
         let mut attempts = 0;
         loop {
-            match staging.publish_noreplace(self, dst) {
-                Ok(Published::Created) => return Ok((Published::Created, made_dir)),
-                Ok(Published::Existed) => {
+            let r = self.fanout_dir(hash, refresh).and_then(|dir| {
+                let r = staging.publish_into(self, dir.as_fd(), name.as_ref())?;
+                if r == Published::Existed {
                     // Same bytes are already there: refresh the age gc sees, drop ours.
-                    let _ = self.inner.root_dir.touch_now(dst);
-                    return Ok((Published::Existed, made_dir));
+                    let _ = fs::touch_at(dir.as_fd(), name.as_ref());
                 }
+                Ok(r)
+            });
+            match r {
+                Ok(p) => return Ok((p, made_dir)),
                 Err(e) if fs::is_not_found(&e) && attempts < 8 => {
-                    // The fan-out directory does not exist yet (or gc just removed it empty).
+                    // The fan-out directory does not exist (removed by hand; a store made
+                    // before init created all 256), or our handle on it is stale.
                     attempts += 1;
+                    refresh = true;
                     made_dir |= self.ensure_dir(dst.parent().unwrap_or(dst))?;
                 }
                 Err(e) => return Err(Error::io("publish object", dst, e)),
@@ -455,5 +511,32 @@ impl Store {
     /// `Existed` leaves the staging file in place for another try; the guard removes it.
     pub(crate) fn publish_small(&self, staging: &mut Staging, dst: &Path) -> io::Result<Published> {
         staging.publish_noreplace(self, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Hash, Options, Store};
+
+    /// The fan-out handle is cached: a directory removed and made again behind it (by hand,
+    /// or a store from before init made all 256) must not lose a put.
+    #[test]
+    fn a_stale_fanout_handle_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path(), Options::default()).unwrap();
+        let first = store.put_bytes(b"first").unwrap();
+        let same_dir = (0u32..100_000)
+            .map(|i| format!("second {i}").into_bytes())
+            .find(|b| Hash::of(b).as_bytes()[0] == first.as_bytes()[0])
+            .unwrap();
+        let dir = store.object_path(&first).parent().unwrap().to_owned();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        let h = store.put_bytes(&same_dir).unwrap();
+        assert_eq!(&*store.get(&h).unwrap(), &same_dir[..]);
+        // And the first object, gone with the directory, can be put again.
+        assert!(!store.contains(&first));
+        store.put_bytes(b"first").unwrap();
+        assert!(store.contains(&first));
     }
 }

@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     pub(crate) root_dir: Root,
     /// `tmp/`, held open once used (see `Store::new_staging`).
     pub(crate) tmp_dir: Mutex<Option<Arc<OwnedFd>>>,
+    /// `objects/00/` … `objects/ff/`, held open once used (see `Store::fanout_dir`).
+    pub(crate) fanouts: Mutex<Vec<Option<Arc<OwnedFd>>>>,
     pub(crate) options: Options,
     pub(crate) caps: Caps,
     pub(crate) host: String,
@@ -280,6 +282,7 @@ impl Store {
                 root,
                 root_dir: dir,
                 tmp_dir: Mutex::new(None),
+                fanouts: Mutex::new(vec![None; 256]),
                 options,
                 caps,
                 host,
@@ -318,6 +321,7 @@ impl Store {
                 root: i.root.clone(),
                 root_dir: dir,
                 tmp_dir: Mutex::new(None),
+                fanouts: Mutex::new(vec![None; 256]),
                 options,
                 caps: i.caps.snapshot(),
                 host: i.host.clone(),

@@ -3,12 +3,12 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::{Hash, Hasher};
-use crate::layout;
 use crate::stage::{Input, Staged, Staging};
 use crate::{Durability, Store};
 
@@ -387,8 +387,12 @@ impl Store {
     /// Sets an existing object's mtime to now. Returns true if the object exists (even when the
     /// refresh was refused because another user owns it).
     pub(crate) fn refresh_if_present(&self, hash: &Hash) -> bool {
-        let p = layout::object_path(&self.inner.root, hash);
-        match self.inner.root_dir.touch_now(&p) {
+        // Through the cached fan-out handle: one system call. A stale handle (the directory
+        // made again) answers "absent"; the publish that follows finds the truth.
+        let Ok(dir) = self.fanout_dir(hash, false) else {
+            return false;
+        };
+        match fs::touch_at(dir.as_fd(), crate::stage::fanout_name(hash).as_ref()) {
             Ok(()) => true,
             // EPERM/EACCES: it exists but belongs to another user of a shared store.
             Err(e) => e.kind() == io::ErrorKind::PermissionDenied,

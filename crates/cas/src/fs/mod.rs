@@ -16,7 +16,9 @@ use rustix::io::Errno;
 use crate::Barrier;
 
 mod root;
-pub(crate) use root::{create_excl_at, is_hostile, unlink_own, Kind, Root};
+pub(crate) use root::{
+    create_excl_at, is_hostile, publish_noreplace_at, touch_at, unlink_own, Kind, Root,
+};
 
 /// What a no-replace publish found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -334,6 +334,15 @@ impl Root {
         w
     }
 
+    /// Opens a directory beneath the root as an `O_PATH` handle, a base for `*at` calls.
+    pub(crate) fn open_dir_path(&self, path: &Path) -> io::Result<OwnedFd> {
+        self.openat_beneath(
+            self.rel(path)?,
+            OFlags::PATH | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+    }
+
     /// Opens a directory beneath the root (for listing or `fsync`).
     pub(crate) fn open_dir(&self, path: &Path) -> io::Result<OwnedFd> {
         self.openat_beneath(
@@ -594,6 +603,11 @@ pub(crate) fn unlink_own(dir: BorrowedFd<'_>, name: &OsStr) {
             Err(_) => {}
         }
     }
+}
+
+/// Sets the mtime of `name` in `dir` to now (`utimensat`, no symlink following).
+pub(crate) fn touch_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    rustix::fs::utimensat(dir, name, &now_mtime(), AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
 }
 
 fn now_mtime() -> rustix::fs::Timestamps {
