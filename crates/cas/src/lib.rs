@@ -41,6 +41,7 @@ mod batch;
 mod cleanup;
 mod codec;
 mod config;
+mod copyout;
 mod doctor;
 mod error;
 mod fs;
