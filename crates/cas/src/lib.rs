@@ -57,6 +57,7 @@ mod output;
 mod progress;
 mod read;
 mod refs;
+mod restore;
 mod stage;
 mod store;
 mod trash;

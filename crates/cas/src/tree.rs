@@ -2,7 +2,6 @@
 //! version (u32 LE), then the serde + bincode (standard config) encoding of its entries sorted
 //! by name. The same directory always yields the same bytes, hence the same hash.
 
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ pub const TREE_MAGIC: &[u8; 8] = b"CASTREE\0";
 /// The tree encoding version this library writes and reads.
 pub const TREE_VERSION: u32 = 1;
 /// Deepest directory nesting restored (a crafted tree cannot exhaust the stack).
-const MAX_DEPTH: usize = 512;
+pub(crate) const MAX_DEPTH: usize = 512;
 
 /// One entry of a tree.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -63,7 +62,7 @@ pub struct Tree {
 /// Largest tree object decoded.
 const MAX_TREE: usize = 256 << 20;
 
-fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
+pub(crate) fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty entry name");
     }
@@ -502,7 +501,10 @@ impl Store {
             return Err(Error::Interrupted);
         }
         let dir = fs::open_dir_nofollow(tmp.path()).map_err(Error::at("open", tmp.path()))?;
-        self.restore_tree(&root, &dir, dest, 0)?;
+        // Directories by one thread, files by a small pool, each verified (crate::restore);
+        // the temporary directory (mode 0700) becomes visible only once all of it is done.
+        let dir = std::sync::Arc::new(dir);
+        crate::restore::restore(self, &root, &dir, dest)?;
         let mode = 0o777 & !fs::umask();
         fs::set_dir_mode(&dir, mode).map_err(Error::at("set permissions of", tmp.path()))?;
         let tmp_path = tmp.keep();
@@ -535,54 +537,6 @@ impl Store {
             m.entries.insert(e.name, node);
         }
         Ok(m)
-    }
-
-    fn restore_tree(
-        &self,
-        tree: &Tree,
-        dir: &std::os::fd::OwnedFd,
-        shown: &Path,
-        depth: usize,
-    ) -> Result<()> {
-        use std::os::fd::AsFd;
-        if depth > MAX_DEPTH {
-            return Err(Error::Tree {
-                path: shown.to_owned(),
-                reason: format!("nesting deeper than {MAX_DEPTH} directories"),
-            });
-        }
-        for e in &tree.entries {
-            // Decoding validated names; check again here, where it protects the filesystem.
-            check_name(&e.name).map_err(|r| Error::Tree {
-                path: shown.to_owned(),
-                reason: r.into(),
-            })?;
-            let name = std::ffi::OsStr::from_bytes(&e.name);
-            let shown_path: PathBuf = shown.join(name);
-            match &e.kind {
-                EntryKind::File {
-                    executable, hash, ..
-                } => {
-                    let mode = if *executable { 0o777 } else { 0o666 };
-                    let fd = fs::create_excl_at(dir.as_fd(), name, mode)
-                        .map_err(|e| Error::io("create", &shown_path, e.into()))?;
-                    let mut f = std::fs::File::from(fd);
-                    self.get_to_writer(hash, &mut f)?;
-                    f.flush().map_err(Error::at("write", &shown_path))?;
-                }
-                EntryKind::Dir { hash } => {
-                    let sub_dir = fs::mkdir_open_at(dir.as_fd(), name)
-                        .map_err(Error::at("create directory", &shown_path))?;
-                    let sub = self.read_tree(hash)?;
-                    self.restore_tree(&sub, &sub_dir, &shown_path, depth + 1)?;
-                }
-                EntryKind::Symlink { target } => {
-                    fs::symlink_at(std::ffi::OsStr::from_bytes(target), dir.as_fd(), name)
-                        .map_err(Error::at("create symlink", &shown_path))?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
