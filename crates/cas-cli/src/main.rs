@@ -94,6 +94,11 @@ enum Cmd {
         /// collected it in between. Not moved if any input failed.
         #[arg(long, value_name = "NAME", value_parser = parse_ref_name)]
         r#ref: Option<String>,
+        /// With -r: read and hash every file, neither using nor updating the stat cache
+        /// (by default a file whose device, inode, size, mtime and ctime are unchanged since
+        /// it was last stored, and whose object is still in the store, is not read again).
+        #[arg(long, requires = "recursive")]
+        no_cache: bool,
     },
     /// Write an object's bytes to stdout (or -o FILE), verified before anything is written.
     #[command(
@@ -497,10 +502,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             recursive,
             r#ref,
+            no_cache,
         } => cmd_put(
             &open_store(g, Write)?,
             &files,
-            recursive,
+            recursive.then(|| cas::PutDirOptions::default().stat_cache(!no_cache)),
             r#ref.as_deref(),
             g.json,
         ),
@@ -776,7 +782,7 @@ fn warn_external_symlinks(dir: &Path, report: &cas::PutDirReport) {
 fn cmd_put(
     store: &Store,
     files: &[PathBuf],
-    recursive: bool,
+    recursive: Option<cas::PutDirOptions>,
     ref_name: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
@@ -797,8 +803,11 @@ fn cmd_put(
     let put_one = |f: &Path| -> Result<Hash> {
         Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
-        } else if recursive && f.is_dir() {
-            let (hash, report) = store.put_dir_report(f)?;
+        } else if let (Some(opts), true) = (&recursive, f.is_dir()) {
+            let (hash, report) = store.put_dir_with(f, opts)?;
+            if let Some(w) = &report.cache_warning {
+                eprintln!("cas: warning: {w}");
+            }
             warn_external_symlinks(f, &report);
             hash
         } else if f.is_dir() {
@@ -818,7 +827,7 @@ fn cmd_put(
         failed += 1;
         eprintln!("cas: error: {}: {e}", f.display());
     };
-    if recursive {
+    if recursive.is_some() {
         for f in files {
             match put_one(f) {
                 Ok(hash) => {

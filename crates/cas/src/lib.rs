@@ -59,6 +59,7 @@ mod read;
 mod refs;
 mod restore;
 mod stage;
+mod statcache;
 mod store;
 mod trash;
 mod tree;
@@ -80,7 +81,8 @@ pub use read::{Object, ObjectIter, ObjectReader, Stats};
 pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};
 pub use store::{Barrier, FsInfo, Store};
 pub use tree::{
-    CheckoutOptions, EntryKind, PutDirReport, Tree, TreeEntry, TREE_MAGIC, TREE_VERSION,
+    CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TREE_MAGIC,
+    TREE_VERSION,
 };
 pub use verify::{CorruptObject, Dangling, Problem, VerifyReport};
 pub use write::Writer;

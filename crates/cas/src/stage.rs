@@ -382,7 +382,19 @@ impl Store {
         bytes: &[u8],
         durability: Durability,
     ) -> Result<()> {
-        let mut staging = self.stage_small(bytes, self.file_mode(), durability)?;
+        self.replace_small_with_mode(dst, bytes, self.file_mode(), durability)
+    }
+
+    /// [`Store::replace_small`] with the file's permission bits given (the stat cache is
+    /// written 0600 even in a shared store: only its owner may trust it).
+    pub(crate) fn replace_small_with_mode(
+        &self,
+        dst: &Path,
+        bytes: &[u8],
+        mode: u32,
+        durability: Durability,
+    ) -> Result<()> {
+        let mut staging = self.stage_small(bytes, mode, durability)?;
         let dir = dst.parent().unwrap_or(dst);
         let mut attempts = 0;
         loop {

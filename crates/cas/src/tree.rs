@@ -270,6 +270,33 @@ pub struct PutDirReport {
     pub external_symlinks: u64,
     /// One of them, with its target, as an example.
     pub example: Option<(PathBuf, PathBuf)>,
+    /// With the stat cache: files whose hash came from it (not read).
+    pub cache_hits: u64,
+    /// With the stat cache: files that were read and hashed.
+    pub hashed: u64,
+    /// With the stat cache: why it was ignored or not written, if it was (a damaged cache
+    /// file is ignored, never an error).
+    pub cache_warning: Option<String>,
+}
+
+/// Options of [`Store::put_dir_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PutDirOptions {
+    /// Use and update this user's stat cache of the store (docs/format.md §10): a file whose
+    /// device, inode, size, mtime and ctime are what they were when it was last stored, and
+    /// whose object is still in the store, is not read again. Off by default in the library;
+    /// the CLI turns it on (`cas put -r`, off with `--no-cache`).
+    pub stat_cache: bool,
+}
+
+impl PutDirOptions {
+    /// Sets [`PutDirOptions::stat_cache`] (builder style).
+    #[must_use]
+    pub fn stat_cache(mut self, on: bool) -> Self {
+        self.stat_cache = on;
+        self
+    }
 }
 
 /// Options of [`Store::checkout_with`].
@@ -315,7 +342,7 @@ impl Store {
     /// [`Error::Io`] naming the path that could not be read; [`Error::Tree`] for a file type
     /// that cannot be stored (socket, fifo, device).
     pub fn put_dir(&self, path: impl AsRef<Path>) -> Result<Hash> {
-        self.put_dir_inner(path.as_ref())
+        self.put_dir_inner(path.as_ref(), None)
     }
 
     /// [`Store::put_dir`], also reporting symlinks in the directory whose targets resolve
@@ -324,11 +351,42 @@ impl Store {
     /// # Errors
     /// As [`Store::put_dir`].
     pub fn put_dir_report(&self, path: impl AsRef<Path>) -> Result<(Hash, PutDirReport)> {
+        self.put_dir_with(path, &PutDirOptions::default())
+    }
+
+    /// [`Store::put_dir_report`] with options: with [`PutDirOptions::stat_cache`], files
+    /// unchanged since they were last stored (by `lstat`, and racy-git safe) are not read
+    /// again. The cache is a hint: a damaged one is ignored (see
+    /// [`PutDirReport::cache_warning`]) and the stored tree is the same with or without it.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// # let src = dir.path().join("src");
+    /// # std::fs::create_dir_all(&src).unwrap();
+    /// # std::fs::write(src.join("a"), b"a").unwrap();
+    /// let opts = cas::PutDirOptions::default().stat_cache(true);
+    /// let (tree, _) = store.put_dir_with(&src, &opts)?;
+    /// assert_eq!(store.put_dir_with(&src, &opts)?.0, tree);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::put_dir`].
+    pub fn put_dir_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &PutDirOptions,
+    ) -> Result<(Hash, PutDirReport)> {
         let path = path.as_ref();
-        let hash = self.put_dir_inner(path)?;
+        let mut cache = opts
+            .stat_cache
+            .then(|| crate::statcache::StatCache::load(self));
+        let hash = self.put_dir_inner(path, cache.as_mut())?;
         let model = self.model(&hash, path, 0)?;
         let links = model.escaping_links();
-        let report = PutDirReport {
+        let mut report = PutDirReport {
             external_symlinks: links.len() as u64,
             example: links.first().map(|(p, t, _)| {
                 (
@@ -336,11 +394,22 @@ impl Store {
                     PathBuf::from(std::ffi::OsStr::from_bytes(t)),
                 )
             }),
+            ..PutDirReport::default()
         };
+        if let Some(mut c) = cache {
+            c.save(self);
+            report.cache_hits = c.hits;
+            report.hashed = c.hashed;
+            report.cache_warning = c.warning;
+        }
         Ok((hash, report))
     }
 
-    fn put_dir_inner(&self, root: &Path) -> Result<Hash> {
+    fn put_dir_inner(
+        &self,
+        root: &Path,
+        mut cache: Option<&mut crate::statcache::StatCache>,
+    ) -> Result<Hash> {
         let meta = std::fs::metadata(root).map_err(Error::at("stat", root))?;
         if !meta.is_dir() {
             return Err(Error::Tree {
@@ -389,7 +458,19 @@ impl Store {
                 let m = ent
                     .metadata()
                     .map_err(|e| Error::io("stat", ent.path(), e.into()))?;
-                let hash = batch.put_path(ent.path())?;
+                let hash = match (cache.as_deref_mut(), crate::statcache::StatKey::of(&m)) {
+                    (Some(c), Some(key)) => match c.lookup(self, &key) {
+                        Some(h) => h,
+                        None => {
+                            // `m` was taken before the file is read: a write during the read
+                            // changes what the next run sees, so it hashes again.
+                            let h = batch.put_path(ent.path())?;
+                            c.record(&key, h);
+                            h
+                        }
+                    },
+                    _ => batch.put_path(ent.path())?,
+                };
                 EntryKind::File {
                     executable: m.permissions().mode() & 0o111 != 0,
                     size: m.len(),

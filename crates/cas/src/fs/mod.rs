@@ -377,6 +377,13 @@ pub(crate) fn is_local(fd: impl std::os::fd::AsFd) -> bool {
     })
 }
 
+/// Sets the mtime of the name `name` in the directory `dir` to now, without following it
+/// (`utimensat(AT_SYMLINK_NOFOLLOW)`): the existence probe of an object whose fan-out
+/// directory is held open.
+pub(crate) fn touch_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    root::touch_name_at(dir, name)
+}
+
 /// The file name as bytes.
 pub(crate) fn name_bytes(name: &OsStr) -> &[u8] {
     use std::os::unix::ffi::OsStrExt;

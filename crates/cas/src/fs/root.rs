@@ -589,6 +589,11 @@ pub(crate) fn unlink_own(dir: BorrowedFd<'_>, name: &OsStr) {
     }
 }
 
+/// `utimensat(dir, name, now, AT_SYMLINK_NOFOLLOW)`.
+pub(crate) fn touch_name_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    rustix::fs::utimensat(dir, name, &now_mtime(), AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
+}
+
 fn now_mtime() -> rustix::fs::Timestamps {
     use rustix::fs::{Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
     Timestamps {
