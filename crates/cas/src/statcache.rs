@@ -47,6 +47,11 @@ const MAX_ENTRIES: usize = 1 << 20;
 /// clocks and filesystems with 1 s or 2 s timestamp granularity).
 const MARGIN_NS: i64 = 2_000_000_000;
 
+/// An object whose mtime is younger than this is not refreshed again when the stat cache
+/// finds it (docs/format.md §10): it is young for gc already, within this much of the grace
+/// period.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What `lstat` says about a file, as the cache keys it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StatKey {
@@ -296,9 +301,18 @@ impl StatCache {
         }
     }
 
-    fn object_present(&mut self, store: &Store, hash: &Hash) -> bool {
+    /// True if the object is in `objects/`, its mtime refreshed as a put of existing bytes
+    /// does — unless it was refreshed less than [`FRESH`] ago: `fstatat` relative to its
+    /// fan-out directory (held open after first use), then `utimensat` only for an older
+    /// object. Refreshing dirties the inode: for a tree re-put every few seconds it was half
+    /// the time, for an object that is young anyway.
+    pub(crate) fn object_present(&mut self, store: &Store, hash: &Hash) -> bool {
         let b = usize::from(hash.as_bytes()[0]);
-        let hex = hash.to_hex();
+        let mut buf = [0u8; crate::hash::HEX_LEN];
+        let hex = hash.to_hex_buf(&mut buf);
+        if self.fanouts.is_empty() {
+            return store.refresh_if_present(hash);
+        }
         if self.fanouts[b].is_none() {
             let dir = store.path(layout::OBJECTS).join(&hex[..2]);
             match store.inner.root_dir.open_dir(&dir) {
@@ -309,7 +323,19 @@ impl StatCache {
         let Some(dir) = self.fanouts[b].as_ref() else {
             return false;
         };
-        match fs::touch_at(dir.as_fd(), OsStr::new(&hex[2..])) {
+        let name = OsStr::new(&hex[2..]);
+        match fs::lstat_at(dir.as_fd(), name) {
+            Ok(m) if SystemTime::now()
+                .duration_since(m.mtime)
+                .is_ok_and(|age| age < FRESH) =>
+            {
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) if fs::is_not_found(&e) => return false,
+            Err(_) => {}
+        }
+        match fs::touch_at(dir.as_fd(), name) {
             Ok(()) => true,
             // It exists but belongs to another user of a shared store.
             Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,

@@ -134,6 +134,9 @@ impl Tree {
     }
 }
 
+/// Decoded trees by hash: those a `put_dir` just stored.
+type Trees = std::collections::HashMap<Hash, Tree>;
+
 /// How many symlinks one resolution may follow (the kernel's own limit is 40).
 const MAX_LINKS: usize = 40;
 
@@ -342,7 +345,7 @@ impl Store {
     /// [`Error::Io`] naming the path that could not be read; [`Error::Tree`] for a file type
     /// that cannot be stored (socket, fifo, device).
     pub fn put_dir(&self, path: impl AsRef<Path>) -> Result<Hash> {
-        self.put_dir_inner(path.as_ref(), None)
+        self.put_dir_inner(path.as_ref(), None, &mut Trees::new())
     }
 
     /// [`Store::put_dir`], also reporting symlinks in the directory whose targets resolve
@@ -383,8 +386,10 @@ impl Store {
         let mut cache = opts
             .stat_cache
             .then(|| crate::statcache::StatCache::load(self));
-        let hash = self.put_dir_inner(path, cache.as_mut())?;
-        let model = self.model(&hash, path, 0)?;
+        let mut trees = Trees::new();
+        let hash = self.put_dir_inner(path, cache.as_mut(), &mut trees)?;
+        let model = self.model(&hash, path, 0, &trees)?;
+        drop(trees);
         let links = model.escaping_links();
         let mut report = PutDirReport {
             external_symlinks: links.len() as u64,
@@ -409,6 +414,7 @@ impl Store {
         &self,
         root: &Path,
         mut cache: Option<&mut crate::statcache::StatCache>,
+        trees: &mut Trees,
     ) -> Result<Hash> {
         let meta = std::fs::metadata(root).map_err(Error::at("stat", root))?;
         if !meta.is_dir() {
@@ -441,14 +447,27 @@ impl Store {
                 let children = std::mem::take(&mut levels[depth + 1]);
                 // Never write a tree that a reader would refuse to decode: gc would not know
                 // its children.
-                let bytes = Tree { entries: children }
+                let (bytes, decoded) = Tree { entries: children }
                     .try_encode()
-                    .and_then(|b| Tree::decode(&b).map(|_| b))
+                    .and_then(|b| Tree::decode(&b).map(|t| (b, t)))
                     .map_err(|reason| Error::Tree {
                         path: ent.path().to_owned(),
                         reason,
                     })?;
-                let hash = batch.put_bytes(&bytes)?;
+                let hash = match cache.as_deref_mut() {
+                    // An unchanged directory's tree is in the store already: one probe
+                    // through the fan-out directory the cache holds open.
+                    Some(c) => {
+                        let h = Hash::of(&bytes);
+                        if c.object_present(self, &h) {
+                            h
+                        } else {
+                            batch.put_bytes(&bytes)?
+                        }
+                    }
+                    None => batch.put_bytes(&bytes)?,
+                };
+                trees.insert(hash, decoded);
                 if depth == 0 {
                     batch.commit()?;
                     return Ok(hash);
@@ -554,7 +573,7 @@ impl Store {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let model = self.model(tree, dest, 0)?;
+        let model = self.model(tree, dest, 0, &Trees::new())?;
         if !opts.allow_external_symlinks {
             if let Some((p, t, why)) = model.escaping_links().into_iter().next() {
                 return Err(Error::Tree {
@@ -597,25 +616,33 @@ impl Store {
     }
 
     /// Reads a whole tree's names and kinds (not file contents) into a [`Model`].
-    fn model(&self, hash: &Hash, shown: &Path, depth: usize) -> Result<Model> {
+    /// Trees found in `known` (those a put just stored, decoded) are not read again.
+    fn model(&self, hash: &Hash, shown: &Path, depth: usize, known: &Trees) -> Result<Model> {
         if depth > MAX_DEPTH {
             return Err(Error::Tree {
                 path: shown.to_owned(),
                 reason: format!("nesting deeper than {MAX_DEPTH} directories"),
             });
         }
-        let tree = self.read_tree(hash)?;
+        let read;
+        let tree = match known.get(hash) {
+            Some(t) => t,
+            None => {
+                read = self.read_tree(hash)?;
+                &read
+            }
+        };
         let mut m = Model::default();
-        for e in tree.entries {
-            let node = match e.kind {
+        for e in &tree.entries {
+            let node = match &e.kind {
                 EntryKind::File { .. } => Node::File,
-                EntryKind::Symlink { target } => Node::Link(target),
+                EntryKind::Symlink { target } => Node::Link(target.clone()),
                 EntryKind::Dir { hash } => {
                     let sub = shown.join(std::ffi::OsStr::from_bytes(&e.name));
-                    Node::Dir(self.model(&hash, &sub, depth + 1)?)
+                    Node::Dir(self.model(hash, &sub, depth + 1, known)?)
                 }
             };
-            m.entries.insert(e.name, node);
+            m.entries.insert(e.name.clone(), node);
         }
         Ok(m)
     }

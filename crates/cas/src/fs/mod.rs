@@ -384,6 +384,11 @@ pub(crate) fn touch_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     root::touch_name_at(dir, name)
 }
 
+/// `lstat` of the name `name` in the directory `dir` (`fstatat(AT_SYMLINK_NOFOLLOW)`).
+pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<root::Meta> {
+    root::lstat_name_at(dir, name)
+}
+
 /// The file name as bytes.
 pub(crate) fn name_bytes(name: &OsStr) -> &[u8] {
     use std::os::unix::ffi::OsStrExt;

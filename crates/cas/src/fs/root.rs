@@ -589,6 +589,13 @@ pub(crate) fn unlink_own(dir: BorrowedFd<'_>, name: &OsStr) {
     }
 }
 
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)` as [`Meta`].
+pub(crate) fn lstat_name_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Meta> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map(|st| meta_of(&st))
+        .map_err(Into::into)
+}
+
 /// `utimensat(dir, name, now, AT_SYMLINK_NOFOLLOW)`.
 pub(crate) fn touch_name_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     rustix::fs::utimensat(dir, name, &now_mtime(), AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
