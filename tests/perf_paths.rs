@@ -51,11 +51,17 @@ fn big_get_to_a_file_and_to_a_pipe_round_trips() {
     let h = put_file(&s, "big", &bytes);
     let out = s.scratch.join("out.bin");
     run_ok(cas(&s).args(["get", &h, "-o"]).arg(&out));
-    assert!(fs::read(&out).unwrap() == bytes, "get -o copied other bytes");
+    assert!(
+        fs::read(&out).unwrap() == bytes,
+        "get -o copied other bytes"
+    );
     // Replacing an existing file keeps its permission bits.
     fs::set_permissions(&out, fs::Permissions::from_mode(0o640)).unwrap();
     run_ok(cas(&s).args(["get", &h, "-o"]).arg(&out));
-    assert_eq!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
     // To a pipe read by another process.
     let mut child = cas(&s)
         .args(["get", &h])
@@ -83,7 +89,11 @@ fn a_corrupt_object_is_never_written_by_get() {
         let r = run(cas(&s).args(["get", &h, "-o"]).arg(&out));
         assert_eq!(r.status.code(), Some(1), "{}", text(&r.stderr));
         assert!(text(&r.stderr).contains("corrupt"), "{}", text(&r.stderr));
-        assert_eq!(names_in(&s.scratch), vec!["in"], "len {len}: left something");
+        assert_eq!(
+            names_in(&s.scratch),
+            vec!["in"],
+            "len {len}: left something"
+        );
         assert!(!s.object_path(&h).exists(), "not quarantined");
         assert_eq!(files_under(&s.quarantine()).len(), 1);
 
@@ -99,7 +109,11 @@ fn a_corrupt_object_is_never_written_by_get() {
         corrupt(&s, &h, at);
         let r = run(cas(&s).args(["get", &h]).stdout(Stdio::piped()));
         assert_eq!(r.status.code(), Some(1));
-        assert!(r.stdout.is_empty(), "{} bytes written to the pipe", r.stdout.len());
+        assert!(
+            r.stdout.is_empty(),
+            "{} bytes written to the pipe",
+            r.stdout.len()
+        );
     }
 }
 
@@ -136,14 +150,19 @@ fn a_parallel_restore_restores_everything() {
     let s = Store::new();
     let src = s.scratch.join("src");
     let files = make_tree(&src);
-    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src)).trim().to_owned();
+    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src))
+        .trim()
+        .to_owned();
     let dst = s.scratch.join("dst");
     run_ok(cas(&s).args(["get", "-r", &tree, "-o"]).arg(&dst));
     for (p, b) in &files {
         let q = dst.join(p.strip_prefix(&src).unwrap());
         assert!(&fs::read(&q).unwrap() == b, "{} differs", q.display());
     }
-    let mode = fs::metadata(dst.join("run.sh")).unwrap().permissions().mode();
+    let mode = fs::metadata(dst.join("run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_ne!(mode & 0o111, 0, "the executable bit was lost");
     assert_eq!(
         fs::read_link(dst.join("link")).unwrap(),
@@ -161,14 +180,20 @@ fn a_corrupt_file_fails_the_whole_parallel_restore() {
         let s = Store::new();
         let src = s.scratch.join("src");
         make_tree(&src);
-        let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src)).trim().to_owned();
+        let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src))
+            .trim()
+            .to_owned();
         let bytes = fs::read(src.join(victim)).unwrap();
         corrupt(&s, &blake3_hex(&bytes), bytes.len() / 2);
         let dst = s.scratch.join("dst");
         let r = run(cas(&s).args(["get", "-r", &tree, "-o"]).arg(&dst));
         assert_eq!(r.status.code(), Some(1), "{victim}: {}", text(&r.stderr));
         assert!(text(&r.stderr).contains("corrupt"), "{}", text(&r.stderr));
-        assert_eq!(names_in(&s.scratch), vec!["src"], "{victim}: left something");
+        assert_eq!(
+            names_in(&s.scratch),
+            vec!["src"],
+            "{victim}: left something"
+        );
     }
 }
 
@@ -209,7 +234,7 @@ fn ns(s: i64, n: i64) -> i64 {
 /// plus an hour" (so the entries count as settled) and with the file's mtime set to match.
 fn forge_cache(s: &Store, entries: &[(&Path, &str)], mode: u32) {
     use std::os::unix::fs::MetadataExt;
-    let written = SystemTime::now() + Duration::from_secs(3600);
+    let written = SystemTime::now() + Duration::from_hours(1);
     let wns = written
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -241,7 +266,10 @@ fn forge_cache(s: &Store, entries: &[(&Path, &str)], mode: u32) {
     let _ = fs::remove_file(&path);
     fs::write(&path, &b).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-    fs::File::open(&path).unwrap().set_modified(written).unwrap();
+    fs::File::open(&path)
+        .unwrap()
+        .set_modified(written)
+        .unwrap();
 }
 
 fn put_r(s: &Store, dir: &Path, extra: &[&str]) -> (String, String) {
@@ -353,7 +381,10 @@ fn a_file_whose_object_was_removed_is_stored_again() {
     assert!(!s.object_path(&h).exists());
     let (again, _) = put_r(&s, &src, &[]);
     assert_eq!(again, truth);
-    assert!(s.object_path(&h).is_file(), "the object was not stored again");
+    assert!(
+        s.object_path(&h).is_file(),
+        "the object was not stored again"
+    );
     s.assert_objects_verify();
 }
 
@@ -392,7 +423,11 @@ fn the_library_reuses_settled_files_and_stores_the_same_tree() {
     assert_eq!(t2, t1);
     assert_eq!(r2.cache_hits, settled);
     assert_eq!(r2.hashed + r2.cache_hits, r1.hashed);
-    assert_eq!(t1, store.put_dir(&src).unwrap(), "the cache changed the tree");
+    assert_eq!(
+        t1,
+        store.put_dir(&src).unwrap(),
+        "the cache changed the tree"
+    );
     // Remove every object; the cached hashes must not be believed.
     for h in store.iter().collect::<Vec<_>>() {
         store.remove(&h.unwrap()).unwrap();
@@ -404,6 +439,11 @@ fn the_library_reuses_settled_files_and_stores_the_same_tree() {
     store.checkout(&t3, &dst).unwrap();
     for p in &files {
         let q = dst.join(p.strip_prefix(&src).unwrap());
-        assert_eq!(fs::read(p).unwrap(), fs::read(&q).unwrap(), "{}", q.display());
+        assert_eq!(
+            fs::read(p).unwrap(),
+            fs::read(&q).unwrap(),
+            "{}",
+            q.display()
+        );
     }
 }

@@ -506,7 +506,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => cmd_put(
             &open_store(g, Write)?,
             &files,
-            recursive.then(|| cas::PutDirOptions::default().stat_cache(!no_cache)),
+            recursive
+                .then(|| cas::PutDirOptions::default().stat_cache(!no_cache))
+                .as_ref(),
             r#ref.as_deref(),
             g.json,
         ),
@@ -782,7 +784,7 @@ fn warn_external_symlinks(dir: &Path, report: &cas::PutDirReport) {
 fn cmd_put(
     store: &Store,
     files: &[PathBuf],
-    recursive: Option<cas::PutDirOptions>,
+    recursive: Option<&cas::PutDirOptions>,
     ref_name: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
@@ -803,7 +805,7 @@ fn cmd_put(
     let put_one = |f: &Path| -> Result<Hash> {
         Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
-        } else if let (Some(opts), true) = (&recursive, f.is_dir()) {
+        } else if let (Some(opts), true) = (recursive, f.is_dir()) {
             let (hash, report) = store.put_dir_with(f, opts)?;
             if let Some(w) = &report.cache_warning {
                 eprintln!("cas: warning: {w}");

@@ -50,7 +50,7 @@ const MARGIN_NS: i64 = 2_000_000_000;
 /// An object whose mtime is younger than this is not refreshed again when the stat cache
 /// finds it (docs/format.md §10): it is young for gc already, within this much of the grace
 /// period.
-const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+const FRESH: std::time::Duration = std::time::Duration::from_mins(1);
 
 /// What `lstat` says about a file, as the cache keys it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,9 +205,9 @@ impl StatCache {
             hashed: 0,
             warning: None,
         };
-        match c.read(store) {
-            Ok(()) => {}
-            Err(Some(why)) => {
+        // A missing cache (`Err(None)`) is simply empty.
+        if let Err(Some(why)) = c.read(store) {
+            {
                 c.warning = Some(format!(
                     "ignoring the stat cache {}: {why}; every file is hashed",
                     c.path.display()
@@ -215,7 +215,6 @@ impl StatCache {
                 c.entries.clear();
                 c.dirty = true; // replace it with a good one
             }
-            Err(None) => {} // no cache yet
         }
         c
     }
@@ -325,15 +324,16 @@ impl StatCache {
         };
         let name = OsStr::new(&hex[2..]);
         match fs::lstat_at(dir.as_fd(), name) {
-            Ok(m) if SystemTime::now()
-                .duration_since(m.mtime)
-                .is_ok_and(|age| age < FRESH) =>
+            Ok(m)
+                if SystemTime::now()
+                    .duration_since(m.mtime)
+                    .is_ok_and(|age| age < FRESH) =>
             {
                 return true;
             }
-            Ok(_) => {}
             Err(e) if fs::is_not_found(&e) => return false,
-            Err(_) => {}
+            // Older, or not statable: refresh, which also answers whether it is there.
+            Ok(_) | Err(_) => {}
         }
         match fs::touch_at(dir.as_fd(), name) {
             Ok(()) => true,

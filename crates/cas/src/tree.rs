@@ -478,16 +478,17 @@ impl Store {
                     .metadata()
                     .map_err(|e| Error::io("stat", ent.path(), e.into()))?;
                 let hash = match (cache.as_deref_mut(), crate::statcache::StatKey::of(&m)) {
-                    (Some(c), Some(key)) => match c.lookup(self, &key) {
-                        Some(h) => h,
-                        None => {
+                    (Some(c), Some(key)) => {
+                        if let Some(h) = c.lookup(self, &key) {
+                            h
+                        } else {
                             // `m` was taken before the file is read: a write during the read
                             // changes what the next run sees, so it hashes again.
                             let h = batch.put_path(ent.path())?;
                             c.record(&key, h);
                             h
                         }
-                    },
+                    }
                     _ => batch.put_path(ent.path())?,
                 };
                 EntryKind::File {
@@ -625,12 +626,11 @@ impl Store {
             });
         }
         let read;
-        let tree = match known.get(hash) {
-            Some(t) => t,
-            None => {
-                read = self.read_tree(hash)?;
-                &read
-            }
+        let tree = if let Some(t) = known.get(hash) {
+            t
+        } else {
+            read = self.read_tree(hash)?;
+            &read
         };
         let mut m = Model::default();
         for e in &tree.entries {
