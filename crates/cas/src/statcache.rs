@@ -171,10 +171,34 @@ fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// A multiply-rotate hasher for (device, inode) keys: SipHash was a visible share of a
+/// re-put, and these keys come from this user's own filesystem and cache file, so there is
+/// no one to flood the table.
+#[derive(Default, Clone, Copy)]
+struct InoHasher(u64);
+
+impl std::hash::Hasher for InoHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut a = [0u8; 8];
+            a[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(a));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type InoMap = HashMap<(u64, u64), Entry, std::hash::BuildHasherDefault<InoHasher>>;
+
 /// The stat cache of one `put -r` run.
 pub(crate) struct StatCache {
     path: PathBuf,
-    entries: HashMap<(u64, u64), Entry>,
+    entries: InoMap,
     /// When this run started, before any file was looked at.
     run_start_ns: i64,
     dirty: bool,
@@ -197,7 +221,7 @@ impl StatCache {
         let path = store.path(layout::CACHE).join(name);
         let mut c = StatCache {
             path,
-            entries: HashMap::new(),
+            entries: InoMap::default(),
             run_start_ns,
             dirty: false,
             fanouts: (0..256).map(|_| None).collect(),
@@ -245,6 +269,7 @@ impl StatCache {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let limit = written_ns.min(file_ns);
+        self.entries.reserve(entries.len());
         for (key, hash) in entries {
             if key.settled_before(limit) {
                 self.entries.insert(
