@@ -287,6 +287,11 @@ impl StatCache {
         Ok(())
     }
 
+    /// True if the cache holds no entry (none loaded, none recorded yet).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The hash recorded for a file with this `lstat`, if every field matches and its object
     /// is in the store (refreshing the object's mtime, as a put of existing bytes does).
     pub(crate) fn lookup(&mut self, store: &Store, key: &StatKey) -> Option<Hash> {

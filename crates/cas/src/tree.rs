@@ -456,8 +456,9 @@ impl Store {
                     })?;
                 let hash = match cache.as_deref_mut() {
                     // An unchanged directory's tree is in the store already: one probe
-                    // through the fan-out directory the cache holds open.
-                    Some(c) => {
+                    // through the fan-out directory the cache holds open (not on a first
+                    // put, where the cache is empty and the tree most likely new).
+                    Some(c) if !c.is_empty() => {
                         let h = Hash::of(&bytes);
                         if c.object_present(self, &h) {
                             h
@@ -465,7 +466,7 @@ impl Store {
                             batch.put_bytes(&bytes)?
                         }
                     }
-                    None => batch.put_bytes(&bytes)?,
+                    _ => batch.put_bytes(&bytes)?,
                 };
                 trees.insert(hash, decoded);
                 if depth == 0 {
