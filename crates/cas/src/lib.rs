@@ -55,6 +55,7 @@ mod mark;
 mod once;
 mod output;
 mod progress;
+mod putdir;
 mod read;
 mod refs;
 mod restore;

@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -63,16 +62,16 @@ pub(crate) struct StatKey {
 }
 
 impl StatKey {
-    /// From `lstat`; `None` for timestamps that do not fit in nanoseconds since 1970 as i64
-    /// (before 1678 or after 2262): such files are always hashed.
-    pub(crate) fn of(m: &std::fs::Metadata) -> Option<StatKey> {
-        let ns = |s: i64, n: i64| s.checked_mul(1_000_000_000)?.checked_add(n);
+    /// From `fstatat` of a file being stored; `None` for timestamps that do not fit in
+    /// nanoseconds since 1970 as i64 (before 1678 or after 2262): such files are always hashed.
+    pub(crate) fn of_src(st: &fs::SrcStat) -> Option<StatKey> {
+        let ns = |(s, n): (i64, i64)| s.checked_mul(1_000_000_000)?.checked_add(n);
         Some(StatKey {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: ns(m.mtime(), m.mtime_nsec())?,
-            ctime_ns: ns(m.ctime(), m.ctime_nsec())?,
+            dev: st.dev,
+            ino: st.ino,
+            size: st.size,
+            mtime_ns: ns(st.mtime)?,
+            ctime_ns: ns(st.ctime)?,
         })
     }
 

@@ -3,7 +3,6 @@
 //! by name. The same directory always yields the same bytes, hence the same hash.
 
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::codec;
@@ -135,7 +134,7 @@ impl Tree {
 }
 
 /// Decoded trees by hash: those a `put_dir` just stored.
-type Trees = std::collections::HashMap<Hash, Tree>;
+pub(crate) type Trees = std::collections::HashMap<Hash, Tree>;
 
 /// How many symlinks one resolution may follow (the kernel's own limit is 40).
 const MAX_LINKS: usize = 40;
@@ -413,111 +412,10 @@ impl Store {
     fn put_dir_inner(
         &self,
         root: &Path,
-        mut cache: Option<&mut crate::statcache::StatCache>,
+        cache: Option<&mut crate::statcache::StatCache>,
         trees: &mut Trees,
     ) -> Result<Hash> {
-        let meta = std::fs::metadata(root).map_err(Error::at("stat", root))?;
-        if !meta.is_dir() {
-            return Err(Error::Tree {
-                path: root.to_owned(),
-                reason: "not a directory".into(),
-            });
-        }
-        // One batch for the whole tree: its barriers are shared by many files, and it
-        // publishes in staging order, so an object is never visible before its children.
-        let mut batch = self.batch();
-        // Post-order walk: a directory comes after its contents, whose entries were collected
-        // at depth + 1.
-        let mut levels: Vec<Vec<TreeEntry>> = vec![Vec::new()];
-        let walk = walkdir::WalkDir::new(root)
-            .follow_links(false)
-            .contents_first(true)
-            .sort_by_file_name();
-        for ent in walk {
-            let ent = ent.map_err(|e| {
-                let p = e.path().unwrap_or(root).to_owned();
-                Error::io("read directory", p, e.into())
-            })?;
-            let depth = ent.depth();
-            while levels.len() <= depth + 1 {
-                levels.push(Vec::new());
-            }
-            let ft = ent.file_type();
-            let kind = if ft.is_dir() {
-                let children = std::mem::take(&mut levels[depth + 1]);
-                // Never write a tree that a reader would refuse to decode: gc would not know
-                // its children.
-                let (bytes, decoded) = Tree { entries: children }
-                    .try_encode()
-                    .and_then(|b| Tree::decode(&b).map(|t| (b, t)))
-                    .map_err(|reason| Error::Tree {
-                        path: ent.path().to_owned(),
-                        reason,
-                    })?;
-                let hash = match cache.as_deref_mut() {
-                    // An unchanged directory's tree is in the store already: one probe
-                    // through the fan-out directory the cache holds open (not on a first
-                    // put, where the cache is empty and the tree most likely new).
-                    Some(c) if !c.is_empty() => {
-                        let h = Hash::of(&bytes);
-                        if c.object_present(self, &h) {
-                            h
-                        } else {
-                            batch.put_bytes(&bytes)?
-                        }
-                    }
-                    _ => batch.put_bytes(&bytes)?,
-                };
-                trees.insert(hash, decoded);
-                if depth == 0 {
-                    batch.commit()?;
-                    return Ok(hash);
-                }
-                EntryKind::Dir { hash }
-            } else if ft.is_file() {
-                let m = ent
-                    .metadata()
-                    .map_err(|e| Error::io("stat", ent.path(), e.into()))?;
-                let hash = match (cache.as_deref_mut(), crate::statcache::StatKey::of(&m)) {
-                    (Some(c), Some(key)) => {
-                        if let Some(h) = c.lookup(self, &key) {
-                            h
-                        } else {
-                            // `m` was taken before the file is read: a write during the read
-                            // changes what the next run sees, so it hashes again.
-                            let h = batch.put_path(ent.path())?;
-                            c.record(&key, h);
-                            h
-                        }
-                    }
-                    _ => batch.put_path(ent.path())?,
-                };
-                EntryKind::File {
-                    executable: m.permissions().mode() & 0o111 != 0,
-                    size: m.len(),
-                    hash,
-                }
-            } else if ft.is_symlink() {
-                let t =
-                    std::fs::read_link(ent.path()).map_err(Error::at("read link", ent.path()))?;
-                EntryKind::Symlink {
-                    target: t.as_os_str().as_bytes().to_vec(),
-                }
-            } else {
-                return Err(Error::Tree {
-                    path: ent.path().to_owned(),
-                    reason: "cannot store this file type (socket, fifo or device)".into(),
-                });
-            };
-            levels[depth].push(TreeEntry {
-                name: ent.file_name().as_bytes().to_vec(),
-                kind,
-            });
-        }
-        Err(Error::Tree {
-            path: root.to_owned(),
-            reason: "directory vanished during the walk".into(),
-        })
+        crate::putdir::put_dir(self, root, cache, trees)
     }
 
     /// Reads and decodes a tree object.

@@ -16,7 +16,9 @@ use rustix::io::Errno;
 use crate::Barrier;
 
 mod root;
+mod src_dir;
 pub(crate) use root::{create_excl_at, is_hostile, unlink_own, Kind, Root};
+pub(crate) use src_dir::{list_src_dir, lstat_src_at, open_src_dir, readlink_src_at, SrcStat};
 
 /// What a no-replace publish found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

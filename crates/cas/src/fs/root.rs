@@ -73,7 +73,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn of(t: FileType) -> Kind {
+    pub(crate) fn of(t: FileType) -> Kind {
         match t {
             FileType::RegularFile => Kind::File,
             FileType::Directory => Kind::Dir,
