@@ -99,15 +99,13 @@ impl Walk<'_> {
         drop(fd);
         let mut children = Vec::with_capacity(entries.len());
         for (name, entry) in entries {
-            let kind = match entry {
-                Some(k) => k,
-                None => {
-                    let p = path.join(&name);
-                    let sub =
-                        fs::open_src_dir(&p, false).map_err(Error::at("read directory", &p))?;
-                    EntryKind::Dir {
-                        hash: self.dir(sub, &p)?,
-                    }
+            let kind = if let Some(k) = entry {
+                k
+            } else {
+                let p = path.join(&name);
+                let sub = fs::open_src_dir(&p, false).map_err(Error::at("read directory", &p))?;
+                EntryKind::Dir {
+                    hash: self.dir(sub, &p)?,
                 }
             };
             children.push(TreeEntry {
@@ -189,7 +187,7 @@ mod tests {
         assert!(matches!(&tree.entries[0].kind, EntryKind::Symlink { target } if target == b"sub"));
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &src.join("sub/fifo"),
+            src.join("sub/fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,

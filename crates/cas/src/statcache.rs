@@ -170,7 +170,7 @@ fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// A multiply-rotate hasher for (device, inode) keys: SipHash was a visible share of a
+/// A multiply-rotate hasher for (device, inode) keys: `SipHash` was a visible share of a
 /// re-put, and these keys come from this user's own filesystem and cache file, so there is
 /// no one to flood the table.
 #[derive(Default, Clone, Copy)]
