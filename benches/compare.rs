@@ -495,6 +495,12 @@ const TIER_MOUNTS: &str = "tier: 4 mounts each get one big object 3 times";
 const TIER_GET_SMALL: &str = "tier: get 4 KiB verified, warm";
 const TIER_GET_BIG: &str = "tier: get big object verified, warm";
 const TIER_FETCH: &str = "tier: get 4 KiB, cold local tier (fetch + publish)";
+const GET_FILE: &str = "get big object to a file (-o), warm";
+const GET_PIPE: &str = "get big object to a pipe (read by cat), warm";
+const RESTORE_SMALL: &str = "restore a tree of small files, warm";
+const RESTORE_LARGE: &str = "restore a tree of large files, warm";
+const FIRST_PUT: &str = "first put -r of a tree (fresh store)";
+const REPUT: &str = "re-put -r of an unchanged tree";
 
 fn put_small(c: &mut Criterion, cfg: &Cfg) {
     let objs = Objects::new(cfg.n, 1);
@@ -1214,6 +1220,289 @@ fn scan(c: &mut Criterion, cfg: &Cfg) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Issue 14: big gets to a file and a pipe, tree restores, re-putting an unchanged tree
+
+/// Big gets to a file (`Store::get_to_path`, what `cas get -o` runs; peer `cp`) and to a pipe
+/// read by `cat` (`Store::get_to_writer`, what `cas get | …` runs; peer `cat FILE | cat`).
+fn get_out(c: &mut Criterion, cfg: &Cfg) {
+    let mut data = vec![0u8; cfg.big];
+    for (i, chunk) in data.chunks_mut(1 << 20).enumerate() {
+        fill(chunk, 14, i as u64);
+    }
+    let src = cfg.fresh("get-out-src").join("plain");
+    fs::write(&src, &data).expect("write the plain copy");
+    let store = cas_store(&cfg.fresh("get-out-cas"), Durability::None);
+    let h = store.put_bytes(&data).expect("put");
+    drop(data);
+    sync_fs(&cfg.run);
+    let unit = Unit::Bytes(cfg.big as u64);
+    let mut g = group(c, "get-to-file", cfg);
+    bench(&mut g, GET_FILE, "cas get_to_path", unit, || {
+        big_rep(cfg, |dir| {
+            let out = dir.join("out");
+            let store = &store;
+            Box::new(move || {
+                store.get_to_path(&h, &out).expect("get -o");
+            })
+        })
+    });
+    bench(&mut g, GET_FILE, "cp", unit, || {
+        big_rep(cfg, |dir| {
+            let out = dir.join("out");
+            let src = &src;
+            Box::new(move || {
+                let ok = Command::new("cp")
+                    .arg(src)
+                    .arg(&out)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "cp failed");
+            })
+        })
+    });
+    g.finish();
+    set_targets(
+        GET_FILE,
+        "cas get_to_path",
+        vec![Target::Row(GET_FILE, "cp".to_owned(), 0.8)],
+    );
+
+    let mut g = group(c, "get-to-pipe", cfg);
+    let cat_sink = || {
+        Command::new("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn cat")
+    };
+    bench(&mut g, GET_PIPE, "cas get_to_writer", unit, || {
+        let mut sink = cat_sink();
+        let mut pipe = sink.stdin.take().expect("stdin");
+        timed(|| {
+            store.get_to_writer(&h, &mut pipe).expect("get to a pipe");
+            drop(pipe);
+            assert!(sink.wait().expect("wait").success());
+        })
+    });
+    bench(&mut g, GET_PIPE, "cat", unit, || {
+        let mut sink = cat_sink();
+        let pipe = sink.stdin.take().expect("stdin");
+        timed(|| {
+            let ok = Command::new("cat")
+                .arg(&src)
+                .stdout(Stdio::from(pipe))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "cat failed");
+            assert!(sink.wait().expect("wait").success());
+        })
+    });
+    g.finish();
+    set_targets(
+        GET_PIPE,
+        "cas get_to_writer",
+        vec![Target::BytesPerSec(2e9)],
+    );
+    remove_big_files(store.root());
+    remove_big_files(src.parent().expect("parent"));
+}
+
+/// A generated tree: `files` files of 64 B to 32 KiB (sizes spread log-uniformly), 40 to a
+/// directory, two levels deep.
+fn small_tree(dir: &Path, files: usize) {
+    let mut buf = vec![0u8; 32 << 10];
+    for i in 0..files {
+        let d = dir
+            .join(format!("d{}", i / 400))
+            .join(format!("e{}", i / 40));
+        if i % 40 == 0 {
+            fs::create_dir_all(&d).expect("mkdir");
+        }
+        // 64 B · 2^(0..9): 64 B to 32 KiB.
+        let len = 64usize << ((i * 7919) % 10);
+        fill(&mut buf[..len], 1414, i as u64);
+        fs::write(d.join(format!("f{i}")), &buf[..len]).expect("write");
+    }
+}
+
+/// `cp -a SRC DST`.
+fn cp_a(src: &Path, dst: &Path) {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cp -a failed");
+}
+
+fn count_files(dir: &Path) -> u64 {
+    let mut n = 0;
+    for ent in fs::read_dir(dir).expect("list").flatten() {
+        let t = ent.file_type().expect("type");
+        if t.is_dir() {
+            n += count_files(&ent.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Tree restores (`Store::checkout`, what `cas get -r` runs) against `cp -a` of the same
+/// tree: many small files, and a few large ones.
+fn restore(c: &mut Criterion, cfg: &Cfg) {
+    let small = cfg.fresh("restore-small-src").join("tree");
+    small_tree(&small, if cfg.quick { 1_000 } else { 4_000 });
+    let large = cfg.fresh("restore-large-src").join("tree");
+    fs::create_dir_all(&large).expect("mkdir");
+    let each = cfg.big / 8;
+    let mut buf = vec![0u8; each];
+    for i in 0..8 {
+        fill(&mut buf, 1415, i);
+        fs::write(large.join(format!("large{i}")), &buf).expect("write");
+    }
+    drop(buf);
+    let store = cas_store(&cfg.fresh("restore-cas"), Durability::None);
+    for (scenario, src, unit, tag) in [
+        (
+            RESTORE_SMALL,
+            &small,
+            Unit::Ops(count_files(&small)),
+            "restore-small",
+        ),
+        (
+            RESTORE_LARGE,
+            &large,
+            Unit::Bytes(cfg.big as u64),
+            "restore-large",
+        ),
+    ] {
+        let tree = store.put_dir(src).expect("put -r");
+        sync_fs(&cfg.run);
+        let mut g = group(c, tag, cfg);
+        bench(&mut g, scenario, "cas checkout", unit, || {
+            let dir = cfg.fresh(tag);
+            sync_fs(&cfg.run);
+            let t = timed(|| store.checkout(&tree, dir.join("out")).expect("get -r"));
+            remove_big_files(&dir);
+            t
+        });
+        bench(&mut g, scenario, "cp -a", unit, || {
+            let dir = cfg.fresh(tag);
+            sync_fs(&cfg.run);
+            let t = timed(|| cp_a(src, &dir.join("out")));
+            remove_big_files(&dir);
+            t
+        });
+        g.finish();
+        set_targets(
+            scenario,
+            "cas checkout",
+            vec![Target::Row(scenario, "cp -a".to_owned(), 0.8)],
+        );
+    }
+    remove_big_files(&large);
+    remove_big_files(store.root());
+}
+
+/// The tree of the put -r scenarios: a copy of /usr/share/doc (a few thousand real files),
+/// else 4 000 generated ones.
+fn doc_tree(cfg: &Cfg) -> PathBuf {
+    let dst = cfg.fresh("reput-src").join("doc");
+    let sys = Path::new("/usr/share/doc");
+    if sys.is_dir() && count_files(sys) >= 1_000 {
+        // Not -a: the copy must be readable and writable by us, whoever owns the system's.
+        let ok = Command::new("cp")
+            .args(["-r", "--no-preserve=all"])
+            .arg(sys)
+            .arg(&dst)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return dst;
+        }
+        let _ = fs::remove_dir_all(&dst);
+    }
+    small_tree(&dst, 4_000);
+    dst
+}
+
+/// `git add -A` of `work` with the repository `git_dir` (its index up to date).
+fn git_add(git_dir: &Path, work: &Path) {
+    let ok = git(git_dir)
+        .env("GIT_WORK_TREE", work)
+        .args(["add", "-A", "."])
+        .current_dir(work)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "git add failed");
+}
+
+/// Put -r of a tree with and without the stat cache: the first put into a fresh store (the
+/// cache must not slow it down), and the re-put of the unchanged tree (the cache against
+/// `git add` with its index, and against rehashing everything).
+fn reput(c: &mut Criterion, cfg: &Cfg) {
+    let src = doc_tree(cfg);
+    let unit = Unit::Ops(count_files(&src));
+    // The stat cache records only files whose timestamps are 2 s older than the put
+    // (racy-git rule): let the fresh copy settle.
+    std::thread::sleep(Duration::from_secs(3));
+    sync_fs(&cfg.run);
+    let on = cas::PutDirOptions::default().stat_cache(true);
+    let off = cas::PutDirOptions::default();
+
+    let mut g = group(c, "first-put-tree", cfg);
+    for (name, opts) in [("cas, stat cache", &on), ("cas, no cache", &off)] {
+        bench(&mut g, FIRST_PUT, name, unit, || {
+            let store = cas_store(&cfg.fresh("first-put"), Durability::None);
+            sync_fs(&cfg.run);
+            timed(|| {
+                store.put_dir_with(&src, opts).expect("put -r");
+            })
+        });
+    }
+    g.finish();
+    set_targets(
+        FIRST_PUT,
+        "cas, stat cache",
+        vec![Target::Row(FIRST_PUT, "cas, no cache".to_owned(), 0.9)],
+    );
+
+    let store = cas_store(&cfg.fresh("reput-cas"), Durability::None);
+    let (tree, report) = store.put_dir_with(&src, &on).expect("put -r");
+    assert!(report.cache_warning.is_none(), "{:?}", report.cache_warning);
+    let mut g = group(c, "reput-tree", cfg);
+    bench(&mut g, REPUT, "cas, stat cache", unit, || {
+        timed(|| {
+            let (t, r) = store.put_dir_with(&src, &on).expect("put -r");
+            assert_eq!(t, tree);
+            black_box(r);
+        })
+    });
+    bench(&mut g, REPUT, "cas, no cache (rehash)", unit, || {
+        timed(|| {
+            let (t, _) = store.put_dir_with(&src, &off).expect("put -r");
+            assert_eq!(t, tree);
+        })
+    });
+    if cfg.git {
+        let gdir = cfg.fresh("reput-git").join("repo.git");
+        git_init(&gdir);
+        git_add(&gdir, &src);
+        bench(&mut g, REPUT, "git add (index)", unit, || {
+            timed(|| git_add(&gdir, &src))
+        });
+    }
+    g.finish();
+    set_targets(
+        REPUT,
+        "cas, stat cache",
+        vec![Target::Row(REPUT, "git add (index)".to_owned(), 0.5)],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 
 /// Median of the per-repetition times of criterion's samples (the warm-up call excluded).
@@ -1457,9 +1746,9 @@ fn main() {
     wait_after_cleanup(&cfg);
     let started = Instant::now();
     let mut c = Criterion::default().configure_from_args();
-    // `CAS_BENCH_ONLY=big,cluster` runs only those groups (small, big, scale, scan, tier,
-    // cluster; default: all but cluster, which
-    // needs `CAS_BENCH_CLUSTER_DIR`).
+    // `CAS_BENCH_ONLY=big,cluster` runs only those groups (default: all but cluster and tier4,
+    // which need `CAS_BENCH_CLUSTER_DIR` / `CAS_BENCH_CLUSTER_MOUNTS`). Groups: small, big,
+    // scale, scan, getout, restore, reput, tier, cluster, tier4.
     let only = std::env::var("CAS_BENCH_ONLY").unwrap_or_default();
     let want = |g: &str| only.is_empty() || only.split(',').any(|o| o.trim() == g);
     if want("small") {
@@ -1477,6 +1766,16 @@ fn main() {
     }
     if want("tier") {
         tier(&mut c, &cfg);
+    }
+    // Issue 14.
+    if want("getout") {
+        get_out(&mut c, &cfg);
+    }
+    if want("restore") {
+        restore(&mut c, &cfg);
+    }
+    if want("reput") {
+        reput(&mut c, &cfg);
     }
     if let Some(dir) = std::env::var_os("CAS_BENCH_CLUSTER_DIR").filter(|_| want("cluster")) {
         cluster(&mut c, &cfg, Path::new(&dir));

@@ -79,7 +79,9 @@ fn a_sigkilled_computing_process_is_taken_over_by_a_waiter() {
         ),
     ];
     let mut holder = spawn_ensure(&s, "k", &[], &cmd);
-    wait_until("the holder to start the command", || runs(&s.scratch) >= 1);
+    // Wait for its mkdir, not only its echo: killed in between, the waiter's command would
+    // take the first branch and loop for ever.
+    wait_until("the holder to start the command", || first.exists());
     let waiter = spawn_ensure(&s, "k", &[], &cmd);
     // The holder and its command die together, as on a crash of the job.
     let pgid = holder.id();

@@ -103,6 +103,11 @@ enum Cmd {
         /// collected it in between. Not moved if any input failed.
         #[arg(long, value_name = "NAME", value_parser = parse_ref_name)]
         r#ref: Option<String>,
+        /// With -r: read and hash every file, neither using nor updating the stat cache
+        /// (by default a file whose device, inode, size, mtime and ctime are unchanged since
+        /// it was last stored, and whose object is still in the store, is not read again).
+        #[arg(long, requires = "recursive")]
+        no_cache: bool,
     },
     /// Write an object's bytes to stdout (or -o FILE), verified before anything is written.
     #[command(
@@ -635,10 +640,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             recursive,
             r#ref,
+            no_cache,
         } => cmd_put(
             &open_store(g, Write)?,
             &files,
-            recursive,
+            recursive
+                .then(|| cas::PutDirOptions::default().stat_cache(!no_cache))
+                .as_ref(),
             r#ref.as_deref(),
             g.json,
         ),
@@ -713,10 +721,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Stats => cmd_stats(&open_store(g, Existing)?, g.json),
         Cmd::Push { dest, what } => cmd_transfer(&open_store(g, Existing)?, &dest, true, &what, g),
         Cmd::Pull { src, what } => cmd_transfer(&open_store(g, Write)?, &src, false, &what, g),
-        Cmd::Show { hash } => {
-            let store = open_store(g, Existing)?;
-            cmd_show(&store, &hash.resolve(&store)?, g.json)
-        }
+        Cmd::Show { hash } => cmd_show(&open_store(g, Existing)?, &hash, g.json),
         Cmd::Completions { shell } => cmd_completions(shell),
         Cmd::Man => cmd_man(),
     }
@@ -1057,7 +1062,8 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_show(store: &Store, hash: &Hash, json: bool) -> Result<ExitCode> {
+fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
+    let hash = &hash.resolve(store)?;
     // The reader first: through a tier it fetches the object (object_len only looks here).
     let mut r = store.reader(hash)?;
     let size = r.len()?;
@@ -1152,7 +1158,7 @@ fn put_bar(files: &[PathBuf], batch: &mut cas::Batch) -> output::Bar {
 fn cmd_put(
     store: &Store,
     files: &[PathBuf],
-    recursive: bool,
+    recursive: Option<&cas::PutDirOptions>,
     ref_name: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
@@ -1173,8 +1179,11 @@ fn cmd_put(
     let put_one = |f: &Path| -> Result<Hash> {
         Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
-        } else if recursive && f.is_dir() {
-            let (hash, report) = store.put_dir_report(f)?;
+        } else if let (Some(opts), true) = (recursive, f.is_dir()) {
+            let (hash, report) = store.put_dir_with(f, opts)?;
+            if let Some(w) = &report.cache_warning {
+                eprintln!("cas: warning: {w}");
+            }
             warn_external_symlinks(f, &report);
             hash
         } else if f.is_dir() {
@@ -1194,7 +1203,7 @@ fn cmd_put(
         failed += 1;
         eprintln!("cas: error: {}: {e}", f.display());
     };
-    if recursive {
+    if recursive.is_some() {
         for f in files {
             match put_one(f) {
                 Ok(hash) => {

@@ -19,6 +19,8 @@ pub(crate) const INDEX: &str = "index";
 pub(crate) const QUARANTINE: &str = "quarantine";
 pub(crate) const TRASH: &str = "trash";
 pub(crate) const LOCKS: &str = "locks";
+/// Per-user hints (the stat cache of `put -r`), never needed for correctness.
+pub(crate) const CACHE: &str = "cache";
 
 /// Suffix of lock files next to the file they protect.
 pub(crate) const LOCK_SUFFIX: &str = ".lock";

@@ -149,6 +149,7 @@ mod batch;
 mod cleanup;
 mod codec;
 mod config;
+mod copyout;
 mod doctor;
 mod error;
 mod fs;
@@ -165,9 +166,12 @@ mod materialize;
 mod once;
 mod output;
 mod progress;
+mod putdir;
 mod read;
 mod refs;
+mod restore;
 mod stage;
+mod statcache;
 mod store;
 mod transfer;
 mod trash;
@@ -194,7 +198,8 @@ pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEG
 pub use store::{Barrier, FsInfo, Store};
 pub use transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use tree::{
-    CheckoutOptions, EntryKind, PutDirReport, Tree, TreeEntry, TREE_MAGIC, TREE_VERSION,
+    CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TREE_MAGIC,
+    TREE_VERSION,
 };
 pub use upstream::{DirUpstream, Upstream};
 pub use usage::{Area, Usage};

@@ -209,7 +209,7 @@ impl Store {
                 io::Error::from(io::ErrorKind::InvalidInput),
             )
         })?;
-        let mut tmp = tempfile::Builder::new()
+        let tmp = tempfile::Builder::new()
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".tmp")
             .tempfile_in(dir)
@@ -218,14 +218,9 @@ impl Store {
         if cleanup::abandoned() {
             return Err(Error::Interrupted);
         }
-        let n = {
-            let mut w = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-            let n = self
-                .get_to_writer(hash, &mut w)
-                .map_err(|e| output_error(e, &path))?;
-            w.flush().map_err(Error::at("write", &path))?;
-            n
-        };
+        // Created O_EXCL with mode 0600: nobody else can open it until it is renamed. Large
+        // objects are copied in the kernel and the copy itself is verified (crate::copyout).
+        let n = crate::copyout::object_to_new_file(self, hash, tmp.as_file(), &path, true)?;
         fs::set_mode(tmp.as_file(), mode).map_err(Error::at("set permissions of", tmp.path()))?;
         tmp.persist(&path)
             .map_err(|e| Error::io("rename the output into place at", &path, e.error))?;

@@ -1,7 +1,7 @@
 //! The read side: get, stream with verification, presence, removal, iteration, statistics.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -294,7 +294,9 @@ impl Store {
     }
 
     /// Writes an object's bytes to `out`, having verified all of them first: nothing is written
-    /// if the object is corrupt. Returns the number of bytes written.
+    /// if the object is corrupt. Returns the number of bytes written. Objects over 1 MiB are
+    /// hashed and written a window at a time (see `copyout`): memory stays bounded, whatever
+    /// the object's size.
     ///
     /// # Errors
     /// As [`Store::get`]; a failure to write to `out` is [`Error::Io`] with op "write output".
@@ -303,37 +305,19 @@ impl Store {
     }
 
     fn get_to_writer_once(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
-        let (mut file, path) = self.open_file(hash)?;
+        let (file, path) = self.open_file(hash)?;
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
         let len = meta.len();
-        let out_err = |e| Error::io("write output", "<output>", e);
-        if len < 8 * MMAP_MIN || self.may_map(&meta) {
+        if len > crate::write::SMALL_FILE {
+            crate::copyout::write_verified(self, hash, &file, &path, &meta, out)?;
+        } else {
             let obj = self.load(&file, &path, &meta)?;
             let actual = Hash::of_parallel(&obj);
             if actual != *hash {
                 return Err(self.corrupt(hash, actual, &path));
             }
-            out.write_all(&obj).map_err(out_err)?;
-        } else {
-            // Not mapped (network filesystem, or a file another user could truncate): hash in
-            // one pass, then copy in a second pass through the same open file, hashing again.
-            // Nothing is written before the first pass verified; if the file changed before
-            // the second pass ended (truncated, rewritten by its owner), the copy fails as
-            // corrupt instead of ending quietly with other bytes.
-            let actual = hash_file(&file, false).map_err(Error::at("read", &path))?;
-            if actual != *hash {
-                return Err(self.corrupt(hash, actual, &path));
-            }
-            file.rewind().map_err(Error::at("rewind", &path))?;
-            let mut hashing = HashingReader {
-                inner: (&file).take(len),
-                hasher: Hasher::new(),
-            };
-            let copied = io::copy(&mut hashing, out).map_err(out_err)?;
-            let again = hashing.hasher.finalize();
-            if copied != len || again != *hash {
-                return Err(self.corrupt(hash, again, &path));
-            }
+            out.write_all(&obj)
+                .map_err(|e| Error::io("write output", "<output>", e))?;
         }
         self.refresh_on_read(&file, &meta);
         Ok(len)
@@ -429,7 +413,7 @@ impl Store {
     }
 
     /// Refreshes the LRU age of an object that was read, at most once per [`READ_REFRESH`].
-    fn refresh_on_read(&self, file: &File, meta: &std::fs::Metadata) {
+    pub(crate) fn refresh_on_read(&self, file: &File, meta: &std::fs::Metadata) {
         let old = meta
             .modified()
             .ok()
@@ -606,20 +590,6 @@ impl Iterator for ObjectIter {
                 Err(e) => return Some(Err(Error::io("list", dpath, e))),
             }
         }
-    }
-}
-
-/// A reader that hashes what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
     }
 }
 

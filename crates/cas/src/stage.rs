@@ -192,13 +192,18 @@ impl Store {
 
     /// A new staging file in `tmp/`, open for reading and writing, with the staging mode.
     pub(crate) fn new_staging(&self) -> Result<Staging> {
+        self.new_staging_mode(self.staging_mode())
+    }
+
+    /// [`Store::new_staging`] created with `mode` (a file only its owner may ever open).
+    fn new_staging_mode(&self, mode: u32) -> Result<Staging> {
         let mut dir = self.tmp_dir(false)?;
         let mut attempts = 0;
         loop {
             let mut name = String::with_capacity(self.inner.staging_prefix.len() + 10);
             name.push_str(&self.inner.staging_prefix);
             name.extend(std::iter::repeat_with(fastrand::alphanumeric).take(10));
-            match fs::create_excl_at(dir.as_fd(), name.as_ref(), self.staging_mode()) {
+            match fs::create_excl_at(dir.as_fd(), name.as_ref(), mode) {
                 Ok(fd) => {
                     let staging = Staging {
                         file: File::from(fd),
@@ -416,7 +421,16 @@ impl Store {
         mode: u32,
         durability: Durability,
     ) -> Result<Staging> {
-        let mut s = self.new_staging()?;
+        self.stage_small_in(self.new_staging()?, bytes, mode, durability)
+    }
+
+    fn stage_small_in(
+        &self,
+        mut s: Staging,
+        bytes: &[u8],
+        mode: u32,
+        durability: Durability,
+    ) -> Result<Staging> {
         let r = s
             .file_mut()
             .write_all(bytes)
@@ -441,7 +455,22 @@ impl Store {
         bytes: &[u8],
         durability: Durability,
     ) -> Result<()> {
-        let mut staging = self.stage_small(bytes, self.file_mode(), durability)?;
+        self.replace_small_with_mode(dst, bytes, self.file_mode(), durability)
+    }
+
+    /// [`Store::replace_small`] with the file's permission bits given (the stat cache is
+    /// written 0600 even in a shared store: only its owner may trust it). The staging file is
+    /// created with no more than `mode` allows (and at least owner read-write), so nobody who
+    /// `mode` excludes can open it while it is written and keep writing after the rename.
+    pub(crate) fn replace_small_with_mode(
+        &self,
+        dst: &Path,
+        bytes: &[u8],
+        mode: u32,
+        durability: Durability,
+    ) -> Result<()> {
+        let staging = self.new_staging_mode((self.staging_mode() & mode) | 0o600)?;
+        let mut staging = self.stage_small_in(staging, bytes, mode, durability)?;
         let dir = dst.parent().unwrap_or(dst);
         let mut attempts = 0;
         loop {

@@ -2,7 +2,6 @@
 //! version (u32 LE), then the serde + bincode (standard config) encoding of its entries sorted
 //! by name. The same directory always yields the same bytes, hence the same hash.
 
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ pub const TREE_MAGIC: &[u8; 8] = b"CASTREE\0";
 /// The tree encoding version this library writes and reads.
 pub const TREE_VERSION: u32 = 1;
 /// Deepest directory nesting restored (a crafted tree cannot exhaust the stack).
-const MAX_DEPTH: usize = 512;
+pub(crate) const MAX_DEPTH: usize = 512;
 
 /// One entry of a tree.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -63,7 +62,7 @@ pub struct Tree {
 /// Largest tree object decoded.
 const MAX_TREE: usize = 256 << 20;
 
-fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
+pub(crate) fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty entry name");
     }
@@ -140,6 +139,9 @@ impl Tree {
         })
     }
 }
+
+/// Decoded trees by hash: those a `put_dir` just stored.
+pub(crate) type Trees = std::collections::HashMap<Hash, Tree>;
 
 /// How many symlinks one resolution may follow (the kernel's own limit is 40).
 const MAX_LINKS: usize = 40;
@@ -277,6 +279,33 @@ pub struct PutDirReport {
     pub external_symlinks: u64,
     /// One of them, with its target, as an example.
     pub example: Option<(PathBuf, PathBuf)>,
+    /// With the stat cache: files whose hash came from it (not read).
+    pub cache_hits: u64,
+    /// With the stat cache: files that were read and hashed.
+    pub hashed: u64,
+    /// With the stat cache: why it was ignored or not written, if it was (a damaged cache
+    /// file is ignored, never an error).
+    pub cache_warning: Option<String>,
+}
+
+/// Options of [`Store::put_dir_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PutDirOptions {
+    /// Use and update this user's stat cache of the store (docs/format.md §10): a file whose
+    /// device, inode, size, mtime and ctime are what they were when it was last stored, and
+    /// whose object is still in the store, is not read again. Off by default in the library;
+    /// the CLI turns it on (`cas put -r`, off with `--no-cache`).
+    pub stat_cache: bool,
+}
+
+impl PutDirOptions {
+    /// Sets [`PutDirOptions::stat_cache`] (builder style).
+    #[must_use]
+    pub fn stat_cache(mut self, on: bool) -> Self {
+        self.stat_cache = on;
+        self
+    }
 }
 
 /// Options of [`Store::checkout_with`].
@@ -322,7 +351,7 @@ impl Store {
     /// [`Error::Io`] naming the path that could not be read; [`Error::Tree`] for a file type
     /// that cannot be stored (socket, fifo, device).
     pub fn put_dir(&self, path: impl AsRef<Path>) -> Result<Hash> {
-        self.put_dir_inner(path.as_ref())
+        self.put_dir_inner(path.as_ref(), None, &mut Trees::new())
     }
 
     /// [`Store::put_dir`], also reporting symlinks in the directory whose targets resolve
@@ -331,11 +360,44 @@ impl Store {
     /// # Errors
     /// As [`Store::put_dir`].
     pub fn put_dir_report(&self, path: impl AsRef<Path>) -> Result<(Hash, PutDirReport)> {
+        self.put_dir_with(path, &PutDirOptions::default())
+    }
+
+    /// [`Store::put_dir_report`] with options: with [`PutDirOptions::stat_cache`], files
+    /// unchanged since they were last stored (by `lstat`, and racy-git safe) are not read
+    /// again. The cache is a hint: a damaged one is ignored (see
+    /// [`PutDirReport::cache_warning`]) and the stored tree is the same with or without it.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// # let src = dir.path().join("src");
+    /// # std::fs::create_dir_all(&src).unwrap();
+    /// # std::fs::write(src.join("a"), b"a").unwrap();
+    /// let opts = cas::PutDirOptions::default().stat_cache(true);
+    /// let (tree, _) = store.put_dir_with(&src, &opts)?;
+    /// assert_eq!(store.put_dir_with(&src, &opts)?.0, tree);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::put_dir`].
+    pub fn put_dir_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &PutDirOptions,
+    ) -> Result<(Hash, PutDirReport)> {
         let path = path.as_ref();
-        let hash = self.put_dir_inner(path)?;
-        let model = self.model(&hash, path, 0)?;
+        let mut cache = opts
+            .stat_cache
+            .then(|| crate::statcache::StatCache::load(self));
+        let mut trees = Trees::new();
+        let hash = self.put_dir_inner(path, cache.as_mut(), &mut trees)?;
+        let model = self.model(&hash, path, 0, &trees)?;
+        drop(trees);
         let links = model.escaping_links();
-        let report = PutDirReport {
+        let mut report = PutDirReport {
             external_symlinks: links.len() as u64,
             example: links.first().map(|(p, t, _)| {
                 (
@@ -343,86 +405,24 @@ impl Store {
                     PathBuf::from(std::ffi::OsStr::from_bytes(t)),
                 )
             }),
+            ..PutDirReport::default()
         };
+        if let Some(mut c) = cache {
+            c.save(self);
+            report.cache_hits = c.hits;
+            report.hashed = c.hashed;
+            report.cache_warning = c.warning;
+        }
         Ok((hash, report))
     }
 
-    fn put_dir_inner(&self, root: &Path) -> Result<Hash> {
-        let meta = std::fs::metadata(root).map_err(Error::at("stat", root))?;
-        if !meta.is_dir() {
-            return Err(Error::Tree {
-                path: root.to_owned(),
-                reason: "not a directory".into(),
-            });
-        }
-        // One batch for the whole tree: its barriers are shared by many files, and it
-        // publishes in staging order, so an object is never visible before its children.
-        let mut batch = self.batch();
-        // Post-order walk: a directory comes after its contents, whose entries were collected
-        // at depth + 1.
-        let mut levels: Vec<Vec<TreeEntry>> = vec![Vec::new()];
-        let walk = walkdir::WalkDir::new(root)
-            .follow_links(false)
-            .contents_first(true)
-            .sort_by_file_name();
-        for ent in walk {
-            let ent = ent.map_err(|e| {
-                let p = e.path().unwrap_or(root).to_owned();
-                Error::io("read directory", p, e.into())
-            })?;
-            let depth = ent.depth();
-            while levels.len() <= depth + 1 {
-                levels.push(Vec::new());
-            }
-            let ft = ent.file_type();
-            let kind = if ft.is_dir() {
-                let children = std::mem::take(&mut levels[depth + 1]);
-                // Never write a tree that a reader would refuse to decode: gc would not know
-                // its children.
-                let bytes = Tree { entries: children }
-                    .try_encode()
-                    .and_then(|b| Tree::decode(&b).map(|_| b))
-                    .map_err(|reason| Error::Tree {
-                        path: ent.path().to_owned(),
-                        reason,
-                    })?;
-                let hash = batch.put_bytes(&bytes)?;
-                if depth == 0 {
-                    batch.commit()?;
-                    return Ok(hash);
-                }
-                EntryKind::Dir { hash }
-            } else if ft.is_file() {
-                let m = ent
-                    .metadata()
-                    .map_err(|e| Error::io("stat", ent.path(), e.into()))?;
-                let hash = batch.put_path(ent.path())?;
-                EntryKind::File {
-                    executable: m.permissions().mode() & 0o111 != 0,
-                    size: m.len(),
-                    hash,
-                }
-            } else if ft.is_symlink() {
-                let t =
-                    std::fs::read_link(ent.path()).map_err(Error::at("read link", ent.path()))?;
-                EntryKind::Symlink {
-                    target: t.as_os_str().as_bytes().to_vec(),
-                }
-            } else {
-                return Err(Error::Tree {
-                    path: ent.path().to_owned(),
-                    reason: "cannot store this file type (socket, fifo or device)".into(),
-                });
-            };
-            levels[depth].push(TreeEntry {
-                name: ent.file_name().as_bytes().to_vec(),
-                kind,
-            });
-        }
-        Err(Error::Tree {
-            path: root.to_owned(),
-            reason: "directory vanished during the walk".into(),
-        })
+    fn put_dir_inner(
+        &self,
+        root: &Path,
+        cache: Option<&mut crate::statcache::StatCache>,
+        trees: &mut Trees,
+    ) -> Result<Hash> {
+        crate::putdir::put_dir(self, root, cache, trees)
     }
 
     /// True if the directory `dir` holds exactly the tree `tree`: the same names, kinds,
@@ -584,7 +584,7 @@ impl Store {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let model = self.model(tree, dest, 0)?;
+        let model = self.model(tree, dest, 0, &Trees::new())?;
         if !opts.allow_external_symlinks {
             if let Some((p, t, why)) = model.escaping_links().into_iter().next() {
                 return Err(Error::Tree {
@@ -612,7 +612,10 @@ impl Store {
             return Err(Error::Interrupted);
         }
         let dir = fs::open_dir_nofollow(tmp.path()).map_err(Error::at("open", tmp.path()))?;
-        self.restore_tree(&root, &dir, dest, 0)?;
+        // Directories by one thread, files by a small pool, each verified (crate::restore);
+        // the temporary directory (mode 0700) becomes visible only once all of it is done.
+        let dir = std::sync::Arc::new(dir);
+        crate::restore::restore(self, &root, &dir, dest)?;
         let mode = 0o777 & !fs::umask();
         fs::set_dir_mode(&dir, mode).map_err(Error::at("set permissions of", tmp.path()))?;
         let tmp_path = tmp.keep();
@@ -624,75 +627,34 @@ impl Store {
     }
 
     /// Reads a whole tree's names and kinds (not file contents) into a [`Model`].
-    fn model(&self, hash: &Hash, shown: &Path, depth: usize) -> Result<Model> {
+    /// Trees found in `known` (those a put just stored, decoded) are not read again.
+    fn model(&self, hash: &Hash, shown: &Path, depth: usize, known: &Trees) -> Result<Model> {
         if depth > MAX_DEPTH {
             return Err(Error::Tree {
                 path: shown.to_owned(),
                 reason: format!("nesting deeper than {MAX_DEPTH} directories"),
             });
         }
-        let tree = self.read_tree(hash)?;
+        let read;
+        let tree = if let Some(t) = known.get(hash) {
+            t
+        } else {
+            read = self.read_tree(hash)?;
+            &read
+        };
         let mut m = Model::default();
-        for e in tree.entries {
-            let node = match e.kind {
+        for e in &tree.entries {
+            let node = match &e.kind {
                 EntryKind::File { .. } => Node::File,
-                EntryKind::Symlink { target } => Node::Link(target),
+                EntryKind::Symlink { target } => Node::Link(target.clone()),
                 EntryKind::Dir { hash } => {
                     let sub = shown.join(std::ffi::OsStr::from_bytes(&e.name));
-                    Node::Dir(self.model(&hash, &sub, depth + 1)?)
+                    Node::Dir(self.model(hash, &sub, depth + 1, known)?)
                 }
             };
-            m.entries.insert(e.name, node);
+            m.entries.insert(e.name.clone(), node);
         }
         Ok(m)
-    }
-
-    fn restore_tree(
-        &self,
-        tree: &Tree,
-        dir: &std::os::fd::OwnedFd,
-        shown: &Path,
-        depth: usize,
-    ) -> Result<()> {
-        use std::os::fd::AsFd;
-        if depth > MAX_DEPTH {
-            return Err(Error::Tree {
-                path: shown.to_owned(),
-                reason: format!("nesting deeper than {MAX_DEPTH} directories"),
-            });
-        }
-        for e in &tree.entries {
-            // Decoding validated names; check again here, where it protects the filesystem.
-            check_name(&e.name).map_err(|r| Error::Tree {
-                path: shown.to_owned(),
-                reason: r.into(),
-            })?;
-            let name = std::ffi::OsStr::from_bytes(&e.name);
-            let shown_path: PathBuf = shown.join(name);
-            match &e.kind {
-                EntryKind::File {
-                    executable, hash, ..
-                } => {
-                    let mode = if *executable { 0o777 } else { 0o666 };
-                    let fd = fs::create_excl_at(dir.as_fd(), name, mode)
-                        .map_err(|e| Error::io("create", &shown_path, e.into()))?;
-                    let mut f = std::fs::File::from(fd);
-                    self.get_to_writer(hash, &mut f)?;
-                    f.flush().map_err(Error::at("write", &shown_path))?;
-                }
-                EntryKind::Dir { hash } => {
-                    let sub_dir = fs::mkdir_open_at(dir.as_fd(), name)
-                        .map_err(Error::at("create directory", &shown_path))?;
-                    let sub = self.read_tree(hash)?;
-                    self.restore_tree(&sub, &sub_dir, &shown_path, depth + 1)?;
-                }
-                EntryKind::Symlink { target } => {
-                    fs::symlink_at(std::ffi::OsStr::from_bytes(target), dir.as_fd(), name)
-                        .map_err(Error::at("create symlink", &shown_path))?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -446,7 +446,7 @@ fn copy_chunks(
 
 /// Which side of a copy into the store failed.
 #[derive(Debug)]
-enum CopyError {
+pub(crate) enum CopyError {
     /// Reading the input.
     Read(io::Error),
     /// Writing, or reading back, the staging file.
@@ -463,9 +463,9 @@ enum CopyError {
 /// so the hash is of exactly the bytes that will be published, even if `src` changes meanwhile.
 /// `dst` must be open for reading and writing.
 /// With `may_map` (a private staging file on a local filesystem, see
-/// [`fs::map_private_staging`]) each copied chunk is hashed through a mapping instead of
+/// [`fs::map_private_file`]) each copied chunk is hashed through a mapping instead of
 /// being read back into a buffer: one memory copy less per byte.
-fn copy_and_hash(
+pub(crate) fn copy_and_hash(
     src: &File,
     dst: &File,
     may_map: bool,
@@ -484,7 +484,7 @@ fn copy_and_hash(
         // error stops the copier at its next chunk.
         for copied in copied_rx {
             if may_map && done < copied {
-                match fs::map_private_staging(dst, done, (copied - done) as usize) {
+                match fs::map_private_file(dst, done, (copied - done) as usize) {
                     Ok(m) => {
                         hasher.update(&m);
                         let n = copied - done;

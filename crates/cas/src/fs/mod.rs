@@ -16,9 +16,11 @@ use rustix::io::Errno;
 use crate::Barrier;
 
 mod root;
+mod src_dir;
 pub(crate) use root::{
     create_excl_at, is_hostile, publish_noreplace_at, touch_at, unlink_own, Kind, Root,
 };
+pub(crate) use src_dir::{list_src_dir, lstat_src_at, open_src_dir, readlink_src_at, SrcStat};
 
 /// What a no-replace publish found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,24 +326,25 @@ pub(crate) fn rename_dir_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
-/// Maps `len` bytes of our own private staging file from `offset`, read-only, to hash what
-/// was just copied into it without copying it again.
+/// Maps `len` bytes of our own private file from `offset`, read-only, to hash what was just
+/// copied into it without copying it again.
 ///
-/// The caller must pass a staging file that only this process writes: created by us with mode
-/// 0600 (a private store, so no group member may open it) on a local filesystem.
+/// The caller must pass a file that only this process writes, on a local filesystem
+/// ([`is_local`]): a staging file created by us with mode 0600 in a private store (so no group
+/// member may open it), the temporary output file of a get (created `O_EXCL`, mode 0600, beside
+/// the destination), or a file a restore created inside its temporary directory (created by us
+/// with mode 0700, so no other user can reach anything below it).
 #[allow(unsafe_code)]
-pub(crate) fn map_private_staging(
-    file: &File,
-    offset: u64,
-    len: usize,
-) -> io::Result<memmap2::Mmap> {
+pub(crate) fn map_private_file(file: &File, offset: u64, len: usize) -> io::Result<memmap2::Mmap> {
     // SAFETY: the bytes of a mapping change (or vanish, raising SIGBUS) if the file is
-    // modified or truncated while mapped. This file is a staging file this process created
-    // with O_EXCL and mode 0600 in a private store on a local filesystem: no other user may
-    // open it, and this process only appends to it (the copying thread writes *after* the
-    // range mapped here, which it has finished) and neither truncates nor removes it before
-    // the mapping is dropped. Only root could truncate it; the hash would then be of what
-    // was read and the object is verified again on every read.
+    // modified or truncated while mapped. This file is one this process created with O_EXCL
+    // on a local filesystem, where no other user may open it: a staging file of mode 0600 in
+    // a private store, a get's temporary output of mode 0600, or a file inside a restore's
+    // temporary directory of mode 0700 (nobody else can look up a name below it). This
+    // process only appends to it (the copying thread writes *after* the range mapped here,
+    // which it has finished) and neither truncates nor removes it before the mapping is
+    // dropped. Only root could truncate it; the hash would then be of what was read, and the
+    // output is refused (a get) or the object verified again on every read (a put).
     unsafe {
         memmap2::MmapOptions::new()
             .offset(offset)
@@ -364,6 +367,44 @@ pub(crate) fn map_readonly(file: &File) -> io::Result<memmap2::Mmap> {
     // returned. Network filesystems, where another node's truncation can SIGBUS a mapping, are
     // never mapped: callers check `Caps::network` first.
     unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Maps `len` bytes of a published object from `offset`, read-only and populated, so a large
+/// object can be hashed or written out a window at a time (memory stays bounded by the window,
+/// not the object).
+///
+/// The caller must have checked that the object may be mapped at all (`Store::may_map`:
+/// local filesystem, private store, owned by this user).
+#[allow(unsafe_code)]
+pub(crate) fn map_object_window(file: &File, offset: u64, len: usize) -> io::Result<memmap2::Mmap> {
+    // SAFETY: as for `map_readonly`: a published object is treated as immutable (mode 0444,
+    // only ever replaced by a rename or unlinked, which leave this inode's bytes intact), and
+    // the caller maps only objects this user owns in a private store on a local filesystem,
+    // so nobody but this user (or root) can truncate the file under the mapping. Bytes handed
+    // out from a window were verified against the hash before (or are verified after) they
+    // are used; a rewrite in place by the owner is detected, not returned as the object.
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .populate()
+            .map(file)
+    }
+}
+
+/// True if the file is on a local filesystem (`fstatfs(2)`): not NFS, FUSE, CIFS or another
+/// network filesystem, where another node's truncation could raise SIGBUS in a mapping.
+pub(crate) fn is_local(fd: impl std::os::fd::AsFd) -> bool {
+    rustix::fs::fstatfs(fd).is_ok_and(|st| {
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        let magic = i64::from(st.f_type as i64);
+        !fs_kind(magic).1
+    })
+}
+
+/// `lstat` of the name `name` in the directory `dir` (`fstatat(AT_SYMLINK_NOFOLLOW)`).
+pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<root::Meta> {
+    root::lstat_name_at(dir, name)
 }
 
 /// The file name as bytes.

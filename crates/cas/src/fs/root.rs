@@ -73,7 +73,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn of(t: FileType) -> Kind {
+    pub(crate) fn of(t: FileType) -> Kind {
         match t {
             FileType::RegularFile => Kind::File,
             FileType::Directory => Kind::Dir,
@@ -603,6 +603,13 @@ pub(crate) fn unlink_own(dir: BorrowedFd<'_>, name: &OsStr) {
             Err(_) => {}
         }
     }
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)` as [`Meta`].
+pub(crate) fn lstat_name_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Meta> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map(|st| meta_of(&st))
+        .map_err(Into::into)
 }
 
 /// Sets the mtime of `name` in `dir` to now (`utimensat`, no symlink following).

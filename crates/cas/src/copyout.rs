@@ -1,0 +1,289 @@
+//! Copying a large object out of the store, verified, in bounded memory (issue 14).
+//!
+//! Two destinations, two methods:
+//!
+//! - **A file we create** (the temporary file of `get -o`, a file of a tree restore):
+//!   the object is copied in the kernel (`copy_file_range(2)`, a reflink where the filesystem
+//!   offers one) 8 MiB at a time while a second thread hashes *the copy*, read back from the
+//!   new file. What the caller then makes visible (rename of the temporary file or of the
+//!   restore's directory) is exactly the bytes that hashed to the object's name: checking
+//!   the copy is stronger than checking the object and then copying it, and it reads the
+//!   bytes once instead of twice. A mismatch is told apart from a corrupt object by hashing
+//!   the object itself before it is quarantined.
+//! - **A writer** (stdout, a pipe, a device): nothing may be written before the whole object
+//!   is verified, so the object is hashed first on all cores, a window at a time (mapped where
+//!   `Store::may_map` allows, else read into one reused buffer), then written a window at a
+//!   time. Where the object is not mapped (a shared store, a network filesystem, a file
+//!   another user owns) the second pass hashes again, so a rewrite by the object's owner in
+//!   between fails the get instead of ending quietly with other bytes.
+//!
+//! Memory is bounded by the window (8 MiB), never by the object's size.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::fs;
+use crate::hash::{Hash, Hasher, PARALLEL_MIN};
+use crate::write::{copy_and_hash, CopyError};
+use crate::Store;
+
+/// Bytes hashed or written per step: large enough for `update_rayon` to use both cores and to
+/// amortise the system calls, small enough to keep memory bounded.
+const WINDOW: usize = 8 << 20;
+
+/// Copies the open object `obj` (at `obj_path`, `len` bytes by `fstat`) into `dst`, a file
+/// this process created and nobody else writes, verifying the copy: returns the number of
+/// bytes copied once they hash to `hash`. `dst_may_map`: `dst` may be mapped to hash it
+/// (see [`fs::map_private_file`]).
+///
+/// # Errors
+/// [`Error::Corrupt`] (the object quarantined) if the object does not hash to `hash`; an
+/// [`Error::Io`] naming `dst_shown` if writing fails or the copy does not match an object that
+/// does (changed while copied).
+pub(crate) fn copy_verified(
+    store: &Store,
+    hash: &Hash,
+    obj: &File,
+    obj_path: &Path,
+    dst: &File,
+    dst_shown: &Path,
+    dst_may_map: bool,
+) -> Result<u64> {
+    let (actual, copied) =
+        copy_and_hash(obj, dst, dst_may_map, &|_| true).map_err(|e| match e {
+            CopyError::Read(e) => Error::io("read", obj_path, e),
+            CopyError::Store(e) => Error::io("write output", dst_shown, e),
+            CopyError::Stopped => Error::Interrupted,
+        })?;
+    if actual == *hash {
+        return Ok(copied);
+    }
+    // Either the object is corrupt, or it changed while it was copied (its owner rewrote
+    // it, in a shared store). Only the first is quarantined.
+    let again = hash_from_start(store, obj).map_err(Error::at("read", obj_path))?;
+    if again == *hash {
+        return Err(Error::io(
+            "write output",
+            dst_shown,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the copy does not match the object (was it rewritten while copied?); \
+                 nothing was written",
+            ),
+        ));
+    }
+    Err(store.corrupt(hash, again, obj_path))
+}
+
+/// Hashes the whole of `obj` from its start, on all cores, in windows.
+fn hash_from_start(store: &Store, obj: &File) -> io::Result<Hash> {
+    let meta = obj.metadata()?;
+    hash_windows(obj, meta.len(), store.may_map(&meta), &mut Vec::new())
+}
+
+/// Hashes `len` bytes of `file` from offset 0 a window at a time: mapped where `may_map`,
+/// else read into `buf` (grown to one window). Reads past a shortened end stop early: the
+/// hash is then of what was there.
+fn hash_windows(file: &File, len: u64, may_map: bool, buf: &mut Vec<u8>) -> io::Result<Hash> {
+    let mut h = blake3::Hasher::new();
+    let mut off = 0u64;
+    if may_map {
+        while off < len {
+            let n = (len - off).min(WINDOW as u64) as usize;
+            let m = fs::map_object_window(file, off, n)?;
+            update(&mut h, &m);
+            off += n as u64;
+        }
+        return Ok(h.finalize().into());
+    }
+    buf.resize(WINDOW, 0);
+    loop {
+        let n = read_at_full(file, buf, off)?;
+        if n == 0 {
+            break;
+        }
+        update(&mut h, &buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize().into())
+}
+
+fn update(h: &mut blake3::Hasher, bytes: &[u8]) {
+    if bytes.len() >= PARALLEL_MIN {
+        h.update_rayon(bytes);
+    } else {
+        h.update(bytes);
+    }
+}
+
+/// Reads from `off` until `buf` is full or the file ends; returns how much was read.
+fn read_at_full(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], off + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Writes the open object `obj` (`meta` from its `fstat`) to `out`, having verified all of it
+/// first: nothing is written if it is corrupt. Memory stays bounded by one window.
+///
+/// # Errors
+/// [`Error::Corrupt`] (quarantined) if the object does not hash to `hash`, before anything is
+/// written, or — unmapped objects — if it changed before the second pass ended; "write
+/// output" naming `<output>` if `out` fails.
+pub(crate) fn write_verified(
+    store: &Store,
+    hash: &Hash,
+    obj: &File,
+    obj_path: &Path,
+    meta: &std::fs::Metadata,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let len = meta.len();
+    let may_map = store.may_map(meta);
+    let mut buf = Vec::new();
+    let actual = hash_windows(obj, len, may_map, &mut buf).map_err(Error::at("read", obj_path))?;
+    if actual != *hash {
+        return Err(store.corrupt(hash, actual, obj_path));
+    }
+    let out_err = |e| Error::io("write output", "<output>", e);
+    if may_map {
+        // Only this user (or root) can change a file that may be mapped, and the bytes were
+        // verified a moment ago: write the windows as they are (as `Store::get` hands out a
+        // verified mapping).
+        let mut off = 0u64;
+        while off < len {
+            let n = (len - off).min(WINDOW as u64) as usize;
+            let m = fs::map_object_window(obj, off, n).map_err(Error::at("map", obj_path))?;
+            out.write_all(&m).map_err(out_err)?;
+            off += n as u64;
+        }
+        return Ok(len);
+    }
+    // Not mapped (network filesystem, shared store, another user's file): copy in a second
+    // pass, hashing again; if the file changed after the first pass (truncated, rewritten by
+    // its owner), the copy fails as corrupt instead of ending quietly with other bytes.
+    let mut f = obj;
+    f.rewind().map_err(Error::at("rewind", obj_path))?;
+    let mut hasher = Hasher::new();
+    let mut copied = 0u64;
+    let mut src = f.take(len);
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", obj_path, e)),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(out_err)?;
+        copied += n as u64;
+    }
+    let again = hasher.finalize();
+    if copied != len || again != *hash {
+        return Err(store.corrupt(hash, again, obj_path));
+    }
+    Ok(len)
+}
+
+/// Writes the object `hash` into `dst`, a new, empty file this process created and nobody
+/// else writes (a get's temporary output, a file of a restore), verified: objects up to 1 MiB
+/// are read (never mapped), hashed and written; larger ones are copied in the kernel with
+/// the copy hashed ([`copy_verified`]). `dst_private`: no other user can open `dst` (mode
+/// 0600, or below a directory of mode 0700 this process created), so it may be mapped to
+/// hash the copy if it is on a local filesystem. Returns the object's size.
+///
+/// # Errors
+/// As [`Store::get`](crate::Store::get) (the object quarantined if corrupt); "write output"
+/// naming `dst_shown`.
+pub(crate) fn object_to_new_file(
+    store: &Store,
+    hash: &Hash,
+    dst: &File,
+    dst_shown: &Path,
+    dst_private: bool,
+) -> Result<u64> {
+    let (obj, obj_path) = store.open_file(hash)?;
+    let meta = obj.metadata().map_err(Error::at("stat", &obj_path))?;
+    let len = meta.len();
+    let n = if len > crate::write::SMALL_FILE {
+        let may_map = dst_private && fs::is_local(dst);
+        copy_verified(store, hash, &obj, &obj_path, dst, dst_shown, may_map)?
+    } else {
+        let bytes = fs::read_len(&obj, len).map_err(Error::at("read", &obj_path))?;
+        let actual = Hash::of(&bytes);
+        if actual != *hash {
+            return Err(store.corrupt(hash, actual, &obj_path));
+        }
+        let mut w = dst;
+        w.write_all(&bytes)
+            .map_err(|e| Error::io("write output", dst_shown, e))?;
+        bytes.len() as u64
+    };
+    store.refresh_on_read(&obj, &meta);
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Durability, Options};
+
+    fn big(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn windows_hash_like_the_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let data = big(WINDOW * 2 + 12345);
+        std::fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        let want = Hash::of(&data);
+        for may_map in [false, true] {
+            let got = hash_windows(&f, data.len() as u64, may_map, &mut Vec::new()).unwrap();
+            assert_eq!(got, want, "may_map {may_map}");
+        }
+    }
+
+    #[test]
+    fn copy_verified_refuses_a_corrupt_object_and_quarantines_it() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(
+            d.path().join("s"),
+            Options::default().durability(Durability::None),
+        )
+        .unwrap();
+        let data = big(9 << 20);
+        let h = store.put_bytes(&data).unwrap();
+        let path = store.object_path(&h);
+        // Flip one byte of the published object (its owner may; the mode is 0444).
+        let mut perm = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+        std::fs::set_permissions(&path, perm).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_at(b"X", 5 << 20).unwrap();
+        drop(f);
+        let obj = File::open(&path).unwrap();
+        let out_path = d.path().join("out");
+        let out = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&out_path)
+            .unwrap();
+        let e = copy_verified(&store, &h, &obj, &path, &out, &out_path, true).unwrap_err();
+        assert!(e.is_corrupt(), "{e}");
+        assert!(!path.exists(), "the corrupt object is quarantined");
+    }
+}
