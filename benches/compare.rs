@@ -1223,7 +1223,7 @@ fn scan(c: &mut Criterion, cfg: &Cfg) {
 // Issue 14: big gets to a file and a pipe, tree restores, re-putting an unchanged tree
 
 /// Big gets to a file (`Store::get_to_path`, what `cas get -o` runs; peer `cp`) and to a pipe
-/// read by `cat` (`Store::get_to_writer`, what `cas get | …` runs; peer `cat FILE | cat`).
+/// read by `cat` (`Store::get_to_fd`, what `cas get | …` runs; peer `cat FILE | cat`).
 fn get_out(c: &mut Criterion, cfg: &Cfg) {
     let mut data = vec![0u8; cfg.big];
     for (i, chunk) in data.chunks_mut(1 << 20).enumerate() {
@@ -1275,11 +1275,14 @@ fn get_out(c: &mut Criterion, cfg: &Cfg) {
             .spawn()
             .expect("spawn cat")
     };
-    bench(&mut g, GET_PIPE, "cas get_to_writer", unit, || {
+    // `Store::get_to_fd` is what `cas get H | …` runs (spliced into the pipe).
+    bench(&mut g, GET_PIPE, "cas get_to_fd", unit, || {
         let mut sink = cat_sink();
-        let mut pipe = sink.stdin.take().expect("stdin");
+        let pipe = sink.stdin.take().expect("stdin");
         timed(|| {
-            store.get_to_writer(&h, &mut pipe).expect("get to a pipe");
+            store
+                .get_to_fd(&h, std::os::fd::AsFd::as_fd(&pipe), &cas::no_progress)
+                .expect("get to a pipe");
             drop(pipe);
             assert!(sink.wait().expect("wait").success());
         })
@@ -1300,7 +1303,7 @@ fn get_out(c: &mut Criterion, cfg: &Cfg) {
     g.finish();
     set_targets(
         GET_PIPE,
-        "cas get_to_writer",
+        "cas get_to_fd",
         vec![Target::BytesPerSec(2e9)],
     );
     remove_big_files(store.root());

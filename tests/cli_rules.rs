@@ -865,3 +865,130 @@ fn racing_inits_agree_on_one_store() {
     names.sort();
     assert_eq!(names, ["empty", "missing"], "left beside the stores");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Progress on a terminal, never in a pipe
+
+/// Runs `cmd` with stderr on a new pseudo-terminal and stdout on a pipe; returns what the
+/// terminal received, stdout, and the exit code.
+fn run_on_pty(cmd: &mut Command) -> (String, Vec<u8>, Option<i32>) {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::io::Read;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let mut master = fs::File::from(master);
+    // Drain the terminal while the command runs (its buffer is small); ends with EIO once the
+    // last descriptor of the slave side is closed.
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    });
+    let child = cmd
+        .stderr(Stdio::from(slave))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn cas");
+    // `cmd` still holds the slave until it is dropped; the spawned child has its own copy.
+    let out = child.wait_with_output().unwrap();
+    let mut cmd_slot = Command::new("true");
+    std::mem::swap(cmd, &mut cmd_slot);
+    drop(cmd_slot);
+    let term = reader.join().unwrap();
+    (text(&term), out.stdout, out.status.code())
+}
+
+/// Issue 12, progress: on a terminal, `put`, `put -r`, `get` (to a file and to a pipe),
+/// `get -r`, `verify` and `gc` draw a bar on stderr (bytes with the object's or tree's total
+/// where the command knows it); with stderr not a terminal they print nothing there; stdout
+/// carries only the results either way.
+#[test]
+fn progress_bars_on_a_terminal_and_never_in_a_pipe() {
+    let s = Store::new();
+    let big = data(24 << 20, 5);
+    let big_in = s.input("big", &big);
+    let h = run_ok(cas(&s).arg("put").arg(&big_in)).trim().to_owned();
+    let src = s.base().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..3u8 {
+        fs::write(src.join(format!("sub/f{i}")), data(3 << 20, u64::from(i) + 10)).unwrap();
+    }
+    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src)).trim().to_owned();
+    let out = s.base().join("out");
+    fs::create_dir(&out).unwrap();
+    let p = |x: &Path| x.display().to_string();
+    // (arguments, what the bar is called, a total the bar must show, expected stdout)
+    let cases: Vec<(Vec<String>, &str, Option<&str>, Option<Vec<u8>>)> = vec![
+        (
+            vec!["put".into(), p(&big_in)],
+            "put [",
+            Some("24.00 MiB"),
+            Some(format!("{h}\n").into_bytes()),
+        ),
+        (
+            vec!["put".into(), "-r".into(), "--no-cache".into(), p(&src)],
+            "put -r",
+            None,
+            Some(format!("{tree}\n").into_bytes()),
+        ),
+        (
+            vec!["get".into(), h.clone(), "-o".into(), p(&out.join("o"))],
+            "get [",
+            Some("24.00 MiB"),
+            Some(Vec::new()),
+        ),
+        (vec!["get".into(), h.clone()], "get", Some("24.00 MiB"), Some(big.clone())),
+        (
+            vec!["get".into(), "-r".into(), tree.clone(), "-o".into(), p(&out.join("t"))],
+            "get -r [",
+            Some("9.00 MiB"),
+            Some(Vec::new()),
+        ),
+        (vec!["verify".into()], "verify", None, None),
+        (vec!["gc".into()], "gc", None, None),
+    ];
+    for (args, bar, total, stdout) in &cases {
+        let _ = fs::remove_file(out.join("o"));
+        let _ = fs::remove_dir_all(out.join("t"));
+        let (term, got, code) = run_on_pty(cas(&s).args(args));
+        assert_eq!(code, Some(0), "cas {args:?}: {term}");
+        assert!(term.contains(bar), "cas {args:?} drew no {bar:?} bar: {term:?}");
+        if let Some(t) = total {
+            assert!(term.contains(t), "cas {args:?}: no total {t}: {term:?}");
+        }
+        if let Some(want) = stdout {
+            assert!(got == *want, "cas {args:?}: stdout differs ({} bytes)", got.len());
+        }
+        // The same command with stderr on a pipe: not one byte of progress.
+        let _ = fs::remove_file(out.join("o"));
+        let _ = fs::remove_dir_all(out.join("t"));
+        let piped = run(cas(&s).args(args).stderr(Stdio::piped()));
+        assert_eq!(piped.status.code(), Some(0), "cas {args:?}");
+        assert!(
+            piped.stderr.is_empty(),
+            "cas {args:?} wrote to a piped stderr: {:?}",
+            text(&piped.stderr)
+        );
+        if args[0] == "get" && args.len() > 2 {
+            let (file, want) = if args[1] == "-r" {
+                (out.join("t/sub/f1"), data(3 << 20, 11))
+            } else {
+                (out.join("o"), big.clone())
+            };
+            assert!(fs::read(&file).unwrap() == want, "cas {args:?}: wrong bytes");
+        }
+    }
+}

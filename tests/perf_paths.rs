@@ -72,7 +72,17 @@ fn big_get_to_a_file_and_to_a_pipe_round_trips() {
     std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut got).unwrap();
     assert!(child.wait().unwrap().success());
     assert!(got == bytes, "get to a pipe wrote other bytes");
-    assert_eq!(names_in(&s.scratch), vec!["big", "out.bin"]);
+    // stdout redirected to a file (copied in the kernel at the file's offset), and appended
+    // to one (`>>`: the kernel copy is refused, written instead).
+    let redirected = s.scratch.join("redirected");
+    let f = fs::File::create(&redirected).unwrap();
+    run_ok(cas(&s).args(["get", &h]).stdout(f));
+    assert!(fs::read(&redirected).unwrap() == bytes, "get > file");
+    let f = fs::OpenOptions::new().append(true).open(&redirected).unwrap();
+    run_ok(cas(&s).args(["get", &h]).stdout(f));
+    let twice = fs::read(&redirected).unwrap();
+    assert!(twice.len() == 2 * BIG && twice[BIG..] == bytes[..], "get >> file");
+    assert_eq!(names_in(&s.scratch), vec!["big", "out.bin", "redirected"]);
 }
 
 /// A corrupt object, large or small: `get -o` fails, leaves nothing at a new destination and
@@ -446,4 +456,111 @@ fn the_library_reuses_settled_files_and_stores_the_same_tree() {
             q.display()
         );
     }
+}
+
+/// Collects every progress report a callback receives.
+#[derive(Clone, Default)]
+struct Seen(std::sync::Arc<std::sync::Mutex<Vec<cas::Progress>>>);
+
+impl Seen {
+    fn push(&self, p: cas::Progress) -> bool {
+        self.0.lock().unwrap().push(p);
+        true
+    }
+    fn take(&self) -> Vec<cas::Progress> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// Progress of tree puts, restores and gets (issue 12): reports rise to the total, which a
+/// restore and a get announce before their first byte; a callback that says stop interrupts
+/// each, leaving nothing at the destination and nothing staged in the store.
+#[test]
+fn progress_reaches_the_total_and_a_stop_leaves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("s");
+    let store = cas::Store::init(
+        &root,
+        cas::Options::default().durability(cas::Durability::None),
+    )
+    .unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let mut file_bytes = 0u64;
+    for i in 0..4u64 {
+        let b = data((3 << 20) + i as usize, 40 + i);
+        file_bytes += b.len() as u64;
+        fs::write(src.join(format!("sub/big{i}")), b).unwrap();
+    }
+    for i in 0..20u64 {
+        let b = data(1000, 60 + i);
+        file_bytes += b.len() as u64;
+        fs::write(src.join(format!("small{i}")), b).unwrap();
+    }
+
+    // put -r: phase "put", never decreasing, at least every file's bytes.
+    let seen = Seen::default();
+    let s2 = seen.clone();
+    let opts = cas::PutDirOptions::default().progress(move |p| s2.push(p));
+    let (tree, _) = store.put_dir_with(&src, &opts).unwrap();
+    let r = seen.take();
+    assert!(r.iter().all(|p| p.phase == "put" && p.total.is_none()));
+    assert!(r.windows(2).all(|w| w[0].done <= w[1].done), "went back");
+    assert!(r.last().unwrap().done >= file_bytes, "{:?}", r.last());
+
+    // get -r: the tree's total from the first report; the bytes restored reach it.
+    let s2 = seen.clone();
+    let dst = d.path().join("dst");
+    let opts = cas::CheckoutOptions::default().progress(move |p| s2.push(p));
+    store.checkout_with(&tree, &dst, &opts).unwrap();
+    let r = seen.take();
+    assert_eq!(r[0].done, 0);
+    assert!(r.iter().all(|p| p.phase == "restore" && p.total == Some(file_bytes)));
+    assert_eq!(r.iter().map(|p| p.done).max(), Some(file_bytes));
+
+    // get to a file, and to a writer (verified whole, then written).
+    let h = store.put_bytes(&data(BIG, 3)).unwrap();
+    let len = BIG as u64;
+    let out = d.path().join("out");
+    store.get_to_path_with(&h, &out, &|p| seen.push(p)).unwrap();
+    let r = seen.take();
+    assert!(r.iter().all(|p| p.phase == "get" && p.total == Some(len)));
+    assert_eq!(r.last().unwrap().done, len);
+    store
+        .get_to_writer_with(&h, &mut std::io::sink(), &|p| seen.push(p))
+        .unwrap();
+    let r = seen.take();
+    let first_get = r.iter().position(|p| p.phase == "get").unwrap();
+    assert!(r[..first_get].iter().all(|p| p.phase == "verify"));
+    assert_eq!(r[first_get - 1].done, len, "written before all was verified");
+    assert_eq!(r.last().unwrap().done, len);
+
+    // Stops: an error, nothing at the destination, nothing staged.
+    let stop = |p: cas::Progress| p.done < (1 << 20);
+    let opts = cas::PutDirOptions::default().progress(stop);
+    let src2 = d.path().join("src2");
+    fs::create_dir(&src2).unwrap();
+    fs::write(src2.join("f"), data(BIG, 70)).unwrap();
+    let e = store.put_dir_with(&src2, &opts).unwrap_err();
+    assert!(matches!(e, cas::Error::Interrupted), "{e}");
+    assert!(files_under(&root.join("tmp")).is_empty(), "staging left");
+    assert!(!store.contains(&cas::Hash::of(&data(BIG, 70))));
+
+    let dst2 = d.path().join("dst2");
+    let opts = cas::CheckoutOptions::default().progress(stop);
+    let e = store.checkout_with(&tree, &dst2, &opts).unwrap_err();
+    assert!(matches!(e, cas::Error::Interrupted), "{e}");
+    assert!(!dst2.exists());
+    let out2 = d.path().join("out2");
+    let e = store.get_to_path_with(&h, &out2, &stop).unwrap_err();
+    assert!(matches!(e, cas::Error::Interrupted), "{e}");
+    let mut written = Vec::new();
+    let e = store
+        .get_to_writer_with(&h, &mut written, &|p| p.phase == "verify" || p.done == 0)
+        .unwrap_err();
+    assert!(matches!(e, cas::Error::Interrupted), "{e}");
+    assert!(written.len() <= 8 << 20, "wrote past the stop");
+    let mut left = names_in(d.path());
+    left.sort();
+    assert_eq!(left, ["dst", "out", "s", "src", "src2"], "temporary files left");
 }

@@ -2,6 +2,7 @@
 //! operation is one call into the `cas` library.
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -674,7 +675,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts =
                 cas::CheckoutOptions::default().allow_external_symlinks(allow_external_symlinks);
             let store = open_store(g, Existing)?;
-            store.checkout_with(&hash.resolve(&store)?, &dest, &opts)?;
+            let hash = hash.resolve(&store)?;
+            let bar = std::sync::Arc::new(output::BytesBar::new("get -r"));
+            let b = std::sync::Arc::clone(&bar);
+            let done = store.checkout_with(&hash, &dest, &opts.progress(move |p| b.update(p)));
+            bar.finish();
+            done?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
@@ -869,17 +875,20 @@ fn cmd_init(
 /// Writes an object to `output` (see `Store::get_to_path`) or stdout (none, or `-`),
 /// verified before any byte is written.
 fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()> {
-    match output {
-        Some(path) if path != Path::new("-") => {
-            store.get_to_path(hash, path)?;
-        }
+    let bar = output::BytesBar::new("get");
+    let progress = |p| bar.update(p);
+    let done = match output {
+        Some(path) if path != Path::new("-") => store.get_to_path_with(hash, path, &progress),
         _ => {
+            // Straight to the descriptor (spliced into a pipe), past Rust's buffer, which
+            // holds nothing yet: nothing is printed before the object.
             let stdout = io::stdout();
-            let mut lock = stdout.lock();
-            store.get_to_writer(hash, &mut lock)?;
-            lock.flush().context("write output")?;
+            let lock = stdout.lock();
+            store.get_to_fd(hash, lock.as_fd(), &progress)
         }
-    }
+    };
+    bar.finish();
+    done?;
     Ok(())
 }
 
@@ -1180,7 +1189,17 @@ fn cmd_put(
         Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
         } else if let (Some(opts), true) = (recursive, f.is_dir()) {
-            let (hash, report) = store.put_dir_with(f, opts)?;
+            // Bytes and rate, no total: counting first would walk the tree twice.
+            let bar = output::Bar::bytes("put -r", None);
+            let with_bar = bar.handle().map(|b| {
+                opts.clone().progress(move |p| {
+                    b.set_position(p.done);
+                    true
+                })
+            });
+            let put = store.put_dir_with(f, with_bar.as_ref().unwrap_or(opts));
+            bar.finish();
+            let (hash, report) = put?;
             if let Some(w) = &report.cache_warning {
                 eprintln!("cas: warning: {w}");
             }

@@ -106,9 +106,9 @@ impl Bar {
             None => indicatif::ProgressBar::new_spinner(),
         };
         let template = if total.is_some() {
-            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+            "{prefix}{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
         } else {
-            "{prefix} {spinner} {bytes} {bytes_per_sec}"
+            "{prefix}{msg} {spinner} {bytes} {bytes_per_sec}"
         };
         b.set_style(
             indicatif::ProgressStyle::with_template(template)
@@ -139,6 +139,60 @@ impl Bar {
     pub fn finish(&self) {
         if let Some(b) = &self.0 {
             b.finish_and_clear();
+        }
+    }
+}
+
+/// A byte-counting bar made at the library's first report, which carries the total (a get's
+/// object size, a restore's tree size), so the bar starts with it. A get to a pipe or device
+/// verifies the whole object before it writes: that phase says so after the name, and the
+/// count restarts when writing begins.
+pub struct BytesBar {
+    what: &'static str,
+    bar: std::sync::OnceLock<Bar>,
+    phase: std::sync::Mutex<&'static str>,
+}
+
+impl BytesBar {
+    pub fn new(what: &'static str) -> BytesBar {
+        BytesBar {
+            what,
+            bar: std::sync::OnceLock::new(),
+            phase: std::sync::Mutex::new(""),
+        }
+    }
+
+    /// Takes a library report; never interrupts (signals do that).
+    pub fn update(&self, p: cas::Progress) -> bool {
+        let bar = self.bar.get_or_init(|| Bar::bytes(self.what, p.total));
+        let Some(b) = &bar.0 else {
+            return true;
+        };
+        let mut phase = self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *phase != p.phase {
+            if !phase.is_empty() {
+                b.reset();
+            }
+            *phase = p.phase;
+            b.set_message(if p.phase == "verify" {
+                " (verifying)"
+            } else {
+                ""
+            });
+        }
+        if let Some(t) = p.total {
+            b.set_length(t);
+        }
+        b.set_position(p.done);
+        true
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = self.bar.get() {
+            b.finish();
         }
     }
 }

@@ -116,6 +116,11 @@ impl Batch {
         self.progress = Some(Box::new(f));
     }
 
+    /// Input bytes read so far.
+    pub(crate) fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
     /// Counts `n` more input bytes and tells the progress callback; false: stop.
     fn tick(&self, n: u64) -> bool {
         let done = self.bytes_in.fetch_add(n, Ordering::Relaxed) + n;

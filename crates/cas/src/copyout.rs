@@ -27,6 +27,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::{Hash, Hasher, PARALLEL_MIN};
+use crate::progress::{Progress, ProgressFn};
 use crate::write::{copy_and_hash, CopyError};
 use crate::Store;
 
@@ -37,7 +38,8 @@ const WINDOW: usize = 8 << 20;
 /// Copies the open object `obj` (at `obj_path`, `len` bytes by `fstat`) into `dst`, a file
 /// this process created and nobody else writes, verifying the copy: returns the number of
 /// bytes copied once they hash to `hash`. `dst_may_map`: `dst` may be mapped to hash it
-/// (see [`fs::map_private_file`]).
+/// (see [`fs::map_private_file`]). `progress` hears phase `"get"`: bytes copied and hashed,
+/// out of the object's size.
 ///
 /// # Errors
 /// [`Error::Corrupt`] (the object quarantined) if the object does not hash to `hash`; an
@@ -51,9 +53,20 @@ pub(crate) fn copy_verified(
     dst: &File,
     dst_shown: &Path,
     dst_may_map: bool,
+    progress: ProgressFn<'_>,
 ) -> Result<u64> {
+    let total = obj.metadata().ok().map(|m| m.len());
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let tick = |n: u64| {
+        let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        progress(Progress {
+            phase: "get",
+            done: d,
+            total,
+        })
+    };
     let (actual, copied) =
-        copy_and_hash(obj, dst, dst_may_map, &|_| true).map_err(|e| match e {
+        copy_and_hash(obj, dst, dst_may_map, &tick).map_err(|e| match e {
             CopyError::Read(e) => Error::io("read", obj_path, e),
             CopyError::Store(e) => Error::io("write output", dst_shown, e),
             CopyError::Stopped => Error::Interrupted,
@@ -81,13 +94,37 @@ pub(crate) fn copy_verified(
 /// Hashes the whole of `obj` from its start, on all cores, in windows.
 fn hash_from_start(store: &Store, obj: &File) -> io::Result<Hash> {
     let meta = obj.metadata()?;
-    hash_windows(obj, meta.len(), store.may_map(&meta), &mut Vec::new())
+    match hash_windows(obj, meta.len(), store.may_map(&meta), &mut Vec::new(), &|_| true) {
+        Ok(h) => Ok(h),
+        Err(WindowError::Io(e)) => Err(e),
+        Err(WindowError::Stopped) => Err(io::ErrorKind::Interrupted.into()),
+    }
+}
+
+/// Why [`hash_windows`] did not finish.
+enum WindowError {
+    Io(io::Error),
+    /// The tick asked to stop.
+    Stopped,
+}
+
+impl From<io::Error> for WindowError {
+    fn from(e: io::Error) -> Self {
+        WindowError::Io(e)
+    }
 }
 
 /// Hashes `len` bytes of `file` from offset 0 a window at a time: mapped where `may_map`,
 /// else read into `buf` (grown to one window). Reads past a shortened end stop early: the
-/// hash is then of what was there.
-fn hash_windows(file: &File, len: u64, may_map: bool, buf: &mut Vec<u8>) -> io::Result<Hash> {
+/// hash is then of what was there. `tick` is told the bytes hashed so far after each window;
+/// `false` stops.
+fn hash_windows(
+    file: &File,
+    len: u64,
+    may_map: bool,
+    buf: &mut Vec<u8>,
+    tick: &dyn Fn(u64) -> bool,
+) -> Result<Hash, WindowError> {
     let mut h = blake3::Hasher::new();
     let mut off = 0u64;
     if may_map {
@@ -96,6 +133,9 @@ fn hash_windows(file: &File, len: u64, may_map: bool, buf: &mut Vec<u8>) -> io::
             let m = fs::map_object_window(file, off, n)?;
             update(&mut h, &m);
             off += n as u64;
+            if !tick(off) {
+                return Err(WindowError::Stopped);
+            }
         }
         return Ok(h.finalize().into());
     }
@@ -107,6 +147,9 @@ fn hash_windows(file: &File, len: u64, may_map: bool, buf: &mut Vec<u8>) -> io::
         }
         update(&mut h, &buf[..n]);
         off += n as u64;
+        if !tick(off) {
+            return Err(WindowError::Stopped);
+        }
     }
     Ok(h.finalize().into())
 }
@@ -133,25 +176,134 @@ fn read_at_full(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// Where [`write_verified`] sends an object's bytes once they are verified.
+pub(crate) trait Sink {
+    /// Writes `bytes`.
+    ///
+    /// # Errors
+    /// The write's.
+    fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()>;
+
+    /// Writes `bytes`, which are `obj`'s from offset `off`, verified and mapped: a sink that
+    /// can move them in the kernel (a pipe: `splice(2)`) does so.
+    ///
+    /// # Errors
+    /// The write's.
+    fn write_file_range(&mut self, _obj: &File, _off: u64, bytes: &[u8]) -> io::Result<()> {
+        self.write_bytes(bytes)
+    }
+}
+
+/// Any writer.
+pub(crate) struct WriterSink<'a>(pub(crate) &'a mut dyn Write);
+
+impl Sink for WriterSink<'_> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
+    }
+}
+
+/// A descriptor the caller opened (stdout, a device, a FIFO): written with `write(2)`, or,
+/// from a verified mapped object, spliced into a pipe or copied in the kernel into a regular
+/// file (`cas get H > file`).
+pub(crate) struct FdSink<'a> {
+    fd: std::os::fd::BorrowedFd<'a>,
+    kernel: Kernel,
+}
+
+/// How an [`FdSink`] can move a file's bytes without copying them through memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Splice,
+    CopyRange,
+    /// Neither (or refused once): `write(2)`.
+    No,
+}
+
+impl<'a> FdSink<'a> {
+    pub(crate) fn new(fd: std::os::fd::BorrowedFd<'a>) -> Self {
+        let kernel = if fs::is_pipe(fd) {
+            fs::grow_pipe(fd);
+            Kernel::Splice
+        } else if fs::is_regular(fd) {
+            Kernel::CopyRange
+        } else {
+            Kernel::No
+        };
+        FdSink { fd, kernel }
+    }
+}
+
+impl Sink for FdSink<'_> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        fs::write_all_fd(self.fd, bytes)
+    }
+
+    fn write_file_range(&mut self, obj: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut done = 0usize;
+        while self.kernel != Kernel::No && done < bytes.len() {
+            let (at, left) = (off + done as u64, bytes.len() - done);
+            let moved = if self.kernel == Kernel::Splice {
+                fs::splice_to_pipe(obj, at, self.fd, left)
+            } else {
+                fs::copy_range_from(obj, at, self.fd, left)
+            };
+            match moved {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the object is shorter than when it was verified",
+                    ))
+                }
+                Ok(n) => done += n,
+                // Nothing was moved by the refused call: write the rest.
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => self.kernel = Kernel::No,
+                Err(e) => return Err(e),
+            }
+        }
+        self.write_bytes(&bytes[done..])
+    }
+}
+
 /// Writes the open object `obj` (`meta` from its `fstat`) to `out`, having verified all of it
 /// first: nothing is written if it is corrupt. Memory stays bounded by one window.
+/// `progress` hears phase `"verify"` (bytes hashed), then `"get"` (bytes written), each out
+/// of the object's size.
 ///
 /// # Errors
 /// [`Error::Corrupt`] (quarantined) if the object does not hash to `hash`, before anything is
 /// written, or — unmapped objects — if it changed before the second pass ended; "write
-/// output" naming `<output>` if `out` fails.
+/// output" naming `<output>` if `out` fails; [`Error::Interrupted`] if `progress` said stop.
 pub(crate) fn write_verified(
     store: &Store,
     hash: &Hash,
     obj: &File,
     obj_path: &Path,
     meta: &std::fs::Metadata,
-    out: &mut dyn Write,
+    out: &mut dyn Sink,
+    progress: ProgressFn<'_>,
 ) -> Result<u64> {
     let len = meta.len();
     let may_map = store.may_map(meta);
     let mut buf = Vec::new();
-    let actual = hash_windows(obj, len, may_map, &mut buf).map_err(Error::at("read", obj_path))?;
+    let tell = |phase, done| {
+        if progress(Progress {
+            phase,
+            done,
+            total: Some(len),
+        }) {
+            Ok(())
+        } else {
+            Err(Error::Interrupted)
+        }
+    };
+    let actual = hash_windows(obj, len, may_map, &mut buf, &|done| {
+        tell("verify", done).is_ok()
+    })
+    .map_err(|e| match e {
+        WindowError::Io(e) => Error::io("read", obj_path, e),
+        WindowError::Stopped => Error::Interrupted,
+    })?;
     if actual != *hash {
         return Err(store.corrupt(hash, actual, obj_path));
     }
@@ -159,13 +311,14 @@ pub(crate) fn write_verified(
     if may_map {
         // Only this user (or root) can change a file that may be mapped, and the bytes were
         // verified a moment ago: write the windows as they are (as `Store::get` hands out a
-        // verified mapping).
+        // verified mapping), or splice them from the file into a pipe.
         let mut off = 0u64;
         while off < len {
             let n = (len - off).min(WINDOW as u64) as usize;
             let m = fs::map_object_window(obj, off, n).map_err(Error::at("map", obj_path))?;
-            out.write_all(&m).map_err(out_err)?;
+            out.write_file_range(obj, off, &m).map_err(out_err)?;
             off += n as u64;
+            tell("get", off)?;
         }
         return Ok(len);
     }
@@ -185,8 +338,9 @@ pub(crate) fn write_verified(
             Err(e) => return Err(Error::io("read", obj_path, e)),
         };
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(out_err)?;
+        out.write_bytes(&buf[..n]).map_err(out_err)?;
         copied += n as u64;
+        tell("get", copied)?;
     }
     let again = hasher.finalize();
     if copied != len || again != *hash {
@@ -200,7 +354,8 @@ pub(crate) fn write_verified(
 /// are read (never mapped), hashed and written; larger ones are copied in the kernel with
 /// the copy hashed ([`copy_verified`]). `dst_private`: no other user can open `dst` (mode
 /// 0600, or below a directory of mode 0700 this process created), so it may be mapped to
-/// hash the copy if it is on a local filesystem. Returns the object's size.
+/// hash the copy if it is on a local filesystem. Returns the object's size. `progress` hears
+/// phase `"get"`: the bytes written so far, out of the object's size.
 ///
 /// # Errors
 /// As [`Store::get`](crate::Store::get) (the object quarantined if corrupt); "write output"
@@ -211,13 +366,14 @@ pub(crate) fn object_to_new_file(
     dst: &File,
     dst_shown: &Path,
     dst_private: bool,
+    progress: ProgressFn<'_>,
 ) -> Result<u64> {
     let (obj, obj_path) = store.open_file(hash)?;
     let meta = obj.metadata().map_err(Error::at("stat", &obj_path))?;
     let len = meta.len();
     let n = if len > crate::write::SMALL_FILE {
         let may_map = dst_private && fs::is_local(dst);
-        copy_verified(store, hash, &obj, &obj_path, dst, dst_shown, may_map)?
+        copy_verified(store, hash, &obj, &obj_path, dst, dst_shown, may_map, progress)?
     } else {
         let bytes = fs::read_len(&obj, len).map_err(Error::at("read", &obj_path))?;
         let actual = Hash::of(&bytes);
@@ -227,6 +383,13 @@ pub(crate) fn object_to_new_file(
         let mut w = dst;
         w.write_all(&bytes)
             .map_err(|e| Error::io("write output", dst_shown, e))?;
+        if !progress(Progress {
+            phase: "get",
+            done: len,
+            total: Some(len),
+        }) {
+            return Err(Error::Interrupted);
+        }
         bytes.len() as u64
     };
     store.refresh_on_read(&obj, &meta);
@@ -251,7 +414,10 @@ mod tests {
         let f = File::open(&p).unwrap();
         let want = Hash::of(&data);
         for may_map in [false, true] {
-            let got = hash_windows(&f, data.len() as u64, may_map, &mut Vec::new()).unwrap();
+            let Ok(got) = hash_windows(&f, data.len() as u64, may_map, &mut Vec::new(), &|_| true)
+            else {
+                panic!("hash_windows failed");
+            };
             assert_eq!(got, want, "may_map {may_map}");
         }
     }
@@ -282,7 +448,8 @@ mod tests {
             .create_new(true)
             .open(&out_path)
             .unwrap();
-        let e = copy_verified(&store, &h, &obj, &path, &out, &out_path, true).unwrap_err();
+        let e = copy_verified(&store, &h, &obj, &path, &out, &out_path, true, &crate::no_progress)
+            .unwrap_err();
         assert!(e.is_corrupt(), "{e}");
         assert!(!path.exists(), "the corrupt object is quarantined");
     }

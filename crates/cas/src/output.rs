@@ -3,14 +3,17 @@
 //! place, a symlink keeps being a symlink.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::cleanup;
+use crate::copyout::{FdSink, Sink};
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
+use crate::progress::ProgressFn;
 use crate::Store;
 
 /// Symlinks followed at most, as the kernel's `MAXSYMLINKS`.
@@ -124,22 +127,22 @@ struct OpenOnWrite<'a> {
 }
 
 impl OpenOnWrite<'_> {
-    fn file(&mut self) -> io::Result<&mut File> {
+    fn file(&mut self) -> io::Result<&File> {
         if self.file.is_none() {
             // No O_CREAT, no O_TRUNC: the node is written in place, never replaced.
             let f = std::fs::OpenOptions::new().write(true).open(self.path)?;
             self.file = Some(f);
         }
-        Ok(self.file.as_mut().expect("just opened"))
+        Ok(self.file.as_ref().expect("just opened"))
     }
 }
 
-impl Write for OpenOnWrite<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file()?.write(buf)
+impl Sink for OpenOnWrite<'_> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        FdSink::new(self.file()?.as_fd()).write_bytes(bytes)
     }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file()?.flush()
+    fn write_file_range(&mut self, obj: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
+        FdSink::new(self.file()?.as_fd()).write_file_range(obj, off, bytes)
     }
 }
 
@@ -179,10 +182,37 @@ impl Store {
     /// As [`Store::get`] (nothing is written if the object is missing or corrupt); I/O errors
     /// naming the destination, among them `IsADirectory` for a directory.
     pub fn get_to_path(&self, hash: &Hash, dest: impl AsRef<Path>) -> Result<u64> {
-        self.get_to_path_inner(hash, dest.as_ref())
+        self.get_to_path_with(hash, dest.as_ref(), &crate::no_progress)
     }
 
-    fn get_to_path_inner(&self, hash: &Hash, dest: &Path) -> Result<u64> {
+    /// [`Store::get_to_path`], telling `progress` the bytes written so far (phase `"get"`, out
+    /// of the object's size; a device or FIFO is verified first, phase `"verify"`). Returning
+    /// `false` stops the get with [`Error::Interrupted`]: a replaced file keeps its old
+    /// content, a new one is not created.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// let h = store.put_bytes(&vec![9u8; 5 << 20])?;
+    /// let out = dir.path().join("out");
+    /// let stop_early = |p: cas::Progress| p.done < (1 << 20);
+    /// let e = store.get_to_path_with(&h, &out, &stop_early).unwrap_err();
+    /// assert!(matches!(e, cas::Error::Interrupted));
+    /// assert!(!out.exists());
+    /// assert_eq!(store.get_to_path_with(&h, &out, &cas::no_progress)?, 5 << 20);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::get_to_path`]; [`Error::Interrupted`] if `progress` asked to stop.
+    pub fn get_to_path_with(
+        &self,
+        hash: &Hash,
+        dest: impl AsRef<Path>,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
+        let dest = dest.as_ref();
         let (path, mode) = match resolve(dest)? {
             Target::Special(p) => {
                 let mut w = OpenOnWrite {
@@ -190,9 +220,12 @@ impl Store {
                     file: None,
                 };
                 let n = self
-                    .get_to_writer(hash, &mut w)
+                    .refetch_if_corrupt_to(hash, &mut w, |o| {
+                        self.get_to_sink_once(hash, o, progress)
+                    })
                     .map_err(|e| output_error(e, &p))?;
-                w.flush().map_err(Error::at("write", &p))?;
+                // An empty object still opens the node (a FIFO's reader sees its end).
+                w.file().map_err(Error::at("write", &p))?;
                 return Ok(n);
             }
             Target::New(p) => (p, 0o666 & !fs::umask()),
@@ -220,7 +253,8 @@ impl Store {
         }
         // Created O_EXCL with mode 0600: nobody else can open it until it is renamed. Large
         // objects are copied in the kernel and the copy itself is verified (crate::copyout).
-        let n = crate::copyout::object_to_new_file(self, hash, tmp.as_file(), &path, true)?;
+        let n =
+            crate::copyout::object_to_new_file(self, hash, tmp.as_file(), &path, true, progress)?;
         fs::set_mode(tmp.as_file(), mode).map_err(Error::at("set permissions of", tmp.path()))?;
         tmp.persist(&path)
             .map_err(|e| Error::io("rename the output into place at", &path, e.error))?;

@@ -11,22 +11,27 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::fs::{self, Kind};
 use crate::hash::Hash;
+use crate::progress::ProgressHook;
 use crate::statcache::{StatCache, StatKey};
 use crate::tree::{EntryKind, Tree, TreeEntry, Trees};
 use crate::Store;
 
 /// Stores the directory `root` (a symlink to a directory is followed at the root only);
-/// returns its tree's hash. Every tree stored is also left decoded in `trees`.
+/// returns its tree's hash. Every tree stored is also left decoded in `trees`. `progress` is
+/// told the bytes of the files done so far: read, or found unchanged in the stat cache.
 pub(crate) fn put_dir(
     store: &Store,
     root: &Path,
     cache: Option<&mut StatCache>,
     trees: &mut Trees,
+    progress: Option<&ProgressHook>,
 ) -> Result<Hash> {
     let meta = std::fs::metadata(root).map_err(Error::at("stat", root))?;
     if !meta.is_dir() {
@@ -38,11 +43,20 @@ pub(crate) fn put_dir(
     let fd = fs::open_src_dir(root, true).map_err(Error::at("read directory", root))?;
     // One batch for the whole tree: its barriers are shared by many files, and it publishes
     // in staging order, so an object is never visible before its children.
+    let mut batch = store.batch();
+    let skipped = Arc::new(AtomicU64::new(0));
+    if let Some(p) = progress {
+        let (p, skipped) = (p.clone(), Arc::clone(&skipped));
+        batch.set_progress(move |b| {
+            p.report("put", skipped.load(Ordering::Relaxed) + b.done, None)
+        });
+    }
     let mut walk = Walk {
         store,
-        batch: store.batch(),
+        batch,
         cache,
         trees,
+        progress: progress.map(|p| (p, skipped)),
     };
     let hash = walk.dir(fd, root)?;
     walk.batch.commit()?;
@@ -54,6 +68,9 @@ struct Walk<'a> {
     batch: Batch,
     cache: Option<&'a mut StatCache>,
     trees: &'a mut Trees,
+    /// The callback, and the bytes of files the stat cache answered for (the batch counts
+    /// those it reads).
+    progress: Option<(&'a ProgressHook, Arc<AtomicU64>)>,
 }
 
 impl Walk<'_> {
@@ -77,7 +94,7 @@ impl Walk<'_> {
                     Some(EntryKind::File {
                         executable: st.mode & 0o111 != 0,
                         size: st.size,
-                        hash: self.file(&p, StatKey::of_src(&st))?,
+                        hash: self.file(&p, StatKey::of_src(&st), st.size)?,
                     })
                 }
                 Kind::Symlink => {
@@ -119,10 +136,16 @@ impl Walk<'_> {
     /// A regular file's hash: from the stat cache if it has a usable entry, else read and
     /// staged (and recorded). `key` is from the `lstat` taken before the file is read: a write
     /// during the read changes what the next run sees, so it hashes again.
-    fn file(&mut self, path: &Path, key: Option<StatKey>) -> Result<Hash> {
+    fn file(&mut self, path: &Path, key: Option<StatKey>, size: u64) -> Result<Hash> {
         match (self.cache.as_deref_mut(), key) {
             (Some(c), Some(key)) => {
                 if let Some(h) = c.lookup(self.store, &key) {
+                    if let Some((p, skipped)) = &self.progress {
+                        let s = skipped.fetch_add(size, Ordering::Relaxed) + size;
+                        if !p.report("put", s + self.batch.bytes_in(), None) {
+                            return Err(Error::Interrupted);
+                        }
+                    }
                     return Ok(h);
                 }
                 let h = self.batch.put_path(path)?;

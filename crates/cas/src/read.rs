@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::{Hash, Hasher, PARALLEL_MIN};
+use crate::copyout::{FdSink, Sink, WriterSink};
 use crate::layout;
+use crate::progress::ProgressFn;
 use crate::Store;
 
 /// Objects at least this large are memory-mapped (on local filesystems); smaller ones are read,
@@ -298,26 +300,113 @@ impl Store {
     /// hashed and written a window at a time (see `copyout`): memory stays bounded, whatever
     /// the object's size.
     ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// let h = store.put_bytes(b"log line")?;
+    /// let mut out = Vec::new();
+    /// assert_eq!(store.get_to_writer(&h, &mut out)?, 8);
+    /// assert_eq!(out, b"log line");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Store::get`]; a failure to write to `out` is [`Error::Io`] with op "write output".
     pub fn get_to_writer(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
-        self.refetch_if_corrupt_to(hash, out, |o| self.get_to_writer_once(hash, o))
+        self.get_to_writer_with(hash, out, &crate::no_progress)
     }
 
-    fn get_to_writer_once(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
+    /// [`Store::get_to_writer`], telling `progress` the bytes verified (phase `"verify"`), then
+    /// written (phase `"get"`), each out of the object's size. Returning `false` stops the get
+    /// with [`Error::Interrupted`] (a stop during `"verify"` has written nothing).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// let h = store.put_bytes(&vec![1u8; 3 << 20])?;
+    /// let last = std::sync::Mutex::new(None);
+    /// store.get_to_writer_with(&h, &mut std::io::sink(), &|p| {
+    ///     *last.lock().unwrap() = Some((p.phase, p.done, p.total));
+    ///     true
+    /// })?;
+    /// assert_eq!(*last.lock().unwrap(), Some(("get", 3 << 20, Some(3 << 20))));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::get_to_writer`]; [`Error::Interrupted`] if `progress` asked to stop.
+    pub fn get_to_writer_with(
+        &self,
+        hash: &Hash,
+        out: &mut dyn Write,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
+        let mut sink = WriterSink(out);
+        self.refetch_if_corrupt_to(hash, &mut sink, |o| {
+            self.get_to_sink_once(hash, o, progress)
+        })
+    }
+
+    /// [`Store::get_to_writer_with`] into an open descriptor (stdout, a device, a FIFO, a file
+    /// at its current offset), verified before any byte is written. Into a pipe, a verified
+    /// object that may be mapped (a local store; see [`Store::get`]) is moved by `splice(2)`,
+    /// from the page cache into the pipe without a copy through this process, and the pipe's
+    /// buffer is grown to 1 MiB where the system allows: this is what `cas get H | …` runs.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// use std::os::fd::AsFd;
+    /// let h = store.put_bytes(b"to a file")?;
+    /// let f = std::fs::File::create(dir.path().join("out"))?;
+    /// store.get_to_fd(&h, f.as_fd(), &cas::no_progress)?;
+    /// assert_eq!(std::fs::read(dir.path().join("out"))?, b"to a file");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::get_to_writer_with`].
+    pub fn get_to_fd(
+        &self,
+        hash: &Hash,
+        out: std::os::fd::BorrowedFd<'_>,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
+        let mut sink = FdSink::new(out);
+        self.refetch_if_corrupt_to(hash, &mut sink, |o| {
+            self.get_to_sink_once(hash, o, progress)
+        })
+    }
+
+    pub(crate) fn get_to_sink_once(
+        &self,
+        hash: &Hash,
+        out: &mut dyn Sink,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
         let (file, path) = self.open_file(hash)?;
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
         let len = meta.len();
         if len > crate::write::SMALL_FILE {
-            crate::copyout::write_verified(self, hash, &file, &path, &meta, out)?;
+            crate::copyout::write_verified(self, hash, &file, &path, &meta, out, progress)?;
         } else {
             let obj = self.load(&file, &path, &meta)?;
             let actual = Hash::of_parallel(&obj);
             if actual != *hash {
                 return Err(self.corrupt(hash, actual, &path));
             }
-            out.write_all(&obj)
+            out.write_bytes(&obj)
                 .map_err(|e| Error::io("write output", "<output>", e))?;
+            if !progress(crate::Progress {
+                phase: "get",
+                done: len,
+                total: Some(len),
+            }) {
+                return Err(Error::Interrupted);
+            }
         }
         self.refresh_on_read(&file, &meta);
         Ok(len)

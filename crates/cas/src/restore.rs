@@ -14,12 +14,13 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
+use crate::progress::{Progress, ProgressHook};
 use crate::tree::{check_name, EntryKind, Tree, MAX_DEPTH};
 use crate::Store;
 
@@ -47,6 +48,9 @@ struct Shared<'a> {
     /// Set on the first error: everyone stops.
     failed: AtomicBool,
     first_error: Mutex<Option<Error>>,
+    /// Told the bytes restored so far, out of the total.
+    progress: Option<(&'a ProgressHook, u64)>,
+    restored: AtomicU64,
 }
 
 impl Shared<'_> {
@@ -76,14 +80,28 @@ fn workers() -> usize {
 }
 
 /// Restores the contents of `tree` into the (empty, private) directory `dir`; `shown` is the
-/// path used in messages (the final destination).
-pub(crate) fn restore(store: &Store, tree: &Tree, dir: &Arc<OwnedFd>, shown: &Path) -> Result<()> {
+/// path used in messages (the final destination). `progress`: a callback told the bytes
+/// restored so far, and the total.
+pub(crate) fn restore(
+    store: &Store,
+    tree: &Tree,
+    dir: &Arc<OwnedFd>,
+    shown: &Path,
+    progress: Option<(&ProgressHook, u64)>,
+) -> Result<()> {
     let shared = Shared {
         store,
         may_map: fs::is_local(dir.as_fd()),
         failed: AtomicBool::new(false),
         first_error: Mutex::new(None),
+        progress,
+        restored: AtomicU64::new(0),
     };
+    if let Some((p, total)) = progress {
+        if !p.report("restore", 0, Some(total)) {
+            return Err(Error::Interrupted);
+        }
+    }
     let (tx, rx) = mpsc::sync_channel::<Vec<FileJob>>(QUEUE);
     let rx = Mutex::new(rx);
     std::thread::scope(|s| {
@@ -134,7 +152,23 @@ fn restore_file(shared: &Shared<'_>, job: &FileJob) -> Result<()> {
     let fd = fs::create_excl_at(job.dir.as_fd(), name, mode)
         .map_err(|e| Error::io("create", &job.shown, e.into()))?;
     let f = std::fs::File::from(fd);
-    crate::copyout::object_to_new_file(shared.store, &job.hash, &f, &job.shown, shared.may_map)?;
+    // This file's bytes so far, to add what each report adds to the restore's total.
+    let seen = AtomicU64::new(0);
+    let tick = |p: Progress| {
+        shared.progress.is_none_or(|(hook, total)| {
+            let new = p.done.saturating_sub(seen.swap(p.done, Ordering::Relaxed));
+            let done = shared.restored.fetch_add(new, Ordering::Relaxed) + new;
+            hook.report("restore", done, Some(total))
+        })
+    };
+    crate::copyout::object_to_new_file(
+        shared.store,
+        &job.hash,
+        &f,
+        &job.shown,
+        shared.may_map,
+        &tick,
+    )?;
     Ok(())
 }
 

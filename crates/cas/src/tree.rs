@@ -10,6 +10,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
+use crate::progress::ProgressHook;
 use crate::Store;
 
 /// First bytes of every tree object.
@@ -155,7 +156,8 @@ struct Model {
 
 #[derive(Debug)]
 enum Node {
-    File,
+    /// A file, with the size its tree entry claims.
+    File(u64),
     Dir(Model),
     Link(Vec<u8>),
 }
@@ -234,6 +236,15 @@ impl Model {
     }
 
     /// Every symlink in the tree whose target would resolve outside it: (path, target, why).
+    /// The sum of the file sizes the tree's entries claim (saturating: they are input).
+    fn file_bytes(&self) -> u64 {
+        self.entries.values().fold(0u64, |t, n| match n {
+            Node::File(size) => t.saturating_add(*size),
+            Node::Dir(m) => t.saturating_add(m.file_bytes()),
+            Node::Link(_) => t,
+        })
+    }
+
     fn escaping_links(&self) -> Vec<(Vec<Vec<u8>>, Vec<u8>, Escape)> {
         let mut out = Vec::new();
         let mut stack: Vec<(Vec<Vec<u8>>, &Model)> = vec![(Vec::new(), self)];
@@ -252,7 +263,7 @@ impl Model {
                             out.push((p, t.clone(), e));
                         }
                     }
-                    Node::File => {}
+                    Node::File(_) => {}
                 }
             }
         }
@@ -297,9 +308,22 @@ pub struct PutDirOptions {
     /// whose object is still in the store, is not read again. Off by default in the library;
     /// the CLI turns it on (`cas put -r`, off with `--no-cache`).
     pub stat_cache: bool,
+    /// Told the input bytes done so far (phase `"put"`): files read, files found unchanged in
+    /// the stat cache, and the directory listings (tree objects) stored. The total is `None`:
+    /// the tree is not walked twice to count it. Returning `false` stops the put with
+    /// [`Error::Interrupted`] (what was staged is removed; objects already published stay, as
+    /// after any put).
+    pub progress: Option<ProgressHook>,
 }
 
 impl PutDirOptions {
+    /// Sets [`PutDirOptions::progress`] (builder style).
+    #[must_use]
+    pub fn progress(mut self, f: impl Fn(crate::Progress) -> bool + Send + Sync + 'static) -> Self {
+        self.progress = Some(ProgressHook::new(f));
+        self
+    }
+
     /// Sets [`PutDirOptions::stat_cache`] (builder style).
     #[must_use]
     pub fn stat_cache(mut self, on: bool) -> Self {
@@ -318,9 +342,21 @@ pub struct CheckoutOptions {
     /// following `out/passwd` — reaches outside the destination, wherever the tree's author
     /// pointed it. Only for trees whose author you trust.
     pub allow_external_symlinks: bool,
+    /// Told the bytes of files restored so far (phase `"restore"`), out of the tree's total,
+    /// known before the first file is written. It is called from the restoring threads.
+    /// Returning `false` stops the restore with [`Error::Interrupted`]; nothing is left at
+    /// the destination.
+    pub progress: Option<ProgressHook>,
 }
 
 impl CheckoutOptions {
+    /// Sets [`CheckoutOptions::progress`] (builder style).
+    #[must_use]
+    pub fn progress(mut self, f: impl Fn(crate::Progress) -> bool + Send + Sync + 'static) -> Self {
+        self.progress = Some(ProgressHook::new(f));
+        self
+    }
+
     /// Sets [`CheckoutOptions::allow_external_symlinks`] (builder style).
     #[must_use]
     pub fn allow_external_symlinks(mut self, on: bool) -> Self {
@@ -393,7 +429,13 @@ impl Store {
             .stat_cache
             .then(|| crate::statcache::StatCache::load(self));
         let mut trees = Trees::new();
-        let hash = self.put_dir_inner(path, cache.as_mut(), &mut trees)?;
+        let hash = crate::putdir::put_dir(
+            self,
+            path,
+            cache.as_mut(),
+            &mut trees,
+            opts.progress.as_ref(),
+        )?;
         let model = self.model(&hash, path, 0, &trees)?;
         drop(trees);
         let links = model.escaping_links();
@@ -422,7 +464,7 @@ impl Store {
         cache: Option<&mut crate::statcache::StatCache>,
         trees: &mut Trees,
     ) -> Result<Hash> {
-        crate::putdir::put_dir(self, root, cache, trees)
+        crate::putdir::put_dir(self, root, cache, trees, None)
     }
 
     /// True if the directory `dir` holds exactly the tree `tree`: the same names, kinds,
@@ -615,7 +657,9 @@ impl Store {
         // Directories by one thread, files by a small pool, each verified (crate::restore);
         // the temporary directory (mode 0700) becomes visible only once all of it is done.
         let dir = std::sync::Arc::new(dir);
-        crate::restore::restore(self, &root, &dir, dest)?;
+        let progress = opts.progress.as_ref().map(|p| (p, model.file_bytes()));
+        drop(model);
+        crate::restore::restore(self, &root, &dir, dest, progress)?;
         let mode = 0o777 & !fs::umask();
         fs::set_dir_mode(&dir, mode).map_err(Error::at("set permissions of", tmp.path()))?;
         let tmp_path = tmp.keep();
@@ -645,7 +689,7 @@ impl Store {
         let mut m = Model::default();
         for e in &tree.entries {
             let node = match &e.kind {
-                EntryKind::File { .. } => Node::File,
+                EntryKind::File { size, .. } => Node::File(*size),
                 EntryKind::Symlink { target } => Node::Link(target.clone()),
                 EntryKind::Dir { hash } => {
                     let sub = shown.join(std::ffi::OsStr::from_bytes(&e.name));

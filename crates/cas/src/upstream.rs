@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::gc::{GcOptions, GcReport};
 use crate::hash::Hash;
 use crate::index::Entry;
+use crate::copyout::Sink;
 use crate::layout;
 use crate::progress::{Progress, ProgressFn};
 use crate::refs::RefLogEntry;
@@ -303,18 +304,19 @@ impl Write for Recording<'_> {
 
 /// Counts the bytes that went through to `inner`.
 struct Counting<'a> {
-    inner: &'a mut dyn Write,
+    inner: &'a mut dyn Sink,
     n: u64,
 }
 
-impl Write for Counting<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let k = self.inner.write(buf)?;
-        self.n += k as u64;
-        Ok(k)
+impl Sink for Counting<'_> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        // A failed write may have written part: count it as all (only "nothing" matters).
+        self.n += bytes.len() as u64;
+        self.inner.write_bytes(bytes)
     }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+    fn write_file_range(&mut self, obj: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
+        self.n += bytes.len() as u64;
+        self.inner.write_file_range(obj, off, bytes)
     }
 }
 
@@ -504,8 +506,8 @@ impl Store {
     pub(crate) fn refetch_if_corrupt_to(
         &self,
         hash: &Hash,
-        out: &mut dyn Write,
-        read: impl Fn(&mut dyn Write) -> Result<u64>,
+        out: &mut dyn Sink,
+        read: impl Fn(&mut dyn Sink) -> Result<u64>,
     ) -> Result<u64> {
         let mut counted = Counting { inner: out, n: 0 };
         match read(&mut counted) {

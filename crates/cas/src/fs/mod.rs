@@ -208,6 +208,89 @@ pub(crate) fn copy_range(src: &File, dst: &File, len: usize) -> io::Result<usize
     }
 }
 
+/// True if `fd` is a pipe (or FIFO).
+pub(crate) fn is_pipe(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstat(fd)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo)
+}
+
+/// Asks for a 1 MiB pipe buffer (`F_SETPIPE_SZ`; the unprivileged maximum by default) so that
+/// fewer, larger transfers move a big object; a refusal is ignored (the pipe keeps its size).
+pub(crate) fn grow_pipe(fd: BorrowedFd<'_>) {
+    const WANT: usize = 1 << 20;
+    if rustix::pipe::fcntl_getpipe_size(fd).is_ok_and(|n| n < WANT) {
+        let _ = rustix::pipe::fcntl_setpipe_size(fd, WANT);
+    }
+}
+
+/// Moves up to `len` bytes of `src` from offset `off` into the pipe `pipe` without copying
+/// them through user memory (`splice(2)`: the page cache's pages are referenced by the pipe).
+/// Returns the bytes moved (0 at the end of `src`); an error of kind `Unsupported` when this
+/// pair of files cannot be spliced (the caller then writes).
+pub(crate) fn splice_to_pipe(
+    src: &File,
+    off: u64,
+    pipe: BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<usize> {
+    let mut off = off;
+    loop {
+        match rustix::pipe::splice(
+            src,
+            Some(&mut off),
+            pipe,
+            None,
+            len,
+            rustix::pipe::SpliceFlags::MORE,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => {}
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                return Err(io::ErrorKind::Unsupported.into())
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes all of `bytes` to `fd` (retrying short writes and `EINTR`).
+pub(crate) fn write_all_fd(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Copies up to `len` bytes of `src` from offset `off` to `dst` at its file position, in the
+/// kernel (`copy_file_range(2)`); `Unsupported` as [`copy_range`].
+pub(crate) fn copy_range_from(
+    src: &File,
+    off: u64,
+    dst: BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<usize> {
+    let mut off = off;
+    match rustix::fs::copy_file_range(src, Some(&mut off), dst, None, len) {
+        Ok(n) => Ok(n),
+        Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM | Errno::BADF) => {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True if `fd` is a regular file.
+pub(crate) fn is_regular(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+    })
+}
+
 /// `fsync(2)` of a directory given by path, opened read-only (for the directory that holds a
 /// store, which is outside the store and so not reached through its root).
 pub(crate) fn fsync_dir_path(path: &Path) -> io::Result<()> {
