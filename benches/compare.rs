@@ -1301,11 +1301,7 @@ fn get_out(c: &mut Criterion, cfg: &Cfg) {
         })
     });
     g.finish();
-    set_targets(
-        GET_PIPE,
-        "cas get_to_fd",
-        vec![Target::BytesPerSec(2e9)],
-    );
+    set_targets(GET_PIPE, "cas get_to_fd", vec![Target::BytesPerSec(2e9)]);
     remove_big_files(store.root());
     remove_big_files(src.parent().expect("parent"));
 }

@@ -911,6 +911,9 @@ fn run_on_pty(cmd: &mut Command) -> (String, Vec<u8>, Option<i32>) {
     (text(&term), out.stdout, out.status.code())
 }
 
+/// A progress case: arguments, what the bar is called, a total the bar must show, stdout.
+type Case<'a> = (Vec<String>, &'a str, Option<&'a str>, Option<Vec<u8>>);
+
 /// Issue 12, progress: on a terminal, `put`, `put -r`, `get` (to a file and to a pipe),
 /// `get -r`, `verify` and `gc` draw a bar on stderr (bytes with the object's or tree's total
 /// where the command knows it); with stderr not a terminal they print nothing there; stdout
@@ -924,14 +927,20 @@ fn progress_bars_on_a_terminal_and_never_in_a_pipe() {
     let src = s.base().join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
     for i in 0..3u8 {
-        fs::write(src.join(format!("sub/f{i}")), data(3 << 20, u64::from(i) + 10)).unwrap();
+        fs::write(
+            src.join(format!("sub/f{i}")),
+            data(3 << 20, u64::from(i) + 10),
+        )
+        .unwrap();
     }
-    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src)).trim().to_owned();
+    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src))
+        .trim()
+        .to_owned();
     let out = s.base().join("out");
     fs::create_dir(&out).unwrap();
     let p = |x: &Path| x.display().to_string();
     // (arguments, what the bar is called, a total the bar must show, expected stdout)
-    let cases: Vec<(Vec<String>, &str, Option<&str>, Option<Vec<u8>>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec!["put".into(), p(&big_in)],
             "put [",
@@ -950,9 +959,20 @@ fn progress_bars_on_a_terminal_and_never_in_a_pipe() {
             Some("24.00 MiB"),
             Some(Vec::new()),
         ),
-        (vec!["get".into(), h.clone()], "get", Some("24.00 MiB"), Some(big.clone())),
         (
-            vec!["get".into(), "-r".into(), tree.clone(), "-o".into(), p(&out.join("t"))],
+            vec!["get".into(), h.clone()],
+            "get",
+            Some("24.00 MiB"),
+            Some(big.clone()),
+        ),
+        (
+            vec![
+                "get".into(),
+                "-r".into(),
+                tree.clone(),
+                "-o".into(),
+                p(&out.join("t")),
+            ],
             "get -r [",
             Some("9.00 MiB"),
             Some(Vec::new()),
@@ -965,12 +985,19 @@ fn progress_bars_on_a_terminal_and_never_in_a_pipe() {
         let _ = fs::remove_dir_all(out.join("t"));
         let (term, got, code) = run_on_pty(cas(&s).args(args));
         assert_eq!(code, Some(0), "cas {args:?}: {term}");
-        assert!(term.contains(bar), "cas {args:?} drew no {bar:?} bar: {term:?}");
+        assert!(
+            term.contains(bar),
+            "cas {args:?} drew no {bar:?} bar: {term:?}"
+        );
         if let Some(t) = total {
             assert!(term.contains(t), "cas {args:?}: no total {t}: {term:?}");
         }
         if let Some(want) = stdout {
-            assert!(got == *want, "cas {args:?}: stdout differs ({} bytes)", got.len());
+            assert!(
+                got == *want,
+                "cas {args:?}: stdout differs ({} bytes)",
+                got.len()
+            );
         }
         // The same command with stderr on a pipe: not one byte of progress.
         let _ = fs::remove_file(out.join("o"));
@@ -988,7 +1015,10 @@ fn progress_bars_on_a_terminal_and_never_in_a_pipe() {
             } else {
                 (out.join("o"), big.clone())
             };
-            assert!(fs::read(&file).unwrap() == want, "cas {args:?}: wrong bytes");
+            assert!(
+                fs::read(&file).unwrap() == want,
+                "cas {args:?}: wrong bytes"
+            );
         }
     }
 }

@@ -78,10 +78,16 @@ fn big_get_to_a_file_and_to_a_pipe_round_trips() {
     let f = fs::File::create(&redirected).unwrap();
     run_ok(cas(&s).args(["get", &h]).stdout(f));
     assert!(fs::read(&redirected).unwrap() == bytes, "get > file");
-    let f = fs::OpenOptions::new().append(true).open(&redirected).unwrap();
+    let f = fs::OpenOptions::new()
+        .append(true)
+        .open(&redirected)
+        .unwrap();
     run_ok(cas(&s).args(["get", &h]).stdout(f));
     let twice = fs::read(&redirected).unwrap();
-    assert!(twice.len() == 2 * BIG && twice[BIG..] == bytes[..], "get >> file");
+    assert!(
+        twice.len() == 2 * BIG && twice[BIG..] == bytes[..],
+        "get >> file"
+    );
     assert_eq!(names_in(&s.scratch), vec!["big", "out.bin", "redirected"]);
 }
 
@@ -515,7 +521,9 @@ fn progress_reaches_the_total_and_a_stop_leaves_nothing() {
     store.checkout_with(&tree, &dst, &opts).unwrap();
     let r = seen.take();
     assert_eq!(r[0].done, 0);
-    assert!(r.iter().all(|p| p.phase == "restore" && p.total == Some(file_bytes)));
+    assert!(r
+        .iter()
+        .all(|p| p.phase == "restore" && p.total == Some(file_bytes)));
     assert_eq!(r.iter().map(|p| p.done).max(), Some(file_bytes));
 
     // get to a file, and to a writer (verified whole, then written).
@@ -532,7 +540,11 @@ fn progress_reaches_the_total_and_a_stop_leaves_nothing() {
     let r = seen.take();
     let first_get = r.iter().position(|p| p.phase == "get").unwrap();
     assert!(r[..first_get].iter().all(|p| p.phase == "verify"));
-    assert_eq!(r[first_get - 1].done, len, "written before all was verified");
+    assert_eq!(
+        r[first_get - 1].done,
+        len,
+        "written before all was verified"
+    );
     assert_eq!(r.last().unwrap().done, len);
 
     // Stops: an error, nothing at the destination, nothing staged.
@@ -562,5 +574,9 @@ fn progress_reaches_the_total_and_a_stop_leaves_nothing() {
     assert!(written.len() <= 8 << 20, "wrote past the stop");
     let mut left = names_in(d.path());
     left.sort();
-    assert_eq!(left, ["dst", "out", "s", "src", "src2"], "temporary files left");
+    assert_eq!(
+        left,
+        ["dst", "out", "s", "src", "src2"],
+        "temporary files left"
+    );
 }

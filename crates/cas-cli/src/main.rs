@@ -675,12 +675,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts =
                 cas::CheckoutOptions::default().allow_external_symlinks(allow_external_symlinks);
             let store = open_store(g, Existing)?;
-            let hash = hash.resolve(&store)?;
-            let bar = std::sync::Arc::new(output::BytesBar::new("get -r"));
-            let b = std::sync::Arc::clone(&bar);
-            let done = store.checkout_with(&hash, &dest, &opts.progress(move |p| b.update(p)));
-            bar.finish();
-            done?;
+            restore_tree(&store, &hash.resolve(&store)?, &dest, opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { hash, output, .. } => {
@@ -870,6 +865,39 @@ fn cmd_init(
         println!("{}", store.root().display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `get -r`: restores a tree, with a bar of the bytes restored out of the tree's total.
+fn restore_tree(
+    store: &Store,
+    hash: &Hash,
+    dest: &Path,
+    opts: cas::CheckoutOptions,
+) -> cas::Result<()> {
+    let bar = std::sync::Arc::new(output::BytesBar::new("get -r"));
+    let b = std::sync::Arc::clone(&bar);
+    let done = store.checkout_with(hash, dest, &opts.progress(move |p| b.update(p)));
+    bar.finish();
+    done
+}
+
+/// `put -r` of one directory, with a bar of bytes and rate (no total: counting first would
+/// walk the tree twice).
+fn put_tree(
+    store: &Store,
+    dir: &Path,
+    opts: &cas::PutDirOptions,
+) -> cas::Result<(Hash, cas::PutDirReport)> {
+    let bar = output::Bar::bytes("put -r", None);
+    let with_bar = bar.handle().map(|b| {
+        opts.clone().progress(move |p| {
+            b.set_position(p.done);
+            true
+        })
+    });
+    let put = store.put_dir_with(dir, with_bar.as_ref().unwrap_or(opts));
+    bar.finish();
+    put
 }
 
 /// Writes an object to `output` (see `Store::get_to_path`) or stdout (none, or `-`),
@@ -1189,17 +1217,7 @@ fn cmd_put(
         Ok(if f == Path::new("-") {
             store.put_reader(io::stdin().lock())?
         } else if let (Some(opts), true) = (recursive, f.is_dir()) {
-            // Bytes and rate, no total: counting first would walk the tree twice.
-            let bar = output::Bar::bytes("put -r", None);
-            let with_bar = bar.handle().map(|b| {
-                opts.clone().progress(move |p| {
-                    b.set_position(p.done);
-                    true
-                })
-            });
-            let put = store.put_dir_with(f, with_bar.as_ref().unwrap_or(opts));
-            bar.finish();
-            let (hash, report) = put?;
+            let (hash, report) = put_tree(store, f, opts)?;
             if let Some(w) = &report.cache_warning {
                 eprintln!("cas: warning: {w}");
             }

@@ -37,8 +37,8 @@ const WINDOW: usize = 8 << 20;
 
 /// Copies the open object `obj` (at `obj_path`, `len` bytes by `fstat`) into `dst`, a file
 /// this process created and nobody else writes, verifying the copy: returns the number of
-/// bytes copied once they hash to `hash`. `dst_may_map`: `dst` may be mapped to hash it
-/// (see [`fs::map_private_file`]). `progress` hears phase `"get"`: bytes copied and hashed,
+/// bytes copied once they hash to `hash`. `dst` is the file, the path that names it in
+/// messages, and whether it may be mapped to hash it (see [`fs::map_private_file`]). `progress` hears phase `"get"`: bytes copied and hashed,
 /// out of the object's size.
 ///
 /// # Errors
@@ -50,9 +50,7 @@ pub(crate) fn copy_verified(
     hash: &Hash,
     obj: &File,
     obj_path: &Path,
-    dst: &File,
-    dst_shown: &Path,
-    dst_may_map: bool,
+    (dst, dst_shown, dst_may_map): (&File, &Path, bool),
     progress: ProgressFn<'_>,
 ) -> Result<u64> {
     let total = obj.metadata().ok().map(|m| m.len());
@@ -65,12 +63,11 @@ pub(crate) fn copy_verified(
             total,
         })
     };
-    let (actual, copied) =
-        copy_and_hash(obj, dst, dst_may_map, &tick).map_err(|e| match e {
-            CopyError::Read(e) => Error::io("read", obj_path, e),
-            CopyError::Store(e) => Error::io("write output", dst_shown, e),
-            CopyError::Stopped => Error::Interrupted,
-        })?;
+    let (actual, copied) = copy_and_hash(obj, dst, dst_may_map, &tick).map_err(|e| match e {
+        CopyError::Read(e) => Error::io("read", obj_path, e),
+        CopyError::Store(e) => Error::io("write output", dst_shown, e),
+        CopyError::Stopped => Error::Interrupted,
+    })?;
     if actual == *hash {
         return Ok(copied);
     }
@@ -94,7 +91,13 @@ pub(crate) fn copy_verified(
 /// Hashes the whole of `obj` from its start, on all cores, in windows.
 fn hash_from_start(store: &Store, obj: &File) -> io::Result<Hash> {
     let meta = obj.metadata()?;
-    match hash_windows(obj, meta.len(), store.may_map(&meta), &mut Vec::new(), &|_| true) {
+    match hash_windows(
+        obj,
+        meta.len(),
+        store.may_map(&meta),
+        &mut Vec::new(),
+        &|_| true,
+    ) {
         Ok(h) => Ok(h),
         Err(WindowError::Io(e)) => Err(e),
         Err(WindowError::Stopped) => Err(io::ErrorKind::Interrupted.into()),
@@ -373,7 +376,14 @@ pub(crate) fn object_to_new_file(
     let len = meta.len();
     let n = if len > crate::write::SMALL_FILE {
         let may_map = dst_private && fs::is_local(dst);
-        copy_verified(store, hash, &obj, &obj_path, dst, dst_shown, may_map, progress)?
+        copy_verified(
+            store,
+            hash,
+            &obj,
+            &obj_path,
+            (dst, dst_shown, may_map),
+            progress,
+        )?
     } else {
         let bytes = fs::read_len(&obj, len).map_err(Error::at("read", &obj_path))?;
         let actual = Hash::of(&bytes);
@@ -448,8 +458,15 @@ mod tests {
             .create_new(true)
             .open(&out_path)
             .unwrap();
-        let e = copy_verified(&store, &h, &obj, &path, &out, &out_path, true, &crate::no_progress)
-            .unwrap_err();
+        let e = copy_verified(
+            &store,
+            &h,
+            &obj,
+            &path,
+            (&out, &out_path, true),
+            &crate::no_progress,
+        )
+        .unwrap_err();
         assert!(e.is_corrupt(), "{e}");
         assert!(!path.exists(), "the corrupt object is quarantined");
     }

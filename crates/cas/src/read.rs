@@ -6,10 +6,10 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::copyout::{FdSink, Sink, WriterSink};
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::{Hash, Hasher, PARALLEL_MIN};
-use crate::copyout::{FdSink, Sink, WriterSink};
 use crate::layout;
 use crate::progress::ProgressFn;
 use crate::Store;

@@ -201,8 +201,9 @@ pub(crate) struct StatCache {
     /// When this run started, before any file was looked at.
     run_start_ns: i64,
     dirty: bool,
-    /// `objects/xx` held open once used: the existence probe of a hit is one `utimensat`.
-    fanouts: Vec<Option<OwnedFd>>,
+    /// `objects/xx` held open once used (`None` inside: could not be opened), so the
+    /// existence probe of a hit is one `fstatat`; shared by the probing threads of a walk.
+    fanouts: Vec<std::sync::OnceLock<Option<OwnedFd>>>,
     /// Files whose hash came from the cache.
     pub(crate) hits: u64,
     /// Files that were read and hashed.
@@ -223,7 +224,7 @@ impl StatCache {
             entries: InoMap::default(),
             run_start_ns,
             dirty: false,
-            fanouts: (0..256).map(|_| None).collect(),
+            fanouts: (0..256).map(|_| std::sync::OnceLock::new()).collect(),
             hits: 0,
             hashed: 0,
             warning: None,
@@ -293,18 +294,39 @@ impl StatCache {
 
     /// The hash recorded for a file with this `lstat`, if every field matches and its object
     /// is in the store (refreshing the object's mtime, as a put of existing bytes does).
+    #[cfg(test)]
     pub(crate) fn lookup(&mut self, store: &Store, key: &StatKey) -> Option<Hash> {
-        let e = self.entries.get_mut(&(key.dev, key.ino))?;
-        if e.key != *key {
-            return None;
-        }
-        e.touched = true;
-        let hash = e.hash;
+        let hash = self.candidate(key)?;
         if !self.object_present(store, &hash) {
             return None;
         }
-        self.hits += 1;
+        self.note_hit(key);
         Some(hash)
+    }
+
+    /// Moves this run's start `ns` later, so files made by a test count as settled.
+    #[cfg(test)]
+    pub(crate) fn start_later_for_test(&mut self, ns: i64) {
+        self.run_start_ns += ns;
+    }
+
+    /// The hash recorded for a file with this `lstat`, if every field matches — before its
+    /// object is known to be in the store ([`StatCache::object_present`]). Read-only, for the
+    /// probing threads of a walk.
+    pub(crate) fn candidate(&self, key: &StatKey) -> Option<Hash> {
+        self.entries
+            .get(&(key.dev, key.ino))
+            .filter(|e| e.key == *key)
+            .map(|e| e.hash)
+    }
+
+    /// Counts a hit: the file with this `lstat` was answered by [`StatCache::candidate`] and
+    /// its object is present. Keeps the entry when the cache is trimmed.
+    pub(crate) fn note_hit(&mut self, key: &StatKey) {
+        if let Some(e) = self.entries.get_mut(&(key.dev, key.ino)) {
+            e.touched = true;
+        }
+        self.hits += 1;
     }
 
     /// Records that the file with this `lstat` (taken before it was read) hashed to `hash`.
@@ -334,22 +356,19 @@ impl StatCache {
     /// fan-out directory (held open after first use), then `utimensat` only for an older
     /// object. Refreshing dirties the inode: for a tree re-put every few seconds it was half
     /// the time, for an object that is young anyway.
-    pub(crate) fn object_present(&mut self, store: &Store, hash: &Hash) -> bool {
+    pub(crate) fn object_present(&self, store: &Store, hash: &Hash) -> bool {
         let b = usize::from(hash.as_bytes()[0]);
         let mut buf = [0u8; crate::hash::HEX_LEN];
         let hex = hash.to_hex_buf(&mut buf);
-        if self.fanouts.is_empty() {
+        let Some(slot) = self.fanouts.get(b) else {
             return store.refresh_if_present(hash);
-        }
-        if self.fanouts[b].is_none() {
+        };
+        let opened = slot.get_or_init(|| {
             let dir = store.path(layout::OBJECTS).join(&hex[..2]);
-            match store.inner.root_dir.open_dir(&dir) {
-                Ok(fd) => self.fanouts[b] = Some(fd),
-                Err(_) => return store.refresh_if_present(hash),
-            }
-        }
-        let Some(dir) = self.fanouts[b].as_ref() else {
-            return false;
+            store.inner.root_dir.open_dir(&dir).ok()
+        });
+        let Some(dir) = opened.as_ref() else {
+            return store.refresh_if_present(hash);
         };
         let name = OsStr::new(&hex[2..]);
         match fs::lstat_at(dir.as_fd(), name) {

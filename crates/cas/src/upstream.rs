@@ -18,11 +18,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::copyout::Sink;
 use crate::error::{Error, Result};
 use crate::gc::{GcOptions, GcReport};
 use crate::hash::Hash;
 use crate::index::Entry;
-use crate::copyout::Sink;
 use crate::layout;
 use crate::progress::{Progress, ProgressFn};
 use crate::refs::RefLogEntry;

@@ -210,8 +210,9 @@ pub(crate) fn copy_range(src: &File, dst: &File, len: usize) -> io::Result<usize
 
 /// True if `fd` is a pipe (or FIFO).
 pub(crate) fn is_pipe(fd: BorrowedFd<'_>) -> bool {
-    rustix::fs::fstat(fd)
-        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo)
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
+    })
 }
 
 /// Asks for a 1 MiB pipe buffer (`F_SETPIPE_SZ`; the unprivileged maximum by default) so that
@@ -277,9 +278,14 @@ pub(crate) fn copy_range_from(
     let mut off = off;
     match rustix::fs::copy_file_range(src, Some(&mut off), dst, None, len) {
         Ok(n) => Ok(n),
-        Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM | Errno::BADF) => {
-            Err(io::ErrorKind::Unsupported.into())
-        }
+        Err(
+            Errno::XDEV
+            | Errno::INVAL
+            | Errno::NOSYS
+            | Errno::OPNOTSUPP
+            | Errno::PERM
+            | Errno::BADF,
+        ) => Err(io::ErrorKind::Unsupported.into()),
         Err(e) => Err(e.into()),
     }
 }
