@@ -361,9 +361,9 @@ impl Store {
     /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
     /// use std::os::fd::AsFd;
     /// let h = store.put_bytes(b"to a file")?;
-    /// let f = std::fs::File::create(dir.path().join("out"))?;
+    /// let f = std::fs::File::create(dir.path().join("out")).unwrap();
     /// store.get_to_fd(&h, f.as_fd(), &cas::no_progress)?;
-    /// assert_eq!(std::fs::read(dir.path().join("out"))?, b"to a file");
+    /// assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"to a file");
     /// # Ok(()) }
     /// ```
     ///
