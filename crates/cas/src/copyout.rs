@@ -4,7 +4,7 @@
 //!
 //! - **A file we create** (the temporary file of `get -o`, a file of a tree restore):
 //!   the object is copied in the kernel (`copy_file_range(2)`, a reflink where the filesystem
-//!   offers one) 8 MiB at a time while a second thread hashes *the copy*, read back from the
+//!   offers one) 2 MiB at a time while a second thread hashes *the copy*, read back from the
 //!   new file. What the caller then makes visible (rename of the temporary file or of the
 //!   restore's directory) is exactly the bytes that hashed to the object's name: checking
 //!   the copy is stronger than checking the object and then copying it, and it reads the
