@@ -330,14 +330,14 @@ impl Walk<'_> {
     /// Stores a directory's tree object.
     fn tree(&mut self, entries: Vec<TreeEntry>, path: &Path) -> Result<Hash> {
         // Never write a tree that a reader would refuse to decode: gc would not know its
-        // children.
-        let (bytes, decoded) = Tree { entries }
-            .try_encode()
-            .and_then(|b| Tree::decode(&b).map(|t| (b, t)))
-            .map_err(|reason| Error::Tree {
-                path: path.to_owned(),
-                reason,
-            })?;
+        // children. (Checked as decoding checks, without decoding what was just encoded.)
+        let (bytes, decoded) =
+            Tree { entries }
+                .into_checked_encoding()
+                .map_err(|reason| Error::Tree {
+                    path: path.to_owned(),
+                    reason,
+                })?;
         let hash = match self.cache.as_deref_mut() {
             // An unchanged directory's tree is in the store already: one probe through the
             // fan-out directory the cache holds open (not on a first put, where the cache is

@@ -79,6 +79,23 @@ pub(crate) fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+/// What a tree's entries must be beyond their encoding: valid names, strictly sorted (so
+/// unique), symlink targets non-empty without NUL.
+fn check_entries(entries: &[TreeEntry]) -> std::result::Result<(), String> {
+    for (i, e) in entries.iter().enumerate() {
+        check_name(&e.name).map_err(|r| format!("{r}: {:?}", String::from_utf8_lossy(&e.name)))?;
+        if i > 0 && entries[i - 1].name >= e.name {
+            return Err("entries are not strictly sorted (duplicate or out of order)".into());
+        }
+        if let EntryKind::Symlink { target } = &e.kind {
+            if target.is_empty() || target.contains(&0) {
+                return Err("symlink target is empty or contains NUL".into());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Tree {
     /// Encodes the tree (entries are sorted first, so the result is canonical).
     pub fn encode(&self) -> Vec<u8> {
@@ -97,6 +114,24 @@ impl Tree {
         codec::try_encode::<_, MAX_TREE>(*TREE_MAGIC, TREE_VERSION, &entries, "tree object")
     }
 
+    /// Sorts the entries, checks them as [`Tree::decode`] does, and encodes them once: the
+    /// bytes and the tree (for a writer that must never store a tree a reader would refuse,
+    /// without decoding what it just encoded).
+    ///
+    /// # Errors
+    /// What [`Tree::decode`] would say of the bytes, or that they exceed the size limit.
+    pub(crate) fn into_checked_encoding(mut self) -> std::result::Result<(Vec<u8>, Tree), String> {
+        self.entries.sort_by(|a, b| a.name.cmp(&b.name));
+        check_entries(&self.entries)?;
+        let bytes = codec::try_encode::<_, MAX_TREE>(
+            *TREE_MAGIC,
+            TREE_VERSION,
+            &self.entries,
+            "tree object",
+        )?;
+        Ok((bytes, self))
+    }
+
     /// True if `bytes` start like a tree object.
     pub fn is_tree(bytes: &[u8]) -> bool {
         bytes.starts_with(TREE_MAGIC)
@@ -111,18 +146,7 @@ impl Tree {
     pub fn decode(bytes: &[u8]) -> std::result::Result<Tree, String> {
         let entries: Vec<TreeEntry> =
             codec::decode::<_, MAX_TREE>(bytes, *TREE_MAGIC, TREE_VERSION, "tree object")?;
-        for (i, e) in entries.iter().enumerate() {
-            check_name(&e.name)
-                .map_err(|r| format!("{r}: {:?}", String::from_utf8_lossy(&e.name)))?;
-            if i > 0 && entries[i - 1].name >= e.name {
-                return Err("entries are not strictly sorted (duplicate or out of order)".into());
-            }
-            if let EntryKind::Symlink { target } = &e.kind {
-                if target.is_empty() || target.contains(&0) {
-                    return Err("symlink target is empty or contains NUL".into());
-                }
-            }
-        }
+        check_entries(&entries)?;
         // bincode also reads integers and lengths written in more bytes than needed; such a
         // tree would be a second object (another hash) for the same directory.
         if codec::encode::<_, MAX_TREE>(*TREE_MAGIC, TREE_VERSION, &entries) != bytes {
@@ -813,6 +837,38 @@ mod tests {
             let mut rev = valid;
             rev.reverse();
             prop_assert_eq!(Tree { entries: rev }.encode(), bytes);
+        }
+
+        /// The writer's check agrees with the reader's: whatever entries (bad names,
+        /// duplicates, empty link targets included), `into_checked_encoding` succeeds exactly
+        /// when `decode` accepts the canonical encoding, and gives back what decode reads.
+        #[test]
+        fn the_checked_encoding_is_what_decode_accepts(
+            entries in proptest::collection::vec(arb_entry(), 0..8),
+            names in proptest::collection::vec(prop_oneof![
+                Just(b"".to_vec()), Just(b".".to_vec()), Just(b"a/b".to_vec()),
+                Just(b"dup".to_vec()), Just(b"ok".to_vec())], 0..3),
+        ) {
+            let mut entries = entries;
+            for n in names {
+                entries.push(TreeEntry { name: n, kind: EntryKind::Symlink { target: Vec::new() } });
+                entries.push(TreeEntry {
+                    name: b"dup".to_vec(),
+                    kind: EntryKind::Dir { hash: Hash::from_bytes([1; 32]) },
+                });
+            }
+            let t = Tree { entries };
+            let mut sorted = t.entries.clone();
+            sorted.sort_by(|a, b| a.name.cmp(&b.name));
+            let canonical = codec::encode::<_, MAX_TREE>(*TREE_MAGIC, TREE_VERSION, &sorted);
+            match (t.into_checked_encoding(), Tree::decode(&canonical)) {
+                (Ok((bytes, tree)), Ok(decoded)) => {
+                    prop_assert_eq!(&bytes, &canonical);
+                    prop_assert_eq!(tree, decoded);
+                }
+                (Err(_), Err(_)) => {}
+                (w, r) => prop_assert!(false, "writer {:?} but reader {:?}", w.map(|_| ()), r.map(|_| ())),
+            }
         }
 
         #[test]
