@@ -193,6 +193,10 @@ impl Store {
             )),
         };
         let mut backoff = Duration::from_micros(200);
+        // A lock's age is its file's mtime, and publishing links the staging file as it is: one
+        // written before a long wait would appear already old, and the next waiter would judge
+        // it stale at once and break it. Its mtime is renewed while we wait.
+        let mut staged_fresh = Instant::now();
         // Answers a network filesystem gives for a moment while other clients rename and
         // remove the name (EEXIST for a name that is not there, ENOENT, ESTALE): retried, within
         // a bound.
@@ -207,7 +211,16 @@ impl Store {
         };
         loop {
             let published = match staged.as_mut() {
-                Some(s) => self.publish_small(s, path),
+                Some(s) => {
+                    let every = STAGED_LOCK_REFRESH.min(self.inner.options.lock_timeout / 4);
+                    if staged_fresh.elapsed() >= every {
+                        // Best effort: a lock published old is broken at worst, and its holder
+                        // then fails at `Lock::verify`, before its update.
+                        let _ = fs::touch(s.file());
+                        staged_fresh = Instant::now();
+                    }
+                    self.publish_small(s, path)
+                }
                 None => match self.create_lock_in_place(path, &me) {
                     Ok(Some(ident)) => return Ok(held(ident)),
                     Ok(None) => Ok(fs::Published::Existed),
@@ -456,6 +469,10 @@ pub(crate) fn read_lock_in(root: &fs::Root, path: &Path) -> io::Result<(Option<H
     }
 }
 
+/// How long a staged lock may wait to be published before its mtime is renewed (or a quarter
+/// of the lease, if that is shorter).
+const STAGED_LOCK_REFRESH: Duration = Duration::from_millis(500);
+
 impl Lock {
     /// Fails with [`Error::LockLost`] if the lock file is no longer ours (it was judged stale
     /// and broken). Call right before applying the protected update.
@@ -472,16 +489,28 @@ impl Lock {
                 Err(e) => Err(Error::io("read lock", &self.path, e)),
             };
         }
-        match self.store.read_lock(&self.path) {
-            Ok((Some(h), _)) if Ident::Nonce(h.nonce.clone()) == self.ident => Ok(()),
-            Ok(_) => Err(Error::LockLost {
-                path: self.path.clone(),
-            }),
-            Err(e) if fs::is_not_found(&e) => Err(Error::LockLost {
-                path: self.path.clone(),
-            }),
-            Err(e) => Err(Error::io("read lock", &self.path, e)),
+        // A network filesystem may answer "no such file" or an empty read for a moment while
+        // other clients create and remove names in the same directory (GlusterFS with its
+        // caches off, ../shared/clusterfs): there, absence is believed only once it lasts.
+        // Another holder's content is believed at once.
+        let patience = if self.store.inner.caps.network { 8 } else { 0 };
+        let mut pause = Duration::from_millis(2);
+        for attempt in 0..=patience {
+            match self.store.read_lock(&self.path) {
+                Ok((Some(h), _)) if Ident::Nonce(h.nonce.clone()) == self.ident => return Ok(()),
+                Ok((Some(_), _)) => break,
+                Ok((None, _)) => {}
+                Err(e) if fs::is_not_found(&e) => {}
+                Err(e) => return Err(Error::io("read lock", &self.path, e)),
+            }
+            if attempt < patience {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
         }
+        Err(Error::LockLost {
+            path: self.path.clone(),
+        })
     }
 
     /// Renews the lease (mtime = now); long holders call this periodically.
@@ -542,6 +571,52 @@ mod tests {
         fn parse_never_panics(s in ".*") {
             let _ = Holder::parse(&s);
         }
+    }
+
+    /// A lock published after a wait longer than the lease is young: the next waiter must not
+    /// judge it stale and break it (its staging file was written before the wait).
+    #[test]
+    fn a_lock_won_after_a_long_wait_is_not_born_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let lease = Duration::from_secs(1);
+        let store = Store::init(d.path(), crate::Options::default().lock_timeout(lease)).unwrap();
+        let path = d.path().join("locks").join("x.lock");
+        // A live holder (this process, another nonce) that renews its lease, then releases.
+        let other = Holder {
+            host: store.inner.host.clone(),
+            pid: store.inner.pid,
+            start_ms: 1,
+            nonce: "other".into(),
+            pin: None,
+        };
+        std::fs::write(&path, other.render()).unwrap();
+        let held_for = lease * 5 / 2;
+        let holder = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                while start.elapsed() < held_for {
+                    let f = std::fs::File::open(&path).unwrap();
+                    fs::touch(&f).unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                std::fs::remove_file(&path).unwrap();
+            })
+        };
+        let started = Instant::now();
+        let l = store
+            .acquire_lock(&path, None, Wait::For(lease * 10))
+            .unwrap();
+        assert!(started.elapsed() >= held_for, "acquired a held lock");
+        let (h, age) = store.read_lock(&path).unwrap();
+        assert!(
+            age < lease,
+            "published {age:?} old, past the {lease:?} lease"
+        );
+        assert!(!store.is_stale(h.as_ref(), age));
+        l.verify().unwrap();
+        holder.join().unwrap();
+        l.release();
     }
 
     #[test]
