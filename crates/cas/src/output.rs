@@ -253,8 +253,15 @@ impl Store {
         }
         // Created O_EXCL with mode 0600: nobody else can open it until it is renamed. Large
         // objects are copied in the kernel and the copy itself is verified (crate::copyout).
-        let n =
-            crate::copyout::object_to_new_file(self, hash, tmp.as_file(), &path, true, progress)?;
+        let n = crate::copyout::object_to_new_file(
+            self,
+            hash,
+            tmp.as_file(),
+            &path,
+            true,
+            false,
+            progress,
+        )?;
         fs::set_mode(tmp.as_file(), mode).map_err(Error::at("set permissions of", tmp.path()))?;
         tmp.persist(&path)
             .map_err(|e| Error::io("rename the output into place at", &path, e.error))?;

@@ -167,6 +167,7 @@ fn restore_file(shared: &Shared<'_>, job: &FileJob) -> Result<()> {
         &f,
         &job.shown,
         shared.may_map,
+        true,
         &tick,
     )?;
     Ok(())

@@ -403,11 +403,12 @@ impl Store {
 }
 
 /// The copying side of [`copy_and_hash`]: copies `src` to `dst` chunk by chunk (in the kernel
-/// where it can, else through memory) and sends the running total after each chunk.
-fn copy_chunks(
+/// where it can, else through memory) and tells `copied` the running total after each chunk;
+/// `false` stops the copy (the caller knows why).
+pub(crate) fn copy_chunks(
     src: &File,
     dst: &File,
-    copied_tx: &std::sync::mpsc::Sender<u64>,
+    copied: &mut dyn FnMut(u64) -> bool,
 ) -> Result<(), CopyError> {
     let mut total = 0u64;
     let mut through_memory: Vec<u8> = Vec::new();
@@ -440,8 +441,8 @@ fn copy_chunks(
             return Ok(());
         }
         total += n as u64;
-        if copied_tx.send(total).is_err() {
-            return Ok(()); // the hashing side failed and reports why
+        if !copied(total) {
+            return Ok(()); // the other side failed or stopped, and reports why
         }
     }
 }
@@ -476,7 +477,7 @@ pub(crate) fn copy_and_hash(
     use std::os::unix::fs::FileExt;
     let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
     std::thread::scope(|s| {
-        let copier = s.spawn(move || copy_chunks(src, dst, &copied_tx));
+        let copier = s.spawn(move || copy_chunks(src, dst, &mut |t| copied_tx.send(t).is_ok()));
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut done = 0u64;
