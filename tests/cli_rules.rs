@@ -869,9 +869,9 @@ fn racing_inits_agree_on_one_store() {
 // ---------------------------------------------------------------------------------------------
 // 6. Progress on a terminal, never in a pipe
 
-/// Runs `cmd` with stderr on a new pseudo-terminal and stdout on a pipe; returns what the
-/// terminal received, stdout, and the exit code.
-fn run_on_pty(cmd: &mut Command) -> (String, Vec<u8>, Option<i32>) {
+/// Runs `cmd` with stderr on a new pseudo-terminal and stdout on a pipe (or on the terminal
+/// too, `stdout_too`); returns what the terminal received, stdout, and the exit code.
+fn run_on_pty(cmd: &mut Command, stdout_too: bool) -> (String, Vec<u8>, Option<i32>) {
     use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
     use std::io::Read;
     let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
@@ -897,9 +897,14 @@ fn run_on_pty(cmd: &mut Command) -> (String, Vec<u8>, Option<i32>) {
         }
         got
     });
+    let stdout = if stdout_too {
+        Stdio::from(slave.try_clone().unwrap())
+    } else {
+        Stdio::piped()
+    };
     let child = cmd
         .stderr(Stdio::from(slave))
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .spawn()
         .expect("spawn cas");
     // `cmd` still holds the slave until it is dropped; the spawned child has its own copy.
@@ -980,10 +985,18 @@ fn progress_bars_on_a_terminal_and_never_in_a_pipe() {
         (vec!["verify".into()], "verify", None, None),
         (vec!["gc".into()], "gc", None, None),
     ];
+    // The object's bytes to the terminal itself: no bar drawn across them.
+    let (term, _, code) = run_on_pty(cas(&s).args(["get", &h]), true);
+    assert_eq!(code, Some(0));
+    assert!(!term.contains("get ["), "a bar was drawn over the output");
+    assert!(
+        term.len() >= big.len(),
+        "the object did not reach the terminal"
+    );
     for (args, bar, total, stdout) in &cases {
         let _ = fs::remove_file(out.join("o"));
         let _ = fs::remove_dir_all(out.join("t"));
-        let (term, got, code) = run_on_pty(cas(&s).args(args));
+        let (term, got, code) = run_on_pty(cas(&s).args(args), false);
         assert_eq!(code, Some(0), "cas {args:?}: {term}");
         assert!(
             term.contains(bar),

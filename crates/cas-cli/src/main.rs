@@ -909,10 +909,15 @@ fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()>
         Some(path) if path != Path::new("-") => store.get_to_path_with(hash, path, &progress),
         _ => {
             // Straight to the descriptor (spliced into a pipe), past Rust's buffer, which
-            // holds nothing yet: nothing is printed before the object.
+            // holds nothing yet: nothing is printed before the object. No bar when the bytes
+            // themselves go to the terminal: it would be drawn across them.
             let stdout = io::stdout();
             let lock = stdout.lock();
-            store.get_to_fd(hash, lock.as_fd(), &progress)
+            if std::io::IsTerminal::is_terminal(&lock) {
+                store.get_to_fd(hash, lock.as_fd(), &cas::no_progress)
+            } else {
+                store.get_to_fd(hash, lock.as_fd(), &progress)
+            }
         }
     };
     bar.finish();
