@@ -916,8 +916,39 @@ fn run_on_pty(cmd: &mut Command, stdout_too: bool) -> (String, Vec<u8>, Option<i
     (text(&term), out.stdout, out.status.code())
 }
 
+/// `cas get H` with the object's bytes going to the terminal itself draws no bar across
+/// them (while the same get into a pipe does: the test above).
+#[test]
+fn no_bar_across_an_object_printed_on_the_terminal() {
+    let s = Store::new();
+    let big = data(8 << 20, 6);
+    let h = run_ok(cas(&s).arg("put").arg(s.input("big", &big)))
+        .trim()
+        .to_owned();
+    let (term, _, code) = run_on_pty(cas(&s).args(["get", &h]), true);
+    assert_eq!(code, Some(0));
+    assert!(!term.contains("get ["), "a bar was drawn over the output");
+    assert!(
+        term.len() >= big.len(),
+        "the object did not reach the terminal"
+    );
+}
+
 /// A progress case: arguments, what the bar is called, a total the bar must show, stdout.
 type Case<'a> = (Vec<String>, &'a str, Option<&'a str>, Option<Vec<u8>>);
+
+/// A directory `src` of three 3 MiB files (`sub/f0`…`sub/f2`, seeds 10–12), stored: its path
+/// and tree hash.
+fn three_file_tree(s: &Store) -> (PathBuf, String) {
+    let src = s.base().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..3u8 {
+        let bytes = data(3 << 20, u64::from(i) + 10);
+        fs::write(src.join(format!("sub/f{i}")), bytes).unwrap();
+    }
+    let tree = run_ok(cas(s).args(["put", "-r"]).arg(&src));
+    (src, tree.trim().to_owned())
+}
 
 /// Issue 12, progress: on a terminal, `put`, `put -r`, `get` (to a file and to a pipe),
 /// `get -r`, `verify` and `gc` draw a bar on stderr (bytes with the object's or tree's total
@@ -929,18 +960,7 @@ fn progress_bars_on_a_terminal_and_never_in_a_pipe() {
     let big = data(24 << 20, 5);
     let big_in = s.input("big", &big);
     let h = run_ok(cas(&s).arg("put").arg(&big_in)).trim().to_owned();
-    let src = s.base().join("src");
-    fs::create_dir_all(src.join("sub")).unwrap();
-    for i in 0..3u8 {
-        fs::write(
-            src.join(format!("sub/f{i}")),
-            data(3 << 20, u64::from(i) + 10),
-        )
-        .unwrap();
-    }
-    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src))
-        .trim()
-        .to_owned();
+    let (src, tree) = three_file_tree(&s);
     let out = s.base().join("out");
     fs::create_dir(&out).unwrap();
     let p = |x: &Path| x.display().to_string();
