@@ -1,4 +1,5 @@
-//! Storing a directory as trees (`put -r`, `Store::put_dir*`), in two steps (issue 14):
+//! Storing a directory as trees (`put -r`, `Store::put_dir*`), in two steps that overlap
+//! (issue 14):
 //!
 //! 1. **Scan**, on a few threads (as git preloads its index): every directory is listed
 //!    through its descriptor and its entries are `fstatat`-ed relative to it (one name lookup
@@ -7,10 +8,13 @@
 //!    unchanged file are nearly all of a re-put's time, all of it in the kernel, and most
 //!    trees have many small directories, so the threads share out directories, not files.
 //!    Subdirectories are opened by path without following a link at their name; each thread
-//!    holds one directory descriptor at a time. The scan holds what it found for the whole
-//!    tree (about 150 bytes per entry, like git's index).
-//! 2. **Store**, in post order on the calling thread: files the cache did not answer are read
-//!    and staged (`Batch::put_path`), then each directory's tree object.
+//!    holds one directory descriptor at a time. Directories are scanned depth first in the
+//!    order they are stored, and what was found waits until it is stored (at most the whole
+//!    tree, about 150 bytes per entry, like git's index).
+//! 2. **Store**, in post order on the calling thread, each directory as soon as it is
+//!    scanned: files the cache did not answer are read and staged (`Batch::put_path`), then
+//!    the directory's tree object. The stat cache is only read meanwhile; the hits and new
+//!    entries of the run go into it once the walk is over.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -55,27 +59,61 @@ pub(crate) fn put_dir(
         batch
             .set_progress(move |b| p.report("put", skipped.load(Ordering::Relaxed) + b.done, None));
     }
+    let mut cache = cache;
+    let shared = cache.as_deref();
     let mut walk = Walk {
         store,
         batch,
-        cache,
+        cache: shared,
         trees,
         progress: progress.map(|p| (p, skipped)),
+        hits: Vec::new(),
+        records: Vec::new(),
     };
-    let mut scanned = scan(store, fd, root, walk.cache.as_deref())?;
-    let hash = walk.dir(&mut scanned, 0, root)?;
-    walk.batch.commit()?;
+    // The scan threads run ahead; this thread stores each directory as soon as it is scanned
+    // (the scan hands out directories in the order they are stored).
+    let scan = Scan::new(fd, root);
+    let hash = std::thread::scope(|s| {
+        for _ in 0..scan_threads() {
+            s.spawn(|| scan.worker(store, shared));
+        }
+        let r = walk.dir(&scan, 0, root);
+        scan.stop();
+        r
+    });
+    let Walk {
+        batch,
+        hits,
+        records,
+        ..
+    } = walk;
+    let hash = hash?;
+    // The cache was read by the scan threads while this thread stored; what this run learnt
+    // goes into it now.
+    if let Some(c) = cache.as_deref_mut() {
+        for k in &hits {
+            c.note_hit(k);
+        }
+        for (k, h) in records {
+            c.record(&k, h);
+        }
+    }
+    batch.commit()?;
     Ok(hash)
 }
 
 struct Walk<'a> {
     store: &'a Store,
     batch: Batch,
-    cache: Option<&'a mut StatCache>,
+    /// Read by the scan threads at the same time: hits and new entries wait in `hits` and
+    /// `records` until the walk is over.
+    cache: Option<&'a StatCache>,
     trees: &'a mut Trees,
     /// The callback, and the bytes of files the stat cache answered for (the batch counts
     /// those it reads).
     progress: Option<(&'a ProgressHook, Arc<AtomicU64>)>,
+    hits: Vec<StatKey>,
+    records: Vec<(StatKey, Hash)>,
 }
 
 /// One entry of a scanned directory.
@@ -95,89 +133,125 @@ enum Item {
 type Scanned = Vec<(OsString, Item)>;
 
 /// The scan's shared state: directories waiting, how many are being scanned, and what was
-/// found, by index (0 is the root).
+/// found, by index (0 is the root), until the walk takes it.
 struct ScanState {
     todo: Vec<(usize, PathBuf, Option<OwnedFd>)>,
     active: usize,
     done: Vec<Option<Scanned>>,
     error: Option<Error>,
+    /// The walk is over (done or failed): scan threads leave.
+    stop: bool,
 }
 
-/// Scans the tree below `root` (open as `fd`) on up to 4 threads; returns every directory
-/// found, by index, the root first.
-fn scan(
-    store: &Store,
-    fd: OwnedFd,
-    root: &Path,
-    cache: Option<&StatCache>,
-) -> Result<Vec<Option<Scanned>>> {
-    let state = Mutex::new(ScanState {
-        todo: vec![(0, root.to_owned(), Some(fd))],
-        active: 0,
-        done: vec![None],
-        error: None,
-    });
-    let wake = Condvar::new();
-    let work = || scan_worker(store, cache, &state, &wake);
-    std::thread::scope(|s| {
-        for _ in 1..scan_threads() {
-            s.spawn(work);
+/// The scan of one tree: its threads take directories from `todo`, the walk takes what they
+/// found from `done`; both wait on `wake`.
+struct Scan {
+    state: Mutex<ScanState>,
+    wake: Condvar,
+}
+
+impl Scan {
+    /// A scan starting at `root`, open as `fd`.
+    fn new(fd: OwnedFd, root: &Path) -> Scan {
+        Scan {
+            state: Mutex::new(ScanState {
+                todo: vec![(0, root.to_owned(), Some(fd))],
+                active: 0,
+                done: vec![None],
+                error: None,
+                stop: false,
+            }),
+            wake: Condvar::new(),
         }
-        work();
-    });
-    let st = state
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match st.error {
-        Some(e) => Err(e),
-        None => Ok(st.done),
     }
-}
 
-fn scan_worker(store: &Store, cache: Option<&StatCache>, state: &Mutex<ScanState>, wake: &Condvar) {
-    let lock = || {
-        state
+    fn lock(&self) -> std::sync::MutexGuard<'_, ScanState> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
-    let mut st = lock();
-    loop {
-        if st.error.is_some() {
-            break;
-        }
-        // Last in, first out: the scan goes deep first, so few directories wait at once.
-        if let Some((id, path, fd)) = st.todo.pop() {
-            st.active += 1;
-            drop(st);
-            let queue = |sub| {
-                let mut st = lock();
-                let id = st.done.len();
-                st.done.push(None);
-                st.todo.push((id, sub, None));
-                wake.notify_one();
-                id
-            };
-            let found = scan_dir(store, cache, &path, fd, &queue);
-            st = lock();
-            st.active -= 1;
-            match found {
-                Ok(entries) => st.done[id] = Some(entries),
-                Err(e) => {
-                    if st.error.is_none() {
-                        st.error = Some(e);
-                    }
-                }
+    }
+
+    /// Ends the scan: its threads leave at their next directory.
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_all();
+    }
+
+    /// What the scan found in directory `id`, once it is scanned (waiting for it); the scan's
+    /// first error instead, if it failed.
+    fn take(&self, id: usize, path: &Path) -> Result<Scanned> {
+        let mut st = self.lock();
+        loop {
+            if let Some(found) = st.done.get_mut(id).and_then(Option::take) {
+                return Ok(found);
             }
-            wake.notify_all();
-        } else if st.active == 0 {
-            break;
-        } else {
-            st = wake
+            if let Some(e) = st.error.take() {
+                st.stop = true;
+                self.wake.notify_all();
+                return Err(e);
+            }
+            if id >= st.done.len() || (st.todo.is_empty() && st.active == 0) {
+                return Err(Error::Tree {
+                    path: path.to_owned(),
+                    reason: "was not scanned (internal error)".into(),
+                });
+            }
+            st = self
+                .wake
                 .wait(st)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
-    wake.notify_all();
+
+    /// Gives directories to scan (`paths`, in the order they will be stored) their indexes,
+    /// the first returned, and queues them so the first is taken first.
+    fn queue(&self, paths: Vec<PathBuf>) -> usize {
+        let mut st = self.lock();
+        let first = st.done.len();
+        st.done.extend(paths.iter().map(|_| None));
+        // Last in, first out: pushed in reverse, the first subdirectory is scanned next, so
+        // the scan goes deep first in the order of the walk, and few directories wait.
+        for (i, p) in paths.into_iter().enumerate().rev() {
+            st.todo.push((first + i, p, None));
+        }
+        self.wake.notify_all();
+        first
+    }
+
+    /// One scan thread: scans directories until none is left or the walk is over.
+    fn worker(&self, store: &Store, cache: Option<&StatCache>) {
+        let mut st = self.lock();
+        loop {
+            if st.error.is_some() || st.stop {
+                break;
+            }
+            if let Some((id, path, fd)) = st.todo.pop() {
+                st.active += 1;
+                drop(st);
+                let found = scan_dir(store, cache, &path, fd, &|paths| self.queue(paths));
+                st = self.lock();
+                st.active -= 1;
+                match found {
+                    Ok(entries) => st.done[id] = Some(entries),
+                    Err(e) => {
+                        if st.error.is_none() {
+                            st.error = Some(e);
+                        }
+                    }
+                }
+                self.wake.notify_all();
+            } else if st.active == 0 {
+                break;
+            } else {
+                st = self
+                    .wake
+                    .wait(st)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
+        drop(st);
+        self.wake.notify_all();
+    }
 }
 
 /// Entries of one directory probed by each thread when a large directory is split (most
@@ -196,14 +270,14 @@ fn scan_threads() -> usize {
 }
 
 /// Lists and probes one directory (`fd`, or opened at `path` without following a link at its
-/// name); `queue` hands out a subdirectory's path and returns its index. A large directory's
-/// entries are probed by several threads.
+/// name); `queue` takes its subdirectories' paths, in order, and returns the first one's
+/// index (the others follow). A large directory's entries are probed by several threads.
 fn scan_dir(
     store: &Store,
     cache: Option<&StatCache>,
     path: &Path,
     fd: Option<OwnedFd>,
-    queue: &(dyn Fn(PathBuf) -> usize + Sync),
+    queue: &dyn Fn(Vec<PathBuf>) -> usize,
 ) -> Result<Scanned> {
     let fd = match fd {
         Some(fd) => fd,
@@ -220,7 +294,7 @@ fn scan_dir(
             ),
         };
         Ok(match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
-            Kind::Dir => Item::Dir(queue(path.join(name))),
+            Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
             Kind::File => {
                 let st = st.expect("files are stat-ed above");
                 let cached = cache.and_then(|c| {
@@ -259,19 +333,30 @@ fn scan_dir(
             Ok::<_, Error>(all)
         })?
     };
+    let mut items = items;
+    let subdirs: Vec<PathBuf> = names
+        .iter()
+        .zip(&items)
+        .filter(|(_, item)| matches!(item, Item::Dir(_)))
+        .map(|((name, _), _)| path.join(name))
+        .collect();
+    if !subdirs.is_empty() {
+        let mut next = queue(subdirs);
+        for item in &mut items {
+            if let Item::Dir(id) = item {
+                *id = next;
+                next += 1;
+            }
+        }
+    }
     Ok(names.into_iter().map(|(n, _)| n).zip(items).collect())
 }
 
 impl Walk<'_> {
-    /// Stores the scanned directory `id` (at `path`) and, first, everything below it.
-    fn dir(&mut self, scanned: &mut [Option<Scanned>], id: usize, path: &Path) -> Result<Hash> {
-        let entries = scanned
-            .get_mut(id)
-            .and_then(Option::take)
-            .ok_or_else(|| Error::Tree {
-                path: path.to_owned(),
-                reason: "changed while it was stored (scanned twice)".into(),
-            })?;
+    /// Stores the directory `id` (at `path`) once it is scanned and, first, everything below
+    /// it.
+    fn dir(&mut self, scan: &Scan, id: usize, path: &Path) -> Result<Hash> {
+        let entries = scan.take(id, path)?;
         let mut children = Vec::with_capacity(entries.len());
         for (name, item) in entries {
             let kind = match item {
@@ -284,7 +369,7 @@ impl Walk<'_> {
                     target: t.into_vec(),
                 },
                 Item::Dir(sub) => EntryKind::Dir {
-                    hash: self.dir(scanned, sub, &path.join(&name))?,
+                    hash: self.dir(scan, sub, &path.join(&name))?,
                 },
             };
             children.push(TreeEntry {
@@ -307,10 +392,10 @@ impl Walk<'_> {
         size: u64,
         cached: Option<Hash>,
     ) -> Result<Hash> {
-        match (self.cache.as_deref_mut(), key) {
-            (Some(c), Some(key)) => {
+        match (self.cache, key) {
+            (Some(_), Some(key)) => {
                 if let Some(h) = cached {
-                    c.note_hit(&key);
+                    self.hits.push(key);
                     if let Some((p, skipped)) = &self.progress {
                         let s = skipped.fetch_add(size, Ordering::Relaxed) + size;
                         if !p.report("put", s + self.batch.bytes_in(), None) {
@@ -320,7 +405,7 @@ impl Walk<'_> {
                     return Ok(h);
                 }
                 let h = self.batch.put_path(dir.join(name))?;
-                c.record(&key, h);
+                self.records.push((key, h));
                 Ok(h)
             }
             _ => self.batch.put_path(dir.join(name)),
@@ -338,7 +423,7 @@ impl Walk<'_> {
                     path: path.to_owned(),
                     reason,
                 })?;
-        let hash = match self.cache.as_deref_mut() {
+        let hash = match self.cache {
             // An unchanged directory's tree is in the store already: one probe through the
             // fan-out directory the cache holds open (not on a first put, where the cache is
             // empty and the tree most likely new).
@@ -422,10 +507,15 @@ mod tests {
         let gone = store.put_bytes(b"file 700").unwrap();
         store.remove(&gone).unwrap();
         let fd = fs::open_src_dir(&src, true).unwrap();
-        let scanned = scan(&store, fd, &src, Some(&cache)).unwrap();
-        let root = scanned[0].as_ref().unwrap();
+        let scan = Scan::new(fd, &src);
+        let root = std::thread::scope(|s| {
+            s.spawn(|| scan.worker(&store, Some(&cache)));
+            let root = scan.take(0, &src).unwrap();
+            scan.stop();
+            root
+        });
         let mut hits = 0;
-        for (name, item) in root {
+        for (name, item) in &root {
             if let Item::File { cached, .. } = item {
                 let name = name.to_str().unwrap();
                 assert_eq!(cached.is_some(), name != "f0700", "{name}");
