@@ -59,7 +59,6 @@ pub(crate) fn put_dir(
         batch
             .set_progress(move |b| p.report("put", skipped.load(Ordering::Relaxed) + b.done, None));
     }
-    let mut cache = cache;
     let shared = cache.as_deref();
     let mut walk = Walk {
         store,
@@ -90,7 +89,7 @@ pub(crate) fn put_dir(
     let hash = hash?;
     // The cache was read by the scan threads while this thread stored; what this run learnt
     // goes into it now.
-    if let Some(c) = cache.as_deref_mut() {
+    if let Some(c) = cache {
         for k in &hits {
             c.note_hit(k);
         }
