@@ -913,11 +913,12 @@ fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()>
             // themselves go to the terminal: it would be drawn across them.
             let stdout = io::stdout();
             let lock = stdout.lock();
-            if std::io::IsTerminal::is_terminal(&lock) {
-                store.get_to_fd(hash, lock.as_fd(), &cas::no_progress)
+            let progress: cas::ProgressFn = if std::io::IsTerminal::is_terminal(&lock) {
+                &cas::no_progress
             } else {
-                store.get_to_fd(hash, lock.as_fd(), &progress)
-            }
+                &progress
+            };
+            store.get_to_fd(hash, lock.as_fd(), progress)
         }
     };
     bar.finish();

@@ -27,6 +27,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -44,8 +45,8 @@ const WINDOW: usize = 8 << 20;
 /// Copies the open object `obj` (at `obj_path`, `len` bytes by `fstat`) into `dst`, a file
 /// this process created and nobody else writes, verifying the copy: returns the number of
 /// bytes copied once they hash to `hash`. `dst` is the file, the path that names it in
-/// messages, and whether it may be mapped to hash it (see [`fs::map_private_file`]). `progress` hears phase `"get"`: bytes copied and hashed,
-/// out of the object's size.
+/// messages, and whether it may be mapped to hash it (see [`fs::map_private_file`]).
+/// `progress` hears phase `"get"`: bytes copied and hashed, out of the object's size.
 ///
 /// # Errors
 /// [`Error::Corrupt`] (the object quarantined) if the object does not hash to `hash`; an
@@ -69,11 +70,8 @@ pub(crate) fn copy_verified(
             total,
         })
     };
-    let (actual, copied) = copy_and_hash(obj, dst, dst_may_map, &tick).map_err(|e| match e {
-        CopyError::Read(e) => Error::io("read", obj_path, e),
-        CopyError::Store(e) => Error::io("write output", dst_shown, e),
-        CopyError::Stopped => Error::Interrupted,
-    })?;
+    let (actual, copied) = copy_and_hash(obj, dst, dst_may_map, &tick)
+        .map_err(|e| copy_error(e, obj_path, dst_shown))?;
     if actual == *hash {
         return Ok(copied);
     }
@@ -92,6 +90,16 @@ pub(crate) fn copy_verified(
         ));
     }
     Err(store.corrupt(hash, again, obj_path))
+}
+
+/// A failed copy of the object at `obj_path` into the output `dst_shown`, as an [`Error`]
+/// naming the side that failed.
+fn copy_error(e: CopyError, obj_path: &Path, dst_shown: &Path) -> Error {
+    match e {
+        CopyError::Read(e) => Error::io("read", obj_path, e),
+        CopyError::Store(e) => Error::io("write output", dst_shown, e),
+        CopyError::Stopped => Error::Interrupted,
+    }
 }
 
 /// Hashes the whole of `obj` from its start, on all cores, in windows.
@@ -212,11 +220,11 @@ impl Sink for WriterSink<'_> {
     }
 }
 
-/// A descriptor the caller opened (stdout, a device, a FIFO): written with `write(2)`, or,
-/// from a verified mapped object, spliced into a pipe or copied in the kernel into a regular
-/// file (`cas get H > file`).
-pub(crate) struct FdSink<'a> {
-    fd: std::os::fd::BorrowedFd<'a>,
+/// A descriptor (stdout, a device, a FIFO; borrowed, or a `File` the sink holds): written
+/// with `write(2)`, or, from a verified mapped object, spliced into a pipe or copied in the
+/// kernel into a regular file (`cas get H > file`). What it is, is asked once.
+pub(crate) struct FdSink<F: AsFd> {
+    fd: F,
     kernel: Kernel,
 }
 
@@ -229,23 +237,23 @@ enum Kernel {
     No,
 }
 
-impl<'a> FdSink<'a> {
-    pub(crate) fn new(fd: std::os::fd::BorrowedFd<'a>) -> Self {
-        let kernel = if fs::is_pipe(fd) {
-            fs::grow_pipe(fd);
-            Kernel::Splice
-        } else if fs::is_regular(fd) {
-            Kernel::CopyRange
-        } else {
-            Kernel::No
+impl<F: AsFd> FdSink<F> {
+    pub(crate) fn new(fd: F) -> Self {
+        let kernel = match fs::fd_kind(fd.as_fd()) {
+            fs::FdKind::Pipe => {
+                fs::grow_pipe(fd.as_fd());
+                Kernel::Splice
+            }
+            fs::FdKind::Regular => Kernel::CopyRange,
+            fs::FdKind::Other => Kernel::No,
         };
         FdSink { fd, kernel }
     }
 }
 
-impl Sink for FdSink<'_> {
+impl<F: AsFd> Sink for FdSink<F> {
     fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
-        fs::write_all_fd(self.fd, bytes)
+        fs::write_all_fd(self.fd.as_fd(), bytes)
     }
 
     fn write_file_range(&mut self, obj: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
@@ -253,9 +261,9 @@ impl Sink for FdSink<'_> {
         while self.kernel != Kernel::No && done < bytes.len() {
             let (at, left) = (off + done as u64, bytes.len() - done);
             let moved = if self.kernel == Kernel::Splice {
-                fs::splice_to_pipe(obj, at, self.fd, left)
+                fs::splice_to_pipe(obj, at, self.fd.as_fd(), left)
             } else {
-                fs::copy_range_from(obj, at, self.fd, left)
+                fs::copy_range_from(obj, at, self.fd.as_fd(), left)
             };
             match moved {
                 Ok(0) => {
@@ -396,11 +404,7 @@ fn copy_hashing_object(
         (actual, copied)
     });
     let actual = actual.map_err(Error::at("read", obj_path))?;
-    copied.map_err(|e| match e {
-        CopyError::Read(e) => Error::io("read", obj_path, e),
-        CopyError::Store(e) => Error::io("write output", dst_shown, e),
-        CopyError::Stopped => Error::Interrupted,
-    })?;
+    copied.map_err(|e| copy_error(e, obj_path, dst_shown))?;
     if stopped {
         return Err(Error::Interrupted);
     }

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -123,26 +122,26 @@ fn resolve_links(dest: &Path) -> Result<Target> {
 /// sees nothing, and a device is not even opened, before the object is verified.
 struct OpenOnWrite<'a> {
     path: &'a Path,
-    file: Option<File>,
+    sink: Option<FdSink<File>>,
 }
 
 impl OpenOnWrite<'_> {
-    fn file(&mut self) -> io::Result<&File> {
-        if self.file.is_none() {
+    fn sink(&mut self) -> io::Result<&mut FdSink<File>> {
+        if self.sink.is_none() {
             // No O_CREAT, no O_TRUNC: the node is written in place, never replaced.
             let f = std::fs::OpenOptions::new().write(true).open(self.path)?;
-            self.file = Some(f);
+            self.sink = Some(FdSink::new(f));
         }
-        Ok(self.file.as_ref().expect("just opened"))
+        Ok(self.sink.as_mut().expect("just opened"))
     }
 }
 
 impl Sink for OpenOnWrite<'_> {
     fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
-        FdSink::new(self.file()?.as_fd()).write_bytes(bytes)
+        self.sink()?.write_bytes(bytes)
     }
     fn write_file_range(&mut self, obj: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
-        FdSink::new(self.file()?.as_fd()).write_file_range(obj, off, bytes)
+        self.sink()?.write_file_range(obj, off, bytes)
     }
 }
 
@@ -217,15 +216,13 @@ impl Store {
             Target::Special(p) => {
                 let mut w = OpenOnWrite {
                     path: &p,
-                    file: None,
+                    sink: None,
                 };
                 let n = self
-                    .refetch_if_corrupt_to(hash, &mut w, |o| {
-                        self.get_to_sink_once(hash, o, progress)
-                    })
+                    .get_to_sink(hash, &mut w, progress)
                     .map_err(|e| output_error(e, &p))?;
                 // An empty object still opens the node (a FIFO's reader sees its end).
-                w.file().map_err(Error::at("write", &p))?;
+                w.sink().map_err(Error::at("write", &p))?;
                 return Ok(n);
             }
             Target::New(p) => (p, 0o666 & !fs::umask()),

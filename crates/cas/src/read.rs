@@ -343,10 +343,7 @@ impl Store {
         out: &mut dyn Write,
         progress: ProgressFn<'_>,
     ) -> Result<u64> {
-        let mut sink = WriterSink(out);
-        self.refetch_if_corrupt_to(hash, &mut sink, |o| {
-            self.get_to_sink_once(hash, o, progress)
-        })
+        self.get_to_sink(hash, &mut WriterSink(out), progress)
     }
 
     /// [`Store::get_to_writer_with`] into an open descriptor (stdout, a device, a FIFO, a file
@@ -375,13 +372,21 @@ impl Store {
         out: std::os::fd::BorrowedFd<'_>,
         progress: ProgressFn<'_>,
     ) -> Result<u64> {
-        let mut sink = FdSink::new(out);
-        self.refetch_if_corrupt_to(hash, &mut sink, |o| {
-            self.get_to_sink_once(hash, o, progress)
-        })
+        self.get_to_sink(hash, &mut FdSink::new(out), progress)
     }
 
-    pub(crate) fn get_to_sink_once(
+    /// Writes the object into `out` ([`Store::get_to_writer_with`]), fetched again from the
+    /// upstream tier if the local copy is corrupt and nothing was written yet.
+    pub(crate) fn get_to_sink(
+        &self,
+        hash: &Hash,
+        out: &mut dyn Sink,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
+        self.refetch_if_corrupt_to(hash, out, |o| self.get_to_sink_once(hash, o, progress))
+    }
+
+    fn get_to_sink_once(
         &self,
         hash: &Hash,
         out: &mut dyn Sink,

@@ -411,7 +411,7 @@ impl Store {
     /// [`Error::Io`] naming the path that could not be read; [`Error::Tree`] for a file type
     /// that cannot be stored (socket, fifo, device).
     pub fn put_dir(&self, path: impl AsRef<Path>) -> Result<Hash> {
-        self.put_dir_inner(path.as_ref(), None, &mut Trees::new())
+        crate::putdir::put_dir(self, path.as_ref(), None, &mut Trees::new(), None)
     }
 
     /// [`Store::put_dir`], also reporting symlinks in the directory whose targets resolve
@@ -480,15 +480,6 @@ impl Store {
             report.cache_warning = c.warning;
         }
         Ok((hash, report))
-    }
-
-    fn put_dir_inner(
-        &self,
-        root: &Path,
-        cache: Option<&mut crate::statcache::StatCache>,
-        trees: &mut Trees,
-    ) -> Result<Hash> {
-        crate::putdir::put_dir(self, root, cache, trees, None)
     }
 
     /// True if the directory `dir` holds exactly the tree `tree`: the same names, kinds,

@@ -201,18 +201,39 @@ pub(crate) fn read_full(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
 pub(crate) fn copy_range(src: &File, dst: &File, len: usize) -> io::Result<usize> {
     match rustix::fs::copy_file_range(src, None, dst, None, len) {
         Ok(n) => Ok(n),
-        Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM) => {
-            Err(io::ErrorKind::Unsupported.into())
-        }
+        Err(e) if copy_refused(e) => Err(io::ErrorKind::Unsupported.into()),
         Err(e) => Err(e.into()),
     }
 }
 
-/// True if `fd` is a pipe (or FIFO).
-pub(crate) fn is_pipe(fd: BorrowedFd<'_>) -> bool {
-    rustix::fs::fstat(fd).is_ok_and(|st| {
-        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
-    })
+/// The answers of `copy_file_range(2)` that mean "not between these files" (another
+/// filesystem, a kernel or filesystem without it), not a failure of the copy.
+fn copy_refused(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM
+    )
+}
+
+/// What an open descriptor is, as far as writing an object into it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdKind {
+    /// A pipe or FIFO (`splice(2)` can fill it).
+    Pipe,
+    /// A regular file (`copy_file_range(2)` can fill it).
+    Regular,
+    /// Anything else, or a descriptor `fstat` refuses.
+    Other,
+}
+
+/// What `fd` is (one `fstat(2)`).
+pub(crate) fn fd_kind(fd: BorrowedFd<'_>) -> FdKind {
+    use rustix::fs::FileType;
+    match rustix::fs::fstat(fd).map(|st| FileType::from_raw_mode(st.st_mode)) {
+        Ok(FileType::Fifo) => FdKind::Pipe,
+        Ok(FileType::RegularFile) => FdKind::Regular,
+        _ => FdKind::Other,
+    }
 }
 
 /// Asks for a 1 MiB pipe buffer (`F_SETPIPE_SZ`; the unprivileged maximum by default) so that
@@ -278,23 +299,10 @@ pub(crate) fn copy_range_from(
     let mut off = off;
     match rustix::fs::copy_file_range(src, Some(&mut off), dst, None, len) {
         Ok(n) => Ok(n),
-        Err(
-            Errno::XDEV
-            | Errno::INVAL
-            | Errno::NOSYS
-            | Errno::OPNOTSUPP
-            | Errno::PERM
-            | Errno::BADF,
-        ) => Err(io::ErrorKind::Unsupported.into()),
+        // EBADF also for a destination opened for appending (`>>`), which it refuses.
+        Err(e) if copy_refused(e) || e == Errno::BADF => Err(io::ErrorKind::Unsupported.into()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// True if `fd` is a regular file.
-pub(crate) fn is_regular(fd: BorrowedFd<'_>) -> bool {
-    rustix::fs::fstat(fd).is_ok_and(|st| {
-        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
-    })
 }
 
 /// `fsync(2)` of a directory given by path, opened read-only (for the directory that holds a
