@@ -541,8 +541,12 @@ fn eviction_removes_least_recently_used_entries_first() {
     }
     assert!(r["bytes_after"].as_u64().unwrap() <= budget.parse::<u64>().unwrap());
 
-    // A budget nothing can meet still never removes a ref's object.
-    gc(&s, &["--max-size", "1"]);
+    // Reading the survivors above used them: within the grace period they are never evicted,
+    // whatever the budget (issue 18).
+    let r = gc(&s, &["--max-size", "1"]);
+    assert_eq!(r["evicted_entries"], 0, "{r}");
+    // A budget nothing can meet, with no grace, still never removes a ref's object.
+    gc(&s, &["--grace", "0s", "--max-size", "1"]);
     assert!(
         s.object_path(&pinned).is_file(),
         "eviction removed a ref's object"
@@ -561,6 +565,7 @@ fn standing_budget_from_init_applies_to_gc() {
         let out = run_with_stdin(cas(&s).args(["key", "put", &format!("k{i}"), "-"]), &bytes);
         assert!(out.status.success(), "{}", text(&out.stderr));
         set_mtime(&s.object_path(&blake3_hex(&bytes)), ago((10 - i) * 3600));
+        set_mtime(&s.entry_file(&format!("k{i}")), ago((10 - i) * 3600));
     }
     let r = gc(&s, &[]);
     assert_eq!(r["evicted_entries"], 3, "{r}");
@@ -616,4 +621,49 @@ fn verify_quarantines_corrupt_objects() {
     assert_eq!(out.status.code(), Some(1));
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(all.contains("lost") && all.contains(&good), "{all}");
+}
+
+/// Issue 18, finding 1: eviction ignored the grace period. A cache entry's object put again
+/// seconds ago, and the children of a fresh `put -r`, were evicted by `gc --max-size` under
+/// the default one-hour grace; the tree could then be named (`ref set` exited 0) but not
+/// restored. Now nothing used within the grace period is evicted, and what is older still is.
+#[test]
+fn eviction_never_takes_what_was_used_within_the_grace_period() {
+    let s = Store::new();
+    let dir = s.scratch.join("d");
+    fs::create_dir_all(&dir).unwrap();
+    let big = data(100_000, 18);
+    fs::write(dir.join("big"), &big).unwrap();
+    run_ok(cas(&s).args(["key", "put", "build:1"]).arg(dir.join("big")));
+    let h = run_ok(cas(&s).arg("put").arg(dir.join("big")));
+    let h = h.trim();
+    let t = run_ok(cas(&s).args(["put", "-r"]).arg(&dir));
+    let t = t.trim();
+    let r = gc(&s, &["--max-size", "1"]);
+    assert_eq!(r["evicted_entries"], 0, "{r}");
+    assert_eq!(r["evicted_objects"], 0, "{r}");
+    run_ok(cas(&s).args(["has", h]));
+    run_ok(cas(&s).args(["ref", "set", "release", t]));
+    let out = s.scratch.join("out");
+    run_ok(cas(&s).args(["get", "-r", t, "-o"]).arg(&out));
+    assert_eq!(fs::read(out.join("big")).unwrap(), big);
+    bytes_ok(cas(&s).args(["key", "get", "build:1"]));
+
+    // An hour later (everything aged): the entry is evicted; its object stays, the ref
+    // reaches it. A second entry whose object nothing else reaches goes with its object.
+    let other = data(50_000, 19);
+    let other_path = s.input("other", &other);
+    run_ok(cas(&s).args(["key", "put", "build:2"]).arg(&other_path));
+        for dir in [s.objects(), s.root.join("index")] {
+        for f in files_under(&dir) {
+            set_mtime(&f, ago(7200));
+        }
+    }
+    let r = gc(&s, &["--max-size", "1"]);
+    assert_eq!(r["evicted_entries"], 2, "{r}");
+    assert_eq!(r["evicted_objects"], 1, "{r}");
+    let gone = run(cas(&s).args(["key", "get", "build:2"]));
+    assert!(!gone.status.success());
+    run_ok(cas(&s).args(["has", h]));
+    run_ok(cas(&s).arg("verify"));
 }

@@ -9,7 +9,7 @@
 //! gc marks a second time and moves back anything that became reachable meanwhile, so a
 //! pointer made visible during the run never dangles.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
 use crate::layout;
+use crate::lock::Wait;
 use crate::mark::Mark;
 use crate::progress::{Progress, ProgressFn};
 use crate::verify::Problem;
@@ -129,6 +130,16 @@ struct Kept {
     mtime: SystemTime,
 }
 
+/// What the sweep found.
+struct Sweep {
+    /// Objects kept, with size and mtime.
+    live: Vec<Kept>,
+    /// Objects reachable from young unreachable objects: as protected as those.
+    young: HashSet<Hash>,
+    /// `progress` asked to stop.
+    interrupted: bool,
+}
+
 /// An object in a trash run.
 #[derive(Debug, Clone)]
 struct Trashed {
@@ -217,8 +228,11 @@ impl Store {
             self.inner.pid,
             false,
         ));
-        let (live, interrupted) =
-            self.sweep(&m1, cutoff, &run_dir, &lock, &mut beat, progress, &mut r)?;
+        let Sweep {
+            live,
+            young,
+            interrupted,
+        } = self.sweep(&m1, cutoff, &run_dir, &lock, &mut beat, progress, &mut r)?;
 
         // Bytes under objects/ and trash/ as this run counted them: moving to trash frees
         // nothing (the budget covers both), and a dry run has not deleted what it reports.
@@ -234,7 +248,7 @@ impl Store {
             interrupted,
             sweep,
         ) {
-            evicted = self.evict(&m1, &live, budget, total, dry, &mut r)?;
+            evicted = self.evict(&m1, &live, &young, cutoff, budget, total, dry, &mut r)?;
         }
 
         let deleted_before_rescue = r.deleted_bytes;
@@ -277,9 +291,11 @@ impl Store {
         Ok(r)
     }
 
-    /// Sweep: condemns unreachable objects older than the grace period (unless the mark could
-    /// not prove what is unreachable); returns the objects kept, and whether `progress` asked
-    /// to stop.
+    /// Sweep: scans `objects/`, then condemns each object that is unreachable, older than
+    /// the grace period, and not reachable from an object younger than it (a tree just put
+    /// names children that may be old: they are as protected as the tree). Unless the mark
+    /// could not prove what is unreachable. Returns the objects kept, the set protected by
+    /// young objects, and whether `progress` asked to stop.
     #[allow(clippy::too_many_arguments)]
     fn sweep(
         &self,
@@ -290,11 +306,11 @@ impl Store {
         beat: &mut Heartbeat,
         progress: ProgressFn<'_>,
         r: &mut GcReport,
-    ) -> Result<(Vec<Kept>, bool)> {
+    ) -> Result<Sweep> {
         let sweep = r.sweep_skipped.is_none();
         let dry = r.dry_run;
         let mut interrupted = false;
-        let mut live: Vec<Kept> = Vec::new();
+        let mut seen: Vec<Kept> = Vec::new();
         for (i, h) in self.iter().enumerate() {
             let h = match h {
                 Ok(h) => h,
@@ -311,26 +327,11 @@ impl Store {
             };
             r.objects += 1;
             r.bytes += md.len;
-            let keep = Kept {
+            seen.push(Kept {
                 hash: h,
                 len: md.len,
                 mtime: md.mtime,
-            };
-            if m1.reach.reachable.contains(&h) || !sweep {
-                live.push(keep);
-            } else if md.mtime > cutoff {
-                r.kept_young += 1;
-                live.push(keep);
-            } else {
-                // Anything at an unreachable object name goes: a rename moves the name
-                // (a symlink, a FIFO, a directory) and never follows it.
-                r.condemned.push(h);
-                r.trashed += 1;
-                r.trashed_bytes += md.len;
-                if !dry {
-                    self.move_to_trash(&p, run_dir, &h)?;
-                }
-            }
+            });
             if i % 1024 == 1023 {
                 beat.beat(lock)?;
                 if !progress(Progress {
@@ -343,8 +344,80 @@ impl Store {
                 }
             }
         }
+        let reachable = &m1.reach.reachable;
+        let young = self.young_closure(&seen, reachable, cutoff);
+        let mut live = Vec::with_capacity(seen.len());
+        for k in seen {
+            if interrupted || !sweep || reachable.contains(&k.hash) {
+                live.push(k);
+            } else if k.mtime > cutoff || young.contains(&k.hash) {
+                r.kept_young += 1;
+                live.push(k);
+            } else if dry {
+                r.condemned.push(k.hash);
+                r.trashed += 1;
+                r.trashed_bytes += k.len;
+            } else {
+                // Anything at an unreachable object name goes: a rename moves the name
+                // (a symlink, a FIFO, a directory) and never follows it.
+                let p = self.object_path(&k.hash);
+                if !self.move_to_trash(&p, run_dir, &k.hash)? {
+                    continue; // removed meanwhile
+                }
+                if self.refreshed_in_trash(run_dir, &k.hash, cutoff) {
+                    // A put refreshed it between our stat and the rename: it is young.
+                    r.kept_young += 1;
+                    live.push(k);
+                    continue;
+                }
+                r.condemned.push(k.hash);
+                r.trashed += 1;
+                r.trashed_bytes += k.len;
+            }
+        }
+        Ok(Sweep {
+            live,
+            young,
+            interrupted,
+        })
+    }
 
-        Ok((live, interrupted))
+    /// Everything reachable from an unreachable object younger than the grace period (the
+    /// objects themselves included), when some old unreachable object could be among it:
+    /// otherwise nothing needs reading.
+    fn young_closure(
+        &self,
+        seen: &[Kept],
+        reachable: &HashSet<Hash>,
+        cutoff: SystemTime,
+    ) -> HashSet<Hash> {
+        let old_unreachable = seen
+            .iter()
+            .any(|k| k.mtime <= cutoff && !reachable.contains(&k.hash));
+        if !old_unreachable {
+            return HashSet::new();
+        }
+        let young: Vec<Hash> = seen
+            .iter()
+            .filter(|k| k.mtime > cutoff && !reachable.contains(&k.hash))
+            .map(|k| k.hash)
+            .collect();
+        self.closure_of(&young, reachable)
+    }
+
+    /// After moving an object to trash: true if its mtime (which a rename keeps) shows a put
+    /// refreshed it after the sweep's stat. It is then moved back.
+    fn refreshed_in_trash(&self, run_dir: &Path, h: &Hash, cutoff: SystemTime) -> bool {
+        let p = run_dir.join(h.to_string());
+        match self.inner.root_dir.lstat(&p) {
+            Ok(md) if md.mtime > cutoff => {
+                // Best effort: a failure leaves it in trash, where reads and name updates
+                // find it and the rescue mark runs before anything is deleted.
+                let _ = self.restore_from_trash(h);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Trash of earlier runs, condemned longer ago than the grace period: delete what is still
@@ -416,13 +489,17 @@ impl Store {
     }
 
     /// Chooses and removes cache entries and condemned objects, least recently used first,
-    /// until the store (`total` bytes now) is under `budget`. Objects reachable from refs or
-    /// pins are never evicted, nor unreachable objects younger than the grace period. Returns
-    /// the trash paths of evicted objects, to delete after the rescue mark.
+    /// until the store (`total` bytes now) is under `budget`. Never evicted: an entry used
+    /// within the grace period, an object younger than it, anything reachable from refs, pins,
+    /// young objects (`young`) or entries that stay. Returns the trash paths of evicted
+    /// objects, to delete after the rescue mark.
+    #[allow(clippy::too_many_arguments)]
     fn evict(
         &self,
         m1: &Mark,
         live: &[Kept],
+        young: &HashSet<Hash>,
+        cutoff: SystemTime,
         budget: u64,
         total: u64,
         dry: bool,
@@ -433,25 +510,38 @@ impl Store {
         }
         let size_of: HashMap<Hash, (u64, SystemTime)> =
             live.iter().map(|k| (k.hash, (k.len, k.mtime))).collect();
-        let closures: Vec<Vec<Hash>> = m1
+        // An entry's age: the later of its file's and its object's mtime (reads refresh the
+        // object, `get_keyed` the entry).
+        let used: Vec<SystemTime> = m1
             .entries
             .iter()
             .map(|e| {
-                self.closure(&e.hash)
-                    .into_iter()
-                    .filter(|x| !m1.pinned_by_refs.contains(x))
-                    .collect()
+                let obj_t = size_of.get(&e.hash).map_or(SystemTime::UNIX_EPOCH, |x| x.1);
+                e.mtime.max(obj_t)
             })
             .collect();
+        // One traversal for all entries, most recently used first: each object belongs to
+        // the first (newest) entry that reaches it, so it is released exactly when that
+        // entry — the last of its users in LRU order — is evicted. Objects that refs, pins or
+        // young objects reach belong to no entry.
+        let mut order: Vec<usize> = (0..m1.entries.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(used[i]));
+        let mut seen = HashSet::new();
+        let skip = |h: &Hash| m1.pinned_by_refs.contains(h) || young.contains(h);
+        let mut owned: Vec<Vec<Hash>> = vec![Vec::new(); m1.entries.len()];
+        for &i in &order {
+            owned[i] = self.reach_new([(m1.entries[i].hash, true)], &skip, &mut seen);
+        }
         let mut cands: Vec<(SystemTime, Cand)> = Vec::new();
         for t in self.trash_objects()? {
             cands.push((t.mtime, Cand::Trash(t.path, t.len)));
         }
-        for (i, e) in m1.entries.iter().enumerate() {
-            let obj_t = size_of.get(&e.hash).map_or(SystemTime::UNIX_EPOCH, |x| x.1);
-            cands.push((e.mtime.max(obj_t), Cand::Entry(i)));
+        for (i, t) in used.iter().enumerate() {
+            if *t <= cutoff {
+                cands.push((*t, Cand::Entry(i)));
+            }
         }
-        let plan = plan_eviction(cands, &closures, &size_of, budget, total);
+        let plan = plan_eviction(cands, &owned, &size_of, cutoff, budget, total);
         let run_dir = self.path(layout::TRASH).join(layout::trash_run_name(
             SystemTime::now(),
             &self.inner.host,
@@ -466,23 +556,20 @@ impl Store {
                     r.evicted_bytes += len;
                     out.push((p, len));
                 }
-                Evict::Entry(i) => {
-                    r.evicted_entries += 1;
-                    if !dry {
-                        let p = &m1.entries[i].path;
-                        match self.inner.root_dir.unlink(p) {
-                            Ok(()) => {}
-                            Err(e) if fs::is_not_found(&e) => {}
-                            Err(e) => return Err(Error::io("delete", p, e)),
-                        }
+                Evict::Entry(i, objects) => {
+                    if !dry && !self.remove_entry_if_unchanged(&m1.entries[i])? {
+                        continue; // used or rewritten meanwhile: it stays, with its objects
                     }
-                }
-                Evict::Object(h, len) => {
-                    r.evicted_objects += 1;
-                    r.evicted_bytes += len;
-                    if !dry {
-                        let src = self.object_path(&h);
-                        if self.move_to_trash(&src, &run_dir, &h).is_ok() {
+                    r.evicted_entries += 1;
+                    for (h, len) in objects {
+                        r.evicted_objects += 1;
+                        r.evicted_bytes += len;
+                        if !dry && self.move_to_trash(&self.object_path(&h), &run_dir, &h)? {
+                            if self.refreshed_in_trash(&run_dir, &h, cutoff) {
+                                r.evicted_objects -= 1;
+                                r.evicted_bytes -= len;
+                                continue;
+                            }
                             out.push((run_dir.join(h.to_string()), len));
                         }
                     }
@@ -495,16 +582,49 @@ impl Store {
         Ok(out)
     }
 
-    fn move_to_trash(&self, src: &Path, run_dir: &Path, h: &Hash) -> Result<()> {
+    /// Removes an evicted cache entry under the entry's lock, only if it still is what the
+    /// mark saw (same object, same mtime): an entry set or read meanwhile stays. A busy lock
+    /// means someone is updating it: it stays too.
+    fn remove_entry_if_unchanged(&self, e: &crate::mark::EntryRoot) -> Result<bool> {
+        let lock_path = layout::entry_paths(&self.inner.root, &Hash::of(&e.key)).1;
+        let lock = match self.acquire_lock(&lock_path, None, Wait::For(Duration::ZERO)) {
+            Ok(l) => l,
+            Err(err) if err.kind() == crate::ErrorKind::Locked => return Ok(false),
+            Err(err) => return Err(err),
+        };
+        let same = match self.read_entry_file(&e.path) {
+            Ok(Some((now, f))) => {
+                let mtime = f
+                    .metadata()
+                    .and_then(|md| md.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                now.key == e.key && now.hash == e.hash && mtime == e.mtime
+            }
+            Ok(None) | Err(_) => false,
+        };
+        if same {
+            lock.verify()?;
+            match self.inner.root_dir.unlink(&e.path) {
+                Ok(()) => {}
+                Err(err) if fs::is_not_found(&err) => {}
+                Err(err) => return Err(Error::io("delete", &e.path, err)),
+            }
+        }
+        lock.release();
+        Ok(same)
+    }
+
+    /// Moves an object name into a trash run; false if it was removed meanwhile.
+    fn move_to_trash(&self, src: &Path, run_dir: &Path, h: &Hash) -> Result<bool> {
         let dst = run_dir.join(h.to_string());
         let root = &self.inner.root_dir;
         let mut attempts = 0;
         loop {
             match root.rename(src, &dst) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
                 Err(e) if fs::is_not_found(&e) && attempts < 2 => {
                     if root.lstat(src).is_err() {
-                        return Ok(()); // removed meanwhile
+                        return Ok(false); // removed meanwhile
                     }
                     attempts += 1;
                     self.ensure_dir(run_dir)?;
@@ -621,28 +741,22 @@ enum Cand {
 enum Evict {
     /// Delete this object from trash.
     Trash(PathBuf, u64),
-    /// Remove this cache entry (index into `Mark::entries`).
-    Entry(usize),
-    /// Condemn this object, released by the entries removed.
-    Object(Hash, u64),
+    /// Remove this cache entry (index into `Mark::entries`), then condemn the objects it
+    /// releases.
+    Entry(usize, Vec<(Hash, u64)>),
 }
 
-/// Plans eviction, least recently used first, until `total` is within `budget`. An entry's
-/// objects (`closures[i]`, without those refs and pins reach) are released once no other
-/// remaining entry uses them; only objects the sweep saw (`size_of`) are counted and condemned.
+/// Plans eviction, least recently used first, until `total` is within `budget`. Removing
+/// entry `i` releases `owned[i]` (the objects whose newest user it is); only objects the sweep
+/// saw (`size_of`) and older than `cutoff` are counted and condemned.
 fn plan_eviction(
     mut cands: Vec<(SystemTime, Cand)>,
-    closures: &[Vec<Hash>],
+    owned: &[Vec<Hash>],
     size_of: &HashMap<Hash, (u64, SystemTime)>,
+    cutoff: SystemTime,
     budget: u64,
     mut total: u64,
 ) -> Vec<Evict> {
-    let mut refcount: HashMap<Hash, u32> = HashMap::new();
-    for c in closures {
-        for x in c {
-            *refcount.entry(*x).or_default() += 1;
-        }
-    }
     cands.sort_by_key(|c| c.0);
     let mut out = Vec::new();
     for (_, c) in cands {
@@ -655,19 +769,18 @@ fn plan_eviction(
                 out.push(Evict::Trash(p, len));
             }
             Cand::Entry(i) => {
-                out.push(Evict::Entry(i));
-                for x in &closures[i] {
-                    let n = refcount.entry(*x).or_default();
-                    *n = n.saturating_sub(1);
-                    if *n > 0 {
-                        continue;
-                    }
-                    let Some((len, _)) = size_of.get(x) else {
+                let mut objects = Vec::new();
+                for x in &owned[i] {
+                    let Some(&(len, mtime)) = size_of.get(x) else {
                         continue;
                     };
-                    total = total.saturating_sub(*len);
-                    out.push(Evict::Object(*x, *len));
+                    if mtime > cutoff {
+                        continue;
+                    }
+                    total = total.saturating_sub(len);
+                    objects.push((*x, len));
                 }
+                out.push(Evict::Entry(i, objects));
             }
         }
     }
@@ -713,54 +826,173 @@ mod tests {
     }
 
     #[test]
-    fn eviction_is_lru_and_releases_shared_objects_last() {
+    fn eviction_is_lru_and_releases_shared_objects_with_their_newest_user() {
         let (a, b, shared) = (Hash::of(b"a"), Hash::of(b"b"), Hash::of(b"s"));
         let size_of: HashMap<Hash, (u64, SystemTime)> =
             [(a, (10, t(1))), (b, (10, t(1))), (shared, (100, t(1)))]
                 .into_iter()
                 .collect();
-        // Entry 0 (older) uses a and shared; entry 1 uses b and shared.
-        let closures = vec![vec![a, shared], vec![b, shared]];
+        // Entry 0 (older) uses a and shared; entry 1 (newer) uses b and shared: the shared
+        // object belongs to entry 1, the newest that reaches it.
+        let owned = vec![vec![a], vec![b, shared]];
         let cands = vec![
             (t(20), Cand::Entry(1)),
             (t(10), Cand::Entry(0)),
             (t(5), Cand::Trash(PathBuf::from("trash/x"), 7)),
         ];
+        let cutoff = t(100);
         // Over budget by a little: the oldest thing (trash) goes first, and is enough.
-        let plan = plan_eviction(cands.clone(), &closures, &size_of, 120, 127);
+        let plan = plan_eviction(cands.clone(), &owned, &size_of, cutoff, 120, 127);
         assert_eq!(plan, vec![Evict::Trash(PathBuf::from("trash/x"), 7)]);
         // More: entry 0 goes, releasing a but not the shared object entry 1 still uses.
-        let plan = plan_eviction(cands.clone(), &closures, &size_of, 110, 127);
+        let plan = plan_eviction(cands.clone(), &owned, &size_of, cutoff, 110, 127);
         assert_eq!(
             plan,
             vec![
                 Evict::Trash(PathBuf::from("trash/x"), 7),
-                Evict::Entry(0),
-                Evict::Object(a, 10)
+                Evict::Entry(0, vec![(a, 10)]),
             ]
         );
         // Everything: the shared object is released with the last entry using it.
-        let plan = plan_eviction(cands, &closures, &size_of, 0, 127);
-        assert_eq!(
-            plan[3..],
-            [
-                Evict::Entry(1),
-                Evict::Object(b, 10),
-                Evict::Object(shared, 100)
-            ]
-        );
+        let plan = plan_eviction(cands, &owned, &size_of, cutoff, 0, 127);
+        assert_eq!(plan[2..], [Evict::Entry(1, vec![(b, 10), (shared, 100)])]);
     }
 
     #[test]
-    fn objects_the_sweep_did_not_see_are_not_counted() {
-        let a = Hash::of(b"a");
+    fn eviction_never_releases_young_or_unseen_objects() {
+        let (old, young) = (Hash::of(b"old"), Hash::of(b"young"));
+        let size_of: HashMap<Hash, (u64, SystemTime)> = [(old, (10, t(1))), (young, (10, t(50)))]
+            .into_iter()
+            .collect();
+        let unseen = Hash::of(b"unseen");
         let plan = plan_eviction(
             vec![(t(1), Cand::Entry(0))],
-            &[vec![a]],
-            &HashMap::new(),
+            &[vec![old, young, unseen]],
+            &size_of,
+            t(40),
             0,
             50,
         );
-        assert_eq!(plan, vec![Evict::Entry(0)]);
+        assert_eq!(plan, vec![Evict::Entry(0, vec![(old, 10)])]);
+    }
+
+    /// A store holding a directory tree (two files, a subdirectory with a third), every object
+    /// condemned to one trash run, as a sweep that ran before any name existed leaves it.
+    /// Returns the store, the tree and every object of its closure.
+    fn condemned_tree(dir: &Path) -> (Store, Hash, Vec<Hash>) {
+        let src = dir.join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a"), b"alpha").unwrap();
+        std::fs::write(src.join("b"), b"beta").unwrap();
+        std::fs::write(src.join("sub/c"), b"gamma").unwrap();
+        let s = Store::init(dir.join("store"), crate::Options::default()).unwrap();
+        let top = s.put_dir(&src).unwrap();
+        let all: Vec<Hash> = s.closure_of(&[top], &HashSet::new()).into_iter().collect();
+        assert_eq!(all.len(), 5, "tree, subtree, three files");
+        let run = s.path(layout::TRASH).join("1000.h.1");
+        std::fs::create_dir_all(&run).unwrap();
+        for h in &all {
+            std::fs::rename(s.object_path(h), run.join(h.to_string())).unwrap();
+        }
+        (s, top, all)
+    }
+
+    /// The purge of a gc whose mark ran before the name existed.
+    fn purge_with_old_mark(s: &Store, m: &Mark) -> GcReport {
+        let mut r = GcReport::default();
+        s.purge_trash(m, SystemTime::now(), false, true, &mut r)
+            .unwrap();
+        r
+    }
+
+    /// Issue 18, finding 2: a ref, a cache entry or a pushed name set between a gc's mark
+    /// and its purge brought back only the root; the purge deleted the children.
+    #[test]
+    fn a_name_set_after_the_mark_brings_its_whole_closure_back_before_the_purge() {
+        for how in ["ref", "key", "push"] {
+            let d = tempfile::tempdir().unwrap();
+            let (s, top, all) = condemned_tree(d.path());
+            let m = s.mark();
+            assert!(m.reach.reachable.is_empty());
+            match how {
+                "ref" => {
+                    s.set_ref("r", top, crate::Expect::Any).unwrap();
+                }
+                "key" => {
+                    s.set_keyed(b"k", top, b"", crate::Expect::Any).unwrap();
+                }
+                _ => {
+                    // The destination has every object, in its trash: present for the old
+                    // code, so nothing was copied and only the root came back.
+                    let src =
+                        Store::init(d.path().join("src-store"), crate::Options::default()).unwrap();
+                    let t = src.put_dir(d.path().join("src")).unwrap();
+                    assert_eq!(t, top);
+                    src.set_ref("r", t, crate::Expect::Any).unwrap();
+                    src.push_to(&s, &crate::TransferOptions::default().refs(["r"]))
+                        .unwrap();
+                }
+            }
+            let r = purge_with_old_mark(&s, &m);
+            assert_eq!(
+                r.deleted, 0,
+                "{how}: the purge deleted part of a named closure"
+            );
+            for h in &all {
+                assert!(
+                    s.get(h).is_ok(),
+                    "{how}: {h} of the named tree's closure is gone"
+                );
+            }
+        }
+    }
+
+    /// A name whose closure is incomplete is refused, not published dangling.
+    #[test]
+    fn a_name_is_refused_when_a_child_is_nowhere() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, top, all) = condemned_tree(d.path());
+        let run = s.path(layout::TRASH).join("1000.h.1");
+        let leaf = Hash::of(b"gamma");
+        assert!(all.contains(&leaf));
+        std::fs::remove_file(run.join(leaf.to_string())).unwrap();
+        let e = s.set_ref("r", top, crate::Expect::Any).unwrap_err();
+        assert!(
+            e.is_not_found() && e.to_string().contains(&leaf.to_string()),
+            "{e}"
+        );
+        assert_eq!(s.get_ref("r").unwrap(), None);
+        let e = s.set_keyed(b"k", top, b"", crate::Expect::Any).unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        assert!(s.entry(b"k").is_err());
+    }
+
+    /// Issue 18, finding 2 (eviction): an entry rewritten after the mark is not removed.
+    #[test]
+    fn eviction_leaves_an_entry_rewritten_after_the_mark() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::init(d.path(), crate::Options::default()).unwrap();
+        s.put_keyed_bytes(b"k", b"one", b"").unwrap();
+        let m = s.mark();
+        assert_eq!(m.entries.len(), 1);
+        // Rewritten with other bytes, and with the same bytes (only its mtime moves).
+        s.put_keyed_bytes(b"k", b"two", b"").unwrap();
+        assert!(!s.remove_entry_if_unchanged(&m.entries[0]).unwrap());
+        assert_eq!(&*s.get_keyed(b"k").unwrap(), b"two");
+        let m = s.mark();
+        let e = &m.entries[0];
+        crate::fs::chmod_path(&e.path, 0o644).ok();
+        std::fs::File::options()
+            .write(true)
+            .open(&e.path)
+            .unwrap()
+            .set_modified(e.mtime + Duration::from_secs(5))
+            .unwrap();
+        assert!(!s.remove_entry_if_unchanged(e).unwrap());
+        assert!(s.entry(b"k").is_ok());
+        // Unchanged since the mark: removed.
+        let m = s.mark();
+        assert!(s.remove_entry_if_unchanged(&m.entries[0]).unwrap());
+        assert!(s.entry(b"k").is_err());
     }
 }

@@ -149,7 +149,7 @@ impl Store {
             return self.upstream_set_keyed(up, key, hash, metadata, expect);
         }
         let lock = self.lock_entry(key, hash)?;
-        self.ensure_present(&hash)?;
+        self.ensure_closure(&hash)?;
         let obj = self.object_path(&hash);
         let size = self
             .inner
@@ -184,6 +184,8 @@ impl Store {
         // entry that makes it reachable is visible.
         let lock = self.lock_entry(key, hash)?;
         self.publish(vec![staged], durability)?;
+        // Bytes that happen to be a tree name their children too.
+        self.ensure_closure(&hash)?;
         self.write_entry(key, hash, size, metadata, Expect::Any, &lock)?;
         lock.release();
         Ok(hash)

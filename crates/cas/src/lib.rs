@@ -147,6 +147,7 @@
 
 mod batch;
 mod cleanup;
+mod closure;
 mod codec;
 mod config;
 mod copyout;

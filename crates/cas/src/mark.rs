@@ -68,16 +68,21 @@ pub(crate) struct Missing {
 #[derive(Debug, Clone)]
 pub(crate) struct EntryRoot {
     pub(crate) path: PathBuf,
+    /// The entry's key: its lock's name derives from it.
+    pub(crate) key: Vec<u8>,
     pub(crate) hash: Hash,
     pub(crate) mtime: SystemTime,
 }
 
 /// What a tree-magic object yields.
-enum Children {
+pub(crate) enum Children {
     /// Not a tree: a leaf.
     None,
     /// A tree's direct children, `(hash, is_tree)`.
     Some(Vec<(Hash, bool)>),
+    /// Starts with the tree magic and verifies, but does not decode (a later format version,
+    /// or crafted bytes): its children cannot be known. The error says why.
+    Opaque(Error),
 }
 
 /// The result of one traversal.
@@ -169,6 +174,7 @@ impl Store {
                         .unwrap_or(SystemTime::UNIX_EPOCH);
                     m.entries.push(EntryRoot {
                         path: p,
+                        key: e.key.clone(),
                         hash: e.hash,
                         mtime,
                     });
@@ -188,20 +194,42 @@ impl Store {
         m
     }
 
-    /// The object and everything reachable from it through trees (damage is ignored here: the
-    /// mark that precedes any use of a closure has reported it).
-    pub(crate) fn closure(&self, root: &Hash) -> HashSet<Hash> {
-        let mut r = Reach::default();
-        self.traverse(
-            vec![Visit {
-                from: Source::Tree(*root),
-                hash: *root,
-                may_be_tree: true,
-                report_missing: false,
-            }],
-            &mut r,
+    /// Everything reachable from `roots` through trees that `skip` does not cover and `seen`
+    /// does not hold yet; each is added to `seen` and returned in the order reached. Damage is
+    /// ignored here: the mark that precedes every use has reported it. Sharing `seen` across
+    /// calls gives each object to the first root that reaches it (eviction's owners).
+    pub(crate) fn reach_new(
+        &self,
+        roots: impl IntoIterator<Item = (Hash, bool)>,
+        skip: &dyn Fn(&Hash) -> bool,
+        seen: &mut HashSet<Hash>,
+    ) -> Vec<Hash> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(Hash, bool)> = roots.into_iter().collect();
+        while let Some((hash, may_be_tree)) = stack.pop() {
+            if skip(&hash) || !seen.insert(hash) {
+                continue;
+            }
+            out.push(hash);
+            if !may_be_tree {
+                continue;
+            }
+            if let Ok(Children::Some(children)) = self.tree_children(&hash) {
+                stack.extend(children);
+            }
+        }
+        out
+    }
+
+    /// Everything reachable from `roots` (themselves included) that is not in `exclude`.
+    pub(crate) fn closure_of(&self, roots: &[Hash], exclude: &HashSet<Hash>) -> HashSet<Hash> {
+        let mut seen = HashSet::new();
+        self.reach_new(
+            roots.iter().map(|h| (*h, true)),
+            &|h| exclude.contains(h),
+            &mut seen,
         );
-        r.reachable
+        seen
     }
 
     /// The one traversal: depth first through tree objects, each object visited once.
@@ -231,6 +259,16 @@ impl Store {
                     }
                 }
                 Ok(Children::None) => {}
+                Ok(Children::Opaque(e)) => {
+                    let path = e
+                        .path()
+                        .map_or_else(|| self.object_path(&v.hash), Into::into);
+                    r.damaged(
+                        path,
+                        format!("{} (reached from {})", error_reason(&e), v.from),
+                        true,
+                    );
+                }
                 Err(e) if e.is_not_found() => {
                     if v.report_missing {
                         r.missing.push(Missing {
@@ -257,7 +295,7 @@ impl Store {
     /// or trash) without moving or quarantining anything. An object that starts with the
     /// tree magic but does not verify or decode (damaged, or written by a later format) is an
     /// error: its children cannot be known, so they must not be collected.
-    fn tree_children(&self, hash: &Hash) -> Result<Children> {
+    pub(crate) fn tree_children(&self, hash: &Hash) -> Result<Children> {
         let (f, path) = self.open_located(hash)?;
         let mut head = [0u8; 8];
         let n = read_head(&f, &mut head).map_err(Error::at("read", &path))?;
@@ -281,11 +319,11 @@ impl Store {
         }
         match Tree::decode(&bytes) {
             Ok(t) => Ok(Children::Some(t.children().collect())),
-            Err(reason) => Err(Error::Malformed {
+            Err(reason) => Ok(Children::Opaque(Error::Malformed {
                 what: "tree object",
                 path,
                 reason: format!("{reason}; its children cannot be known"),
-            }),
+            })),
         }
     }
 }
@@ -382,7 +420,8 @@ mod tests {
             "marking moved an object"
         );
         assert!(!s.object_path(&sub).exists());
-        assert_eq!(s.closure(&top).len(), 4);
+        assert_eq!(s.closure_of(&[top], &HashSet::new()).len(), 4);
+        assert_eq!(s.closure_of(&[top], &[sub].into_iter().collect()).len(), 2);
     }
 
     #[test]

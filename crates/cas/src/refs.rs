@@ -363,7 +363,7 @@ impl Store {
             return Ok(None);
         }
         if let Some(h) = new {
-            self.ensure_present(&h)?;
+            self.ensure_closure(&h)?;
         }
         // The log is opened before the ref changes: a log that cannot be opened (a symlink
         // planted at it, a FIFO) fails the update before anything happened.

@@ -206,7 +206,7 @@ fn transfer(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Transfer
     let skipped = AtomicU64::new(0);
     let copy_all = |list: &[Hash], jobs: usize| {
         parallel(list, jobs, |h| {
-            if dst.contains(h) {
+            if present_in(dst, h) {
                 skipped.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -217,13 +217,12 @@ fn transfer(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Transfer
         })
     };
     // Children before parents: every leaf, then trees deepest first.
-    copy_all(&leaves, opts.jobs.max(1))?;
     trees.reverse();
-    copy_all(&trees, 1)?;
-    report.objects_copied = copied.into_inner();
-    report.bytes_copied = bytes.into_inner();
-    report.objects_skipped = skipped.into_inner();
-
+    let copy_closure = || -> Result<()> {
+        copy_all(&leaves, opts.jobs.max(1))?;
+        copy_all(&trees, 1)
+    };
+    copy_closure()?;
     let message = format!("transfer from {}", src.root().display());
     for n in names {
         let shown = match &n.kind {
@@ -244,10 +243,22 @@ fn transfer(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Transfer
         } else {
             n.before.map_or(Expect::Absent, Expect::Value)
         };
-        let r = match &n.kind {
+        let set = || match &n.kind {
             NameKind::Ref(name) => dst.set_ref_msg(name, n.value, expect, &message),
             NameKind::Key { key, metadata } => dst.set_keyed(key, n.value, metadata, expect),
         };
+        // Setting the name checks its whole closure at the destination under the name's
+        // pin (docs/format.md "Publishing a name"). A gc there may have collected what was
+        // copied before the pin existed: copy what is missing again, a bounded number of
+        // times.
+        let mut r = set();
+        for _ in 0..3 {
+            if !matches!(&r, Err(e) if e.is_not_found()) {
+                break;
+            }
+            copy_closure()?;
+            r = set();
+        }
         match r {
             Ok(_) if is_ref => report.refs_set.push(shown),
             Ok(_) => report.keys_set.push(shown),
@@ -263,7 +274,20 @@ fn transfer(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Transfer
             Err(e) => return Err(e),
         }
     }
+    report.objects_copied = copied.into_inner();
+    report.bytes_copied = bytes.into_inner();
+    report.objects_skipped = skipped.into_inner();
     Ok(report)
+}
+
+/// True if the destination holds the object in `objects/` (refreshed, so a gc that has not
+/// judged it yet keeps it), moving it back from its trash if gc condemned it there. An object
+/// in trash is not simply "present": a gc may delete it before the name is set.
+fn present_in(dst: &Store, h: &Hash) -> bool {
+    if dst.upstream().is_some() {
+        return dst.contains(h); // a tier: the upstream holds what the names reach
+    }
+    dst.ensure_present(h).is_ok()
 }
 
 /// The names to set, with their source values and the destination's values now.
