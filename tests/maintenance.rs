@@ -667,3 +667,32 @@ fn eviction_never_takes_what_was_used_within_the_grace_period() {
     run_ok(cas(&s).args(["has", h]));
     run_ok(cas(&s).arg("verify"));
 }
+
+/// Issue 18: a tree just put names children its put did not refresh (the stat cache skips
+/// objects refreshed within the last minute, and a grace period can be shorter): the sweep
+/// must not condemn the children of a young tree, whatever their own age.
+#[test]
+fn the_children_of_a_young_tree_are_as_protected_as_the_tree() {
+    let s = Store::new();
+    let dir = s.scratch.join("d");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("a"), data(5000, 1)).unwrap();
+    fs::write(dir.join("sub/b"), data(5000, 2)).unwrap();
+    let t = run_ok(cas(&s).args(["put", "-r"]).arg(&dir));
+    let t = t.trim();
+    let children: Vec<String> = s.object_hashes().into_iter().filter(|h| h != t).collect();
+    assert_eq!(children.len(), 3, "two files and a subtree");
+    for h in &children {
+        set_mtime(&s.object_path(h), ago(7200));
+    }
+    let r = gc(&s, &[]);
+    assert_eq!(r["trashed"], 0, "{r}");
+    assert_eq!(r["kept_young"], 4, "{r}");
+    for h in &children {
+        assert!(s.object_path(h).is_file(), "{h} left objects/");
+    }
+    // Once the tree itself is old and unnamed, the whole closure goes.
+    set_mtime(&s.object_path(t), ago(7200));
+    let r = gc(&s, &[]);
+    assert_eq!(r["trashed"], 4, "{r}");
+}
