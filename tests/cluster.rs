@@ -679,6 +679,31 @@ fn tiers_over_shared_store(c: &Cluster, scratch: &Path) {
     assert_eq!(on_a, on_b, "{}: both tiers see the upstream's ref", c.fs);
 }
 
+/// The acknowledged-names torture (tests/common/torture.rs), short: writers on both hosts,
+/// gc of store A on host A and of store B on host B, both stores on the cluster filesystem.
+fn torture_across_hosts(c: &Cluster, scratch: &Path) {
+    let on_host = |host: usize, store: &Path| {
+        if host == 0 {
+            cas_a(store)
+        } else {
+            cas_b(store)
+        }
+    };
+    let env = common::torture::Env {
+        cmd: &on_host,
+        a: vec![c.a.join("torture-a"), c.b.join("torture-a")],
+        b: vec![c.a.join("torture-b"), c.b.join("torture-b")],
+    };
+    let scratch = scratch.join("torture");
+    std::fs::create_dir_all(&scratch).unwrap();
+    common::torture::torture(
+        &env,
+        &scratch,
+        common::torture::seed(),
+        common::torture::secs(10),
+    );
+}
+
 fn scenarios(fs: &'static str) {
     let _one = ONE_AT_A_TIME
         .lock()
@@ -692,6 +717,7 @@ fn scenarios(fs: &'static str) {
     killed_writer_cleaned_from_other_host(&c);
     compute_once_across_hosts(&c, scratch.path());
     tiers_over_shared_store(&c, scratch.path());
+    torture_across_hosts(&c, scratch.path());
     // Shared-group mode on the distributed filesystem too.
     multi_user(&c.a.join("multiuser"));
 }

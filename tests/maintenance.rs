@@ -654,7 +654,7 @@ fn eviction_never_takes_what_was_used_within_the_grace_period() {
     let other = data(50_000, 19);
     let other_path = s.input("other", &other);
     run_ok(cas(&s).args(["key", "put", "build:2"]).arg(&other_path));
-        for dir in [s.objects(), s.root.join("index")] {
+    for dir in [s.objects(), s.root.join("index")] {
         for f in files_under(&dir) {
             set_mtime(&f, ago(7200));
         }

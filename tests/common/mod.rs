@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod faultfs;
+pub mod torture;
 
 use std::fs;
 use std::io::Write;
