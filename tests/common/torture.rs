@@ -61,8 +61,13 @@ struct Pool {
     dirs: Vec<PathBuf>,
 }
 
-const BLOBS: usize = 10;
-const DIRS: usize = 4;
+const BLOBS: usize = 24;
+/// Directories: a few bases, each in several variants (one file differs), so far more trees
+/// exist than names can hold at once: trees and their children keep falling out of reach
+/// and being put again.
+const DIR_BASES: usize = 4;
+const DIR_VARIANTS: usize = 5;
+const DIRS: usize = DIR_BASES * DIR_VARIANTS;
 /// Writer threads, each running one `cas` at a time.
 const WRITERS: usize = 3;
 
@@ -79,15 +84,19 @@ impl Pool {
             .collect();
         let dirs = (0..DIRS)
             .map(|d| {
+                let (base, variant) = (d / DIR_VARIANTS, d % DIR_VARIANTS);
                 let root = scratch.join(format!("dir{d}"));
                 fs::create_dir_all(root.join("sub/deeper")).unwrap();
                 for f in 0..3 {
-                    let b = (d + f * 3) % BLOBS;
+                    let b = (base + f * 3) % BLOBS;
                     fs::copy(&blobs[b], root.join(format!("f{f}"))).unwrap();
                 }
                 // The same deeper content in every dir: a subtree shared between trees.
                 fs::copy(&blobs[0], root.join("sub/deeper/shared")).unwrap();
-                fs::copy(&blobs[d % BLOBS], root.join("sub/own")).unwrap();
+                // Per variant: a subtree shared by one base's variants, and a file of its own.
+                fs::copy(&blobs[base % BLOBS], root.join("sub/own")).unwrap();
+                let v = data(300 + variant, seed.wrapping_mul(7).wrapping_add(d as u64));
+                fs::write(root.join("variant"), v).unwrap();
                 root
             })
             .collect();
@@ -259,7 +268,7 @@ fn writer(
         let blob = rng.below(BLOBS);
         let dir = rng.below(DIRS);
         let blob_path = &pool.blobs[blob];
-        let op = rng.below(11);
+        let op = rng.below(12);
         match op {
             // A bare put: acknowledged, but named by nothing (gc may take it at grace 0).
             0 => {
@@ -375,6 +384,23 @@ fn writer(
                 // gc at grace 0 may have collected it first: a clean "not found".
                 let out = run(cas_at(a).args(["rm", &h]));
                 allowed_not_found(&out, "rm");
+            }
+            // Remove one of this writer's refs or keys: its closure may fall out of reach.
+            10 => {
+                if rng.below(2) == 0 {
+                    let Some((name, _)) = mine.get(rng.below(mine.len().max(1))).cloned() else {
+                        continue;
+                    };
+                    must(cas_at(a).args(["ref", "rm", &name]), "ref rm");
+                    acks.a.lock().unwrap().remove(&Name::Ref(name.clone()));
+                    mine.retain(|(m, _)| *m != name);
+                } else {
+                    let key = format!("w{w}:{}{}", ["p", "s"][rng.below(2)], rng.below(4));
+                    let out = run(cas_at(a).args(["key", "rm", &key]));
+                    if out.status.success() {
+                        acks.a.lock().unwrap().remove(&Name::Key(key));
+                    }
+                }
             }
             // Re-check an earlier acknowledged name while gc runs.
             _ => {
