@@ -191,7 +191,7 @@ pub use hash::{Hash, HASH_LEN, HEX_LEN};
 pub use index::Entry;
 pub use init::Create;
 pub use materialize::Materialized;
-pub use once::{ComputeOnce, ProducerError};
+pub use once::{ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting};
 pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
 pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
 pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};
