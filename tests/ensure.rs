@@ -11,7 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{cas, run, run_ok, text, wait_until, Store};
+use std::os::unix::fs::PermissionsExt;
+
+use common::{blake3_hex, cas, run, run_ok, text, wait_until, Store};
 
 /// A shell command that records its run in `runs`, waits for `gate`, then prints `value`.
 fn gated(dir: &Path, value: &str) -> Vec<String> {
@@ -229,4 +231,186 @@ fn key_put_r_points_a_key_at_a_tree() {
     let restored = s.scratch.join("r");
     run_ok(cas(&s).args(["get", "-r", h.trim(), "-o"]).arg(&restored));
     assert_eq!(std::fs::read(restored.join("x/y")).unwrap(), b"z");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A damaged or missing entry is a miss (issue 19): quarantined, said in one line, computed
+// again once, whatever the number of callers.
+
+/// Flips one byte of the object `hex` in place (objects are read-only: made writable).
+fn flip_object(s: &Store, hex: &str) {
+    let p = s.object_path(hex);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut b = std::fs::read(&p).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x20;
+    std::fs::write(&p, b).unwrap();
+}
+
+/// Four concurrent `key ensure KEY` callers of a gated command after damage: all succeed with
+/// `want` on stdout (or in their `-o` directory for a tree), the command runs exactly once,
+/// and the damage is said on stderr by at least one of them, naming `named`.
+fn four_callers_heal(s: &Store, key: &str, tree: bool, want: &str, named: &str) {
+    let cmd = if tree {
+        let runs = s.scratch.join("runs");
+        let gate = s.scratch.join("gate");
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!(
+                "echo $$ >> '{}'; while [ ! -e '{}' ]; do sleep 0.01; done; \
+                 mkdir \"$CAS_OUT/sub\" && printf '{want}' > \"$CAS_OUT/sub/f\"",
+                runs.display(),
+                gate.display()
+            ),
+        ]
+    } else {
+        gated(&s.scratch, want)
+    };
+    let outs: Vec<_> = (0..4).map(|i| s.scratch.join(format!("heal{i}"))).collect();
+    let children: Vec<Child> = outs
+        .iter()
+        .map(|o| {
+            let o = o.to_string_lossy().into_owned();
+            if tree {
+                spawn_ensure(s, key, &["--tree", "-o", &o], &cmd)
+            } else {
+                spawn_ensure(s, key, &[], &cmd)
+            }
+        })
+        .collect();
+    wait_until("one caller to start the rebuild", || runs(&s.scratch) >= 1);
+    std::fs::write(s.scratch.join("gate"), "").unwrap();
+    let mut said = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        if tree {
+            assert!(out.stdout.is_empty());
+        } else {
+            assert_eq!(text(&out.stdout), want);
+        }
+        for l in err.lines() {
+            if l.starts_with(&format!("cas: waiting for {key:?}: computed by host ")) {
+                continue; // a waiter says so (once: stderr is not a terminal)
+            }
+            assert!(
+                l.contains("is damaged") && l.contains(named),
+                "unexpected stderr: {err}"
+            );
+            said.push(l.to_owned());
+        }
+    }
+    assert!(!said.is_empty(), "nobody said the entry was damaged");
+    assert_eq!(runs(&s.scratch), 1, "the command ran more than once");
+    if tree {
+        for o in &outs {
+            assert_eq!(std::fs::read_to_string(o.join("sub/f")).unwrap(), want);
+        }
+    } else {
+        assert_eq!(run_ok(cas(s).args(["key", "get", key])), want);
+    }
+    // Healed: `verify` is clean, and one more caller neither runs the command nor complains.
+    run_ok(cas(s).arg("verify"));
+    let again = run(cas(s)
+        .args(["key", "ensure", key])
+        .args(if tree { vec!["--tree"] } else { vec![] })
+        .args(["--", "false"]));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(again.stderr.is_empty(), "{}", text(&again.stderr));
+    s.assert_tmp_empty();
+}
+
+#[test]
+fn a_flipped_byte_in_the_value_heals_with_one_run() {
+    let s = Store::new();
+    let old = run_ok(cas(&s).args(["key", "ensure", "k", "--", "printf", "the old value"]));
+    assert_eq!(old, "the old value");
+    let h = blake3_hex(b"the old value");
+    flip_object(&s, &h);
+    // `key get` has nothing to rebuild with: it fails cleanly and names the remedies.
+    let get = run(cas(&s).args(["key", "get", "k"]));
+    assert_eq!(get.status.code(), Some(1));
+    let err = text(&get.stderr);
+    assert!(
+        err.contains("cas key ensure k") && err.contains("cas key rm k"),
+        "{err}"
+    );
+    assert!(err.contains("corrupt") && err.contains(&h), "{err}");
+    four_callers_heal(&s, "k", false, "the new value", &h);
+    assert_eq!(std::fs::read_dir(s.quarantine()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_deleted_object_heals_with_one_run() {
+    let s = Store::new();
+    run_ok(
+        cas(&s)
+            .args(["key", "put", "k"])
+            .arg(s.input("v", b"the old value")),
+    );
+    let h = blake3_hex(b"the old value");
+    std::fs::remove_file(s.object_path(&h)).unwrap();
+    let get = run(cas(&s).args(["key", "get", "k"]));
+    let err = text(&get.stderr);
+    assert_eq!(get.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not found") && err.contains("cas key rm k"),
+        "{err}"
+    );
+    four_callers_heal(&s, "k", false, "the new value", &h);
+}
+
+#[test]
+fn a_garbage_entry_file_heals_with_one_run() {
+    let s = Store::new();
+    run_ok(
+        cas(&s)
+            .args(["key", "put", "k"])
+            .arg(s.input("v", b"the old value")),
+    );
+    let entry = s.entry_file("k");
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::write(&entry, b"not an entry at all").unwrap();
+    let get = run(cas(&s).args(["key", "get", "k"]));
+    let err = text(&get.stderr);
+    assert_eq!(get.status.code(), Some(1), "{err}");
+    assert!(err.contains("cas key ensure k -- CMD"), "{err}");
+    four_callers_heal(
+        &s,
+        "k",
+        false,
+        "the new value",
+        &entry.display().to_string(),
+    );
+}
+
+#[test]
+fn a_corrupt_child_of_a_tree_entry_heals_with_one_run() {
+    let s = Store::new();
+    let build = |v: &str| {
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("mkdir \"$CAS_OUT/sub\" && printf '{v}' > \"$CAS_OUT/sub/f\""),
+        ]
+    };
+    let first = s.scratch.join("first");
+    let out = run(cas(&s)
+        .args(["key", "ensure", "t", "--tree", "-o"])
+        .arg(&first)
+        .arg("--")
+        .args(build("deep old")));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let child = blake3_hex(b"deep old");
+    flip_object(&s, &child);
+    four_callers_heal(&s, "t", true, "deep new", &child);
+    // A missing child, too.
+    std::fs::remove_file(s.object_path(&blake3_hex(b"deep new"))).unwrap();
+    let _ = std::fs::remove_file(s.scratch.join("runs"));
+    for i in 0..4 {
+        let _ = std::fs::remove_dir_all(s.scratch.join(format!("heal{i}")));
+    }
+    four_callers_heal(&s, "t", true, "deep new", "sub/f");
 }

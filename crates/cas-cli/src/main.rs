@@ -1488,7 +1488,20 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             tree,
             meta,
             cmd,
-        } => return ensure::run(store, &key, output.as_deref(), timeout, tree, &meta, &cmd),
+        } => {
+            return ensure::run(
+                store,
+                &ensure::Ensure {
+                    key: &key,
+                    output: output.as_deref(),
+                    timeout,
+                    tree,
+                    meta: &meta,
+                    cmd: &cmd,
+                    json,
+                },
+            )
+        }
         KeyCmd::Put {
             key, file, meta, ..
         } => {
@@ -1507,8 +1520,13 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             }
         }
         KeyCmd::Get { key, output } => {
-            let entry = store.entry(key.as_bytes())?;
-            write_object(store, &entry.hash, output.as_deref())?;
+            let got = store
+                .entry(key.as_bytes())
+                .map_err(anyhow::Error::from)
+                .and_then(|entry| write_object(store, &entry.hash, output.as_deref()));
+            return got
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| damaged_hint(e, &key));
         }
         KeyCmd::Info { key } => {
             let e = store.entry(key.as_bytes())?;
@@ -1525,6 +1543,37 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
         KeyCmd::Ls { nul } => return key_ls(store, nul, json),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `key get` that failed on a damaged entry (undecodable, or its object missing or
+/// corrupt) says what heals it: `key get` has nothing to rebuild with.
+fn damaged_hint(e: anyhow::Error, key: &str) -> anyhow::Error {
+    let damaged = e.downcast_ref::<cas::Error>().is_some_and(|c| {
+        matches!(
+            c,
+            cas::Error::NotFound { .. } | cas::Error::Corrupt { .. } | cas::Error::Malformed { .. }
+        )
+    });
+    if !damaged {
+        return e;
+    }
+    let k = shell_word(key);
+    e.context(format!(
+        "cache entry {key:?} is damaged; `cas key ensure {k} -- CMD` computes it again, \
+         `cas key rm {k}` drops it"
+    ))
+}
+
+/// `s` as one shell word: as is if it needs no quoting, else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.,:/=@+%".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// A cache entry in JSON, the same for `key info` and `key ls`: `time` in Unix seconds as in

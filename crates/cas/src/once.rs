@@ -597,6 +597,10 @@ impl<'a> ComputeOnce<'a> {
             damaged: Vec::new(),
         };
         let mut compute = Some(compute);
+        // Our value, once computed: published again (not recomputed) if a value someone else
+        // published meanwhile turns out damaged too.
+        let mut ours: Option<Hash> = None;
+        let mut conflict = None;
         for _ in 0..ROUNDS {
             if let Look::Hit(h, t) = self.lookup(&check, &mut r)? {
                 r.hash = h;
@@ -615,15 +619,19 @@ impl<'a> ComputeOnce<'a> {
                 Look::Damaged(None) => Expect::Absent,
                 Look::Damaged(Some(old)) => Expect::Value(old),
             };
-            let Some(compute) = compute.take() else {
-                // A value someone else published after our producer ran was itself damaged.
-                break;
+            let hash = match (ours, compute.take()) {
+                (Some(h), _) => h,
+                (None, Some(compute)) => {
+                    let h = with_heartbeat(&lock, store.options().lock_timeout, || {
+                        // A panic in the producer unwinds through here: the writer's staging
+                        // file and the lock are dropped (removed), so the next waiter computes.
+                        compute()
+                    })?;
+                    ours = Some(h);
+                    h
+                }
+                (None, None) => break, // not reached: `ours` is set when `compute` is taken
             };
-            let hash = with_heartbeat(&lock, store.options().lock_timeout, || {
-                // A panic in the producer unwinds through here: the writer's staging file and
-                // the lock are dropped (removed), so the next waiter computes.
-                compute()
-            })?;
             match store.set_keyed(self.key, hash, self.metadata, expect) {
                 Ok(_) => {
                     lock.release();
@@ -633,20 +641,17 @@ impl<'a> ComputeOnce<'a> {
                 }
                 // Someone else's value was published first (our lease was broken while we
                 // computed): theirs wins, ours becomes garbage for gc. Look at theirs.
-                Err(e) if e.is_conflict() => lock.release(),
+                Err(e) if e.is_conflict() => {
+                    lock.release();
+                    conflict = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::InvalidInput {
+        Err(conflict.unwrap_or_else(|| Error::InvalidInput {
             what: "cache entry",
-            reason: format!(
-                "{}: the value published by another caller was damaged again at once ({} \
-                 damage{} found); the store is failing",
-                display_key(self.key),
-                r.damaged.len(),
-                if r.damaged.len() == 1 { "" } else { "s" }
-            ),
-        })
+            reason: format!("{}: no value could be published", display_key(self.key)),
+        }))
     }
 
     /// Reads the entry and checks its value. A missing entry is a miss; an undecodable one,
