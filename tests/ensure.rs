@@ -414,3 +414,61 @@ fn a_corrupt_child_of_a_tree_entry_heals_with_one_run() {
     }
     four_callers_heal(&s, "t", true, "deep new", "sub/f");
 }
+
+// ---------------------------------------------------------------------------------------------
+// $CAS_OUT in file mode (issue 19)
+
+#[test]
+fn cas_out_in_file_mode_is_the_value_when_written_else_stdout_is() {
+    let s = Store::new();
+    // Written: the file is the value, stdout is not. The path is in the store's tmp/.
+    let seen = s.scratch.join("seen");
+    let cmd = format!(
+        "printf '%s' \"$CAS_OUT\" > '{}'; printf 'from the file' > \"$CAS_OUT\"; echo noise",
+        seen.display()
+    );
+    let out = run_ok(cas(&s).args(["key", "ensure", "f", "--", "sh", "-c", &cmd]));
+    assert_eq!(out, "from the file");
+    assert_eq!(run_ok(cas(&s).args(["key", "get", "f"])), "from the file");
+    let path = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        Path::new(&path).starts_with(s.tmp()),
+        "$CAS_OUT={path} is not in the store's tmp/"
+    );
+    // Not written: stdout is the value.
+    let out = run_ok(cas(&s).args(["key", "ensure", "o", "--", "sh", "-c", "printf stdout"]));
+    assert_eq!(out, "stdout");
+    // Large, written with -o by a tool, to a file: the same bytes come back.
+    let big = common::data(3 << 20, 7);
+    let src = s.input("big", &big);
+    let cmd = format!("cp '{}' \"$CAS_OUT\"", src.display());
+    let dst = s.scratch.join("big.out");
+    run_ok(
+        cas(&s)
+            .args(["key", "ensure", "big", "-o"])
+            .arg(&dst)
+            .args(["--", "sh", "-c", &cmd]),
+    );
+    assert_eq!(std::fs::read(&dst).unwrap(), big);
+    // Something else than a file there: refused, nothing stored.
+    let out = run(cas(&s).args([
+        "key",
+        "ensure",
+        "d",
+        "--",
+        "sh",
+        "-c",
+        "rm \"$CAS_OUT\"; mkdir \"$CAS_OUT\"",
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        run(cas(&s).args(["key", "get", "d"])).status.code(),
+        Some(1)
+    );
+    s.assert_tmp_empty();
+}

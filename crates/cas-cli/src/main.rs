@@ -378,13 +378,28 @@ enum KeyCmd {
         #[arg(long)]
         expect_none: bool,
     },
-    /// Write KEY's content to stdout (or -o FILE); if KEY is missing, run CMD — in exactly one
-    /// of all concurrent callers, on every host sharing the store — and store its stdout as
-    /// KEY's value. The others wait for it. If CMD fails, nothing is stored and its exit
-    /// status is cas's.
+    /// Write KEY's content to stdout (or -o FILE); if KEY is missing or damaged, run CMD — in
+    /// exactly one of all concurrent callers, on every host sharing the store — and store its
+    /// value. The others wait for it.
+    ///
+    /// CMD's value is its stdout, or the file `$CAS_OUT`: an empty file in the store's tmp/
+    /// (the store's filesystem); if CMD writes anything into it, that is the value and CMD's
+    /// stdout is discarded. With --tree, CMD fills the directory `$CAS_OUT` instead. CMD is
+    /// run without a shell: write `sh -c '… "$CAS_OUT" …'` so that the variable is CMD's, not
+    /// your shell's.
+    ///
+    /// A damaged entry (its object corrupt or missing, any object of its tree, or the entry
+    /// file itself) is a miss: the damage is quarantined and said in one line on stderr, and
+    /// the value is computed again. If CMD fails, nothing is stored and its exit status is
+    /// cas's; if it cannot be run, cas exits 127 (not found) or 126 (not executable). If the
+    /// store fails while CMD's output goes into it (a full disk), the store's error is
+    /// reported, whatever CMD exits with. While another caller computes, a terminal shows who
+    /// and for how long. --json prints the key, the hash, whether this call computed it and
+    /// how long it waited (the content then goes only to -o).
     #[command(after_help = "Examples:\n  \
   cas key ensure ref-genome:v2 -o ref.fa -- ./download-and-index.sh\n  \
-  cas key ensure env:py3.12 --tree -o venv/ -- sh -c 'python3 -m venv \"$CAS_OUT\"'")]
+  cas key ensure url:pkg-1.2 -o pkg.tar.gz -- sh -c 'curl -sfL -o \"$CAS_OUT\" https://example.org/pkg-1.2.tar.gz'\n  \
+  cas key ensure data:v3 --tree -o data/ -- sh -c 'make-dataset --out \"$CAS_OUT\"'")]
     Ensure {
         /// The key.
         key: String,
@@ -396,7 +411,8 @@ enum KeyCmd {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         timeout: Option<Duration>,
         /// CMD fills the empty directory `$CAS_OUT`, stored as a tree (its stdout goes to
-        /// stderr).
+        /// stderr). The tree must not record where it was built: a Python venv or a conda
+        /// env does, and breaks when restored elsewhere.
         #[arg(long)]
         tree: bool,
         /// Metadata stored with the entry when this caller computes it.

@@ -475,13 +475,19 @@ impl<'a> ComputeOnce<'a> {
                     Ok(m) if m.is_file() && m.len() > 0 => store.put_path(&out_path),
                     Ok(m) if m.is_file() => w.commit(),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => w.commit(),
-                    Ok(_) => Err(self.producer_error(
-                        format!(
-                            "{} is not a regular file: the output file must be a file",
-                            out_path.display()
-                        )
-                        .into(),
-                    )),
+                    Ok(m) => {
+                        // Ours to clean (the staging guard only unlinks a file): never followed.
+                        if m.is_dir() {
+                            let _ = std::fs::remove_dir_all(&out_path);
+                        }
+                        Err(self.producer_error(
+                            format!(
+                                "{} is not a regular file: the output file must be a file",
+                                out_path.display()
+                            )
+                            .into(),
+                        ))
+                    }
                     Err(e) => Err(Error::io("stat", &out_path, e)),
                 }
             },
