@@ -42,12 +42,12 @@ pub fn run(store: &Store, a: &Ensure<'_>) -> Result<ExitCode> {
         c.spawn().map_err(|e| {
             // As a shell: 127 for a command that is not there, 126 for one that cannot run.
             let (code, what) = match e.kind() {
-                io::ErrorKind::NotFound => (127, "command not found"),
-                io::ErrorKind::PermissionDenied => (126, "permission denied"),
-                _ => (126, "cannot be run"),
+                io::ErrorKind::NotFound => (127, "command not found".to_owned()),
+                io::ErrorKind::PermissionDenied => (126, "permission denied".to_owned()),
+                _ => (126, e.to_string()),
             };
             unrunnable.set(Some(code));
-            format!("cannot run {name}: {what} ({e})").into()
+            format!("cannot run {name}: {what}").into()
         })
     };
     let check = |st: ExitStatus| -> std::result::Result<(), ProducerError> {
