@@ -30,6 +30,22 @@ fn gated(dir: &Path, value: &str) -> Vec<String> {
     ]
 }
 
+/// Opens the gate of [`gated`] commands when dropped: a test that fails while they wait does
+/// not leave them polling for ever.
+struct Gate(std::path::PathBuf);
+
+impl Gate {
+    fn of(dir: &Path) -> Gate {
+        Gate(dir.join("gate"))
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
+
 fn runs(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("runs")).map_or(0, |s| s.lines().count())
 }
@@ -267,6 +283,7 @@ fn four_callers_heal(s: &Store, key: &str, tree: bool, want: &str, named: &str) 
     } else {
         gated(&s.scratch, want)
     };
+    let _gate = Gate::of(&s.scratch);
     let outs: Vec<_> = (0..4).map(|i| s.scratch.join(format!("heal{i}"))).collect();
     let children: Vec<Child> = outs
         .iter()
@@ -595,4 +612,148 @@ fn a_full_disk_while_the_command_writes_is_the_stores_error() {
         let left: Vec<_> = std::fs::read_dir(root.join("tmp")).unwrap().collect();
         assert!(left.is_empty(), "{name}: {left:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting said in words (issue 19)
+
+/// While another caller computes, a waiter on a terminal shows who computes and for how long
+/// on one line, redrawn in place, and clears it when done. Before: nothing, for up to an hour.
+#[test]
+fn a_waiter_on_a_terminal_says_who_computes_and_clears_the_line() {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let s = Store::new();
+    let cmd = gated(&s.scratch, "v");
+    let _gate = Gate::of(&s.scratch);
+    let holder = spawn_ensure(&s, "k", &[], &cmd);
+    wait_until("the holder to start the command", || runs(&s.scratch) >= 1);
+
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let mut master = std::fs::File::from(master);
+    let term = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let term = term.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match master.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => term.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+    };
+    let waiter = cas(&s)
+        .args(["key", "ensure", "k", "--"])
+        .args(&cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let want = format!(
+        "cas: waiting for \"k\": computed by host {} pid {} for ",
+        rustix::system::uname().nodename().to_string_lossy(),
+        holder.id()
+    );
+    let draws = || text(&term.lock().unwrap()).matches(&want).count();
+    // Kept current: drawn again while the wait lasts (about once a second).
+    wait_until("the waiting line to be drawn twice", || draws() >= 2);
+    std::fs::write(s.scratch.join("gate"), "").unwrap();
+    let out = waiter.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let term = text(&term.lock().unwrap());
+    assert!(out.status.success(), "{term}");
+    assert_eq!(text(&out.stdout), "v");
+    assert!(term.contains("(timeout 1 h)"), "{term:?}");
+    assert!(term.starts_with(&format!("\r\x1b[K{want}")), "{term:?}");
+    // Cleared before anything else is drawn (here `get`'s progress bar).
+    let last = term.rfind("(timeout 1 h)").unwrap() + "(timeout 1 h)".len();
+    assert!(
+        term[last..].starts_with("\r\x1b[K"),
+        "the line was not cleared: {term:?}"
+    );
+    assert!(holder.wait_with_output().unwrap().status.success());
+    assert_eq!(runs(&s.scratch), 1);
+}
+
+/// A timeout names the key, the holder and the times in words. Before: "…/index/b4/53ac….
+/// compute.lock is locked by host vm pid 19374 since 1796427175125 ms (waited 1013 ms)".
+/// And `--json` says who computed and how long each waited.
+#[test]
+fn a_timeout_is_said_in_words_and_json_tells_a_hit_from_a_computation() {
+    let s = Store::new();
+    let cmd = gated(&s.scratch, "v");
+    let _gate = Gate::of(&s.scratch);
+    let dst = s.scratch.join("holder.out");
+    let holder = cas(&s)
+        .args(["--json", "key", "ensure", "k", "-o"])
+        .arg(&dst)
+        .arg("--")
+        .args(&cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the holder to start the command", || runs(&s.scratch) >= 1);
+    let out = run(cas(&s).args(["key", "ensure", "k", "--timeout", "1s", "--", "false"]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("cas: error: gave up waiting for cache entry \"k\" after 1 s (timeout 1 s): it is being computed by host "),
+        "{err}"
+    );
+    assert!(line.contains(&format!("pid {} for ", holder.id())), "{err}");
+    assert!(!line.contains(".lock") && !line.contains(" ms"), "{err}");
+    // A waiter with --json: not computed by it, and it waited.
+    let mut waiter = cas(&s)
+        .args(["--json", "key", "ensure", "k", "--", "false"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its stderr (not a terminal) says once that it waits: then the gate opens.
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr_reader = {
+        let (said, mut err) = (said.clone(), waiter.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = std::io::Read::read(&mut err, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                said.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    wait_until("the waiter to say it waits", || {
+        said.lock().unwrap().contains("cas: waiting for \"k\"")
+    });
+    std::fs::write(s.scratch.join("gate"), "").unwrap();
+    let h = holder.wait_with_output().unwrap();
+    assert!(h.status.success(), "{}", text(&h.stderr));
+    let h: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
+    assert_eq!(h["computed"], true);
+    assert_eq!(h["key"], "k");
+    assert_eq!(h["hash"], blake3_hex(b"v"));
+    assert_eq!(std::fs::read(&dst).unwrap(), b"v");
+    let w = waiter.wait_with_output().unwrap();
+    stderr_reader.join().unwrap();
+    assert!(w.status.success(), "{}", said.lock().unwrap());
+    let w: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(w["computed"], false);
+    assert_eq!(w["hash"], blake3_hex(b"v"));
+    assert!(w["waited_ms"].as_u64().unwrap() > 0, "{w}");
 }
