@@ -757,3 +757,63 @@ fn a_timeout_is_said_in_words_and_json_tells_a_hit_from_a_computation() {
     assert_eq!(w["hash"], blake3_hex(b"v"));
     assert!(w["waited_ms"].as_u64().unwrap() > 0, "{w}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Outputs that are not relocatable (issue 19)
+
+/// A venv-like tree: `bin/python -> python3 -> /usr/bin/python3`. The refusal used to name
+/// `bin/python` with target "python3" as "absolute"; it names the absolute link now, and
+/// `--allow-external-symlinks` restores it. The stored entry is fine (only the restore
+/// refuses), so the second call does not run the command again.
+#[test]
+fn an_external_link_is_named_and_allow_external_symlinks_restores_it() {
+    let s = Store::new();
+    let cmd = [
+        "sh",
+        "-c",
+        &format!(
+            "echo $$ >> '{}'; mkdir \"$CAS_OUT/bin\" && ln -s /usr/bin/python3 \"$CAS_OUT/bin/python3\" \
+             && ln -s python3 \"$CAS_OUT/bin/python\"",
+            s.scratch.join("runs").display()
+        ),
+    ];
+    let dst = s.scratch.join("venv");
+    let out = run(cas(&s)
+        .args(["key", "ensure", "env", "--tree", "-o"])
+        .arg(&dst)
+        .arg("--")
+        .args(cmd));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bin/python3: symlink target \"/usr/bin/python3\" is absolute"),
+        "{err}"
+    );
+    assert!(
+        err.contains("and 1 more link") && err.contains("--allow-external-symlinks"),
+        "{err}"
+    );
+    assert!(!dst.exists());
+    let out = run(cas(&s)
+        .args([
+            "key",
+            "ensure",
+            "env",
+            "--tree",
+            "--allow-external-symlinks",
+            "-o",
+        ])
+        .arg(&dst)
+        .arg("--")
+        .args(cmd));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_link(dst.join("bin/python3")).unwrap(),
+        Path::new("/usr/bin/python3")
+    );
+    assert_eq!(
+        std::fs::read_link(dst.join("bin/python")).unwrap(),
+        Path::new("python3")
+    );
+    assert_eq!(runs(&s.scratch), 1, "the command ran again");
+}

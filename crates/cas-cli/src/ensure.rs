@@ -21,6 +21,7 @@ pub struct Ensure<'a> {
     pub output: Option<&'a Path>,
     pub timeout: Option<Duration>,
     pub tree: bool,
+    pub allow_external_symlinks: bool,
     pub meta: &'a str,
     pub cmd: &'a [OsString],
     pub json: bool,
@@ -129,7 +130,7 @@ pub fn run(store: &Store, a: &Ensure<'_>) -> Result<ExitCode> {
     if a.json {
         // stdout carries the report: the content is written only to -o.
         if let Some(dir) = a.output.filter(|_| !to_stdout) {
-            deliver(store, &r.hash, a.tree, Some(dir))?;
+            deliver(store, &r.hash, a, Some(dir))?;
         }
         let damaged: Vec<_> = r.damaged.iter().map(ToString::to_string).collect();
         let v = serde_json::json!({
@@ -141,15 +142,19 @@ pub fn run(store: &Store, a: &Ensure<'_>) -> Result<ExitCode> {
         });
         println!("{}", crate::output::json_with(v, store, &[]));
     } else {
-        deliver(store, &r.hash, a.tree, a.output)?;
+        deliver(store, &r.hash, a, a.output)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn deliver(store: &Store, hash: &cas::Hash, tree: bool, output: Option<&Path>) -> Result<()> {
+fn deliver(store: &Store, hash: &cas::Hash, a: &Ensure<'_>, output: Option<&Path>) -> Result<()> {
     match output {
-        Some(dir) if tree && dir != Path::new("-") => store.checkout(hash, dir)?,
-        _ if tree => println!("{hash}"),
+        Some(dir) if a.tree && dir != Path::new("-") => {
+            let opts =
+                cas::CheckoutOptions::default().allow_external_symlinks(a.allow_external_symlinks);
+            crate::restore_tree(store, hash, dir, opts)?;
+        }
+        _ if a.tree => println!("{hash}"),
         _ => crate::write_object(store, hash, output)?,
     }
     Ok(())

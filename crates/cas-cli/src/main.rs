@@ -415,6 +415,10 @@ enum KeyCmd {
         /// env does, and breaks when restored elsewhere.
         #[arg(long)]
         tree: bool,
+        /// With --tree -o DIR: restore symlinks that point outside DIR as they are (like tar,
+        /// git and cp -a) instead of refusing the tree. Only for trees you trust.
+        #[arg(long, requires = "tree")]
+        allow_external_symlinks: bool,
         /// Metadata stored with the entry when this caller computes it.
         #[arg(long, value_name = "TEXT", default_value = "")]
         meta: String,
@@ -884,7 +888,7 @@ fn cmd_init(
 }
 
 /// `get -r`: restores a tree, with a bar of the bytes restored out of the tree's total.
-fn restore_tree(
+pub(crate) fn restore_tree(
     store: &Store,
     hash: &Hash,
     dest: &Path,
@@ -1502,6 +1506,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             output,
             timeout,
             tree,
+            allow_external_symlinks,
             meta,
             cmd,
         } => {
@@ -1512,6 +1517,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
                     output: output.as_deref(),
                     timeout,
                     tree,
+                    allow_external_symlinks,
                     meta: &meta,
                     cmd: &cmd,
                     json,
