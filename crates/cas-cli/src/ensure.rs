@@ -88,28 +88,7 @@ pub fn run(store: &Store, a: &Ensure<'_>) -> Result<ExitCode> {
             let mut c = command();
             c.env("CAS_OUT", out).stdout(Stdio::piped());
             let mut child = spawn(&mut c)?;
-            let mut pipe = child.stdout.take().expect("stdout is piped");
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = match pipe.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        drop(pipe);
-                        let _ = child.wait();
-                        return Err(format!("cannot read the output of {name}: {e}").into());
-                    }
-                };
-                if let Err(e) = w.write_all(&buf[..n]) {
-                    // The store failed (a full disk): that is the error, whatever CMD does
-                    // once its pipe is closed (SIGPIPE, "write error", exit 23…).
-                    drop(pipe);
-                    let _ = child.wait();
-                    return Err(Box::new(e));
-                }
-            }
-            drop(pipe);
+            pump(&mut child, w, &name)?;
             check(child.wait()?)
         })
     };
@@ -145,6 +124,37 @@ pub fn run(store: &Store, a: &Ensure<'_>) -> Result<ExitCode> {
         deliver(store, &r.hash, a, a.output)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Copies CMD's stdout into the store. A failed write into the store is returned as the
+/// `io::Error` it is (the library reports it as the store's, naming the staging file); a
+/// failed read of the pipe is CMD's side. Either way the pipe is closed and CMD waited for.
+fn pump(
+    child: &mut Child,
+    w: &mut cas::Writer,
+    name: &str,
+) -> std::result::Result<(), ProducerError> {
+    let mut pipe = child.stdout.take().expect("stdout is piped");
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                drop(pipe);
+                let _ = child.wait();
+                return Err(format!("cannot read the output of {name}: {e}").into());
+            }
+        };
+        if let Err(e) = w.write_all(&buf[..n]) {
+            // The store failed (a full disk): that is the error, whatever CMD does once its
+            // pipe is closed (SIGPIPE, "write error", exit 23…).
+            drop(pipe);
+            let _ = child.wait();
+            return Err(Box::new(e));
+        }
+    }
 }
 
 fn deliver(store: &Store, hash: &cas::Hash, a: &Ensure<'_>, output: Option<&Path>) -> Result<()> {

@@ -18,6 +18,7 @@
 //! [`Resolved::damaged`]) and computed again under the same lock.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -295,21 +296,27 @@ impl Store {
 
 /// Why a value failed its check: the error, and where inside a tree it was met.
 struct Bad {
-    error: Error,
+    error: Box<Error>,
     /// `(tree, path inside it)`, for an object met inside a tree below its root.
-    at: Option<(Hash, PathBuf)>,
+    at: Option<Box<(Hash, PathBuf)>>,
 }
 
 impl From<Error> for Bad {
     fn from(error: Error) -> Self {
-        Bad { error, at: None }
+        Bad {
+            error: Box::new(error),
+            at: None,
+        }
     }
 }
 
 impl Bad {
     fn at(error: Error, root: &Hash, at: &Path) -> Self {
-        let at = (!at.as_os_str().is_empty()).then(|| (*root, at.to_owned()));
-        Bad { error, at }
+        let at = (!at.as_os_str().is_empty()).then(|| Box::new((*root, at.to_owned())));
+        Bad {
+            error: Box::new(error),
+            at,
+        }
     }
 }
 
@@ -620,9 +627,8 @@ impl<'a> ComputeOnce<'a> {
                     r.hash = h;
                     return Ok((r, Some(t)));
                 }
-                Look::Miss => Expect::Absent,
-                // An entry that does not decode holds no value: `Absent` replaces it.
-                Look::Damaged(None) => Expect::Absent,
+                // An entry that does not decode holds no value: `Absent` replaces it too.
+                Look::Miss | Look::Damaged(None) => Expect::Absent,
                 Look::Damaged(Some(old)) => Expect::Value(old),
             };
             let hash = match (ours, compute.take()) {
@@ -672,7 +678,7 @@ impl<'a> ComputeOnce<'a> {
             Ok(e) => e,
             Err(e) if e.is_not_found() => return Ok(Look::Miss),
             Err(e) if e.is_malformed() => {
-                self.damaged(r, None, Bad::from(e));
+                self.damaged(r, None, &Bad::from(e));
                 return Ok(Look::Damaged(None));
             }
             Err(e) => return Err(e),
@@ -680,17 +686,17 @@ impl<'a> ComputeOnce<'a> {
         match check(&entry.hash) {
             Ok(t) => Ok(Look::Hit(entry.hash, t)),
             Err(bad) if is_damage(&bad.error) => {
-                self.damaged(r, Some(entry.hash), bad);
+                self.damaged(r, Some(entry.hash), &bad);
                 Ok(Look::Damaged(Some(entry.hash)))
             }
-            Err(bad) => Err(bad.error),
+            Err(bad) => Err(*bad.error),
         }
     }
 
-    fn damaged(&self, r: &mut Resolved, hash: Option<Hash>, bad: Bad) {
+    fn damaged(&self, r: &mut Resolved, hash: Option<Hash>, bad: &Bad) {
         let store = self.store;
         let quarantine = store.root().join(crate::layout::QUARANTINE);
-        let (object, quarantined) = match &bad.error {
+        let (object, quarantined) = match &*bad.error {
             Error::Corrupt { expected, path, .. } => (
                 Some(*expected),
                 path.starts_with(&quarantine).then(|| path.clone()),
@@ -699,8 +705,9 @@ impl<'a> ComputeOnce<'a> {
             _ => (None, None),
         };
         let mut reason = bad.error.to_string();
-        if let Some((tree, at)) = &bad.at {
-            reason.push_str(&format!(" (at {} in tree {tree})", at.display()));
+        if let Some(at) = &bad.at {
+            let (tree, at) = &**at;
+            let _ = write!(reason, " (at {} in tree {tree})", at.display());
         }
         let d = Damage {
             key: display_key(self.key),
@@ -763,7 +770,7 @@ impl<'a> ComputeOnce<'a> {
                         });
                     }
                     self.emit(OnceEvent::Waiting(&w));
-                    slice = WAIT_REPORT.min(self.timeout - waited);
+                    slice = WAIT_REPORT.min(self.timeout.saturating_sub(waited));
                 }
                 Err(e) => return Err(e),
             }
@@ -1150,7 +1157,7 @@ mod tests {
         assert_eq!(h(D::from_millis(850)), "850 ms");
         assert_eq!(h(D::from_secs(12)), "12 s");
         assert_eq!(h(D::from_secs(185)), "3 min 5 s");
-        assert_eq!(h(D::from_secs(3600)), "1 h");
+        assert_eq!(h(D::from_hours(1)), "1 h");
         assert_eq!(h(D::from_secs(2 * 86400 + 3 * 3600 + 5)), "2 d 3 h");
     }
 }
