@@ -11,7 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{cas, run, run_ok, text, wait_until, Store};
+use std::os::unix::fs::PermissionsExt;
+
+use common::{blake3_hex, cas, run, run_ok, text, wait_until, Store};
 
 /// A shell command that records its run in `runs`, waits for `gate`, then prints `value`.
 fn gated(dir: &Path, value: &str) -> Vec<String> {
@@ -26,6 +28,22 @@ fn gated(dir: &Path, value: &str) -> Vec<String> {
             gate.display()
         ),
     ]
+}
+
+/// Opens the gate of [`gated`] commands when dropped: a test that fails while they wait does
+/// not leave them polling for ever.
+struct Gate(std::path::PathBuf);
+
+impl Gate {
+    fn of(dir: &Path) -> Gate {
+        Gate(dir.join("gate"))
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
 }
 
 fn runs(dir: &Path) -> usize {
@@ -229,4 +247,573 @@ fn key_put_r_points_a_key_at_a_tree() {
     let restored = s.scratch.join("r");
     run_ok(cas(&s).args(["get", "-r", h.trim(), "-o"]).arg(&restored));
     assert_eq!(std::fs::read(restored.join("x/y")).unwrap(), b"z");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A damaged or missing entry is a miss (issue 19): quarantined, said in one line, computed
+// again once, whatever the number of callers.
+
+/// Flips one byte of the object `hex` in place (objects are read-only: made writable).
+fn flip_object(s: &Store, hex: &str) {
+    let p = s.object_path(hex);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut b = std::fs::read(&p).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x20;
+    std::fs::write(&p, b).unwrap();
+}
+
+/// Four concurrent `key ensure KEY` callers of a gated command after damage: all succeed with
+/// `want` on stdout (or in their `-o` directory for a tree), the command runs exactly once,
+/// and the damage is said on stderr by at least one of them, naming `named`.
+fn four_callers_heal(s: &Store, key: &str, tree: bool, want: &str, named: &str) {
+    let cmd = if tree {
+        let runs = s.scratch.join("runs");
+        let gate = s.scratch.join("gate");
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!(
+                "echo $$ >> '{}'; while [ ! -e '{}' ]; do sleep 0.01; done; \
+                 mkdir \"$CAS_OUT/sub\" && printf '{want}' > \"$CAS_OUT/sub/f\"",
+                runs.display(),
+                gate.display()
+            ),
+        ]
+    } else {
+        gated(&s.scratch, want)
+    };
+    let _gate = Gate::of(&s.scratch);
+    let outs: Vec<_> = (0..4).map(|i| s.scratch.join(format!("heal{i}"))).collect();
+    let children: Vec<Child> = outs
+        .iter()
+        .map(|o| {
+            let o = o.to_string_lossy().into_owned();
+            if tree {
+                spawn_ensure(s, key, &["--tree", "-o", &o], &cmd)
+            } else {
+                spawn_ensure(s, key, &[], &cmd)
+            }
+        })
+        .collect();
+    wait_until("one caller to start the rebuild", || runs(&s.scratch) >= 1);
+    std::fs::write(s.scratch.join("gate"), "").unwrap();
+    let mut said = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        if tree {
+            assert!(out.stdout.is_empty());
+        } else {
+            assert_eq!(text(&out.stdout), want);
+        }
+        for l in err.lines() {
+            if l.starts_with(&format!("cas: waiting for {key:?}: computed by host ")) {
+                continue; // a waiter says so (once: stderr is not a terminal)
+            }
+            assert!(
+                l.contains("is damaged") && l.contains(named),
+                "unexpected stderr: {err}"
+            );
+            said.push(l.to_owned());
+        }
+    }
+    assert!(!said.is_empty(), "nobody said the entry was damaged");
+    assert_eq!(runs(&s.scratch), 1, "the command ran more than once");
+    if tree {
+        for o in &outs {
+            assert_eq!(std::fs::read_to_string(o.join("sub/f")).unwrap(), want);
+        }
+    } else {
+        assert_eq!(run_ok(cas(s).args(["key", "get", key])), want);
+    }
+    // Healed: `verify` is clean, and one more caller neither runs the command nor complains.
+    run_ok(cas(s).arg("verify"));
+    let again = run(cas(s)
+        .args(["key", "ensure", key])
+        .args(if tree { vec!["--tree"] } else { vec![] })
+        .args(["--", "false"]));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(again.stderr.is_empty(), "{}", text(&again.stderr));
+    s.assert_tmp_empty();
+}
+
+#[test]
+fn a_flipped_byte_in_the_value_heals_with_one_run() {
+    let s = Store::new();
+    let old = run_ok(cas(&s).args(["key", "ensure", "k", "--", "printf", "the old value"]));
+    assert_eq!(old, "the old value");
+    let h = blake3_hex(b"the old value");
+    flip_object(&s, &h);
+    // `key get` has nothing to rebuild with: it fails cleanly and names the remedies.
+    let get = run(cas(&s).args(["key", "get", "k"]));
+    assert_eq!(get.status.code(), Some(1));
+    let err = text(&get.stderr);
+    assert!(
+        err.contains("cas key ensure k") && err.contains("cas key rm k"),
+        "{err}"
+    );
+    assert!(err.contains("corrupt") && err.contains(&h), "{err}");
+    four_callers_heal(&s, "k", false, "the new value", &h);
+    assert_eq!(std::fs::read_dir(s.quarantine()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_deleted_object_heals_with_one_run() {
+    let s = Store::new();
+    run_ok(
+        cas(&s)
+            .args(["key", "put", "k"])
+            .arg(s.input("v", b"the old value")),
+    );
+    let h = blake3_hex(b"the old value");
+    std::fs::remove_file(s.object_path(&h)).unwrap();
+    let get = run(cas(&s).args(["key", "get", "k"]));
+    let err = text(&get.stderr);
+    assert_eq!(get.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not found") && err.contains("cas key rm k"),
+        "{err}"
+    );
+    four_callers_heal(&s, "k", false, "the new value", &h);
+}
+
+#[test]
+fn a_garbage_entry_file_heals_with_one_run() {
+    let s = Store::new();
+    run_ok(
+        cas(&s)
+            .args(["key", "put", "k"])
+            .arg(s.input("v", b"the old value")),
+    );
+    let entry = s.entry_file("k");
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::write(&entry, b"not an entry at all").unwrap();
+    let get = run(cas(&s).args(["key", "get", "k"]));
+    let err = text(&get.stderr);
+    assert_eq!(get.status.code(), Some(1), "{err}");
+    assert!(err.contains("cas key ensure k -- CMD"), "{err}");
+    four_callers_heal(
+        &s,
+        "k",
+        false,
+        "the new value",
+        &entry.display().to_string(),
+    );
+}
+
+#[test]
+fn a_corrupt_child_of_a_tree_entry_heals_with_one_run() {
+    let s = Store::new();
+    let build = |v: &str| {
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("mkdir \"$CAS_OUT/sub\" && printf '{v}' > \"$CAS_OUT/sub/f\""),
+        ]
+    };
+    let first = s.scratch.join("first");
+    let out = run(cas(&s)
+        .args(["key", "ensure", "t", "--tree", "-o"])
+        .arg(&first)
+        .arg("--")
+        .args(build("deep old")));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let child = blake3_hex(b"deep old");
+    flip_object(&s, &child);
+    four_callers_heal(&s, "t", true, "deep new", &child);
+    // A missing child, too.
+    std::fs::remove_file(s.object_path(&blake3_hex(b"deep new"))).unwrap();
+    let _ = std::fs::remove_file(s.scratch.join("runs"));
+    for i in 0..4 {
+        let _ = std::fs::remove_dir_all(s.scratch.join(format!("heal{i}")));
+    }
+    four_callers_heal(&s, "t", true, "deep new", "sub/f");
+}
+
+// ---------------------------------------------------------------------------------------------
+// $CAS_OUT in file mode (issue 19)
+
+#[test]
+fn cas_out_in_file_mode_is_the_value_when_written_else_stdout_is() {
+    let s = Store::new();
+    // Written: the file is the value, stdout is not. The path is in the store's tmp/.
+    let seen = s.scratch.join("seen");
+    let cmd = format!(
+        "printf '%s' \"$CAS_OUT\" > '{}'; printf 'from the file' > \"$CAS_OUT\"; echo noise",
+        seen.display()
+    );
+    let out = run_ok(cas(&s).args(["key", "ensure", "f", "--", "sh", "-c", &cmd]));
+    assert_eq!(out, "from the file");
+    assert_eq!(run_ok(cas(&s).args(["key", "get", "f"])), "from the file");
+    let path = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        Path::new(&path).starts_with(s.tmp()),
+        "$CAS_OUT={path} is not in the store's tmp/"
+    );
+    // Not written: stdout is the value.
+    let out = run_ok(cas(&s).args(["key", "ensure", "o", "--", "sh", "-c", "printf stdout"]));
+    assert_eq!(out, "stdout");
+    // Large, written with -o by a tool, to a file: the same bytes come back.
+    let big = common::data(3 << 20, 7);
+    let src = s.input("big", &big);
+    let cmd = format!("cp '{}' \"$CAS_OUT\"", src.display());
+    let dst = s.scratch.join("big.out");
+    run_ok(
+        cas(&s)
+            .args(["key", "ensure", "big", "-o"])
+            .arg(&dst)
+            .args(["--", "sh", "-c", &cmd]),
+    );
+    assert_eq!(std::fs::read(&dst).unwrap(), big);
+    // Something else than a file there: refused, nothing stored.
+    let out = run(cas(&s).args([
+        "key",
+        "ensure",
+        "d",
+        "--",
+        "sh",
+        "-c",
+        "rm \"$CAS_OUT\"; mkdir \"$CAS_OUT\"",
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        run(cas(&s).args(["key", "get", "d"])).status.code(),
+        Some(1)
+    );
+    s.assert_tmp_empty();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors put where they belong (issue 19)
+
+#[test]
+fn a_command_that_cannot_run_exits_127_or_126_like_a_shell() {
+    let s = Store::new();
+    let missing = s.scratch.join("no-such-command");
+    let out = run(cas(&s).args(["key", "ensure", "k", "--"]).arg(&missing));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(127), "{err}");
+    assert!(
+        err.contains("cannot run") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    let plain = s.input("not-executable", b"#!/bin/sh\necho hi\n");
+    let out = run(cas(&s).args(["key", "ensure", "k", "--"]).arg(&plain));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("cannot run") && err.contains("permission denied"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was stored"), "{err}");
+    // The same with --tree.
+    let out = run(cas(&s)
+        .args(["key", "ensure", "t", "--tree", "--"])
+        .arg(&missing));
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert_eq!(
+        run(cas(&s).args(["key", "get", "k"])).status.code(),
+        Some(1)
+    );
+    s.assert_tmp_empty();
+}
+
+/// Unmounts (lazily) a test mount when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// True if the test may go on; else skipped with a message, unless `CAS_REQUIRE_CLUSTER=1`
+/// (as in CI, and as tests/hostile.rs does), where a missing prerequisite fails.
+fn prerequisite(ok: bool, what: &str) -> bool {
+    if !ok {
+        assert!(
+            std::env::var("CAS_REQUIRE_CLUSTER").as_deref() != Ok("1"),
+            "CAS_REQUIRE_CLUSTER=1 but {what}"
+        );
+        eprintln!("skipped: {what}");
+    }
+    ok
+}
+
+/// A full disk used to be blamed on the command: "curl exited with exit status: 23", or
+/// SIGPIPE (141) from `head`. The store's error, naming its path, is what is reported now,
+/// whatever the command then does, and nothing is stored. On a 1 MiB tmpfs (needs root).
+#[test]
+fn a_full_disk_while_the_command_writes_is_the_stores_error() {
+    if !prerequisite(
+        rustix::process::geteuid().is_root(),
+        "mounting a small tmpfs needs root",
+    ) {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let mnt = base.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status();
+    if !prerequisite(st.is_ok_and(|s| s.success()), "cannot mount a tmpfs") {
+        return;
+    }
+    let _guard = Mount(mnt.clone());
+    let root = mnt.join("store");
+    let c = || {
+        let mut c = Command::new(common::cas_bin());
+        c.arg("--store")
+            .arg(&root)
+            .env_remove("CAS_STORE")
+            .stdin(Stdio::null());
+        c
+    };
+    run_ok(c().arg("init"));
+    let cases: [(&str, &[&str]); 3] = [
+        // Killed by SIGPIPE once its pipe is closed.
+        ("head", &["head", "-c", "4000000", "/dev/zero"]),
+        // Sees the write error and exits 23, as curl does.
+        (
+            "curl-like",
+            &["sh", "-c", "head -c 4000000 /dev/zero || exit 23"],
+        ),
+        // Ignores it and succeeds.
+        (
+            "stubborn",
+            &["sh", "-c", "head -c 4000000 /dev/zero; exit 0"],
+        ),
+    ];
+    for (name, cmd) in cases {
+        let out = run(c().args(["key", "ensure", name, "--"]).args(cmd));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains("No space left on device"), "{name}: {err}");
+        assert!(
+            err.contains(&root.join("tmp").display().to_string()),
+            "{name}: {err}"
+        );
+        assert!(
+            !err.contains("exited with"),
+            "{name}: blamed on the command: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{name}");
+        assert_eq!(run(c().args(["key", "get", name])).status.code(), Some(1));
+        let left: Vec<_> = std::fs::read_dir(root.join("tmp")).unwrap().collect();
+        assert!(left.is_empty(), "{name}: {left:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting said in words (issue 19)
+
+/// While another caller computes, a waiter on a terminal shows who computes and for how long
+/// on one line, redrawn in place, and clears it when done. Before: nothing, for up to an hour.
+#[test]
+fn a_waiter_on_a_terminal_says_who_computes_and_clears_the_line() {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let s = Store::new();
+    let cmd = gated(&s.scratch, "v");
+    let _gate = Gate::of(&s.scratch);
+    let holder = spawn_ensure(&s, "k", &[], &cmd);
+    wait_until("the holder to start the command", || runs(&s.scratch) >= 1);
+
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let mut master = std::fs::File::from(master);
+    let term = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let term = term.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match master.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => term.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+    };
+    let waiter = cas(&s)
+        .args(["key", "ensure", "k", "--"])
+        .args(&cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let want = format!(
+        "cas: waiting for \"k\": computed by host {} pid {} for ",
+        rustix::system::uname().nodename().to_string_lossy(),
+        holder.id()
+    );
+    let draws = || text(&term.lock().unwrap()).matches(&want).count();
+    // Kept current: drawn again while the wait lasts (about once a second).
+    wait_until("the waiting line to be drawn twice", || draws() >= 2);
+    std::fs::write(s.scratch.join("gate"), "").unwrap();
+    let out = waiter.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let term = text(&term.lock().unwrap());
+    assert!(out.status.success(), "{term}");
+    assert_eq!(text(&out.stdout), "v");
+    assert!(term.contains("(timeout 1 h)"), "{term:?}");
+    assert!(term.starts_with(&format!("\r\x1b[K{want}")), "{term:?}");
+    // Cleared before anything else is drawn (here `get`'s progress bar).
+    let last = term.rfind("(timeout 1 h)").unwrap() + "(timeout 1 h)".len();
+    assert!(
+        term[last..].starts_with("\r\x1b[K"),
+        "the line was not cleared: {term:?}"
+    );
+    assert!(holder.wait_with_output().unwrap().status.success());
+    assert_eq!(runs(&s.scratch), 1);
+}
+
+/// A timeout names the key, the holder and the times in words. Before: "…/index/b4/53ac….
+/// compute.lock is locked by host vm pid 19374 since 1796427175125 ms (waited 1013 ms)".
+/// And `--json` says who computed and how long each waited.
+#[test]
+fn a_timeout_is_said_in_words_and_json_tells_a_hit_from_a_computation() {
+    let s = Store::new();
+    let cmd = gated(&s.scratch, "v");
+    let _gate = Gate::of(&s.scratch);
+    let dst = s.scratch.join("holder.out");
+    let holder = cas(&s)
+        .args(["--json", "key", "ensure", "k", "-o"])
+        .arg(&dst)
+        .arg("--")
+        .args(&cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the holder to start the command", || runs(&s.scratch) >= 1);
+    let out = run(cas(&s).args(["key", "ensure", "k", "--timeout", "1s", "--", "false"]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with("cas: error: gave up waiting for cache entry \"k\" after 1 s (timeout 1 s): it is being computed by host "),
+        "{err}"
+    );
+    assert!(line.contains(&format!("pid {} for ", holder.id())), "{err}");
+    assert!(!line.contains(".lock") && !line.contains(" ms"), "{err}");
+    // A waiter with --json: not computed by it, and it waited.
+    let mut waiter = cas(&s)
+        .args(["--json", "key", "ensure", "k", "--", "false"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its stderr (not a terminal) says once that it waits: then the gate opens.
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr_reader = {
+        let (said, mut err) = (said.clone(), waiter.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = std::io::Read::read(&mut err, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                said.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    wait_until("the waiter to say it waits", || {
+        said.lock().unwrap().contains("cas: waiting for \"k\"")
+    });
+    std::fs::write(s.scratch.join("gate"), "").unwrap();
+    let h = holder.wait_with_output().unwrap();
+    assert!(h.status.success(), "{}", text(&h.stderr));
+    let h: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
+    assert_eq!(h["computed"], true);
+    assert_eq!(h["key"], "k");
+    assert_eq!(h["hash"], blake3_hex(b"v"));
+    assert_eq!(std::fs::read(&dst).unwrap(), b"v");
+    let w = waiter.wait_with_output().unwrap();
+    stderr_reader.join().unwrap();
+    assert!(w.status.success(), "{}", said.lock().unwrap());
+    let w: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(w["computed"], false);
+    assert_eq!(w["hash"], blake3_hex(b"v"));
+    assert!(w["waited_ms"].as_u64().unwrap() > 0, "{w}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs that are not relocatable (issue 19)
+
+/// A venv-like tree: `bin/python -> python3 -> /usr/bin/python3`. The refusal used to name
+/// `bin/python` with target "python3" as "absolute"; it names the absolute link now, and
+/// `--allow-external-symlinks` restores it. The stored entry is fine (only the restore
+/// refuses), so the second call does not run the command again.
+#[test]
+fn an_external_link_is_named_and_allow_external_symlinks_restores_it() {
+    let s = Store::new();
+    let cmd = [
+        "sh",
+        "-c",
+        &format!(
+            "echo $$ >> '{}'; mkdir \"$CAS_OUT/bin\" && ln -s /usr/bin/python3 \"$CAS_OUT/bin/python3\" \
+             && ln -s python3 \"$CAS_OUT/bin/python\"",
+            s.scratch.join("runs").display()
+        ),
+    ];
+    let dst = s.scratch.join("venv");
+    let out = run(cas(&s)
+        .args(["key", "ensure", "env", "--tree", "-o"])
+        .arg(&dst)
+        .arg("--")
+        .args(cmd));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bin/python3: symlink target \"/usr/bin/python3\" is absolute"),
+        "{err}"
+    );
+    assert!(
+        err.contains("and 1 more link") && err.contains("--allow-external-symlinks"),
+        "{err}"
+    );
+    assert!(!dst.exists());
+    let out = run(cas(&s)
+        .args([
+            "key",
+            "ensure",
+            "env",
+            "--tree",
+            "--allow-external-symlinks",
+            "-o",
+        ])
+        .arg(&dst)
+        .arg("--")
+        .args(cmd));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_link(dst.join("bin/python3")).unwrap(),
+        Path::new("/usr/bin/python3")
+    );
+    assert_eq!(
+        std::fs::read_link(dst.join("bin/python")).unwrap(),
+        Path::new("python3")
+    );
+    assert_eq!(runs(&s.scratch), 1, "the command ran again");
 }

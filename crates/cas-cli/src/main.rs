@@ -378,13 +378,28 @@ enum KeyCmd {
         #[arg(long)]
         expect_none: bool,
     },
-    /// Write KEY's content to stdout (or -o FILE); if KEY is missing, run CMD — in exactly one
-    /// of all concurrent callers, on every host sharing the store — and store its stdout as
-    /// KEY's value. The others wait for it. If CMD fails, nothing is stored and its exit
-    /// status is cas's.
+    /// Write KEY's content to stdout (or -o FILE); if KEY is missing or damaged, run CMD — in
+    /// exactly one of all concurrent callers, on every host sharing the store — and store its
+    /// value. The others wait for it.
+    ///
+    /// CMD's value is its stdout, or the file `$CAS_OUT`: an empty file in the store's tmp/
+    /// (the store's filesystem); if CMD writes anything into it, that is the value and CMD's
+    /// stdout is discarded. With --tree, CMD fills the directory `$CAS_OUT` instead. CMD is
+    /// run without a shell: write `sh -c '… "$CAS_OUT" …'` so that the variable is CMD's, not
+    /// your shell's.
+    ///
+    /// A damaged entry (its object corrupt or missing, any object of its tree, or the entry
+    /// file itself) is a miss: the damage is quarantined and said in one line on stderr, and
+    /// the value is computed again. If CMD fails, nothing is stored and its exit status is
+    /// cas's; if it cannot be run, cas exits 127 (not found) or 126 (not executable). If the
+    /// store fails while CMD's output goes into it (a full disk), the store's error is
+    /// reported, whatever CMD exits with. While another caller computes, a terminal shows who
+    /// and for how long. --json prints the key, the hash, whether this call computed it and
+    /// how long it waited (the content then goes only to -o).
     #[command(after_help = "Examples:\n  \
   cas key ensure ref-genome:v2 -o ref.fa -- ./download-and-index.sh\n  \
-  cas key ensure env:py3.12 --tree -o venv/ -- sh -c 'python3 -m venv \"$CAS_OUT\"'")]
+  cas key ensure url:pkg-1.2 -o pkg.tar.gz -- sh -c 'curl -sfL -o \"$CAS_OUT\" https://example.org/pkg-1.2.tar.gz'\n  \
+  cas key ensure data:v3 --tree -o data/ -- sh -c 'make-dataset --out \"$CAS_OUT\"'")]
     Ensure {
         /// The key.
         key: String,
@@ -396,9 +411,14 @@ enum KeyCmd {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         timeout: Option<Duration>,
         /// CMD fills the empty directory `$CAS_OUT`, stored as a tree (its stdout goes to
-        /// stderr).
+        /// stderr). The tree must not record where it was built: a Python venv or a conda
+        /// env does, and breaks when restored elsewhere.
         #[arg(long)]
         tree: bool,
+        /// With --tree -o DIR: restore symlinks that point outside DIR as they are (like tar,
+        /// git and cp -a) instead of refusing the tree. Only for trees you trust.
+        #[arg(long, requires = "tree")]
+        allow_external_symlinks: bool,
         /// Metadata stored with the entry when this caller computes it.
         #[arg(long, value_name = "TEXT", default_value = "")]
         meta: String,
@@ -868,7 +888,7 @@ fn cmd_init(
 }
 
 /// `get -r`: restores a tree, with a bar of the bytes restored out of the tree's total.
-fn restore_tree(
+pub(crate) fn restore_tree(
     store: &Store,
     hash: &Hash,
     dest: &Path,
@@ -1486,9 +1506,24 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             output,
             timeout,
             tree,
+            allow_external_symlinks,
             meta,
             cmd,
-        } => return ensure::run(store, &key, output.as_deref(), timeout, tree, &meta, &cmd),
+        } => {
+            return ensure::run(
+                store,
+                &ensure::Ensure {
+                    key: &key,
+                    output: output.as_deref(),
+                    timeout,
+                    tree,
+                    allow_external_symlinks,
+                    meta: &meta,
+                    cmd: &cmd,
+                    json,
+                },
+            )
+        }
         KeyCmd::Put {
             key, file, meta, ..
         } => {
@@ -1507,8 +1542,13 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             }
         }
         KeyCmd::Get { key, output } => {
-            let entry = store.entry(key.as_bytes())?;
-            write_object(store, &entry.hash, output.as_deref())?;
+            let got = store
+                .entry(key.as_bytes())
+                .map_err(anyhow::Error::from)
+                .and_then(|entry| write_object(store, &entry.hash, output.as_deref()));
+            return got
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| damaged_hint(e, &key));
         }
         KeyCmd::Info { key } => {
             let e = store.entry(key.as_bytes())?;
@@ -1525,6 +1565,37 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
         KeyCmd::Ls { nul } => return key_ls(store, nul, json),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `key get` that failed on a damaged entry (undecodable, or its object missing or
+/// corrupt) says what heals it: `key get` has nothing to rebuild with.
+fn damaged_hint(e: anyhow::Error, key: &str) -> anyhow::Error {
+    let damaged = e.downcast_ref::<cas::Error>().is_some_and(|c| {
+        matches!(
+            c,
+            cas::Error::NotFound { .. } | cas::Error::Corrupt { .. } | cas::Error::Malformed { .. }
+        )
+    });
+    if !damaged {
+        return e;
+    }
+    let k = shell_word(key);
+    e.context(format!(
+        "cache entry {key:?} is damaged; `cas key ensure {k} -- CMD` computes it again, \
+         `cas key rm {k}` drops it"
+    ))
+}
+
+/// `s` as one shell word: as is if it needs no quoting, else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.,:/=@+%".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// A cache entry in JSON, the same for `key info` and `key ls`: `time` in Unix seconds as in

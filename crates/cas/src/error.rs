@@ -153,6 +153,20 @@ pub enum Error {
         waited_ms: u64,
     },
 
+    /// Another caller's computation of a cache entry
+    /// ([`Store::compute_once`](crate::Store::compute_once)) outlasted this caller's timeout.
+    #[error("gave up waiting for cache entry {key} after {waited} (timeout {timeout}): it is being computed by {holder}")]
+    ComputeTimeout {
+        /// The key, shown as text.
+        key: String,
+        /// Who computes, in words ("host H pid P for 12 min").
+        holder: String,
+        /// How long this caller waited, in words.
+        waited: String,
+        /// The timeout, in words.
+        timeout: String,
+    },
+
     /// Our lock was broken by someone who judged it stale; the operation was not applied.
     #[error("lock {} was taken over by another process before the update was applied", path.display())]
     LockLost {
@@ -291,7 +305,7 @@ impl Error {
             | Error::InvalidInput { .. }
             | Error::Tree { .. } => ErrorKind::InvalidInput,
             Error::Conflict { .. } => ErrorKind::Conflict,
-            Error::Locked { .. } => ErrorKind::Locked,
+            Error::Locked { .. } | Error::ComputeTimeout { .. } => ErrorKind::Locked,
             Error::LockLost { .. } => ErrorKind::LockLost,
             Error::Input { .. } => ErrorKind::Input,
             Error::NotAStore { .. } | Error::UnsupportedFormat { .. } | Error::NotEmpty { .. } => {

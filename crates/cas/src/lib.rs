@@ -45,8 +45,10 @@
 //! let url = "https://example.org/pkg-1.2.tar.gz";
 //! let body = match store.get_keyed(url.as_bytes()) {
 //!     Ok(obj) => obj.into_vec(),                        // verified against its hash
-//!     Err(e) if e.is_not_found() || e.is_malformed() => {
-//!         let bytes = fetch(url);                       // a miss (or a damaged entry)
+//!     // A miss, or a damaged entry: undecodable, its object missing or corrupt (then
+//!     // quarantined). `compute_once` does this for you, and once across processes.
+//!     Err(e) if e.is_not_found() || e.is_malformed() || e.is_corrupt() => {
+//!         let bytes = fetch(url);
 //!         store.put_keyed_bytes(url.as_bytes(), &bytes, b"etag=\"abc\"")?;
 //!         bytes
 //!     }
@@ -88,7 +90,7 @@
 //! let decode = |b: &[u8]| serde_json::from_slice::<BTreeMap<String, u64>>(b).ok();
 //! let memo = match store.get_keyed(b"memo:v1") {
 //!     Ok(obj) => decode(&obj),
-//!     Err(e) if e.is_not_found() || e.is_malformed() => None,
+//!     Err(e) if e.is_not_found() || e.is_malformed() || e.is_corrupt() => None,
 //!     Err(e) => return Err(e),
 //! };
 //! let memo = memo.unwrap_or_else(|| {
@@ -192,7 +194,7 @@ pub use hash::{Hash, HASH_LEN, HEX_LEN};
 pub use index::Entry;
 pub use init::Create;
 pub use materialize::Materialized;
-pub use once::{ComputeOnce, ProducerError};
+pub use once::{ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting};
 pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
 pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
 pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};

@@ -207,6 +207,13 @@ impl Escape {
     }
 }
 
+/// True if the link at `path` (components from the destination) escapes by its own target,
+/// without following any other link: absolute, or climbing above the root with `..`.
+fn escapes_by_itself(path: &[Vec<u8>], target: &[u8]) -> bool {
+    let dir = &path[..path.len().saturating_sub(1)];
+    Model::default().resolve(dir, target, &mut 0).is_err()
+}
+
 impl Model {
     fn node(&self, path: &[Vec<u8>]) -> Option<&Node> {
         let (first, rest) = path.split_first()?;
@@ -643,14 +650,24 @@ impl Store {
         };
         let model = self.model(tree, dest, 0, &Trees::new())?;
         if !opts.allow_external_symlinks {
-            if let Some((p, t, why)) = model.escaping_links().into_iter().next() {
+            let mut bad = model.escaping_links();
+            // Name a link whose own target escapes (`bin/python3 -> /usr/bin/python3`) rather
+            // than one that only leads to it (`bin/python -> python3`).
+            bad.sort_by_key(|(p, t, _)| !escapes_by_itself(p, t));
+            let more = bad.len().saturating_sub(1);
+            if let Some((p, t, why)) = bad.into_iter().next() {
                 return Err(Error::Tree {
                     path: join_shown(dest, &p),
                     reason: format!(
-                        "symlink target {:?} {} (refused; --allow-external-symlinks restores \
+                        "symlink target {:?} {}{} (refused; --allow-external-symlinks restores \
                          such links as they are)",
                         String::from_utf8_lossy(&t),
-                        why.describe()
+                        why.describe(),
+                        match more {
+                            0 => String::new(),
+                            1 => ", and 1 more link".to_owned(),
+                            n => format!(", and {n} more links"),
+                        }
                     ),
                 });
             }

@@ -90,6 +90,11 @@ impl Writer {
         self.staging.path()
     }
 
+    /// True once a write into the staging file failed (the store's error, not the input's).
+    pub(crate) fn write_failed(&self) -> bool {
+        self.poisoned
+    }
+
     fn flush_buf(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             let buf = std::mem::take(&mut self.buf);
