@@ -330,12 +330,19 @@ enum RefCmd {
         #[arg(short = 'z')]
         nul: bool,
     },
-    /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first.
-    #[command(after_help = "Examples:\n  cas ref log release/v1\n  cas ref log release/v1 --json")]
+    /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first, printed as it is
+    /// read. A line that cannot be parsed is named on stderr and skipped.
+    #[command(
+        after_help = "Examples:\n  cas ref log release/v1\n  cas ref log -n 5 release/v1\n  cas ref log release/v1 --json"
+    )]
     Log {
         /// Ref name.
         #[arg(value_parser = parse_ref_name)]
         name: String,
+        /// Only the last N lines of the log (read backwards from its end; a damaged line
+        /// among them is named on stderr).
+        #[arg(short = 'n', value_name = "N")]
+        lines: Option<usize>,
     },
 }
 
@@ -1376,33 +1383,51 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        RefCmd::Log { name } => {
-            let (entries, damaged) = store.reflog_report(&name)?;
-            for p in &damaged {
-                eprintln!("cas: warning: {}: {}", p.path.display(), p.reason);
-            }
+        RefCmd::Log { name, lines } => {
+            // Streamed: one line in memory, whatever the log's size.
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for e in entries {
-                if json {
-                    writeln!(out, "{}", serde_json::to_string(&e)?)?;
-                } else {
-                    let f = |h: Option<Hash>| h.map_or_else(|| "-".to_owned(), |h| h.to_string());
-                    writeln!(
-                        out,
-                        "{} {} {} {} {} {}",
-                        f(e.old),
-                        f(e.new),
-                        output::human_time(e.time),
-                        e.host,
-                        e.user,
-                        e.message
-                    )?;
-                }
+            let mut write_error = None;
+            let read = store.reflog_each(&name, lines, |line| {
+                let written = match line {
+                    Ok(e) => print_reflog_entry(&mut out, &e, json),
+                    Err(p) => {
+                        eprintln!("cas: warning: {}: {}", p.path.display(), p.reason);
+                        Ok(())
+                    }
+                };
+                written.map_err(|e| {
+                    write_error = Some(e);
+                    cas::Error::Interrupted
+                })
+            });
+            if let Some(e) = write_error {
+                return Err(e);
             }
+            read?;
             out.flush()?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `cas ref log`.
+fn print_reflog_entry(out: &mut impl Write, e: &cas::RefLogEntry, json: bool) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(e)?)?;
+    } else {
+        let f = |h: Option<Hash>| h.map_or_else(|| "-".to_owned(), |h| h.to_string());
+        writeln!(
+            out,
+            "{} {} {} {} {} {}",
+            f(e.old),
+            f(e.new),
+            output::human_time(e.time),
+            e.host,
+            e.user,
+            e.message
+        )?;
+    }
+    Ok(())
 }
 
 /// `cas key set`: a lost compare-and-swap is a negative answer (exit 1), not an error.

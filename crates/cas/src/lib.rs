@@ -168,6 +168,7 @@ mod output;
 mod progress;
 mod putdir;
 mod read;
+mod reflog;
 mod refs;
 mod restore;
 mod stage;
@@ -194,7 +195,7 @@ pub use materialize::Materialized;
 pub use once::{ComputeOnce, ProducerError};
 pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
 pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
-pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};
+pub use refs::{validate_ref_name, Expect, RefLogEntry, RefLogLine, MAX_REF_NAME, MAX_REF_SEGMENT};
 pub use store::{Barrier, FsInfo, Store};
 pub use transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use tree::{
