@@ -870,6 +870,132 @@ fn verify_and_doctor_say_what_they_restore_or_change_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Issue 18: tree bombs (5), interrupted restores (7), reflogs read whole (9).
 
+/// The names in `dir`, sorted (what a restore left beside its destination).
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A tree bomb: 40 levels, entries `a` and `b` both naming the level below (2^41 - 2 paths
+/// from 41 objects).
+fn tree_bomb(s: &Store) -> String {
+    let mut h = put_tree(s, vec![]);
+    for _ in 0..40 {
+        h = put_tree(s, vec![dir("a", &h), dir("b", &h)]);
+    }
+    h
+}
+
+/// Issue 18, 5: `cas show` of a tree bomb reached 9 GB without printing, `get -r` 1.2 GB
+/// before creating anything (also through a tier, and `key ensure --tree` with the bomb
+/// planted behind the key). Now each fails at once, naming the tree and the budget, prints
+/// nothing and creates nothing; verify (a visited set) stays bounded.
+#[test]
+fn a_tree_bomb_fails_fast_in_every_command_that_walks_trees() {
+    let s = Store::new();
+    let bomb = tree_bomb(&s);
+    let over_budget = |out: &Output, what: &str| {
+        let err = fails(out, what);
+        assert!(
+            err.contains(&bomb) && err.contains("max_entries"),
+            "{what}: the error does not name the tree and the budget: {err}"
+        );
+    };
+    for json in [false, true] {
+        let mut c = cas(&s);
+        if json {
+            c.arg("--json");
+        }
+        let out = run_bounded(c.args(["show", &bomb]), "show of a tree bomb");
+        over_budget(&out, "show");
+        assert!(out.stdout.is_empty(), "show printed {}", text(&out.stdout));
+    }
+    let dest = s.scratch.join("out");
+    let out = run_bounded(
+        cas(&s).args(["get", "-r", &bomb, "-o"]).arg(&dest),
+        "get -r of a tree bomb",
+    );
+    over_budget(&out, "get -r");
+    run_ok(cas(&s).args(["key", "set", "planted", &bomb]));
+    let out = run_bounded(
+        cas(&s)
+            .args(["key", "ensure", "--tree", "planted", "-o"])
+            .arg(&dest)
+            .args(["--", "false"]),
+        "key ensure --tree of a planted tree bomb",
+    );
+    over_budget(&out, "key ensure --tree");
+    // Through a tier: the bomb is fetched from the upstream, then refused the same way.
+    let tier = Store::uninit();
+    run_ok(cas(&tier).arg("init").arg("--upstream").arg(&s.root));
+    let out = run_bounded(
+        cas(&tier).args(["get", "-r", &bomb, "-o"]).arg(&dest),
+        "get -r of a tree bomb through a tier",
+    );
+    over_budget(&out, "get -r through a tier");
+    assert!(
+        names_in(&s.scratch).is_empty(),
+        "something was created: {:?}",
+        names_in(&s.scratch)
+    );
+    // Onto an existing directory, which a restore compares with the tree first.
+    let existing = s.base().join("existing");
+    fs::create_dir_all(existing.join("a/a")).unwrap();
+    fs::create_dir_all(existing.join("b")).unwrap();
+    let out = run_bounded(
+        cas(&s).args(["get", "-r", &bomb, "-o"]).arg(&existing),
+        "get -r of a tree bomb onto an existing directory",
+    );
+    over_budget(&out, "get -r onto an existing directory");
+    // Walks by object (a visited set) were already bounded; they stay so.
+    let out = run_bounded(cas(&s).arg("verify"), "verify of a store holding a bomb");
+    assert!(out.status.success(), "verify: {}", text(&out.stdout));
+    let out = run_bounded(cas(&s).arg("gc"), "gc of a store holding a bomb");
+    assert!(out.status.success(), "gc: {}", text(&out.stderr));
+}
+
+/// Issue 18, 5: the budgets count paths, so they must not refuse or mangle a legitimate tree
+/// that holds one directory twice (one subtree object at two paths, with a relative link in
+/// it): `get -r` restores both copies, `show` lists both.
+#[test]
+fn a_tree_holding_one_directory_twice_restores_whole() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    for sub in ["x", "y"] {
+        s.input(&format!("src/{sub}/in/f"), b"same bytes");
+        s.input(&format!("src/{sub}/g"), &data(3 << 20, 7));
+        std::os::unix::fs::symlink("in/f", src.join(sub).join("link")).unwrap();
+    }
+    let t = run_ok(cas(&s).args(["put", "-r"]).arg(&src))
+        .trim()
+        .to_owned();
+    let shown = run_ok(cas(&s).args(["show", &t]));
+    for p in [
+        "x/in/f",
+        "y/in/f",
+        "x/link -> in/f",
+        "y/link -> in/f",
+        "x/g",
+        "y/g",
+    ] {
+        assert!(shown.contains(p), "show lacks {p}: {shown}");
+    }
+    let dest = s.scratch.join("out");
+    run_ok(cas(&s).args(["get", "-r", &t, "-o"]).arg(&dest));
+    for sub in ["x", "y"] {
+        let d = dest.join(sub);
+        assert_eq!(fs::read(d.join("in/f")).unwrap(), b"same bytes");
+        assert_eq!(fs::read(d.join("link")).unwrap(), b"same bytes");
+        assert_eq!(fs::read(d.join("g")).unwrap(), data(3 << 20, 7));
+    }
+    // Restoring again onto the same content is a success (the comparison walks both paths).
+    run_ok(cas(&s).args(["get", "-r", &t, "-o"]).arg(&dest));
+}
+
 /// Issue 18, 9: `ref log` read the whole reflog into memory, and had no `-n`. Now `-n N`
 /// prints the last N lines of the log (read from its end), oldest first; a damaged line
 /// among them (garbage, a cut-short last append) is named on stderr and skipped, never fatal.

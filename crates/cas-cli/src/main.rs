@@ -1133,43 +1133,60 @@ fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
-    for (path, kind) in store.list_tree(hash)? {
-        let p = path.display();
-        if json {
-            let v = match &kind {
-                cas::EntryKind::File {
-                    executable,
-                    size,
-                    hash,
-                } => serde_json::json!({ "path": path, "kind": "file", "hash": hash,
-                    "size": size, "executable": executable }),
-                cas::EntryKind::Dir { hash } => {
-                    serde_json::json!({ "path": path, "kind": "dir", "hash": hash })
-                }
-                cas::EntryKind::Symlink { target } => serde_json::json!({ "path": path,
-                    "kind": "symlink", "target": String::from_utf8_lossy(target) }),
-            };
-            writeln!(out, "{v}")?;
-            continue;
-        }
-        match &kind {
+    // Printed as the walk meets each entry (memory: the trees on the current path and one
+    // number per distinct tree), after a pass that checks the tree's budgets: a tree bomb
+    // fails before anything is printed.
+    let mut write_error = None;
+    let walked = store.walk_tree(hash, &cas::TreeLimits::default(), |path, kind| {
+        show_entry(&mut out, path, kind, json).map_err(|e| {
+            write_error = Some(e);
+            cas::Error::Interrupted
+        })
+    });
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    walked?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `cas show` for a tree entry.
+fn show_entry(out: &mut impl Write, path: &Path, kind: &cas::EntryKind, json: bool) -> Result<()> {
+    let p = path.display();
+    if json {
+        let v = match kind {
             cas::EntryKind::File {
                 executable,
                 size,
                 hash,
-            } => {
-                let mode = if *executable { "100755" } else { "100644" };
-                writeln!(out, "{mode} blob {hash} {size:>10}\t{p}")?;
+            } => serde_json::json!({ "path": path, "kind": "file", "hash": hash,
+                "size": size, "executable": executable }),
+            cas::EntryKind::Dir { hash } => {
+                serde_json::json!({ "path": path, "kind": "dir", "hash": hash })
             }
-            cas::EntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
-            cas::EntryKind::Symlink { target } => {
-                let t = String::from_utf8_lossy(target);
-                writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
-            }
+            cas::EntryKind::Symlink { target } => serde_json::json!({ "path": path,
+                "kind": "symlink", "target": String::from_utf8_lossy(target) }),
+        };
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    match kind {
+        cas::EntryKind::File {
+            executable,
+            size,
+            hash,
+        } => {
+            let mode = if *executable { "100755" } else { "100644" };
+            writeln!(out, "{mode} blob {hash} {size:>10}\t{p}")?;
+        }
+        cas::EntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
+        cas::EntryKind::Symlink { target } => {
+            let t = String::from_utf8_lossy(target);
+            writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
         }
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `put -r` stored symlinks that point outside the tree: say so once, with an example.

@@ -199,8 +199,8 @@ pub use refs::{validate_ref_name, Expect, RefLogEntry, RefLogLine, MAX_REF_NAME,
 pub use store::{Barrier, FsInfo, Store};
 pub use transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use tree::{
-    CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TREE_MAGIC,
-    TREE_VERSION,
+    CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeLimits,
+    TREE_MAGIC, TREE_VERSION,
 };
 pub use upstream::{DirUpstream, Upstream};
 pub use usage::{Area, Usage};
