@@ -74,7 +74,9 @@ pub fn run(
         (Err(e), None) => return Err(e.into()),
     };
     match output {
-        Some(dir) if tree && dir != Path::new("-") => store.checkout(&hash, dir)?,
+        Some(dir) if tree && dir != Path::new("-") => {
+            crate::restore_tree(store, &hash, dir, cas::CheckoutOptions::default())?;
+        }
         _ if tree => println!("{hash}"),
         _ => crate::write_object(store, &hash, output)?,
     }

@@ -513,6 +513,8 @@ fn main() -> ExitCode {
             if output::is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
+            // Interrupted by a signal: the signal thread exits 128 + the signal.
+            signals::exit_if_signalled();
             eprintln!("cas: error: {}", output::chain(e.as_ref()));
             ExitCode::FAILURE
         }
@@ -883,9 +885,37 @@ fn restore_tree(
 ) -> cas::Result<()> {
     let bar = std::sync::Arc::new(output::BytesBar::new("get -r"));
     let b = std::sync::Arc::clone(&bar);
-    let done = store.checkout_with(hash, dest, &opts.progress(move |p| b.update(p)));
+    let pause = test_hook_pause_at();
+    let done = store.checkout_with(
+        hash,
+        dest,
+        &opts.progress(move |p| {
+            if let Some(at) = &pause {
+                test_hook_pause(at, p.done);
+            }
+            b.update(p)
+        }),
+    );
     bar.finish();
     done
+}
+
+/// A test hook (undocumented, for tests/hostile.rs): `CAS_TEST_RESTORE_PAUSE_AT=BYTES` makes
+/// the first restore progress report at or past BYTES print `cas-test: restore paused` on
+/// stderr and wait (at most 60 s) until a signal has arrived, so that a test can signal a
+/// restore at a chosen point without sleeping — while the restore's other threads go on.
+fn test_hook_pause_at() -> Option<(u64, std::sync::atomic::AtomicBool)> {
+    let at = std::env::var("CAS_TEST_RESTORE_PAUSE_AT").ok()?;
+    Some((at.parse().ok()?, std::sync::atomic::AtomicBool::new(false)))
+}
+
+fn test_hook_pause((at, fired): &(u64, std::sync::atomic::AtomicBool), done: u64) {
+    use std::sync::atomic::Ordering;
+    if done < *at || fired.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    eprintln!("cas-test: restore paused");
+    signals::wait_for_signal(Duration::from_mins(1));
 }
 
 /// `put -r` of one directory, with a bar of bytes and rate (no total: counting first would

@@ -917,15 +917,18 @@ impl Store {
         let name = dest
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        // Held until the temporary directory is renamed into place or removed (dropped
+        // last): a signal's clean-up waits for it instead of moving the directory aside
+        // while the restore's threads still fill it (crate::cleanup::Busy).
+        let Some(_busy) = crate::cleanup::busy() else {
+            return Err(Error::Interrupted);
+        };
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}.cas-checkout."))
             .tempdir_in(parent)
             .map_err(Error::at("create temporary directory in", parent))?;
         // Removed by the process's clean-up if it stops on a signal (crate::cleanup).
         let _reg = crate::cleanup::register_temp(tmp.path());
-        if crate::cleanup::abandoned() {
-            return Err(Error::Interrupted);
-        }
         let dir = fs::open_dir_nofollow(tmp.path()).map_err(Error::at("open", tmp.path()))?;
         // Directories by one thread, files by a small pool, each verified (crate::restore);
         // the temporary directory (mode 0700) becomes visible only once all of it is done.
@@ -935,6 +938,9 @@ impl Store {
         crate::restore::restore(self, &root, &dir, dest, progress)?;
         let mode = 0o777 & !fs::umask();
         fs::set_dir_mode(&dir, mode).map_err(Error::at("set permissions of", tmp.path()))?;
+        if crate::cleanup::abandoned() {
+            return Err(Error::Interrupted);
+        }
         let tmp_path = tmp.keep();
         if let Err(e) = fs::rename_dir_noreplace(&tmp_path, dest) {
             let _ = std::fs::remove_dir_all(&tmp_path);
