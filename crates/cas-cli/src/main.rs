@@ -330,12 +330,19 @@ enum RefCmd {
         #[arg(short = 'z')]
         nul: bool,
     },
-    /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first.
-    #[command(after_help = "Examples:\n  cas ref log release/v1\n  cas ref log release/v1 --json")]
+    /// Show a ref's history: OLD NEW TIME HOST USER MESSAGE, oldest first, printed as it is
+    /// read. A line that cannot be parsed is named on stderr and skipped.
+    #[command(
+        after_help = "Examples:\n  cas ref log release/v1\n  cas ref log -n 5 release/v1\n  cas ref log release/v1 --json"
+    )]
     Log {
         /// Ref name.
         #[arg(value_parser = parse_ref_name)]
         name: String,
+        /// Only the last N lines of the log (read backwards from its end; a damaged line
+        /// among them is named on stderr).
+        #[arg(short = 'n', value_name = "N")]
+        lines: Option<usize>,
     },
 }
 
@@ -526,6 +533,8 @@ fn main() -> ExitCode {
             if output::is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
+            // Interrupted by a signal: the signal thread exits 128 + the signal.
+            signals::exit_if_signalled();
             eprintln!("cas: error: {}", output::chain(e.as_ref()));
             ExitCode::FAILURE
         }
@@ -896,9 +905,37 @@ pub(crate) fn restore_tree(
 ) -> cas::Result<()> {
     let bar = std::sync::Arc::new(output::BytesBar::new("get -r"));
     let b = std::sync::Arc::clone(&bar);
-    let done = store.checkout_with(hash, dest, &opts.progress(move |p| b.update(p)));
+    let pause = test_hook_pause_at();
+    let done = store.checkout_with(
+        hash,
+        dest,
+        &opts.progress(move |p| {
+            if let Some(at) = &pause {
+                test_hook_pause(at, p.done);
+            }
+            b.update(p)
+        }),
+    );
     bar.finish();
     done
+}
+
+/// A test hook (undocumented, for tests/hostile.rs): `CAS_TEST_RESTORE_PAUSE_AT=BYTES` makes
+/// the first restore progress report at or past BYTES print `cas-test: restore paused` on
+/// stderr and wait (at most 60 s) until a signal has arrived, so that a test can signal a
+/// restore at a chosen point without sleeping — while the restore's other threads go on.
+fn test_hook_pause_at() -> Option<(u64, std::sync::atomic::AtomicBool)> {
+    let at = std::env::var("CAS_TEST_RESTORE_PAUSE_AT").ok()?;
+    Some((at.parse().ok()?, std::sync::atomic::AtomicBool::new(false)))
+}
+
+fn test_hook_pause((at, fired): &(u64, std::sync::atomic::AtomicBool), done: u64) {
+    use std::sync::atomic::Ordering;
+    if done < *at || fired.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    eprintln!("cas-test: restore paused");
+    signals::wait_for_signal(Duration::from_mins(1));
 }
 
 /// `put -r` of one directory, with a bar of bytes and rate (no total: counting first would
@@ -1146,43 +1183,60 @@ fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
-    for (path, kind) in store.list_tree(hash)? {
-        let p = path.display();
-        if json {
-            let v = match &kind {
-                cas::EntryKind::File {
-                    executable,
-                    size,
-                    hash,
-                } => serde_json::json!({ "path": path, "kind": "file", "hash": hash,
-                    "size": size, "executable": executable }),
-                cas::EntryKind::Dir { hash } => {
-                    serde_json::json!({ "path": path, "kind": "dir", "hash": hash })
-                }
-                cas::EntryKind::Symlink { target } => serde_json::json!({ "path": path,
-                    "kind": "symlink", "target": String::from_utf8_lossy(target) }),
-            };
-            writeln!(out, "{v}")?;
-            continue;
-        }
-        match &kind {
+    // Printed as the walk meets each entry (memory: the trees on the current path and one
+    // number per distinct tree), after a pass that checks the tree's budgets: a tree bomb
+    // fails before anything is printed.
+    let mut write_error = None;
+    let walked = store.walk_tree(hash, &cas::TreeLimits::default(), |path, kind| {
+        show_entry(&mut out, path, kind, json).map_err(|e| {
+            write_error = Some(e);
+            cas::Error::Interrupted
+        })
+    });
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    walked?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `cas show` for a tree entry.
+fn show_entry(out: &mut impl Write, path: &Path, kind: &cas::EntryKind, json: bool) -> Result<()> {
+    let p = path.display();
+    if json {
+        let v = match kind {
             cas::EntryKind::File {
                 executable,
                 size,
                 hash,
-            } => {
-                let mode = if *executable { "100755" } else { "100644" };
-                writeln!(out, "{mode} blob {hash} {size:>10}\t{p}")?;
+            } => serde_json::json!({ "path": path, "kind": "file", "hash": hash,
+                "size": size, "executable": executable }),
+            cas::EntryKind::Dir { hash } => {
+                serde_json::json!({ "path": path, "kind": "dir", "hash": hash })
             }
-            cas::EntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
-            cas::EntryKind::Symlink { target } => {
-                let t = String::from_utf8_lossy(target);
-                writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
-            }
+            cas::EntryKind::Symlink { target } => serde_json::json!({ "path": path,
+                "kind": "symlink", "target": String::from_utf8_lossy(target) }),
+        };
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    match kind {
+        cas::EntryKind::File {
+            executable,
+            size,
+            hash,
+        } => {
+            let mode = if *executable { "100755" } else { "100644" };
+            writeln!(out, "{mode} blob {hash} {size:>10}\t{p}")?;
+        }
+        cas::EntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
+        cas::EntryKind::Symlink { target } => {
+            let t = String::from_utf8_lossy(target);
+            writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
         }
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `put -r` stored symlinks that point outside the tree: say so once, with an example.
@@ -1396,33 +1450,51 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        RefCmd::Log { name } => {
-            let (entries, damaged) = store.reflog_report(&name)?;
-            for p in &damaged {
-                eprintln!("cas: warning: {}: {}", p.path.display(), p.reason);
-            }
+        RefCmd::Log { name, lines } => {
+            // Streamed: one line in memory, whatever the log's size.
             let mut out = io::BufWriter::new(io::stdout().lock());
-            for e in entries {
-                if json {
-                    writeln!(out, "{}", serde_json::to_string(&e)?)?;
-                } else {
-                    let f = |h: Option<Hash>| h.map_or_else(|| "-".to_owned(), |h| h.to_string());
-                    writeln!(
-                        out,
-                        "{} {} {} {} {} {}",
-                        f(e.old),
-                        f(e.new),
-                        output::human_time(e.time),
-                        e.host,
-                        e.user,
-                        e.message
-                    )?;
-                }
+            let mut write_error = None;
+            let read = store.reflog_each(&name, lines, |line| {
+                let written = match line {
+                    Ok(e) => print_reflog_entry(&mut out, &e, json),
+                    Err(p) => {
+                        eprintln!("cas: warning: {}: {}", p.path.display(), p.reason);
+                        Ok(())
+                    }
+                };
+                written.map_err(|e| {
+                    write_error = Some(e);
+                    cas::Error::Interrupted
+                })
+            });
+            if let Some(e) = write_error {
+                return Err(e);
             }
+            read?;
             out.flush()?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `cas ref log`.
+fn print_reflog_entry(out: &mut impl Write, e: &cas::RefLogEntry, json: bool) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(e)?)?;
+    } else {
+        let f = |h: Option<Hash>| h.map_or_else(|| "-".to_owned(), |h| h.to_string());
+        writeln!(
+            out,
+            "{} {} {} {} {} {}",
+            f(e.old),
+            f(e.new),
+            output::human_time(e.time),
+            e.host,
+            e.user,
+            e.message
+        )?;
+    }
+    Ok(())
 }
 
 /// `cas key set`: a lost compare-and-swap is a negative answer (exit 1), not an error.

@@ -7,11 +7,20 @@
 //! temporary output fails with [`crate::Error::Interrupted`], so nothing created after the
 //! clean-up scan can be left behind. The check is made *after* creating (and the flag is set
 //! *before* scanning), so either the scan sees the file or its creator sees the flag.
+//!
+//! Work that fills a registered temporary from other threads (a tree restore) holds a
+//! [`Busy`] guard from before it creates the temporary until it has renamed it into place or
+//! removed it. The clean-up sets the flag, then waits for every guard to be dropped (bounded,
+//! [`BUSY_WAIT`]) before it touches any temporary: the workers see the flag, stop, and their
+//! owner removes the temporary itself. Moving a directory aside while threads still create
+//! files in it (through their directory descriptors) left partial trees behind, and made the
+//! owner's final rename fail.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::fs;
 use crate::layout;
@@ -19,6 +28,62 @@ use crate::layout;
 static ABANDONED: AtomicBool = AtomicBool::new(false);
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry { items: None });
+/// How many [`Busy`] guards are alive, and the condition their last drop signals.
+static BUSY: Mutex<usize> = Mutex::new(0);
+static IDLE: Condvar = Condvar::new();
+/// How long the clean-up waits for busy work to stop before removing its temporaries anyway
+/// (a thread stuck in a system call on a hung network filesystem must not keep the process
+/// from exiting).
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+fn busy_count() -> MutexGuard<'static, usize> {
+    BUSY.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Held by work that fills a registered temporary from several threads; see the module
+/// documentation.
+#[derive(Debug)]
+pub(crate) struct Busy(());
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut n = busy_count();
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            IDLE.notify_all();
+        }
+    }
+}
+
+/// A [`Busy`] guard, or `None` if the process is abandoning its work (the caller stops with
+/// [`crate::Error::Interrupted`]). The count is raised *before* the flag is read, and the
+/// clean-up sets the flag *before* waiting for the count: either the clean-up waits for this
+/// guard or its holder sees the flag.
+pub(crate) fn busy() -> Option<Busy> {
+    *busy_count() += 1;
+    let guard = Busy(());
+    if abandoned() {
+        return None; // the guard drops here
+    }
+    Some(guard)
+}
+
+/// Waits until no [`Busy`] guard is alive, at most [`BUSY_WAIT`].
+fn wait_until_idle() {
+    let deadline = Instant::now() + BUSY_WAIT;
+    let mut n = busy_count();
+    while *n > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        n = IDLE
+            .wait_timeout(n, left)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0;
+    }
+}
 
 struct Registry {
     items: Option<HashMap<u64, Item>>,
@@ -85,13 +150,15 @@ pub(crate) fn register_lock(path: &Path, nonce: &str, root: &Path) -> Registered
     })
 }
 
-/// Marks the process as abandoning, then removes every registered temporary and releases
-/// every registered lock that is still provably ours. Returns how many items were removed.
+/// Marks the process as abandoning, waits for busy work to stop ([`Busy`]), then removes
+/// every registered temporary and releases every registered lock that is still provably
+/// ours. Returns how many items were removed.
 /// The items are taken out of the registry, so a second call (a tier abandons its upstream's
 /// staging too; push and pull abandon two stores) does not move a lock aside again — each
 /// check moves the lock aside for a moment, which is a window for nobody else's benefit.
 pub(crate) fn abandon_registered() -> u64 {
     ABANDONED.store(true, Ordering::SeqCst);
+    wait_until_idle();
     let items: Vec<Item> = registry()
         .items
         .as_mut()
@@ -176,8 +243,10 @@ pub(crate) fn remove_own_staging(root: &fs::Root, tmp: &Path, prefix: &str) -> u
 ///
 /// For a program that stops on a signal and has no [`crate::Store`] handle at hand;
 /// [`crate::Store::abandon_own_staging`] does this and also clears the store's `tmp/`.
-/// Call it from a normal thread (not inside a signal handler), then exit. Returns how many
-/// files, directories and locks it removed.
+/// Call it from a normal thread (not inside a signal handler), then exit. A tree restore in
+/// flight ([`crate::Store::checkout_with`]) is stopped first and removes its own temporary
+/// directory: this waits for that, at most 10 s (so never call it from a restore's progress
+/// callback). Returns how many files, directories and locks it removed.
 pub fn abandon_temporaries() -> u64 {
     abandon_registered()
 }

@@ -190,6 +190,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// A tree is larger than a budget of tree walks allows ([`TreeLimits`](crate::TreeLimits)):
+    /// more entries counted along every path, deeper nesting, or more file bytes claimed. A
+    /// crafted tree naming one subtree at many paths (a "tree bomb") fails here before
+    /// anything is listed or created.
+    #[error("tree {tree} exceeds the {budget} budget of {limit}: {reason}")]
+    TreeBudget {
+        /// The tree asked for (the root of the walk).
+        tree: Hash,
+        /// Which budget: `max_entries`, `max_depth` or `max_bytes` (the
+        /// [`TreeLimits`](crate::TreeLimits) field).
+        budget: &'static str,
+        /// Its value.
+        limit: u64,
+        /// What was found.
+        reason: String,
+    },
+
     /// An option or argument is out of range.
     #[error("invalid {what}: {reason}")]
     InvalidInput {
@@ -303,7 +320,8 @@ impl Error {
             Error::InvalidHash { .. }
             | Error::InvalidRefName { .. }
             | Error::InvalidInput { .. }
-            | Error::Tree { .. } => ErrorKind::InvalidInput,
+            | Error::Tree { .. }
+            | Error::TreeBudget { .. } => ErrorKind::InvalidInput,
             Error::Conflict { .. } => ErrorKind::Conflict,
             Error::Locked { .. } | Error::ComputeTimeout { .. } => ErrorKind::Locked,
             Error::LockLost { .. } => ErrorKind::LockLost,

@@ -171,6 +171,7 @@ mod output;
 mod progress;
 mod putdir;
 mod read;
+mod reflog;
 mod refs;
 mod restore;
 mod stage;
@@ -197,12 +198,12 @@ pub use materialize::Materialized;
 pub use once::{ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting};
 pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
 pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
-pub use refs::{validate_ref_name, Expect, RefLogEntry, MAX_REF_NAME, MAX_REF_SEGMENT};
+pub use refs::{validate_ref_name, Expect, RefLogEntry, RefLogLine, MAX_REF_NAME, MAX_REF_SEGMENT};
 pub use store::{Barrier, FsInfo, Store};
 pub use transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use tree::{
-    CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TREE_MAGIC,
-    TREE_VERSION,
+    CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeLimits,
+    TREE_MAGIC, TREE_VERSION,
 };
 pub use upstream::{DirUpstream, Upstream};
 pub use usage::{Area, Usage};

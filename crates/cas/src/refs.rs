@@ -119,6 +119,22 @@ fn clean_message(m: &str) -> String {
         .collect()
 }
 
+/// One line of a ref's history as [`Store::reflog_each`] reads it: an entry, or a line that
+/// cannot be parsed (named by path and position), which was skipped.
+pub type RefLogLine = std::result::Result<RefLogEntry, crate::Problem>;
+
+/// A failure while reading a reflog forwards: of the read itself, or the caller's.
+enum ReadOrStop {
+    Read(std::io::Error),
+    Stop(Error),
+}
+
+impl From<std::io::Error> for ReadOrStop {
+    fn from(e: std::io::Error) -> Self {
+        ReadOrStop::Read(e)
+    }
+}
+
 /// Parses one reflog line: `OLD NEW TIME HOST USER\tMESSAGE`.
 pub(crate) fn parse_log_line(line: &str) -> Option<RefLogEntry> {
     let (head, message) = line.split_once('\t')?;
@@ -434,34 +450,110 @@ impl Store {
 
     /// The history of a ref, oldest first, and each line that cannot be parsed, by path and
     /// line number (the log is read beneath the store's root, never through a symlink).
+    /// Collects the whole log: [`Store::reflog_each`] streams it.
     ///
     /// # Errors
     /// [`Error::InvalidRefName`]; I/O errors reading the log.
     pub fn reflog_report(&self, name: &str) -> Result<(Vec<RefLogEntry>, Vec<crate::Problem>)> {
-        validate_ref_name(name)?;
-        if let Some(up) = self.names_upstream() {
-            return up.reflog(name).map(|e| (e, Vec::new()));
-        }
-        let path = self.ref_log_path(name);
-        let f = match self.inner.root_dir.open_read(&path) {
-            Ok(f) => f,
-            Err(e) if fs::is_not_found(&e) => return Ok((Vec::new(), Vec::new())),
-            Err(e) => return Err(Error::io("read reflog", &path, e)),
-        };
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut &f, &mut bytes).map_err(Error::at("read reflog", &path))?;
         let mut entries = Vec::new();
         let mut damaged = Vec::new();
-        for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
-            match parse_log_line(line) {
-                Some(e) => entries.push(e),
-                None => damaged.push(crate::Problem {
-                    path: path.clone(),
-                    reason: format!("line {} is not a reflog line (skipped)", i + 1),
-                }),
+        self.reflog_each(name, None, |line| {
+            match line {
+                Ok(e) => entries.push(e),
+                Err(p) => damaged.push(p),
+            }
+            Ok(())
+        })?;
+        Ok((entries, damaged))
+    }
+
+    /// Calls `f` with each line of a ref's history, oldest first, as it is read: an entry, or
+    /// a line that cannot be parsed (by path and position; skipped, never fatal). Memory is
+    /// one line (at most 1 MiB, longer lines are reported as damaged), whatever the log's
+    /// size. With `last = Some(n)`, only the last `n` lines, read backwards from the end of
+    /// the log in blocks: the work is that of those lines, not of the log. Lines appended
+    /// while reading are not read. Through a tier, the upstream's log.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// for v in [b"1", b"2", b"3"] {
+    ///     let h = store.put_bytes(v)?;
+    ///     store.set_ref("r", h, cas::Expect::Any)?;
+    /// }
+    /// let mut news = Vec::new();
+    /// store.reflog_each("r", Some(2), |line| {
+    ///     news.push(line.expect("an undamaged log").new);
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(news, [Some(cas::Hash::of(b"2")), Some(cas::Hash::of(b"3"))]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidRefName`]; I/O errors reading the log; whatever `f` returns (which
+    /// stops the reading).
+    pub fn reflog_each(
+        &self,
+        name: &str,
+        last: Option<usize>,
+        mut f: impl FnMut(RefLogLine) -> Result<()>,
+    ) -> Result<()> {
+        self.reflog_each_dyn(name, last, &mut f)
+    }
+
+    pub(crate) fn reflog_each_dyn(
+        &self,
+        name: &str,
+        last: Option<usize>,
+        f: &mut dyn FnMut(RefLogLine) -> Result<()>,
+    ) -> Result<()> {
+        validate_ref_name(name)?;
+        if let Some(up) = self.names_upstream() {
+            return up.reflog_each(name, last, f);
+        }
+        let path = self.ref_log_path(name);
+        let file = match self.inner.root_dir.open_read(&path) {
+            Ok(f) => f,
+            Err(e) if fs::is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(Error::io("read reflog", &path, e)),
+        };
+        let read_err = |e| Error::io("read reflog", &path, e);
+        let len = file.metadata().map_err(read_err)?.len();
+        let mut one = |raw: crate::reflog::RawLine| -> Result<()> {
+            let at = match raw.number {
+                Some(n) => format!("line {n}"),
+                None => format!("the line at byte {}", raw.offset),
+            };
+            let parsed = match raw.bytes {
+                None => Err(format!(
+                    "{at} is longer than {} bytes (skipped)",
+                    crate::reflog::MAX_LINE
+                )),
+                Some(b) => parse_log_line(&String::from_utf8_lossy(&b))
+                    .ok_or_else(|| format!("{at} is not a reflog line (skipped)")),
+            };
+            f(parsed.map_err(|reason| crate::Problem {
+                path: path.clone(),
+                reason,
+            }))
+        };
+        match last {
+            None => {
+                crate::reflog::for_each_line(&file, len, |raw| one(raw).map_err(ReadOrStop::Stop))
+                    .map_err(|e| match e {
+                        ReadOrStop::Read(e) => read_err(e),
+                        ReadOrStop::Stop(e) => e,
+                    })
+            }
+            Some(n) => {
+                for raw in crate::reflog::last_lines(&file, len, n).map_err(read_err)? {
+                    one(raw)?;
+                }
+                Ok(())
             }
         }
-        Ok((entries, damaged))
     }
 
     /// All refs whose name starts with `prefix` (`""` for all), sorted by name.

@@ -65,8 +65,18 @@ impl Shared<'_> {
         self.failed.store(true, Ordering::SeqCst);
     }
 
+    /// True once the restore failed, or the process is abandoning its work (a signal):
+    /// the walker and every worker stop at the next file (a large file at its next chunk),
+    /// and the caller removes the temporary directory once they all have.
     fn stopped(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+        if self.failed.load(Ordering::Relaxed) {
+            return true;
+        }
+        if crate::cleanup::abandoned() {
+            self.fail(Error::Interrupted);
+            return true;
+        }
+        false
     }
 }
 
@@ -155,11 +165,12 @@ fn restore_file(shared: &Shared<'_>, job: &FileJob) -> Result<()> {
     // This file's bytes so far, to add what each report adds to the restore's total.
     let seen = AtomicU64::new(0);
     let tick = |p: Progress| {
-        shared.progress.is_none_or(|(hook, total)| {
-            let new = p.done.saturating_sub(seen.swap(p.done, Ordering::Relaxed));
-            let done = shared.restored.fetch_add(new, Ordering::Relaxed) + new;
-            hook.report("restore", done, Some(total))
-        })
+        !shared.stopped()
+            && shared.progress.is_none_or(|(hook, total)| {
+                let new = p.done.saturating_sub(seen.swap(p.done, Ordering::Relaxed));
+                let done = shared.restored.fetch_add(new, Ordering::Relaxed) + new;
+                hook.report("restore", done, Some(total))
+            })
     };
     crate::copyout::object_to_new_file(
         shared.store,
@@ -201,9 +212,6 @@ fn walk(
             path: shown.to_owned(),
             reason: format!("nesting deeper than {MAX_DEPTH} directories"),
         });
-    }
-    if crate::cleanup::abandoned() {
-        return Err(Error::Interrupted);
     }
     for e in &tree.entries {
         if shared.stopped() {

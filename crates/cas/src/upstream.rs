@@ -58,6 +58,22 @@ pub trait Upstream: Send + Sync {
     fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>>;
     /// A ref's history.
     fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>>;
+    /// A ref's history, line by line (as [`Store::reflog_each`]). The default collects
+    /// [`Upstream::reflog`] (which reports no damaged lines), then keeps its last `last`
+    /// entries.
+    ///
+    /// # Errors
+    /// As [`Upstream::reflog`]; whatever `f` returns.
+    fn reflog_each(
+        &self,
+        name: &str,
+        last: Option<usize>,
+        f: &mut dyn FnMut(crate::RefLogLine) -> Result<()>,
+    ) -> Result<()> {
+        let entries = self.reflog(name)?;
+        let skip = last.map_or(0, |n| entries.len().saturating_sub(n));
+        entries.into_iter().skip(skip).try_for_each(|e| f(Ok(e)))
+    }
     /// A cache entry.
     fn entry(&self, key: &[u8]) -> Result<Entry>;
     /// Sets a cache entry with compare-and-swap (as [`Store::set_keyed`]).
@@ -237,6 +253,15 @@ impl Upstream for DirUpstream {
 
     fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>> {
         self.with(|s| s.reflog(name))
+    }
+
+    fn reflog_each(
+        &self,
+        name: &str,
+        last: Option<usize>,
+        f: &mut dyn FnMut(crate::RefLogLine) -> Result<()>,
+    ) -> Result<()> {
+        self.with(|s| s.reflog_each_dyn(name, last, f))
     }
 
     fn entry(&self, key: &[u8]) -> Result<Entry> {
