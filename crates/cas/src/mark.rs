@@ -259,16 +259,6 @@ impl Store {
                     }
                 }
                 Ok(Children::None) => {}
-                Ok(Children::Opaque(e)) => {
-                    let path = e
-                        .path()
-                        .map_or_else(|| self.object_path(&v.hash), Into::into);
-                    r.damaged(
-                        path,
-                        format!("{} (reached from {})", error_reason(&e), v.from),
-                        true,
-                    );
-                }
                 Err(e) if e.is_not_found() => {
                     if v.report_missing {
                         r.missing.push(Missing {
@@ -277,7 +267,7 @@ impl Store {
                         });
                     }
                 }
-                Err(e) => {
+                Ok(Children::Opaque(e)) | Err(e) => {
                     let path = e
                         .path()
                         .map_or_else(|| self.object_path(&v.hash), Into::into);
