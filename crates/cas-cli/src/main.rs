@@ -45,6 +45,8 @@ struct Global {
     #[arg(long, global = true, value_name = "DIR", env = "CAS_STORE", help_heading = GLOBAL)]
     store: Option<PathBuf>,
     /// Durability of writes: none, file (fsync objects) or full (also their directories).
+    /// It covers every store the command writes: a tier's upstream and a push destination
+    /// are written at least at this level (or their own configured level, if higher).
     #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_durability, help_heading = GLOBAL)]
     durability: Option<Durability>,
     /// Lock lease timeout: a lock older than this whose holder is not provably alive is broken.

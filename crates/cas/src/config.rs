@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 /// How hard a write works to survive a power loss. Crashes of the *process* are always safe:
-/// a visible name only ever holds complete bytes, whatever the level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// a visible name only ever holds complete bytes, whatever the level. Levels are ordered
+/// `None < File < Full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Durability {
     /// No fsync. After a power loss (not a process crash) a published name may hold garbage or
     /// be missing; `cas verify` finds and quarantines such objects.

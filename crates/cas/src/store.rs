@@ -338,6 +338,30 @@ impl Store {
         })
     }
 
+    /// A handle on the same store whose writes are at least as durable as `level`: this
+    /// handle if it already is, else one with its durability raised. What a command that
+    /// promises `level` uses for every other store it writes (a tier's upstream, a push
+    /// destination), so the promise covers them too.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default().durability(cas::Durability::None))?;
+    /// assert_eq!(store.at_least(cas::Durability::Full)?.durability(), cas::Durability::Full);
+    /// let full = store.at_least(cas::Durability::Full)?;
+    /// assert_eq!(full.at_least(cas::Durability::File)?.durability(), cas::Durability::Full);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::with_options`].
+    pub fn at_least(&self, level: crate::Durability) -> Result<Store> {
+        if self.durability() >= level {
+            return Ok(self.clone());
+        }
+        self.with_options(self.options().clone().durability(level))
+    }
+
     /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.inner.root

@@ -161,7 +161,8 @@ impl Store {
     /// [`Error::NotFound`] if the source lacks an object its names reach; I/O errors of
     /// either store. Conflicts are not errors: they are in the report.
     pub fn push_to(&self, dest: &Store, opts: &TransferOptions) -> Result<TransferReport> {
-        transfer(self, dest, opts)
+        // What this handle promises covers the destination it writes.
+        transfer(self, &dest.at_least(self.durability())?, opts)
     }
 
     /// Copies named refs and cache entries of `src` into this store: [`Store::push_to`]

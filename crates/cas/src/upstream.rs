@@ -116,6 +116,8 @@ pub trait Upstream: Send + Sync {
 pub struct DirUpstream {
     path: PathBuf,
     store: Mutex<Option<Store>>,
+    /// Writes to the upstream are at least this durable (the tier's level).
+    at_least: crate::Durability,
 }
 
 impl std::fmt::Debug for DirUpstream {
@@ -132,7 +134,18 @@ impl DirUpstream {
         DirUpstream {
             path: path.into(),
             store: Mutex::new(None),
+            at_least: crate::Durability::None,
         }
+    }
+
+    /// Writes objects, refs and entries to the upstream at least at `level`, whatever the
+    /// upstream's own `config` says (a higher configured level still wins). A tier passes its
+    /// own level, so that `--durability full` through a tier means full upstream too, where
+    /// its refs and entries live.
+    #[must_use]
+    pub fn at_least(mut self, level: crate::Durability) -> DirUpstream {
+        self.at_least = level;
+        self
     }
 
     /// The upstream store, opened now if it was not yet (its own upstream, if it has one, is
@@ -147,7 +160,9 @@ impl DirUpstream {
         }
         let s = Store::open(&self.path)
             .map_err(|e| unavailable(&self.path, e))?
-            .without_upstream();
+            .without_upstream()
+            .at_least(self.at_least)
+            .map_err(|e| unavailable(&self.path, e))?;
         *slot = Some(s.clone());
         Ok(s)
     }
@@ -381,7 +396,8 @@ impl Store {
     /// ```
     #[must_use]
     pub fn with_upstream(&self, dir: impl AsRef<Path>, readonly: bool) -> Store {
-        self.with_upstream_impl(Arc::new(DirUpstream::new(dir.as_ref())), readonly)
+        let up = DirUpstream::new(dir.as_ref()).at_least(self.durability());
+        self.with_upstream_impl(Arc::new(up), readonly)
     }
 
     /// As [`Store::with_upstream`], with any [`Upstream`] implementation.
