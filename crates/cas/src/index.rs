@@ -242,8 +242,7 @@ impl Store {
                 .map_or(0, |d| d.as_millis() as u64),
             metadata: metadata.to_vec(),
         };
-        lock.verify()?;
-        self.replace_small(&path, &entry.encode(), self.durability())?;
+        self.replace_small_fenced(&path, &entry.encode(), self.durability(), lock)?;
         Ok(current)
     }
 

@@ -42,6 +42,9 @@ pub(crate) struct Caps {
     pub(crate) network: bool,
     /// Cleared the first time `renameat2(RENAME_NOREPLACE)` is refused; then link+unlink is used.
     pub(crate) rename_noreplace: AtomicBool,
+    /// Cleared the first time `renameat2(RENAME_EXCHANGE)` is refused; lock breaking then
+    /// falls back to rename-aside (docs/format.md, "Locks (leases)").
+    pub(crate) rename_exchange: AtomicBool,
     /// How many staged files are made durable at once (see [`barrier_for`]).
     pub(crate) barrier: Barrier,
 }
@@ -55,6 +58,10 @@ impl Caps {
             network: self.network,
             rename_noreplace: AtomicBool::new(
                 self.rename_noreplace
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            rename_exchange: AtomicBool::new(
+                self.rename_exchange
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
             barrier: self.barrier,
@@ -73,6 +80,7 @@ impl Caps {
             network,
             // FUSE and NFS refuse it (measured: GlusterFS, MooseFS give EINVAL); don't even try.
             rename_noreplace: AtomicBool::new(!network),
+            rename_exchange: AtomicBool::new(!network),
             barrier: barrier_for(magic),
         })
     }
@@ -350,10 +358,70 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// When the process `pid` of this host started, in milliseconds since the Unix epoch, to the
+/// precision of `/proc` (a clock tick, and the boot time's second): field 22 of
+/// `/proc/PID/stat` (clock ticks since boot) plus `btime` of `/proc/stat`. `None` where there
+/// is no such process or no `/proc` to ask.
+pub(crate) fn process_start_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces and ')': fields are
+    // counted after the last ')'. Field 3 is the first one after it; field 22 is the 20th.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = boot
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Some(btime * 1000 + ticks * 1000 / hz)
+}
+
+/// Stops this process with `SIGSTOP` (`kill(2)` on our own pid), as an operator's `kill
+/// -STOP` would: only for the test hook that stalls a lock holder at a defined point.
+pub(crate) fn stop_self() {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+}
+
+/// Runs `op` again while it fails with a transient error of a network filesystem: `ESTALE`
+/// (Gluster, NFS: the file handle went stale because another client replaced or removed the
+/// name) and `EIO` (Gluster, while the file is being replaced), at most `attempts` times in
+/// all, yielding between tries. The one place small-file reads (refs, entries, locks, config)
+/// retry: `op` must redo the whole open-and-read, since a stale handle never recovers.
+pub(crate) fn retry_transient<T>(
+    attempts: u32,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let mut tried = 1;
+    loop {
+        match op() {
+            Err(e) if is_transient(&e) && tried < attempts => {
+                tried += 1;
+                std::thread::yield_now();
+            }
+            r => return r,
+        }
+    }
+}
+
+/// True for the errors [`retry_transient`] retries.
+pub(crate) fn is_transient(e: &io::Error) -> bool {
+    is_errno(e, Errno::STALE) || is_errno(e, Errno::IO)
+}
+
 /// This host's name (`uname(2)` nodename), with characters unsafe in a file name replaced.
+///
+/// `CAS_TEST_HOST`, when set, stands in for the node name: a hidden hook with which the
+/// end-to-end tests run processes that look to each other as if on different hosts (whose
+/// locks can only be judged by age).
 pub(crate) fn hostname() -> String {
     let uts = rustix::system::uname();
-    let raw = uts.nodename().to_string_lossy();
+    let raw = match std::env::var("CAS_TEST_HOST") {
+        Ok(h) if !h.is_empty() => h,
+        _ => uts.nodename().to_string_lossy().into_owned(),
+    };
     let clean: String = raw
         .chars()
         .map(|c| {

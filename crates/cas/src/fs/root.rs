@@ -421,6 +421,31 @@ impl Root {
         rustix::fs::renameat(fdir, fname, self.base(tdir.as_ref()), tname).map_err(Into::into)
     }
 
+    /// Swaps the files at `a` and `b` atomically (`renameat2(RENAME_EXCHANGE)`): both must
+    /// exist. `Ok(false)` when the filesystem refuses the flag (NFS, most FUSE filesystems,
+    /// old kernels); nothing was changed then, and `caps` remembers it.
+    pub(crate) fn exchange(&self, a: &Path, b: &Path, caps: &Caps) -> io::Result<bool> {
+        if !caps.rename_exchange.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let r = self.with_parents(a, b, |fd, fname, td, tname| {
+            rustix::fs::renameat_with(fd, fname, td, tname, RenameFlags::EXCHANGE)
+                .map_err(Into::into)
+        });
+        match r {
+            Ok(()) => Ok(true),
+            Err(e)
+                if [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP]
+                    .iter()
+                    .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+            {
+                caps.rename_exchange.store(false, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// `renameat2(RENAME_NOREPLACE)` alone, with no fallback (for probing the filesystem).
     pub(crate) fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.with_parents(from, to, |fd, fname, td, tname| {
