@@ -513,30 +513,18 @@ impl Store {
     /// mtime. Bytes that are not UTF-8 are an unparsable lock like any other, never an error.
     pub(crate) fn read_lock(&self, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
         // GlusterFS returns ESTALE on open, fstat or read while a lock name is being replaced
-        // or removed by another client: read again from the name (bounded, `fs::retry_transient`).
-        // Once it is gone for good the error is NotFound, which callers handle.
-        read_lock_retrying(&self.inner.root_dir, path)
+        // or removed by another client: `fs::Root::read_small` reads again from the name
+        // (bounded). Once it is gone for good the error is NotFound, which callers handle.
+        read_lock_in(&self.inner.root_dir, path)
     }
 }
 
-fn read_lock_retrying(root: &fs::Root, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
-    fs::retry_transient(100, || read_lock_in(root, path))
-}
-
-/// Reads the lock file at `path` beneath `root` once (see [`Store::read_lock`]).
+/// Reads the lock file at `path` beneath `root` (see [`Store::read_lock`]; transient errors
+/// are retried by [`fs::Root::read_small`]).
 pub(crate) fn read_lock_in(root: &fs::Root, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
-    {
-        let f = root.open_read(path)?;
-        let age = f
-            .metadata()?
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .unwrap_or_default();
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut io::Read::take(f, 4096), &mut bytes)?;
-        Ok((Holder::parse(&String::from_utf8_lossy(&bytes)), age))
-    }
+    let (bytes, _, meta) = root.read_small(path, 4096)?;
+    let age = meta.mtime.elapsed().unwrap_or_default();
+    Ok((Holder::parse(&String::from_utf8_lossy(&bytes)), age))
 }
 
 /// How long a staged lock may wait to be published before its mtime is renewed (or a quarter
@@ -677,7 +665,7 @@ pub(crate) fn release_nonce_in(
     nonce: &str,
 ) -> bool {
     let is_ours = |p: &Path| {
-        read_lock_retrying(root, p)
+        read_lock_in(root, p)
             .ok()
             .and_then(|(h, _)| h)
             .is_some_and(|h| h.nonce == nonce)
@@ -695,7 +683,7 @@ pub(crate) fn release_nonce_in(
     }
     let ours = is_ours(&aside);
     if !ours {
-        if let Ok((Some(h), _)) = read_lock_retrying(root, &aside) {
+        if let Ok((Some(h), _)) = read_lock_in(root, &aside) {
             let _ = disarm_in(root, root_path, &h);
         }
     }

@@ -1,6 +1,6 @@
 //! Opening and creating a store; the handle every operation hangs off.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -473,10 +473,8 @@ pub(crate) fn check_format(path: &Path, text: &str) -> Result<()> {
 /// Reads a small text file inside the store (FORMAT, config, refs, locks): at most 64 KiB,
 /// reached beneath the root, refused if it is not a regular file.
 pub(crate) fn read_small(root: &Root, path: &Path) -> io::Result<String> {
-    let f = root.open_read(path)?;
-    let mut s = String::new();
-    f.take(64 * 1024).read_to_string(&mut s)?;
-    Ok(s)
+    let (bytes, _, _) = root.read_small(path, 64 * 1024)?;
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]

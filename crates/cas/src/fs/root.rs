@@ -286,6 +286,21 @@ impl Root {
         Ok(File::from(fd))
     }
 
+    /// Reads a small file (ref, cache entry, lock, `FORMAT`, `config`) whole: at most `limit`
+    /// bytes, opened as [`Root::open_read`] does, with its `fstat`. The whole open-stat-read
+    /// is redone while it fails with a transient network-filesystem error
+    /// ([`super::retry_transient`]): a handle that went stale never recovers, the name must be
+    /// looked up again. Returns the bytes, the open file and its metadata.
+    pub(crate) fn read_small(&self, path: &Path, limit: u64) -> io::Result<(Vec<u8>, File, Meta)> {
+        super::retry_transient(super::SMALL_READ_ATTEMPTS, || {
+            let mut f = self.open_read(path)?;
+            let meta = Self::fmeta(&f)?;
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut io::Read::take(&mut f, limit), &mut bytes)?;
+            Ok((bytes, f, meta))
+        })
+    }
+
     /// Opens a regular file for appending, creating it with `mode` if missing (`O_APPEND |
     /// O_CREAT`, never through a symlink, non-blocking so a FIFO cannot hang us), and checks
     /// with `fstat` that it is a regular file.
