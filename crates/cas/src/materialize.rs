@@ -70,7 +70,7 @@ impl Store {
             Some(how) => how,
             None => self.link_or_copy(hash, &object, &path, dest)?,
         };
-        let _ = self.refresh_if_present(hash);
+        let _ = self.refresh_if_present(hash, None);
         Ok(how)
     }
 

@@ -27,6 +27,7 @@ use crate::fs::{self, Published};
 use crate::hash::Hash;
 use crate::layout;
 use crate::lock::Lock;
+use crate::write::NameHolds;
 use crate::{Barrier, Durability, Store};
 
 /// How many staged files are `fdatasync`ed at once in a batch. On a network or FUSE
@@ -138,6 +139,16 @@ pub(crate) struct Staged {
     pub(crate) staging: Staging,
     pub(crate) hash: Hash,
     pub(crate) len: u64,
+}
+
+/// What a no-replace publish of an object found (see [`Store::publish_object`]).
+enum Found {
+    /// Ours was published, or the name holds the object already.
+    Done(Published),
+    /// The name was taken, then freed: try again.
+    Again,
+    /// Something that is not the object holds the name: what it is.
+    Squatter(String),
 }
 
 /// An object's file name inside its fan-out directory: the hash's hex after the first two.
@@ -293,7 +304,7 @@ impl Store {
         let mut new_fanout = false;
         for s in staged {
             let dst = layout::object_path(&self.inner.root, &s.hash);
-            let (published, made_dir) = self.publish_object(s.staging, &s.hash, &dst)?;
+            let (published, made_dir) = self.publish_object(s.staging, &s.hash, s.len, &dst)?;
             new_fanout |= made_dir;
             if published == Published::Created {
                 created += 1;
@@ -397,27 +408,62 @@ impl Store {
     /// Publishes one complete staging file at `dst` (an object name) without replacing;
     /// creates the fan-out directory on demand. Returns what happened and whether we created
     /// the fan-out directory.
+    ///
+    /// EEXIST means the object is there only if the name holds it ([`Store::name_holds`]):
+    /// anything else at the name — garbage, a symlink, a FIFO, a file of the wrong size — is
+    /// moved to `quarantine/` and ours is published in its place (docs/format.md §3,
+    /// "Squatters"). A put never reports an object its name does not hold.
     fn publish_object(
         &self,
         mut staging: Staging,
         hash: &Hash,
+        len: u64,
         dst: &Path,
     ) -> Result<(Published, bool)> {
         let name = fanout_name(hash);
         let mut made_dir = false;
         let mut refresh = false;
         let mut attempts = 0;
+        let mut evicted = 0;
         loop {
             let r = self.fanout_dir(hash, refresh).and_then(|dir| {
                 let r = staging.publish_into(self, dir.as_fd(), name.as_ref())?;
-                if r == Published::Existed {
-                    // Same bytes are already there: refresh the age gc sees, drop ours.
-                    let _ = fs::touch_at(dir.as_fd(), name.as_ref());
+                if r == Published::Created {
+                    return Ok(Found::Done(r));
                 }
-                Ok(r)
+                Ok(
+                    match self.name_holds(dir.as_fd(), name.as_ref(), hash, Some(len)) {
+                        // Same bytes are already there: refresh the age gc sees, drop ours.
+                        NameHolds::Object => {
+                            let _ = fs::touch_at(dir.as_fd(), name.as_ref());
+                            Found::Done(r)
+                        }
+                        // Gone meanwhile (gc): publish again.
+                        NameHolds::Absent => Found::Again,
+                        NameHolds::Squatter(what) => Found::Squatter(what),
+                    },
+                )
             });
             match r {
-                Ok(p) => return Ok((p, made_dir)),
+                Ok(Found::Done(p)) => return Ok((p, made_dir)),
+                Ok(Found::Again | Found::Squatter(_)) if evicted >= 4 => {
+                    return Err(Error::io(
+                        "publish object",
+                        dst,
+                        io::Error::other("its name keeps being taken by something else"),
+                    ));
+                }
+                Ok(Found::Again) => evicted += 1,
+                Ok(Found::Squatter(what)) => {
+                    evicted += 1;
+                    self.quarantine(hash, dst).map_err(|e| {
+                        Error::io(
+                            "move to quarantine what holds the name of object",
+                            dst,
+                            io::Error::other(format!("it {what}, and: {e}")),
+                        )
+                    })?;
+                }
                 Err(e) if fs::is_not_found(&e) && attempts < 8 => {
                     // The fan-out directory does not exist (removed by hand; a store made
                     // before init created all 256), or our handle on it is stale.

@@ -361,14 +361,14 @@ impl StatCache {
         let mut buf = [0u8; crate::hash::HEX_LEN];
         let hex = hash.to_hex_buf(&mut buf);
         let Some(slot) = self.fanouts.get(b) else {
-            return store.refresh_if_present(hash);
+            return store.refresh_if_present(hash, None);
         };
         let opened = slot.get_or_init(|| {
             let dir = store.path(layout::OBJECTS).join(&hex[..2]);
             store.inner.root_dir.open_dir(&dir).ok()
         });
         let Some(dir) = opened.as_ref() else {
-            return store.refresh_if_present(hash);
+            return store.refresh_if_present(hash, None);
         };
         let name = OsStr::new(&hex[2..]);
         match fs::lstat_at(dir.as_fd(), name) {
@@ -383,11 +383,9 @@ impl StatCache {
             // Older, or not statable: refresh, which also answers whether it is there.
             Ok(_) | Err(_) => {}
         }
-        match fs::touch_at(dir.as_fd(), name) {
-            Ok(()) => true,
-            // It exists but belongs to another user of a shared store.
-            Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
-        }
+        // Older, or not statable: the full check of what the name holds (a squatter is not
+        // the object), then the refresh.
+        store.refresh_if_present(hash, None)
     }
 
     /// Writes the cache back if this run changed it (staged, renamed over the old one; a hint,
