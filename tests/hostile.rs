@@ -1009,3 +1009,73 @@ fn a_group_member_cannot_squat_another_members_object() {
         );
     }
 }
+
+/// Issue 18, finding 6: `cas get B -o s/objects/xx/<A>` exited 0 and A's name held B's bytes;
+/// `-o s/refs/keep` turned the ref into garbage. A destination inside the store — however it
+/// is spelled: directly, through `..`, through a symlink — is refused naming it and the store,
+/// for `get -o` and `get -r` alike; nothing in the store changes.
+#[test]
+fn output_into_the_store_is_refused() {
+    let s = Store::new();
+    let a = s.put(b"object a");
+    let b = s.put(b"object b");
+    run_ok(cas(&s).args(["ref", "set", "keep", &a]));
+    let tree = text(
+        &run(cas(&s)
+            .args(["put", "-r"])
+            .arg(s.input("dir/f", b"in a tree").parent().unwrap()))
+        .stdout,
+    )
+    .trim()
+    .to_owned();
+    let link = s.scratch.join("innocent-looking");
+    std::os::unix::fs::symlink(s.root.join("refs/keep"), &link).unwrap();
+    let dotdot = s
+        .scratch
+        .join("..")
+        .join(s.root.file_name().unwrap())
+        .join("refs/keep");
+    let into_object = s.object_path(&a);
+    let store = s.root.display().to_string();
+    for dest in [
+        &into_object,
+        &s.root.join("refs/keep"),
+        &link,
+        &dotdot,
+        &s.root.join("new"),
+    ] {
+        let what = format!("get -o {}", dest.display());
+        let err = fails(
+            &run_bounded(cas(&s).args(["get", &b, "-o"]).arg(dest), &what),
+            &what,
+        );
+        assert!(
+            err.contains("inside the store") && err.contains(&store),
+            "{what}: {err}"
+        );
+    }
+    for dest in [s.root.join("restored"), s.root.join("objects/restored")] {
+        let what = format!("get -r -o {}", dest.display());
+        let err = fails(
+            &run_bounded(cas(&s).args(["get", "-r", &tree, "-o"]).arg(&dest), &what),
+            &what,
+        );
+        assert!(
+            err.contains("inside the store") && err.contains(&store),
+            "{what}: {err}"
+        );
+        assert!(!dest.exists(), "{what}: created {}", dest.display());
+    }
+    // Nothing changed: A's name holds A, the ref holds A, nothing new in the store.
+    assert_eq!(run(cas(&s).args(["get", &a])).stdout, b"object a");
+    assert_eq!(run_ok(cas(&s).args(["ref", "get", "keep"])).trim(), a);
+    assert!(!s.root.join("new").exists());
+    run_ok(cas(&s).arg("verify"));
+    // Outside the store, the same commands work.
+    run_ok(cas(&s).args(["get", &b, "-o"]).arg(s.scratch.join("out")));
+    run_ok(
+        cas(&s)
+            .args(["get", "-r", &tree, "-o"])
+            .arg(s.scratch.join("restored")),
+    );
+}

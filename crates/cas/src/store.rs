@@ -407,6 +407,31 @@ impl Store {
     }
 
     /// Mode of published objects: read-only for everyone who may read the store.
+    /// Refuses an output destination inside this store (or its upstream): `get -o`, `get -r`,
+    /// `materialize` there would replace objects, refs or entries with other bytes behind the
+    /// store's back. `dest` is resolved first (symlinks, `..`, bind mounts: see
+    /// [`fs::is_inside`]).
+    pub(crate) fn refuse_output_inside(&self, dest: &Path) -> Result<()> {
+        let mut roots = vec![self.inner.root.as_path()];
+        if let Some(t) = &self.tier {
+            roots.push(t.upstream.location());
+        }
+        for root in roots {
+            if fs::is_inside(dest, root).unwrap_or(false) {
+                return Err(Error::InvalidInput {
+                    what: "output destination",
+                    reason: format!(
+                        "{} is inside the store {} (writing there would replace the store's \
+                         own files); choose a destination outside it",
+                        dest.display(),
+                        root.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn object_mode(&self) -> u32 {
         0o444
     }

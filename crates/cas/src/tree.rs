@@ -626,6 +626,7 @@ impl Store {
         opts: &CheckoutOptions,
     ) -> Result<()> {
         let dest = dest.as_ref();
+        self.refuse_output_inside(dest)?;
         if let Ok(m) = std::fs::symlink_metadata(dest) {
             // Restoring the same tree twice (a job re-run, a second consumer) is a success.
             if m.is_dir() && self.dir_holds_tree(dest, tree, 0)? {

@@ -379,6 +379,41 @@ pub(crate) fn process_start_ms(pid: u32) -> Option<u64> {
     Some(btime * 1000 + ticks * 1000 / hz)
 }
 
+/// True if `path` (which need not exist) lies inside the directory `dir`, judged by identity
+/// rather than by name: the deepest existing ancestor of `path` is resolved (`realpath`), and
+/// it and each of its parents are compared by device and inode (`stat(2)`) with `dir`. So a
+/// path reaching `dir` through a symlink, `..`, a bind mount or another spelling counts too.
+/// The components after the existing ancestor do not exist yet; they cannot leave it.
+pub(crate) fn is_inside(path: &Path, dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(dir)?;
+    let id = (target.dev(), target.ino());
+    let abs = std::path::absolute(path)?;
+    let mut existing = abs.as_path();
+    let canon = loop {
+        match std::fs::canonicalize(existing) {
+            Ok(c) => break c,
+            Err(e)
+                if is_not_found(&e) || e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) =>
+            {
+                match existing.parent() {
+                    Some(p) => existing = p,
+                    None => return Ok(false),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    for a in canon.ancestors() {
+        if let Ok(m) = std::fs::metadata(a) {
+            if (m.dev(), m.ino()) == id {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Stops this process with `SIGSTOP` (`kill(2)` on our own pid), as an operator's `kill
 /// -STOP` would: only for the test hook that stalls a lock holder at a defined point.
 pub(crate) fn stop_self() {
