@@ -955,6 +955,31 @@ fn a_squatter_at_an_object_name_never_makes_a_put_say_yes() {
                 "{what}: the squatter was not moved to quarantine/"
             );
         }
+        // And inside a tree: `put -r` stores the file whose name was taken.
+        let s = Store::new();
+        let content = data(4000, 1000 + i as u64);
+        let dir = s.input("tree/f", &content).parent().unwrap().to_owned();
+        plant(
+            &s,
+            squat,
+            &s.object_path(&blake3_hex(&content)),
+            content.len(),
+        );
+        let what = format!("{squat:?} at the name of a file of a tree");
+        let out = run_bounded(cas(&s).args(["put", "-r"]).arg(&dir), &what);
+        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+        let tree = text(&out.stdout).trim().to_owned();
+        let restored = s.scratch.join("restored");
+        let out = run_bounded(
+            cas(&s).args(["get", "-r", &tree, "-o"]).arg(&restored),
+            &what,
+        );
+        assert!(
+            out.status.success(),
+            "{what}: put -r said yes, get -r fails: {}",
+            text(&out.stderr)
+        );
+        assert!(fs::read(restored.join("f")).unwrap() == content, "{what}");
     }
 }
 

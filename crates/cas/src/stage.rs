@@ -432,7 +432,7 @@ impl Store {
                     return Ok(Found::Done(r));
                 }
                 Ok(
-                    match self.name_holds(dir.as_fd(), name.as_ref(), hash, Some(len)) {
+                    match self.name_holds(dir.as_fd(), name.as_ref(), hash, Some(len), false) {
                         // Same bytes are already there: refresh the age gc sees, drop ours.
                         NameHolds::Object => {
                             let _ = fs::touch_at(dir.as_fd(), name.as_ref());

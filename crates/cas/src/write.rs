@@ -391,13 +391,26 @@ impl Store {
     /// is present all the same). False if the name is free — or held by something else,
     /// which the publish that follows moves to `quarantine/` (docs/format.md §3, "Squatters").
     pub(crate) fn refresh_if_present(&self, hash: &Hash, len: Option<u64>) -> bool {
+        self.refresh_if_holds(hash, len, false)
+    }
+
+    /// [`Store::refresh_if_present`]; with `own_is_enough`, a regular file of ours of the
+    /// right size counts without a rehash even in a shared store (see [`Store::name_holds`]).
+    pub(crate) fn refresh_if_holds(
+        &self,
+        hash: &Hash,
+        len: Option<u64>,
+        own_is_enough: bool,
+    ) -> bool {
         // Through the cached fan-out handle. A stale handle (the directory made again)
         // answers "absent"; the publish that follows finds the truth.
         let Ok(dir) = self.fanout_dir(hash, false) else {
             return false;
         };
         let name = crate::stage::fanout_name(hash);
-        if self.name_holds(dir.as_fd(), name.as_ref(), hash, len) != NameHolds::Object {
+        if self.name_holds(dir.as_fd(), name.as_ref(), hash, len, own_is_enough)
+            != NameHolds::Object
+        {
             return false;
         }
         let _ = fs::touch_at(dir.as_fd(), name.as_ref());
@@ -410,12 +423,18 @@ impl Store {
     /// can have written it — its bytes hash to its name. Anything else is a squatter: another
     /// member of a shared store can plant garbage or a link at the name of content someone
     /// else will store, and a put that believed it would acknowledge bytes it never stored.
+    ///
+    /// `own_is_enough` trusts our own file in a shared store too: for the stat cache of
+    /// `put -r`, which only vouches for content we stored ourselves (the one way to plant a
+    /// file of ours there is a hard link to another of our objects of the same size, which
+    /// Linux refuses to other users under `fs.protected_hardlinks`).
     pub(crate) fn name_holds(
         &self,
         dir: std::os::fd::BorrowedFd<'_>,
         name: &std::ffi::OsStr,
         hash: &Hash,
         len: Option<u64>,
+        own_is_enough: bool,
     ) -> NameHolds {
         let m = match fs::lstat_at(dir, name) {
             Ok(m) => m,
@@ -428,7 +447,7 @@ impl Store {
         if let Some(want) = len.filter(|&l| l != m.len) {
             return NameHolds::Squatter(format!("holds {} bytes, not {want}", m.len));
         }
-        if !self.inner.options.shared_group && m.uid == fs::uid() {
+        if m.uid == fs::uid() && (own_is_enough || !self.inner.options.shared_group) {
             return NameHolds::Object;
         }
         let path = self.object_path(hash);
