@@ -589,14 +589,21 @@ impl Lock {
         Ok(())
     }
 
-    /// The last check before a commit: a holder whose lease has less than a quarter of the
-    /// lock timeout left refuses to commit (`LockLost`), so that its commit lands well before
-    /// anyone on another host may judge it stale — the defence where breaking is not atomic
-    /// (docs/format.md, "Locks (leases)"); then the lock must still hold our nonce
+    /// The last check before a commit. Where this store breaks locks by moving them aside (no
+    /// atomic swap: NFS, FUSE), a holder whose lease has less than a quarter of the lock
+    /// timeout left refuses to commit (`LockLost`), so that its commit lands well before anyone
+    /// may judge it stale (docs/format.md, "Locks (leases)"); with a swap the fence alone is
+    /// exact and no clock is consulted. Then the lock must still hold our nonce
     /// ([`Lock::verify`]). A zero timeout has no margin to keep.
     pub(crate) fn check_for_commit(&self) -> Result<()> {
         let timeout = self.store.inner.options.lock_timeout;
-        if !timeout.is_zero() {
+        let swapping = self
+            .store
+            .inner
+            .caps
+            .rename_exchange
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !swapping && !timeout.is_zero() {
             let from = *self
                 .lease_from
                 .lock()
@@ -802,6 +809,72 @@ mod tests {
         assert!(!store.is_stale(h.as_ref(), age));
         l.verify().unwrap();
         holder.join().unwrap();
+        l.release();
+    }
+
+    /// A stale lock of another host: breaking it, by a swap or (where names cannot be
+    /// swapped) by moving it aside, removes its holder's commit file first — the fence.
+    #[test]
+    fn breaking_a_lock_disarms_its_holders_commit() {
+        for swap in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let store = Store::init(
+                d.path(),
+                crate::Options::default().lock_timeout(Duration::ZERO),
+            )
+            .unwrap();
+            store
+                .inner
+                .caps
+                .rename_exchange
+                .store(swap, std::sync::atomic::Ordering::Relaxed);
+            let path = d.path().join("refs").join("r.lock");
+            let other = Holder {
+                host: "elsewhere".into(),
+                pid: 42,
+                start_ms: now_ms(),
+                nonce: "0123456789abcdef".into(),
+                pin: None,
+            };
+            std::fs::write(&path, other.render()).unwrap();
+            let fence = d.path().join("tmp").join(other.fence_name());
+            std::fs::write(&fence, b"their new value\n").unwrap();
+            let l = store
+                .acquire_lock(&path, None, Wait::For(Duration::ZERO))
+                .unwrap();
+            assert!(
+                !fence.exists(),
+                "swap {swap}: the broken holder's commit is armed"
+            );
+            l.verify().unwrap();
+            l.release();
+            assert!(!path.exists());
+        }
+    }
+
+    /// Where locks are broken by moving them aside, a holder refuses to commit in the last
+    /// quarter of its lease; with an atomic swap the fence alone decides.
+    #[test]
+    fn a_holder_near_the_end_of_its_lease_refuses_to_commit_without_swaps() {
+        let d = tempfile::tempdir().unwrap();
+        let lease = Duration::from_mins(1);
+        let store = Store::init(d.path(), crate::Options::default().lock_timeout(lease)).unwrap();
+        let path = d.path().join("locks").join("x.lock");
+        let l = store
+            .acquire_lock(&path, None, Wait::For(Duration::ZERO))
+            .unwrap();
+        l.check_for_commit().unwrap();
+        *l.lease_from.lock().unwrap() = Instant::now().checked_sub(lease * 4 / 5).unwrap();
+        l.check_for_commit().unwrap(); // swapping: no clock consulted
+        store
+            .inner
+            .caps
+            .rename_exchange
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let e = l.check_for_commit().unwrap_err();
+        assert!(matches!(e, Error::LockLost { .. }), "{e}");
+        *l.lease_from.lock().unwrap() = Instant::now();
+        l.check_for_commit().unwrap();
         l.release();
     }
 
