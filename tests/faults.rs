@@ -339,3 +339,53 @@ fn faults_in_get_o() {
 fn faults_in_gc() {
     run_scenario(&scenario("gc"));
 }
+
+/// Issue 18, finding 10: `cannot read ref …: Stale file handle (os error 116)` on Gluster —
+/// an ESTALE during the read of a ref, not at its open. The read of every small file (refs,
+/// cache entries, locks, config) is retried in one place: a transient ESTALE or EIO in the
+/// middle of a read is not an error; one that lasts is, naming the file.
+#[test]
+fn transient_errors_reading_small_files_are_retried() {
+    if !faultfs::available() {
+        return;
+    }
+    let fs = FaultFs::mount(false);
+    let inputs = tempfile::tempdir().unwrap();
+    let c = Ctx {
+        store: fs.mnt.join("store"),
+        out: fs.mnt.join("out"),
+        inputs: inputs.path().to_owned(),
+    };
+    common::run_ok(c.cas().arg("init"));
+    let h = common::run_ok(c.cas().arg("put").arg(c.input("v", b"value")));
+    let h = h.trim();
+    common::run_ok(c.cas().args(["ref", "set", "r", h]));
+    common::run_ok(
+        c.cas()
+            .args(["key", "put", "k"])
+            .arg(c.input("k", b"keyed")),
+    );
+    for err in ["ESTALE", "EIO"] {
+        for (what, under, args) in [
+            ("ref get", "store/refs", &["ref", "get", "r"][..]),
+            ("key get", "store/index", &["key", "get", "k"][..]),
+            ("config", "store/config", &["ref", "get", "r"][..]),
+        ] {
+            fs.ctl(&format!("fault read 1 {err} under {under}"));
+            let out = c.cas().args(args).output().unwrap();
+            fs.ctl("clear");
+            assert!(
+                out.status.success(),
+                "{what}: one {err} while reading failed the command: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+    // An error that does not go away is reported, naming the ref.
+    fs.ctl("fault read 1 ESTALE sticky under store/refs");
+    let out = c.cas().args(["ref", "get", "r"]).output().unwrap();
+    fs.ctl("clear");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("refs/r") && err.contains("tale"), "{err}");
+}

@@ -1137,3 +1137,241 @@ fn ref_log_n_prints_the_last_lines_and_names_damaged_ones() {
         "{shown}"
     );
 }
+
+/// What a squatter plants at the name of content someone else will store.
+#[derive(Debug, Clone, Copy)]
+enum Squat {
+    /// Garbage of another size.
+    WrongSize,
+    /// Garbage of the right size, owned by another user (whose bytes cannot be trusted).
+    ForeignSameSize,
+    /// A symlink to a file with other bytes.
+    Symlink,
+    /// A dangling symlink.
+    DanglingSymlink,
+    /// A FIFO.
+    Fifo,
+    /// A directory.
+    Dir,
+}
+
+fn plant(s: &Store, squat: Squat, path: &Path, len: usize) {
+    match squat {
+        Squat::WrongSize => fs::write(path, b"garbage").unwrap(),
+        Squat::ForeignSameSize => {
+            fs::write(path, vec![b'x'; len]).unwrap();
+            rustix::fs::chown(path, Some(rustix::fs::Uid::from_raw(54_321)), None).unwrap();
+        }
+        Squat::Symlink => {
+            let decoy = s.input("decoy", &vec![b'y'; len]);
+            std::os::unix::fs::symlink(decoy, path).unwrap();
+        }
+        Squat::DanglingSymlink => std::os::unix::fs::symlink("/nonexistent", path).unwrap(),
+        Squat::Fifo => mkfifo(path),
+        Squat::Dir => fs::create_dir(path).unwrap(),
+    }
+}
+
+/// Issue 18, finding 4: something planted at the name of content another user will store made
+/// that user's `put` exit 0 and print the hash though their bytes were never stored (`get`
+/// then said corrupt, or ELOOP). EEXIST, or a name found present, counts as "stored" only if
+/// it is a regular file of the right size whose bytes (unless they are our own in a private
+/// store) hash to its name; anything else goes to quarantine/ and ours is published.
+#[test]
+fn a_squatter_at_an_object_name_never_makes_a_put_say_yes() {
+    let squats = [
+        Squat::WrongSize,
+        Squat::ForeignSameSize,
+        Squat::Symlink,
+        Squat::DanglingSymlink,
+        Squat::Fifo,
+        Squat::Dir,
+    ];
+    for (i, squat) in squats.into_iter().enumerate() {
+        if matches!(squat, Squat::ForeignSameSize) && !is_root() {
+            prerequisite(false, "a file of another owner needs root");
+            continue;
+        }
+        // Three ways in: a small file by path, a stream, a large file by path.
+        for (way, len) in [("path", 100), ("stdin", 100), ("path", 3 << 20)] {
+            let s = Store::new();
+            let mut content = data(len, i as u64 + len as u64);
+            content[..way.len()].copy_from_slice(way.as_bytes());
+            let h = blake3_hex(&content);
+            let name = s.object_path(&h);
+            plant(&s, squat, &name, len);
+            let what = format!("{squat:?} at the name, put by {way} of {len} bytes");
+            let out = if way == "stdin" {
+                common::run_with_stdin(cas(&s).args(["put", "-"]), &content)
+            } else {
+                run_bounded(cas(&s).arg("put").arg(s.input("in", &content)), &what)
+            };
+            assert!(
+                out.status.success(),
+                "{what}: put failed: {}",
+                text(&out.stderr)
+            );
+            assert_eq!(text(&out.stdout).trim(), h, "{what}");
+            let got = run_bounded(cas(&s).args(["get", &h]), &what);
+            assert!(
+                got.status.success(),
+                "{what}: put said yes, get fails: {}",
+                text(&got.stderr)
+            );
+            assert!(got.stdout == content, "{what}: get returns other bytes");
+            let m = fs::symlink_metadata(&name).unwrap();
+            assert!(m.is_file(), "{what}: the name is not a regular file");
+            assert!(
+                fs::read_dir(s.quarantine()).unwrap().count() == 1,
+                "{what}: the squatter was not moved to quarantine/"
+            );
+        }
+        // And inside a tree: `put -r` stores the file whose name was taken.
+        let s = Store::new();
+        let content = data(4000, 1000 + i as u64);
+        let dir = s.input("tree/f", &content).parent().unwrap().to_owned();
+        plant(
+            &s,
+            squat,
+            &s.object_path(&blake3_hex(&content)),
+            content.len(),
+        );
+        let what = format!("{squat:?} at the name of a file of a tree");
+        let out = run_bounded(cas(&s).args(["put", "-r"]).arg(&dir), &what);
+        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+        let tree = text(&out.stdout).trim().to_owned();
+        let restored = s.scratch.join("restored");
+        let out = run_bounded(
+            cas(&s).args(["get", "-r", &tree, "-o"]).arg(&restored),
+            &what,
+        );
+        assert!(
+            out.status.success(),
+            "{what}: put -r said yes, get -r fails: {}",
+            text(&out.stderr)
+        );
+        assert!(fs::read(restored.join("f")).unwrap() == content, "{what}");
+    }
+}
+
+/// Issue 18, finding 4, as it happens in a shared store: member A plants garbage of the right
+/// size (and, for another object, a symlink) at the names of content member B will store.
+/// B's put must store B's bytes.
+#[test]
+fn a_group_member_cannot_squat_another_members_object() {
+    let Some(u) = users() else {
+        prerequisite(false, "two users need root and useradd");
+        return;
+    };
+    let s = Store::uninit();
+    open_up(&s);
+    let shared = s.base().join("shared");
+    fs::create_dir(&shared).unwrap();
+    rustix::fs::chown(&shared, None, Some(rustix::fs::Gid::from_raw(u.gid))).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o2775)).unwrap();
+    let out = run(cas_as(&shared, u.a)
+        .args(["init", "--shared", "group"])
+        .arg(&shared));
+    assert!(out.status.success(), "init: {}", text(&out.stderr));
+    for (i, symlink) in [false, true].into_iter().enumerate() {
+        let content = data(5000, 77 + i as u64);
+        let h = blake3_hex(&content);
+        let name = shared.join("objects").join(&h[..2]).join(&h[2..]);
+        // As A: a file of the right size, or a symlink, at the name.
+        let planted = if symlink {
+            Command::new("ln")
+                .args(["-s", "/etc/hostname"])
+                .arg(&name)
+                .uid(u.a.0)
+                .gid(u.a.1)
+                .status()
+        } else {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("head -c 5000 /dev/zero > {}", name.display()))
+                .uid(u.a.0)
+                .gid(u.a.1)
+                .status()
+        };
+        assert!(planted.unwrap().success(), "A could not plant at the name");
+        let out = common::run_with_stdin(cas_as(&shared, u.b).args(["put", "-"]), &content);
+        assert!(out.status.success(), "B's put: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), h);
+        let got = run(cas_as(&shared, u.b).args(["get", &h]));
+        assert!(
+            got.status.success() && got.stdout == content,
+            "B's put said yes but the name does not hold B's bytes: {}",
+            text(&got.stderr)
+        );
+    }
+}
+
+/// Issue 18, finding 6: `cas get B -o s/objects/xx/<A>` exited 0 and A's name held B's bytes;
+/// `-o s/refs/keep` turned the ref into garbage. A destination inside the store — however it
+/// is spelled: directly, through `..`, through a symlink — is refused naming it and the store,
+/// for `get -o` and `get -r` alike; nothing in the store changes.
+#[test]
+fn output_into_the_store_is_refused() {
+    let s = Store::new();
+    let a = s.put(b"object a");
+    let b = s.put(b"object b");
+    run_ok(cas(&s).args(["ref", "set", "keep", &a]));
+    let tree = text(
+        &run(cas(&s)
+            .args(["put", "-r"])
+            .arg(s.input("dir/f", b"in a tree").parent().unwrap()))
+        .stdout,
+    )
+    .trim()
+    .to_owned();
+    let link = s.scratch.join("innocent-looking");
+    std::os::unix::fs::symlink(s.root.join("refs/keep"), &link).unwrap();
+    let dotdot = s
+        .scratch
+        .join("..")
+        .join(s.root.file_name().unwrap())
+        .join("refs/keep");
+    let into_object = s.object_path(&a);
+    let store = s.root.display().to_string();
+    for dest in [
+        &into_object,
+        &s.root.join("refs/keep"),
+        &link,
+        &dotdot,
+        &s.root.join("new"),
+    ] {
+        let what = format!("get -o {}", dest.display());
+        let err = fails(
+            &run_bounded(cas(&s).args(["get", &b, "-o"]).arg(dest), &what),
+            &what,
+        );
+        assert!(
+            err.contains("inside the store") && err.contains(&store),
+            "{what}: {err}"
+        );
+    }
+    for dest in [s.root.join("restored"), s.root.join("objects/restored")] {
+        let what = format!("get -r -o {}", dest.display());
+        let err = fails(
+            &run_bounded(cas(&s).args(["get", "-r", &tree, "-o"]).arg(&dest), &what),
+            &what,
+        );
+        assert!(
+            err.contains("inside the store") && err.contains(&store),
+            "{what}: {err}"
+        );
+        assert!(!dest.exists(), "{what}: created {}", dest.display());
+    }
+    // Nothing changed: A's name holds A, the ref holds A, nothing new in the store.
+    assert_eq!(run(cas(&s).args(["get", &a])).stdout, b"object a");
+    assert_eq!(run_ok(cas(&s).args(["ref", "get", "keep"])).trim(), a);
+    assert!(!s.root.join("new").exists());
+    run_ok(cas(&s).arg("verify"));
+    // Outside the store, the same commands work.
+    run_ok(cas(&s).args(["get", &b, "-o"]).arg(s.scratch.join("out")));
+    run_ok(
+        cas(&s)
+            .args(["get", "-r", &tree, "-o"])
+            .arg(s.scratch.join("restored")),
+    );
+}

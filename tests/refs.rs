@@ -128,6 +128,177 @@ fn compare_and_swap_counter_loses_no_update() {
     );
 }
 
+/// One worker of a compare-and-swap counter: `loops` times read the counter, put the next
+/// value and swap it in with `--expect`. Returns how many swaps succeeded. Every failure must
+/// be clean and say why: a lost race (conflict), a lock taken over while held, or a lock held
+/// too long.
+fn counter_worker(s: &Store, loops: usize, args: &[&str], host: Option<&str>) -> (usize, usize) {
+    let (mut done, mut lost) = (0, 0);
+    for _ in 0..loops {
+        let cur = ref_get(s, "counter");
+        let n: u64 = run_ok(cas(s).args(["get", &cur]))
+            .parse()
+            .expect("the counter object holds a number");
+        let next = s.put((n + 1).to_string().as_bytes());
+        let mut cmd = cas(s);
+        cmd.args(args)
+            .args(["ref", "set", "counter", &next, "--expect", &cur]);
+        if let Some(h) = host {
+            cmd.env("CAS_TEST_HOST", h);
+        }
+        let out = run(&mut cmd);
+        if out.status.success() {
+            done += 1;
+        } else {
+            let err = text(&out.stderr);
+            assert!(
+                matches!(out.status.code(), Some(1 | 2)) && !err.contains("panicked"),
+                "a failed swap must fail cleanly: {} {err}",
+                out.status
+            );
+            assert!(
+                err.contains("expected") || err.contains("taken over") || err.contains("locked"),
+                "a failed swap must say why: {err}"
+            );
+            lost += usize::from(err.contains("taken over"));
+        }
+    }
+    (done, lost)
+}
+
+/// Runs `procs` counter workers of `loops` swaps each; asserts the counter ends at the number
+/// of successful swaps (no update lost) and returns that number and how many swaps failed
+/// because their lock was taken over.
+fn counter_race(procs: usize, loops: usize, args: &[&str], hosts: bool) -> (usize, usize) {
+    let s = Store::new();
+    let zero = s.put(b"0");
+    run_ok(cas(&s).args(["ref", "set", "counter", &zero, "--expect-none"]));
+    let successes = AtomicUsize::new(0);
+    let lost = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        for p in 0..procs {
+            let (s, successes, lost) = (&s, &successes, &lost);
+            sc.spawn(move || {
+                let host = hosts.then(|| format!("node{p}"));
+                let (n, l) = counter_worker(s, loops, args, host.as_deref());
+                successes.fetch_add(n, Ordering::SeqCst);
+                lost.fetch_add(l, Ordering::SeqCst);
+            });
+        }
+    });
+    let total = successes.load(Ordering::SeqCst);
+    let lost = lost.load(Ordering::SeqCst);
+    let final_value = run_ok(cas(&s).args(["get", &ref_get(&s, "counter")]));
+    assert_eq!(
+        final_value,
+        total.to_string(),
+        "lost update: {total} successful swaps ({lost} lost their lock) but the counter says \
+         {final_value}"
+    );
+    (total, lost)
+}
+
+/// Issue 18, finding 3: with a zero lease every lock is "older than the timeout" at once; the
+/// old code broke live holders on this host by age and two writers committed (240 swaps,
+/// counter 132). A holder alive on this host is never broken by age, so every swap counts.
+#[test]
+fn zero_lease_compare_and_swap_loses_no_update() {
+    let (total, lost) = counter_race(4, 60, &["--lock-timeout", "0s"], false);
+    eprintln!("{total} of 240 swaps succeeded, {lost} lost their lock");
+    assert!(total > 0, "no swap succeeded");
+    assert_eq!(lost, 0, "a live holder on this host lost its lock");
+}
+
+/// Issue 18, finding 3: the same race with each worker on its own (simulated) host, so that
+/// nobody can see whether a holder is alive and locks are broken by age all the time (a zero
+/// lease): a broken holder's commit must fail, never land beside the breaker's (fencing).
+#[test]
+fn zero_lease_compare_and_swap_across_hosts_loses_no_update() {
+    let (total, lost) = counter_race(4, 60, &["--lock-timeout", "0s"], true);
+    eprintln!("{total} of 240 swaps succeeded, {lost} lost their lock");
+    assert!(total > 0, "no swap succeeded");
+}
+
+/// The process state letter of `pid` (`T` when stopped), from `/proc/PID/stat`.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Issue 18, finding 3: a holder stalled past its lease (stopped with SIGSTOP at a defined
+/// point, on a simulated other host so only its age can judge it) loses its lock to another
+/// writer; continued with SIGCONT it must fail cleanly and leave the other writer's value.
+/// `before-commit` is the dangerous point: the lock was checked, only the rename remains.
+#[test]
+fn a_holder_stalled_past_its_lease_loses_its_commit() {
+    use std::io::BufRead;
+    for (point, expect_old) in [
+        ("before-commit", true),
+        ("before-commit", false),
+        ("lock-acquired", false),
+    ] {
+        let s = Store::new();
+        let a = s.put(b"a");
+        let stalled_value = s.put(b"stalled");
+        let winner = s.put(b"winner");
+        run_ok(cas(&s).args(["ref", "set", "r", &a]));
+        let mut cmd = cas(&s);
+        cmd.env("CAS_TEST_HOST", "stalled-node")
+            .env("CAS_TEST_PAUSE", point)
+            .args(["ref", "set", "r", &stalled_value])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if expect_old {
+            cmd.args(["--expect", &a]);
+        }
+        let mut holder = cmd.spawn().unwrap();
+        let mut err = std::io::BufReader::new(holder.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("cas-test: paused at {point}"));
+        let pid = holder.id();
+        common::wait_until("the holder to stop", || proc_state(pid) == Some('T'));
+
+        // Another writer waits out the 300 ms lease, breaks the lock and commits.
+        run_ok(cas(&s).args([
+            "--lock-timeout",
+            "300ms",
+            "ref",
+            "set",
+            "r",
+            &winner,
+            "--expect",
+            &a,
+        ]));
+        assert_eq!(ref_get(&s, "r"), winner);
+
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+        let status = holder.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+        assert!(
+            status.code() == Some(1),
+            "{point}: the stalled holder must fail, got {status}: {rest}"
+        );
+        assert!(
+            rest.contains("taken over") || rest.contains("expected"),
+            "{point}: the stalled holder must say it lost: {rest}"
+        );
+        assert_eq!(
+            ref_get(&s, "r"),
+            winner,
+            "{point}: the stalled holder overwrote the winner"
+        );
+        assert!(
+            !s.root.join("refs/r.lock").exists(),
+            "{point}: a lock was left"
+        );
+        run_ok(cas(&s).arg("gc"));
+        s.assert_tmp_empty();
+    }
+}
+
 /// Issue test 2: A `cas ref set` killed with SIGKILL while it holds the ref's lock: the next update on
 /// this host breaks the dead holder's lock at once and the ref stays intact.
 #[test]
@@ -223,10 +394,15 @@ fn leases_expire_and_live_locks_time_out() {
     run_ok(cas(&s).args(["--lock-timeout", "1s", "ref", "set", "r", &a]));
     assert_eq!(ref_get(&s, "r"), a);
 
-    // A holder on this host that is alive (this test process) and keeps its lease fresh (mtime
-    // in the future stands for a holder that refreshes): the update gives up, naming the lock.
+    // A holder on this host that is alive (this test process, which started before the lock
+    // was taken) and keeps its lease fresh (an mtime in the future): the update gives up,
+    // naming the lock.
     let me = std::process::id();
-    fs::write(&lock, format!("{host} {me} 1700000000000 abcdef\n")).unwrap();
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    fs::write(&lock, format!("{host} {me} {now_ms} abcdef\n")).unwrap();
     set_mtime(&lock, SystemTime::now() + Duration::from_hours(1));
     let out = run(cas(&s).args(["--lock-timeout", "1s", "ref", "set", "r", &b]));
     assert_fails_with(
@@ -237,9 +413,18 @@ fn leases_expire_and_live_locks_time_out() {
     assert_eq!(ref_get(&s, "r"), a, "a timed-out update changed the ref");
     assert!(lock.exists(), "a live holder's lock was broken");
 
-    // The same live holder's lock with an expired lease (no refresh for 10 s) is broken.
+    // Issue 18, finding 3: the same live holder whose lease expired (no refresh for 10 s) is
+    // still alive on this host, and may still commit: it is never broken by age.
     set_mtime(&lock, SystemTime::now() - Duration::from_secs(10));
-    run_ok(cas(&s).args(["--lock-timeout", "2s", "ref", "set", "r", &b]));
+    let out = run(cas(&s).args(["--lock-timeout", "1s", "ref", "set", "r", &b]));
+    assert_fails_with(&out, &["r.lock", "locked"], "update under a live, old lock");
+    assert_eq!(ref_get(&s, "r"), a);
+
+    // A lock naming our pid but taken before this process started (2023): the pid was reused,
+    // its holder is dead, and the lock is broken at once, whatever the lease.
+    fs::write(&lock, format!("{host} {me} 1700000000000 abcdef\n")).unwrap();
+    set_mtime(&lock, SystemTime::now() + Duration::from_hours(1));
+    run_ok(cas(&s).args(["--lock-timeout", "1h", "ref", "set", "r", &b]));
     assert_eq!(ref_get(&s, "r"), b);
 }
 

@@ -249,6 +249,46 @@ fn corrupt_local_copy_is_quarantined_and_fetched_again() {
     assert_clean(&t.up);
 }
 
+/// Issue 18, finding 11: a tier `get` of an object whose upstream copy is corrupt
+/// quarantined it upstream, then reported "not found in the store (UPSTREAM)" — the refetch
+/// meant for a corrupt *local* copy ran again and found nothing. It must say corrupt, naming
+/// the object, and nothing wrong lands in the tier.
+#[test]
+fn corrupt_upstream_copy_is_reported_corrupt() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = Tiers::new();
+    let bytes = data(200_000, 11);
+    let h = put_file(&t.a, &t.scratch("y", &bytes));
+    let upstream_copy = object_path(&t.up, &h);
+    let mut damaged = bytes.clone();
+    damaged[99_999] ^= 0x01;
+    for args in [vec!["get", &h], vec!["get", &h, "-o", "-"]] {
+        // (Again for each: the get before quarantined the damaged copy.)
+        if upstream_copy.exists() {
+            std::fs::set_permissions(&upstream_copy, std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        std::fs::write(&upstream_copy, &damaged).unwrap();
+        let out = cas_at(&t.b).args(&args).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("corrupt") && err.contains(&h) && !err.contains("not found"),
+            "{args:?}: a corrupt upstream copy must be reported as corrupt: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: wrote bytes");
+    }
+    assert_eq!(
+        files_under(&t.up.join("quarantine")).len(),
+        2,
+        "quarantined upstream"
+    );
+    assert!(
+        !object_path(&t.b, &h).exists(),
+        "nothing published in the tier"
+    );
+}
+
 /// With the upstream unreachable, cached objects are served; uncached reads, writes, refs and
 /// keys fail naming the upstream; once it is back, everything works again.
 #[test]

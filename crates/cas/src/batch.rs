@@ -157,7 +157,7 @@ impl Batch {
         if !self.tick(bytes.len() as u64) {
             return Err(crate::Error::Interrupted);
         }
-        if !self.known(&hash) {
+        if !self.known(&hash, bytes.len() as u64) {
             let s = self.store.stage_hashed(bytes, hash)?;
             self.add(s)?;
         }
@@ -174,7 +174,7 @@ impl Batch {
             .store
             .stage_reader_ticking(&mut { reader }, Input::Stream, &|n| self.tick(n))?;
         let hash = s.hash;
-        if !self.known(&hash) {
+        if !self.known(&hash, s.len) {
             self.add(s)?;
         }
         Ok(hash)
@@ -198,8 +198,8 @@ impl Batch {
     }
 
     /// True if `hash` is already in the batch or in the store (refreshing its mtime).
-    fn known(&self, hash: &Hash) -> bool {
-        self.seen.contains(hash) || self.store.refresh_if_present(hash)
+    fn known(&self, hash: &Hash, len: u64) -> bool {
+        self.seen.contains(hash) || self.store.refresh_if_present(hash, Some(len))
     }
 
     fn add(&mut self, s: Staged) -> Result<()> {

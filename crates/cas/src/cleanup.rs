@@ -193,32 +193,13 @@ fn remove_temp(p: &Path) -> bool {
     }
 }
 
-/// Removes the lock at `path` only if it still holds `nonce`: move it aside into
-/// `root/locks/` first (so a lock taken by someone else between our read and our removal is
-/// never the one removed), check what was moved, and put back anything that is not ours.
+/// Removes the lock at `path` only if it still holds `nonce` (`lock::release_nonce_in`).
 fn release_if_ours(path: &Path, nonce: &str, root_path: &Path) -> bool {
     // Everything inside the store is reached beneath its root, never through a symlink.
     let Ok(root) = fs::Root::open(root_path) else {
         return false;
     };
-    let aside = root_path.join(layout::LOCKS).join(format!(
-        "abandoned.{}.{}.{nonce}",
-        fs::hostname(),
-        fs::pid()
-    ));
-    if root.rename(path, &aside).is_err() {
-        return false; // gone already (released or broken), or unreachable: nothing of ours
-    }
-    let ours = crate::lock::read_lock_in(&root, &aside)
-        .ok()
-        .and_then(|(h, _)| h)
-        .is_some_and(|h| h.nonce == nonce);
-    if !ours {
-        // Someone else's lock, taken after ours went: link it back (never replacing).
-        let _ = root.link(&aside, path);
-    }
-    let _ = root.unlink(&aside);
-    ours
+    crate::lock::release_nonce_in(&root, root_path, path, nonce)
 }
 
 /// Removes this process's staging files (`HOST.PID.*`, regular files only) from `tmp`,

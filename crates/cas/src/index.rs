@@ -244,8 +244,7 @@ impl Store {
                 .map_or(0, |d| d.as_millis() as u64),
             metadata: metadata.to_vec(),
         };
-        lock.verify()?;
-        self.replace_small(&path, &entry.encode(), self.durability())?;
+        self.replace_small_fenced(&path, &entry.encode(), self.durability(), lock)?;
         Ok(current)
     }
 
@@ -286,16 +285,11 @@ impl Store {
     pub(crate) fn read_entry_file(&self, path: &Path) -> Result<Option<(Entry, std::fs::File)>> {
         // Beneath the root, never through a symlink, non-blocking: a FIFO or a directory at
         // an entry's name is an error naming it, not a hang.
-        let mut f = match self.inner.root_dir.open_read(path) {
-            Ok(f) => f,
+        let (bytes, f, _) = match self.inner.root_dir.read_small(path, MAX_ENTRY as u64 + 1) {
+            Ok(r) => r,
             Err(e) if fs::is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(Error::io("open cache entry", path, e)),
+            Err(e) => return Err(Error::io("read cache entry", path, e)),
         };
-        let mut bytes = Vec::new();
-        (&mut f)
-            .take(MAX_ENTRY as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(Error::at("read cache entry", path))?;
         let e = Entry::decode(&bytes).map_err(|reason| Error::Malformed {
             what: "cache entry",
             path: path.to_owned(),

@@ -90,6 +90,19 @@ pub(crate) fn broken_lock_name(host: &str, pid: u32, nonce: &str) -> String {
     format!("broken.{host}.{pid}.{nonce}")
 }
 
+/// The name in `tmp/` of a lock holder's commit file, `HOST.PID.fence-NONCE`: the staged new
+/// content of the name the lock protects, which a breaker of that lock removes (docs/format.md,
+/// "Locks (leases)"). It parses as a staging name, so gc cleans one a dead holder left.
+pub(crate) fn fence_name(host: &str, pid: u32, nonce: &str) -> String {
+    format!("{host}.{pid}.fence-{nonce}")
+}
+
+/// The name in `tmp/` a remover moves a ref aside to before it knows the removal stands:
+/// `HOST.PID.removed-NONCE` (a staging name, cleaned by gc if its remover dies).
+pub(crate) fn removed_name(host: &str, pid: u32, nonce: &str) -> String {
+    format!("{host}.{pid}.removed-{nonce}")
+}
+
 /// The path of a ref under `refs/`, of its lock, and of its log under `logs/refs/`.
 pub(crate) fn ref_paths(root: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let refs = root.join(REFS);

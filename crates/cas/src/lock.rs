@@ -67,6 +67,11 @@ impl Holder {
         })
     }
 
+    /// The name of this holder's commit file in `tmp/` (see [`Store::replace_small_fenced`]).
+    pub(crate) fn fence_name(&self) -> String {
+        layout::fence_name(&self.host, self.pid, &self.nonce)
+    }
+
     fn describe(&self) -> String {
         format!(
             "host {} pid {} since {} ms",
@@ -81,6 +86,11 @@ pub(crate) struct Lock {
     store: Store,
     path: PathBuf,
     ident: Ident,
+    /// Our holder line (its host, pid and nonce name our commit file).
+    me: Holder,
+    /// No later than the lock file's mtime was last set (acquired or refreshed), on the
+    /// monotonic clock: where our lease started, as far as we can know.
+    lease_from: std::sync::Mutex<Instant>,
     released: bool,
     /// Known to the process's clean-up on signals (`crate::cleanup`) while held.
     registered: Option<crate::cleanup::Registered>,
@@ -158,6 +168,9 @@ impl Store {
     ) -> Result<Lock> {
         let Wait::For(max_wait) = wait;
         let started = Instant::now();
+        // Taken before the staging file is written: its mtime, which becomes the lock's, is
+        // no earlier than this instant.
+        let mut staged_fresh = Instant::now();
         let me = Holder {
             host: self.inner.host.clone(),
             pid: self.inner.pid,
@@ -169,34 +182,17 @@ impl Store {
         // file first and published under the lock name without replacing. A holder killed
         // between an O_EXCL create and its write would otherwise leave an empty lock that
         // nobody can attribute, blocking everyone for a whole lease.
-        let mut staged = match self.stage_lock(&me.render()) {
-            Ok(s) => Some(s),
-            // Also when tmp/ itself is not a directory we may use (a symlink planted there):
-            // gc still runs, and reports it.
-            Err(e)
-                if in_place_when_full
-                    && (is_no_space(&e) || e.io_error().is_some_and(fs::is_hostile)) =>
-            {
-                None
+        let mut staged = self.stage_lock_unless_full(&me, in_place_when_full)?;
+        let held = |ident: Ident, lease_from: Instant| {
+            if !in_place_when_full {
+                test_pause("lock-acquired");
             }
-            Err(e) => return Err(e),
-        };
-        let held = |ident: Ident| Lock {
-            store: self.clone(),
-            path: path.to_owned(),
-            ident,
-            released: false,
-            registered: Some(crate::cleanup::register_lock(
-                path,
-                &me.nonce,
-                &self.inner.root,
-            )),
+            self.held_lock(path, ident, &me, lease_from)
         };
         let mut backoff = Duration::from_micros(200);
         // A lock's age is its file's mtime, and publishing links the staging file as it is: one
         // written before a long wait would appear already old, and the next waiter would judge
-        // it stale at once and break it. Its mtime is renewed while we wait.
-        let mut staged_fresh = Instant::now();
+        // it stale at once and break it. Its mtime is renewed while we wait (`staged_fresh`).
         // Answers a network filesystem gives for a moment while other clients rename and
         // remove the name (EEXIST for a name that is not there, ENOENT, ESTALE): retried, within
         // a bound.
@@ -216,19 +212,23 @@ impl Store {
                     if staged_fresh.elapsed() >= every {
                         // Best effort: a lock published old is broken at worst, and its holder
                         // then fails at `Lock::verify`, before its update.
-                        let _ = fs::touch(s.file());
-                        staged_fresh = Instant::now();
+                        let before = Instant::now();
+                        if fs::touch(s.file()).is_ok() {
+                            staged_fresh = before;
+                        }
                     }
                     self.publish_small(s, path)
                 }
                 None => match self.create_lock_in_place(path, &me) {
-                    Ok(Some(ident)) => return Ok(held(ident)),
+                    Ok(Some(ident)) => return Ok(held(ident, staged_fresh)),
                     Ok(None) => Ok(fs::Published::Existed),
                     Err(e) => Err(e),
                 },
             };
             match published {
-                Ok(fs::Published::Created) => return Ok(held(Ident::Nonce(me.nonce.clone()))),
+                Ok(fs::Published::Created) => {
+                    return Ok(held(Ident::Nonce(me.nonce.clone()), staged_fresh))
+                }
                 Ok(fs::Published::Existed) => {}
                 Err(e) if fs::is_not_found(&e) => {
                     self.ensure_dir(path.parent().unwrap_or(path))?;
@@ -252,9 +252,17 @@ impl Store {
             };
             if holder.as_ref().is_some_and(|h| h.nonce == me.nonce) {
                 // Our own lock: a publish reported as failed (ESTALE) had in fact succeeded.
-                return Ok(held(Ident::Nonce(me.nonce.clone())));
+                return Ok(held(Ident::Nonce(me.nonce.clone()), staged_fresh));
             }
             if self.is_stale(holder.as_ref(), age) {
+                // Where the filesystem can swap two names atomically, our own lock takes the
+                // stale one's place in one step: the name is never free, so nobody else can
+                // take it before the broken holder's commit is disarmed.
+                if let Some(s) = staged.as_ref() {
+                    if self.take_over(s, path, &me.nonce)? {
+                        return Ok(held(Ident::Nonce(me.nonce.clone()), staged_fresh));
+                    }
+                }
                 self.break_lock(path, holder.as_ref())?;
                 continue;
             }
@@ -270,6 +278,43 @@ impl Store {
             let jitter = u64::from(fs::pid() % 7) * 50;
             std::thread::sleep(backoff + Duration::from_micros(jitter));
             backoff = (backoff * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Our lock, staged; `None` (create it in place) if `in_place_when_full` and there is no
+    /// room in `tmp/` — also when `tmp/` itself is not a directory we may use (a symlink
+    /// planted there): gc still runs, and reports it.
+    fn stage_lock_unless_full(
+        &self,
+        me: &Holder,
+        in_place_when_full: bool,
+    ) -> Result<Option<Staging>> {
+        match self.stage_lock(&me.render()) {
+            Ok(s) => Ok(Some(s)),
+            Err(e)
+                if in_place_when_full
+                    && (is_no_space(&e) || e.io_error().is_some_and(fs::is_hostile)) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The handle of a lock we just took.
+    fn held_lock(&self, path: &Path, ident: Ident, me: &Holder, lease_from: Instant) -> Lock {
+        Lock {
+            store: self.clone(),
+            path: path.to_owned(),
+            ident,
+            me: me.clone(),
+            lease_from: std::sync::Mutex::new(lease_from),
+            released: false,
+            registered: Some(crate::cleanup::register_lock(
+                path,
+                &me.nonce,
+                &self.inner.root,
+            )),
         }
     }
 
@@ -299,20 +344,64 @@ impl Store {
         self.stage_small(content.as_bytes(), self.file_mode(), Durability::None)
     }
 
-    /// A lock is stale when its holder is on this host and dead, or when it has not been
-    /// refreshed for longer than the lease timeout.
+    /// A lock is stale when its holder is on this host and dead (its pid is gone, or now
+    /// belongs to a process that started after the lock was taken), or, for a holder on
+    /// another host (or an incomplete lock), when it has not been refreshed for longer than
+    /// the lease timeout. A holder alive on this host is never broken by age: however long it
+    /// is stalled, it may still commit, and only its death frees the lock.
     pub(crate) fn is_stale(&self, holder: Option<&Holder>, age: Duration) -> bool {
         if let Some(h) = holder {
-            if h.host == self.inner.host && !fs::pid_alive(h.pid) {
-                return true;
+            if h.host == self.inner.host {
+                return !holder_alive(h);
             }
         }
         age > self.inner.options.lock_timeout
     }
 
-    /// Breaks a stale lock: rename it aside first, so of two breakers only one wins, then check
-    /// that what we moved is the lock we judged (not a fresh one taken meanwhile).
+    /// Swaps our staged lock `s` with the stale lock at `path` (`renameat2(RENAME_EXCHANGE)`):
+    /// from that instant the lock is ours. Then the displaced lock, now at our staging name,
+    /// has its holder's commit disarmed and is removed when `s` is dropped. `false` if the
+    /// filesystem cannot swap (then the caller breaks the lock by moving it aside).
+    fn take_over(&self, s: &Staging, path: &Path, ours: &str) -> Result<bool> {
+        let staged = s.path();
+        match self
+            .inner
+            .root_dir
+            .exchange(&staged, path, &self.inner.caps)
+        {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            // Gone meanwhile (released, or broken by another): try again from the start.
+            Err(e) if fs::is_not_found(&e) || fs::is_stale(&e) => return Ok(false),
+            Err(e) => return Err(Error::io("take over stale lock", path, e)),
+        }
+        // Whatever we displaced — the lock we judged, or one taken in the instant since — is
+        // broken now: its holder must not commit.
+        let displaced = self.read_lock(&staged).ok().and_then(|(h, _)| h);
+        if let Some(d) = &displaced {
+            if let Err(e) = self.disarm(d) {
+                // We cannot stop its commit: give the lock back up rather than proceed.
+                let _ = release_nonce_in(&self.inner.root_dir, &self.inner.root, path, ours);
+                return Err(e);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Disarms the commit of a broken holder: removes its commit file from `tmp/`, so that
+    /// its rename onto the protected name fails (docs/format.md, "Locks (leases)").
+    pub(crate) fn disarm(&self, broken: &Holder) -> Result<()> {
+        disarm_in(&self.inner.root_dir, &self.inner.root, broken)
+    }
+
+    /// Breaks a stale lock where names cannot be swapped atomically: disarm the judged
+    /// holder's commit, rename the lock aside (of two breakers only one wins), then disarm
+    /// the commit of whoever's lock was moved (a fresh one taken in between is broken too:
+    /// it cannot be put back safely, and its holder fails cleanly with `LockLost`).
     pub(crate) fn break_lock(&self, path: &Path, judged: Option<&Holder>) -> Result<()> {
+        if let Some(j) = judged {
+            self.disarm(j)?;
+        }
         let aside_dir = self.path(layout::LOCKS);
         self.ensure_dir(&aside_dir)?;
         let aside = aside_dir.join(layout::broken_lock_name(
@@ -326,22 +415,12 @@ impl Store {
             Err(e) => return Err(Error::io("break stale lock", path, e)),
         }
         let moved = self.read_lock(&aside).ok().and_then(|(h, _)| h);
-        let ours_to_break = match (judged, &moved) {
-            (Some(j), Some(m)) => j.nonce == m.nonce,
-            // We judged an incomplete lock stale by age; accept only another incomplete one.
-            (None, None) => true,
-            _ => false,
+        let r = match &moved {
+            Some(m) if judged.is_none_or(|j| j.nonce != m.nonce) => self.disarm(m),
+            _ => Ok(()),
         };
-        if !ours_to_break {
-            // We moved a live lock taken after our judgement: put it back if its name is free.
-            // If it is not, its holder notices at commit time (`Lock::verify`) and fails.
-            let _ = self
-                .inner
-                .root_dir
-                .publish_noreplace(&aside, path, &self.inner.caps);
-        }
         let _ = self.inner.root_dir.unlink(&aside);
-        Ok(())
+        r
     }
 
     /// In a shared store, sets a file we created to the shared mode: `open(2)` applied the
@@ -434,39 +513,18 @@ impl Store {
     /// mtime. Bytes that are not UTF-8 are an unparsable lock like any other, never an error.
     pub(crate) fn read_lock(&self, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
         // GlusterFS returns ESTALE on open, fstat or read while a lock name is being replaced
-        // or removed by another client: read again from the name (bounded). Once it is gone
-        // for good the error is NotFound, which callers handle.
-        let mut attempt = 0;
-        loop {
-            match self.read_lock_once(path) {
-                Err(e) if fs::is_stale(&e) && attempt < 100 => {
-                    attempt += 1;
-                    std::thread::yield_now();
-                }
-                r => return r,
-            }
-        }
-    }
-
-    fn read_lock_once(&self, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
+        // or removed by another client: `fs::Root::read_small` reads again from the name
+        // (bounded). Once it is gone for good the error is NotFound, which callers handle.
         read_lock_in(&self.inner.root_dir, path)
     }
 }
 
-/// Reads the lock file at `path` beneath `root` once (see [`Store::read_lock`]).
+/// Reads the lock file at `path` beneath `root` (see [`Store::read_lock`]; transient errors
+/// are retried by [`fs::Root::read_small`]).
 pub(crate) fn read_lock_in(root: &fs::Root, path: &Path) -> io::Result<(Option<Holder>, Duration)> {
-    {
-        let f = root.open_read(path)?;
-        let age = f
-            .metadata()?
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .unwrap_or_default();
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut io::Read::take(f, 4096), &mut bytes)?;
-        Ok((Holder::parse(&String::from_utf8_lossy(&bytes)), age))
-    }
+    let (bytes, _, meta) = root.read_small(path, 4096)?;
+    let age = meta.mtime.elapsed().unwrap_or_default();
+    Ok((Holder::parse(&String::from_utf8_lossy(&bytes)), age))
 }
 
 /// How long a staged lock may wait to be published before its mtime is renewed (or a quarter
@@ -513,13 +571,65 @@ impl Lock {
         })
     }
 
-    /// Renews the lease (mtime = now); long holders call this periodically.
+    /// Renews the lease (mtime = now); long holders call this periodically. The lease is
+    /// counted from before the touch, and only once the lock is seen to be still ours.
     pub(crate) fn refresh(&self) -> Result<()> {
+        let before = Instant::now();
         self.store
             .inner
             .root_dir
             .touch_now(&self.path)
-            .map_err(Error::at("refresh lock", &self.path))
+            .map_err(Error::at("refresh lock", &self.path))?;
+        if self.verify().is_ok() {
+            *self
+                .lease_from
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = before;
+        }
+        Ok(())
+    }
+
+    /// The last check before a commit. Where this store breaks locks by moving them aside (no
+    /// atomic swap: NFS, FUSE), a holder whose lease has less than a quarter of the lock
+    /// timeout left refuses to commit (`LockLost`), so that its commit lands well before anyone
+    /// may judge it stale (docs/format.md, "Locks (leases)"); with a swap the fence alone is
+    /// exact and no clock is consulted. Then the lock must still hold our nonce
+    /// ([`Lock::verify`]). A zero timeout has no margin to keep.
+    pub(crate) fn check_for_commit(&self) -> Result<()> {
+        let timeout = self.store.inner.options.lock_timeout;
+        let swapping = self
+            .store
+            .inner
+            .caps
+            .rename_exchange
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !swapping && !timeout.is_zero() {
+            let from = *self
+                .lease_from
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if from.elapsed() + timeout / 4 >= timeout {
+                return Err(Error::LockLost {
+                    path: self.path.clone(),
+                });
+            }
+        }
+        self.verify()
+    }
+
+    /// The lock file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The name of our commit file in `tmp/`.
+    pub(crate) fn fence_name(&self) -> String {
+        self.me.fence_name()
+    }
+
+    /// The name in `tmp/` a removal under this lock moves the old file to.
+    pub(crate) fn removed_name(&self) -> String {
+        layout::removed_name(&self.me.host, self.me.pid, &self.me.nonce)
     }
 
     /// Removes the lock file if it is still ours.
@@ -532,10 +642,93 @@ impl Lock {
             return;
         }
         self.released = true;
-        if self.verify().is_ok() {
-            let _ = self.store.inner.root_dir.unlink(&self.path);
+        match &self.ident {
+            Ident::Inode(..) => {
+                if self.verify().is_ok() {
+                    let _ = self.store.inner.root_dir.unlink(&self.path);
+                }
+            }
+            Ident::Nonce(n) => {
+                release_nonce_in(
+                    &self.store.inner.root_dir,
+                    &self.store.inner.root,
+                    &self.path,
+                    n,
+                );
+            }
         }
         self.registered = None;
+    }
+}
+
+/// Removes the lock at `path` if it holds `nonce`: checked first (someone else's lock is never
+/// touched), then moved aside and checked again; if what was moved is not ours after all (our
+/// lock was broken and retaken in between), that holder's commit is disarmed — the lock cannot
+/// be put back safely. True if our lock was removed.
+pub(crate) fn release_nonce_in(
+    root: &fs::Root,
+    root_path: &Path,
+    path: &Path,
+    nonce: &str,
+) -> bool {
+    let is_ours = |p: &Path| {
+        read_lock_in(root, p)
+            .ok()
+            .and_then(|(h, _)| h)
+            .is_some_and(|h| h.nonce == nonce)
+    };
+    if !is_ours(path) {
+        return false;
+    }
+    let aside = root_path.join(layout::LOCKS).join(format!(
+        "released.{}.{}.{nonce}",
+        fs::hostname(),
+        fs::pid()
+    ));
+    if root.rename(path, &aside).is_err() {
+        return false;
+    }
+    let ours = is_ours(&aside);
+    if !ours {
+        if let Ok((Some(h), _)) = read_lock_in(root, &aside) {
+            let _ = disarm_in(root, root_path, &h);
+        }
+    }
+    let _ = root.unlink(&aside);
+    ours
+}
+
+/// Removes the commit file of the holder `broken` from `tmp/` (absent is fine: it has not
+/// staged one, or it committed already — before we looked, so we read its result).
+pub(crate) fn disarm_in(root: &fs::Root, root_path: &Path, broken: &Holder) -> Result<()> {
+    let fence = root_path.join(layout::TMP).join(broken.fence_name());
+    match root.unlink(&fence) {
+        Ok(()) => Ok(()),
+        Err(e) if fs::is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::io("disarm the commit of a broken lock", &fence, e)),
+    }
+}
+
+/// True if the holder, on this host, is still the process that took the lock: its pid exists
+/// and that process started no later than the lock (with 2 s of slack for the precision of
+/// `/proc`'s boot time). A pid reused by a younger process is a dead holder.
+fn holder_alive(h: &Holder) -> bool {
+    if !fs::pid_alive(h.pid) {
+        return false;
+    }
+    match fs::process_start_ms(h.pid) {
+        Some(started) => started <= h.start_ms.saturating_add(2000),
+        None => true,
+    }
+}
+
+/// Where the test hook `CAS_TEST_PAUSE=POINT` stops a process: it says so on stderr
+/// (`cas-test: paused at POINT`) and stops itself with `SIGSTOP`, as a stalled holder would be,
+/// until the test sends `SIGCONT`. Points: `lock-acquired`, `before-commit`.
+pub(crate) fn test_pause(point: &str) {
+    if std::env::var_os("CAS_TEST_PAUSE").is_some_and(|v| v == point) {
+        eprintln!("cas-test: paused at {point}");
+        fs::stop_self();
     }
 }
 
@@ -585,7 +778,7 @@ mod tests {
         let other = Holder {
             host: store.inner.host.clone(),
             pid: store.inner.pid,
-            start_ms: 1,
+            start_ms: now_ms(),
             nonce: "other".into(),
             pin: None,
         };
@@ -616,6 +809,72 @@ mod tests {
         assert!(!store.is_stale(h.as_ref(), age));
         l.verify().unwrap();
         holder.join().unwrap();
+        l.release();
+    }
+
+    /// A stale lock of another host: breaking it, by a swap or (where names cannot be
+    /// swapped) by moving it aside, removes its holder's commit file first — the fence.
+    #[test]
+    fn breaking_a_lock_disarms_its_holders_commit() {
+        for swap in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let store = Store::init(
+                d.path(),
+                crate::Options::default().lock_timeout(Duration::ZERO),
+            )
+            .unwrap();
+            store
+                .inner
+                .caps
+                .rename_exchange
+                .store(swap, std::sync::atomic::Ordering::Relaxed);
+            let path = d.path().join("refs").join("r.lock");
+            let other = Holder {
+                host: "elsewhere".into(),
+                pid: 42,
+                start_ms: now_ms(),
+                nonce: "0123456789abcdef".into(),
+                pin: None,
+            };
+            std::fs::write(&path, other.render()).unwrap();
+            let fence = d.path().join("tmp").join(other.fence_name());
+            std::fs::write(&fence, b"their new value\n").unwrap();
+            let l = store
+                .acquire_lock(&path, None, Wait::For(Duration::ZERO))
+                .unwrap();
+            assert!(
+                !fence.exists(),
+                "swap {swap}: the broken holder's commit is armed"
+            );
+            l.verify().unwrap();
+            l.release();
+            assert!(!path.exists());
+        }
+    }
+
+    /// Where locks are broken by moving them aside, a holder refuses to commit in the last
+    /// quarter of its lease; with an atomic swap the fence alone decides.
+    #[test]
+    fn a_holder_near_the_end_of_its_lease_refuses_to_commit_without_swaps() {
+        let d = tempfile::tempdir().unwrap();
+        let lease = Duration::from_mins(1);
+        let store = Store::init(d.path(), crate::Options::default().lock_timeout(lease)).unwrap();
+        let path = d.path().join("locks").join("x.lock");
+        let l = store
+            .acquire_lock(&path, None, Wait::For(Duration::ZERO))
+            .unwrap();
+        l.check_for_commit().unwrap();
+        *l.lease_from.lock().unwrap() = Instant::now().checked_sub(lease * 4 / 5).unwrap();
+        l.check_for_commit().unwrap(); // swapping: no clock consulted
+        store
+            .inner
+            .caps
+            .rename_exchange
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let e = l.check_for_commit().unwrap_err();
+        assert!(matches!(e, Error::LockLost { .. }), "{e}");
+        *l.lease_from.lock().unwrap() = Instant::now();
+        l.check_for_commit().unwrap();
         l.release();
     }
 

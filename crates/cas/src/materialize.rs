@@ -58,6 +58,7 @@ impl Store {
     /// [`Error::Io`] naming `dest` if it exists already or cannot be created.
     pub fn materialize(&self, hash: &Hash, dest: impl AsRef<Path>) -> Result<Materialized> {
         let dest = dest.as_ref();
+        self.refuse_output_inside(dest)?;
         if std::fs::symlink_metadata(dest).is_ok() {
             return Err(Error::io(
                 "materialize to",
@@ -70,7 +71,7 @@ impl Store {
             Some(how) => how,
             None => self.link_or_copy(hash, &object, &path, dest)?,
         };
-        let _ = self.refresh_if_present(hash);
+        let _ = self.refresh_if_present(hash, None);
         Ok(how)
     }
 

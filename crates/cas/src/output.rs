@@ -212,6 +212,7 @@ impl Store {
         progress: ProgressFn<'_>,
     ) -> Result<u64> {
         let dest = dest.as_ref();
+        self.refuse_output_inside(dest)?;
         let (path, mode) = match resolve(dest)? {
             Target::Special(p) => {
                 let mut w = OpenOnWrite {
@@ -228,6 +229,8 @@ impl Store {
             Target::New(p) => (p, 0o666 & !fs::umask()),
             Target::Regular(p, mode) => (p, mode),
         };
+        // Where the symlinks at `dest` lead is where the file is replaced.
+        self.refuse_output_inside(&path)?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),

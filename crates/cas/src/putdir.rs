@@ -299,7 +299,7 @@ fn scan_dir(
                 let cached = cache.and_then(|c| {
                     StatKey::of_src(&st)
                         .and_then(|k| c.candidate(&k))
-                        .filter(|h| c.object_present(store, h))
+                        .filter(|h| c.object_present(store, h, st.size))
                 });
                 Item::File { st, cached }
             }
@@ -428,7 +428,7 @@ impl Walk<'_> {
             // empty and the tree most likely new).
             Some(c) if !c.is_empty() => {
                 let h = Hash::of(&bytes);
-                if c.object_present(self.store, &h) {
+                if c.object_present(self.store, &h, bytes.len() as u64) {
                     h
                 } else {
                     self.batch.put_bytes(&bytes)?

@@ -384,16 +384,12 @@ impl Store {
         // The log is opened before the ref changes: a log that cannot be opened (a symlink
         // planted at it, a FIFO) fails the update before anything happened.
         let mut log = self.open_reflog(name)?;
+        // Fenced: the commit itself proves the lock is still ours (docs/format.md §Locks).
         if let Some(h) = new {
-            lock.verify()?;
-            self.replace_small(&path, format!("{h}\n").as_bytes(), self.durability())
+            self.replace_small_fenced(&path, format!("{h}\n").as_bytes(), self.durability(), &lock)
                 .map_err(|e| conflict_with_prefix(e, name))?;
         } else {
-            lock.verify()?;
-            self.inner
-                .root_dir
-                .unlink(&path)
-                .map_err(Error::at("remove ref", &path))?;
+            self.remove_small_fenced(&path, &lock)?;
         }
         let line = self.reflog_line(current.as_ref(), new.as_ref(), message);
         // One write of one line, under the ref's lock: lines never interleave.

@@ -26,6 +26,8 @@ use crate::error::{Error, Result};
 use crate::fs::{self, Published};
 use crate::hash::Hash;
 use crate::layout;
+use crate::lock::Lock;
+use crate::write::NameHolds;
 use crate::{Barrier, Durability, Store};
 
 /// How many staged files are `fdatasync`ed at once in a batch. On a network or FUSE
@@ -107,6 +109,11 @@ impl Staging {
         rustix::fs::fsync(self.dir.as_fd()).map_err(Into::into)
     }
 
+    /// True if the staging name still exists (`fstatat` in `tmp/`, not following).
+    fn exists(&self) -> bool {
+        fs::lstat_at(self.dir.as_fd(), &self.name).is_ok()
+    }
+
     /// Renames the staging file over `dst` (replacing a file there).
     fn replace(&mut self, store: &Store, dst: &Path) -> io::Result<()> {
         store
@@ -132,6 +139,16 @@ pub(crate) struct Staged {
     pub(crate) staging: Staging,
     pub(crate) hash: Hash,
     pub(crate) len: u64,
+}
+
+/// What a no-replace publish of an object found (see [`Store::publish_object`]).
+enum Found {
+    /// Ours was published, or the name holds the object already.
+    Done(Published),
+    /// The name was taken, then freed: try again.
+    Again,
+    /// Something that is not the object holds the name: what it is.
+    Squatter(String),
 }
 
 /// An object's file name inside its fan-out directory: the hash's hex after the first two.
@@ -197,12 +214,23 @@ impl Store {
 
     /// [`Store::new_staging`] created with `mode` (a file only its owner may ever open).
     fn new_staging_mode(&self, mode: u32) -> Result<Staging> {
+        self.new_staging_as(mode, None)
+    }
+
+    /// A staging file with a random name, or with `fixed` (a lock holder's commit file, whose
+    /// name others must be able to compute).
+    fn new_staging_as(&self, mode: u32, fixed: Option<&str>) -> Result<Staging> {
         let mut dir = self.tmp_dir(false)?;
         let mut attempts = 0;
         loop {
-            let mut name = String::with_capacity(self.inner.staging_prefix.len() + 10);
-            name.push_str(&self.inner.staging_prefix);
-            name.extend(std::iter::repeat_with(fastrand::alphanumeric).take(10));
+            let name = if let Some(f) = fixed {
+                f.to_owned()
+            } else {
+                let mut name = String::with_capacity(self.inner.staging_prefix.len() + 10);
+                name.push_str(&self.inner.staging_prefix);
+                name.extend(std::iter::repeat_with(fastrand::alphanumeric).take(10));
+                name
+            };
             match fs::create_excl_at(dir.as_fd(), name.as_ref(), mode) {
                 Ok(fd) => {
                     let staging = Staging {
@@ -219,7 +247,7 @@ impl Store {
                     }
                     return Ok(staging);
                 }
-                Err(Errno::EXIST) if attempts < 16 => attempts += 1,
+                Err(Errno::EXIST) if attempts < 16 && fixed.is_none() => attempts += 1,
                 // tmp/ was removed (by hand, or it never existed): find or make it again.
                 Err(Errno::NOENT | Errno::STALE) if attempts < 4 => {
                     attempts += 1;
@@ -276,7 +304,7 @@ impl Store {
         let mut new_fanout = false;
         for s in staged {
             let dst = layout::object_path(&self.inner.root, &s.hash);
-            let (published, made_dir) = self.publish_object(s.staging, &s.hash, &dst)?;
+            let (published, made_dir) = self.publish_object(s.staging, &s.hash, s.len, &dst)?;
             new_fanout |= made_dir;
             if published == Published::Created {
                 created += 1;
@@ -380,27 +408,62 @@ impl Store {
     /// Publishes one complete staging file at `dst` (an object name) without replacing;
     /// creates the fan-out directory on demand. Returns what happened and whether we created
     /// the fan-out directory.
+    ///
+    /// EEXIST means the object is there only if the name holds it ([`Store::name_holds`]):
+    /// anything else at the name — garbage, a symlink, a FIFO, a file of the wrong size — is
+    /// moved to `quarantine/` and ours is published in its place (docs/format.md §3,
+    /// "Squatters"). A put never reports an object its name does not hold.
     fn publish_object(
         &self,
         mut staging: Staging,
         hash: &Hash,
+        len: u64,
         dst: &Path,
     ) -> Result<(Published, bool)> {
         let name = fanout_name(hash);
         let mut made_dir = false;
         let mut refresh = false;
         let mut attempts = 0;
+        let mut evicted = 0;
         loop {
             let r = self.fanout_dir(hash, refresh).and_then(|dir| {
                 let r = staging.publish_into(self, dir.as_fd(), name.as_ref())?;
-                if r == Published::Existed {
-                    // Same bytes are already there: refresh the age gc sees, drop ours.
-                    let _ = fs::touch_at(dir.as_fd(), name.as_ref());
+                if r == Published::Created {
+                    return Ok(Found::Done(r));
                 }
-                Ok(r)
+                Ok(
+                    match self.name_holds(dir.as_fd(), name.as_ref(), hash, Some(len), false) {
+                        // Same bytes are already there: refresh the age gc sees, drop ours.
+                        NameHolds::Object => {
+                            let _ = fs::touch_at(dir.as_fd(), name.as_ref());
+                            Found::Done(r)
+                        }
+                        // Gone meanwhile (gc): publish again.
+                        NameHolds::Absent => Found::Again,
+                        NameHolds::Squatter(what) => Found::Squatter(what),
+                    },
+                )
             });
             match r {
-                Ok(p) => return Ok((p, made_dir)),
+                Ok(Found::Done(p)) => return Ok((p, made_dir)),
+                Ok(Found::Again | Found::Squatter(_)) if evicted >= 4 => {
+                    return Err(Error::io(
+                        "publish object",
+                        dst,
+                        io::Error::other("its name keeps being taken by something else"),
+                    ));
+                }
+                Ok(Found::Again) => evicted += 1,
+                Ok(Found::Squatter(what)) => {
+                    evicted += 1;
+                    self.quarantine(hash, dst).map_err(|e| {
+                        Error::io(
+                            "move to quarantine what holds the name of object",
+                            dst,
+                            io::Error::other(format!("it {what}, and: {e}")),
+                        )
+                    })?;
+                }
                 Err(e) if fs::is_not_found(&e) && attempts < 8 => {
                     // The fan-out directory does not exist (removed by hand; a store made
                     // before init created all 256), or our handle on it is stale.
@@ -446,19 +509,10 @@ impl Store {
         Ok(s)
     }
 
-    /// Atomically replaces the small file `dst` (a ref or cache entry) with `bytes`: staged,
-    /// synced per `durability`, renamed over `dst`; with `full` the directory is synced too.
-    /// Readers see the old or the new content, never a torn or missing file.
-    pub(crate) fn replace_small(
-        &self,
-        dst: &Path,
-        bytes: &[u8],
-        durability: Durability,
-    ) -> Result<()> {
-        self.replace_small_with_mode(dst, bytes, self.file_mode(), durability)
-    }
-
-    /// [`Store::replace_small`] with the file's permission bits given (the stat cache is
+    /// Atomically replaces the small file `dst` with `bytes`: staged, synced per
+    /// `durability`, renamed over `dst`; with `full` the directory is synced too. Readers see
+    /// the old or the new content, never a torn or missing file. The file gets the permission
+    /// bits `mode` (the stat cache is
     /// written 0600 even in a shared store: only its owner may trust it). The staging file is
     /// created with no more than `mode` allows (and at least owner read-write), so nobody who
     /// `mode` excludes can open it while it is written and keep writing after the rename.
@@ -469,13 +523,55 @@ impl Store {
         mode: u32,
         durability: Durability,
     ) -> Result<()> {
-        let staging = self.new_staging_mode((self.staging_mode() & mode) | 0o600)?;
+        self.replace_small_inner(dst, bytes, mode, durability, None)
+    }
+
+    /// [`Store::replace_small_with_mode`] for a ref or cache entry under `lock`, fenced: the new content is staged under the
+    /// lock holder's commit file name (`tmp/HOST.PID.fence-NONCE`), the lock is checked
+    /// ([`Lock::check_for_commit`]) and only then is that file renamed over `dst`. Whoever
+    /// breaks the lock removes the commit file before reading `dst` (`Store::disarm`), so
+    /// the rename of a holder whose lock was broken fails with [`Error::LockLost`] — or it
+    /// came first, and the breaker reads its result (docs/format.md, "Locks (leases)").
+    pub(crate) fn replace_small_fenced(
+        &self,
+        dst: &Path,
+        bytes: &[u8],
+        durability: Durability,
+        lock: &Lock,
+    ) -> Result<()> {
+        self.replace_small_inner(dst, bytes, self.file_mode(), durability, Some(lock))
+    }
+
+    fn replace_small_inner(
+        &self,
+        dst: &Path,
+        bytes: &[u8],
+        mode: u32,
+        durability: Durability,
+        fence: Option<&Lock>,
+    ) -> Result<()> {
+        let fence_name = fence.map(Lock::fence_name);
+        let staging =
+            self.new_staging_as((self.staging_mode() & mode) | 0o600, fence_name.as_deref())?;
         let mut staging = self.stage_small_in(staging, bytes, mode, durability)?;
+        if let Some(lock) = fence {
+            // After the commit file exists: a breaker either removes it, or broke the lock
+            // after this check and reads what we rename.
+            lock.check_for_commit()?;
+            crate::lock::test_pause("before-commit");
+        }
         let dir = dst.parent().unwrap_or(dst);
         let mut attempts = 0;
         loop {
             match staging.replace(self, dst) {
                 Ok(()) => break,
+                Err(e) if fs::is_not_found(&e) && fence.is_some() && !staging.exists() => {
+                    // Our commit file was removed: the lock was broken and disarmed.
+                    let lock = fence.map_or(dst, Lock::path);
+                    return Err(Error::LockLost {
+                        path: lock.to_owned(),
+                    });
+                }
                 Err(e) if fs::is_not_found(&e) && attempts < 8 => {
                     attempts += 1;
                     self.ensure_dir(dir)?;
@@ -534,6 +630,33 @@ impl Store {
             fs::fsync_dir_path(parent).map_err(Error::at("fsync directory", parent))?;
         }
         Ok(())
+    }
+
+    /// Removes the small file `dst` (a ref) under `lock`: it is moved aside into `tmp/`, and
+    /// the removal stands only if the lock is still ours after the move; otherwise the file
+    /// is put back (unless a newer one took its name) and the removal fails with
+    /// [`Error::LockLost`]. A holder broken while stalled therefore never deletes what the
+    /// next holder wrote. `Ok(false)` if `dst` did not exist.
+    pub(crate) fn remove_small_fenced(&self, dst: &Path, lock: &Lock) -> Result<bool> {
+        lock.check_for_commit()?;
+        crate::lock::test_pause("before-commit");
+        let aside = self.path(layout::TMP).join(lock.removed_name());
+        let root = &self.inner.root_dir;
+        match root.rename(dst, &aside) {
+            Ok(()) => {}
+            Err(e) if fs::is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(Error::io("remove", dst, e)),
+        }
+        if lock.verify().is_ok() {
+            root.unlink(&aside)
+                .map_err(Error::at("remove moved-aside file", &aside))?;
+            return Ok(true);
+        }
+        let _ = root.publish_noreplace(&aside, dst, &self.inner.caps);
+        let _ = root.unlink(&aside);
+        Err(Error::LockLost {
+            path: lock.path().to_owned(),
+        })
     }
 
     /// Publishes a staged small file at `dst` without replacing (locks, `FORMAT`, `config`).

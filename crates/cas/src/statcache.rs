@@ -297,7 +297,7 @@ impl StatCache {
     #[cfg(test)]
     pub(crate) fn lookup(&mut self, store: &Store, key: &StatKey) -> Option<Hash> {
         let hash = self.candidate(key)?;
-        if !self.object_present(store, &hash) {
+        if !self.object_present(store, &hash, key.size) {
             return None;
         }
         self.note_hit(key);
@@ -351,43 +351,44 @@ impl StatCache {
         }
     }
 
-    /// True if the object is in `objects/`, its mtime refreshed as a put of existing bytes
-    /// does — unless it was refreshed less than [`FRESH`] ago: `fstatat` relative to its
-    /// fan-out directory (held open after first use), then `utimensat` only for an older
-    /// object. Refreshing dirties the inode: for a tree re-put every few seconds it was half
-    /// the time, for an object that is young anyway.
-    pub(crate) fn object_present(&self, store: &Store, hash: &Hash) -> bool {
+    /// True if the name of `hash` holds our object of `len` bytes, its mtime refreshed as a
+    /// put of existing bytes does — unless it was refreshed less than [`FRESH`] ago: `fstatat`
+    /// relative to its fan-out directory (held open after first use), then `utimensat` only for
+    /// an older object. Refreshing dirties the inode: for a tree re-put every few seconds it
+    /// was half the time, for an object that is young anyway. Anything but a regular file of
+    /// ours of that size is checked in full ([`Store::refresh_if_holds`]: rehashed, and a
+    /// squatter is left for the publish to move away).
+    pub(crate) fn object_present(&self, store: &Store, hash: &Hash, len: u64) -> bool {
         let b = usize::from(hash.as_bytes()[0]);
         let mut buf = [0u8; crate::hash::HEX_LEN];
         let hex = hash.to_hex_buf(&mut buf);
         let Some(slot) = self.fanouts.get(b) else {
-            return store.refresh_if_present(hash);
+            return store.refresh_if_holds(hash, Some(len), true);
         };
         let opened = slot.get_or_init(|| {
             let dir = store.path(layout::OBJECTS).join(&hex[..2]);
             store.inner.root_dir.open_dir(&dir).ok()
         });
         let Some(dir) = opened.as_ref() else {
-            return store.refresh_if_present(hash);
+            return store.refresh_if_holds(hash, Some(len), true);
         };
         let name = OsStr::new(&hex[2..]);
         match fs::lstat_at(dir.as_fd(), name) {
             Ok(m)
-                if SystemTime::now()
-                    .duration_since(m.mtime)
-                    .is_ok_and(|age| age < FRESH) =>
+                if m.kind == fs::Kind::File
+                    && m.len == len
+                    && m.uid == fs::uid()
+                    && SystemTime::now()
+                        .duration_since(m.mtime)
+                        .is_ok_and(|age| age < FRESH) =>
             {
                 return true;
             }
             Err(e) if fs::is_not_found(&e) => return false,
-            // Older, or not statable: refresh, which also answers whether it is there.
+            // Older, someone else's, or not statable: the full check, then the refresh.
             Ok(_) | Err(_) => {}
         }
-        match fs::touch_at(dir.as_fd(), name) {
-            Ok(()) => true,
-            // It exists but belongs to another user of a shared store.
-            Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
-        }
+        store.refresh_if_holds(hash, Some(len), true)
     }
 
     /// Writes the cache back if this run changed it (staged, renamed over the old one; a hint,
@@ -428,7 +429,8 @@ mod tests {
         StatKey {
             dev: 1,
             ino: i,
-            size: 10 * i,
+            // The size of the objects the tests store (`lookup` checks it).
+            size: 20,
             mtime_ns: t,
             ctime_ns: t,
         }
@@ -456,7 +458,7 @@ mod tests {
     fn racy_entries_are_neither_recorded_nor_trusted() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::init(d.path(), crate::Options::default()).unwrap();
-        let h = store.put_bytes(b"x").unwrap();
+        let h = store.put_bytes(&[b'x'; 20]).unwrap();
         let mut c = StatCache::load(&store);
         let now = c.run_start_ns;
         // Written in this very tick: not recorded.
@@ -487,7 +489,7 @@ mod tests {
     fn a_hash_whose_object_is_gone_is_not_used() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::init(d.path(), crate::Options::default()).unwrap();
-        let h = store.put_bytes(b"gone soon").unwrap();
+        let h = store.put_bytes(&[b'g'; 20]).unwrap();
         let mut c = StatCache::load(&store);
         let old = c.run_start_ns - 10 * MARGIN_NS;
         c.record(&key(1, old), h);

@@ -1,6 +1,6 @@
 //! Opening and creating a store; the handle every operation hangs off.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -431,6 +431,31 @@ impl Store {
     }
 
     /// Mode of published objects: read-only for everyone who may read the store.
+    /// Refuses an output destination inside this store (or its upstream): `get -o`, `get -r`,
+    /// `materialize` there would replace objects, refs or entries with other bytes behind the
+    /// store's back. `dest` is resolved first (symlinks, `..`, bind mounts: see
+    /// [`fs::is_inside`]).
+    pub(crate) fn refuse_output_inside(&self, dest: &Path) -> Result<()> {
+        let mut roots = vec![self.inner.root.as_path()];
+        if let Some(t) = &self.tier {
+            roots.push(t.upstream.location());
+        }
+        for root in roots {
+            if fs::is_inside(dest, root).unwrap_or(false) {
+                return Err(Error::InvalidInput {
+                    what: "output destination",
+                    reason: format!(
+                        "{} is inside the store {} (writing there would replace the store's \
+                         own files); choose a destination outside it",
+                        dest.display(),
+                        root.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn object_mode(&self) -> u32 {
         0o444
     }
@@ -497,10 +522,8 @@ pub(crate) fn check_format(path: &Path, text: &str) -> Result<()> {
 /// Reads a small text file inside the store (FORMAT, config, refs, locks): at most 64 KiB,
 /// reached beneath the root, refused if it is not a regular file.
 pub(crate) fn read_small(root: &Root, path: &Path) -> io::Result<String> {
-    let f = root.open_read(path)?;
-    let mut s = String::new();
-    f.take(64 * 1024).read_to_string(&mut s)?;
-    Ok(s)
+    let (bytes, _, _) = root.read_small(path, 64 * 1024)?;
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]

@@ -888,6 +888,7 @@ impl Store {
         opts: &CheckoutOptions,
     ) -> Result<()> {
         let dest = dest.as_ref();
+        self.refuse_output_inside(dest)?;
         // Every walk below (the check of an existing destination, the symlink model, the
         // restore) follows the tree's paths: bound them first (a tree bomb fails here).
         let totals = self.tree_totals(tree, &opts.limits, true, &Trees::new())?;

@@ -224,7 +224,7 @@ impl Upstream for DirUpstream {
             let mut wanted = Vec::new();
             for (hash, reader) in objects.iter_mut() {
                 // Present already (perhaps put by another node): refresh its age, copy nothing.
-                if s.refresh_if_present(hash) {
+                if s.refresh_if_present(hash, None) {
                     continue;
                 }
                 let got = batch.put_reader(&mut **reader)?;
@@ -534,7 +534,7 @@ impl Store {
         read: impl Fn() -> Result<T>,
     ) -> Result<T> {
         match read() {
-            Err(e) if e.is_corrupt() && self.tier.is_some() => {
+            Err(e) if self.is_local_corruption(&e) => {
                 self.fetch_from_upstream(hash)?;
                 read()
             }
@@ -552,12 +552,22 @@ impl Store {
     ) -> Result<u64> {
         let mut counted = Counting { inner: out, n: 0 };
         match read(&mut counted) {
-            Err(e) if e.is_corrupt() && self.tier.is_some() && counted.n == 0 => {
+            Err(e) if self.is_local_corruption(&e) && counted.n == 0 => {
                 self.fetch_from_upstream(hash)?;
                 read(&mut counted)
             }
             r => r,
         }
+    }
+
+    /// True if `e` says the *local* copy of an object was corrupt (and was quarantined here),
+    /// in a tiered store: worth fetching again. A corrupt copy found upstream — on the fetch
+    /// of a miss — is quarantined there; fetching again would only report it missing, hiding
+    /// the corruption (issue 18, finding 11).
+    fn is_local_corruption(&self, e: &Error) -> bool {
+        self.tier.is_some()
+            && e.is_corrupt()
+            && e.path().is_some_and(|p| p.starts_with(&self.inner.root))
     }
 
     /// Makes sure the upstream holds an object a ref or entry is about to name there: a

@@ -268,7 +268,7 @@ impl Store {
     /// As [`Store::put_bytes`].
     pub fn put_bytes_with(&self, bytes: &[u8], durability: Durability) -> Result<Hash> {
         let hash = Hash::of_parallel(bytes);
-        if !self.refresh_if_present(&hash) {
+        if !self.refresh_if_present(&hash, Some(bytes.len() as u64)) {
             self.publish(vec![self.stage_hashed(bytes, hash)?], durability)?;
         }
         Ok(hash)
@@ -375,7 +375,7 @@ impl Store {
             if !tick(bytes.len() as u64) {
                 return Err(Error::Interrupted);
             }
-            if known(&hash) || self.refresh_if_present(&hash) {
+            if known(&hash) || self.refresh_if_present(&hash, Some(bytes.len() as u64)) {
                 return Ok((hash, None));
             }
             return Ok((hash, Some(self.stage_hashed(&bytes, hash)?)));
@@ -391,20 +391,95 @@ impl Store {
         Ok((hash, Some(Staged { staging, hash, len })))
     }
 
-    /// Sets an existing object's mtime to now. Returns true if the object exists (even when the
-    /// refresh was refused because another user owns it).
-    pub(crate) fn refresh_if_present(&self, hash: &Hash) -> bool {
-        // Through the cached fan-out handle: one system call. A stale handle (the directory
-        // made again) answers "absent"; the publish that follows finds the truth.
+    /// True if the name of `hash` holds it ([`Store::name_holds`]; `len` the object's size if
+    /// known), its mtime then refreshed (best effort: another user's object may refuse, and
+    /// is present all the same). False if the name is free — or held by something else,
+    /// which the publish that follows moves to `quarantine/` (docs/format.md §3, "Squatters").
+    pub(crate) fn refresh_if_present(&self, hash: &Hash, len: Option<u64>) -> bool {
+        self.refresh_if_holds(hash, len, false)
+    }
+
+    /// [`Store::refresh_if_present`]; with `own_is_enough`, a regular file of ours of the
+    /// right size counts without a rehash even in a shared store (see [`Store::name_holds`]).
+    pub(crate) fn refresh_if_holds(
+        &self,
+        hash: &Hash,
+        len: Option<u64>,
+        own_is_enough: bool,
+    ) -> bool {
+        // Through the cached fan-out handle. A stale handle (the directory made again)
+        // answers "absent"; the publish that follows finds the truth.
         let Ok(dir) = self.fanout_dir(hash, false) else {
             return false;
         };
-        match fs::touch_at(dir.as_fd(), crate::stage::fanout_name(hash).as_ref()) {
-            Ok(()) => true,
-            // EPERM/EACCES: it exists but belongs to another user of a shared store.
-            Err(e) => e.kind() == io::ErrorKind::PermissionDenied,
+        let name = crate::stage::fanout_name(hash);
+        if self.name_holds(dir.as_fd(), name.as_ref(), hash, len, own_is_enough)
+            != NameHolds::Object
+        {
+            return false;
+        }
+        let _ = fs::touch_at(dir.as_fd(), name.as_ref());
+        true
+    }
+
+    /// What is at the name of `hash` (`name` in the fan-out directory `dir`): the object only
+    /// if it is a regular file (never a symlink, FIFO, device or directory), of `len` bytes if
+    /// that is known, and — unless it is our own file in a private store, where nobody else
+    /// can have written it — its bytes hash to its name. Anything else is a squatter: another
+    /// member of a shared store can plant garbage or a link at the name of content someone
+    /// else will store, and a put that believed it would acknowledge bytes it never stored.
+    ///
+    /// `own_is_enough` trusts our own file in a shared store too: for the stat cache of
+    /// `put -r`, which only vouches for content we stored ourselves (the one way to plant a
+    /// file of ours there is a hard link to another of our objects of the same size, which
+    /// Linux refuses to other users under `fs.protected_hardlinks`).
+    pub(crate) fn name_holds(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::OsStr,
+        hash: &Hash,
+        len: Option<u64>,
+        own_is_enough: bool,
+    ) -> NameHolds {
+        let m = match fs::lstat_at(dir, name) {
+            Ok(m) => m,
+            Err(e) if fs::is_not_found(&e) => return NameHolds::Absent,
+            Err(e) => return NameHolds::Squatter(format!("cannot be examined: {e}")),
+        };
+        if m.kind != fs::Kind::File {
+            return NameHolds::Squatter(format!("is {}, not a regular file", m.kind.describe()));
+        }
+        if let Some(want) = len.filter(|&l| l != m.len) {
+            return NameHolds::Squatter(format!("holds {} bytes, not {want}", m.len));
+        }
+        if m.uid == fs::uid() && (own_is_enough || !self.inner.options.shared_group) {
+            return NameHolds::Object;
+        }
+        let path = self.object_path(hash);
+        let may_map = !self.inner.options.shared_group && !self.inner.caps.network;
+        match self
+            .inner
+            .root_dir
+            .open_read(&path)
+            .and_then(|f| crate::read::hash_file(&f, may_map))
+        {
+            Ok(h) if h == *hash => NameHolds::Object,
+            Ok(h) => NameHolds::Squatter(format!("holds bytes that hash to {h}")),
+            Err(e) if fs::is_not_found(&e) => NameHolds::Absent,
+            Err(e) => NameHolds::Squatter(format!("cannot be read to check it: {e}")),
         }
     }
+}
+
+/// What an object's name holds (see [`Store::name_holds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NameHolds {
+    /// The object's bytes.
+    Object,
+    /// Nothing.
+    Absent,
+    /// Something else, and what.
+    Squatter(String),
 }
 
 /// The copying side of [`copy_and_hash`]: copies `src` to `dst` chunk by chunk (in the kernel

@@ -276,7 +276,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// Parse `ENOSPC`, `EIO`, `EDQUOT`, `EROFS`, `EPERM`, `EACCES` or `short`.
+    /// Parse `ENOSPC`, `EIO`, `EDQUOT`, `EROFS`, `EPERM`, `EACCES`, `ESTALE` or `short`.
     pub fn parse(s: &str) -> Option<FaultKind> {
         Some(match s {
             "ENOSPC" => FaultKind::Errno(rustix::io::Errno::NOSPC.raw_os_error()),
@@ -285,6 +285,7 @@ impl FaultKind {
             "EROFS" => FaultKind::Errno(rustix::io::Errno::ROFS.raw_os_error()),
             "EPERM" => FaultKind::Errno(rustix::io::Errno::PERM.raw_os_error()),
             "EACCES" => FaultKind::Errno(rustix::io::Errno::ACCESS.raw_os_error()),
+            "ESTALE" => FaultKind::Errno(rustix::io::Errno::STALE.raw_os_error()),
             "short" => FaultKind::Short,
             _ => return None,
         })

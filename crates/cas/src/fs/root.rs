@@ -286,6 +286,21 @@ impl Root {
         Ok(File::from(fd))
     }
 
+    /// Reads a small file (ref, cache entry, lock, `FORMAT`, `config`) whole: at most `limit`
+    /// bytes, opened as [`Root::open_read`] does, with its `fstat`. The whole open-stat-read
+    /// is redone while it fails with a transient network-filesystem error
+    /// ([`super::retry_transient`]): a handle that went stale never recovers, the name must be
+    /// looked up again. Returns the bytes, the open file and its metadata.
+    pub(crate) fn read_small(&self, path: &Path, limit: u64) -> io::Result<(Vec<u8>, File, Meta)> {
+        super::retry_transient(super::SMALL_READ_ATTEMPTS, || {
+            let mut f = self.open_read(path)?;
+            let meta = Self::fmeta(&f)?;
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut io::Read::take(&mut f, limit), &mut bytes)?;
+            Ok((bytes, f, meta))
+        })
+    }
+
     /// Opens a regular file for appending, creating it with `mode` if missing (`O_APPEND |
     /// O_CREAT`, never through a symlink, non-blocking so a FIFO cannot hang us), and checks
     /// with `fstat` that it is a regular file.
@@ -419,6 +434,31 @@ impl Root {
     ) -> io::Result<()> {
         let (tdir, tname) = self.parent(to)?;
         rustix::fs::renameat(fdir, fname, self.base(tdir.as_ref()), tname).map_err(Into::into)
+    }
+
+    /// Swaps the files at `a` and `b` atomically (`renameat2(RENAME_EXCHANGE)`): both must
+    /// exist. `Ok(false)` when the filesystem refuses the flag (NFS, most FUSE filesystems,
+    /// old kernels); nothing was changed then, and `caps` remembers it.
+    pub(crate) fn exchange(&self, a: &Path, b: &Path, caps: &Caps) -> io::Result<bool> {
+        if !caps.rename_exchange.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let r = self.with_parents(a, b, |fd, fname, td, tname| {
+            rustix::fs::renameat_with(fd, fname, td, tname, RenameFlags::EXCHANGE)
+                .map_err(Into::into)
+        });
+        match r {
+            Ok(()) => Ok(true),
+            Err(e)
+                if [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP]
+                    .iter()
+                    .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+            {
+                caps.rename_exchange.store(false, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `renameat2(RENAME_NOREPLACE)` alone, with no fallback (for probing the filesystem).
