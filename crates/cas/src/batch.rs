@@ -185,9 +185,12 @@ impl Batch {
     /// # Errors
     /// [`Error::Input`](crate::Error::Input) naming `path` if it cannot be read.
     pub fn put_path(&mut self, path: impl AsRef<Path>) -> Result<Hash> {
-        let (hash, staged) =
-            self.store
-                .stage_path(path.as_ref(), |h| self.seen.contains(h), &|n| self.tick(n))?;
+        let (hash, staged) = self.store.stage_path(
+            path.as_ref(),
+            |h| self.seen.contains(h),
+            self.durability,
+            &|n| self.tick(n),
+        )?;
         // stage_path already looked in the store (small files) and in this batch.
         if let Some(s) = staged {
             if !self.seen.contains(&hash) {
@@ -199,7 +202,10 @@ impl Batch {
 
     /// True if `hash` is already in the batch or in the store (refreshing its mtime).
     fn known(&self, hash: &Hash, len: u64) -> bool {
-        self.seen.contains(hash) || self.store.refresh_if_present(hash, Some(len))
+        self.seen.contains(hash)
+            || self
+                .store
+                .refresh_if_present(hash, Some(len), self.durability)
     }
 
     fn add(&mut self, s: Staged) -> Result<()> {

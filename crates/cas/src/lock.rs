@@ -349,11 +349,18 @@ impl Store {
     /// another host (or an incomplete lock), when it has not been refreshed for longer than
     /// the lease timeout. A holder alive on this host is never broken by age: however long it
     /// is stalled, it may still commit, and only its death frees the lock.
+    ///
+    /// On a local filesystem every holder is on this host, so a lock last written before this
+    /// machine booted cannot have a live holder: it is stale at once, whatever it holds — the
+    /// empty lock a power loss leaves (lock files are never synced) included (issue 24).
     pub(crate) fn is_stale(&self, holder: Option<&Holder>, age: Duration) -> bool {
         if let Some(h) = holder {
             if h.host == self.inner.host {
                 return !holder_alive(h);
             }
+        }
+        if !self.inner.caps.network && fs::uptime().is_some_and(|up| age > up) {
+            return true;
         }
         age > self.inner.options.lock_timeout
     }

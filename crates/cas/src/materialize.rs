@@ -71,7 +71,7 @@ impl Store {
             Some(how) => how,
             None => self.link_or_copy(hash, &object, &path, dest)?,
         };
-        let _ = self.refresh_if_present(hash, None);
+        let _ = self.refresh_if_present(hash, None, crate::Durability::None);
         Ok(how)
     }
 

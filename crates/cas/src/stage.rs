@@ -291,7 +291,12 @@ impl Store {
         // A tiered store writes through: the upstream holds an object before this store
         // names it (crate::upstream).
         self.write_through(&staged)?;
-        let mode = self.object_mode();
+        // Published without a data sync: marked, so that a later put at a stronger level
+        // knows to sync it (docs/format.md §3, "Re-puts").
+        let mode = match durability {
+            Durability::None => self.object_mode() | fs::UNSYNCED,
+            _ => self.object_mode(),
+        };
         for s in &staged {
             fs::set_mode(s.staging.file(), mode)
                 .map_err(|e| Error::io("set permissions of", s.staging.path(), e))?;
@@ -304,8 +309,14 @@ impl Store {
         let mut new_fanout = false;
         for s in staged {
             let dst = layout::object_path(&self.inner.root, &s.hash);
-            let (published, made_dir) = self.publish_object(s.staging, &s.hash, s.len, &dst)?;
+            let (published, made_dir) =
+                self.publish_object(s.staging, &s.hash, s.len, &dst, durability)?;
             new_fanout |= made_dir;
+            if published == Published::Existed && durability == Durability::Full {
+                // Found, not made: its name may date from a weaker put (docs/format.md §3,
+                // "Re-puts"); each directory is synced once below.
+                dirs.insert(dst.parent().unwrap_or(&dst).to_owned());
+            }
             if published == Published::Created {
                 created += 1;
                 if durability == Durability::Full {
@@ -419,6 +430,7 @@ impl Store {
         hash: &Hash,
         len: u64,
         dst: &Path,
+        durability: Durability,
     ) -> Result<(Published, bool)> {
         let name = fanout_name(hash);
         let mut made_dir = false;
@@ -434,8 +446,11 @@ impl Store {
                 Ok(
                     match self.name_holds(dir.as_fd(), name.as_ref(), hash, Some(len), false) {
                         // Same bytes are already there: refresh the age gc sees, drop ours.
-                        NameHolds::Object => {
+                        NameHolds::Object { mode } => {
                             let _ = fs::touch_at(dir.as_fd(), name.as_ref());
+                            // Its data brought up to our level (its directory: by `publish`).
+                            let data = durability.min(Durability::File);
+                            self.settle_existing(hash, dir.as_fd(), name.as_ref(), mode, data)?;
                             Found::Done(r)
                         }
                         // Gone meanwhile (gc): publish again.

@@ -363,14 +363,14 @@ impl StatCache {
         let mut buf = [0u8; crate::hash::HEX_LEN];
         let hex = hash.to_hex_buf(&mut buf);
         let Some(slot) = self.fanouts.get(b) else {
-            return store.refresh_if_holds(hash, Some(len), true);
+            return store.refresh_if_holds(hash, Some(len), true, store.durability());
         };
         let opened = slot.get_or_init(|| {
             let dir = store.path(layout::OBJECTS).join(&hex[..2]);
             store.inner.root_dir.open_dir(&dir).ok()
         });
         let Some(dir) = opened.as_ref() else {
-            return store.refresh_if_holds(hash, Some(len), true);
+            return store.refresh_if_holds(hash, Some(len), true, store.durability());
         };
         let name = OsStr::new(&hex[2..]);
         match fs::lstat_at(dir.as_fd(), name) {
@@ -378,6 +378,7 @@ impl StatCache {
                 if m.kind == fs::Kind::File
                     && m.len == len
                     && m.uid == fs::uid()
+                    && m.mode & fs::UNSYNCED == 0
                     && SystemTime::now()
                         .duration_since(m.mtime)
                         .is_ok_and(|age| age < FRESH) =>
@@ -388,7 +389,7 @@ impl StatCache {
             // Older, someone else's, or not statable: the full check, then the refresh.
             Ok(_) | Err(_) => {}
         }
-        store.refresh_if_holds(hash, Some(len), true)
+        store.refresh_if_holds(hash, Some(len), true, store.durability())
     }
 
     /// Writes the cache back if this run changed it (staged, renamed over the old one; a hint,

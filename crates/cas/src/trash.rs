@@ -112,7 +112,7 @@ impl Store {
         let p = self.object_path(hash);
         // Refreshing the mtime doubles as the existence check, and makes the object young for
         // a gc that has not yet judged it.
-        if self.refresh_if_present(hash, None) {
+        if self.refresh_if_present(hash, None, crate::Durability::None) {
             return Ok(());
         }
         match self.restore_from_trash(hash)? {

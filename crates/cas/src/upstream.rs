@@ -224,7 +224,7 @@ impl Upstream for DirUpstream {
             let mut wanted = Vec::new();
             for (hash, reader) in objects.iter_mut() {
                 // Present already (perhaps put by another node): refresh its age, copy nothing.
-                if s.refresh_if_present(hash, None) {
+                if s.refresh_if_present(hash, None, s.durability()) {
                     continue;
                 }
                 let got = batch.put_reader(&mut **reader)?;

@@ -268,7 +268,7 @@ impl Store {
     /// As [`Store::put_bytes`].
     pub fn put_bytes_with(&self, bytes: &[u8], durability: Durability) -> Result<Hash> {
         let hash = Hash::of_parallel(bytes);
-        if !self.refresh_if_present(&hash, Some(bytes.len() as u64)) {
+        if !self.refresh_if_present(&hash, Some(bytes.len() as u64), durability) {
             self.publish(vec![self.stage_hashed(bytes, hash)?], durability)?;
         }
         Ok(hash)
@@ -340,7 +340,7 @@ impl Store {
     /// # Errors
     /// As [`Store::put_path`].
     pub fn put_path_with(&self, path: &Path, durability: Durability) -> Result<Hash> {
-        let (hash, staged) = self.stage_path(path, |_| false, &|_| true)?;
+        let (hash, staged) = self.stage_path(path, |_| false, durability, &|_| true)?;
         if let Some(s) = staged {
             self.publish(vec![s], durability)?;
         }
@@ -354,6 +354,7 @@ impl Store {
         &self,
         path: &Path,
         known: impl Fn(&Hash) -> bool,
+        durability: Durability,
         tick: Tick<'_>,
     ) -> Result<(Hash, Option<Staged>)> {
         let input = Input::Path(path);
@@ -375,7 +376,8 @@ impl Store {
             if !tick(bytes.len() as u64) {
                 return Err(Error::Interrupted);
             }
-            if known(&hash) || self.refresh_if_present(&hash, Some(bytes.len() as u64)) {
+            if known(&hash) || self.refresh_if_present(&hash, Some(bytes.len() as u64), durability)
+            {
                 return Ok((hash, None));
             }
             return Ok((hash, Some(self.stage_hashed(&bytes, hash)?)));
@@ -395,8 +397,13 @@ impl Store {
     /// known), its mtime then refreshed (best effort: another user's object may refuse, and
     /// is present all the same). False if the name is free — or held by something else,
     /// which the publish that follows moves to `quarantine/` (docs/format.md §3, "Squatters").
-    pub(crate) fn refresh_if_present(&self, hash: &Hash, len: Option<u64>) -> bool {
-        self.refresh_if_holds(hash, len, false)
+    pub(crate) fn refresh_if_present(
+        &self,
+        hash: &Hash,
+        len: Option<u64>,
+        durability: Durability,
+    ) -> bool {
+        self.refresh_if_holds(hash, len, false, durability)
     }
 
     /// [`Store::refresh_if_present`]; with `own_is_enough`, a regular file of ours of the
@@ -406,6 +413,7 @@ impl Store {
         hash: &Hash,
         len: Option<u64>,
         own_is_enough: bool,
+        durability: Durability,
     ) -> bool {
         // Through the cached fan-out handle. A stale handle (the directory made again)
         // answers "absent"; the publish that follows finds the truth.
@@ -413,13 +421,43 @@ impl Store {
             return false;
         };
         let name = crate::stage::fanout_name(hash);
-        if self.name_holds(dir.as_fd(), name.as_ref(), hash, len, own_is_enough)
-            != NameHolds::Object
-        {
+        let NameHolds::Object { mode } =
+            self.name_holds(dir.as_fd(), name.as_ref(), hash, len, own_is_enough)
+        else {
             return false;
-        }
+        };
         let _ = fs::touch_at(dir.as_fd(), name.as_ref());
-        true
+        // A put that finds its object says yes only once the object is as durable as asked;
+        // if that fails the object counts as absent, and the put writes it again.
+        self.settle_existing(hash, dir.as_fd(), name.as_ref(), mode, durability)
+            .is_ok()
+    }
+
+    /// An object a put (or a name update) found already published, brought up to
+    /// `durability`: its data synced once if it was published without (`none`, marked
+    /// [`fs::UNSYNCED`]), and at `full` its fan-out directory synced, so its name survives.
+    pub(crate) fn settle_existing(
+        &self,
+        hash: &Hash,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        durability: Durability,
+    ) -> io::Result<()> {
+        if durability == Durability::None {
+            return Ok(());
+        }
+        if mode & fs::UNSYNCED != 0 {
+            fs::sync_published_at(dir, name, mode)?;
+        }
+        if durability == Durability::Full {
+            // `dir` may be a path-only handle: the directory is opened to be synced.
+            let path = self.object_path(hash);
+            self.inner
+                .root_dir
+                .fsync_dir(path.parent().unwrap_or(&path))?;
+        }
+        Ok(())
     }
 
     /// What is at the name of `hash` (`name` in the fan-out directory `dir`): the object only
@@ -453,7 +491,7 @@ impl Store {
             return NameHolds::Squatter(format!("holds {} bytes, not {want}", m.len));
         }
         if m.uid == fs::uid() && (own_is_enough || !self.inner.options.shared_group) {
-            return NameHolds::Object;
+            return NameHolds::Object { mode: m.mode };
         }
         let path = self.object_path(hash);
         let may_map = !self.inner.options.shared_group && !self.inner.caps.network;
@@ -463,7 +501,7 @@ impl Store {
             .open_read(&path)
             .and_then(|f| crate::read::hash_file(&f, may_map))
         {
-            Ok(h) if h == *hash => NameHolds::Object,
+            Ok(h) if h == *hash => NameHolds::Object { mode: m.mode },
             Ok(h) => NameHolds::Squatter(format!("holds bytes that hash to {h}")),
             Err(e) if fs::is_not_found(&e) => NameHolds::Absent,
             Err(e) => NameHolds::Squatter(format!("cannot be read to check it: {e}")),
@@ -474,8 +512,9 @@ impl Store {
 /// What an object's name holds (see [`Store::name_holds`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum NameHolds {
-    /// The object's bytes.
-    Object,
+    /// The object's bytes, with the mode of the file (it may carry
+    /// [`fs::UNSYNCED`](crate::fs::UNSYNCED)).
+    Object { mode: u32 },
     /// Nothing.
     Absent,
     /// Something else, and what.

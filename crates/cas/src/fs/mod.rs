@@ -379,6 +379,13 @@ pub(crate) fn process_start_ms(pid: u32) -> Option<u64> {
     Some(btime * 1000 + ticks * 1000 / hz)
 }
 
+/// How long ago this machine booted (`/proc/uptime`); `None` where there is no `/proc`.
+pub(crate) fn uptime() -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
 /// True if `path` (which need not exist) lies inside the directory `dir`, judged by identity
 /// rather than by name: the deepest existing ancestor of `path` is resolved (`realpath`), and
 /// it and each of its parents are compared by device and inode (`stat(2)`) with `dir`. So a
@@ -609,6 +616,28 @@ pub(crate) fn is_local(fd: impl std::os::fd::AsFd) -> bool {
         let magic = i64::from(st.f_type as i64);
         !fs_kind(magic).1
     })
+}
+
+/// The mode bit set on an object published without a data sync (durability `none`):
+/// `S_ISVTX`, which Linux ignores on regular files. A later put or name update at `file` or
+/// `full` that finds the object syncs its data once and clears the bit (docs/format.md §3,
+/// "Re-puts").
+pub(crate) const UNSYNCED: u32 = 0o1000;
+
+/// Makes the bytes of `name` in `dir` durable: opens it (`openat`, no symlink following,
+/// non-blocking), `fdatasync`, then clears [`UNSYNCED`] from `mode` (`fchmod`, best effort:
+/// another user's object refuses, and is synced again by the next such put).
+pub(crate) fn sync_published_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::fdatasync(&fd)?;
+    let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & !UNSYNCED));
+    Ok(())
 }
 
 /// `lstat` of the name `name` in the directory `dir` (`fstatat(AT_SYMLINK_NOFOLLOW)`).
