@@ -696,3 +696,45 @@ fn the_children_of_a_young_tree_are_as_protected_as_the_tree() {
     let r = gc(&s, &[]);
     assert_eq!(r["trashed"], 4, "{r}");
 }
+
+/// Issue 19: `cas rm` of an object a ref or cache entry reaches (directly or through trees)
+/// left the name dangling, silently. It is refused, naming one name (and the tree), unless
+/// `--force`; an unreferenced object is removed as before.
+#[test]
+fn rm_refuses_an_object_a_name_reaches_unless_forced() {
+    let s = Store::new();
+    let dir = s.scratch.join("src");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/deep.txt"), b"deep bytes").unwrap();
+    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&dir)).trim().to_owned();
+    run_ok(cas(&s).args(["ref", "set", "release", &tree]));
+    let deep = blake3_hex(b"deep bytes");
+    let cached = s.input("cached", b"cached bytes");
+    let keyed = run_ok(cas(&s).args(["key", "put", "build:1"]).arg(&cached))
+        .trim()
+        .to_owned();
+    let free = s.put(b"nobody names me");
+
+    let out = run(cas(&s).args(["rm", &deep]));
+    let err = assert_clean_failure(&out, "rm of an object a ref reaches through trees");
+    assert!(
+        err.contains(&format!("object {deep} is reached by ref \"release\" (through tree "))
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert!(s.object_path(&deep).exists(), "a refused rm removed the object");
+    let out = run(cas(&s).args(["rm", &keyed]));
+    let err = assert_clean_failure(&out, "rm of an object a cache entry reaches");
+    assert!(err.contains("cache entry \"build:1\""), "{err}");
+    let out = run(cas(&s).args(["rm", &tree]));
+    let err = assert_clean_failure(&out, "rm of the tree a ref names");
+    assert!(err.contains("reached by ref \"release\";"), "{err}");
+
+    run_ok(cas(&s).args(["rm", &free]));
+    assert!(!s.object_path(&free).exists());
+    run_ok(cas(&s).args(["rm", "--force", &deep]));
+    assert!(!s.object_path(&deep).exists(), "--force did not remove it");
+    // What --force leaves: a dangling name, which verify reports.
+    let out = run(cas(&s).arg("verify"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}

@@ -171,12 +171,17 @@ enum Cmd {
         #[arg(required = true, value_parser = parse_hash)]
         hashes: Vec<Hash>,
     },
-    /// Remove objects (refs to them will dangle; prefer gc).
-    #[command(after_help = "Examples:\n  cas rm HASH")]
+    /// Remove objects now. Refused (exit 1, naming it) for an object that a ref, a cache
+    /// entry or an update in progress reaches, directly or through trees; unreferenced
+    /// objects are better left to gc, which keeps them for the grace period.
+    #[command(after_help = "Examples:\n  cas rm HASH\n  cas rm --force HASH   # even if a ref reaches it (the ref dangles)")]
     Rm {
         /// Hashes to remove.
         #[arg(required = true, value_parser = parse_hash)]
         hashes: Vec<Hash>,
+        /// Remove even objects that names reach, leaving those names dangling.
+        #[arg(long)]
+        force: bool,
     },
     /// List the hashes of all objects, sorted.
     #[command(after_help = "Examples:\n  cas ls\n  cas ls -l --prefix ab\n  cas ls --json")]
@@ -713,7 +718,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Has { hashes } => cmd_has(&open_store(g, Existing)?, &hashes, g.json),
-        Cmd::Rm { hashes } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes)),
+        Cmd::Rm { hashes, force } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes, force)),
         Cmd::Ls {
             long,
             prefix,
@@ -1700,10 +1705,11 @@ fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
     Ok(exit(all))
 }
 
-fn cmd_rm(store: &Store, hashes: &[Hash]) -> ExitCode {
+fn cmd_rm(store: &Store, hashes: &[Hash], force: bool) -> ExitCode {
     let mut ok = true;
+    let opts = cas::RemoveOptions::default().force(force);
     for h in hashes {
-        if let Err(e) = store.remove(h) {
+        if let Err(e) = store.remove_with(h, &opts) {
             eprintln!("cas: error: {}", output::chain(&e));
             ok = false;
         }

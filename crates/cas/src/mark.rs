@@ -10,7 +10,7 @@
 //! read) is also recorded as a reason not to sweep: gc deletes nothing it cannot prove
 //! unreachable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -95,6 +95,9 @@ pub(crate) struct Reach {
     /// Reasons why what is unreachable cannot be told from what is not (subset of the above,
     /// in words): gc must not sweep.
     pub(crate) unsafe_to_sweep: Vec<String>,
+    /// If recorded ([`Store::mark_recording`]): for each object reached, where it was first
+    /// reached from. Following it upwards leads from any object to a root.
+    pub(crate) via: Option<HashMap<Hash, Source>>,
 }
 
 impl Reach {
@@ -124,7 +127,20 @@ impl Store {
     /// removed while we list pins belongs to an update that completed before we list the
     /// pointers, so we see its result there.
     pub(crate) fn mark(&self) -> Mark {
+        self.mark_with(false)
+    }
+
+    /// [`Store::mark`], also recording for each object where it was first reached from
+    /// (`Reach::via`): what `cas rm` names when it refuses.
+    pub(crate) fn mark_recording(&self) -> Mark {
+        self.mark_with(true)
+    }
+
+    fn mark_with(&self, record: bool) -> Mark {
         let mut m = Mark::default();
+        if record {
+            m.reach.via = Some(HashMap::new());
+        }
         let mut visits = Vec::new();
         for dir in [layout::REFS, layout::INDEX] {
             let pins = self.lock_pins(&self.path(dir));
@@ -237,6 +253,9 @@ impl Store {
         while let Some(v) = stack.pop() {
             if !r.reachable.insert(v.hash) {
                 continue;
+            }
+            if let Some(via) = &mut r.via {
+                via.insert(v.hash, v.from.clone());
             }
             if !v.may_be_tree {
                 if v.report_missing && self.locate(&v.hash).is_none() {
