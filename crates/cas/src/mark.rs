@@ -120,6 +120,8 @@ pub(crate) struct Mark {
     pub(crate) entries: Vec<EntryRoot>,
     /// Objects reachable from refs and pins alone (not from cache entries): never evicted.
     pub(crate) pinned_by_refs: HashSet<Hash>,
+    /// Those of them that only pins reach (updates in progress), not refs.
+    pub(crate) pinned_only: HashSet<Hash>,
 }
 
 impl Store {
@@ -141,14 +143,14 @@ impl Store {
         if record {
             m.reach.via = Some(HashMap::new());
         }
-        let mut visits = Vec::new();
+        let mut pin_visits = Vec::new();
         for dir in [layout::REFS, layout::INDEX] {
             let pins = self.lock_pins(&self.path(dir));
             for p in pins.damaged {
                 m.reach.damaged.push(p);
             }
             for (path, hash) in pins.pins {
-                visits.push(Visit {
+                pin_visits.push(Visit {
                     from: Source::Pin(path),
                     hash,
                     may_be_tree: true,
@@ -156,6 +158,7 @@ impl Store {
                 });
             }
         }
+        let mut visits = Vec::new();
         let refs = self.scan_refs("");
         for (path, reason) in refs.damaged {
             m.reach.damaged(path, reason, true);
@@ -168,9 +171,16 @@ impl Store {
                 report_missing: true,
             });
         }
-        // Everything but cache entries first: what eviction may never release.
-        m.roots = visits.len() as u64;
+        // Everything but cache entries first: what eviction may never release. Refs before
+        // pins (the order of traversal does not change what is reached): what only pins
+        // reach is told apart for a budget's report, and refs are what `rm` names first.
+        m.roots = (visits.len() + pin_visits.len()) as u64;
         self.traverse(visits, &mut m.reach);
+        if !pin_visits.is_empty() {
+            let before = m.reach.reachable.clone();
+            self.traverse(pin_visits, &mut m.reach);
+            m.pinned_only = m.reach.reachable.difference(&before).copied().collect();
+        }
         m.pinned_by_refs.clone_from(&m.reach.reachable);
         let mut visits = Vec::new();
 

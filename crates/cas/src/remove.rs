@@ -192,7 +192,10 @@ mod tests {
         assert_eq!(by.root, Root::Ref("release".into()));
         assert_eq!(by.through, Some(sub), "the tree that lists it");
         assert_eq!(s.who_reaches(&top).unwrap().through, None);
-        assert_eq!(s.who_reaches(&keyed).unwrap().root, Root::Entry("\"k\"".into()));
+        assert_eq!(
+            s.who_reaches(&keyed).unwrap().root,
+            Root::Entry("\"k\"".into())
+        );
 
         let e = s.remove_with(&leaf, &RemoveOptions::default()).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::InUse);
