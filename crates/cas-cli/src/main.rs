@@ -1449,7 +1449,7 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
             store.remove_ref(&name, exp)?;
         }
         RefCmd::Ls { prefix, nul } => {
-            let (refs, damaged) = store.refs_report(&prefix);
+            let (refs, damaged) = store.refs_report(&prefix)?;
             let mut out = io::BufWriter::new(io::stdout().lock());
             for (name, h) in refs {
                 if json {

@@ -56,6 +56,15 @@ pub trait Upstream: Send + Sync {
     fn remove_ref(&self, name: &str, expect: Expect) -> Result<Hash>;
     /// Refs whose names start with `prefix`, sorted.
     fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>>;
+    /// Refs whose names start with `prefix`, sorted, and the damaged ones by path (as
+    /// [`Store::refs_report`]). The default lists with [`Upstream::list_refs`], which reports
+    /// no damage apart (the first damaged ref is its error).
+    ///
+    /// # Errors
+    /// As [`Upstream::list_refs`].
+    fn refs_report(&self, prefix: &str) -> Result<(Vec<(String, Hash)>, Vec<crate::Problem>)> {
+        Ok((self.list_refs(prefix)?, Vec::new()))
+    }
     /// A ref's history.
     fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>>;
     /// A ref's history, line by line (as [`Store::reflog_each`]). The default collects
@@ -249,6 +258,10 @@ impl Upstream for DirUpstream {
 
     fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>> {
         self.with(|s| s.list_refs(prefix))
+    }
+
+    fn refs_report(&self, prefix: &str) -> Result<(Vec<(String, Hash)>, Vec<crate::Problem>)> {
+        self.with(|s| s.refs_report(prefix))
     }
 
     fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>> {
