@@ -318,6 +318,10 @@ pub fn describe_barrier(b: cas::Barrier) -> &'static str {
 }
 
 pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
+    if let Some(o) = &r.foreign_owner {
+        // First: it explains most of what follows.
+        println!("owner:        {o}");
+    }
     println!("store:        {}", root.display());
     println!(
         "filesystem:   {} (magic {}){}",
@@ -354,33 +358,29 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
             p.detail
         );
     }
-    for p in &r.permission_problems {
-        println!("permissions  {}: {}", p.path.display(), p.reason);
-    }
-    for p in &r.stale_staging {
-        println!("staging      {}: {}", p.path.display(), p.reason);
-    }
-    for p in &r.expired_locks {
-        println!("lock         {}: {}", p.path.display(), p.reason);
-    }
-    for d in &r.dangling {
-        println!("dangling     {} (pointed to by {})", d.hash, d.from);
-    }
-    for p in &r.damaged {
-        println!("damaged      {}: {}", p.path.display(), p.reason);
-    }
-    for h in &r.reachable_in_trash {
-        println!("in trash     {h} is reachable (cas doctor --fix moves it back)");
+    // Each kind of problem once, with a count: one cause (another user's store, a bad
+    // umask) gives hundreds of identical findings.
+    for g in &r.summary {
+        if g.count == 1 {
+            println!("{:<12} {}: {}", g.kind, g.example, g.reason);
+        } else {
+            println!(
+                "{:<12} {} × {} (the first: {})",
+                g.kind, g.count, g.reason, g.example
+            );
+        }
     }
     for f in &r.fixed {
         println!("fixed        {f}");
     }
     println!(
         "{}",
-        if r.is_healthy() {
-            "healthy"
-        } else {
-            "problems found (cas doctor --fix repairs what is safe)"
+        match (r.is_healthy(), &r.foreign_owner) {
+            (true, _) => "healthy".to_owned(),
+            (false, Some(o)) => format!(
+                "problems found; {o}: only its owner (or root) can repair them with `cas doctor --fix`"
+            ),
+            (false, None) => "problems found (cas doctor --fix repairs what is safe)".to_owned(),
         }
     );
 }

@@ -189,7 +189,7 @@ mod write;
 pub use batch::Batch;
 pub use cleanup::abandon_temporaries;
 pub use config::{parse_duration, parse_size, Durability, Options};
-pub use doctor::{DoctorReport, FsInfoReport, Probe};
+pub use doctor::{DoctorReport, FsInfoReport, Owner, Probe, ProblemGroup};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{BudgetUnmet, GcOptions, GcReport};
 pub use hash::{Hash, HASH_LEN, HEX_LEN};
