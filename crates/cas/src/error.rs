@@ -233,7 +233,9 @@ pub enum Error {
 
     /// An object was not removed because a name reaches it (directly or through trees):
     /// removing it would leave that name dangling. Nothing was removed.
-    #[error("object {hash} is reached by {by}; `cas rm --force` removes it anyway, leaving that name dangling")]
+    #[error(
+        "object {hash} is {by}; `cas rm --force` removes it anyway, leaving that name dangling"
+    )]
     InUse {
         /// The object.
         hash: Hash,

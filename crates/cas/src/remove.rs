@@ -41,6 +41,10 @@ pub enum Root {
     Entry(String),
     /// An update in progress: the pin in a ref or entry lock file.
     Update(PathBuf),
+    /// Nothing readable reaches the object, but something that could not be read might (a
+    /// damaged ref or entry, an undecodable tree): the reason, with its path. gc does not
+    /// sweep in that case either.
+    Unreadable(String),
 }
 
 /// Who reaches an object (see [`Store::who_reaches`]): one root, and the tree the object is
@@ -57,9 +61,12 @@ pub struct ReachedBy {
 impl std::fmt::Display for ReachedBy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.root {
-            Root::Ref(n) => write!(f, "ref {n:?}")?,
-            Root::Entry(k) => write!(f, "cache entry {k}")?,
-            Root::Update(p) => write!(f, "an update in progress ({})", p.display())?,
+            Root::Ref(n) => write!(f, "reached by ref {n:?}")?,
+            Root::Entry(k) => write!(f, "reached by cache entry {k}")?,
+            Root::Update(p) => write!(f, "reached by an update in progress ({})", p.display())?,
+            Root::Unreadable(why) => {
+                write!(f, "perhaps reached through what cannot be read ({why})")?
+            }
         }
         if let Some(t) = self.through {
             write!(f, " (through tree {t})")?;
@@ -71,7 +78,8 @@ impl std::fmt::Display for ReachedBy {
 impl Store {
     /// One ref, cache entry or update in progress that reaches `hash` (directly or through
     /// trees), or `None` if nothing does. Refs are preferred over cache entries (gc's mark
-    /// visits them first). A tiered store answers for its own directory: its names live
+    /// visits them first). If none does but a root or tree could not be read,
+    /// [`Root::Unreadable`] says what: it may hide one. A tiered store answers for its own directory: its names live
     /// upstream, which holds every object the tier holds.
     ///
     /// The answer is a snapshot: a name set right after may reach the object.
@@ -83,18 +91,29 @@ impl Store {
     /// let h = store.put_bytes(b"named")?;
     /// assert!(store.who_reaches(&h).is_none());
     /// store.set_ref("release", h, cas::Expect::Any)?;
-    /// assert_eq!(store.who_reaches(&h).unwrap().to_string(), "ref \"release\"");
+    /// assert_eq!(store.who_reaches(&h).unwrap().to_string(), "reached by ref \"release\"");
     /// # Ok(()) }
     /// ```
     pub fn who_reaches(&self, hash: &Hash) -> Option<ReachedBy> {
         let m = self.mark_recording();
-        let via = m.reach.via?;
+        let unreadable = || {
+            (!m.reach.unsafe_to_sweep.is_empty()).then(|| ReachedBy {
+                root: Root::Unreadable(m.reach.unsafe_to_sweep.join("; ")),
+                through: None,
+            })
+        };
+        let Some(via) = m.reach.via.as_ref() else {
+            return unreadable();
+        };
         let mut through = None;
         let mut at = *hash;
         // Each step goes to where `at` was first reached from, which was reached before it:
         // the chain ends at a root. The bound only guards against a bug.
         for _ in 0..=via.len() {
-            match via.get(&at)? {
+            let Some(from) = via.get(&at) else {
+                return unreadable();
+            };
+            match from {
                 Source::Tree(t) => {
                     through.get_or_insert(*t);
                     at = *t;
@@ -119,7 +138,7 @@ impl Store {
                 }
             }
         }
-        None
+        unreadable()
     }
 
     /// Removes an object from `objects/`, unless a ref, cache entry or update in progress
@@ -131,7 +150,8 @@ impl Store {
     /// as with [`Store::remove`] (a later `verify` reports it).
     ///
     /// # Errors
-    /// [`Error::InUse`] naming one root that reaches it (nothing removed);
+    /// [`Error::InUse`] naming one root that reaches it, or what could not be read and might
+    /// (nothing removed);
     /// [`Error::NotFound`] if it is not there; I/O errors naming the path.
     pub fn remove_with(&self, hash: &Hash, opts: &RemoveOptions) -> Result<()> {
         if !opts.force {
@@ -216,5 +236,18 @@ mod tests {
         assert!(!s.contains(&leaf));
         let gone = s.remove_with(&free, &RemoveOptions::default()).unwrap_err();
         assert!(gone.is_not_found(), "{gone}");
+
+        // A ref that cannot be read might name anything: refused, saying why.
+        let other = s.put_bytes(b"other").unwrap();
+        std::fs::write(d.path().join("refs/garbage"), b"hello\n").unwrap();
+        let e = s
+            .remove_with(&other, &RemoveOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InUse { by, .. } if matches!(by.root, Root::Unreadable(_))),
+            "{e}"
+        );
+        assert!(e.to_string().contains("refs/garbage"), "{e}");
+        assert!(s.contains(&other));
     }
 }
