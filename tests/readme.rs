@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -129,13 +130,14 @@ fn every_command_of_the_readme_tour_runs() {
             .replace("/local/cas", &local.display().to_string());
         sh.push_str(&line);
         sh.push('\n');
-        sh.push_str(&format!(
-            "rc=$?; [ $rc -eq 0 ] || {{ echo \"README.md line {n} exited $rc: {}\" >&2; exit 1; }}\n",
+        let _ = writeln!(
+            sh,
+            "rc=$?; [ $rc -eq 0 ] || {{ echo \"README.md line {n} exited $rc: {}\" >&2; exit 1; }}",
             line.replace('\\', "\\\\")
                 .replace('"', "\\\"")
                 .replace('$', "\\$")
                 .replace('`', "\\`")
-        ));
+        );
     }
     sh.push_str("echo \"h=$h h2=$h2 t=$t\"\n");
     let home = dir.path().join("home");

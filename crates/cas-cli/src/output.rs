@@ -272,7 +272,7 @@ pub fn print_gc(r: &cas::GcReport) {
 pub fn human_duration(d: std::time::Duration) -> String {
     let s = d.as_secs();
     for (unit, n) in [("d", 86_400), ("h", 3600), ("min", 60)] {
-        if s > 0 && s % n == 0 {
+        if s > 0 && s.is_multiple_of(n) {
             return format!("{}{unit}", s / n);
         }
     }

@@ -239,32 +239,7 @@ impl Store {
             })
             .collect();
 
-        let mut expired_locks = Vec::new();
-        for dir in [layout::REFS, layout::INDEX, layout::LOCKS] {
-            let walk = root.walk_tree(&self.path(dir));
-            for (path, kind) in walk.entries {
-                if kind != fs::Kind::File || !path.to_string_lossy().ends_with(layout::LOCK_SUFFIX)
-                {
-                    continue;
-                }
-                let Ok((holder, age)) = self.read_lock(&path) else {
-                    continue;
-                };
-                if self.is_stale(holder.as_ref(), age) {
-                    let who = holder.as_ref().map_or_else(
-                        || "an incomplete or unparsable lock".to_owned(),
-                        |h| format!("held by host {} pid {}", h.host, h.pid),
-                    );
-                    if fix && self.break_lock(&path, holder.as_ref()).is_ok() {
-                        fixed.push(format!("broke expired lock {}", path.display()));
-                    }
-                    expired_locks.push(Problem {
-                        path,
-                        reason: format!("{who}, not refreshed for {} s", age.as_secs()),
-                    });
-                }
-            }
-        }
+        let expired_locks = self.expired_locks(fix, &mut fixed);
 
         let permission_problems = self.check_permissions(fix, &mut fixed);
 
@@ -296,20 +271,7 @@ impl Store {
             })
             .collect();
         damaged.extend(m.reach.damaged);
-        let me = fs::uid();
-        // A member of a shared store that can write to it is not looking at someone else's
-        // store: that is what sharing is for.
-        let member = self.inner.options.shared_group && root.writable(self.root());
-        let foreign_owner = root
-            .root_meta()
-            .ok()
-            .filter(|md| md.uid != me && !member)
-            .map(|md| Owner {
-                uid: md.uid,
-                name: fs::user_name(md.uid),
-                you: me,
-                your_name: fs::user_name(me),
-            });
+        let foreign_owner = self.foreign_owner();
         let mut r = DoctorReport {
             fs: self.fs_info().into(),
             probes,
@@ -326,6 +288,57 @@ impl Store {
         };
         r.summary = summarize(&r);
         Ok(r)
+    }
+
+    /// Locks whose holder is dead or whose lease expired; with `fix`, broken.
+    fn expired_locks(&self, fix: bool, fixed: &mut Vec<String>) -> Vec<Problem> {
+        let root = &self.inner.root_dir;
+        let mut expired_locks = Vec::new();
+        for dir in [layout::REFS, layout::INDEX, layout::LOCKS] {
+            let walk = root.walk_tree(&self.path(dir));
+            for (path, kind) in walk.entries {
+                if kind != fs::Kind::File || !path.to_string_lossy().ends_with(layout::LOCK_SUFFIX)
+                {
+                    continue;
+                }
+                let Ok((holder, age)) = self.read_lock(&path) else {
+                    continue;
+                };
+                if self.is_stale(holder.as_ref(), age) {
+                    let who = holder.as_ref().map_or_else(
+                        || "an incomplete or unparsable lock".to_owned(),
+                        |h| format!("held by host {} pid {}", h.host, h.pid),
+                    );
+                    if fix && self.break_lock(&path, holder.as_ref()).is_ok() {
+                        fixed.push(format!("broke expired lock {}", path.display()));
+                    }
+                    expired_locks.push(Problem {
+                        path,
+                        reason: format!("{who}, not refreshed for {} s", age.as_secs()),
+                    });
+                }
+            }
+        }
+        expired_locks
+    }
+
+    /// The store's owner, if it is not this user (and this is not a shared store this user
+    /// can write to).
+    fn foreign_owner(&self) -> Option<Owner> {
+        let root = &self.inner.root_dir;
+        let me = fs::uid();
+        // A member of a shared store that can write to it is not looking at someone else's
+        // store: that is what sharing is for.
+        let member = self.inner.options.shared_group && root.writable(self.root());
+        root.root_meta()
+            .ok()
+            .filter(|md| md.uid != me && !member)
+            .map(|md| Owner {
+                uid: md.uid,
+                name: fs::user_name(md.uid),
+                you: me,
+                your_name: fs::user_name(me),
+            })
     }
 
     /// Tries the operations the protocols rely on, in `tmp/`, and records what works.

@@ -199,7 +199,9 @@ pub use materialize::Materialized;
 pub use once::{ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting};
 pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
 pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
-pub use refs::{validate_ref_name, Expect, RefLogEntry, RefLogLine, MAX_REF_NAME, MAX_REF_SEGMENT};
+pub use refs::{
+    validate_ref_name, Expect, RefLogEntry, RefLogLine, RefsReport, MAX_REF_NAME, MAX_REF_SEGMENT,
+};
 pub use remove::{ReachedBy, RemoveOptions, Root};
 pub use store::{Barrier, FsInfo, Store};
 pub use transfer::{TransferConflict, TransferOptions, TransferReport};

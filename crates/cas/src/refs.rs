@@ -583,7 +583,7 @@ impl Store {
     ///
     /// # Errors
     /// Only for a tiered store: [`Error::Upstream`] if the upstream cannot be reached.
-    pub fn refs_report(&self, prefix: &str) -> Result<(Vec<(String, Hash)>, Vec<crate::Problem>)> {
+    pub fn refs_report(&self, prefix: &str) -> Result<RefsReport> {
         if let Some(up) = self.names_upstream() {
             return up.refs_report(prefix);
         }
@@ -624,6 +624,10 @@ impl Store {
         out
     }
 }
+
+/// What [`Store::refs_report`] returns: the refs found (name, hash), sorted by name, and the
+/// damaged ones by path.
+pub type RefsReport = (Vec<(String, Hash)>, Vec<crate::Problem>);
 
 /// What [`Store::scan_refs`] found.
 #[derive(Debug, Default)]

@@ -65,7 +65,7 @@ impl std::fmt::Display for ReachedBy {
             Root::Entry(k) => write!(f, "reached by cache entry {k}")?,
             Root::Update(p) => write!(f, "reached by an update in progress ({})", p.display())?,
             Root::Unreadable(why) => {
-                write!(f, "perhaps reached through what cannot be read ({why})")?
+                write!(f, "perhaps reached through what cannot be read ({why})")?;
             }
         }
         if let Some(t) = self.through {

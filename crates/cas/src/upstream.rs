@@ -62,7 +62,7 @@ pub trait Upstream: Send + Sync {
     ///
     /// # Errors
     /// As [`Upstream::list_refs`].
-    fn refs_report(&self, prefix: &str) -> Result<(Vec<(String, Hash)>, Vec<crate::Problem>)> {
+    fn refs_report(&self, prefix: &str) -> Result<crate::RefsReport> {
         Ok((self.list_refs(prefix)?, Vec::new()))
     }
     /// A ref's history.
@@ -260,7 +260,7 @@ impl Upstream for DirUpstream {
         self.with(|s| s.list_refs(prefix))
     }
 
-    fn refs_report(&self, prefix: &str) -> Result<(Vec<(String, Hash)>, Vec<crate::Problem>)> {
+    fn refs_report(&self, prefix: &str) -> Result<crate::RefsReport> {
         self.with(|s| s.refs_report(prefix))
     }
 
