@@ -736,8 +736,13 @@ fn rm_refuses_an_object_a_name_reaches_unless_forced() {
     let err = assert_clean_failure(&out, "rm of the tree a ref names");
     assert!(err.contains("reached by ref \"release\";"), "{err}");
 
-    run_ok(cas(&s).args(["rm", &free]));
-    assert!(!s.object_path(&free).exists());
+    // Several at once (one mark for all): the free ones go, the named one stays, exit 1.
+    let free2 = s.put(b"nobody names me either");
+    let out = run(cas(&s).args(["rm", &free, &deep, &free2]));
+    let err = assert_clean_failure(&out, "rm of free, named, free");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!s.object_path(&free).exists() && !s.object_path(&free2).exists());
+    assert!(s.object_path(&deep).exists());
     run_ok(cas(&s).args(["rm", "--force", &deep]));
     assert!(!s.object_path(&deep).exists(), "--force did not remove it");
     // What --force leaves: a dangling name, which verify reports.

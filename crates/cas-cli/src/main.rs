@@ -1721,8 +1721,8 @@ fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
 fn cmd_rm(store: &Store, hashes: &[Hash], force: bool) -> ExitCode {
     let mut ok = true;
     let opts = cas::RemoveOptions::default().force(force);
-    for h in hashes {
-        if let Err(e) = store.remove_with(h, &opts) {
+    for r in store.remove_all_with(hashes, &opts) {
+        if let Err(e) = r {
             eprintln!("cas: error: {}", output::chain(&e));
             ok = false;
         }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
-use crate::mark::Source;
+use crate::mark::{Mark, Source};
 use crate::Store;
 
 /// Options of [`Store::remove_with`].
@@ -95,50 +95,7 @@ impl Store {
     /// # Ok(()) }
     /// ```
     pub fn who_reaches(&self, hash: &Hash) -> Option<ReachedBy> {
-        let m = self.mark_recording();
-        let unreadable = || {
-            (!m.reach.unsafe_to_sweep.is_empty()).then(|| ReachedBy {
-                root: Root::Unreadable(m.reach.unsafe_to_sweep.join("; ")),
-                through: None,
-            })
-        };
-        let Some(via) = m.reach.via.as_ref() else {
-            return unreadable();
-        };
-        let mut through = None;
-        let mut at = *hash;
-        // Each step goes to where `at` was first reached from, which was reached before it:
-        // the chain ends at a root. The bound only guards against a bug.
-        for _ in 0..=via.len() {
-            let Some(from) = via.get(&at) else {
-                return unreadable();
-            };
-            match from {
-                Source::Tree(t) => {
-                    through.get_or_insert(*t);
-                    at = *t;
-                }
-                Source::Ref(n) => {
-                    return Some(ReachedBy {
-                        root: Root::Ref(n.clone()),
-                        through,
-                    })
-                }
-                Source::Entry(k) => {
-                    return Some(ReachedBy {
-                        root: Root::Entry(k.clone()),
-                        through,
-                    })
-                }
-                Source::Pin(p) => {
-                    return Some(ReachedBy {
-                        root: Root::Update(p.clone()),
-                        through,
-                    })
-                }
-            }
-        }
-        unreadable()
+        reached_by(&self.mark_recording(), hash)
     }
 
     /// Removes an object from `objects/`, unless a ref, cache entry or update in progress
@@ -154,18 +111,66 @@ impl Store {
     /// (nothing removed);
     /// [`Error::NotFound`] if it is not there; I/O errors naming the path.
     pub fn remove_with(&self, hash: &Hash, opts: &RemoveOptions) -> Result<()> {
-        if !opts.force {
-            // Not there at all: say so, rather than which name dangles.
-            self.object_len(hash)?;
-            if let Some(by) = self.who_reaches(hash) {
-                return Err(Error::InUse {
-                    hash: *hash,
-                    by: Box::new(by),
-                });
-            }
-        }
-        self.remove(hash)
+        self.remove_all_with(&[*hash], opts).pop().unwrap_or(Ok(()))
     }
+
+    /// [`Store::remove_with`] for many objects, with one mark for all of them (a mark reads
+    /// every root and tree: once per call, not once per object). Returns one result per
+    /// hash, in order.
+    ///
+    /// # Errors
+    /// Per object, as [`Store::remove_with`].
+    pub fn remove_all_with(&self, hashes: &[Hash], opts: &RemoveOptions) -> Vec<Result<()>> {
+        let mark = (!opts.force).then(|| self.mark_recording());
+        hashes
+            .iter()
+            .map(|hash| {
+                if let Some(m) = &mark {
+                    // Not there at all: say so, rather than which name would dangle.
+                    self.object_len(hash)?;
+                    if let Some(by) = reached_by(m, hash) {
+                        return Err(Error::InUse {
+                            hash: *hash,
+                            by: Box::new(by),
+                        });
+                    }
+                }
+                self.remove(hash)
+            })
+            .collect()
+    }
+}
+
+/// Who reaches `hash` according to a recording mark (see [`Store::who_reaches`]).
+fn reached_by(m: &Mark, hash: &Hash) -> Option<ReachedBy> {
+    let unreadable = || {
+        (!m.reach.unsafe_to_sweep.is_empty()).then(|| ReachedBy {
+            root: Root::Unreadable(m.reach.unsafe_to_sweep.join("; ")),
+            through: None,
+        })
+    };
+    let via = m.reach.via.as_ref()?;
+    let mut through = None;
+    let mut at = *hash;
+    // Each step goes to where `at` was first reached from, which was reached before it: the
+    // chain ends at a root. The bound only guards against a bug.
+    for _ in 0..=via.len() {
+        let Some(from) = via.get(&at) else {
+            return unreadable();
+        };
+        let root = match from {
+            Source::Tree(t) => {
+                through.get_or_insert(*t);
+                at = *t;
+                continue;
+            }
+            Source::Ref(n) => Root::Ref(n.clone()),
+            Source::Entry(k) => Root::Entry(k.clone()),
+            Source::Pin(p) => Root::Update(p.clone()),
+        };
+        return Some(ReachedBy { root, through });
+    }
+    unreadable()
 }
 
 #[cfg(test)]
