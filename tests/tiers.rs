@@ -288,6 +288,13 @@ fn corrupt_local_copy_is_quarantined_and_fetched_again() {
     assert_eq!(std::fs::read(&dst).unwrap(), bytes);
     assert_clean(&t.b);
     assert_clean(&t.up);
+    // The tier's gc counts the quarantined copy, keeps it for the grace period, then not.
+    let r = json(&run(cas_at(&t.b).args(["gc", "--json"])));
+    assert_eq!(r["quarantine_files"], 1, "{r}");
+    assert_eq!(r["bytes_after"], 400_000, "{r}");
+    let r = json(&run(cas_at(&t.b).args(["gc", "--grace", "0s", "--json"])));
+    assert_eq!(r["quarantine_purged"], 1, "{r}");
+    assert!(files_under(&t.b.join("quarantine")).is_empty());
 }
 
 /// With the upstream unreachable, cached objects are served; uncached reads, writes, refs and

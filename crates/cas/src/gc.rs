@@ -492,7 +492,7 @@ impl Store {
     /// that long for inspection) and counts what stays in [`GcReport::quarantine_files`] and
     /// `quarantine_bytes`. Names cas did not make, and directories, are left alone (and
     /// counted if they are files: they take space all the same).
-    fn purge_quarantine(&self, cutoff: SystemTime, dry: bool, r: &mut GcReport) {
+    pub(crate) fn purge_quarantine(&self, cutoff: SystemTime, dry: bool, r: &mut GcReport) {
         let root = &self.inner.root_dir;
         let dir = self.path(layout::QUARANTINE);
         let ents = match root.read_dir(&dir) {

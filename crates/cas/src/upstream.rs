@@ -645,7 +645,13 @@ impl Store {
         }) {
             return Err(Error::Interrupted);
         }
-        let mut total = r.bytes;
+        // The quarantine as in a store without upstream (docs/format.md §GC): kept for the
+        // grace period, counted in the size.
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(opts.grace)
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        local.purge_quarantine(cutoff, dry, &mut r);
+        let mut total = r.bytes + r.quarantine_bytes;
         if let Some(budget) = opts.max_size.or(self.inner.options.max_size) {
             cached.sort_unstable_by_key(|(t, h, _)| (*t, *h));
             for (_, h, len) in cached {
