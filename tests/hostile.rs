@@ -1375,3 +1375,63 @@ fn output_into_the_store_is_refused() {
             .arg(s.scratch.join("restored")),
     );
 }
+
+/// Issue 19: `doctor` run by someone who does not own the store printed ~260 lines of
+/// "permissions …/objects/00: directory mode 755; want 755" and suggested `--fix`; that the
+/// store is another user's was never said. Now it says so first, in one line, and lists each
+/// kind of problem once with a count.
+#[test]
+fn doctor_on_another_users_store_says_whose_it_is_and_counts() {
+    let Some(u) = users() else {
+        prerequisite(false, "a second user needs root and useradd");
+        return;
+    };
+    let s = Store::new(); // root's private store
+    open_up(&s);
+    s.put(b"something");
+    let out = run_bounded(cas_as(&s.root, u.a).arg("doctor"), "doctor as another user");
+    let report = text(&out.stdout);
+    fails(&out, "doctor as another user");
+    let lines: Vec<&str> = report.lines().collect();
+    assert!(
+        lines[0].starts_with("owner:")
+            && lines[0].contains("belongs to root (uid 0), not to you (cas-hostile-a (uid"),
+        "{report}"
+    );
+    let perms: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("permissions"))
+        .collect();
+    assert_eq!(perms.len(), 1, "one line for one kind of problem: {report}");
+    assert!(
+        perms[0].contains(" × directory mode 755, owned by root (uid 0): not writable by you"),
+        "{report}"
+    );
+    assert!(lines.len() < 20, "{} lines: {report}", lines.len());
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("only its owner (or root) can repair them"),
+        "{report}"
+    );
+    let j = json(
+        &run_bounded(
+            cas_as(&s.root, u.a).args(["doctor", "--json"]),
+            "doctor --json",
+        ),
+        "doctor --json",
+    );
+    assert_eq!(j["foreign_owner"]["uid"], 0, "{j}");
+    assert_eq!(j["foreign_owner"]["you"], u.a.0, "{j}");
+    // objects/ and its 256 fan-out directories at least, in one group.
+    assert!(j["summary"][0]["count"].as_u64() > Some(256), "{j}");
+    // The owner's own doctor says nothing of the kind.
+    let own = run_bounded(cas(&s).arg("doctor"), "doctor as the owner");
+    assert!(own.status.success(), "{}", text(&own.stdout));
+    assert!(
+        !text(&own.stdout).contains("owner:"),
+        "{}",
+        text(&own.stdout)
+    );
+}

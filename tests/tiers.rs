@@ -217,6 +217,47 @@ fn keys_and_trees_cross_hosts() {
     assert_clean(&t.b);
 }
 
+/// Issue 19: `ref ls` on a node-local tier printed nothing (exit 0) while `ref get` read
+/// the upstream. It lists what `ref get` reads — the upstream's refs — as text and JSON.
+#[test]
+fn ref_ls_on_a_tier_lists_the_upstreams_refs() {
+    let t = Tiers::new();
+    let h1 = put_file(&t.a, &t.scratch("one", b"one"));
+    let h2 = put_file(&t.a, &t.scratch("two", b"two"));
+    run_ok(cas_at(&t.a).args(["ref", "set", "release/v1", &h1]));
+    run_ok(cas_at(&t.up).args(["ref", "set", "latest", &h2]));
+    assert!(
+        files_under(&t.b.join("refs")).is_empty(),
+        "refs are not local"
+    );
+    // B never saw either: what it lists is what `ref get` there reads.
+    assert_eq!(
+        run_ok(cas_at(&t.b).args(["ref", "get", "latest"])).trim(),
+        h2
+    );
+    assert_eq!(
+        run_ok(cas_at(&t.b).args(["ref", "ls"])),
+        format!("latest {h2}\nrelease/v1 {h1}\n")
+    );
+    assert_eq!(
+        run_ok(cas_at(&t.b).args(["ref", "ls", "release/"])),
+        format!("release/v1 {h1}\n")
+    );
+    let out = run(cas_at(&t.a).args(["--json", "ref", "ls"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            serde_json::json!({ "name": "latest", "hash": h2 }),
+            serde_json::json!({ "name": "release/v1", "hash": h1 }),
+        ]
+    );
+}
+
 /// A corrupt local copy is quarantined by the get that finds it, fetched again from the
 /// upstream, and the output is right.
 #[test]
@@ -247,6 +288,13 @@ fn corrupt_local_copy_is_quarantined_and_fetched_again() {
     assert_eq!(std::fs::read(&dst).unwrap(), bytes);
     assert_clean(&t.b);
     assert_clean(&t.up);
+    // The tier's gc counts the quarantined copy, keeps it for the grace period, then not.
+    let r = json(&run(cas_at(&t.b).args(["gc", "--json"])));
+    assert_eq!(r["quarantine_files"], 1, "{r}");
+    assert_eq!(r["bytes_after"], 400_000, "{r}");
+    let r = json(&run(cas_at(&t.b).args(["gc", "--grace", "0s", "--json"])));
+    assert_eq!(r["quarantine_purged"], 1, "{r}");
+    assert!(files_under(&t.b.join("quarantine")).is_empty());
 }
 
 /// Issue 18, finding 11: a tier `get` of an object whose upstream copy is corrupt
@@ -323,6 +371,7 @@ fn unreachable_upstream_serves_cache_and_fails_clearly() {
         "put",
     );
     expect_fail(run(cas_at(&t.a).args(["ref", "get", "r"])), "ref get");
+    expect_fail(run(cas_at(&t.a).args(["ref", "ls"])), "ref ls");
     expect_fail(
         run(cas_at(&t.a).args(["key", "get", "some-key"])),
         "key get",

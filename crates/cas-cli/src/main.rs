@@ -173,12 +173,19 @@ enum Cmd {
         #[arg(required = true, value_parser = parse_hash)]
         hashes: Vec<Hash>,
     },
-    /// Remove objects (refs to them will dangle; prefer gc).
-    #[command(after_help = "Examples:\n  cas rm HASH")]
+    /// Remove objects now. Refused (exit 1, naming it) for an object that a ref, a cache
+    /// entry or an update in progress reaches, directly or through trees; unreferenced
+    /// objects are better left to gc, which keeps them for the grace period.
+    #[command(
+        after_help = "Examples:\n  cas rm HASH\n  cas rm --force HASH   # even if a ref reaches it (the ref dangles)"
+    )]
     Rm {
         /// Hashes to remove.
         #[arg(required = true, value_parser = parse_hash)]
         hashes: Vec<Hash>,
+        /// Remove even objects that names reach, leaving those names dangling.
+        #[arg(long)]
+        force: bool,
     },
     /// List the hashes of all objects, sorted.
     #[command(after_help = "Examples:\n  cas ls\n  cas ls -l --prefix ab\n  cas ls --json")]
@@ -715,7 +722,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Has { hashes } => cmd_has(&open_store(g, Existing)?, &hashes, g.json),
-        Cmd::Rm { hashes } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes)),
+        Cmd::Rm { hashes, force } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes, force)),
         Cmd::Ls {
             long,
             prefix,
@@ -1021,6 +1028,11 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
     if let Some(why) = &r.sweep_skipped {
         eprintln!("cas: gc condemned and deleted nothing: {why}");
     }
+    // A budget gc could not meet is a warning, not a failure: gc did all it may (what holds
+    // the bytes is not its to remove); docs/decisions.md.
+    if let Some(b) = &r.budget_unmet {
+        eprintln!("cas: warning: {}", output::budget_unmet(b, opts.grace));
+    }
     Ok(exit(r.is_clean()))
 }
 
@@ -1110,6 +1122,7 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
             "bytes": objects.1,
             "total_files": u.files,
             "total_bytes": u.bytes,
+            "counted_bytes": u.counted_bytes,
             "areas": u.areas,
             "durability": store.durability().to_string(),
             "shared_group": store.options().shared_group,
@@ -1137,6 +1150,11 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
             "total:",
             u.files,
             output::human_bytes(u.bytes)
+        );
+        println!(
+            "{:<12} {:>22} (objects, trash and quarantine: what gc reports and a budget limits)",
+            "counted:",
+            output::human_bytes(u.counted_bytes)
         );
         if let Some(b) = u.max_size {
             println!("budget:      {} (gc evicts to it)", output::human_bytes(b));
@@ -1433,7 +1451,7 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
             store.remove_ref(&name, exp)?;
         }
         RefCmd::Ls { prefix, nul } => {
-            let (refs, damaged) = store.refs_report(&prefix);
+            let (refs, damaged) = store.refs_report(&prefix)?;
             let mut out = io::BufWriter::new(io::stdout().lock());
             for (name, h) in refs {
                 if json {
@@ -1702,10 +1720,11 @@ fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
     Ok(exit(all))
 }
 
-fn cmd_rm(store: &Store, hashes: &[Hash]) -> ExitCode {
+fn cmd_rm(store: &Store, hashes: &[Hash], force: bool) -> ExitCode {
     let mut ok = true;
-    for h in hashes {
-        if let Err(e) = store.remove(h) {
+    let opts = cas::RemoveOptions::default().force(force);
+    for r in store.remove_all_with(hashes, &opts) {
+        if let Err(e) = r {
             eprintln!("cas: error: {}", output::chain(&e));
             ok = false;
         }

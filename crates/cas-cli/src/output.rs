@@ -244,7 +244,7 @@ pub fn print_gc(r: &cas::GcReport) {
         }
     }
     println!(
-        "gc: {} roots, {} reachable, {} objects ({}) scanned; {verb}trash {} ({}), {verb}delete {} ({}), {} kept as young, {} restored, {verb}evict {} entries and {} objects ({}), {verb}remove {} staging files; {} in the store after",
+        "gc: {} roots, {} reachable, {} objects ({}) scanned; {verb}trash {} ({}), {verb}delete {} ({}), {} kept as young, {} restored, {verb}evict {} entries and {} objects ({}), {verb}remove {} staging files, {verb}purge {} quarantined files ({}); {} in the store after (objects, trash and {} quarantined files of {})",
         r.roots,
         r.reachable,
         r.objects,
@@ -259,8 +259,54 @@ pub fn print_gc(r: &cas::GcReport) {
         r.evicted_objects,
         human_bytes(r.evicted_bytes),
         r.staging_removed,
+        r.quarantine_purged,
+        human_bytes(r.quarantine_purged_bytes),
         human_bytes(r.bytes_after),
+        r.quarantine_files,
+        human_bytes(r.quarantine_bytes),
     );
+}
+
+/// A duration as a person writes it: `0s`, `90s`, `15min`, `1h`, `2d` (the largest unit
+/// that divides it; the form `--grace` accepts).
+pub fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("min", 60)] {
+        if s > 0 && s.is_multiple_of(n) {
+            return format!("{}{unit}", s / n);
+        }
+    }
+    format!("{s}s")
+}
+
+/// A budget gc could not meet, and what holds the bytes, in one line.
+pub fn budget_unmet(b: &cas::BudgetUnmet, grace: std::time::Duration) -> String {
+    let mut held = Vec::new();
+    for (bytes, what) in [
+        (b.held_by_refs, "objects refs reach (move or remove the refs)".to_owned()),
+        (b.held_by_pins, "objects of updates in progress".to_owned()),
+        (
+            b.held_young,
+            format!(
+                "objects and cache entries used within the grace period of {} (`--grace 0s` evicts them)",
+                human_duration(grace)
+            ),
+        ),
+        (
+            b.held_quarantine,
+            "quarantined files kept for inspection for the grace period".to_owned(),
+        ),
+    ] {
+        if bytes > 0 {
+            held.push(format!("{} by {what}", human_bytes(bytes)));
+        }
+    }
+    format!(
+        "the size budget of {} is not met: {} in the store after gc, held: {}",
+        human_bytes(b.budget),
+        human_bytes(b.bytes_after),
+        held.join("; ")
+    )
 }
 
 /// How a store makes staged bytes durable, in words.
@@ -272,6 +318,10 @@ pub fn describe_barrier(b: cas::Barrier) -> &'static str {
 }
 
 pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
+    if let Some(o) = &r.foreign_owner {
+        // First: it explains most of what follows.
+        println!("owner:        {o}");
+    }
     println!("store:        {}", root.display());
     println!(
         "filesystem:   {} (magic {}){}",
@@ -308,33 +358,29 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
             p.detail
         );
     }
-    for p in &r.permission_problems {
-        println!("permissions  {}: {}", p.path.display(), p.reason);
-    }
-    for p in &r.stale_staging {
-        println!("staging      {}: {}", p.path.display(), p.reason);
-    }
-    for p in &r.expired_locks {
-        println!("lock         {}: {}", p.path.display(), p.reason);
-    }
-    for d in &r.dangling {
-        println!("dangling     {} (pointed to by {})", d.hash, d.from);
-    }
-    for p in &r.damaged {
-        println!("damaged      {}: {}", p.path.display(), p.reason);
-    }
-    for h in &r.reachable_in_trash {
-        println!("in trash     {h} is reachable (cas doctor --fix moves it back)");
+    // Each kind of problem once, with a count: one cause (another user's store, a bad
+    // umask) gives hundreds of identical findings.
+    for g in &r.summary {
+        if g.count == 1 {
+            println!("{:<12} {}: {}", g.kind, g.example, g.reason);
+        } else {
+            println!(
+                "{:<12} {} × {} (the first: {})",
+                g.kind, g.count, g.reason, g.example
+            );
+        }
     }
     for f in &r.fixed {
         println!("fixed        {f}");
     }
     println!(
         "{}",
-        if r.is_healthy() {
-            "healthy"
-        } else {
-            "problems found (cas doctor --fix repairs what is safe)"
+        match (r.is_healthy(), &r.foreign_owner) {
+            (true, _) => "healthy".to_owned(),
+            (false, Some(o)) => format!(
+                "problems found; {o}: only its owner (or root) can repair them with `cas doctor --fix`"
+            ),
+            (false, None) => "problems found (cas doctor --fix repairs what is safe)".to_owned(),
         }
     );
 }

@@ -49,6 +49,102 @@ pub struct DoctorReport {
     pub fixed: Vec<String>,
     /// Whether this was a run with `fix` (what it found stale was removed).
     pub fix: bool,
+    /// Set when the store's root directory belongs to another user than the one running
+    /// doctor (and it is not a shared store this user can write to): then what this user
+    /// cannot write is a consequence, not damage, and only the owner (or root) can `fix` it.
+    pub foreign_owner: Option<Owner>,
+    /// Every problem above grouped by kind and reason, each group once with a count (the
+    /// many identical findings of one cause are one line).
+    pub summary: Vec<ProblemGroup>,
+}
+
+/// A store's owner and the user looking at it (see [`DoctorReport::foreign_owner`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Owner {
+    /// The store's owner.
+    pub uid: u32,
+    /// Its name, if `/etc/passwd` lists it.
+    pub name: Option<String>,
+    /// The user running doctor (effective uid).
+    pub you: u32,
+    /// Its name, if listed.
+    pub your_name: Option<String>,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let who = |uid: u32, name: &Option<String>| match name {
+            Some(n) => format!("{n} (uid {uid})"),
+            None => format!("uid {uid}"),
+        };
+        write!(
+            f,
+            "this store belongs to {}, not to you ({})",
+            who(self.uid, &self.name),
+            who(self.you, &self.your_name)
+        )
+    }
+}
+
+/// Findings of one kind with one reason (see [`DoctorReport::summary`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ProblemGroup {
+    /// `permissions`, `staging`, `lock`, `dangling`, `damaged` or `in trash`.
+    pub kind: &'static str,
+    /// What is wrong, the same for every member.
+    pub reason: String,
+    /// How many.
+    pub count: usize,
+    /// The first one (a path, or for `dangling` and `in trash` a hash).
+    pub example: String,
+}
+
+/// Groups findings by kind and reason, in the order first met.
+fn summarize(r: &DoctorReport) -> Vec<ProblemGroup> {
+    let mut out: Vec<ProblemGroup> = Vec::new();
+    let mut add = |kind: &'static str, reason: String, example: String| {
+        if let Some(g) = out
+            .iter_mut()
+            .find(|g| g.kind == kind && g.reason == reason)
+        {
+            g.count += 1;
+        } else {
+            out.push(ProblemGroup {
+                kind,
+                reason,
+                count: 1,
+                example,
+            });
+        }
+    };
+    let lists = [
+        ("permissions", &r.permission_problems),
+        ("staging", &r.stale_staging),
+        ("lock", &r.expired_locks),
+        ("damaged", &r.damaged),
+    ];
+    for (kind, list) in lists {
+        for p in list {
+            add(kind, p.reason.clone(), p.path.display().to_string());
+        }
+    }
+    for d in &r.dangling {
+        add(
+            "dangling",
+            format!("points to a missing object (from {})", d.from),
+            d.hash.to_string(),
+        );
+    }
+    for h in &r.reachable_in_trash {
+        add(
+            "in trash",
+            "reachable object in trash (`doctor --fix` moves it back)".to_owned(),
+            h.to_string(),
+        );
+    }
+    out
 }
 
 /// [`FsInfo`] in a serializable form.
@@ -143,32 +239,7 @@ impl Store {
             })
             .collect();
 
-        let mut expired_locks = Vec::new();
-        for dir in [layout::REFS, layout::INDEX, layout::LOCKS] {
-            let walk = root.walk_tree(&self.path(dir));
-            for (path, kind) in walk.entries {
-                if kind != fs::Kind::File || !path.to_string_lossy().ends_with(layout::LOCK_SUFFIX)
-                {
-                    continue;
-                }
-                let Ok((holder, age)) = self.read_lock(&path) else {
-                    continue;
-                };
-                if self.is_stale(holder.as_ref(), age) {
-                    let who = holder.as_ref().map_or_else(
-                        || "an incomplete or unparsable lock".to_owned(),
-                        |h| format!("held by host {} pid {}", h.host, h.pid),
-                    );
-                    if fix && self.break_lock(&path, holder.as_ref()).is_ok() {
-                        fixed.push(format!("broke expired lock {}", path.display()));
-                    }
-                    expired_locks.push(Problem {
-                        path,
-                        reason: format!("{who}, not refreshed for {} s", age.as_secs()),
-                    });
-                }
-            }
-        }
+        let expired_locks = self.expired_locks(fix, &mut fixed);
 
         let permission_problems = self.check_permissions(fix, &mut fixed);
 
@@ -200,8 +271,8 @@ impl Store {
             })
             .collect();
         damaged.extend(m.reach.damaged);
-
-        Ok(DoctorReport {
+        let foreign_owner = self.foreign_owner();
+        let mut r = DoctorReport {
             fs: self.fs_info().into(),
             probes,
             permission_problems,
@@ -212,7 +283,62 @@ impl Store {
             reachable_in_trash,
             fixed,
             fix,
-        })
+            foreign_owner,
+            summary: Vec::new(),
+        };
+        r.summary = summarize(&r);
+        Ok(r)
+    }
+
+    /// Locks whose holder is dead or whose lease expired; with `fix`, broken.
+    fn expired_locks(&self, fix: bool, fixed: &mut Vec<String>) -> Vec<Problem> {
+        let root = &self.inner.root_dir;
+        let mut expired_locks = Vec::new();
+        for dir in [layout::REFS, layout::INDEX, layout::LOCKS] {
+            let walk = root.walk_tree(&self.path(dir));
+            for (path, kind) in walk.entries {
+                if kind != fs::Kind::File || !path.to_string_lossy().ends_with(layout::LOCK_SUFFIX)
+                {
+                    continue;
+                }
+                let Ok((holder, age)) = self.read_lock(&path) else {
+                    continue;
+                };
+                if self.is_stale(holder.as_ref(), age) {
+                    let who = holder.as_ref().map_or_else(
+                        || "an incomplete or unparsable lock".to_owned(),
+                        |h| format!("held by host {} pid {}", h.host, h.pid),
+                    );
+                    if fix && self.break_lock(&path, holder.as_ref()).is_ok() {
+                        fixed.push(format!("broke expired lock {}", path.display()));
+                    }
+                    expired_locks.push(Problem {
+                        path,
+                        reason: format!("{who}, not refreshed for {} s", age.as_secs()),
+                    });
+                }
+            }
+        }
+        expired_locks
+    }
+
+    /// The store's owner, if it is not this user (and this is not a shared store this user
+    /// can write to).
+    fn foreign_owner(&self) -> Option<Owner> {
+        let root = &self.inner.root_dir;
+        let me = fs::uid();
+        // A member of a shared store that can write to it is not looking at someone else's
+        // store: that is what sharing is for.
+        let member = self.inner.options.shared_group && root.writable(self.root());
+        root.root_meta()
+            .ok()
+            .filter(|md| md.uid != me && !member)
+            .map(|md| Owner {
+                uid: md.uid,
+                name: fs::user_name(md.uid),
+                you: me,
+                your_name: fs::user_name(me),
+            })
     }
 
     /// Tries the operations the protocols rely on, in `tmp/`, and records what works.
@@ -342,7 +468,17 @@ impl Store {
             if !bad {
                 return;
             }
-            let reason = if is_dir {
+            let reason = if is_dir && !shared {
+                // The mode may be right (755) and the directory someone else's: say that.
+                let owner = match fs::user_name(md.uid) {
+                    Some(n) => format!("{n} (uid {})", md.uid),
+                    None => format!("uid {}", md.uid),
+                };
+                format!(
+                    "directory mode {mode:o}, owned by {owner}: not writable by you (uid {})",
+                    fs::uid()
+                )
+            } else if is_dir {
                 format!("directory mode {mode:o}; want {want_dir:o}")
             } else {
                 format!("file mode {mode:o} is not group-readable")

@@ -231,6 +231,18 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// An object was not removed because a name reaches it (directly or through trees):
+    /// removing it would leave that name dangling. Nothing was removed.
+    #[error(
+        "object {hash} is {by}; `cas rm --force` removes it anyway, leaving that name dangling"
+    )]
+    InUse {
+        /// The object.
+        hash: Hash,
+        /// One name that reaches it.
+        by: Box<crate::ReachedBy>,
+    },
+
     /// The upstream store of a tiered store could not do what was needed: it is unreachable
     /// (missing, unmounted, I/O errors), or read-only for a write. Objects already cached in
     /// the local store are still served; whatever needs the upstream fails with this.
@@ -277,6 +289,8 @@ pub enum ErrorKind {
     Producer,
     /// The upstream of a tiered store is unreachable or read-only.
     Upstream,
+    /// An object a name reaches was not removed.
+    InUse,
 }
 
 fn fmt_opt(h: Option<&Hash>) -> String {
@@ -333,6 +347,7 @@ impl Error {
             Error::Interrupted => ErrorKind::Interrupted,
             Error::Producer { .. } => ErrorKind::Producer,
             Error::Upstream { .. } => ErrorKind::Upstream,
+            Error::InUse { .. } => ErrorKind::InUse,
         }
     }
 

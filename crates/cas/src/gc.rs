@@ -101,9 +101,22 @@ pub struct GcReport {
     pub evicted_bytes: u64,
     /// Staging files of dead or stale writers removed.
     pub staging_removed: u64,
-    /// Bytes under `objects/` and `trash/` after the run, as counted by its own scan (objects
-    /// that concurrent writers added meanwhile are not included).
+    /// Bytes under `objects/`, `trash/` and `quarantine/` after the run, as counted by its
+    /// own scan (objects that concurrent writers added meanwhile are not included): the
+    /// same areas as [`Usage::counted_bytes`](crate::Usage::counted_bytes), and what a size
+    /// budget limits.
     pub bytes_after: u64,
+    /// Quarantined files older than the grace period deleted by this run, and their bytes.
+    pub quarantine_purged: u64,
+    /// Bytes of quarantined files deleted.
+    pub quarantine_purged_bytes: u64,
+    /// Files left in `quarantine/` (younger than the grace period), and their bytes.
+    pub quarantine_files: u64,
+    /// Bytes left in `quarantine/`.
+    pub quarantine_bytes: u64,
+    /// Set when a size budget applied and the store is still over it after the run: what
+    /// holds the bytes gc may not remove.
+    pub budget_unmet: Option<BudgetUnmet>,
     /// Hashes condemned by this run (moved to trash, or would be in a dry run).
     pub condemned: Vec<Hash>,
     /// Damaged items found (refs, entries, locks, objects, staging files that are not what
@@ -113,6 +126,26 @@ pub struct GcReport {
     /// (an unreadable root, an undecodable tree): then only reachable objects are restored
     /// from trash and dead writers' staging files removed.
     pub sweep_skipped: Option<String>,
+}
+
+/// A size budget gc could not meet, and what holds the bytes (see [`GcReport::budget_unmet`]).
+/// The `held_*` fields add up to `bytes_after`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct BudgetUnmet {
+    /// The budget, in bytes.
+    pub budget: u64,
+    /// Bytes in the store after the run ([`GcReport::bytes_after`]).
+    pub bytes_after: u64,
+    /// Bytes of objects that refs reach: never evicted (remove or move the refs).
+    pub held_by_refs: u64,
+    /// Bytes of objects that only updates in progress (pins in ref or entry locks) reach.
+    pub held_by_pins: u64,
+    /// Everything else kept: objects, cache entries' objects and trash used or created within
+    /// the grace period (or entries being updated while gc ran); `--grace 0s` evicts them.
+    pub held_young: u64,
+    /// Bytes of quarantined files younger than the grace period (kept for inspection).
+    pub held_quarantine: u64,
 }
 
 impl GcReport {
@@ -217,9 +250,10 @@ impl Store {
         }
 
         self.purge_trash(&m1, cutoff, dry, sweep, &mut r)?;
-        // What is left in trash; with the sweep's own count of objects/ this is the store's
-        // size, without walking objects/ a second time.
+        // What is left in trash and quarantine; with the sweep's own count of objects/ this
+        // is the store's size, without walking objects/ a second time.
         let trash_bytes: u64 = self.trash_objects()?.iter().map(|t| t.len).sum();
+        self.purge_quarantine(cutoff, dry, &mut r);
 
         // Sweep: condemn unreachable objects older than the grace period.
         let run_dir = self.path(layout::TRASH).join(layout::trash_run_name(
@@ -236,18 +270,15 @@ impl Store {
 
         // Bytes under objects/ and trash/ as this run counted them: moving to trash frees
         // nothing (the budget covers both), and a dry run has not deleted what it reports.
-        let mut total = r.bytes + trash_bytes;
+        let mut total = r.bytes + trash_bytes + r.quarantine_bytes;
         if dry {
             total = total.saturating_sub(r.deleted_bytes);
         }
 
         // Eviction to the size budget, least recently used first.
         let mut evicted: Vec<(PathBuf, u64)> = Vec::new();
-        if let (Some(budget), false, true) = (
-            opts.max_size.or(self.inner.options.max_size),
-            interrupted,
-            sweep,
-        ) {
+        let budget = opts.max_size.or(self.inner.options.max_size);
+        if let (Some(budget), false, true) = (budget, interrupted, sweep) {
             evicted = self.evict(&m1, &live, &young, cutoff, budget, total, dry, &mut r)?;
         }
 
@@ -284,6 +315,9 @@ impl Store {
         } else {
             total.saturating_sub(r.deleted_bytes - deleted_before_rescue)
         };
+        if let Some(budget) = budget.filter(|b| r.bytes_after > *b) {
+            r.budget_unmet = Some(budget_unmet(&m1, &live, budget, &r));
+        }
         lock.release();
         if interrupted {
             return Err(Error::Interrupted);
@@ -452,6 +486,60 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Deletes quarantined files quarantined longer ago than the grace period (they are kept
+    /// that long for inspection) and counts what stays in [`GcReport::quarantine_files`] and
+    /// `quarantine_bytes`. Names cas did not make, and directories, are left alone (and
+    /// counted if they are files: they take space all the same).
+    pub(crate) fn purge_quarantine(&self, cutoff: SystemTime, dry: bool, r: &mut GcReport) {
+        let root = &self.inner.root_dir;
+        let dir = self.path(layout::QUARANTINE);
+        let ents = match root.read_dir(&dir) {
+            Ok(v) => v,
+            Err(e) if fs::is_not_found(&e) => return,
+            Err(e) => {
+                r.problems.push(Problem {
+                    path: dir,
+                    reason: format!("cannot list the quarantine: {e}"),
+                });
+                return;
+            }
+        };
+        let cutoff_secs = cutoff
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (name, kind) in ents {
+            if kind == fs::Kind::Dir {
+                continue; // never recursed into; `stats` counts what is inside
+            }
+            let path = dir.join(&name);
+            let len = root.lstat(&path).map_or(0, |m| m.len);
+            let when = name.to_str().and_then(layout::parse_quarantine_name);
+            // Whole seconds: a zero grace period purges this second's quarantine too.
+            if when.is_some_and(|t| t <= cutoff_secs) {
+                if !dry {
+                    match root.unlink(&path) {
+                        Ok(()) => {}
+                        Err(e) if fs::is_not_found(&e) => continue,
+                        Err(e) => {
+                            r.problems.push(Problem {
+                                path,
+                                reason: format!("cannot delete: {e}"),
+                            });
+                            r.quarantine_files += 1;
+                            r.quarantine_bytes += len;
+                            continue;
+                        }
+                    }
+                }
+                r.quarantine_purged += 1;
+                r.quarantine_purged_bytes += len;
+            } else if kind == fs::Kind::File {
+                r.quarantine_files += 1;
+                r.quarantine_bytes += len;
+            }
+        }
     }
 
     /// Deletes a name in trash; a directory planted there is reported, never recursed into.
@@ -785,6 +873,31 @@ fn plan_eviction(
         }
     }
     out
+}
+
+/// What holds the bytes of a store gc could not bring under `budget`: objects the sweep kept
+/// (`live`) that refs or pins reach (never evicted), the young quarantine, and the rest.
+fn budget_unmet(m1: &Mark, live: &[Kept], budget: u64, r: &GcReport) -> BudgetUnmet {
+    let (mut refs, mut pins) = (0u64, 0u64);
+    for k in live {
+        if m1.pinned_only.contains(&k.hash) {
+            pins += k.len;
+        } else if m1.pinned_by_refs.contains(&k.hash) {
+            refs += k.len;
+        }
+    }
+    let after = r.bytes_after;
+    let held_by_refs = refs.min(after);
+    let held_by_pins = pins.min(after - held_by_refs);
+    let held_quarantine = r.quarantine_bytes.min(after - held_by_refs - held_by_pins);
+    BudgetUnmet {
+        budget,
+        bytes_after: after,
+        held_by_refs,
+        held_by_pins,
+        held_young: after - held_by_refs - held_by_pins - held_quarantine,
+        held_quarantine,
+    }
 }
 
 fn problem_of(e: &Error, fallback: PathBuf) -> Problem {

@@ -85,6 +85,20 @@ pub(crate) fn quarantine_name(hash: &Hash, secs: u64, pid: u32, n: u32) -> Strin
     format!("{hash}.{secs}.{pid}.{n}")
 }
 
+/// When a quarantined copy was quarantined (the SECS of `HASH.SECS.PID.N`, or of the older
+/// `HASH.SECS.PID`), or `None` for a name cas did not make.
+pub(crate) fn parse_quarantine_name(name: &str) -> Option<u64> {
+    let mut parts = name.split('.');
+    Hash::parse(parts.next()?).ok()?;
+    let secs = parts.next()?.parse().ok()?;
+    parts.next()?.parse::<u32>().ok()?;
+    match (parts.next(), parts.next()) {
+        (None, _) => Some(secs),
+        (Some(n), None) if n.parse::<u32>().is_ok() => Some(secs),
+        _ => None,
+    }
+}
+
 /// The name a lock breaker moves a lock to in `locks/`: `broken.HOST.PID.NONCE`.
 pub(crate) fn broken_lock_name(host: &str, pid: u32, nonce: &str) -> String {
     format!("broken.{host}.{pid}.{nonce}")
@@ -174,6 +188,20 @@ mod tests {
         assert!(crate::trash::parse_run_name(&trash_run_name(t, "h", 7, true)).is_some());
         assert_eq!(broken_lock_name("h", 1, "n"), "broken.h.1.n");
         assert_eq!(quarantine_name(&k, 5, 6, 0), format!("{hex}.5.6.0"));
+        assert_eq!(
+            parse_quarantine_name(&quarantine_name(&k, 5, 6, 0)),
+            Some(5)
+        );
+        assert_eq!(parse_quarantine_name(&format!("{hex}.5.6")), Some(5));
+        for bad in [
+            "",
+            "x.5.6.0",
+            &format!("{hex}.5"),
+            &format!("{hex}.5.6.0.1"),
+            &format!("{hex}.-5.6.0"),
+        ] {
+            assert_eq!(parse_quarantine_name(bad), None, "{bad}");
+        }
         assert_eq!(gc_lock_path(r), Path::new("/s/locks/gc.lock"));
     }
 

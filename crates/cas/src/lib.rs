@@ -173,6 +173,7 @@ mod putdir;
 mod read;
 mod reflog;
 mod refs;
+mod remove;
 mod restore;
 mod stage;
 mod statcache;
@@ -188,9 +189,9 @@ mod write;
 pub use batch::Batch;
 pub use cleanup::abandon_temporaries;
 pub use config::{parse_duration, parse_size, Durability, Options};
-pub use doctor::{DoctorReport, FsInfoReport, Probe};
+pub use doctor::{DoctorReport, FsInfoReport, Owner, Probe, ProblemGroup};
 pub use error::{Error, ErrorKind, Result};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{BudgetUnmet, GcOptions, GcReport};
 pub use hash::{Hash, HASH_LEN, HEX_LEN};
 pub use index::Entry;
 pub use init::Create;
@@ -198,7 +199,10 @@ pub use materialize::Materialized;
 pub use once::{ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting};
 pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
 pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
-pub use refs::{validate_ref_name, Expect, RefLogEntry, RefLogLine, MAX_REF_NAME, MAX_REF_SEGMENT};
+pub use refs::{
+    validate_ref_name, Expect, RefLogEntry, RefLogLine, RefsReport, MAX_REF_NAME, MAX_REF_SEGMENT,
+};
+pub use remove::{ReachedBy, RemoveOptions, Root};
 pub use store::{Barrier, FsInfo, Store};
 pub use transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use tree::{

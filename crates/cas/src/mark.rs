@@ -10,7 +10,7 @@
 //! read) is also recorded as a reason not to sweep: gc deletes nothing it cannot prove
 //! unreachable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -95,6 +95,9 @@ pub(crate) struct Reach {
     /// Reasons why what is unreachable cannot be told from what is not (subset of the above,
     /// in words): gc must not sweep.
     pub(crate) unsafe_to_sweep: Vec<String>,
+    /// If recorded ([`Store::mark_recording`]): for each object reached, where it was first
+    /// reached from. Following it upwards leads from any object to a root.
+    pub(crate) via: Option<HashMap<Hash, Source>>,
 }
 
 impl Reach {
@@ -117,6 +120,8 @@ pub(crate) struct Mark {
     pub(crate) entries: Vec<EntryRoot>,
     /// Objects reachable from refs and pins alone (not from cache entries): never evicted.
     pub(crate) pinned_by_refs: HashSet<Hash>,
+    /// Those of them that only pins reach (updates in progress), not refs.
+    pub(crate) pinned_only: HashSet<Hash>,
 }
 
 impl Store {
@@ -124,15 +129,28 @@ impl Store {
     /// removed while we list pins belongs to an update that completed before we list the
     /// pointers, so we see its result there.
     pub(crate) fn mark(&self) -> Mark {
+        self.mark_with(false)
+    }
+
+    /// [`Store::mark`], also recording for each object where it was first reached from
+    /// (`Reach::via`): what `cas rm` names when it refuses.
+    pub(crate) fn mark_recording(&self) -> Mark {
+        self.mark_with(true)
+    }
+
+    fn mark_with(&self, record: bool) -> Mark {
         let mut m = Mark::default();
-        let mut visits = Vec::new();
+        if record {
+            m.reach.via = Some(HashMap::new());
+        }
+        let mut pin_visits = Vec::new();
         for dir in [layout::REFS, layout::INDEX] {
             let pins = self.lock_pins(&self.path(dir));
             for p in pins.damaged {
                 m.reach.damaged.push(p);
             }
             for (path, hash) in pins.pins {
-                visits.push(Visit {
+                pin_visits.push(Visit {
                     from: Source::Pin(path),
                     hash,
                     may_be_tree: true,
@@ -140,6 +158,7 @@ impl Store {
                 });
             }
         }
+        let mut visits = Vec::new();
         let refs = self.scan_refs("");
         for (path, reason) in refs.damaged {
             m.reach.damaged(path, reason, true);
@@ -152,9 +171,16 @@ impl Store {
                 report_missing: true,
             });
         }
-        // Everything but cache entries first: what eviction may never release.
-        m.roots = visits.len() as u64;
+        // Everything but cache entries first: what eviction may never release. Refs before
+        // pins (the order of traversal does not change what is reached): what only pins
+        // reach is told apart for a budget's report, and refs are what `rm` names first.
+        m.roots = (visits.len() + pin_visits.len()) as u64;
         self.traverse(visits, &mut m.reach);
+        if !pin_visits.is_empty() {
+            let before = m.reach.reachable.clone();
+            self.traverse(pin_visits, &mut m.reach);
+            m.pinned_only = m.reach.reachable.difference(&before).copied().collect();
+        }
         m.pinned_by_refs.clone_from(&m.reach.reachable);
         let mut visits = Vec::new();
 
@@ -237,6 +263,9 @@ impl Store {
         while let Some(v) = stack.pop() {
             if !r.reachable.insert(v.hash) {
                 continue;
+            }
+            if let Some(via) = &mut r.via {
+                via.insert(v.hash, v.from.clone());
             }
             if !v.may_be_tree {
                 if v.report_missing && self.locate(&v.hash).is_none() {

@@ -574,14 +574,22 @@ impl Store {
 
     /// All refs whose name starts with `prefix`, sorted by name, and every damaged ref (a
     /// symlink, FIFO or garbage at a ref name, a directory that cannot be listed), by path.
-    pub fn refs_report(&self, prefix: &str) -> (Vec<(String, Hash)>, Vec<crate::Problem>) {
+    /// A tiered store lists its upstream's refs, where its refs live (as
+    /// [`Store::get_ref`] reads them).
+    ///
+    /// # Errors
+    /// Only for a tiered store: [`Error::Upstream`] if the upstream cannot be reached.
+    pub fn refs_report(&self, prefix: &str) -> Result<RefsReport> {
+        if let Some(up) = self.names_upstream() {
+            return up.refs_report(prefix);
+        }
         let scan = self.scan_refs(prefix);
         let damaged = scan
             .damaged
             .into_iter()
             .map(|(path, reason)| crate::Problem { path, reason })
             .collect();
-        (scan.refs, damaged)
+        Ok((scan.refs, damaged))
     }
 
     /// Walks `refs/` beneath the root, never through a symlink.
@@ -612,6 +620,10 @@ impl Store {
         out
     }
 }
+
+/// What [`Store::refs_report`] returns: the refs found (name, hash), sorted by name, and the
+/// damaged ones by path.
+pub type RefsReport = (Vec<(String, Hash)>, Vec<crate::Problem>);
 
 /// What [`Store::scan_refs`] found.
 #[derive(Debug, Default)]

@@ -56,6 +56,15 @@ pub trait Upstream: Send + Sync {
     fn remove_ref(&self, name: &str, expect: Expect) -> Result<Hash>;
     /// Refs whose names start with `prefix`, sorted.
     fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>>;
+    /// Refs whose names start with `prefix`, sorted, and the damaged ones by path (as
+    /// [`Store::refs_report`]). The default lists with [`Upstream::list_refs`], which reports
+    /// no damage apart (the first damaged ref is its error).
+    ///
+    /// # Errors
+    /// As [`Upstream::list_refs`].
+    fn refs_report(&self, prefix: &str) -> Result<crate::RefsReport> {
+        Ok((self.list_refs(prefix)?, Vec::new()))
+    }
     /// A ref's history.
     fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>>;
     /// A ref's history, line by line (as [`Store::reflog_each`]). The default collects
@@ -264,6 +273,10 @@ impl Upstream for DirUpstream {
 
     fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>> {
         self.with(|s| s.list_refs(prefix))
+    }
+
+    fn refs_report(&self, prefix: &str) -> Result<crate::RefsReport> {
+        self.with(|s| s.refs_report(prefix))
     }
 
     fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>> {
@@ -658,7 +671,13 @@ impl Store {
         }) {
             return Err(Error::Interrupted);
         }
-        let mut total = r.bytes;
+        // The quarantine as in a store without upstream (docs/format.md §GC): kept for the
+        // grace period, counted in the size.
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(opts.grace)
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        local.purge_quarantine(cutoff, dry, &mut r);
+        let mut total = r.bytes + r.quarantine_bytes;
         if let Some(budget) = opts.max_size.or(self.inner.options.max_size) {
             cached.sort_unstable_by_key(|(t, h, _)| (*t, *h));
             for (_, h, len) in cached {

@@ -34,6 +34,10 @@ pub struct Usage {
     pub files: u64,
     /// All their bytes.
     pub bytes: u64,
+    /// Bytes of `objects`, `trash` and `quarantine`: the store's size as gc reports it
+    /// ([`GcReport::bytes_after`](crate::GcReport::bytes_after)) and as a size budget limits
+    /// it. The other areas (names, logs, locks, staging) are small or transient.
+    pub counted_bytes: u64,
     /// The standing size budget gc evicts to, if any.
     pub max_size: Option<u64>,
     /// The filesystem, its capabilities and the durability barrier in use.
@@ -60,6 +64,9 @@ const AREAS: [(&str, &str); 8] = [
     (layout::LOCKS, "locks"),
 ];
 
+/// The areas gc counts as the store's size and a budget limits.
+const COUNTED: [&str; 3] = ["objects", "trash", "quarantine"];
+
 impl Store {
     /// Counts every regular file in the store by area, without following anything.
     ///
@@ -82,6 +89,7 @@ impl Store {
             areas: Vec::new(),
             files: 0,
             bytes: 0,
+            counted_bytes: 0,
             max_size: self.inner.options.max_size,
             fs: self.fs_info().into(),
             unreadable: Vec::new(),
@@ -125,6 +133,12 @@ impl Store {
         u.areas.push(top);
         u.files = u.areas.iter().map(|a| a.files).sum();
         u.bytes = u.areas.iter().map(|a| a.bytes).sum();
+        u.counted_bytes = u
+            .areas
+            .iter()
+            .filter(|a| COUNTED.contains(&a.name))
+            .map(|a| a.bytes)
+            .sum();
         Ok(u)
     }
 }

@@ -508,6 +508,18 @@ pub(crate) fn uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// The name of the user `uid` in `/etc/passwd`, if it is listed there (users known only
+/// through NSS services have none here; callers show the uid).
+pub(crate) fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id: u32 = f.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_owned())
+    })
+}
+
 /// The current process id.
 pub(crate) fn pid() -> u32 {
     std::process::id()

@@ -528,6 +528,14 @@ impl Root {
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(Into::into)
     }
 
+    /// The store's root directory's own metadata (`fstat` of the descriptor opened at
+    /// open time).
+    pub(crate) fn root_meta(&self) -> io::Result<Meta> {
+        rustix::fs::fstat(&self.fd)
+            .map(|st| meta_of(&st))
+            .map_err(Into::into)
+    }
+
     /// True if this process may create and remove names in the directory `path`
     /// (`faccessat(W_OK)` relative to its parent, the last component not followed).
     pub(crate) fn writable(&self, path: &Path) -> bool {
