@@ -1047,3 +1047,40 @@ fn progress_bars_on_a_terminal_and_never_in_a_pipe() {
         }
     }
 }
+
+/// A reader that went away (`cas doctor | head -1`) is not an error: every report ends
+/// quietly with status 0 instead of panicking ("failed printing to stdout: Broken pipe").
+/// The pipe's read end is closed before `cas` starts, so every write fails with EPIPE.
+#[test]
+fn a_closed_stdout_pipe_ends_reports_quietly() {
+    let s = Store::new();
+    let h = s.put(b"broken pipe");
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+    run_ok(cas(&s).args(["key", "put", "k"]).arg(s.input("k", b"v")));
+    for args in [
+        &["doctor"][..],
+        &["stats"],
+        &["ls"],
+        &["ref", "ls"],
+        &["key", "ls"],
+        &["gc", "--dry-run"],
+        &["verify"],
+        &["show", &h],
+        &["--json", "stats"],
+    ] {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        drop(r);
+        let out = cas(&s)
+            .args(args)
+            .stdout(std::process::Stdio::from(w))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(
+            out.status.success() && !err.contains("panicked"),
+            "cas {args:?} into a closed pipe: {} {err}",
+            out.status
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! The protocol, the healing of damaged entries and the facts printed are the library's
 //! ([`cas::Store::compute_once`]); this runs the command and says what happened.
 
+use crate::outln;
 use std::cell::Cell;
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Read, Write};
@@ -119,7 +120,7 @@ pub fn run(store: &Store, a: &Ensure<'_>) -> Result<ExitCode> {
             "waited_ms": r.waited.as_millis() as u64,
             "damaged": damaged,
         });
-        println!("{}", crate::output::json_with(v, store, &[]));
+        outln!("{}", crate::output::json_with(v, store, &[]));
     } else {
         deliver(store, &r.hash, a, a.output)?;
     }
@@ -164,7 +165,7 @@ fn deliver(store: &Store, hash: &cas::Hash, a: &Ensure<'_>, output: Option<&Path
                 cas::CheckoutOptions::default().allow_external_symlinks(a.allow_external_symlinks);
             crate::restore_tree(store, hash, dir, opts)?;
         }
-        _ if a.tree => println!("{hash}"),
+        _ if a.tree => outln!("{hash}"),
         _ => crate::write_object(store, hash, output)?,
     }
     Ok(())

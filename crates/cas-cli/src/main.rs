@@ -814,9 +814,9 @@ fn cmd_transfer(
             m.insert("dest".into(), serde_json::json!(dst.root()));
             m.insert("complete".into(), r.is_complete().into());
         }
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "{} objects: {} copied ({}), {} already there; refs set: {}; keys set: {}",
             r.objects,
             r.objects_copied,
@@ -889,7 +889,7 @@ fn cmd_init(
     };
     if g.json {
         let v = serde_json::json!({ "store": store.root(), "created": !existed });
-        println!("{v}");
+        outln!("{v}");
     } else {
         if existed {
             eprintln!("cas: {} is already a store; left as it is", dir.display());
@@ -900,7 +900,7 @@ fn cmd_init(
                 dir.display()
             );
         }
-        println!("{}", store.root().display());
+        outln!("{}", store.root().display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -996,7 +996,7 @@ fn cmd_doctor(store: &Store, fix: bool, json: bool) -> Result<ExitCode> {
     let r = store.doctor(fix)?;
     let healthy = r.is_healthy();
     if json {
-        println!(
+        outln!(
             "{}",
             output::json_with(
                 serde_json::to_value(&r)?,
@@ -1015,7 +1015,7 @@ fn cmd_gc(store: &Store, opts: &cas::GcOptions, json: bool) -> Result<ExitCode> 
     let r = store.gc(opts, &|p| bar.update(p))?;
     bar.finish();
     if json {
-        println!(
+        outln!(
             "{}",
             output::json_with(serde_json::to_value(&r)?, store, &[])
         );
@@ -1132,12 +1132,12 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
             "upstream": store.upstream().map(cas::Upstream::location),
             "upstream_readonly": store.upstream_readonly(),
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!("store:       {}", store.root().display());
+        outln!("store:       {}", store.root().display());
         for a in &u.areas {
             if a.files > 0 || a.name == "objects" {
-                println!(
+                outln!(
                     "{:<12} {:>10} files {:>12}",
                     format!("{}:", a.name),
                     a.files,
@@ -1145,36 +1145,36 @@ fn cmd_stats(store: &Store, json: bool) -> Result<ExitCode> {
                 );
             }
         }
-        println!(
+        outln!(
             "{:<12} {:>10} files {:>12}",
             "total:",
             u.files,
             output::human_bytes(u.bytes)
         );
-        println!(
+        outln!(
             "{:<12} {:>22} (objects, trash and quarantine: what gc reports and a budget limits)",
             "counted:",
             output::human_bytes(u.counted_bytes)
         );
         if let Some(b) = u.max_size {
-            println!("budget:      {} (gc evicts to it)", output::human_bytes(b));
+            outln!("budget:      {} (gc evicts to it)", output::human_bytes(b));
         }
-        println!("durability:  {}", store.durability());
+        outln!("durability:  {}", store.durability());
         if let Some(up) = store.upstream() {
             let ro = if store.upstream_readonly() {
                 " (read-only)"
             } else {
                 ""
             };
-            println!("upstream:    {}{ro}", up.location().display());
+            outln!("upstream:    {}{ro}", up.location().display());
         }
         let note = if u.fs.network {
             " (network/FUSE: no mmap, link+unlink publish)"
         } else {
             ""
         };
-        println!("filesystem:  {}{note}", u.fs.fs_type);
-        println!("barrier:     {}", output::describe_barrier(u.fs.barrier));
+        outln!("filesystem:  {}{note}", u.fs.fs_type);
+        outln!("barrier:     {}", output::describe_barrier(u.fs.barrier));
         for (p, why) in &u.unreadable {
             eprintln!("cas: warning: cannot list {}: {why}", p.display());
         }
@@ -1411,7 +1411,7 @@ fn cmd_verify(store: &Store, json: bool) -> Result<ExitCode> {
     bar.finish();
     if json {
         let clean = r.is_clean();
-        println!(
+        outln!(
             "{}",
             output::json_with(serde_json::to_value(&r)?, store, &[("clean", clean.into())])
         );
@@ -1442,8 +1442,8 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
             store.set_ref_msg(&name, hash.resolve(store)?, exp, &message)?;
         }
         RefCmd::Get { name } => match store.get_ref(&name)? {
-            Some(h) if json => println!("{}", serde_json::json!({ "name": name, "hash": h })),
-            Some(h) => println!("{h}"),
+            Some(h) if json => outln!("{}", serde_json::json!({ "name": name, "hash": h })),
+            Some(h) => outln!("{h}"),
             None => return Err(cas::Error::RefNotFound { name }.into()),
         },
         RefCmd::Rm { name, expect } => {
@@ -1571,9 +1571,9 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             let tree = store.put_dir(&dir)?;
             store.set_keyed(key.as_bytes(), tree, meta.as_bytes(), Expect::Any)?;
             if json {
-                println!("{}", serde_json::json!({ "key": key, "hash": tree }));
+                outln!("{}", serde_json::json!({ "key": key, "hash": tree }));
             } else {
-                println!("{tree}");
+                outln!("{tree}");
             }
         }
         KeyCmd::Put {
@@ -1628,9 +1628,9 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
                 _ => store.put_keyed(key.as_bytes(), io::stdin().lock(), meta.as_bytes())?,
             };
             if json {
-                println!("{}", serde_json::json!({ "key": key, "hash": hash }));
+                outln!("{}", serde_json::json!({ "key": key, "hash": hash }));
             } else {
-                println!("{hash}");
+                outln!("{hash}");
             }
         }
         KeyCmd::Get { key, output } => {
@@ -1645,12 +1645,12 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
         KeyCmd::Info { key } => {
             let e = store.entry(key.as_bytes())?;
             if json {
-                println!("{}", entry_json(&e));
+                outln!("{}", entry_json(&e));
             } else {
-                println!("hash:     {}", e.hash);
-                println!("size:     {} ({})", e.size, output::human_bytes(e.size));
-                println!("time:     {}", output::human_time(e.time_ms / 1000));
-                println!("metadata: {}", String::from_utf8_lossy(&e.metadata));
+                outln!("hash:     {}", e.hash);
+                outln!("size:     {} ({})", e.size, output::human_bytes(e.size));
+                outln!("time:     {}", output::human_time(e.time_ms / 1000));
+                outln!("metadata: {}", String::from_utf8_lossy(&e.metadata));
             }
         }
         KeyCmd::Rm { key } => store.remove_keyed(key.as_bytes())?,

@@ -3,6 +3,31 @@
 use std::io;
 use std::path::Path;
 
+/// `println!` for the command's results, without its panic: a closed pipe
+/// (`cas ls | head -1`) ends the process quietly with status 0 — what the reader wanted was
+/// read — and any other failure to write stdout (a full disk behind `> file`) is an error
+/// naming stdout, status 1. Never used while an operation is half done: results are printed
+/// after the store has done its work.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// The body of [`outln!`].
+pub fn write_stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("cas: error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// True if the error is a write to a closed pipe (`cas get … | head`): not a failure.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -200,27 +225,27 @@ impl BytesBar {
 pub fn print_verify(r: &cas::VerifyReport) {
     for c in &r.corrupt {
         match &c.quarantined {
-            Some(q) => println!("corrupt {}: {}; moved to {}", c.hash, c.reason, q.display()),
-            None => println!("corrupt {}: {}", c.hash, c.reason),
+            Some(q) => outln!("corrupt {}: {}; moved to {}", c.hash, c.reason, q.display()),
+            None => outln!("corrupt {}: {}", c.hash, c.reason),
         }
     }
     for d in &r.dangling {
-        println!("missing {} (pointed to by {})", d.hash, d.from);
+        outln!("missing {} (pointed to by {})", d.hash, d.from);
     }
     for p in &r.bad_files {
-        println!("unreadable {}: {}", p.path.display(), p.reason);
+        outln!("unreadable {}: {}", p.path.display(), p.reason);
     }
     for h in &r.restored {
-        println!("restored {h} from trash (it is reachable)");
+        outln!("restored {h} from trash (it is reachable)");
     }
     for p in &r.stale_staging {
-        println!(
+        outln!(
             "stale staging file {} ({}); `cas gc` removes it",
             p.path.display(),
             p.reason
         );
     }
-    println!(
+    outln!(
         "verified {} objects ({}): {} corrupt, {} missing, {} unreadable, {} stale staging files{}",
         r.objects,
         human_bytes(r.bytes),
@@ -240,10 +265,10 @@ pub fn print_gc(r: &cas::GcReport) {
     let verb = if r.dry_run { "would " } else { "" };
     if r.dry_run {
         for h in &r.condemned {
-            println!("would trash {h}");
+            outln!("would trash {h}");
         }
     }
-    println!(
+    outln!(
         "gc: {} roots, {} reachable, {} objects ({}) scanned; {verb}trash {} ({}), {verb}delete {} ({}), {} kept as young, {} restored, {verb}evict {} entries and {} objects ({}), {verb}remove {} staging files, {verb}purge {} quarantined files ({}); {} in the store after (objects, trash and {} quarantined files of {})",
         r.roots,
         r.reachable,
@@ -320,10 +345,10 @@ pub fn describe_barrier(b: cas::Barrier) -> &'static str {
 pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
     if let Some(o) = &r.foreign_owner {
         // First: it explains most of what follows.
-        println!("owner:        {o}");
+        outln!("owner:        {o}");
     }
-    println!("store:        {}", root.display());
-    println!(
+    outln!("store:        {}", root.display());
+    outln!(
         "filesystem:   {} (magic {}){}",
         r.fs.fs_type,
         r.fs.magic,
@@ -333,8 +358,8 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
             ", local"
         }
     );
-    println!("barrier:      {}", describe_barrier(r.fs.barrier));
-    println!(
+    outln!("barrier:      {}", describe_barrier(r.fs.barrier));
+    outln!(
         "publishing:   {}",
         if r.fs.rename_noreplace {
             "renameat2(RENAME_NOREPLACE)"
@@ -342,7 +367,7 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
             "link() + unlink()"
         }
     );
-    println!(
+    outln!(
         "large reads:  {}",
         if r.fs.mmap_reads {
             "memory-mapped"
@@ -351,7 +376,7 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
         }
     );
     for p in &r.probes {
-        println!(
+        outln!(
             "probe {:30} {} — {}",
             p.name,
             if p.ok { "ok  " } else { "NO  " },
@@ -362,18 +387,21 @@ pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
     // umask) gives hundreds of identical findings.
     for g in &r.summary {
         if g.count == 1 {
-            println!("{:<12} {}: {}", g.kind, g.example, g.reason);
+            outln!("{:<12} {}: {}", g.kind, g.example, g.reason);
         } else {
-            println!(
+            outln!(
                 "{:<12} {} × {} (the first: {})",
-                g.kind, g.count, g.reason, g.example
+                g.kind,
+                g.count,
+                g.reason,
+                g.example
             );
         }
     }
     for f in &r.fixed {
-        println!("fixed        {f}");
+        outln!("fixed        {f}");
     }
-    println!(
+    outln!(
         "{}",
         match (r.is_healthy(), &r.foreign_owner) {
             (true, _) => "healthy".to_owned(),
