@@ -706,7 +706,7 @@ pub(crate) fn hash_file(file: &File, may_map: bool) -> io::Result<Hash> {
             Err(e) => return Err(e),
         };
         if n >= PARALLEL_MIN {
-            h.update_rayon(&buf[..n]);
+            crate::hash::update_parallel(&mut h, &buf[..n]);
         } else {
             h.update(&buf[..n]);
         }
