@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import cas
 
 SMALL = 4 << 10
+REGETS = 5  # passes of warm re-gets (binding-overhead.rs does the same)
 BIG = 64 << 20
 
 
@@ -65,6 +66,9 @@ def run_cas(d: pathlib.Path, durability: str, keyed: bool, values: Values) -> Ro
 
             row[("put", size)] = per_op(put, n)
             row[("get", size)] = per_op(lambda i: store.get(hashes[i]), n)
+            if size == SMALL:
+                # The binding's own cost, the filesystem as quiet as it gets: warm re-gets.
+                row[("reget", size)] = per_op(lambda i: store.get(hashes[i % n]), REGETS * n)
     return row
 
 
@@ -171,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         label = f"{op} {'4 KiB' if size == SMALL else '64 MiB'}"
         print(f"| {label} | " + " | ".join(fmt(row[c]) for c in cols) + " |")
     print()
+    py_reget = statistics.median(r[("reget", SMALL)] for r in runs["cas (none)"])
+    if a.rust:
+        rust_reget = statistics.median(r[("reget", SMALL)] for r in runs["Rust library (none)"])
+        print(f"- warm re-gets of the 4 KiB objects: Python {fmt(py_reget)}, Rust "
+              f"{fmt(rust_reget)}: binding overhead {(py_reget / rust_reget - 1) * 100:+.0f} %")
     for (op, size), row in res.items():
         label = f"{op} {'4 KiB' if size == SMALL else '64 MiB'}"
         ratios = [f"cas (none) is {row['diskcache'] / row['cas (none)']:.2f}× diskcache",
