@@ -563,15 +563,11 @@ fn raise_fd_limit() {
     }
 }
 
-/// The default store directory: `$XDG_CACHE_HOME/cas`, else `~/.cache/cas`.
+/// The default store directory: `$XDG_CACHE_HOME/cas`, else `~/.cache/cas` (the library's
+/// rule, shared with every program using the default store; `$CAS_STORE` is clap's).
 fn default_store() -> Result<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(x).join("cas"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| anyhow!("no store given: use --store DIR or set CAS_STORE or HOME"))?;
-    Ok(PathBuf::from(home).join(".cache").join("cas"))
+    cas::DefaultStore::per_user()
+        .map_err(|_| anyhow!("no store given: use --store DIR or set CAS_STORE or HOME"))
 }
 
 fn store_dir(g: &Global) -> Result<PathBuf> {

@@ -173,7 +173,7 @@ fn hash_windows(
 
 fn update(h: &mut blake3::Hasher, bytes: &[u8]) {
     if bytes.len() >= PARALLEL_MIN {
-        h.update_rayon(bytes);
+        crate::hash::update_parallel(h, bytes);
     } else {
         h.update(bytes);
     }

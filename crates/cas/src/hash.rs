@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -47,7 +48,7 @@ impl Hash {
             return Self::of(bytes);
         }
         let mut h = blake3::Hasher::new();
-        h.update_rayon(bytes);
+        update_parallel(&mut h, bytes);
         Hash(*h.finalize().as_bytes())
     }
 
@@ -92,6 +93,31 @@ impl Hash {
 
 /// Inputs at least this large are hashed on all cores by [`Hash::of_parallel`].
 pub(crate) const PARALLEL_MIN: usize = 1 << 20;
+
+/// The process that first hashed on rayon's thread pool (0: none yet).
+static RAYON_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Feeds `bytes` to `h` on all cores (rayon) — unless this process is a `fork` of the one
+/// that started rayon's pool: a forked child inherits the pool's bookkeeping but not its
+/// threads, and a job handed to it would wait forever. Such a child hashes on one core.
+/// (A program that forks after using a store — Python's `multiprocessing` with `fork`, a
+/// pre-forking server — is the case; an `exec`ed child is a new program and is not.)
+pub(crate) fn update_parallel(h: &mut blake3::Hasher, bytes: &[u8]) {
+    if rayon_usable() {
+        h.update_rayon(bytes);
+    } else {
+        h.update(bytes);
+    }
+}
+
+/// Whether rayon's pool belongs to this process (claiming it if nobody has yet).
+fn rayon_usable() -> bool {
+    let me = std::process::id();
+    match RAYON_PID.compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => true,
+        Err(owner) => owner == me,
+    }
+}
 
 fn bad_char_reason(c: u8) -> &'static str {
     if c.is_ascii_hexdigit() {

@@ -7,7 +7,7 @@
 //! or when the caller says [`Create::Force`].
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::cleanup;
 use crate::config::Options;
@@ -34,6 +34,66 @@ pub enum Create {
     /// they are and the store's files and directories are added beside them (`cas init
     /// --force`).
     Force,
+}
+
+/// Where a program that is given no store keeps one: the `cas` command's rule, for every
+/// program that wants to share the user's default store (see [`DefaultStore::locate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DefaultStore {
+    /// The store's directory.
+    pub path: PathBuf,
+    /// Where a store may be created there when one is to be created: [`Create::IfMissing`]
+    /// for a directory named by `$CAS_STORE` (an existing directory there is more likely a
+    /// typo than a wish), [`Create::IfMissingOrEmpty`] for the per-user default.
+    pub create: Create,
+}
+
+impl DefaultStore {
+    /// `$CAS_STORE` if set and not empty, else `$XDG_CACHE_HOME/cas`, else `~/.cache/cas`.
+    ///
+    /// ```
+    /// let d = cas::DefaultStore::locate();
+    /// # if std::env::var_os("CAS_STORE").is_none() {
+    /// if let Ok(d) = d {
+    ///     assert!(d.path.ends_with("cas"));
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if neither `$CAS_STORE`, `$XDG_CACHE_HOME` nor `$HOME` is set.
+    pub fn locate() -> Result<DefaultStore> {
+        if let Some(s) = std::env::var_os("CAS_STORE").filter(|v| !v.is_empty()) {
+            return Ok(DefaultStore {
+                path: PathBuf::from(s),
+                create: Create::IfMissing,
+            });
+        }
+        Ok(DefaultStore {
+            path: Self::per_user()?,
+            create: Create::IfMissingOrEmpty,
+        })
+    }
+
+    /// The per-user default alone, ignoring `$CAS_STORE`: `$XDG_CACHE_HOME/cas`, else
+    /// `~/.cache/cas`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if neither `$XDG_CACHE_HOME` nor `$HOME` is set.
+    pub fn per_user() -> Result<PathBuf> {
+        if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(x).join("cas"));
+        }
+        let home = std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Error::InvalidInput {
+                what: "store",
+                reason: "no store given, and none of CAS_STORE, XDG_CACHE_HOME or HOME is set"
+                    .into(),
+            })?;
+        Ok(PathBuf::from(home).join(".cache").join("cas"))
+    }
 }
 
 /// Entries an `init` creates at a store's top level before its `FORMAT` (written last).

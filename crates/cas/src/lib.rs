@@ -194,7 +194,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use gc::{BudgetUnmet, GcOptions, GcReport};
 pub use hash::{Hash, HASH_LEN, HEX_LEN};
 pub use index::Entry;
-pub use init::Create;
+pub use init::{Create, DefaultStore};
 pub use materialize::Materialized;
 pub use once::{ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting};
 pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};

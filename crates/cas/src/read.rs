@@ -423,6 +423,24 @@ impl Store {
     /// not yet verified: callers that must not act on bad bytes should buffer, or use
     /// [`Store::get`] / [`Store::get_to_writer`].
     ///
+    /// The reader also seeks ([`std::io::Seek`]): the first seek that moves the position
+    /// verifies the whole object first (reading it once, memory bounded), so random access
+    /// never hands out bytes of an object that does not match its name.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::io::{Read, Seek, SeekFrom};
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let h = store.put_bytes(b"0123456789")?;
+    /// let mut r = store.reader(&h)?;
+    /// r.seek(SeekFrom::End(-3))?;                   // verifies the object, then seeks
+    /// let mut tail = String::new();
+    /// r.read_to_string(&mut tail)?;
+    /// assert_eq!(tail, "789");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::NotFound`] naming the hash; I/O errors naming the path.
     pub fn reader(&self, hash: &Hash) -> Result<ObjectReader> {
@@ -434,6 +452,7 @@ impl Store {
             expected: *hash,
             hasher: Hasher::new(),
             done: false,
+            verified: false,
         })
     }
 
@@ -568,6 +587,8 @@ pub struct ObjectReader {
     expected: Hash,
     hasher: Hasher,
     done: bool,
+    /// The whole object was checked (by a seek): reads need not hash any more.
+    verified: bool,
 }
 
 impl std::fmt::Debug for ObjectReader {
@@ -601,8 +622,72 @@ impl ObjectReader {
     }
 }
 
+impl ObjectReader {
+    /// Hashes the whole object from its start without moving the read position (positioned
+    /// reads); a mismatch quarantines it and is the error.
+    fn verify_whole(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; HASH_CHUNK];
+        let mut off = 0u64;
+        loop {
+            let n = match self.file.read_at(&mut buf, off) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n >= PARALLEL_MIN {
+                crate::hash::update_parallel(&mut h, &buf[..n]);
+            } else {
+                h.update(&buf[..n]);
+            }
+            off += n as u64;
+        }
+        let actual: Hash = h.finalize().into();
+        if actual != self.expected {
+            let e = self.store.corrupt(&self.expected, actual, &self.path);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        self.verified = true;
+        Ok(())
+    }
+}
+
+/// Seeking verifies the whole object first, once (see [`Store::reader`]); a seek that does
+/// not move the position (`SeekFrom::Current(0)`, "tell") reads nothing.
+impl io::Seek for ObjectReader {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let cur = self.file.stream_position()?;
+        let target = match pos {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::Current(d) => cur.checked_add_signed(d),
+            io::SeekFrom::End(d) => self.file.metadata()?.len().checked_add_signed(d),
+        };
+        let Some(target) = target else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "seek to a negative or overflowing position in object {}",
+                    self.expected
+                ),
+            ));
+        };
+        if target == cur {
+            return Ok(cur);
+        }
+        if !self.verified {
+            self.verify_whole()?;
+        }
+        self.file.seek(io::SeekFrom::Start(target))
+    }
+}
+
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.verified {
+            return self.file.read(buf);
+        }
         if self.done {
             return Ok(0);
         }
@@ -620,6 +705,7 @@ impl Read for ObjectReader {
             let e = self.store.corrupt(&self.expected, actual, &self.path);
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
+        self.verified = true;
         Ok(0)
     }
 }
@@ -706,7 +792,7 @@ pub(crate) fn hash_file(file: &File, may_map: bool) -> io::Result<Hash> {
             Err(e) => return Err(e),
         };
         if n >= PARALLEL_MIN {
-            h.update_rayon(&buf[..n]);
+            crate::hash::update_parallel(&mut h, &buf[..n]);
         } else {
             h.update(&buf[..n]);
         }

@@ -292,6 +292,34 @@ impl Store {
         })
     }
 
+    /// This handle, or — in a process `fork`ed from the one that opened it — a fresh handle
+    /// on the same store with the same options, owned by this process.
+    ///
+    /// A handle records its process id: it names its staging files and its locks, and gc
+    /// and lock breakers judge them by whether that process lives. A forked child that kept
+    /// using its parent's handle would write under its parent's name, and its files and locks
+    /// could be removed as soon as the parent exits. Call this (cheap: one `getpid`) before
+    /// using a handle that may have crossed a `fork`, as the Python binding does on every
+    /// call.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let same = store.for_this_process()?;      // not forked: the same handle
+    /// assert_eq!(same.root(), store.root());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::open_with`], when a fresh handle is opened.
+    pub fn for_this_process(&self) -> Result<Store> {
+        if self.inner.pid == fs::pid() {
+            return Ok(self.clone());
+        }
+        Self::open_with(&self.inner.root, self.inner.options.clone())
+    }
+
     /// A handle on the same store with other options for this handle only (as
     /// [`Store::open_with`], without opening the store again: the same directory, the same
     /// filesystem knowledge).
