@@ -535,17 +535,10 @@ impl Drop for Mount {
     }
 }
 
-/// True if the test may go on; else skipped with a message, unless `CAS_REQUIRE_CLUSTER=1`
-/// (as in CI, and as tests/hostile.rs does), where a missing prerequisite fails.
+/// True if the test may go on (see `common::root_prerequisite`: skipped with a message, or a
+/// failure under `CAS_REQUIRE_ROOT_TESTS=1` as in CI).
 fn prerequisite(ok: bool, what: &str) -> bool {
-    if !ok {
-        assert!(
-            std::env::var("CAS_REQUIRE_CLUSTER").as_deref() != Ok("1"),
-            "CAS_REQUIRE_CLUSTER=1 but {what}"
-        );
-        eprintln!("skipped: {what}");
-    }
-    ok
+    common::root_prerequisite(ok, what)
 }
 
 /// A full disk used to be blamed on the command: "curl exited with exit status: 23", or
