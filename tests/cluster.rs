@@ -373,9 +373,11 @@ fn readers_during_writes(c: &Cluster, scratch: &Path) {
 /// 3. Compare-and-swap counter with processes on both mounts: no lost update.
 fn cas_counter(c: &Cluster) {
     let (sa, sb) = c.store("counter");
-    let zero = ok(cas_b(&sb).args(["put", "-"]).stdin(Stdio::null()))
-        .trim()
-        .to_owned();
+    // The counter starts at an explicit "0": every value read back must parse, so a damaged
+    // or empty read fails the test instead of counting as zero.
+    let zero = common::run_with_stdin(cas_b(&sb).args(["put", "-"]), b"0");
+    assert!(zero.status.success(), "{}", text(&zero.stderr));
+    let zero = text(&zero.stdout).trim().to_owned();
     ok(cas_b(&sb).args(["ref", "set", "counter", &zero]));
     let per_worker = 6;
     std::thread::scope(|s| {
@@ -389,10 +391,10 @@ fn cas_counter(c: &Cluster) {
                     let old = ok(cmd(store).args(["ref", "get", "counter"]))
                         .trim()
                         .to_owned();
-                    let n: u64 = ok(cmd(store).args(["get", &old]))
-                        .trim()
-                        .parse()
-                        .unwrap_or(0);
+                    let got = ok(cmd(store).args(["get", &old]));
+                    let n: u64 = got.trim().parse().unwrap_or_else(|e| {
+                        panic!("{}: counter object {old} holds {got:?}: {e}", c.fs)
+                    });
                     let next = (n + 1).to_string();
                     let new =
                         common::run_with_stdin(cmd(store).args(["put", "-"]), next.as_bytes());
