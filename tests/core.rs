@@ -446,7 +446,9 @@ fn concurrent_writers_and_readers_converge() {
             .into_iter()
             .map(|c| c.wait_with_output().expect("wait for a writer"))
             .collect();
-        let held_out = held_writer.wait_with_output().expect("wait for the held writer");
+        let held_out = held_writer
+            .wait_with_output()
+            .expect("wait for the held writer");
         readers.writing.store(false, Ordering::SeqCst);
         readers.done.store(true, Ordering::SeqCst);
         assert_success(&held_out, "the held writer");

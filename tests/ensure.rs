@@ -132,7 +132,11 @@ fn a_compute_outlasting_several_leases_runs_once_while_another_waits() {
     let waiter_err = read_stderr_until(&mut waiter, "cas: waiting for \"k\"");
     let (mut last, mut renewals) = (mtime(&lock), 0);
     wait_until("9 renewals of the compute lock", || {
-        assert_eq!(runs(&s.scratch), 1, "the command ran again while it still ran");
+        assert_eq!(
+            runs(&s.scratch),
+            1,
+            "the command ran again while it still ran"
+        );
         let now = mtime(&lock);
         assert!(now.is_some(), "the compute lock went away while computing");
         if now != last {
@@ -182,7 +186,11 @@ fn a_failing_heartbeat_is_reported_and_the_value_still_published() {
         err.contains(&*lock.to_string_lossy()),
         "the warning does not name the lock: {err}"
     );
-    assert_eq!(err.matches("lease could not be renewed").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("lease could not be renewed").count(),
+        1,
+        "{err}"
+    );
     assert_eq!(text(&out.stdout), "the value");
     assert_eq!(run_ok(cas(&s).args(["key", "get", "k"])), "the value");
     assert_eq!(runs(&s.scratch), 1);

@@ -153,7 +153,11 @@ fn scenarios() -> Vec<Scenario> {
             },
             done: |c, h, _, case| {
                 let now = common::run_ok(c.cas().args(["ref", "get", "team/r"]));
-                assert_eq!(now.trim(), h[1], "{case}: ref set exited 0, the ref did not move");
+                assert_eq!(
+                    now.trim(),
+                    h[1],
+                    "{case}: ref set exited 0, the ref did not move"
+                );
             },
             undone: |c, h, case| {
                 let now = common::run_ok(c.cas().args(["ref", "get", "team/r"]));
@@ -177,14 +181,22 @@ fn scenarios() -> Vec<Scenario> {
                 );
                 assert_eq!(got.stdout, want, "{case}: the key holds other bytes");
                 if !out.trim().is_empty() {
-                    assert_eq!(out.trim(), blake3_hex(&want), "{case}: printed another hash");
+                    assert_eq!(
+                        out.trim(),
+                        blake3_hex(&want),
+                        "{case}: printed another hash"
+                    );
                 }
             },
             undone: |c, _, case| {
                 // Absent, or whole: never a key naming missing or partial bytes.
                 let got = common::run(c.cas().args(["key", "get", "build:1"]));
                 if got.status.success() {
-                    assert_eq!(got.stdout, data(5000, 50), "{case}: the key holds other bytes");
+                    assert_eq!(
+                        got.stdout,
+                        data(5000, 50),
+                        "{case}: the key holds other bytes"
+                    );
                 } else {
                     assert!(
                         text(&got.stderr).contains("no cache entry for key"),
@@ -206,7 +218,11 @@ fn scenarios() -> Vec<Scenario> {
                 let f = c.out.join("file");
                 let got = std::fs::read(&f)
                     .unwrap_or_else(|e| panic!("{case}: get -o exited 0, no output file: {e}"));
-                assert_eq!(got, data(200_000, 60), "{case}: get -o exited 0, output differs");
+                assert_eq!(
+                    got,
+                    data(200_000, 60),
+                    "{case}: get -o exited 0, output differs"
+                );
             },
             undone: |c, _, case| {
                 assert!(
@@ -238,7 +254,10 @@ fn scenarios() -> Vec<Scenario> {
             done: |c, garbage, _, case| {
                 for h in garbage {
                     let has = common::run(c.cas().args(["has", h]));
-                    assert!(!has.status.success(), "{case}: gc exited 0, garbage {h} is kept");
+                    assert!(
+                        !has.status.success(),
+                        "{case}: gc exited 0, garbage {h} is kept"
+                    );
                 }
                 let keep = common::run_ok(c.cas().args(["ref", "get", "keep"]));
                 object_holds(c, keep.trim(), b"keep me", case);
@@ -325,7 +344,11 @@ fn assert_sound(c: &Ctx, case: &str) {
 
 /// Object `hex` is in the store (`cas get` verifies it) and holds `want`.
 fn object_holds(c: &Ctx, hex: &str, want: &[u8], case: &str) {
-    assert_eq!(hex, blake3_hex(want), "{case}: printed {hex:?}, not the input's hash");
+    assert_eq!(
+        hex,
+        blake3_hex(want),
+        "{case}: printed {hex:?}, not the input's hash"
+    );
     let got = common::run(c.cas().args(["get", hex]));
     assert!(
         got.status.success(),
@@ -428,7 +451,11 @@ fn run_scenario(s: &Scenario) {
         }
     }
     assert!(cases > 0, "{}: no filesystem call was counted", s.name);
-    assert!(failed > 0, "{}: no injected fault made the command fail", s.name);
+    assert!(
+        failed > 0,
+        "{}: no injected fault made the command fail",
+        s.name
+    );
     eprintln!("{}: {cases} fault cases, {failed} failed", s.name);
 }
 

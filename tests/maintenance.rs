@@ -406,7 +406,10 @@ fn gc_beside_writers_never_leaves_a_dangling_ref() {
                     || gc_runs.load(Ordering::SeqCst) < 3
                     || reputs.load(Ordering::SeqCst) < REPUTS
                 {
-                    assert!(i < MAX_ROUNDS, "gc never condemned bytes that were put again");
+                    assert!(
+                        i < MAX_ROUNDS,
+                        "gc never condemned bytes that were put again"
+                    );
                     let bytes = &pool[(i * 5 + w * 7) % POOL];
                     let name = format!("w{w}/{}", i % NAMES);
                     let h = loop {
