@@ -706,12 +706,47 @@ fn torture_across_hosts(c: &Cluster, scratch: &Path) {
     );
 }
 
+/// 0. The POSIX semantics cas relies on, checked on the two mounts by
+/// `tests/cluster/semantics_test.py` (Python 3 standard library only): rename atomicity,
+/// exclusive creates, `link` onto an existing name, close-to-open visibility, renames racing
+/// over one name, lock exclusion, directory fsync, `RENAME_NOREPLACE`, mkdir races, unlink
+/// while open, mmap, creates while the other host looks the name up. A check that FAILS
+/// fails the test (a CAVEAT, a weaker guarantee the code already works around, is allowed);
+/// shortened rounds keep it to seconds.
+fn posix_semantics(c: &Cluster, scratch: &Path) {
+    let report = scratch.join(format!("semantics-{}.json", c.fs));
+    let out = Command::new("python3")
+        .arg(scripts().join("semantics_test.py"))
+        .arg(&c.a)
+        .arg(&c.b)
+        .args(["--iterations", "100", "--rounds", "20", "--create-rounds", "300"])
+        .args(["--timeout", "300", "--json"])
+        .arg(&report)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3 tests/cluster/semantics_test.py");
+    assert!(
+        out.status.success(),
+        "{}: semantics_test.py exited {}:\n{}{}",
+        c.fs,
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let results = r["results"].as_array().unwrap();
+    assert!(results.len() >= 12, "{}: too few checks ran: {r}", c.fs);
+    eprintln!("{}: semantics:\n{}", c.fs, text(&out.stdout));
+}
+
 fn scenarios(fs: &'static str) {
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(c) = Cluster::start(fs) else { return };
     let scratch = tempfile::tempdir().unwrap();
+    posix_semantics(&c, scratch.path());
     racing_writers(&c, scratch.path());
     readers_during_writes(&c, scratch.path());
     cas_counter(&c);
