@@ -706,7 +706,7 @@ fn torture_across_hosts(c: &Cluster, scratch: &Path) {
     );
 }
 
-/// 0. The POSIX semantics cas relies on, checked on the two mounts by
+/// Before the scenarios: the POSIX semantics cas relies on, checked on the two mounts by
 /// `tests/cluster/semantics_test.py` (Python 3 standard library only): rename atomicity,
 /// exclusive creates, `link` onto an existing name, close-to-open visibility, renames racing
 /// over one name, lock exclusion, directory fsync, `RENAME_NOREPLACE`, mkdir races, unlink
@@ -719,7 +719,14 @@ fn posix_semantics(c: &Cluster, scratch: &Path) {
         .arg(scripts().join("semantics_test.py"))
         .arg(&c.a)
         .arg(&c.b)
-        .args(["--iterations", "100", "--rounds", "20", "--create-rounds", "300"])
+        .args([
+            "--iterations",
+            "100",
+            "--rounds",
+            "20",
+            "--create-rounds",
+            "300",
+        ])
         .args(["--timeout", "300", "--json"])
         .arg(&report)
         .stdin(Stdio::null())

@@ -713,14 +713,14 @@ fn power_loss_with_durability_full_keeps_every_success_even_in_strict_mode() {
                         let now = common::run_ok(cas_on(store).args(["ref", "get", name]));
                         let tried = &refs[name];
                         let pos = tried.iter().position(|v| v == value).unwrap();
+                        let later = &tried[pos + 1..];
                         assert!(
-                        tried[pos..].contains(&now.trim().to_owned()),
-                        "{what}: ref {name} is {now:?}, but it was set to {value} (then tried {:?})",
-                        &tried[pos + 1..]
-                    );
+                            tried[pos..].contains(&now.trim().to_owned()),
+                            "{what}: ref {name} is {now:?}, set to {value} (then tried {later:?})"
+                        );
                     }
                     Done::Tree(..) | Done::Key { .. } => {
-                        assert_restores(store, d, scratch.path(), what)
+                        assert_restores(store, d, scratch.path(), what);
                     }
                 }
             }

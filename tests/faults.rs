@@ -75,6 +75,7 @@ fn with_stdin(cmd: &mut Command, bytes: &[u8]) -> Output {
     common::run_with_stdin(cmd, bytes)
 }
 
+#[allow(clippy::too_many_lines)] // one table: each scenario with its checks
 fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
