@@ -343,6 +343,12 @@ struct Readers {
     done: AtomicBool,
     problems: Mutex<Vec<String>>,
     good_reads: AtomicUsize,
+    /// Set while writers run (from before the first is spawned until the last has exited).
+    writing: AtomicBool,
+    /// An object that existed before the writers: reads of it prove nothing about them.
+    preexisting: std::sync::OnceLock<String>,
+    /// Verified reads of objects the writers stored that began and ended while they ran.
+    reads_during_writes: AtomicUsize,
 }
 
 impl Readers {
@@ -354,10 +360,17 @@ impl Readers {
         while !self.done.load(Ordering::SeqCst) {
             let hex = hashes[i % hashes.len()];
             i += 1;
+            let began_writing = self.writing.load(Ordering::SeqCst);
             let out = run(cas(s).args(["get", hex]));
             let problem = if out.status.success() {
                 if out.stdout == contents[hex] {
                     self.good_reads.fetch_add(1, Ordering::Relaxed);
+                    if began_writing
+                        && self.writing.load(Ordering::SeqCst)
+                        && self.preexisting.get() != Some(hex)
+                    {
+                        self.reads_during_writes.fetch_add(1, Ordering::SeqCst);
+                    }
                     continue;
                 }
                 format!("cas get {hex} returned {} wrong bytes", out.stdout.len())
@@ -390,6 +403,22 @@ fn concurrent_writers_and_readers_converge() {
     let pre_ino = inode(&s.object_path(&pre_hex));
 
     let readers = Readers::default();
+    readers.preexisting.set(pre_hex.clone()).unwrap();
+    // One more writer streams from stdin and is held open until the readers have verified
+    // reads of the other writers' objects while it still writes: "during the writes" is then
+    // a fact, not a matter of timing.
+    let held = data(300 * KIB, 900);
+    let held_hex = blake3_hex(&held);
+    readers.writing.store(true, Ordering::SeqCst);
+    let mut held_writer = cas(&s)
+        .arg("put")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the held writer");
+    let mut held_stdin = held_writer.stdin.take().unwrap();
+    held_stdin.write_all(&held[..held.len() / 2]).unwrap();
     let outputs: Vec<Output> = std::thread::scope(|sc| {
         for r in 0..READERS {
             let (s, contents, readers) = (&s, &contents, &readers);
@@ -408,11 +437,22 @@ fn concurrent_writers_and_readers_converge() {
                     .expect("spawn a writer")
             })
             .collect();
+        wait_until("readers to verify reads while the writers run", || {
+            readers.reads_during_writes.load(Ordering::SeqCst) >= READERS
+        });
+        held_stdin.write_all(&held[held.len() / 2..]).unwrap();
+        drop(held_stdin);
         let outputs = children
             .into_iter()
             .map(|c| c.wait_with_output().expect("wait for a writer"))
             .collect();
+        let held_out = held_writer
+            .wait_with_output()
+            .expect("wait for the held writer");
+        readers.writing.store(false, Ordering::SeqCst);
         readers.done.store(true, Ordering::SeqCst);
+        assert_success(&held_out, "the held writer");
+        assert_eq!(text(&held_out.stdout).trim(), held_hex);
         outputs
     });
 
@@ -437,7 +477,8 @@ fn concurrent_writers_and_readers_converge() {
         "an existing object was replaced by a racing writer"
     );
     // Each object exists exactly once, complete, and nothing else was left anywhere.
-    let want: BTreeSet<String> = contents.keys().cloned().collect();
+    let mut want: BTreeSet<String> = contents.keys().cloned().collect();
+    want.insert(held_hex);
     let have = s.object_hashes();
     assert_eq!(have.len(), want.len(), "duplicate or missing objects");
     assert_eq!(have.into_iter().collect::<BTreeSet<_>>(), want);
@@ -449,9 +490,10 @@ fn concurrent_writers_and_readers_converge() {
     let listed: BTreeSet<String> = lines(&run_ok(cas(&s).arg("ls"))).into_iter().collect();
     assert_eq!(listed, want);
     eprintln!(
-        "concurrency: {} objects, {} verified reads during the writes",
+        "concurrency: {} objects, {} verified reads, {} of the writers' objects while they ran",
         want.len(),
-        readers.good_reads.load(Ordering::Relaxed)
+        readers.good_reads.load(Ordering::Relaxed),
+        readers.reads_during_writes.load(Ordering::SeqCst)
     );
 }
 

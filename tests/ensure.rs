@@ -63,6 +63,140 @@ fn spawn_ensure(s: &Store, key: &str, extra: &[&str], cmd: &[String]) -> Child {
         .expect("spawn cas key ensure")
 }
 
+/// Reads `child`'s stderr until a line containing `what` (panics if it ends first or after
+/// 30 s), then goes on reading in a thread, which returns all of it.
+fn read_stderr_until(child: &mut Child, what: &str) -> std::thread::JoinHandle<String> {
+    use std::io::BufRead;
+    let r = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in r.lines() {
+            let line = line.unwrap_or_default();
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(what) => return reader,
+            Ok(_) => {}
+            Err(e) => panic!("no {what:?} on stderr ({e})"),
+        }
+    }
+}
+
+/// The compute lock file of the only key being computed in `s`.
+fn compute_lock(s: &Store) -> std::path::PathBuf {
+    let mut found = None;
+    wait_until("the compute lock", || {
+        found = common::files_under(&s.root.join("index"))
+            .into_iter()
+            .find(|p| p.to_string_lossy().ends_with(".compute.lock"));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn mtime(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// The heartbeat: with a 1 s lease, a command that runs until the holder has renewed its lock
+/// 9 times (3 leases) while another caller waits runs once — the waiter never takes a lock
+/// whose holder is alive and renewing, whatever the clock says.
+#[test]
+fn a_compute_outlasting_several_leases_runs_once_while_another_waits() {
+    let s = Store::new();
+    let cmd = gated(&s.scratch, "long value");
+    let _gate = Gate::of(&s.scratch);
+    let spawn = |extra: &[&str]| {
+        cas(&s)
+            .args(["--lock-timeout", "1s", "key", "ensure", "k"])
+            .args(extra)
+            .arg("--")
+            .args(&cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let holder = spawn(&[]);
+    wait_until("the holder to start the command", || runs(&s.scratch) == 1);
+    let lock = compute_lock(&s);
+    let mut waiter = spawn(&["--json"]);
+    let waiter_err = read_stderr_until(&mut waiter, "cas: waiting for \"k\"");
+    let (mut last, mut renewals) = (mtime(&lock), 0);
+    wait_until("9 renewals of the compute lock", || {
+        assert_eq!(
+            runs(&s.scratch),
+            1,
+            "the command ran again while it still ran"
+        );
+        let now = mtime(&lock);
+        assert!(now.is_some(), "the compute lock went away while computing");
+        if now != last {
+            renewals += 1;
+            last = now;
+        }
+        renewals >= 9
+    });
+    std::fs::write(s.scratch.join("gate"), "").unwrap();
+    let h = holder.wait_with_output().unwrap();
+    assert!(h.status.success(), "holder: {}", text(&h.stderr));
+    assert_eq!(text(&h.stdout), "long value");
+    assert!(!text(&h.stderr).contains("warning"), "{}", text(&h.stderr));
+    let w = waiter.wait_with_output().unwrap();
+    let werr = waiter_err.join().unwrap();
+    assert!(w.status.success(), "waiter: {werr}");
+    let r: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(r["computed"], false, "the waiter computed: {r}");
+    assert!(r["waited_ms"].as_u64().unwrap() >= 3000, "{r}");
+    assert_eq!(runs(&s.scratch), 1, "the command ran more than once");
+}
+
+/// A heartbeat that fails is told at once (naming the lock), and the computation's value is
+/// still published: nobody else published one, so `Expect::Absent` lets it in.
+#[test]
+fn a_failing_heartbeat_is_reported_and_the_value_still_published() {
+    let s = Store::new();
+    let cmd = gated(&s.scratch, "the value");
+    let _gate = Gate::of(&s.scratch);
+    let mut holder = cas(&s)
+        .args(["--lock-timeout", "1s", "key", "ensure", "k", "--"])
+        .args(&cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the holder to start the command", || runs(&s.scratch) == 1);
+    let lock = compute_lock(&s);
+    // The lock file vanishes under the holder (an operator, a cleaner): renewing it fails.
+    std::fs::remove_file(&lock).unwrap();
+    let err = read_stderr_until(&mut holder, "lease could not be renewed");
+    std::fs::write(s.scratch.join("gate"), "").unwrap();
+    let out = holder.wait_with_output().unwrap();
+    let err = err.join().unwrap();
+    assert!(out.status.success(), "holder: {err}");
+    assert!(
+        err.contains(&*lock.to_string_lossy()),
+        "the warning does not name the lock: {err}"
+    );
+    assert_eq!(
+        err.matches("lease could not be renewed").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(text(&out.stdout), "the value");
+    assert_eq!(run_ok(cas(&s).args(["key", "get", "k"])), "the value");
+    assert_eq!(runs(&s.scratch), 1);
+    s.assert_tmp_empty();
+}
+
 #[test]
 fn eight_processes_run_the_command_once_and_print_the_same_bytes() {
     let s = Store::new();
@@ -100,7 +234,10 @@ fn a_sigkilled_computing_process_is_taken_over_by_a_waiter() {
     // Wait for its mkdir, not only its echo: killed in between, the waiter's command would
     // take the first branch and loop for ever.
     wait_until("the holder to start the command", || first.exists());
-    let waiter = spawn_ensure(&s, "k", &[], &cmd);
+    let mut waiter = spawn_ensure(&s, "k", &["--json"], &cmd);
+    // The waiter says when it starts waiting for the holder's lock: only then does the holder
+    // die, so what is tested is a waiting process waking, not a newcomer finding a dead lock.
+    let waiting = read_stderr_until(&mut waiter, "cas: waiting for \"k\"");
     // The holder and its command die together, as on a crash of the job.
     let pgid = holder.id();
     let _ = Command::new("kill")
@@ -109,8 +246,12 @@ fn a_sigkilled_computing_process_is_taken_over_by_a_waiter() {
     let st = holder.wait().unwrap();
     assert!(!st.success());
     let out = waiter.wait_with_output().unwrap();
-    assert!(out.status.success(), "waiter: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "taken-over");
+    let rest = waiting.join().unwrap();
+    assert!(out.status.success(), "waiter: {rest}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["computed"], true, "{r}");
+    assert!(r["waited_ms"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(run_ok(cas(&s).args(["key", "get", "k"])), "taken-over");
     assert_eq!(runs(&s.scratch), 2);
     // The dead holder's staging file is cleaned by gc; then all is clean.
     run_ok(cas(&s).arg("gc"));
@@ -201,10 +342,15 @@ fn the_tree_form_restores_one_build_into_four_directories() {
 fn key_set_expect_none_has_exactly_one_winner() {
     let s = Store::new();
     let hashes: Vec<String> = (0..6).map(|i| s.put(format!("v{i}").as_bytes())).collect();
+    // A barrier (test hook) holds every setter just before its update until all 6 are there:
+    // the sets overlap, every run.
+    let barrier = s.scratch.join("barrier");
+    std::fs::create_dir(&barrier).unwrap();
     let children: Vec<Child> = hashes
         .iter()
         .map(|h| {
             cas(&s)
+                .env("CAS_TEST_BARRIER", format!("6:{}", barrier.display()))
                 .args(["key", "set", "k", h, "--expect-none"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -215,6 +361,11 @@ fn key_set_expect_none_has_exactly_one_winner() {
     let mut winners = Vec::new();
     for (c, h) in children.into_iter().zip(&hashes) {
         let out = c.wait_with_output().unwrap();
+        assert!(
+            text(&out.stderr).contains("cas-test: barrier passed"),
+            "a setter did not overlap the others: {}",
+            text(&out.stderr)
+        );
         match out.status.code() {
             Some(0) => winners.push(h.clone()),
             Some(1) => assert!(
@@ -535,17 +686,10 @@ impl Drop for Mount {
     }
 }
 
-/// True if the test may go on; else skipped with a message, unless `CAS_REQUIRE_CLUSTER=1`
-/// (as in CI, and as tests/hostile.rs does), where a missing prerequisite fails.
+/// True if the test may go on (see `common::root_prerequisite`: skipped with a message, or a
+/// failure under `CAS_REQUIRE_ROOT_TESTS=1` as in CI).
 fn prerequisite(ok: bool, what: &str) -> bool {
-    if !ok {
-        assert!(
-            std::env::var("CAS_REQUIRE_CLUSTER").as_deref() != Ok("1"),
-            "CAS_REQUIRE_CLUSTER=1 but {what}"
-        );
-        eprintln!("skipped: {what}");
-    }
-    ok
+    common::root_prerequisite(ok, what)
 }
 
 /// A full disk used to be blamed on the command: "curl exited with exit status: 23", or

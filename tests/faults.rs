@@ -6,7 +6,12 @@
 //! calls per operation (write, fsync, create, rename, link, unlink, mkdir). Then, on a fresh
 //! store each time, the N-th call of each operation fails with ENOSPC, EIO or EDQUOT (a write
 //! may also come back short), for every N the command makes (up to a bound). Each time:
-//! - a failing command exits non-zero with a message naming the cause and a path;
+//! - a failing command exits non-zero with a message naming the cause and a path, and leaves
+//!   its target in the old state (a ref at its old value, no output file, no key or a whole
+//!   one);
+//! - a command that exits 0 despite the fault did what it printed: the hash is there with the
+//!   input's bytes, a tree restores byte for byte, the ref moved, the key is set, the output
+//!   file is whole, gc removed the garbage;
 //! - nothing partial is visible: every object's bytes are its hash, every ref, entry and tree
 //!   points to complete objects, an output file is absent or whole;
 //! - the process left no staging file and no temporary output behind;
@@ -35,6 +40,11 @@ struct Scenario {
     prepare: fn(&Ctx) -> Vec<String>,
     /// Runs the command (with faults armed).
     run: fn(&Ctx, &[String]) -> Output,
+    /// After the command exited 0 (fault cleared): it did what it printed. Panics otherwise.
+    done: fn(&Ctx, &[String], &str, &str),
+    /// After the command failed (fault cleared): its target is in the old state or the new,
+    /// never between (e.g. a ref holds its old or new value).
+    undone: fn(&Ctx, &[String], &str),
 }
 
 /// A store on the fault filesystem, with an input directory beside the mount.
@@ -65,17 +75,22 @@ fn with_stdin(cmd: &mut Command, bytes: &[u8]) -> Output {
     common::run_with_stdin(cmd, bytes)
 }
 
+#[allow(clippy::too_many_lines)] // one table: each scenario with its checks
 fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "put stdin small",
             prepare: |_| vec![],
             run: |c, _| with_stdin(c.cas().arg("put"), &data(20_000, 1)),
+            done: |c, _, out, case| object_holds(c, out.trim(), &data(20_000, 1), case),
+            undone: |_, _, _| {},
         },
         Scenario {
             name: "put stdin large",
             prepare: |_| vec![],
             run: |c, _| with_stdin(c.cas().arg("put"), &data(3 << 20, 2)),
+            done: |c, _, out, case| object_holds(c, out.trim(), &data(3 << 20, 2), case),
+            undone: |_, _, _| {},
         },
         Scenario {
             name: "put paths (batch)",
@@ -92,6 +107,14 @@ fn scenarios() -> Vec<Scenario> {
                     .collect()
             },
             run: |c, args| common::run(c.cas().arg("put").args(args)),
+            done: |c, args, out, case| {
+                let printed: Vec<&str> = out.lines().collect();
+                assert_eq!(printed.len(), args.len(), "{case}: printed {out:?}");
+                for (h, p) in printed.iter().zip(args) {
+                    object_holds(c, h, &std::fs::read(p).unwrap(), case);
+                }
+            },
+            undone: |_, _, _| {},
         },
         Scenario {
             name: "put -r",
@@ -105,6 +128,14 @@ fn scenarios() -> Vec<Scenario> {
                 vec![d.display().to_string()]
             },
             run: |c, args| common::run(c.cas().args(["put", "-r"]).arg(&args[0])),
+            done: |c, args, out, case| {
+                let dest = c.inputs.join(format!("restored-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dest);
+                common::run_ok(c.cas().args(["get", "-r", out.trim(), "-o"]).arg(&dest));
+                assert_same_tree(std::path::Path::new(&args[0]), &dest, case);
+                std::fs::remove_dir_all(&dest).unwrap();
+            },
+            undone: |_, _, _| {},
         },
         Scenario {
             name: "ref set",
@@ -121,11 +152,60 @@ fn scenarios() -> Vec<Scenario> {
                         .args(["ref", "set", "team/r", &h[1], "--expect", &h[0]]),
                 )
             },
+            done: |c, h, _, case| {
+                let now = common::run_ok(c.cas().args(["ref", "get", "team/r"]));
+                assert_eq!(
+                    now.trim(),
+                    h[1],
+                    "{case}: ref set exited 0, the ref did not move"
+                );
+            },
+            undone: |c, h, case| {
+                let now = common::run_ok(c.cas().args(["ref", "get", "team/r"]));
+                assert!(
+                    now.trim() == h[0] || now.trim() == h[1],
+                    "{case}: the ref holds neither its old nor its new value: {now}"
+                );
+            },
         },
         Scenario {
             name: "key put",
             prepare: |c| vec![c.input("k", &data(5000, 50)).display().to_string()],
             run: |c, a| common::run(c.cas().args(["key", "put", "build:1"]).arg(&a[0])),
+            done: |c, a, out, case| {
+                let want = std::fs::read(&a[0]).unwrap();
+                let got = common::run(c.cas().args(["key", "get", "build:1"]));
+                assert!(
+                    got.status.success(),
+                    "{case}: key put exited 0, the key is not set: {}",
+                    text(&got.stderr)
+                );
+                assert_eq!(got.stdout, want, "{case}: the key holds other bytes");
+                if !out.trim().is_empty() {
+                    assert_eq!(
+                        out.trim(),
+                        blake3_hex(&want),
+                        "{case}: printed another hash"
+                    );
+                }
+            },
+            undone: |c, _, case| {
+                // Absent, or whole: never a key naming missing or partial bytes.
+                let got = common::run(c.cas().args(["key", "get", "build:1"]));
+                if got.status.success() {
+                    assert_eq!(
+                        got.stdout,
+                        data(5000, 50),
+                        "{case}: the key holds other bytes"
+                    );
+                } else {
+                    assert!(
+                        text(&got.stderr).contains("no cache entry for key"),
+                        "{case}: key get after a failed key put: {}",
+                        text(&got.stderr)
+                    );
+                }
+            },
         },
         Scenario {
             name: "get -o",
@@ -135,23 +215,58 @@ fn scenarios() -> Vec<Scenario> {
                 vec![h.trim().to_owned()]
             },
             run: |c, h| common::run(c.cas().args(["get", &h[0], "-o"]).arg(c.out.join("file"))),
+            done: |c, _, _, case| {
+                let f = c.out.join("file");
+                let got = std::fs::read(&f)
+                    .unwrap_or_else(|e| panic!("{case}: get -o exited 0, no output file: {e}"));
+                assert_eq!(
+                    got,
+                    data(200_000, 60),
+                    "{case}: get -o exited 0, output differs"
+                );
+            },
+            undone: |c, _, case| {
+                assert!(
+                    !c.out.join("file").exists(),
+                    "{case}: a failed get -o left its output"
+                );
+            },
         },
         Scenario {
             name: "gc",
             prepare: |c| {
                 // Two garbage objects and one kept by a ref.
-                for k in 0..2u64 {
-                    common::run_ok(
-                        c.cas()
-                            .arg("put")
-                            .arg(c.input(&format!("x{k}"), &data(900, 70 + k))),
-                    );
-                }
+                let garbage = (0..2u64)
+                    .map(|k| {
+                        common::run_ok(
+                            c.cas()
+                                .arg("put")
+                                .arg(c.input(&format!("x{k}"), &data(900, 70 + k))),
+                        )
+                        .trim()
+                        .to_owned()
+                    })
+                    .collect();
                 let keep = common::run_ok(c.cas().arg("put").arg(c.input("keep", b"keep me")));
                 common::run_ok(c.cas().args(["ref", "set", "keep", keep.trim()]));
-                vec![]
+                garbage
             },
             run: |c, _| common::run(c.cas().args(["gc", "--grace", "0s"])),
+            done: |c, garbage, _, case| {
+                for h in garbage {
+                    let has = common::run(c.cas().args(["has", h]));
+                    assert!(
+                        !has.status.success(),
+                        "{case}: gc exited 0, garbage {h} is kept"
+                    );
+                }
+                let keep = common::run_ok(c.cas().args(["ref", "get", "keep"]));
+                object_holds(c, keep.trim(), b"keep me", case);
+            },
+            undone: |c, _, case| {
+                let keep = common::run_ok(c.cas().args(["ref", "get", "keep"]));
+                object_holds(c, keep.trim(), b"keep me", case);
+            },
         },
     ]
 }
@@ -202,6 +317,8 @@ fn assert_sound(c: &Ctx, case: &str) {
             outs.iter().all(|p| p.file_name().unwrap() == "file"),
             "{case}: temporary outputs left behind: {outs:?}"
         );
+        // Whether the output must be there is the scenario's `done`/`undone` check; here,
+        // whatever is at its name is whole.
         if let Some(f) = outs.first() {
             assert_eq!(
                 std::fs::read(f).unwrap(),
@@ -224,6 +341,41 @@ fn assert_sound(c: &Ctx, case: &str) {
         "{case}: a put after the fault failed: {}",
         text(&h.stderr)
     );
+}
+
+/// Object `hex` is in the store (`cas get` verifies it) and holds `want`.
+fn object_holds(c: &Ctx, hex: &str, want: &[u8], case: &str) {
+    assert_eq!(
+        hex,
+        blake3_hex(want),
+        "{case}: printed {hex:?}, not the input's hash"
+    );
+    let got = common::run(c.cas().args(["get", hex]));
+    assert!(
+        got.status.success(),
+        "{case}: {hex} was printed but cannot be read: {}",
+        text(&got.stderr)
+    );
+    assert!(got.stdout == want, "{case}: {hex} holds other bytes");
+}
+
+/// `got` holds the same files with the same bytes as `want`, and nothing else.
+fn assert_same_tree(want: &std::path::Path, got: &std::path::Path, case: &str) {
+    let rel = |root: &std::path::Path| -> Vec<PathBuf> {
+        common::files_under(root)
+            .into_iter()
+            .map(|p| p.strip_prefix(root).unwrap().to_owned())
+            .collect()
+    };
+    let (w, g) = (rel(want), rel(got));
+    assert_eq!(w, g, "{case}: the restored tree has other files");
+    for p in &w {
+        assert!(
+            std::fs::read(want.join(p)).unwrap() == std::fs::read(got.join(p)).unwrap(),
+            "{case}: {} restored with other bytes",
+            p.display()
+        );
+    }
 }
 
 fn run_scenario(s: &Scenario) {
@@ -260,9 +412,10 @@ fn run_scenario(s: &Scenario) {
         text(&out.stderr)
     );
     let after = counts(&fs);
+    (s.done)(&c, &args, &text(&out.stdout), s.name);
     assert_sound(&c, s.name);
 
-    let mut cases = 0;
+    let (mut cases, mut failed) = (0, 0);
     for op in OPS {
         let made = after.get(*op).copied().unwrap_or(0) - before.get(*op).copied().unwrap_or(0);
         for n in 1..=made.min(MAX_N) {
@@ -278,7 +431,12 @@ fn run_scenario(s: &Scenario) {
             let out = (s.run)(&c, &args);
             fs.ctl("clear");
             cases += 1;
-            if !out.status.success() {
+            if out.status.success() {
+                // A fault the command may get past (a failed unlink of a temporary, a retried
+                // short write): then it must have done what it printed.
+                (s.done)(&c, &args, &text(&out.stdout), &case);
+            } else {
+                failed += 1;
                 let msg = text(&out.stderr);
                 assert!(
                     CAUSES.iter().any(|k| msg.contains(k)),
@@ -288,13 +446,18 @@ fn run_scenario(s: &Scenario) {
                     msg.contains(&*fs.mnt.to_string_lossy()),
                     "{case}: the error names no path: {msg}"
                 );
-                assert_ne!(out.status.code(), Some(0));
+                (s.undone)(&c, &args, &case);
             }
             assert_sound(&c, &case);
         }
     }
     assert!(cases > 0, "{}: no filesystem call was counted", s.name);
-    eprintln!("{}: {cases} fault cases", s.name);
+    assert!(
+        failed > 0,
+        "{}: no injected fault made the command fail",
+        s.name
+    );
+    eprintln!("{}: {cases} fault cases, {failed} failed", s.name);
 }
 
 fn scenario(name: &str) -> Scenario {

@@ -5,7 +5,8 @@
 //!
 //! Commands that could hang (a FIFO read by a blocking open) run with a bound: killed after
 //! 30 s, which fails the test. Tests that need root (a second user, a tmpfs mount) skip with a
-//! message when not root, and fail instead when `CAS_REQUIRE_CLUSTER=1` (as in CI).
+//! message when not root, and fail instead when `CAS_REQUIRE_ROOT_TESTS=1` (as in CI; the older
+//! `CAS_REQUIRE_CLUSTER=1` also still counts).
 
 mod common;
 
@@ -100,18 +101,10 @@ fn replace_with_symlink(p: &Path, target: &Path) {
     std::os::unix::fs::symlink(target, p).unwrap();
 }
 
-/// True if the test may go on: the prerequisite holds, or it does not and the test is skipped
-/// (with a message) — unless `CAS_REQUIRE_CLUSTER=1`, where a missing prerequisite fails.
+/// True if the test may go on (see `common::root_prerequisite`: skipped with a message, or a
+/// failure under `CAS_REQUIRE_ROOT_TESTS=1` as in CI).
 fn prerequisite(ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    assert!(
-        std::env::var("CAS_REQUIRE_CLUSTER").as_deref() != Ok("1"),
-        "CAS_REQUIRE_CLUSTER=1 but {what}"
-    );
-    eprintln!("skipped: {what}");
-    false
+    common::root_prerequisite(ok, what)
 }
 
 fn is_root() -> bool {
@@ -326,9 +319,21 @@ fn ref_set_never_writes_through_a_symlinked_ref_directory() {
         "cas wrote outside the store: {:?}",
         files_under(&elsewhere)
     );
-    // Listing refs reports the link instead of following it.
+    // Listing refs reports the link (by path, exit 1) instead of following it, and still
+    // lists the refs beside it.
+    run_ok(cas(&s).args(["ref", "set", "other", &h]));
     let out = run_bounded(cas(&s).args(["ref", "ls"]), "ref ls");
-    assert!(out.status.success() || text(&out.stderr).contains("team"));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "ref ls passed over a symlinked ref directory:\n{stdout}{stderr}"
+    );
+    assert!(
+        stderr.contains(&*s.root.join("refs/team").to_string_lossy()),
+        "the symlink is not named by path: {stderr}"
+    );
+    assert_eq!(stdout, format!("other {h}\n"), "ref ls listed: {stdout}");
 }
 
 /// Case 2c: a symlinked `quarantine/` made verify move a corrupt object out of the store.

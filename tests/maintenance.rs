@@ -361,31 +361,66 @@ fn gc_keeps_reachable_and_young_objects() {
     run_ok(cas(&s).arg("verify"));
 }
 
-/// Issue test 3: gc beside writers: writers put objects and set refs and keys in a loop while gc runs
-/// with `--grace 0s` in a loop; afterwards every ref points to an object that exists and
-/// verifies.
+/// Issue test 3: gc beside writers: writers put objects and set refs and keys in a loop while gc
+/// runs with `--grace 0s` in a loop. The content comes from a small shared pool, so bytes that
+/// sit unreachable (a name moved off them) are put again while gc condemns and removes them —
+/// the classic race: a put that finds the object "already there" just before gc deletes it.
+/// Every value a ref or key acknowledged must be readable right after it was set, and at the
+/// end every ref points to an object that exists and verifies. The writers go on until gc has
+/// condemned pool bytes that a writer then put again, several times.
 #[test]
 fn gc_beside_writers_never_leaves_a_dangling_ref() {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
     const WRITERS: usize = 3;
-    const ROUNDS: usize = 20;
+    const NAMES: usize = 2; // per writer: 6 refs over 12 pool contents, so half sit unreachable
+    const POOL: usize = 12;
+    const MIN_ROUNDS: usize = 15;
+    const MAX_ROUNDS: usize = 2000;
+    const REPUTS: usize = 20;
+    let pool: Vec<Vec<u8>> = (0..POOL).map(|v| data(2000 + v, 7000 + v as u64)).collect();
     let s = Store::new();
     let gc_runs = AtomicUsize::new(0);
     let writers_done = AtomicUsize::new(0);
     let retries = AtomicUsize::new(0);
+    // Pool hashes some gc run condemned, and how often a writer put such bytes again after.
+    let condemned: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    let reputs = AtomicUsize::new(0);
     std::thread::scope(|sc| {
         for w in 0..WRITERS {
             let (s, gc_runs, done, retries) = (&s, &gc_runs, &writers_done, &retries);
+            let (pool, condemned, reputs) = (&pool, &condemned, &reputs);
             sc.spawn(move || {
+                // Counted done even when the writer panics, so the gc loop ends.
+                struct Done<'a>(&'a AtomicUsize);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                let _done = Done(done);
                 let mut i = 0;
-                // Keep writing until gc has run a few times during the writes.
-                while i < ROUNDS || gc_runs.load(Ordering::SeqCst) < 3 {
-                    let bytes = data(2000 + i, (w * 1000 + i) as u64);
-                    let name = format!("w{w}/{}", i % 3);
-                    loop {
-                        let h = s.put(&bytes);
+                // Keep writing until gc has run a few times during the writes and condemned
+                // bytes were put again.
+                while i < MIN_ROUNDS
+                    || gc_runs.load(Ordering::SeqCst) < 3
+                    || reputs.load(Ordering::SeqCst) < REPUTS
+                {
+                    assert!(
+                        i < MAX_ROUNDS,
+                        "gc never condemned bytes that were put again"
+                    );
+                    let bytes = &pool[(i * 5 + w * 7) % POOL];
+                    let name = format!("w{w}/{}", i % NAMES);
+                    let h = loop {
+                        let was_condemned = condemned.lock().unwrap().contains(&blake3_hex(bytes));
+                        let h = s.put(bytes);
+                        if was_condemned {
+                            reputs.fetch_add(1, Ordering::SeqCst);
+                        }
                         let out = run(cas(s).args(["ref", "set", &name, &h]));
                         if out.status.success() {
-                            break;
+                            break h;
                         }
                         // gc may collect an object between its put and the ref set (grace 0
                         // gives no protection; docs/format.md §GC): the set must then fail
@@ -393,50 +428,72 @@ fn gc_beside_writers_never_leaves_a_dangling_ref() {
                         let err = assert_clean_failure(&out, "ref set beside gc");
                         assert!(err.contains(&h) && err.contains("not found"), "{err}");
                         retries.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let out = run_with_stdin(
-                        cas(s).args(["key", "put", &format!("k{w}"), "-"]),
-                        &bytes[..100],
+                    };
+                    // What the ref acknowledged is there now (gc may not take it any more).
+                    let got = run(cas(s).args(["get", &h]));
+                    assert!(
+                        got.status.success() && got.stdout == *bytes,
+                        "ref {name} was set to {h}, which then could not be read: {}",
+                        text(&got.stderr)
                     );
+                    let key = format!("k{w}");
+                    let out = run_with_stdin(cas(s).args(["key", "put", &key, "-"]), &bytes[..100]);
                     assert!(
                         out.status.success(),
                         "key put beside gc: {}",
                         text(&out.stderr)
                     );
+                    let got = run(cas(s).args(["key", "get", &key]));
+                    assert!(
+                        got.status.success() && got.stdout == bytes[..100],
+                        "key {key} was put, then could not be read: {}",
+                        text(&got.stderr)
+                    );
                     i += 1;
                 }
-                done.fetch_add(1, Ordering::SeqCst);
             });
         }
         sc.spawn(|| {
             while writers_done.load(Ordering::SeqCst) < WRITERS {
-                run_ok(cas(&s).args(["gc", "--grace", "0s"]));
+                let r = gc(&s, &["--grace", "0s"]);
+                let mut c = condemned.lock().unwrap();
+                for h in r["condemned"].as_array().expect("condemned in gc --json") {
+                    c.insert(h.as_str().unwrap().to_owned());
+                }
+                drop(c);
                 gc_runs.fetch_add(1, Ordering::SeqCst);
             }
         });
     });
     assert!(gc_runs.load(Ordering::SeqCst) >= 3);
     eprintln!(
-        "gc ran {} times; writers re-put {} collected objects",
+        "gc ran {} times; writers put condemned bytes again {} times; {} ref sets retried",
         gc_runs.load(Ordering::SeqCst),
+        reputs.load(Ordering::SeqCst),
         retries.load(Ordering::SeqCst)
     );
 
-    run_ok(cas(&s).args(["gc", "--grace", "0s"]));
-    run_ok(cas(&s).args(["gc", "--grace", "0s"]));
-    let refs = run_ok(cas(&s).args(["ref", "ls"]));
-    assert_eq!(refs.lines().count(), WRITERS * 3);
-    for line in refs.lines() {
+    assert_names_sound_after_gc(&s, WRITERS * NAMES, WRITERS);
+}
+
+/// After two more gc runs: `refs` refs, each pointing to an object that exists and verifies,
+/// keys `k0`… readable, verify clean, nothing staged.
+fn assert_names_sound_after_gc(s: &Store, refs: usize, keys: usize) {
+    run_ok(cas(s).args(["gc", "--grace", "0s"]));
+    run_ok(cas(s).args(["gc", "--grace", "0s"]));
+    let listed = run_ok(cas(s).args(["ref", "ls"]));
+    assert_eq!(listed.lines().count(), refs);
+    for line in listed.lines() {
         let (name, h) = line.split_once(' ').unwrap();
         let p = s.object_path(h);
         let bytes =
             fs::read(&p).unwrap_or_else(|e| panic!("ref {name} points to {h}, which is gone: {e}"));
         assert_eq!(blake3_hex(&bytes), h, "ref {name}: object does not verify");
     }
-    for w in 0..WRITERS {
-        bytes_ok(cas(&s).args(["key", "get", &format!("k{w}")]));
+    for w in 0..keys {
+        bytes_ok(cas(s).args(["key", "get", &format!("k{w}")]));
     }
-    run_ok(cas(&s).arg("verify"));
+    run_ok(cas(s).arg("verify"));
     s.assert_tmp_empty();
 }
 

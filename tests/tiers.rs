@@ -147,22 +147,33 @@ fn racing_writers_on_two_hosts_converge_in_both_tiers() {
         assert_clean(store);
     }
     // Refs live upstream: one ref created from both hosts at once has exactly one winner.
+    // A barrier (test hook) holds every setter just before its update until all 6 are there:
+    // the sets overlap, every run.
+    let barrier = t.dir.path().join("barrier");
+    std::fs::create_dir(&barrier).unwrap();
     let mut setters = Vec::new();
     for (i, (h, _)) in all.iter().take(6).enumerate() {
         let node = if i % 2 == 0 { &t.a } else { &t.b };
-        setters.push(spawn(cas_at(node).args([
-            "ref",
-            "set",
-            "first",
-            h,
-            "--expect-none",
-        ])));
+        setters.push(spawn(
+            cas_at(node)
+                .env("CAS_TEST_BARRIER", format!("6:{}", barrier.display()))
+                .args(["ref", "set", "first", h, "--expect-none"]),
+        ));
     }
-    let wins = setters
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap().status.success())
-        .filter(|ok| *ok)
-        .count();
+    let mut wins = 0;
+    for c in setters {
+        let out = c.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("cas-test: barrier passed"),
+            "a setter did not overlap the others: {err}"
+        );
+        if out.status.success() {
+            wins += 1;
+        } else {
+            assert!(err.contains("expected absent"), "{err}");
+        }
+    }
     assert_eq!(wins, 1, "exactly one --expect-none set wins");
     let on_a = run_ok(cas_at(&t.a).args(["ref", "get", "first"]));
     let on_b = run_ok(cas_at(&t.b).args(["ref", "get", "first"]));
@@ -500,34 +511,44 @@ fn push_killed_halfway_then_pull_resumes() {
     let (dir, tree) = tree_with_ref(&src, base.path(), "dataset", 600, 10);
     let total = files_under(&src.join("objects")).len();
 
+    // The push pauses (a test hook) once a quarter of the objects were copied, and says so:
+    // the kill then lands halfway, every run.
     let mut push = spawn(
         cas_at(&src)
+            .env("CAS_TEST_TRANSFER_PAUSE_AFTER", (total / 4).to_string())
             .args(["push", "--jobs", "2"])
             .arg(&dst)
             .arg("dataset"),
     );
-    wait_until("some objects at the destination", || {
-        objects_in(&dst) > 0 || push.try_wait().unwrap().is_some()
-    });
+    let mut stderr = std::io::BufReader::new(push.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "the push ended without pausing: {:?}", push.wait());
+        if line.trim() == "cas-test: transfer paused" {
+            break;
+        }
+    }
     let pid = push.id();
     kill(pid, "KILL");
     let status = push.wait().unwrap();
+    assert!(!status.success(), "the killed push exited {status}");
     let arrived = objects_in(&dst);
     // SIGKILL cannot be caught: at most the killed writer's own staging files are left.
     for p in files_under(&dst.join("tmp")) {
         assert_eq!(common::staging_pid(&p), Some(pid), "{}", p.display());
     }
-    if status.success() {
-        eprintln!("note: the push finished before it could be killed");
-    } else {
-        assert!(arrived < total, "killed before the end");
-        let refs = run(cas_at(&dst).args(["ref", "get", "dataset"]));
-        assert_eq!(
-            refs.status.code(),
-            Some(1),
-            "no ref before all objects arrived"
-        );
-    }
+    assert!(
+        arrived >= total / 4 && arrived < total,
+        "{arrived} of {total} objects arrived before the kill"
+    );
+    let refs = run(cas_at(&dst).args(["ref", "get", "dataset"]));
+    assert_eq!(
+        refs.status.code(),
+        Some(1),
+        "no ref before all objects arrived"
+    );
     // Resume from the other side.
     let out = run(cas_at(&dst)
         .args(["pull", "--json"])
@@ -541,9 +562,7 @@ fn push_killed_halfway_then_pull_resumes() {
         r["objects_copied"].as_u64().unwrap() + r["objects_skipped"].as_u64().unwrap(),
         total as u64
     );
-    if !status.success() {
-        assert_eq!(r["refs_set"], serde_json::json!(["dataset"]), "{r}");
-    }
+    assert_eq!(r["refs_set"], serde_json::json!(["dataset"]), "{r}");
     // gc removes the killed writer's staging files (same host, dead pid) and nothing else.
     run_ok(cas_at(&dst).arg("gc"));
     assert_eq!(objects_in(&dst), total);

@@ -297,6 +297,28 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// True if tests that need root (second users, tmpfs mounts) must run: a missing prerequisite
+/// then fails instead of skipping. `CAS_REQUIRE_ROOT_TESTS=1` says so (CI sets it);
+/// `CAS_REQUIRE_CLUSTER=1`, the older gate that also covered them, still does.
+pub fn root_tests_required() -> bool {
+    ["CAS_REQUIRE_ROOT_TESTS", "CAS_REQUIRE_CLUSTER"]
+        .iter()
+        .any(|v| std::env::var(v).as_deref() == Ok("1"))
+}
+
+/// True if a root-only test may go on: the prerequisite holds, or it does not and the test is
+/// skipped with a message — unless [`root_tests_required`], where a missing prerequisite fails.
+pub fn root_prerequisite(ok: bool, what: &str) -> bool {
+    if !ok {
+        assert!(
+            !root_tests_required(),
+            "CAS_REQUIRE_ROOT_TESTS=1 (or CAS_REQUIRE_CLUSTER=1) but {what}"
+        );
+        eprintln!("skipped: {what}");
+    }
+    ok
+}
+
 /// Polls `cond` until it holds; panics naming `what` after 30 s.
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);

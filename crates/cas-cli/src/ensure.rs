@@ -66,6 +66,15 @@ pub fn run(store: &Store, a: &Ensure<'_>) -> Result<ExitCode> {
             eprintln!("cas: {d}");
         }
         OnceEvent::Waiting(w) => line.show(&format!("cas: {w}")),
+        OnceEvent::LeaseNotRenewed(e) => {
+            line.clear();
+            eprintln!(
+                "cas: warning: {}: the compute lock's lease could not be renewed; once it \
+                 runs out another caller may compute {} too (the first value published wins)",
+                crate::output::chain(e),
+                a.key
+            );
+        }
         _ => {}
     };
     let mut once = store

@@ -925,6 +925,35 @@ pub(crate) fn restore_tree(
     done
 }
 
+/// A test hook (undocumented, for tests/ensure.rs and tests/tiers.rs): `CAS_TEST_BARRIER=N:DIR`
+/// makes `ref set` and `key set` create `DIR/PID` just before they update the name, then wait
+/// until `DIR` holds N files (at most 60 s) and print `cas-test: barrier passed` on stderr
+/// (or `cas-test: barrier timed out`). A test that sees every setter pass knows they
+/// overlapped: none updated the name before all were about to.
+fn test_hook_barrier() {
+    let Ok(v) = std::env::var("CAS_TEST_BARRIER") else {
+        return;
+    };
+    let Some((n, dir)) = v.split_once(':') else {
+        return;
+    };
+    let Ok(n) = n.parse::<usize>() else { return };
+    let dir = Path::new(dir);
+    let _ = std::fs::write(dir.join(std::process::id().to_string()), "");
+    let until = std::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        if std::fs::read_dir(dir).map_or(0, Iterator::count) >= n {
+            eprintln!("cas-test: barrier passed");
+            return;
+        }
+        if std::time::Instant::now() > until {
+            eprintln!("cas-test: barrier timed out");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1)); // polling the other setters' arrival
+    }
+}
+
 /// A test hook (undocumented, for tests/hostile.rs): `CAS_TEST_RESTORE_PAUSE_AT=BYTES` makes
 /// the first restore progress report at or past BYTES print `cas-test: restore paused` on
 /// stderr and wait (at most 60 s) until a signal has arrived, so that a test can signal a
@@ -1435,7 +1464,9 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
                 (None, true) => Expect::Absent,
                 (None, false) => Expect::Any,
             };
-            store.set_ref_msg(&name, hash.resolve(store)?, exp, &message)?;
+            let hash = hash.resolve(store)?;
+            test_hook_barrier();
+            store.set_ref_msg(&name, hash, exp, &message)?;
         }
         RefCmd::Get { name } => match store.get_ref(&name)? {
             Some(h) if json => outln!("{}", serde_json::json!({ "name": name, "hash": h })),
@@ -1587,7 +1618,9 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
                 (None, true) => Expect::Absent,
                 (None, false) => Expect::Any,
             };
-            return key_set(store, &key, hash.resolve(store)?, &meta, expect);
+            let hash = hash.resolve(store)?;
+            test_hook_barrier();
+            return key_set(store, &key, hash, &meta, expect);
         }
         KeyCmd::Ensure {
             key,

@@ -278,10 +278,36 @@ mod tests {
         }
 
         #[test]
-        fn accepted_strings_are_canonical(s in "[0-9a-fA-F/.]{60,68}") {
-            if let Ok(h) = Hash::parse(&s) {
-                prop_assert_eq!(h.to_string(), s);
+        fn valid_strings_are_accepted_and_canonical(s in "[0-9a-f]{64}") {
+            let h = Hash::parse(&s).unwrap();
+            prop_assert_eq!(h.to_string(), s);
+        }
+
+        /// Near misses of a valid hash: every one is rejected as invalid input, never
+        /// accepted under another spelling.
+        #[test]
+        fn near_valid_strings_are_rejected(
+            s in "[0-9a-f]{64}",
+            at in 0usize..64,
+            bad in prop::sample::select(vec!['g', 'G', 'z', '/', '.', ' ', '-', '\0', 'é']),
+            len in prop_oneof![0usize..64, 65usize..80],
+        ) {
+            let mut one_off: Vec<char> = s.chars().collect();
+            one_off[at] = bad;
+            let one_off: String = one_off.into_iter().collect();
+            let mut upper = s.clone();
+            // Force at least one letter to be uppercase (a hash of digits only has none).
+            upper.replace_range(at..=at, "A");
+            let wrong_len: String = s.chars().cycle().take(len).collect();
+            let fan_out = format!("{}/{}", &s[..2], &s[2..]);
+            let fan_out_short = format!("{}/{}", &s[..2], &s[3..]);
+            for cand in [one_off, upper.clone(), wrong_len, fan_out, fan_out_short] {
+                let e = Hash::parse(&cand);
+                prop_assert!(e.is_err(), "accepted {:?}", cand);
+                prop_assert!(e.unwrap_err().is_invalid_input(), "{:?}", cand);
             }
+            let msg = Hash::parse(&upper).unwrap_err().to_string();
+            prop_assert!(msg.contains("lowercase"), "{}", msg);
         }
     }
 }

@@ -80,6 +80,13 @@ pub enum OnceEvent<'e> {
     /// Another caller is computing the key and this one waits: told when the wait starts and
     /// about once a second while it lasts.
     Waiting(&'e Waiting),
+    /// This caller computes, and renewing its compute lock's lease failed (the error names
+    /// the lock file): once the lease runs out another caller may take the lock and compute
+    /// too. Told from the heartbeat thread as it happens, once per computation (the heartbeat
+    /// keeps trying). The computation goes on and its value is still published with
+    /// [`Expect::Absent`](crate::Expect::Absent) semantics: if another caller published
+    /// first, theirs wins and is returned, as after any broken lease.
+    LeaseNotRenewed(&'e Error),
 }
 
 /// A damaged cache entry found while resolving a key for computing (see
@@ -634,7 +641,8 @@ impl<'a> ComputeOnce<'a> {
             let hash = match (ours, compute.take()) {
                 (Some(h), _) => h,
                 (None, Some(compute)) => {
-                    let h = with_heartbeat(&lock, store.options().lock_timeout, || {
+                    let lost = |e: &Error| self.emit(OnceEvent::LeaseNotRenewed(e));
+                    let h = with_heartbeat(&lock, store.options().lock_timeout, &lost, || {
                         // A panic in the producer unwinds through here: the writer's staging
                         // file and the lock are dropped (removed), so the next waiter computes.
                         compute()
@@ -787,15 +795,27 @@ enum Look<T> {
     Damaged(Option<Hash>),
 }
 
-/// Runs `f` while a thread renews `lock`'s lease every third of `lease`.
-fn with_heartbeat<T>(lock: &Lock, lease: Duration, f: impl FnOnce() -> T) -> T {
+/// Runs `f` while a thread renews `lock`'s lease every third of `lease`. The first renewal
+/// that fails is told to `failed` at once (from the heartbeat thread); later beats keep
+/// trying, since a transient error may pass before the lease runs out.
+fn with_heartbeat<T>(
+    lock: &Lock,
+    lease: Duration,
+    failed: &(dyn Fn(&Error) + Sync),
+    f: impl FnOnce() -> T,
+) -> T {
     let (stop, stopped) = mpsc::channel::<()>();
     let beat = (lease / 3).max(Duration::from_millis(50));
     std::thread::scope(|s| {
         s.spawn(move || {
+            let mut told = false;
             // Ends when `stop` is dropped — also while a panic unwinds out of `f`.
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(beat) {
-                let _ = lock.refresh();
+                if let Err(e) = lock.refresh() {
+                    if !std::mem::replace(&mut told, true) {
+                        failed(&e);
+                    }
+                }
             }
         });
         let _stop = stop;

@@ -205,6 +205,7 @@ fn transfer(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Transfer
     let copied = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
+    let pause_at = test_hook_pause_at();
     let copy_all = |list: &[Hash], jobs: usize| {
         parallel(list, jobs, |h| {
             if present_in(dst, h) {
@@ -212,8 +213,11 @@ fn transfer(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Transfer
                 return Ok(());
             }
             let n = copy_object(src, dst, h)?;
-            copied.fetch_add(1, Ordering::Relaxed);
+            let done = copied.fetch_add(1, Ordering::Relaxed) + 1;
             bytes.fetch_add(n, Ordering::Relaxed);
+            if let Some(at) = &pause_at {
+                test_hook_pause(at, done);
+            }
             Ok(())
         })
     };
@@ -370,6 +374,29 @@ fn tree_children(src: &Store, hash: &Hash) -> Result<Option<Vec<(Hash, bool)>>> 
             path: src.object_path(hash),
             reason,
         })
+}
+
+/// A test hook (undocumented, for tests/tiers.rs): `CAS_TEST_TRANSFER_PAUSE_AFTER=N` makes a
+/// transfer stop copying once N objects were copied: the first copier to get there prints
+/// `cas-test: transfer paused` on stderr, and every copier that gets there waits (at most
+/// 60 s, then goes on), so that a test can kill a transfer halfway without sleeping or
+/// racing its end.
+fn test_hook_pause_at() -> Option<(u64, AtomicBool)> {
+    let at = std::env::var("CAS_TEST_TRANSFER_PAUSE_AFTER").ok()?;
+    Some((at.parse().ok()?, AtomicBool::new(false)))
+}
+
+fn test_hook_pause((at, told): &(u64, AtomicBool), done: u64) {
+    if done < *at {
+        return;
+    }
+    if !told.swap(true, Ordering::SeqCst) {
+        eprintln!("cas-test: transfer paused");
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_mins(1);
+    while std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10)); // held for the test's kill
+    }
 }
 
 /// Copies one object: verified while read from the source, hashed again while staged in the

@@ -4,7 +4,7 @@
 //! that the round-trip properties hold. See docs/decisions.md, "Fuzzing".
 //!
 //! To add the seeds (valid examples made with the store's own encoders) to the corpora:
-//! `CAS_WRITE_FUZZ_SEEDS=1 cargo test -p cas --test fuzz_corpus`.
+//! `cargo run -p cas --example write_fuzz_seeds` (a tool, not a test).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,18 +26,6 @@ fn seeds_are_accepted() {
     }
     for (name, _) in TARGETS {
         assert!(per_target.contains_key(name), "no seed for target {name}");
-    }
-}
-
-#[test]
-fn write_seeds_on_request() {
-    if std::env::var_os("CAS_WRITE_FUZZ_SEEDS").is_none() {
-        return;
-    }
-    for (i, (name, bytes)) in seeds().into_iter().enumerate() {
-        let dir = corpus_root().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("seed-{i:02}")), bytes).unwrap();
     }
 }
 
