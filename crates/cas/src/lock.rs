@@ -255,6 +255,15 @@ impl Store {
                 return Ok(held(Ident::Nonce(me.nonce.clone()), staged_fresh));
             }
             if self.is_stale(holder.as_ref(), age) {
+                // Judging took time (a /proc read or two): the holder we judged dead may have
+                // released its lock just before it exited, and someone else taken the name.
+                // Break only the lock we judged, read again right before breaking it;
+                // whatever else is displaced in the instant left fails cleanly (LockLost).
+                let nonce_of = |h: Option<&Holder>| h.map(|h| h.nonce.clone());
+                match self.read_lock(path) {
+                    Ok((again, _)) if nonce_of(again.as_ref()) == nonce_of(holder.as_ref()) => {}
+                    _ => continue,
+                }
                 // Where the filesystem can swap two names atomically, our own lock takes the
                 // stale one's place in one step: the name is never free, so nobody else can
                 // take it before the broken holder's commit is disarmed.
