@@ -478,10 +478,17 @@ fn readers_never_see_a_torn_or_missing_ref() {
                 }
             });
         }
-        for w in writers {
-            w.join().unwrap();
-        }
+        // A failed writer must fail the test, not leave the readers looping forever.
+        let results: Vec<_> = writers
+            .into_iter()
+            .map(std::thread::ScopedJoinHandle::join)
+            .collect();
         stop.store(true, Ordering::SeqCst);
+        for r in results {
+            if let Err(panic) = r {
+                std::panic::resume_unwind(panic);
+            }
+        }
     });
     assert!(direct_reads.load(Ordering::Relaxed) > 0);
     assert!(

@@ -255,6 +255,15 @@ impl Store {
                 return Ok(held(Ident::Nonce(me.nonce.clone()), staged_fresh));
             }
             if self.is_stale(holder.as_ref(), age) {
+                // Judging took time (a /proc read or two): the holder we judged dead may have
+                // released its lock just before it exited, and someone else taken the name.
+                // Break only the lock we judged, read again right before breaking it;
+                // whatever else is displaced in the instant left fails cleanly (LockLost).
+                let nonce_of = |h: Option<&Holder>| h.map(|h| h.nonce.clone());
+                match self.read_lock(path) {
+                    Ok((again, _)) if nonce_of(again.as_ref()) == nonce_of(holder.as_ref()) => {}
+                    _ => continue,
+                }
                 // Where the filesystem can swap two names atomically, our own lock takes the
                 // stale one's place in one step: the name is never free, so nobody else can
                 // take it before the broken holder's commit is disarmed.
@@ -488,8 +497,9 @@ impl Store {
         out
     }
 
-    /// Removes what lock breakers that died between their rename and unlink left in `locks/`
-    /// (`broken.*`, once older than the lock timeout). Only regular files; returns how many.
+    /// Removes what lock breakers and releasers that died between their rename and unlink left
+    /// in `locks/` (`broken.*`, `released.*`, `abandoned.*`, once older than the lock timeout).
+    /// Only regular files; returns how many.
     pub(crate) fn clean_broken_locks(&self, dry: bool) -> u64 {
         let root = &self.inner.root_dir;
         let dir = self.path(layout::LOCKS);
@@ -498,7 +508,13 @@ impl Store {
         };
         let mut n = 0;
         for (name, kind) in ents {
-            if kind != fs::Kind::File || !fs::name_bytes(&name).starts_with(b"broken.") {
+            let bytes = fs::name_bytes(&name);
+            // `broken.*` from breakers, `released.*` from releases, `abandoned.*` from the
+            // clean-up on signals: each is left only by a death between a rename and an unlink.
+            let aside = [&b"broken."[..], b"released.", b"abandoned."]
+                .iter()
+                .any(|p| bytes.starts_with(p));
+            if kind != fs::Kind::File || !aside {
                 continue;
             }
             let p = dir.join(&name);
@@ -883,6 +899,33 @@ mod tests {
         *l.lease_from.lock().unwrap() = Instant::now();
         l.check_for_commit().unwrap();
         l.release();
+    }
+
+    /// What a breaker or releaser killed between its rename and its unlink leaves in `locks/`
+    /// is removed by gc once older than the lock timeout; nothing else there is.
+    #[test]
+    fn leftovers_of_breaks_and_releases_are_cleaned() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path(), crate::Options::default()).unwrap();
+        let locks = d.path().join("locks");
+        let old = SystemTime::now() - Duration::from_hours(1);
+        for name in [
+            "broken.h.1.n",
+            "released.h.2.n",
+            "abandoned.h.3.n",
+            "gc.lock",
+            "other",
+        ] {
+            let f = std::fs::File::create(locks.join(name)).unwrap();
+            f.set_modified(old).unwrap();
+        }
+        assert_eq!(store.clean_broken_locks(false), 3);
+        let mut left: Vec<_> = std::fs::read_dir(&locks)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["gc.lock", "other"]);
     }
 
     #[test]
