@@ -223,3 +223,41 @@ fn locks_left_by_a_power_loss_are_broken_at_once_after_the_reboot() {
     let gc = run(cas_at(&store).args(["--lock-timeout", &lease, "gc"]));
     assert!(gc.status.success(), "gc refused: {}", text(&gc.stderr));
 }
+
+/// Finding 1, for trees: a `put -r` at `full` of a tree first stored at `file` (whose names were
+/// never synced) finds every object present — through the stat cache — and must sync their
+/// names before it says yes.
+#[test]
+fn a_full_put_r_of_a_tree_first_put_at_file_makes_its_names_durable() {
+    if !faultfs::available() {
+        return;
+    }
+    let mut fs = FaultFs::mount(true);
+    let store = fs.mnt.join("store");
+    run_ok(cas_at(&store).args(["init", "--durability", "file"]));
+    let tree = fs.mnt.parent().unwrap().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..12u64)
+        .map(|i| (format!("sub/f{i}"), data(3000 + i as usize, 40 + i)))
+        .collect();
+    for (name, bytes) in &files {
+        std::fs::write(tree.join(name), bytes).unwrap();
+    }
+    let t = run_ok(cas_at(&store).args(["put", "-r"]).arg(&tree));
+    let again = run_ok(cas_at(&store).args(["--durability", "full", "put", "-r"]).arg(&tree));
+    assert_eq!(t, again);
+    fs.power_loss();
+    fs.unmount();
+    let store = fs.backing.join("store");
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("restored");
+    let r = run(cas_at(&store).args(["get", "-r", t.trim(), "-o"]).arg(&dest));
+    assert!(
+        r.status.success(),
+        "a tree put again at full lost names at the power loss: {}",
+        text(&r.stderr)
+    );
+    for (name, bytes) in &files {
+        assert_eq!(&std::fs::read(dest.join(name)).unwrap(), bytes, "{name}");
+    }
+}

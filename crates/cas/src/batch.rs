@@ -65,6 +65,10 @@ pub struct Batch {
     progress: Option<Box<dyn Fn(Progress) -> bool + Send + Sync>>,
     /// Input bytes read so far (including those of objects already in the store).
     bytes_in: AtomicU64,
+    /// Fan-out directories (by first hash byte) of objects found already published: at
+    /// `full`, synced once at commit, since their names may date from a weaker put
+    /// (docs/format.md §3, "Re-puts").
+    found: std::sync::Mutex<std::collections::BTreeSet<u8>>,
 }
 
 impl std::fmt::Debug for Batch {
@@ -87,6 +91,7 @@ impl Store {
             published: 0,
             progress: None,
             bytes_in: AtomicU64::new(0),
+            found: std::sync::Mutex::default(),
         }
     }
 }
@@ -188,13 +193,14 @@ impl Batch {
         let (hash, staged) = self.store.stage_path(
             path.as_ref(),
             |h| self.seen.contains(h),
-            self.durability,
+            self.durability.min(Durability::File),
             &|n| self.tick(n),
         )?;
         // stage_path already looked in the store (small files) and in this batch.
-        if let Some(s) = staged {
-            if !self.seen.contains(&hash) {
-                self.add(s)?;
+        if !self.seen.contains(&hash) {
+            match staged {
+                Some(s) => self.add(s)?,
+                None => self.note_found(&hash),
             }
         }
         Ok(hash)
@@ -202,10 +208,31 @@ impl Batch {
 
     /// True if `hash` is already in the batch or in the store (refreshing its mtime).
     fn known(&self, hash: &Hash, len: u64) -> bool {
-        self.seen.contains(hash)
-            || self
-                .store
-                .refresh_if_present(hash, Some(len), self.durability)
+        if self.seen.contains(hash) {
+            return true;
+        }
+        let data = self.durability.min(Durability::File);
+        let found = self.store.refresh_if_present(hash, Some(len), data);
+        if found {
+            self.note_found(hash);
+        }
+        found
+    }
+
+    /// An object this batch found already published (its data brought up to the batch's
+    /// level by the probe): at `full` its fan-out directory is synced at commit.
+    pub(crate) fn note_found(&self, hash: &Hash) {
+        self.note_found_fanout(hash.as_bytes()[0]);
+    }
+
+    /// [`Batch::note_found`] by the fan-out directory's first hash byte.
+    pub(crate) fn note_found_fanout(&self, first: u8) {
+        if self.durability == Durability::Full {
+            self.found
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(first);
+        }
     }
 
     fn add(&mut self, s: Staged) -> Result<()> {
@@ -226,7 +253,25 @@ impl Batch {
     /// synced), the others' staging files are removed.
     pub fn commit(mut self) -> Result<usize> {
         let staged = std::mem::take(&mut self.staged);
-        Ok(self.published + self.store.publish(staged, self.durability)?)
+        let published = self.published + self.store.publish(staged, self.durability)?;
+        let found = std::mem::take(
+            &mut *self
+                .found
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for first in found {
+            let dir = self
+                .store
+                .path(crate::layout::OBJECTS)
+                .join(format!("{first:02x}"));
+            self.store
+                .inner
+                .root_dir
+                .fsync_dir(&dir)
+                .map_err(crate::Error::at("fsync directory", &dir))?;
+        }
+        Ok(published)
     }
 }
 

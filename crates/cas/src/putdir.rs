@@ -96,6 +96,9 @@ pub(crate) fn put_dir(
         for (k, h) in records {
             c.record(&k, h);
         }
+        for first in c.found_fanouts() {
+            batch.note_found_fanout(first);
+        }
     }
     batch.commit()?;
     Ok(hash)

@@ -204,6 +204,9 @@ pub(crate) struct StatCache {
     /// `objects/xx` held open once used (`None` inside: could not be opened), so the
     /// existence probe of a hit is one `fstatat`; shared by the probing threads of a walk.
     fanouts: Vec<std::sync::OnceLock<Option<OwnedFd>>>,
+    /// Fan-out directories (first hash byte) of the objects it found present, for a `full`
+    /// put to sync once ([`crate::batch::Batch::note_found`]).
+    found: Vec<std::sync::atomic::AtomicBool>,
     /// Files whose hash came from the cache.
     pub(crate) hits: u64,
     /// Files that were read and hashed.
@@ -225,6 +228,9 @@ impl StatCache {
             run_start_ns,
             dirty: false,
             fanouts: (0..256).map(|_| std::sync::OnceLock::new()).collect(),
+            found: (0..256)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
             hits: 0,
             hashed: 0,
             warning: None,
@@ -358,19 +364,54 @@ impl StatCache {
     /// was half the time, for an object that is young anyway. Anything but a regular file of
     /// ours of that size is checked in full ([`Store::refresh_if_holds`]: rehashed, and a
     /// squatter is left for the publish to move away).
+    /// Records that `hash` was found present (when `present`), and says so.
+    fn found_present(&self, hash: &Hash, present: bool) -> bool {
+        if present {
+            if let Some(f) = self.found.get(usize::from(hash.as_bytes()[0])) {
+                f.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        present
+    }
+
+    /// The first hash bytes of the objects found present so far.
+    pub(crate) fn found_fanouts(&self) -> impl Iterator<Item = u8> + '_ {
+        self.found.iter().enumerate().filter_map(|(i, f)| {
+            f.load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| u8::try_from(i).ok())
+                .flatten()
+        })
+    }
+
     pub(crate) fn object_present(&self, store: &Store, hash: &Hash, len: u64) -> bool {
         let b = usize::from(hash.as_bytes()[0]);
         let mut buf = [0u8; crate::hash::HEX_LEN];
         let hex = hash.to_hex_buf(&mut buf);
         let Some(slot) = self.fanouts.get(b) else {
-            return store.refresh_if_holds(hash, Some(len), true, store.durability());
+            return self.found_present(
+                hash,
+                store.refresh_if_holds(
+                    hash,
+                    Some(len),
+                    true,
+                    store.durability().min(crate::Durability::File),
+                ),
+            );
         };
         let opened = slot.get_or_init(|| {
             let dir = store.path(layout::OBJECTS).join(&hex[..2]);
             store.inner.root_dir.open_dir(&dir).ok()
         });
         let Some(dir) = opened.as_ref() else {
-            return store.refresh_if_holds(hash, Some(len), true, store.durability());
+            return self.found_present(
+                hash,
+                store.refresh_if_holds(
+                    hash,
+                    Some(len),
+                    true,
+                    store.durability().min(crate::Durability::File),
+                ),
+            );
         };
         let name = OsStr::new(&hex[2..]);
         match fs::lstat_at(dir.as_fd(), name) {
@@ -383,13 +424,21 @@ impl StatCache {
                         .duration_since(m.mtime)
                         .is_ok_and(|age| age < FRESH) =>
             {
-                return true;
+                return self.found_present(hash, true);
             }
             Err(e) if fs::is_not_found(&e) => return false,
             // Older, someone else's, or not statable: the full check, then the refresh.
             Ok(_) | Err(_) => {}
         }
-        store.refresh_if_holds(hash, Some(len), true, store.durability())
+        self.found_present(
+            hash,
+            store.refresh_if_holds(
+                hash,
+                Some(len),
+                true,
+                store.durability().min(crate::Durability::File),
+            ),
+        )
     }
 
     /// Writes the cache back if this run changed it (staged, renamed over the old one; a hint,
