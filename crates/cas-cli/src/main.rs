@@ -52,8 +52,10 @@ struct Global {
     /// Lock lease timeout: a lock older than this whose holder is not provably alive is broken.
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     lock_timeout: Option<Duration>,
-    /// Machine-readable output: one JSON object, or one per line for lists (put, has, ls,
-    /// ref ls, ref log, key ls). The same fact has the same field name in every command.
+    /// Machine-readable output: one JSON object, or one per line for lists and multi-input
+    /// commands (put, has, rm, ls, show, ref ls, ref log, key ls; a failed input as
+    /// `{"input", "error"}`). The same fact has the same field name in every command; the
+    /// fields are listed in docs/json.md.
     #[arg(long, global = true, help_heading = GLOBAL)]
     json: bool,
     /// Staging files of writers on other hosts are judged dead after this long (gc, doctor).
@@ -718,7 +720,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Has { hashes } => cmd_has(&open_store(g, Existing)?, &hashes, g.json),
-        Cmd::Rm { hashes, force } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes, force)),
+        Cmd::Rm { hashes, force } => cmd_rm(&open_store(g, Existing)?, &hashes, force, g.json),
         Cmd::Ls {
             long,
             prefix,
@@ -1116,8 +1118,7 @@ fn cmd_ls(store: &Store, f: &LsFilter, json: bool) -> Result<ExitCode> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
                 let kind = if i.is_tree { "tree" } else { "blob" };
-                let v =
-                    serde_json::json!({ "hash": h, "size": i.len, "mtime": secs, "kind": kind });
+                let v = serde_json::json!({ "hash": h, "size": i.len, "time": secs, "kind": kind });
                 writeln!(out, "{v}")?;
             }
             Some(i) if f.long => {
@@ -1317,6 +1318,37 @@ fn put_bar(files: &[PathBuf], batch: &mut cas::Batch) -> output::Bar {
     bar
 }
 
+/// Plain files (and stdin) stored as one batch: one result per input, in order; `report`
+/// names a failure on stderr and returns its message.
+fn put_batch<'a>(
+    store: &Store,
+    files: &'a [PathBuf],
+    report: &mut impl FnMut(&Path, String) -> String,
+) -> Result<Vec<(&'a Path, Result<Hash, String>)>> {
+    let mut batch = store.batch();
+    let bar = put_bar(files, &mut batch);
+    let mut results = Vec::new();
+    for f in files {
+        let r = if f == Path::new("-") {
+            batch.put_reader(io::stdin().lock())
+        } else if f.is_dir() {
+            let e = report(
+                f,
+                "is a directory (use -r to store it as a tree)".to_owned(),
+            );
+            results.push((f.as_path(), Err(e)));
+            continue;
+        } else {
+            batch.put_path(f)
+        };
+        let r = r.map_err(|e| report(f, output::chain(&e)));
+        results.push((f.as_path(), r));
+    }
+    batch.commit()?;
+    bar.finish();
+    Ok(results)
+}
+
 fn cmd_put(
     store: &Store,
     files: &[PathBuf],
@@ -1331,6 +1363,8 @@ fn cmd_put(
             h.to_string()
         }
     };
+    // With --json a failed input has its line too, so there is one line per input.
+    let error_line = |f: &Path, e: &str| serde_json::json!({ "input": f, "error": e });
     let stdin_only = [PathBuf::from("-")];
     let files = if files.is_empty() {
         &stdin_only[..]
@@ -1361,50 +1395,44 @@ fn cmd_put(
     // input order; each bad one is named on stderr; the exit status is then 1.
     let mut last = None;
     let mut failed = 0usize;
-    let mut report = |f: &Path, e: &dyn std::fmt::Display| {
+    let mut report = |f: &Path, e: String| {
         failed += 1;
         eprintln!("cas: error: {}: {e}", f.display());
+        e
     };
     if recursive.is_some() {
         for f in files {
-            match put_one(f) {
+            // One line per input as soon as it is stored, so a pipeline sees progress.
+            let text = match put_one(f) {
                 Ok(hash) => {
-                    last = Some((f, hash));
-                    // One line per input as soon as it is stored, so a pipeline sees progress.
-                    let mut lock = stdout.lock();
-                    writeln!(lock, "{}", line(f, &hash))?;
-                    lock.flush()?;
+                    last = Some((f.as_path(), hash));
+                    line(f, &hash)
                 }
-                Err(e) => report(f, &format!("{e:#}")),
-            }
+                Err(e) => {
+                    let e = report(f, format!("{e:#}"));
+                    if !json {
+                        continue;
+                    }
+                    error_line(f, &e).to_string()
+                }
+            };
+            let mut lock = stdout.lock();
+            writeln!(lock, "{text}")?;
+            lock.flush()?;
         }
     } else {
         // Plain files: one durability barrier for all of them (docs/performance.md).
-        let mut batch = store.batch();
-        let bar = put_bar(files, &mut batch);
-        let mut hashes = Vec::new();
-        for f in files {
-            let r = if f == Path::new("-") {
-                batch.put_reader(io::stdin().lock())
-            } else if f.is_dir() {
-                report(f, &"is a directory (use -r to store it as a tree)");
-                continue;
-            } else {
-                batch.put_path(f)
-            };
+        let results = put_batch(store, files, &mut report)?;
+        let mut out = io::BufWriter::new(stdout.lock());
+        for (f, r) in &results {
             match r {
                 Ok(h) => {
-                    hashes.push((f, h));
-                    last = Some((f, h));
+                    last = Some((*f, *h));
+                    writeln!(out, "{}", line(f, h))?;
                 }
-                Err(e) => report(f, &output::chain(&e)),
+                Err(e) if json => writeln!(out, "{}", error_line(f, e))?,
+                Err(_) => {}
             }
-        }
-        batch.commit()?;
-        bar.finish();
-        let mut out = io::BufWriter::new(stdout.lock());
-        for (f, h) in &hashes {
-            writeln!(out, "{}", line(f, h))?;
         }
         out.flush()?;
     }
@@ -1466,7 +1494,13 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
             };
             let hash = hash.resolve(store)?;
             test_hook_barrier();
-            store.set_ref_msg(&name, hash, exp, &message)?;
+            let old = store.set_ref_msg(&name, hash, exp, &message)?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({ "name": name, "hash": hash, "old": old })
+                );
+            }
         }
         RefCmd::Get { name } => match store.get_ref(&name)? {
             Some(h) if json => outln!("{}", serde_json::json!({ "name": name, "hash": h })),
@@ -1475,7 +1509,13 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
         },
         RefCmd::Rm { name, expect } => {
             let exp = expect.map_or(Expect::Any, Expect::Value);
-            store.remove_ref(&name, exp)?;
+            let old = store.remove_ref(&name, exp)?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({ "name": name, "old": old, "removed": true })
+                );
+            }
         }
         RefCmd::Ls { prefix, nul } => {
             let (refs, damaged) = store.refs_report(&prefix)?;
@@ -1545,15 +1585,38 @@ fn print_reflog_entry(out: &mut impl Write, e: &cas::RefLogEntry, json: bool) ->
 }
 
 /// `cas key set`: a lost compare-and-swap is a negative answer (exit 1), not an error.
-fn key_set(store: &Store, key: &str, hash: Hash, meta: &str, expect: Expect) -> Result<ExitCode> {
+fn key_set(
+    store: &Store,
+    key: &str,
+    hash: Hash,
+    meta: &str,
+    expect: Expect,
+    json: bool,
+) -> Result<ExitCode> {
     match store.set_keyed(key.as_bytes(), hash, meta.as_bytes(), expect) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+        Ok(old) => {
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({ "key": key, "hash": hash, "old": old })
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Err(e) if e.is_conflict() => {
             eprintln!("cas: {e}");
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn key_rm(store: &Store, key: &str, json: bool) -> Result<()> {
+    store.remove_keyed(key.as_bytes())?;
+    if json {
+        outln!("{}", serde_json::json!({ "key": key, "removed": true }));
+    }
+    Ok(())
 }
 
 /// `cas key ls`: sorted by key; damaged entries are named on stderr (exit 1).
@@ -1620,7 +1683,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             };
             let hash = hash.resolve(store)?;
             test_hook_barrier();
-            return key_set(store, &key, hash, &meta, expect);
+            return key_set(store, &key, hash, &meta, expect, json);
         }
         KeyCmd::Ensure {
             key,
@@ -1682,7 +1745,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
                 outln!("metadata: {}", String::from_utf8_lossy(&e.metadata));
             }
         }
-        KeyCmd::Rm { key } => store.remove_keyed(key.as_bytes())?,
+        KeyCmd::Rm { key } => key_rm(store, &key, json)?,
         KeyCmd::Ls { nul } => return key_ls(store, nul, json),
     }
     Ok(ExitCode::SUCCESS)
@@ -1749,16 +1812,28 @@ fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
     Ok(exit(all))
 }
 
-fn cmd_rm(store: &Store, hashes: &[Hash], force: bool) -> ExitCode {
+/// `cas rm`: with --json one line per input, in order, as `put` does: `{input, hash,
+/// removed}` or `{input, error}`.
+fn cmd_rm(store: &Store, hashes: &[Hash], force: bool, json: bool) -> Result<ExitCode> {
     let mut ok = true;
     let opts = cas::RemoveOptions::default().force(force);
-    for r in store.remove_all_with(hashes, &opts) {
-        if let Err(e) = r {
-            eprintln!("cas: error: {}", output::chain(&e));
-            ok = false;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for (h, r) in hashes.iter().zip(store.remove_all_with(hashes, &opts)) {
+        let line = match r {
+            Ok(()) => serde_json::json!({ "input": h, "hash": h, "removed": true }),
+            Err(e) => {
+                let msg = output::chain(&e);
+                eprintln!("cas: error: {msg}");
+                ok = false;
+                serde_json::json!({ "input": h, "error": msg })
+            }
+        };
+        if json {
+            writeln!(out, "{line}")?;
         }
     }
-    exit(ok)
+    out.flush()?;
+    Ok(exit(ok))
 }
 
 fn cmd_man() -> Result<ExitCode> {
