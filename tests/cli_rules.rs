@@ -1453,3 +1453,119 @@ fn a_closed_stdout_pipe_ends_reports_quietly() {
         );
     }
 }
+
+/// Issue 23, progress: verify's bar is called `verify` once (it drew `verify verify`), and
+/// gc's sweep counts objects without a total (it drew `gc sweep [=====] 4096/1`: the mark's
+/// total of one root, the bar full from the start). 1500 objects: the sweep reports at 1024.
+#[test]
+fn verify_and_gc_bars_have_right_labels_and_totals() {
+    let s = Store::new();
+    let mut put = cas(&s);
+    put.arg("put");
+    for i in 0..1500u32 {
+        put.arg(s.input(&format!("f{i}"), i.to_string().as_bytes()));
+    }
+    run_ok(&mut put);
+    let h = s.put(b"rooted");
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+
+    let (term, _, code) = run_on_pty(cas(&s).arg("verify"), false);
+    assert_eq!(code, Some(0), "{term}");
+    assert!(!term.contains("verify verify"), "label twice: {term:?}");
+    assert!(
+        term.contains("verify [") && term.contains("1,501/1,501"),
+        "no verify bar with the object count as total: {term:?}"
+    );
+
+    let (term, _, code) = run_on_pty(cas(&s).arg("gc"), false);
+    assert_eq!(code, Some(0), "{term}");
+    let sweep: Vec<&str> = term
+        .split(['\r', '\n'])
+        .filter(|l| l.contains("gc sweep"))
+        .collect();
+    assert!(!sweep.is_empty(), "no sweep progress: {term:?}");
+    for line in &sweep {
+        assert!(
+            !line.contains('/') || line.trim_end().ends_with("/s"),
+            "the sweep shows a total it does not know: {line:?}"
+        );
+        assert!(!line.contains("[="), "the sweep drew a bar: {line:?}");
+    }
+    assert!(
+        sweep.iter().any(|l| l.contains(" 1,024 ")),
+        "the sweep's count: {sweep:?}"
+    );
+}
+
+/// Issue 23, progress: Ctrl-C clears the bar (it stayed on the terminal after the shell's
+/// prompt came back). A restore is held by the test hook with its bar drawn; after SIGINT the
+/// last thing the terminal received after the bar is the sequence erasing its line.
+#[test]
+fn ctrl_c_clears_the_progress_bar() {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::io::Read;
+    use std::sync::mpsc;
+    let s = Store::new();
+    // One file: its restore is one stream of reports, so the held report holds it all and
+    // the restore cannot finish (and clear its bar itself) before the signal.
+    let src = s.base().join("one");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("big"), data(9 << 20, 3)).unwrap();
+    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src))
+        .trim()
+        .to_owned();
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let mut master = fs::File::from(master);
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut child = cas(&s)
+        .args(["get", "-r", &tree, "-o"])
+        .arg(s.base().join("out"))
+        .env("CAS_TEST_RESTORE_PAUSE_AT", (4u64 << 20).to_string())
+        .stderr(Stdio::from(slave))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut term = Vec::new();
+    while !text(&term).contains("cas-test: restore paused") {
+        let chunk = rx
+            .recv_timeout(std::time::Duration::from_mins(1))
+            .unwrap_or_else(|_| panic!("the restore never paused: {:?}", text(&term)));
+        term.extend(chunk);
+    }
+    kill(child.id(), "INT");
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    drop(child);
+    reader.join().unwrap();
+    term.extend(rx.try_iter().flatten());
+    let term = text(&term);
+    let after_pause = &term[term.find("cas-test: restore paused").unwrap()..];
+    let drawn = after_pause
+        .rfind("get -r [")
+        .unwrap_or_else(|| panic!("no bar drawn around the pause: {term:?}"));
+    assert!(
+        after_pause[drawn..].contains("\x1b[2K"),
+        "the bar was left on the terminal: {:?}",
+        &after_pause[drawn..]
+    );
+}

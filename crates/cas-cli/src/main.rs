@@ -970,7 +970,7 @@ fn test_hook_pause((at, fired): &(u64, std::sync::atomic::AtomicBool), done: u64
     if done < *at || fired.swap(true, Ordering::SeqCst) {
         return;
     }
-    eprintln!("cas-test: restore paused");
+    output::above_bars(|| eprintln!("cas-test: restore paused"));
     signals::wait_for_signal(Duration::from_mins(1));
 }
 

@@ -41,6 +41,8 @@ pub fn install() -> std::io::Result<()> {
                 let stores = STORES
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // The bar first: the clean-up below may take a while on a slow filesystem.
+                crate::output::clear_bars();
                 cas::abandon_temporaries();
                 for store in stores.iter() {
                     store.abandon_own_staging();
