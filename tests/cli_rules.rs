@@ -1569,3 +1569,114 @@ fn ctrl_c_clears_the_progress_bar() {
         &after_pause[drawn..]
     );
 }
+
+/// The subcommand pages a man page lists in its SUBCOMMANDS section (`cas\-ref\-set(1)` →
+/// `["ref", "set"]`), clap's `help` aside.
+fn man_subpages(page: &str) -> Vec<Vec<String>> {
+    let Some(subs) = page.split(".SH SUBCOMMANDS").nth(1) else {
+        return Vec::new();
+    };
+    let subs = subs.split("\n.SH ").next().unwrap();
+    subs.lines()
+        .filter_map(|l| l.strip_suffix("(1)"))
+        .map(|n| {
+            n.split("\\-")
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|w| w.last().is_some_and(|x| x != "help"))
+        .collect()
+}
+
+/// Issue 23, man pages: `cas man` has a real NAME line (it said "cas - The `cas` command
+/// line"), and every subcommand it lists has its own page (`cas man put` was a usage error)
+/// with NAME, SYNOPSIS (the full command), OPTIONS, EXIT STATUS, ENVIRONMENT (`CAS_STORE`,
+/// `XDG_CACHE_HOME`, `CAS_UPSTREAM`), FILES (the store layout) and EXAMPLES of that command.
+#[test]
+fn man_pages_for_every_subcommand_have_the_sections() {
+    let s = Store::uninit();
+    let mut todo: Vec<Vec<String>> = vec![Vec::new()];
+    let mut seen = Vec::new();
+    while let Some(path) = todo.pop() {
+        let page = run_ok(cas(&s).arg("man").args(&path));
+        let name = std::iter::once("cas")
+            .chain(path.iter().map(String::as_str))
+            .collect::<Vec<_>>();
+        let what = name.join(" ");
+        let name_line = page
+            .split(".SH NAME\n")
+            .nth(1)
+            .and_then(|r| r.lines().next())
+            .unwrap_or_else(|| panic!("{what}: no NAME section"));
+        assert!(
+            name_line.starts_with(&format!("{} \\- ", name.join("\\-")))
+                && !name_line.contains("command line"),
+            "{what}: NAME line {name_line:?}"
+        );
+        if path.is_empty() {
+            assert!(name_line.contains("content\\-addressed"), "{name_line}");
+        }
+        for heading in [
+            ".SH SYNOPSIS",
+            ".SH DESCRIPTION",
+            ".SH OPTIONS",
+            ".SH \"EXIT STATUS\"",
+            ".SH \"ENVIRONMENT\"",
+            ".SH \"FILES\"",
+            ".SH EXAMPLES",
+        ] {
+            assert!(page.contains(heading), "{what}: no {heading}");
+        }
+        assert!(
+            page.contains(&format!("\\fB{what}\\fR")),
+            "{what}: the synopsis does not name the command"
+        );
+        let section = |h: &str| {
+            page.split(h)
+                .nth(1)
+                .unwrap()
+                .split("\n.SH ")
+                .next()
+                .unwrap()
+        };
+        let env = section(".SH \"ENVIRONMENT\"");
+        for var in ["CAS_STORE", "XDG_CACHE_HOME", "CAS_UPSTREAM"] {
+            assert!(env.contains(var), "{what}: ENVIRONMENT lacks {var}");
+        }
+        assert!(
+            section(".SH \"FILES\"").contains("objects/ab/cdef"),
+            "{what}: FILES lacks the store layout"
+        );
+        assert!(
+            section(".SH \"EXIT STATUS\"").contains("\\fB2\\fR"),
+            "{what}: EXIT STATUS lacks the usage error"
+        );
+        let examples = section(".SH EXAMPLES");
+        assert!(
+            examples
+                .lines()
+                .any(|l| l == what || l.starts_with(&format!("{what} "))),
+            "{what}: no example of it: {examples}"
+        );
+        todo.extend(man_subpages(&page));
+        seen.push(what);
+    }
+    for must in [
+        "cas put",
+        "cas push",
+        "cas ref set",
+        "cas key ensure",
+        "cas man",
+    ] {
+        assert!(
+            seen.iter().any(|w| w == must),
+            "no page for {must}: {seen:?}"
+        );
+    }
+    assert!(seen.len() > 25, "{seen:?}");
+    let out = run(cas(&s).args(["man", "nosuch"]));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("nosuch"));
+    assert!(!s.root.exists(), "cas man created the store");
+}

@@ -12,6 +12,7 @@ use cas::{Create, Durability, Expect, Hash, Options, Store};
 use clap::{Args, Parser, Subcommand};
 
 mod ensure;
+mod man;
 
 mod output;
 mod signals;
@@ -26,11 +27,11 @@ mod signals;
 #[command(
     name = "cas",
     version,
-    about,
+    about = "A content-addressed object store: put bytes, get them back by hash",
     long_about,
     after_help = "Examples:\n  cas init\n  h=$(cas put README.md) && cas get \"$h\" -o copy.md\n  cas ref set release/v1 \"$h\"\n  cas gc --max-size 10G"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: Global,
     #[command(subcommand)]
@@ -248,11 +249,16 @@ enum Cmd {
         #[command(flatten)]
         what: TransferArgs,
     },
-    /// Print the manual page (roff), generated from these very definitions.
+    /// Print the manual page (roff) of cas, or of one subcommand (`cas man put`, `cas man ref
+    /// set`), generated from these very definitions.
     #[command(
-        after_help = "Examples:\n  cas man | man -l -\n  cas man > /usr/local/share/man/man1/cas.1"
+        after_help = "Examples:\n  cas man | man -l -\n  cas man put | man -l -\n  cas man > /usr/local/share/man/man1/cas.1\n  for c in put get gc; do cas man $c > cas-$c.1; done"
     )]
-    Man,
+    Man {
+        /// The subcommand (and its subcommand, for ref and key); none: the page of cas.
+        #[arg(value_name = "SUBCOMMAND")]
+        subcommand: Vec<String>,
+    },
     /// Show the store's location, filesystem, object count and size.
     #[command(after_help = "Examples:\n  cas stats\n  cas --store /srv/cache stats --json")]
     Stats,
@@ -760,7 +766,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pull { src, what } => cmd_transfer(&open_store(g, Write)?, &src, false, &what, g),
         Cmd::Show { hash } => cmd_show(&open_store(g, Existing)?, &hash, g.json),
         Cmd::Completions { shell } => cmd_completions(shell),
-        Cmd::Man => cmd_man(),
+        Cmd::Man { subcommand } => man::run(&subcommand),
     }
 }
 
@@ -1834,16 +1840,6 @@ fn cmd_rm(store: &Store, hashes: &[Hash], force: bool, json: bool) -> Result<Exi
     }
     out.flush()?;
     Ok(exit(ok))
-}
-
-fn cmd_man() -> Result<ExitCode> {
-    use clap::CommandFactory;
-    let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-    let mut out = io::stdout().lock();
-    out.write_all(&page)?;
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_completions(shell: clap_complete::Shell) -> Result<ExitCode> {
