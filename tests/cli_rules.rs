@@ -1680,3 +1680,40 @@ fn man_pages_for_every_subcommand_have_the_sections() {
     assert!(text(&out.stderr).contains("nosuch"));
     assert!(!s.root.exists(), "cas man created the store");
 }
+
+/// Issue 23: `push --help` and `pull --help` said `<REFS|--key <KEY>|--all> <DEST>`, the names
+/// before the store, while the command takes the store first (`cas push DEST NAME…`). Every
+/// usage line — in the help, and under a usage error — now names the store first, and the
+/// order it shows works.
+#[test]
+fn push_and_pull_usage_put_the_store_first() {
+    let s = Store::new();
+    let other = Store::new();
+    let h = s.put(b"usage order");
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+    for (cmd, store) in [("push", "<DEST>"), ("pull", "<SRC>")] {
+        let help = run_ok(cas(&s).args([cmd, "--help"]));
+        let error = text(&run(cas(&s).arg(cmd).arg(&other.root)).stderr);
+        for (what, out) in [("--help", &help), ("usage error", &error)] {
+            let usage: Vec<&str> = out
+                .split("Usage: ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{cmd} {what}: no usage: {out}"))
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            assert_eq!(usage.len(), 3, "{cmd} {what}: {usage:?}");
+            for (line, names) in usage.iter().zip(["<REF>...", "--key <KEY>...", "--all"]) {
+                let want = format!("cas {cmd} [OPTIONS] {store} {names}");
+                assert_eq!(*line, want, "{cmd} {what}");
+            }
+        }
+    }
+    // The order the usage shows is the order that works.
+    let out = run_ok(cas(&s).arg("push").arg(&other.root).arg("r"));
+    assert!(out.contains("refs set: 1"), "{out}");
+    run_ok(cas(&other).args(["ref", "rm", "r"]));
+    run_ok(cas(&other).arg("pull").arg(&s.root).arg("r"));
+    assert_eq!(run_ok(cas(&other).args(["ref", "get", "r"])).trim(), h);
+}

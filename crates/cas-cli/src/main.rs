@@ -230,6 +230,8 @@ enum Cmd {
     /// there with compare-and-swap (exit 1 naming a ref DEST moved meanwhile). Re-running
     /// after an interruption copies only what is missing.
     #[command(
+        // clap puts the required group (refs, --key or --all) before DEST; DEST is first.
+        override_usage = "cas push [OPTIONS] <DEST> <REF>...\n       cas push [OPTIONS] <DEST> --key <KEY>...\n       cas push [OPTIONS] <DEST> --all",
         after_help = "Examples:\n  cas push /shared/cas release/v1\n  cas push /shared/cas --all --json\n  cas push /shared/cas release/v1 --force"
     )]
     Push {
@@ -241,6 +243,7 @@ enum Cmd {
     /// Copy refs and keys, with every object they reach, from the store SRC into this one;
     /// then set them here with compare-and-swap (as push, the other way).
     #[command(
+        override_usage = "cas pull [OPTIONS] <SRC> <REF>...\n       cas pull [OPTIONS] <SRC> --key <KEY>...\n       cas pull [OPTIONS] <SRC> --all",
         after_help = "Examples:\n  cas pull /shared/cas release/v1\n  cas pull /shared/cas --key build:abc123"
     )]
     Pull {
@@ -280,8 +283,8 @@ enum Cmd {
 #[group(id = "transfer", skip)]
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["refs", "keys", "all"])))]
 struct TransferArgs {
-    /// Refs to transfer.
-    #[arg(value_parser = parse_ref_name)]
+    /// Refs to transfer (after DEST or SRC).
+    #[arg(value_name = "REF", value_parser = parse_ref_name)]
     refs: Vec<String>,
     /// Cache keys to transfer (repeatable).
     #[arg(long = "key", value_name = "KEY")]
