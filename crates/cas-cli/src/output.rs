@@ -142,8 +142,13 @@ pub fn above_bars<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// A rate as a whole number per second (`3501/s`, not indicatif's `3,501.1209/s`).
+/// The phase's average since it began: its bar is made at the phase's first report, which may
+/// already count thousands, so indicatif's estimate would start from an instant jump.
 fn rate(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
-    let _ = write!(w, "{:.0}/s", state.per_sec());
+    let secs = state.elapsed().as_secs_f64();
+    if secs > 0.0 {
+        let _ = write!(w, "{:.0}/s", state.pos() as f64 / secs);
+    }
 }
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise.
@@ -157,6 +162,8 @@ pub struct Bar {
     what: String,
     /// A counting bar: the phase being drawn, whether its total is known, and its bar.
     phase: std::sync::Mutex<Option<(&'static str, bool, indicatif::ProgressBar)>>,
+    /// When the phase being drawn (or, before the first report, the command) began.
+    started: std::sync::Mutex<std::time::Instant>,
 }
 
 impl Bar {
@@ -172,6 +179,7 @@ impl Bar {
             id,
             what: what.to_owned(),
             phase: std::sync::Mutex::new(None),
+            started: std::sync::Mutex::new(std::time::Instant::now()),
         }
     }
 
@@ -259,10 +267,18 @@ impl Bar {
         } else {
             format!("{what}{label} {{spinner}} {{human_pos}} {{rate}}")
         };
+        let since = std::mem::replace(
+            &mut *self
+                .started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            std::time::Instant::now(),
+        );
         let b = indicatif::ProgressBar::with_draw_target(
             p.total,
             indicatif::ProgressDrawTarget::hidden(),
-        );
+        )
+        .with_elapsed(since.elapsed());
         b.set_style(
             indicatif::ProgressStyle::with_template(&template)
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
