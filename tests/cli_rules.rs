@@ -701,6 +701,375 @@ fn json_everywhere_with_the_same_field_names() {
     assert_eq!(kl, vec![info]);
 }
 
+/// Issue 23, JSON: the top-level fields of each command's `--json` lines, mirroring the table
+/// in docs/json.md (row name, fields). The test checks both that the table is the document's
+/// and that every command prints exactly these keys.
+const JSON_FIELDS: &[(&str, &[&str])] = &[
+    ("init", &["store", "created"]),
+    ("put", &["input", "hash"]),
+    ("put (failed input)", &["input", "error"]),
+    ("put -r", &["input", "hash"]),
+    ("has", &["hash", "present"]),
+    ("rm", &["input", "hash", "removed"]),
+    ("rm (failed input)", &["input", "error"]),
+    ("ls", &["hash", "size", "time", "kind"]),
+    ("show (blob)", &["hash", "kind", "size"]),
+    (
+        "show (tree file)",
+        &["path", "kind", "hash", "size", "executable"],
+    ),
+    ("show (tree dir)", &["path", "kind", "hash"]),
+    ("show (tree symlink)", &["path", "kind", "target"]),
+    (
+        "verify",
+        &[
+            "store",
+            "clean",
+            "objects",
+            "bytes",
+            "corrupt",
+            "dangling",
+            "bad_files",
+            "restored",
+            "stale_staging",
+        ],
+    ),
+    (
+        "gc",
+        &[
+            "store",
+            "dry_run",
+            "roots",
+            "reachable",
+            "objects",
+            "bytes",
+            "condemned",
+            "trashed",
+            "trashed_bytes",
+            "deleted",
+            "deleted_bytes",
+            "kept_young",
+            "restored",
+            "evicted_entries",
+            "evicted_objects",
+            "evicted_bytes",
+            "staging_removed",
+            "quarantine_purged",
+            "quarantine_purged_bytes",
+            "quarantine_files",
+            "quarantine_bytes",
+            "bytes_after",
+            "problems",
+            "sweep_skipped",
+            "budget_unmet",
+        ],
+    ),
+    (
+        "doctor",
+        &[
+            "store",
+            "healthy",
+            "fs",
+            "fix",
+            "fixed",
+            "probes",
+            "summary",
+            "foreign_owner",
+            "damaged",
+            "dangling",
+            "expired_locks",
+            "permission_problems",
+            "reachable_in_trash",
+            "stale_staging",
+        ],
+    ),
+    (
+        "stats",
+        &[
+            "store",
+            "objects",
+            "bytes",
+            "total_files",
+            "total_bytes",
+            "counted_bytes",
+            "areas",
+            "durability",
+            "shared_group",
+            "max_size",
+            "fs",
+            "unreadable",
+            "upstream",
+            "upstream_readonly",
+        ],
+    ),
+    ("ref set", &["name", "hash", "old"]),
+    ("ref get", &["name", "hash"]),
+    ("ref rm", &["name", "old", "removed"]),
+    ("ref ls", &["name", "hash"]),
+    (
+        "ref log",
+        &["old", "new", "time", "host", "user", "message"],
+    ),
+    ("key put", &["key", "hash"]),
+    ("key set", &["key", "hash", "old"]),
+    (
+        "key ensure",
+        &["store", "key", "hash", "computed", "waited_ms", "damaged"],
+    ),
+    (
+        "key ensure --tree",
+        &["store", "key", "hash", "computed", "waited_ms", "damaged"],
+    ),
+    (
+        "key info",
+        &["key", "hash", "size", "time", "time_ms", "metadata"],
+    ),
+    ("key rm", &["key", "removed"]),
+    (
+        "key ls",
+        &["key", "hash", "size", "time", "time_ms", "metadata"],
+    ),
+    (
+        "push",
+        &[
+            "source",
+            "dest",
+            "complete",
+            "objects",
+            "objects_copied",
+            "objects_skipped",
+            "bytes_copied",
+            "refs_set",
+            "refs_unchanged",
+            "keys_set",
+            "keys_unchanged",
+            "conflicts",
+        ],
+    ),
+    (
+        "pull",
+        &[
+            "source",
+            "dest",
+            "complete",
+            "objects",
+            "objects_copied",
+            "objects_skipped",
+            "bytes_copied",
+            "refs_set",
+            "refs_unchanged",
+            "keys_set",
+            "keys_unchanged",
+            "conflicts",
+        ],
+    ),
+];
+
+/// The "Fields per command" table of docs/json.md: row name (backticks removed) and the
+/// backticked fields of its last column.
+fn json_md_table() -> Vec<(String, Vec<String>)> {
+    let doc = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/json.md"))
+        .expect("docs/json.md");
+    let section = doc
+        .split("## Fields per command")
+        .nth(1)
+        .expect("docs/json.md has a \"Fields per command\" section");
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            let fields = cells[cells.len() - 1]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
+            (cells[0].replace('`', ""), fields)
+        })
+        .collect()
+}
+
+/// The sorted keys of one JSON line.
+fn keys(line: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = line
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {line}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+/// Issue 23, JSON everywhere: every command that changes something reports what it did
+/// (`ref set`/`rm`, `key set`/`rm`, `rm` printed nothing), a multi-input command prints one
+/// line per input with failures as `{input, error}` (`put --json a /missing b` printed two
+/// lines), `ls` says `time` as everywhere else (it said `mtime`), `key ensure --tree --json`
+/// prints the report, not a bare hash; and every command's keys are docs/json.md's.
+#[test]
+#[allow(clippy::too_many_lines)] // one walk through every row of the table, in order
+fn json_fields_match_docs_json_md() {
+    let doc = json_md_table();
+    let ours: Vec<(String, Vec<String>)> = JSON_FIELDS
+        .iter()
+        .map(|(c, f)| ((*c).to_owned(), f.iter().map(|x| (*x).to_owned()).collect()))
+        .collect();
+    assert_eq!(doc, ours, "docs/json.md and this test's table differ");
+
+    let s = Store::uninit();
+    let dest = Store::new();
+    let p = |x: &Path| x.display().to_string();
+    let in_a = s.input("a", b"aaa");
+    let in_b = s.input("b", b"bbb");
+    let missing = s.scratch.join("missing");
+    let tree_dir = s.scratch.join("tree");
+    fs::create_dir_all(tree_dir.join("d")).unwrap();
+    fs::write(tree_dir.join("d/f"), b"f").unwrap();
+    std::os::unix::fs::symlink("d/f", tree_dir.join("l")).unwrap();
+    let ha = blake3_hex(b"aaa");
+    let hb = blake3_hex(b"bbb");
+
+    // (table row, arguments, expected exit code, expected number of lines and which row
+    // each line is).
+    let mut seen = std::collections::BTreeSet::new();
+    let mut check = |args: Vec<String>, code: i32, rows: &[&str]| -> Vec<serde_json::Value> {
+        let out = run(cas(&s).arg("--json").args(&args));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "cas {args:?}: {}",
+            text(&out.stderr)
+        );
+        let lines = json_lines(&text(&out.stdout));
+        assert_eq!(lines.len(), rows.len(), "cas {args:?}: {lines:?}");
+        for (line, row) in lines.iter().zip(rows) {
+            let want = JSON_FIELDS
+                .iter()
+                .find(|(r, _)| r == row)
+                .unwrap_or_else(|| panic!("no row {row}"))
+                .1;
+            let mut want: Vec<String> = want.iter().map(|x| (*x).to_owned()).collect();
+            want.sort();
+            assert_eq!(keys(line), want, "cas {args:?} ({row}): {line}");
+            seen.insert((*row).to_owned());
+        }
+        lines
+    };
+    let v = |x: &[&str]| x.iter().map(|a| (*a).to_owned()).collect::<Vec<String>>();
+
+    check(v(&["init"]), 0, &["init"]);
+    let put = check(
+        vec!["put".into(), p(&in_a), p(&missing), p(&in_b)],
+        1,
+        &["put", "put (failed input)", "put"],
+    );
+    assert_eq!(put[1]["input"].as_str(), missing.to_str());
+    assert!(put[1]["error"].as_str().unwrap().contains("missing"));
+    assert_eq!(
+        (put[0]["hash"].as_str(), put[2]["hash"].as_str()),
+        (Some(ha.as_str()), Some(hb.as_str()))
+    );
+    let t = check(
+        vec!["put".into(), "-r".into(), p(&tree_dir), p(&missing)],
+        1,
+        &["put -r", "put (failed input)"],
+    );
+    let tree = t[0]["hash"].as_str().unwrap().to_owned();
+    check(v(&["has", &ha]), 0, &["has"]);
+    let ls = check(v(&["ls", "--prefix", &ha[..8]]), 0, &["ls"]);
+    assert!(ls[0]["time"].as_u64().unwrap() > 1_700_000_000, "{}", ls[0]);
+    check(v(&["show", &ha]), 0, &["show (blob)"]);
+    check(
+        v(&["show", &tree]),
+        0,
+        &["show (tree dir)", "show (tree file)", "show (tree symlink)"],
+    );
+    check(v(&["verify"]), 0, &["verify"]);
+    check(v(&["gc"]), 0, &["gc"]);
+    check(v(&["doctor"]), 0, &["doctor"]);
+    check(v(&["stats"]), 0, &["stats"]);
+
+    let set = check(v(&["ref", "set", "r", &ha]), 0, &["ref set"]);
+    assert_eq!(set[0]["old"], serde_json::Value::Null);
+    let set = check(v(&["ref", "set", "r", &hb]), 0, &["ref set"]);
+    assert_eq!(
+        (
+            set[0]["name"].as_str(),
+            set[0]["hash"].as_str(),
+            set[0]["old"].as_str()
+        ),
+        (Some("r"), Some(hb.as_str()), Some(ha.as_str()))
+    );
+    check(v(&["ref", "get", "r"]), 0, &["ref get"]);
+    check(v(&["ref", "ls"]), 0, &["ref ls"]);
+    check(v(&["ref", "log", "r"]), 0, &["ref log", "ref log"]);
+    check(vec!["push".into(), p(&dest.root), "r".into()], 0, &["push"]);
+    check(vec!["pull".into(), p(&dest.root), "r".into()], 0, &["pull"]);
+    let rm = check(v(&["ref", "rm", "r"]), 0, &["ref rm"]);
+    assert_eq!(
+        (rm[0]["old"].as_str(), &rm[0]["removed"]),
+        (Some(hb.as_str()), &true.into())
+    );
+    assert_eq!(
+        run(cas(&s).args(["ref", "get", "r"])).status.code(),
+        Some(1)
+    );
+
+    check(
+        vec!["key".into(), "put".into(), "k".into(), p(&in_a)],
+        0,
+        &["key put"],
+    );
+    let ks = check(v(&["key", "set", "k", &hb]), 0, &["key set"]);
+    assert_eq!(
+        (ks[0]["hash"].as_str(), ks[0]["old"].as_str()),
+        (Some(hb.as_str()), Some(ha.as_str()))
+    );
+    check(v(&["key", "info", "k"]), 0, &["key info"]);
+    check(v(&["key", "ls"]), 0, &["key ls"]);
+    let kr = check(v(&["key", "rm", "k"]), 0, &["key rm"]);
+    assert_eq!(kr[0]["removed"], true);
+    assert_eq!(
+        run(cas(&s).args(["key", "info", "k"])).status.code(),
+        Some(1)
+    );
+    let ke = check(
+        v(&["key", "ensure", "ke", "--", "sh", "-c", "echo ensured"]),
+        0,
+        &["key ensure"],
+    );
+    assert_eq!(ke[0]["computed"], true);
+    let kt = check(
+        v(&[
+            "key",
+            "ensure",
+            "--tree",
+            "kt",
+            "--",
+            "sh",
+            "-c",
+            "echo x > \"$CAS_OUT/f\"",
+        ]),
+        0,
+        &["key ensure --tree"],
+    );
+    assert_eq!(kt[0]["key"], "kt", "not the report but {}", kt[0]);
+
+    let rm = check(v(&["rm", &hb, &hb]), 1, &["rm", "rm (failed input)"]);
+    assert_eq!(rm[0]["removed"], true);
+    assert_eq!(rm[1]["input"].as_str(), Some(hb.as_str()));
+    assert!(
+        rm[1]["error"].as_str().unwrap().contains("not found"),
+        "{}",
+        rm[1]
+    );
+
+    let all: std::collections::BTreeSet<String> =
+        JSON_FIELDS.iter().map(|(r, _)| (*r).to_owned()).collect();
+    assert_eq!(seen, all, "rows of docs/json.md never checked");
+}
+
 /// Issue 12, 5: `ls` is sorted and `--prefix` selects; a bad prefix is a usage error.
 #[test]
 fn ls_is_sorted_and_takes_a_prefix() {
@@ -1083,4 +1452,268 @@ fn a_closed_stdout_pipe_ends_reports_quietly() {
             out.status
         );
     }
+}
+
+/// Issue 23, progress: verify's bar is called `verify` once (it drew `verify verify`), and
+/// gc's sweep counts objects without a total (it drew `gc sweep [=====] 4096/1`: the mark's
+/// total of one root, the bar full from the start). 1500 objects: the sweep reports at 1024.
+#[test]
+fn verify_and_gc_bars_have_right_labels_and_totals() {
+    let s = Store::new();
+    let mut put = cas(&s);
+    put.arg("put");
+    for i in 0..1500u32 {
+        put.arg(s.input(&format!("f{i}"), i.to_string().as_bytes()));
+    }
+    run_ok(&mut put);
+    let h = s.put(b"rooted");
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+
+    let (term, _, code) = run_on_pty(cas(&s).arg("verify"), false);
+    assert_eq!(code, Some(0), "{term}");
+    assert!(!term.contains("verify verify"), "label twice: {term:?}");
+    assert!(
+        term.contains("verify [") && term.contains("1,501/1,501"),
+        "no verify bar with the object count as total: {term:?}"
+    );
+
+    let (term, _, code) = run_on_pty(cas(&s).arg("gc"), false);
+    assert_eq!(code, Some(0), "{term}");
+    let sweep: Vec<&str> = term
+        .split(['\r', '\n'])
+        .filter(|l| l.contains("gc sweep"))
+        .collect();
+    assert!(!sweep.is_empty(), "no sweep progress: {term:?}");
+    for line in &sweep {
+        assert!(
+            !line.contains('/') || line.trim_end().ends_with("/s"),
+            "the sweep shows a total it does not know: {line:?}"
+        );
+        assert!(!line.contains("[="), "the sweep drew a bar: {line:?}");
+    }
+    assert!(
+        sweep.iter().any(|l| l.contains(" 1,024 ")),
+        "the sweep's count: {sweep:?}"
+    );
+}
+
+/// Issue 23, progress: Ctrl-C clears the bar (it stayed on the terminal after the shell's
+/// prompt came back). A restore is held by the test hook with its bar drawn; after SIGINT the
+/// last thing the terminal received after the bar is the sequence erasing its line.
+#[test]
+fn ctrl_c_clears_the_progress_bar() {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::io::Read;
+    use std::sync::mpsc;
+    let s = Store::new();
+    // One file: its restore is one stream of reports, so the held report holds it all and
+    // the restore cannot finish (and clear its bar itself) before the signal.
+    let src = s.base().join("one");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("big"), data(9 << 20, 3)).unwrap();
+    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&src))
+        .trim()
+        .to_owned();
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let mut master = fs::File::from(master);
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut child = cas(&s)
+        .args(["get", "-r", &tree, "-o"])
+        .arg(s.base().join("out"))
+        .env("CAS_TEST_RESTORE_PAUSE_AT", (4u64 << 20).to_string())
+        .stderr(Stdio::from(slave))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut term = Vec::new();
+    while !text(&term).contains("cas-test: restore paused") {
+        let chunk = rx
+            .recv_timeout(std::time::Duration::from_mins(1))
+            .unwrap_or_else(|_| panic!("the restore never paused: {:?}", text(&term)));
+        term.extend(chunk);
+    }
+    kill(child.id(), "INT");
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    drop(child);
+    reader.join().unwrap();
+    term.extend(rx.try_iter().flatten());
+    let term = text(&term);
+    let after_pause = &term[term.find("cas-test: restore paused").unwrap()..];
+    let drawn = after_pause
+        .rfind("get -r [")
+        .unwrap_or_else(|| panic!("no bar drawn around the pause: {term:?}"));
+    assert!(
+        after_pause[drawn..].contains("\x1b[2K"),
+        "the bar was left on the terminal: {:?}",
+        &after_pause[drawn..]
+    );
+}
+
+/// The subcommand pages a man page lists in its SUBCOMMANDS section (`cas\-ref\-set(1)` →
+/// `["ref", "set"]`), clap's `help` aside.
+fn man_subpages(page: &str) -> Vec<Vec<String>> {
+    let Some(subs) = page.split(".SH SUBCOMMANDS").nth(1) else {
+        return Vec::new();
+    };
+    let subs = subs.split("\n.SH ").next().unwrap();
+    subs.lines()
+        .filter_map(|l| l.strip_suffix("(1)"))
+        .map(|n| {
+            n.split("\\-")
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|w| w.last().is_some_and(|x| x != "help"))
+        .collect()
+}
+
+/// Issue 23, man pages: `cas man` has a real NAME line (it said "cas - The `cas` command
+/// line"), and every subcommand it lists has its own page (`cas man put` was a usage error)
+/// with NAME, SYNOPSIS (the full command), OPTIONS, EXIT STATUS, ENVIRONMENT (`CAS_STORE`,
+/// `XDG_CACHE_HOME`, `CAS_UPSTREAM`), FILES (the store layout) and EXAMPLES of that command.
+#[test]
+fn man_pages_for_every_subcommand_have_the_sections() {
+    let s = Store::uninit();
+    let mut todo: Vec<Vec<String>> = vec![Vec::new()];
+    let mut seen = Vec::new();
+    while let Some(path) = todo.pop() {
+        let page = run_ok(cas(&s).arg("man").args(&path));
+        let name = std::iter::once("cas")
+            .chain(path.iter().map(String::as_str))
+            .collect::<Vec<_>>();
+        let what = name.join(" ");
+        let name_line = page
+            .split(".SH NAME\n")
+            .nth(1)
+            .and_then(|r| r.lines().next())
+            .unwrap_or_else(|| panic!("{what}: no NAME section"));
+        assert!(
+            name_line.starts_with(&format!("{} \\- ", name.join("\\-")))
+                && !name_line.contains("command line"),
+            "{what}: NAME line {name_line:?}"
+        );
+        if path.is_empty() {
+            assert!(name_line.contains("content\\-addressed"), "{name_line}");
+        }
+        for heading in [
+            ".SH SYNOPSIS",
+            ".SH DESCRIPTION",
+            ".SH OPTIONS",
+            ".SH \"EXIT STATUS\"",
+            ".SH \"ENVIRONMENT\"",
+            ".SH \"FILES\"",
+            ".SH EXAMPLES",
+        ] {
+            assert!(page.contains(heading), "{what}: no {heading}");
+        }
+        assert!(
+            page.contains(&format!("\\fB{what}\\fR")),
+            "{what}: the synopsis does not name the command"
+        );
+        let section = |h: &str| {
+            page.split(h)
+                .nth(1)
+                .unwrap()
+                .split("\n.SH ")
+                .next()
+                .unwrap()
+        };
+        let env = section(".SH \"ENVIRONMENT\"");
+        for var in ["CAS_STORE", "XDG_CACHE_HOME", "CAS_UPSTREAM"] {
+            assert!(env.contains(var), "{what}: ENVIRONMENT lacks {var}");
+        }
+        assert!(
+            section(".SH \"FILES\"").contains("objects/ab/cdef"),
+            "{what}: FILES lacks the store layout"
+        );
+        assert!(
+            section(".SH \"EXIT STATUS\"").contains("\\fB2\\fR"),
+            "{what}: EXIT STATUS lacks the usage error"
+        );
+        let examples = section(".SH EXAMPLES");
+        assert!(
+            examples
+                .lines()
+                .any(|l| l == what || l.starts_with(&format!("{what} "))),
+            "{what}: no example of it: {examples}"
+        );
+        todo.extend(man_subpages(&page));
+        seen.push(what);
+    }
+    for must in [
+        "cas put",
+        "cas push",
+        "cas ref set",
+        "cas key ensure",
+        "cas man",
+    ] {
+        assert!(
+            seen.iter().any(|w| w == must),
+            "no page for {must}: {seen:?}"
+        );
+    }
+    assert!(seen.len() > 25, "{seen:?}");
+    let out = run(cas(&s).args(["man", "nosuch"]));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("nosuch"));
+    assert!(!s.root.exists(), "cas man created the store");
+}
+
+/// Issue 23: `push --help` and `pull --help` said `<REFS|--key <KEY>|--all> <DEST>`, the names
+/// before the store, while the command takes the store first (`cas push DEST NAME…`). Every
+/// usage line — in the help, and under a usage error — now names the store first, and the
+/// order it shows works.
+#[test]
+fn push_and_pull_usage_put_the_store_first() {
+    let s = Store::new();
+    let other = Store::new();
+    let h = s.put(b"usage order");
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+    for (cmd, store) in [("push", "<DEST>"), ("pull", "<SRC>")] {
+        let help = run_ok(cas(&s).args([cmd, "--help"]));
+        let error = text(&run(cas(&s).arg(cmd).arg(&other.root)).stderr);
+        for (what, out) in [("--help", &help), ("usage error", &error)] {
+            let usage: Vec<&str> = out
+                .split("Usage: ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{cmd} {what}: no usage: {out}"))
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            assert_eq!(usage.len(), 3, "{cmd} {what}: {usage:?}");
+            for (line, names) in usage.iter().zip(["<REF>...", "--key <KEY>...", "--all"]) {
+                let want = format!("cas {cmd} [OPTIONS] {store} {names}");
+                assert_eq!(*line, want, "{cmd} {what}");
+            }
+        }
+    }
+    // The order the usage shows is the order that works.
+    let out = run_ok(cas(&s).arg("push").arg(&other.root).arg("r"));
+    assert!(out.contains("refs set: 1"), "{out}");
+    run_ok(cas(&other).args(["ref", "rm", "r"]));
+    run_ok(cas(&other).arg("pull").arg(&s.root).arg("r"));
+    assert_eq!(run_ok(cas(&other).args(["ref", "get", "r"])).trim(), h);
 }

@@ -12,6 +12,7 @@ use cas::{Create, Durability, Expect, Hash, Options, Store};
 use clap::{Args, Parser, Subcommand};
 
 mod ensure;
+mod man;
 
 mod output;
 mod signals;
@@ -26,11 +27,11 @@ mod signals;
 #[command(
     name = "cas",
     version,
-    about,
+    about = "A content-addressed object store: put bytes, get them back by hash",
     long_about,
     after_help = "Examples:\n  cas init\n  h=$(cas put README.md) && cas get \"$h\" -o copy.md\n  cas ref set release/v1 \"$h\"\n  cas gc --max-size 10G"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: Global,
     #[command(subcommand)]
@@ -52,8 +53,10 @@ struct Global {
     /// Lock lease timeout: a lock older than this whose holder is not provably alive is broken.
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
     lock_timeout: Option<Duration>,
-    /// Machine-readable output: one JSON object, or one per line for lists (put, has, ls,
-    /// ref ls, ref log, key ls). The same fact has the same field name in every command.
+    /// Machine-readable output: one JSON object, or one per line for lists and multi-input
+    /// commands (put, has, rm, ls, show, ref ls, ref log, key ls; a failed input as
+    /// `{"input", "error"}`). The same fact has the same field name in every command; the
+    /// fields are listed in docs/json.md.
     #[arg(long, global = true, help_heading = GLOBAL)]
     json: bool,
     /// Staging files of writers on other hosts are judged dead after this long (gc, doctor).
@@ -227,6 +230,8 @@ enum Cmd {
     /// there with compare-and-swap (exit 1 naming a ref DEST moved meanwhile). Re-running
     /// after an interruption copies only what is missing.
     #[command(
+        // clap puts the required group (refs, --key or --all) before DEST; DEST is first.
+        override_usage = "cas push [OPTIONS] <DEST> <REF>...\n       cas push [OPTIONS] <DEST> --key <KEY>...\n       cas push [OPTIONS] <DEST> --all",
         after_help = "Examples:\n  cas push /shared/cas release/v1\n  cas push /shared/cas --all --json\n  cas push /shared/cas release/v1 --force"
     )]
     Push {
@@ -238,6 +243,7 @@ enum Cmd {
     /// Copy refs and keys, with every object they reach, from the store SRC into this one;
     /// then set them here with compare-and-swap (as push, the other way).
     #[command(
+        override_usage = "cas pull [OPTIONS] <SRC> <REF>...\n       cas pull [OPTIONS] <SRC> --key <KEY>...\n       cas pull [OPTIONS] <SRC> --all",
         after_help = "Examples:\n  cas pull /shared/cas release/v1\n  cas pull /shared/cas --key build:abc123"
     )]
     Pull {
@@ -246,11 +252,16 @@ enum Cmd {
         #[command(flatten)]
         what: TransferArgs,
     },
-    /// Print the manual page (roff), generated from these very definitions.
+    /// Print the manual page (roff) of cas, or of one subcommand (`cas man put`, `cas man ref
+    /// set`), generated from these very definitions.
     #[command(
-        after_help = "Examples:\n  cas man | man -l -\n  cas man > /usr/local/share/man/man1/cas.1"
+        after_help = "Examples:\n  cas man | man -l -\n  cas man put | man -l -\n  cas man > /usr/local/share/man/man1/cas.1\n  for c in put get gc; do cas man $c > cas-$c.1; done"
     )]
-    Man,
+    Man {
+        /// The subcommand (and its subcommand, for ref and key); none: the page of cas.
+        #[arg(value_name = "SUBCOMMAND")]
+        subcommand: Vec<String>,
+    },
     /// Show the store's location, filesystem, object count and size.
     #[command(after_help = "Examples:\n  cas stats\n  cas --store /srv/cache stats --json")]
     Stats,
@@ -272,8 +283,8 @@ enum Cmd {
 #[group(id = "transfer", skip)]
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["refs", "keys", "all"])))]
 struct TransferArgs {
-    /// Refs to transfer.
-    #[arg(value_parser = parse_ref_name)]
+    /// Refs to transfer (after DEST or SRC).
+    #[arg(value_name = "REF", value_parser = parse_ref_name)]
     refs: Vec<String>,
     /// Cache keys to transfer (repeatable).
     #[arg(long = "key", value_name = "KEY")]
@@ -718,7 +729,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Has { hashes } => cmd_has(&open_store(g, Existing)?, &hashes, g.json),
-        Cmd::Rm { hashes, force } => Ok(cmd_rm(&open_store(g, Existing)?, &hashes, force)),
+        Cmd::Rm { hashes, force } => cmd_rm(&open_store(g, Existing)?, &hashes, force, g.json),
         Cmd::Ls {
             long,
             prefix,
@@ -758,7 +769,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pull { src, what } => cmd_transfer(&open_store(g, Write)?, &src, false, &what, g),
         Cmd::Show { hash } => cmd_show(&open_store(g, Existing)?, &hash, g.json),
         Cmd::Completions { shell } => cmd_completions(shell),
-        Cmd::Man => cmd_man(),
+        Cmd::Man { subcommand } => man::run(&subcommand),
     }
 }
 
@@ -968,7 +979,7 @@ fn test_hook_pause((at, fired): &(u64, std::sync::atomic::AtomicBool), done: u64
     if done < *at || fired.swap(true, Ordering::SeqCst) {
         return;
     }
-    eprintln!("cas-test: restore paused");
+    output::above_bars(|| eprintln!("cas-test: restore paused"));
     signals::wait_for_signal(Duration::from_mins(1));
 }
 
@@ -1116,8 +1127,7 @@ fn cmd_ls(store: &Store, f: &LsFilter, json: bool) -> Result<ExitCode> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
                 let kind = if i.is_tree { "tree" } else { "blob" };
-                let v =
-                    serde_json::json!({ "hash": h, "size": i.len, "mtime": secs, "kind": kind });
+                let v = serde_json::json!({ "hash": h, "size": i.len, "time": secs, "kind": kind });
                 writeln!(out, "{v}")?;
             }
             Some(i) if f.long => {
@@ -1317,6 +1327,37 @@ fn put_bar(files: &[PathBuf], batch: &mut cas::Batch) -> output::Bar {
     bar
 }
 
+/// Plain files (and stdin) stored as one batch: one result per input, in order; `report`
+/// names a failure on stderr and returns its message.
+fn put_batch<'a>(
+    store: &Store,
+    files: &'a [PathBuf],
+    report: &mut impl FnMut(&Path, String) -> String,
+) -> Result<Vec<(&'a Path, Result<Hash, String>)>> {
+    let mut batch = store.batch();
+    let bar = put_bar(files, &mut batch);
+    let mut results = Vec::new();
+    for f in files {
+        let r = if f == Path::new("-") {
+            batch.put_reader(io::stdin().lock())
+        } else if f.is_dir() {
+            let e = report(
+                f,
+                "is a directory (use -r to store it as a tree)".to_owned(),
+            );
+            results.push((f.as_path(), Err(e)));
+            continue;
+        } else {
+            batch.put_path(f)
+        };
+        let r = r.map_err(|e| report(f, output::chain(&e)));
+        results.push((f.as_path(), r));
+    }
+    batch.commit()?;
+    bar.finish();
+    Ok(results)
+}
+
 fn cmd_put(
     store: &Store,
     files: &[PathBuf],
@@ -1331,6 +1372,8 @@ fn cmd_put(
             h.to_string()
         }
     };
+    // With --json a failed input has its line too, so there is one line per input.
+    let error_line = |f: &Path, e: &str| serde_json::json!({ "input": f, "error": e });
     let stdin_only = [PathBuf::from("-")];
     let files = if files.is_empty() {
         &stdin_only[..]
@@ -1361,50 +1404,44 @@ fn cmd_put(
     // input order; each bad one is named on stderr; the exit status is then 1.
     let mut last = None;
     let mut failed = 0usize;
-    let mut report = |f: &Path, e: &dyn std::fmt::Display| {
+    let mut report = |f: &Path, e: String| {
         failed += 1;
         eprintln!("cas: error: {}: {e}", f.display());
+        e
     };
     if recursive.is_some() {
         for f in files {
-            match put_one(f) {
+            // One line per input as soon as it is stored, so a pipeline sees progress.
+            let text = match put_one(f) {
                 Ok(hash) => {
-                    last = Some((f, hash));
-                    // One line per input as soon as it is stored, so a pipeline sees progress.
-                    let mut lock = stdout.lock();
-                    writeln!(lock, "{}", line(f, &hash))?;
-                    lock.flush()?;
+                    last = Some((f.as_path(), hash));
+                    line(f, &hash)
                 }
-                Err(e) => report(f, &format!("{e:#}")),
-            }
+                Err(e) => {
+                    let e = report(f, format!("{e:#}"));
+                    if !json {
+                        continue;
+                    }
+                    error_line(f, &e).to_string()
+                }
+            };
+            let mut lock = stdout.lock();
+            writeln!(lock, "{text}")?;
+            lock.flush()?;
         }
     } else {
         // Plain files: one durability barrier for all of them (docs/performance.md).
-        let mut batch = store.batch();
-        let bar = put_bar(files, &mut batch);
-        let mut hashes = Vec::new();
-        for f in files {
-            let r = if f == Path::new("-") {
-                batch.put_reader(io::stdin().lock())
-            } else if f.is_dir() {
-                report(f, &"is a directory (use -r to store it as a tree)");
-                continue;
-            } else {
-                batch.put_path(f)
-            };
+        let results = put_batch(store, files, &mut report)?;
+        let mut out = io::BufWriter::new(stdout.lock());
+        for (f, r) in &results {
             match r {
                 Ok(h) => {
-                    hashes.push((f, h));
-                    last = Some((f, h));
+                    last = Some((*f, *h));
+                    writeln!(out, "{}", line(f, h))?;
                 }
-                Err(e) => report(f, &output::chain(&e)),
+                Err(e) if json => writeln!(out, "{}", error_line(f, e))?,
+                Err(_) => {}
             }
-        }
-        batch.commit()?;
-        bar.finish();
-        let mut out = io::BufWriter::new(stdout.lock());
-        for (f, h) in &hashes {
-            writeln!(out, "{}", line(f, h))?;
         }
         out.flush()?;
     }
@@ -1466,7 +1503,13 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
             };
             let hash = hash.resolve(store)?;
             test_hook_barrier();
-            store.set_ref_msg(&name, hash, exp, &message)?;
+            let old = store.set_ref_msg(&name, hash, exp, &message)?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({ "name": name, "hash": hash, "old": old })
+                );
+            }
         }
         RefCmd::Get { name } => match store.get_ref(&name)? {
             Some(h) if json => outln!("{}", serde_json::json!({ "name": name, "hash": h })),
@@ -1475,7 +1518,13 @@ fn cmd_ref(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
         },
         RefCmd::Rm { name, expect } => {
             let exp = expect.map_or(Expect::Any, Expect::Value);
-            store.remove_ref(&name, exp)?;
+            let old = store.remove_ref(&name, exp)?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({ "name": name, "old": old, "removed": true })
+                );
+            }
         }
         RefCmd::Ls { prefix, nul } => {
             let (refs, damaged) = store.refs_report(&prefix)?;
@@ -1545,15 +1594,38 @@ fn print_reflog_entry(out: &mut impl Write, e: &cas::RefLogEntry, json: bool) ->
 }
 
 /// `cas key set`: a lost compare-and-swap is a negative answer (exit 1), not an error.
-fn key_set(store: &Store, key: &str, hash: Hash, meta: &str, expect: Expect) -> Result<ExitCode> {
+fn key_set(
+    store: &Store,
+    key: &str,
+    hash: Hash,
+    meta: &str,
+    expect: Expect,
+    json: bool,
+) -> Result<ExitCode> {
     match store.set_keyed(key.as_bytes(), hash, meta.as_bytes(), expect) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+        Ok(old) => {
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({ "key": key, "hash": hash, "old": old })
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Err(e) if e.is_conflict() => {
             eprintln!("cas: {e}");
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn key_rm(store: &Store, key: &str, json: bool) -> Result<()> {
+    store.remove_keyed(key.as_bytes())?;
+    if json {
+        outln!("{}", serde_json::json!({ "key": key, "removed": true }));
+    }
+    Ok(())
 }
 
 /// `cas key ls`: sorted by key; damaged entries are named on stderr (exit 1).
@@ -1620,7 +1692,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
             };
             let hash = hash.resolve(store)?;
             test_hook_barrier();
-            return key_set(store, &key, hash, &meta, expect);
+            return key_set(store, &key, hash, &meta, expect, json);
         }
         KeyCmd::Ensure {
             key,
@@ -1682,7 +1754,7 @@ fn cmd_key(store: &Store, c: KeyCmd, json: bool) -> Result<ExitCode> {
                 outln!("metadata: {}", String::from_utf8_lossy(&e.metadata));
             }
         }
-        KeyCmd::Rm { key } => store.remove_keyed(key.as_bytes())?,
+        KeyCmd::Rm { key } => key_rm(store, &key, json)?,
         KeyCmd::Ls { nul } => return key_ls(store, nul, json),
     }
     Ok(ExitCode::SUCCESS)
@@ -1749,26 +1821,28 @@ fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
     Ok(exit(all))
 }
 
-fn cmd_rm(store: &Store, hashes: &[Hash], force: bool) -> ExitCode {
+/// `cas rm`: with --json one line per input, in order, as `put` does: `{input, hash,
+/// removed}` or `{input, error}`.
+fn cmd_rm(store: &Store, hashes: &[Hash], force: bool, json: bool) -> Result<ExitCode> {
     let mut ok = true;
     let opts = cas::RemoveOptions::default().force(force);
-    for r in store.remove_all_with(hashes, &opts) {
-        if let Err(e) = r {
-            eprintln!("cas: error: {}", output::chain(&e));
-            ok = false;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for (h, r) in hashes.iter().zip(store.remove_all_with(hashes, &opts)) {
+        let line = match r {
+            Ok(()) => serde_json::json!({ "input": h, "hash": h, "removed": true }),
+            Err(e) => {
+                let msg = output::chain(&e);
+                eprintln!("cas: error: {msg}");
+                ok = false;
+                serde_json::json!({ "input": h, "error": msg })
+            }
+        };
+        if json {
+            writeln!(out, "{line}")?;
         }
     }
-    exit(ok)
-}
-
-fn cmd_man() -> Result<ExitCode> {
-    use clap::CommandFactory;
-    let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-    let mut out = io::stdout().lock();
-    out.write_all(&page)?;
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(exit(ok))
 }
 
 fn cmd_completions(shell: clap_complete::Shell) -> Result<ExitCode> {

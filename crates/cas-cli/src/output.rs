@@ -99,32 +99,103 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The bars drawn now, so that a signal can clear them before the process exits (a bar left
+/// on the terminal after Ctrl-C looks like work still going on).
+static ACTIVE: std::sync::Mutex<Vec<(u64, indicatif::ProgressBar)>> =
+    std::sync::Mutex::new(Vec::new());
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn active() -> std::sync::MutexGuard<'static, Vec<(u64, indicatif::ProgressBar)>> {
+    ACTIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Clears every bar from the terminal and stops drawing them: called by the signal thread
+/// just before it exits, while the interrupted command may still report progress.
+pub fn clear_bars() {
+    use std::io::Write as _;
+    let bars: Vec<_> = active().drain(..).collect();
+    if bars.is_empty() {
+        return;
+    }
+    // Hidden first: the draw target is swapped under the bar's lock, so no thread still
+    // reporting progress can draw it again after the line is erased (`finish_and_clear`
+    // would leave that window: a report after it resets and redraws the bar). Our bars are
+    // one line, drawn last on stderr: erasing that line erases them.
+    for (_, b) in &bars {
+        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut err = io::stderr().lock();
+    let _ = err.write_all(b"\r\x1b[2K");
+    let _ = err.flush();
+}
+
+/// Runs `f` (which writes a line on stderr) with the bar being drawn taken off the terminal
+/// and drawn again afterwards, so the line is not drawn across the bar.
+pub fn above_bars<R>(f: impl FnOnce() -> R) -> R {
+    let bar = active().last().map(|(_, b)| b.clone());
+    match bar {
+        Some(b) => b.suspend(f),
+        None => f(),
+    }
+}
+
+/// A rate as a whole number per second (`3501/s`, not indicatif's `3,501.1209/s`).
+/// The phase's average since it began: its bar is made at the phase's first report, which may
+/// already count thousands, so indicatif's estimate would start from an instant jump.
+fn rate(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let secs = state.elapsed().as_secs_f64();
+    if secs > 0.0 {
+        let _ = write!(w, "{:.0}/s", state.pos() as f64 / secs);
+    }
+}
+
 /// A progress bar on stderr when it is a terminal; nothing otherwise.
-pub struct Bar(Option<indicatif::ProgressBar>);
+pub struct Bar {
+    /// A byte-counting bar, drawn from its creation.
+    bytes: Option<indicatif::ProgressBar>,
+    /// Whether stderr is a terminal (a counting bar is made at the first report).
+    tty: bool,
+    id: u64,
+    /// The command's name, drawn first.
+    what: String,
+    /// A counting bar: the phase being drawn, whether its total is known, and its bar.
+    phase: std::sync::Mutex<Option<(&'static str, bool, indicatif::ProgressBar)>>,
+    /// When the phase being drawn (or, before the first report, the command) began.
+    started: std::sync::Mutex<std::time::Instant>,
+}
 
 impl Bar {
+    fn make(bytes: Option<indicatif::ProgressBar>, tty: bool, what: &str) -> Bar {
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(b) = &bytes {
+            b.set_prefix(what.to_owned());
+            active().push((id, b.clone()));
+        }
+        Bar {
+            bytes,
+            tty,
+            id,
+            what: what.to_owned(),
+            phase: std::sync::Mutex::new(None),
+            started: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// A bar counting items through the phases the library reports: the command's name,
+    /// then the phase's (unless it is the same word), a bar and `done/total` where the phase's
+    /// total is known, else a spinner and the count. Nothing is drawn before the first report.
     pub fn new(what: &str) -> Bar {
         use std::io::IsTerminal;
-        if !io::stderr().is_terminal() {
-            return Bar(None);
-        }
-        let b = indicatif::ProgressBar::new_spinner();
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} {msg:8} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_prefix(what.to_owned());
-        Bar(Some(b))
+        Bar::make(None, io::stderr().is_terminal(), what)
     }
 
     /// A bar counting bytes (with the rate), towards `total` if it is known.
     pub fn bytes(what: &str, total: Option<u64>) -> Bar {
         use std::io::IsTerminal;
         if !io::stderr().is_terminal() {
-            return Bar(None);
+            return Bar::make(None, false, what);
         }
         let b = match total {
             Some(t) => indicatif::ProgressBar::new(t),
@@ -140,31 +211,97 @@ impl Bar {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        b.set_prefix(what.to_owned());
-        Bar(Some(b))
+        Bar::make(Some(b), true, what)
     }
 
-    /// The underlying bar, to move from another thread or a callback (`None`: not a terminal).
+    /// The underlying byte-counting bar, to move from another thread or a callback (`None`:
+    /// not a terminal).
     pub fn handle(&self) -> Option<indicatif::ProgressBar> {
-        self.0.clone()
+        self.bytes.clone()
     }
 
-    /// Updates from a library progress report; never interrupts.
+    /// Updates a counting bar from a library progress report; never interrupts. A new phase
+    /// gets a new bar, made whole (label, total or none, count) before it is first drawn:
+    /// gc's sweep does not know how many objects there are, so it counts them as it goes
+    /// instead of inheriting the mark's total.
     pub fn update(&self, p: cas::Progress) -> bool {
-        if let Some(b) = &self.0 {
-            b.set_message(p.phase);
-            if let Some(t) = p.total {
-                b.set_length(t);
-            }
-            b.set_position(p.done);
+        if !self.tty {
+            return true;
         }
+        let mut phase = self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = p.total.is_some();
+        let b = match &*phase {
+            Some((name, k, b)) if *name == p.phase && *k == known => b.clone(),
+            old => {
+                if let Some((_, _, b)) = old {
+                    b.finish_and_clear();
+                }
+                let b = self.phase_bar(p);
+                let mut bars = active();
+                bars.retain(|(id, _)| *id != self.id);
+                bars.push((self.id, b.clone()));
+                *phase = Some((p.phase, known, b.clone()));
+                b
+            }
+        };
+        if let Some(t) = p.total {
+            b.set_length(t);
+        }
+        b.set_position(p.done);
         true
     }
 
+    /// A bar for the phase of `p`, configured while hidden, then shown.
+    fn phase_bar(&self, p: cas::Progress) -> indicatif::ProgressBar {
+        let label = if p.phase == self.what {
+            String::new()
+        } else {
+            format!(" {}", p.phase)
+        };
+        let what = &self.what;
+        let template = if p.total.is_some() {
+            format!("{what}{label} [{{bar:30}}] {{human_pos}}/{{human_len}} {{rate}} eta {{eta}}")
+        } else {
+            format!("{what}{label} {{spinner}} {{human_pos}} {{rate}}")
+        };
+        let since = std::mem::replace(
+            &mut *self
+                .started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            std::time::Instant::now(),
+        );
+        let b = indicatif::ProgressBar::with_draw_target(
+            p.total,
+            indicatif::ProgressDrawTarget::hidden(),
+        )
+        .with_elapsed(since.elapsed());
+        b.set_style(
+            indicatif::ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .with_key("rate", rate)
+                .progress_chars("=> "),
+        );
+        b.set_position(p.done);
+        b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        b
+    }
+
     pub fn finish(&self) {
-        if let Some(b) = &self.0 {
+        if let Some(b) = &self.bytes {
             b.finish_and_clear();
         }
+        if let Some((_, _, b)) = &*self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            b.finish_and_clear();
+        }
+        active().retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -190,7 +327,7 @@ impl BytesBar {
     /// Takes a library report; never interrupts (signals do that).
     pub fn update(&self, p: cas::Progress) -> bool {
         let bar = self.bar.get_or_init(|| Bar::bytes(self.what, p.total));
-        let Some(b) = &bar.0 else {
+        let Some(b) = &bar.bytes else {
             return true;
         };
         let mut phase = self

@@ -42,6 +42,9 @@ pub fn install() -> std::io::Result<()> {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 cas::abandon_temporaries();
+                // After the work in flight is stopped (above), before the slower clean-up:
+                // erased earlier, the bar left a window in which a restore could finish.
+                crate::output::clear_bars();
                 for store in stores.iter() {
                     store.abandon_own_staging();
                 }
