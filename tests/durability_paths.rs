@@ -244,14 +244,20 @@ fn a_full_put_r_of_a_tree_first_put_at_file_makes_its_names_durable() {
         std::fs::write(tree.join(name), bytes).unwrap();
     }
     let t = run_ok(cas_at(&store).args(["put", "-r"]).arg(&tree));
-    let again = run_ok(cas_at(&store).args(["--durability", "full", "put", "-r"]).arg(&tree));
+    let again = run_ok(
+        cas_at(&store)
+            .args(["--durability", "full", "put", "-r"])
+            .arg(&tree),
+    );
     assert_eq!(t, again);
     fs.power_loss();
     fs.unmount();
     let store = fs.backing.join("store");
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("restored");
-    let r = run(cas_at(&store).args(["get", "-r", t.trim(), "-o"]).arg(&dest));
+    let r = run(cas_at(&store)
+        .args(["get", "-r", t.trim(), "-o"])
+        .arg(&dest));
     assert!(
         r.status.success(),
         "a tree put again at full lost names at the power loss: {}",
