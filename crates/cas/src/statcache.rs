@@ -384,34 +384,24 @@ impl StatCache {
     }
 
     pub(crate) fn object_present(&self, store: &Store, hash: &Hash, len: u64) -> bool {
+        // The full check (and refresh), with the object's data brought up to the store's
+        // level; its directory is synced by the batch at `full` (docs/format.md §3, "Re-puts").
+        let full_check = || {
+            let data = store.durability().min(crate::Durability::File);
+            self.found_present(hash, store.refresh_if_holds(hash, Some(len), true, data))
+        };
         let b = usize::from(hash.as_bytes()[0]);
         let mut buf = [0u8; crate::hash::HEX_LEN];
         let hex = hash.to_hex_buf(&mut buf);
         let Some(slot) = self.fanouts.get(b) else {
-            return self.found_present(
-                hash,
-                store.refresh_if_holds(
-                    hash,
-                    Some(len),
-                    true,
-                    store.durability().min(crate::Durability::File),
-                ),
-            );
+            return full_check();
         };
         let opened = slot.get_or_init(|| {
             let dir = store.path(layout::OBJECTS).join(&hex[..2]);
             store.inner.root_dir.open_dir(&dir).ok()
         });
         let Some(dir) = opened.as_ref() else {
-            return self.found_present(
-                hash,
-                store.refresh_if_holds(
-                    hash,
-                    Some(len),
-                    true,
-                    store.durability().min(crate::Durability::File),
-                ),
-            );
+            return full_check();
         };
         let name = OsStr::new(&hex[2..]);
         match fs::lstat_at(dir.as_fd(), name) {
@@ -430,15 +420,7 @@ impl StatCache {
             // Older, someone else's, or not statable: the full check, then the refresh.
             Ok(_) | Err(_) => {}
         }
-        self.found_present(
-            hash,
-            store.refresh_if_holds(
-                hash,
-                Some(len),
-                true,
-                store.durability().min(crate::Durability::File),
-            ),
-        )
+        full_check()
     }
 
     /// Writes the cache back if this run changed it (staged, renamed over the old one; a hint,
