@@ -712,7 +712,8 @@ const JSON_FIELDS: &[(&str, &[&str])] = &[
     ("has", &["hash", "present"]),
     ("rm", &["input", "hash", "removed"]),
     ("rm (failed input)", &["input", "error"]),
-    ("ls", &["hash", "size", "time", "kind"]),
+    ("ls", &["hash", "size", "time"]),
+    ("ls -l", &["hash", "size", "time", "kind"]),
     ("show (blob)", &["hash", "kind", "size"]),
     (
         "show (tree file)",
@@ -979,6 +980,12 @@ fn json_fields_match_docs_json_md() {
     check(v(&["has", &ha]), 0, &["has"]);
     let ls = check(v(&["ls", "--prefix", &ha[..8]]), 0, &["ls"]);
     assert!(ls[0]["time"].as_u64().unwrap() > 1_700_000_000, "{}", ls[0]);
+    // Issue 26: the kind costs a read of every object, so only `-l` asks for it.
+    let ll = check(v(&["ls", "-l", "--prefix", &ha[..8]]), 0, &["ls -l"]);
+    assert_eq!(
+        (&ll[0]["kind"], &ll[0]["size"]),
+        (&"blob".into(), &ls[0]["size"])
+    );
     check(v(&["show", &ha]), 0, &["show (blob)"]);
     check(
         v(&["show", &tree]),

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context, Result};
 use cas::{Create, Durability, Expect, Hash, Options, Store};
@@ -193,7 +193,8 @@ enum Cmd {
     /// List the hashes of all objects, sorted.
     #[command(after_help = "Examples:\n  cas ls\n  cas ls -l --prefix ab\n  cas ls --json")]
     Ls {
-        /// Also print each object's size, last use (mtime) and kind (blob or tree).
+        /// Also print each object's size, last use (mtime) and kind (blob or tree): the kind
+        /// costs a read of each object's first bytes. With --json, adds `kind`.
         #[arg(short, long)]
         long: bool,
         /// Only hashes starting with these hex digits.
@@ -1080,65 +1081,81 @@ struct LsFilter {
     newer_than: Option<Duration>,
 }
 
+/// An object `ls` lists, with its size and last use when they are wanted.
+type LsItem = cas::Result<(Hash, Option<(u64, SystemTime)>)>;
+
 fn cmd_ls(store: &Store, f: &LsFilter, json: bool) -> Result<ExitCode> {
-    // Sorted, so that listings compare and diff; a hash is 32 bytes, so even millions of
-    // objects sort in memory.
-    let mut hashes = Vec::new();
+    // In hash order (listings compare and diff), streamed one fan-out directory at a time by
+    // the library. Size and time come from one `fstatat` each; only `-l` opens an object,
+    // to read whether it is a tree.
+    let now = std::time::SystemTime::now();
+    let by_age = f.older_than.is_some() || f.newer_than.is_some();
     let mut ok = true;
-    for h in store.iter() {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let listed: Box<dyn Iterator<Item = LsItem>> = if json || by_age || f.long {
+        Box::new(
+            store
+                .iter_ordered_meta()
+                .map(|m| m.map(|m| (m.hash, Some((m.len, m.mtime))))),
+        )
+    } else {
+        Box::new(store.iter_ordered().map(|h| h.map(|h| (h, None))))
+    };
+    for item in listed {
         // A fan-out name that is not a directory is reported; the listing goes on.
-        match h {
-            Ok(h) if h.to_hex().starts_with(&f.prefix) => hashes.push(h),
-            Ok(_) => {}
+        let (h, meta) = match item {
+            Ok(x) => x,
             Err(e) => {
                 eprintln!("cas: error: {}", output::chain(&e));
                 ok = false;
+                continue;
+            }
+        };
+        let mut buf = [0u8; cas::HEX_LEN];
+        if !h.to_hex_buf(&mut buf).starts_with(&f.prefix) {
+            continue;
+        }
+        if let Some((_, mtime)) = meta {
+            let age = now.duration_since(mtime).unwrap_or_default();
+            if f.older_than.is_some_and(|d| age < d) || f.newer_than.is_some_and(|d| age > d) {
+                continue;
             }
         }
-    }
-    hashes.sort_unstable_by_key(Hash::to_hex);
-    let now = std::time::SystemTime::now();
-    let by_age = f.older_than.is_some() || f.newer_than.is_some();
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    for h in hashes {
-        let info = if f.long || json || by_age {
-            match store.object_info(&h) {
-                Ok(i) => Some(i),
+        let (len, mtime, kind) = match meta {
+            None => {
+                writeln!(out, "{h}")?;
+                continue;
+            }
+            Some((len, mtime)) if !f.long => (len, mtime, None),
+            Some(_) => match store.object_info(&h) {
+                Ok(i) => (
+                    i.len,
+                    i.mtime,
+                    Some(if i.is_tree { "tree" } else { "blob" }),
+                ),
                 Err(e) if e.is_not_found() => continue, // removed meanwhile
                 Err(e) => {
                     eprintln!("cas: error: {}", output::chain(&e));
                     ok = false;
                     continue;
                 }
-            }
-        } else {
-            None
+            },
         };
-        if let Some(i) = &info {
-            let age = now.duration_since(i.mtime).unwrap_or_default();
-            if f.older_than.is_some_and(|d| age < d) || f.newer_than.is_some_and(|d| age > d) {
-                continue;
-            }
-        }
-        match info {
-            Some(i) if json => {
-                let secs = i
-                    .mtime
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let kind = if i.is_tree { "tree" } else { "blob" };
-                let v = serde_json::json!({ "hash": h, "size": i.len, "time": secs, "kind": kind });
-                writeln!(out, "{v}")?;
-            }
-            Some(i) if f.long => {
-                let secs = i
-                    .mtime
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let kind = if i.is_tree { "tree" } else { "blob" };
-                writeln!(out, "{h} {:>12} {} {kind}", i.len, output::human_time(secs))?;
-            }
-            _ => writeln!(out, "{h}")?,
+        let secs = mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if json {
+            let v = match kind {
+                Some(kind) => {
+                    serde_json::json!({ "hash": h, "size": len, "time": secs, "kind": kind })
+                }
+                None => serde_json::json!({ "hash": h, "size": len, "time": secs }),
+            };
+            writeln!(out, "{v}")?;
+        } else if let Some(kind) = kind {
+            writeln!(out, "{h} {len:>12} {} {kind}", output::human_time(secs))?;
+        } else {
+            writeln!(out, "{h}")?;
         }
     }
     out.flush()?;

@@ -18,7 +18,7 @@ use crate::Barrier;
 mod root;
 mod src_dir;
 pub(crate) use root::{
-    create_excl_at, is_hostile, publish_noreplace_at, touch_at, unlink_own, Kind, Root,
+    create_excl_at, is_hostile, list_dir_at, publish_noreplace_at, touch_at, unlink_own, Kind, Root,
 };
 pub(crate) use src_dir::{list_src_dir, lstat_src_at, open_src_dir, readlink_src_at, SrcStat};
 

@@ -569,29 +569,33 @@ impl Root {
     /// reports them (an `lstat` fills in where the filesystem does not say).
     pub(crate) fn read_dir(&self, path: &Path) -> io::Result<Vec<(OsString, Kind)>> {
         let fd = self.open_dir(path)?;
-        let mut out = Vec::new();
-        let mut dir = rustix::fs::Dir::read_from(&fd)?;
-        while let Some(ent) = dir.read() {
-            let ent = ent?;
-            let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let name = OsStr::from_bytes(name);
-            let kind = match ent.file_type() {
-                FileType::Unknown => {
-                    match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st) => Kind::of(FileType::from_raw_mode(st.st_mode)),
-                        Err(Errno::NOENT) => continue,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                t => Kind::of(t),
-            };
-            out.push((name.to_owned(), kind));
-        }
-        Ok(out)
+        list_dir_at(fd.as_fd())
     }
+}
+
+/// The entries of the open directory `fd` (without `.` and `..`), each with its kind; an
+/// entry whose type the filesystem does not report is `lstat`ed relative to `fd`.
+pub(crate) fn list_dir_at(fd: BorrowedFd<'_>) -> io::Result<Vec<(OsString, Kind)>> {
+    let mut out = Vec::new();
+    let mut dir = rustix::fs::Dir::read_from(fd)?;
+    while let Some(ent) = dir.read() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = OsStr::from_bytes(name);
+        let kind = match ent.file_type() {
+            FileType::Unknown => match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => Kind::of(FileType::from_raw_mode(st.st_mode)),
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            },
+            t => Kind::of(t),
+        };
+        out.push((name.to_owned(), kind));
+    }
+    Ok(out)
 }
 
 /// `O_CREAT | O_EXCL | O_NOFOLLOW` of `name` in `dir`, read-write.
