@@ -510,17 +510,12 @@ impl Store {
     /// I/O errors naming the directory or file that could not be read.
     pub fn stats(&self) -> Result<Stats> {
         let mut s = Stats::default();
-        for h in self.iter() {
-            let h = h?;
-            let p = self.object_path(&h);
-            match self.inner.root_dir.lstat(&p) {
-                Ok(m) => {
-                    s.objects += 1;
-                    s.bytes += m.len;
-                }
-                Err(e) if fs::is_not_found(&e) => {} // removed meanwhile
-                Err(e) => return Err(Error::io("stat", &p, e)),
-            }
+        // One `fstatat` per object relative to its fan-out directory, one directory listed
+        // at a time.
+        for m in self.iter_ordered_meta() {
+            let m = m?;
+            s.objects += 1;
+            s.bytes += m.len;
         }
         Ok(s)
     }

@@ -95,23 +95,16 @@ impl Store {
             unreadable: Vec::new(),
         };
         for (dir, name) in AREAS {
-            let mut a = Area {
+            // Streamed: one directory listing in memory at a time, one `fstatat` per file
+            // relative to its directory's descriptor.
+            let du = root.du(&self.path(dir));
+            let a = Area {
                 name,
-                files: 0,
-                bytes: 0,
+                files: du.files,
+                bytes: du.bytes,
             };
-            let walk = root.walk_tree(&self.path(dir));
-            for (p, kind) in walk.entries {
-                if kind != Kind::File {
-                    continue;
-                }
-                if let Ok(m) = root.lstat(&p) {
-                    a.files += 1;
-                    a.bytes += m.len;
-                }
-            }
             u.unreadable
-                .extend(walk.errors.into_iter().map(|(p, e)| (p, e.to_string())));
+                .extend(du.errors.into_iter().map(|(p, e)| (p, e.to_string())));
             u.areas.push(a);
         }
         let mut top = Area {
@@ -146,6 +139,35 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::{Options, Store};
+
+    /// Issue 26: usage collected every path, sorted them and `lstat`ed each by full path; the
+    /// streamed walk (one `fstatat` per file relative to its directory) counts the same:
+    /// regular files at any depth, never a symlink or a directory.
+    #[test]
+    fn streamed_usage_counts_regular_files_at_any_depth() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path(), Options::default()).unwrap();
+        let mut bytes = 0;
+        for i in 0..300u32 {
+            let b = i.to_string().repeat(3);
+            bytes += b.len() as u64;
+            store.put_bytes(b.as_bytes()).unwrap();
+        }
+        let deep = d.path().join("trash/run/ab/cd");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("x"), b"12345").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", deep.join("link")).unwrap();
+        let u = store.usage().unwrap();
+        let s = store.stats().unwrap();
+        assert_eq!(
+            u.area("objects").map(|a| (a.files, a.bytes)),
+            Some((300, bytes))
+        );
+        assert_eq!((s.objects, s.bytes), (300, bytes));
+        assert_eq!(u.area("trash").map(|a| (a.files, a.bytes)), Some((1, 5)));
+        assert_eq!(u.counted_bytes, bytes + 5);
+        assert!(u.unreadable.is_empty(), "{:?}", u.unreadable);
+    }
 
     #[test]
     fn prefixes_resolve_uniquely_or_say_why_not() {

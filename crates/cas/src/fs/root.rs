@@ -571,6 +571,50 @@ impl Root {
         let fd = self.open_dir(path)?;
         list_dir_at(fd.as_fd())
     }
+
+    /// Counts the regular files below `dir` and their bytes, recursively, never following a
+    /// symlink: one directory listing in memory at a time and one `fstatat` per file relative
+    /// to its directory's descriptor (no path resolution per file). A missing `dir` counts
+    /// nothing; a directory that vanishes during the walk is skipped; one that cannot be
+    /// listed is in `errors`.
+    pub(crate) fn du(&self, dir: &Path) -> Du {
+        let mut du = Du::default();
+        // Pending directories only: their number, not the number of files, bounds it.
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            let listed = self
+                .open_dir(&d)
+                .and_then(|fd| Ok((list_dir_at(fd.as_fd())?, fd)));
+            match listed {
+                Ok((ents, fd)) => {
+                    for (name, kind) in ents {
+                        match kind {
+                            Kind::Dir => stack.push(d.join(name)),
+                            Kind::File => {
+                                if let Ok(m) = lstat_name_at(fd.as_fd(), &name) {
+                                    du.files += 1;
+                                    du.bytes += m.len;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => du.errors.push((d, e)),
+            }
+        }
+        du
+    }
+}
+
+/// What [`Root::du`] counted below a directory.
+#[derive(Debug, Default)]
+pub(crate) struct Du {
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    /// Directories that could not be listed, with why.
+    pub(crate) errors: Vec<(PathBuf, io::Error)>,
 }
 
 /// The entries of the open directory `fd` (without `.` and `..`), each with its kind; an
