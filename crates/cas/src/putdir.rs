@@ -29,7 +29,7 @@ use crate::fs::{self, Kind};
 use crate::hash::Hash;
 use crate::progress::ProgressHook;
 use crate::statcache::{StatCache, StatKey};
-use crate::tree::{EntryKind, Tree, TreeEntry, Trees};
+use crate::tree::{EntryKind, Tree, TreeEntry, Trees, MAX_DEPTH};
 use crate::Store;
 
 /// Stores the directory `root` (a symlink to a directory is followed at the root only);
@@ -76,7 +76,7 @@ pub(crate) fn put_dir(
         for _ in 0..scan_threads() {
             s.spawn(|| scan.worker(store, shared));
         }
-        let r = walk.dir(&scan, 0, root);
+        let r = walk.dir(&scan, 0, root, 0);
         scan.stop();
         r
     });
@@ -355,9 +355,19 @@ fn scan_dir(
 }
 
 impl Walk<'_> {
-    /// Stores the directory `id` (at `path`) once it is scanned and, first, everything below
-    /// it.
-    fn dir(&mut self, scan: &Scan, id: usize, path: &Path) -> Result<Hash> {
+    /// Stores the directory `id` (at `path`, `depth` directories below the root) once it is
+    /// scanned and, first, everything below it.
+    ///
+    /// The depth is checked here, before the scan's result is taken: the scan runs ahead, and
+    /// a chain deeper than the limit used to fail on the scan's path growing past `PATH_MAX`
+    /// ("File name too long") instead of with the depth message (issue 26).
+    fn dir(&mut self, scan: &Scan, id: usize, path: &Path, depth: usize) -> Result<Hash> {
+        if depth > MAX_DEPTH {
+            return Err(Error::Tree {
+                path: path.to_owned(),
+                reason: format!("nesting deeper than {MAX_DEPTH} directories"),
+            });
+        }
         let entries = scan.take(id, path)?;
         let mut children = Vec::with_capacity(entries.len());
         for (name, item) in entries {
@@ -371,7 +381,7 @@ impl Walk<'_> {
                     target: t.into_vec(),
                 },
                 Item::Dir(sub) => EntryKind::Dir {
-                    hash: self.dir(scan, sub, &path.join(&name))?,
+                    hash: self.dir(scan, sub, &path.join(&name), depth + 1)?,
                 },
             };
             children.push(TreeEntry {
@@ -465,6 +475,35 @@ mod tests {
 
     /// A directory scanned by several threads (and many directories shared among them)
     /// stores exactly what is there: restored, every file, link and directory is back.
+    /// Issue 26: a 5 000-level chain failed with "File name too long (os error 36)": the
+    /// scan, running ahead, reached `PATH_MAX` before the walk reached the depth limit. The
+    /// limit's message is the error whatever the depth.
+    #[test]
+    fn a_chain_past_path_max_fails_with_the_depth_message() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path().join("s"), Options::default()).unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        // 2 500 levels of "d/" is a path longer than PATH_MAX (4096): made by descriptors.
+        let mut fd = fs::open_dir_nofollow(&src).unwrap();
+        for _ in 0..2500 {
+            fd = fs::mkdir_open_at(fd.as_fd(), std::ffi::OsStr::new("d")).unwrap();
+        }
+        // The walk recurses once per level: 1 024 unoptimised frames need more than a test
+        // thread's 2 MiB (the binary's main thread has 8 MiB).
+        let e = std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || store.put_dir(&src).unwrap_err().to_string())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            e.contains(&format!("nesting deeper than {MAX_DEPTH} directories")),
+            "{e}"
+        );
+        assert!(!e.contains("too long"), "{e}");
+    }
+
     #[test]
     fn a_large_directory_scanned_in_parallel_round_trips() {
         let d = tempfile::tempdir().unwrap();
