@@ -317,6 +317,21 @@ impl Store {
     }
 }
 
+/// The compute-once handle of the `ensure_*` methods: the key, its metadata, and the caller's
+/// timeout if it gave one.
+fn compute_once<'a>(
+    s: &'a cas::Store,
+    key: &'a [u8],
+    metadata: &'a [u8],
+    timeout: Option<std::time::Duration>,
+) -> cas::ComputeOnce<'a> {
+    let once = s.compute_once(key).metadata(metadata);
+    match timeout {
+        Some(t) => once.timeout(t),
+        None => once,
+    }
+}
+
 /// Calls a producer with the GIL held; its exception becomes the library's producer error.
 fn call_producer(produce: &Py<PyAny>, arg: Option<&Path>) -> Result<Py<PyAny>, cas::ProducerError> {
     Python::with_gil(|py| {
@@ -451,10 +466,7 @@ impl Store {
         let timeout = timeout.map(|t| duration("timeout", t)).transpose()?;
         let metadata = metadata.unwrap_or_default();
         let obj = self.run(py, |s| {
-            let mut once = s.compute_once(&key).metadata(&metadata);
-            if let Some(t) = timeout {
-                once = once.timeout(t);
-            }
+            let once = compute_once(s, &key, &metadata, timeout);
             once.bytes(|| {
                 let r = call_producer(&produce, None)?;
                 Python::with_gil(|py| {
@@ -481,10 +493,7 @@ impl Store {
         let timeout = timeout.map(|t| duration("timeout", t)).transpose()?;
         let metadata = metadata.unwrap_or_default();
         self.run(py, |s| {
-            let mut once = s.compute_once(&key).metadata(&metadata);
-            if let Some(t) = timeout {
-                once = once.timeout(t);
-            }
+            let once = compute_once(s, &key, &metadata, timeout);
             let r = once.resolve_output(|_w, out| call_producer(&produce, Some(out)).map(drop))?;
             s.get_to_path(&r.hash, &dest)
         })?;
@@ -505,10 +514,7 @@ impl Store {
         let timeout = timeout.map(|t| duration("timeout", t)).transpose()?;
         let metadata = metadata.unwrap_or_default();
         self.run(py, |s| {
-            let mut once = s.compute_once(&key).metadata(&metadata);
-            if let Some(t) = timeout {
-                once = once.timeout(t);
-            }
+            let once = compute_once(s, &key, &metadata, timeout);
             let tree = once.dir(|out| call_producer(&produce, Some(out)).map(drop))?;
             s.checkout(&tree, &dest)
         })?;

@@ -136,6 +136,11 @@ pub(crate) fn entry_paths(root: &Path, key_hash: &Hash) -> (PathBuf, PathBuf) {
     (p, lock.into())
 }
 
+/// True if `name` is a fan-out directory's name under `objects/`: two lowercase hex digits.
+pub(crate) fn is_fanout_name(name: &[u8]) -> bool {
+    name.len() == 2 && name.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The prefix of this process's staging files: `HOST.PID.`.
 pub(crate) fn staging_prefix(host: &str, pid: u32) -> String {
     format!("{host}.{pid}.")

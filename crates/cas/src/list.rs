@@ -56,10 +56,7 @@ impl Fanouts {
             };
             let mut names: Vec<_> = listed
                 .into_iter()
-                .filter(|(n, _)| {
-                    let b = fs::name_bytes(n);
-                    b.len() == 2 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-                })
+                .filter(|(n, _)| layout::is_fanout_name(fs::name_bytes(n)))
                 .collect();
             names.sort_unstable_by(|a, b| b.0.cmp(&a.0));
             self.names = Some(names);
@@ -68,14 +65,7 @@ impl Fanouts {
             let (name, kind) = self.names.as_mut()?.pop()?;
             let dpath = objects.join(&name);
             if kind != fs::Kind::Dir {
-                return Some(Err(Error::io(
-                    "list",
-                    dpath,
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("is {}, not a directory", kind.describe()),
-                    ),
-                )));
+                return Some(Err(not_a_fanout_dir(dpath, kind)));
             }
             let listed = root
                 .open_dir(&dpath)
@@ -96,6 +86,18 @@ impl Fanouts {
             }
         }
     }
+}
+
+/// The error for a name under `objects/` that should be a fan-out directory and is not.
+pub(crate) fn not_a_fanout_dir(path: std::path::PathBuf, kind: fs::Kind) -> Error {
+    Error::io(
+        "list",
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("is {}, not a directory", kind.describe()),
+        ),
+    )
 }
 
 /// The hashes of a store's objects in hash order (see [`Store::iter_ordered`]).

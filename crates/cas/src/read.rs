@@ -739,19 +739,12 @@ impl Iterator for ObjectIter {
             }
             let (name, kind) = self.outer.as_mut()?.next()?;
             let nb = fs::name_bytes(&name);
-            if nb.len() != 2 || !nb.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            if !layout::is_fanout_name(nb) {
                 continue;
             }
             let dpath = objects.join(&name);
             if kind != fs::Kind::Dir {
-                return Some(Err(Error::io(
-                    "list",
-                    dpath,
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("is {}, not a directory", kind.describe()),
-                    ),
-                )));
+                return Some(Err(crate::list::not_a_fanout_dir(dpath, kind)));
             }
             match root.read_dir(&dpath) {
                 Ok(v) => {
