@@ -423,7 +423,7 @@ fn gc_beside_writers_never_leaves_a_dangling_ref() {
                             break h;
                         }
                         // gc may collect an object between its put and the ref set (grace 0
-                        // gives no protection; docs/format.md §GC): the set must then fail
+                        // gives no protection; docs/format.md, "GC"): the set must then fail
                         // cleanly, naming the missing object, and the writer puts it again.
                         let err = assert_clean_failure(&out, "ref set beside gc");
                         assert!(err.contains(&h) && err.contains("not found"), "{err}");

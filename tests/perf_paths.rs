@@ -216,7 +216,8 @@ fn a_corrupt_file_fails_the_whole_parallel_restore() {
 // ---------------------------------------------------------------------------------------------
 // The stat cache
 
-/// The cache file `cas` uses for this user on this host (docs/format.md §10).
+/// The cache file `cas` uses for this user on this host (docs/format.md, "The stat cache of
+/// `put -r`").
 fn cache_file(s: &Store) -> PathBuf {
     let uts = rustix::system::uname();
     let host: String = uts

@@ -1,4 +1,4 @@
-//! Copying a large object out of the store, verified, in bounded memory (issue 14).
+//! Copying a large object out of the store, verified, in bounded memory.
 //!
 //! Two destinations, two methods:
 //!
@@ -14,8 +14,8 @@
 //!   a second thread hashes *the object* from a mapping, side by side from the first byte (no
 //!   step waits for the copy to be read back, and the copy's pages are never mapped). The
 //!   object is one only its owner could change, as when a verified mapping is written to a
-//!   pipe; the restore's directory becomes visible only once every file verified. A tree of
-//!   8 × 32 MiB restored in 0.10 s instead of 0.12 s (`cp -a`: 0.10 s; docs/decisions.md).
+//!   pipe; the restore's directory becomes visible only once every file verified (figures:
+//!   docs/performance.md, "Restoring a tree (`get -r`)").
 //! - **A writer** (stdout, a pipe, a device): nothing may be written before the whole object
 //!   is verified, so the object is hashed first on all cores, a window at a time (mapped where
 //!   `Store::may_map` allows, else read into one reused buffer), then written a window at a

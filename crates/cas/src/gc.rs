@@ -1,4 +1,4 @@
-//! Garbage collection and size-budget eviction (docs/format.md §GC).
+//! Garbage collection and size-budget eviction (docs/format.md, "GC").
 //!
 //! Roots are refs, cache entries, and the pins in ref/entry lock files (values being written);
 //! everything reachable from a root through tree objects is kept. One gc at a time
@@ -190,7 +190,7 @@ pub(crate) struct StaleStaging {
 }
 
 impl Store {
-    /// Collects garbage: see the module docs and docs/format.md §GC.
+    /// Collects garbage: see the module docs and docs/format.md, "GC".
     ///
     /// ```
     /// # fn main() -> cas::Result<()> {
@@ -724,8 +724,8 @@ impl Store {
 
     /// The staging files gc may remove, and what in `tmp/` is not what it should be.
     ///
-    /// This is the one place that decides (docs/format.md §7.6): only regular files (never
-    /// followed, never a directory) whose name parses as a staging name `HOST.PID.RANDOM`,
+    /// This is the one place that decides (docs/format.md, "GC", step 6): only regular files
+    /// (never followed, never a directory) whose name parses as a staging name `HOST.PID.RANDOM`,
     /// whose writer is provably dead (this host, pid gone) or that are older than the stale
     /// age — and in a shared store, an old file only if it is this user's own: another user's
     /// writer on another host may still be alive, however slow.
@@ -1018,8 +1018,8 @@ mod tests {
         r
     }
 
-    /// Issue 18, finding 2: a ref, a cache entry or a pushed name set between a gc's mark
-    /// and its purge brought back only the root; the purge deleted the children.
+    /// A ref, a cache entry or a pushed name set between a gc's mark and its purge used to
+    /// bring back only the root, and the purge deleted the children.
     #[test]
     fn a_name_set_after_the_mark_brings_its_whole_closure_back_before_the_purge() {
         for how in ["ref", "key", "push"] {
@@ -1080,7 +1080,7 @@ mod tests {
         assert!(s.entry(b"k").is_err());
     }
 
-    /// Issue 18, finding 2 (eviction): an entry rewritten after the mark is not removed.
+    /// Eviction: an entry rewritten after the mark is not removed.
     #[test]
     fn eviction_leaves_an_entry_rewritten_after_the_mark() {
         let d = tempfile::tempdir().unwrap();

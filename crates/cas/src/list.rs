@@ -224,7 +224,7 @@ impl Store {
 mod tests {
     use crate::{Options, Store};
 
-    /// Issue 26: `ls` sorted every hash of the store at once by its hex string; the ordered
+    /// `ls` used to sort every hash of the store at once by its hex string; the ordered
     /// walk gives the same order, fan-out by fan-out, and the sizes `lstat` gives.
     #[test]
     fn ordered_walk_is_hash_order_with_sizes() {

@@ -1,5 +1,4 @@
-//! Storing a directory as trees (`put -r`, `Store::put_dir*`), in two steps that overlap
-//! (issue 14):
+//! Storing a directory as trees (`put -r`, `Store::put_dir*`), in two steps that overlap:
 //!
 //! 1. **Scan**, on a few threads (as git preloads its index): every directory is listed
 //!    through its descriptor and its entries are `fstatat`-ed relative to it (one name lookup
@@ -475,7 +474,7 @@ mod tests {
 
     /// A directory scanned by several threads (and many directories shared among them)
     /// stores exactly what is there: restored, every file, link and directory is back.
-    /// Issue 26: a 5 000-level chain failed with "File name too long (os error 36)": the
+    /// A 5 000-level chain used to fail with "File name too long (os error 36)": the
     /// scan, running ahead, reached `PATH_MAX` before the walk reached the depth limit. The
     /// limit's message is the error whatever the depth.
     #[test]

@@ -1,4 +1,4 @@
-//! Restoring a tree's contents in parallel (issue 14): one thread walks the tree, creating
+//! Restoring a tree's contents in parallel: one thread walks the tree, creating
 //! directories and symlinks relative to the descriptors of directories it created, and hands
 //! the files to a small pool (2–4 threads) that creates and fills them concurrently.
 //!

@@ -1,6 +1,6 @@
-//! The one write path (docs/format.md §Write path): every object, ref, cache entry, lock and
-//! store file is first written to a private staging file in `tmp/`, made durable by one
-//! barrier, and only then published under its final name.
+//! The one write path (docs/format.md, "The write path (put)"): every object, ref, cache
+//! entry, lock and store file is first written to a private staging file in `tmp/`, made
+//! durable by one barrier, and only then published under its final name.
 //!
 //! - [`Staging`] is a staging file, reached through the descriptor of `tmp/` (never by a path
 //!   that a symlink could redirect) and removed when dropped unless it was published.
@@ -292,7 +292,7 @@ impl Store {
         // names it (crate::upstream).
         self.write_through(&staged)?;
         // Published without a data sync: marked, so that a later put at a stronger level
-        // knows to sync it (docs/format.md §3, "Re-puts").
+        // knows to sync it (docs/format.md, "Re-puts").
         let mode = match durability {
             Durability::None => self.object_mode() | fs::UNSYNCED,
             _ => self.object_mode(),
@@ -313,7 +313,7 @@ impl Store {
                 self.publish_object(s.staging, &s.hash, s.len, &dst, durability)?;
             new_fanout |= made_dir;
             if published == Published::Existed && durability == Durability::Full {
-                // Found, not made: its name may date from a weaker put (docs/format.md §3,
+                // Found, not made: its name may date from a weaker put (docs/format.md,
                 // "Re-puts"); each directory is synced once below.
                 dirs.insert(dst.parent().unwrap_or(&dst).to_owned());
             }
@@ -422,7 +422,7 @@ impl Store {
     ///
     /// EEXIST means the object is there only if the name holds it ([`Store::name_holds`]):
     /// anything else at the name — garbage, a symlink, a FIFO, a file of the wrong size — is
-    /// moved to `quarantine/` and ours is published in its place (docs/format.md §3,
+    /// moved to `quarantine/` and ours is published in its place (docs/format.md,
     /// "Squatters"). A put never reports an object its name does not hold.
     fn publish_object(
         &self,

@@ -509,10 +509,11 @@ pub struct PutDirReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PutDirOptions {
-    /// Use and update this user's stat cache of the store (docs/format.md §10): a file whose
-    /// device, inode, size, mtime and ctime are what they were when it was last stored, and
-    /// whose object is still in the store, is not read again. Off by default in the library;
-    /// the CLI turns it on (`cas put -r`, off with `--no-cache`).
+    /// Use and update this user's stat cache of the store (docs/format.md, "The stat cache
+    /// of `put -r`"): a file whose device, inode, size, mtime and ctime are what they were
+    /// when it was last stored, and whose object is still in the store, is not read again.
+    /// Off by default in the library; the CLI turns it on (`cas put -r`, off with
+    /// `--no-cache`).
     pub stat_cache: bool,
     /// Told the input bytes done so far (phase `"put"`): files read, files found unchanged in
     /// the stat cache, and the directory listings (tree objects) stored. The total is `None`:
@@ -1129,7 +1130,7 @@ mod tests {
         }
     }
 
-    /// A tree bomb (issue 18, 5): `levels` trees, each with entries `a` and `b` both naming
+    /// A tree bomb: `levels` trees, each with entries `a` and `b` both naming
     /// the level below, over an empty tree: 2^(levels+1) - 2 paths from `levels` + 1 objects.
     fn bomb(s: &Store, levels: usize) -> Hash {
         let mut h = s.put_bytes(&Tree::default().encode()).unwrap();
@@ -1160,7 +1161,7 @@ mod tests {
         }
     }
 
-    /// Issue 18, 5: a 40-level bomb (2^41 paths) fails at once, naming the tree and the
+    /// A 40-level bomb (2^41 paths) fails at once, naming the tree and the
     /// budget, for every walk: listing, restoring, restoring onto an existing directory;
     /// nothing is created. Before, each walk recursed through every path.
     #[test]

@@ -1,12 +1,12 @@
-//! Tiered stores (issue 13): a node-local store in front of an upstream store.
+//! Tiered stores: a node-local store in front of an upstream store.
 //!
 //! A store with an upstream is a cache of it. A get looks here, then in the upstream; an
 //! object fetched from the upstream is verified and published here through the normal write
 //! path (stage, barrier, publish without replacing), so concurrent fetches on one node
 //! converge. A put publishes in the upstream first, then here (write-through), so every
 //! object of this store is also in the upstream and this store's gc may evict any of them.
-//! Refs and cache entries live in the upstream only. docs/format.md §10 has the protocol and
-//! its crash analysis.
+//! Refs and cache entries live in the upstream only. docs/format.md, "Tiered stores", has
+//! the protocol and its crash analysis.
 //!
 //! The upstream sits behind the [`Upstream`] trait; [`DirUpstream`] implements it for a store
 //! directory (a shared filesystem). An object-store upstream (S3 API) would implement the
@@ -576,7 +576,7 @@ impl Store {
     /// True if `e` says the *local* copy of an object was corrupt (and was quarantined here),
     /// in a tiered store: worth fetching again. A corrupt copy found upstream — on the fetch
     /// of a miss — is quarantined there; fetching again would only report it missing, hiding
-    /// the corruption (issue 18, finding 11).
+    /// the corruption.
     fn is_local_corruption(&self, e: &Error) -> bool {
         self.tier.is_some()
             && e.is_corrupt()
@@ -671,7 +671,7 @@ impl Store {
         }) {
             return Err(Error::Interrupted);
         }
-        // The quarantine as in a store without upstream (docs/format.md §GC): kept for the
+        // The quarantine as in a store without upstream (docs/format.md, "GC"): kept for the
         // grace period, counted in the size.
         let cutoff = std::time::SystemTime::now()
             .checked_sub(opts.grace)

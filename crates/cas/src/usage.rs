@@ -140,7 +140,7 @@ impl Store {
 mod tests {
     use crate::{Options, Store};
 
-    /// Issue 26: usage collected every path, sorted them and `lstat`ed each by full path; the
+    /// Usage used to collect every path, sort them and `lstat` each by full path; the
     /// streamed walk (one `fstatat` per file relative to its directory) counts the same:
     /// regular files at any depth, never a symlink or a directory.
     #[test]

@@ -1,5 +1,5 @@
 //! The write protocol: stream into a staging file in `tmp/` while hashing, then publish the
-//! name without ever replacing an existing object (docs/format.md §Put).
+//! name without ever replacing an existing object (docs/format.md, "The write path (put)").
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -18,8 +18,8 @@ pub(crate) type Tick<'a> = &'a (dyn Fn(u64) -> bool + Sync);
 
 /// Bytes copied per step when putting a file by path or copying an object out: large enough
 /// to amortise the system call, small enough that hashing starts early and overlaps the rest
-/// of the copy. 8 MiB left a 32 MiB file's copy and hash overlapped for only 3 of 5 steps:
-/// a restore of 8 × 32 MiB went from 0.85× to 1.0× `cp -a` at 2 MiB (docs/decisions.md).
+/// of the copy. 8 MiB left a 32 MiB file's copy and hash overlapped for only 3 of 5 steps
+/// (figures: docs/performance.md, "Restoring a tree (`get -r`)").
 const COPY_CHUNK: usize = 2 << 20;
 /// Bytes buffered by a [`Writer`] before they are hashed and written.
 const WRITE_BUF: usize = 128 * 1024;
@@ -396,7 +396,7 @@ impl Store {
     /// True if the name of `hash` holds it ([`Store::name_holds`]; `len` the object's size if
     /// known), its mtime then refreshed (best effort: another user's object may refuse, and
     /// is present all the same). False if the name is free — or held by something else,
-    /// which the publish that follows moves to `quarantine/` (docs/format.md §3, "Squatters").
+    /// which the publish that follows moves to `quarantine/` (docs/format.md, "Squatters").
     pub(crate) fn refresh_if_present(
         &self,
         hash: &Hash,

@@ -1,7 +1,7 @@
 //! Replays the fuzzers' corpora (`fuzz/corpus/TARGET/*`) through the same functions the fuzz
 //! targets call (`cas::fuzzing`), so a plain `cargo test` on stable — no nightly, no
 //! cargo-fuzz — checks that every decoder still survives every input the fuzzers kept and
-//! that the round-trip properties hold. See docs/decisions.md, "Fuzzing".
+//! that the round-trip properties hold. See docs/decisions.md, "Fuzzing every decoder".
 //!
 //! To add the seeds (valid examples made with the store's own encoders) to the corpora:
 //! `cargo run -p cas --example write_fuzz_seeds` (a tool, not a test).

@@ -632,7 +632,7 @@ pub(crate) fn is_local(fd: impl std::os::fd::AsFd) -> bool {
 
 /// The mode bit set on an object published without a data sync (durability `none`):
 /// `S_ISVTX`, which Linux ignores on regular files. A later put or name update at `file` or
-/// `full` that finds the object syncs its data once and clears the bit (docs/format.md §3,
+/// `full` that finds the object syncs its data once and clears the bit (docs/format.md,
 /// "Re-puts").
 pub(crate) const UNSYNCED: u32 = 0o1000;
 
@@ -667,7 +667,7 @@ pub(crate) fn name_bytes(name: &OsStr) -> &[u8] {
 mod tests {
     use super::*;
 
-    /// Issue 18, finding 10: `cannot read ref …: Stale file handle` on Gluster. The retry
+    /// `cannot read ref …: Stale file handle`, seen on GlusterFS. The retry
     /// of small-file reads, driven by an injected sequence of errors: ESTALE and EIO are tried
     /// again (the whole operation), anything else is returned at once, and the bound holds.
     #[test]
