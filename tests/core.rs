@@ -1170,3 +1170,30 @@ fn put_reads_files_whose_reported_size_is_wrong() {
     assert!(got.status.success());
     assert_bytes_eq(&got.stdout, &expected, "stored /proc/version");
 }
+
+/// Regression: `put -r` accepted a 300-level tree (its limit is 1024) that `get -r` and `show`
+/// then refused with the walk budget's old default depth of 256. A stored tree comes back.
+#[test]
+fn a_tree_put_accepts_is_a_tree_get_restores() {
+    let s = Store::new();
+    let src = s.scratch.join("deep");
+    let mut p = src.clone();
+    for _ in 0..300 {
+        p.push("d");
+    }
+    fs::create_dir_all(&p).unwrap();
+    fs::write(p.join("f"), b"bottom").unwrap();
+    let put = cas(&s).args(["put", "-r"]).arg(&src).output().unwrap();
+    assert_success(&put, "put -r of a 300-level chain");
+    let hash = String::from_utf8(put.stdout).unwrap().trim().to_string();
+    let out = s.scratch.join("out");
+    let get = cas(&s).args(["get", "-r", &hash, "-o"]).arg(&out).output().unwrap();
+    assert_success(&get, "get -r of the 300-level tree");
+    let mut q = out.clone();
+    for _ in 0..300 {
+        q.push("d");
+    }
+    assert_eq!(fs::read(q.join("f")).unwrap(), b"bottom");
+    let show = cas(&s).args(["show", &hash]).output().unwrap();
+    assert_success(&show, "show of the 300-level tree");
+}

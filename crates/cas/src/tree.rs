@@ -31,7 +31,7 @@ pub(crate) const MAX_DEPTH: usize = 1024;
 /// ```
 /// let tight = cas::TreeLimits::default().max_entries(1_000).max_depth(16);
 /// assert_eq!(tight.max_entries, 1_000);
-/// assert_eq!(cas::TreeLimits::default().max_depth, 256);
+/// assert_eq!(cas::TreeLimits::default().max_depth, 1024);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -40,7 +40,8 @@ pub struct TreeLimits {
     /// since a restore creates it twice and a listing prints it twice. Default 2^24
     /// (16 777 216).
     pub max_entries: u64,
-    /// Directories nested below the tree's root. Default 256; at most 1024 is honoured.
+    /// Directories nested below the tree's root. Default and most honoured: 1024, the depth
+    /// `put -r` accepts, so every tree the store builds can be restored and listed.
     pub max_depth: usize,
     /// File bytes the entries claim, counted at every path (what a restore would write).
     /// Checked by restores only. Default 2^46 (64 TiB).
@@ -51,7 +52,7 @@ impl Default for TreeLimits {
     fn default() -> Self {
         TreeLimits {
             max_entries: 1 << 24,
-            max_depth: 256,
+            max_depth: MAX_DEPTH,
             max_bytes: 1 << 46,
         }
     }
