@@ -189,7 +189,7 @@ impl Store {
     /// hashes.
     pub(crate) fn restore_reachable_trash(
         &self,
-        reachable: &std::collections::HashSet<Hash>,
+        reachable: &crate::hashes::Layers,
     ) -> Result<Vec<Hash>> {
         let mut restored = Vec::new();
         for run in self.trash_runs()? {
