@@ -166,11 +166,10 @@ struct Sweep {
     interrupted: bool,
 }
 
-/// An object in a trash run.
+/// An object in a trash run (its path is the run's directory joined with its hash).
 #[derive(Debug, Clone)]
 struct Trashed {
     hash: Hash,
-    path: PathBuf,
     len: u64,
     mtime: SystemTime,
 }
@@ -245,7 +244,10 @@ impl Store {
         self.purge_trash(&m1, cutoff, dry, sweep, &mut r)?;
         // What is left in trash and quarantine; with the sweep's own count of objects/ this
         // is the store's size, without walking objects/ a second time.
-        let trash_bytes: u64 = self.trash_objects()?.iter().map(|t| t.len).sum();
+        let mut trash_bytes = 0u64;
+        for run in self.trash_runs()? {
+            trash_bytes += self.list_trash_run(&run.path)?.iter().map(|t| t.len).sum::<u64>();
+        }
         self.purge_quarantine(cutoff, dry, &mut r);
 
         // Sweep: condemn unreachable objects older than the grace period.
@@ -277,6 +279,8 @@ impl Store {
         }
 
         let deleted_before_rescue = r.deleted_bytes;
+        // The rescue mark replaces M1: never two marks in memory at once.
+        drop(m1);
         if !dry {
             let m2 = self.rescue(evicted, &mut r)?;
             if opts.grace.is_zero() && !interrupted && sweep {
@@ -465,7 +469,7 @@ impl Store {
                     r.deleted += 1;
                     r.deleted_bytes += t.len;
                     if !dry {
-                        self.delete(&t.path, r);
+                        self.delete(&run.path.join(t.hash.to_string()), r);
                     }
                 }
             }
@@ -546,9 +550,13 @@ impl Store {
     /// then the evicted objects still in trash are deleted.
     fn rescue(&self, evicted: Vec<(PathBuf, u64)>, r: &mut GcReport) -> Result<Mark> {
         let m2 = self.mark();
-        for t in self.trash_objects()? {
-            if m2.reach.reachable.contains(&t.hash) && self.restore_from_trash(&t.hash)?.is_some() {
-                r.restored += 1;
+        for run in self.trash_runs()? {
+            for t in self.list_trash_run(&run.path)? {
+                if m2.reach.reachable.contains(&t.hash)
+                    && self.restore_from_trash(&t.hash)?.is_some()
+                {
+                    r.restored += 1;
+                }
             }
         }
         for (p, len) in evicted {
@@ -615,8 +623,11 @@ impl Store {
             owned[i] = self.reach_new([(m1.entries[i].hash, true)], &skip, &mut seen);
         }
         let mut cands: Vec<(SystemTime, Cand)> = Vec::new();
-        for t in self.trash_objects()? {
-            cands.push((t.mtime, Cand::Trash(t.path, t.len)));
+        for run in self.trash_runs()? {
+            for t in self.list_trash_run(&run.path)? {
+                let path = run.path.join(t.hash.to_string());
+                cands.push((t.mtime, Cand::Trash(path, t.len)));
+            }
         }
         for (i, t) in used.iter().enumerate() {
             if *t <= cutoff {
@@ -775,15 +786,6 @@ impl Store {
         (stale, problems)
     }
 
-    /// Every object in every trash run.
-    fn trash_objects(&self) -> Result<Vec<Trashed>> {
-        let mut out = Vec::new();
-        for run in self.trash_runs()? {
-            out.extend(self.list_trash_run(&run.path)?);
-        }
-        Ok(out)
-    }
-
     /// The objects in a trash run directory.
     fn list_trash_run(&self, dir: &Path) -> Result<Vec<Trashed>> {
         let root = &self.inner.root_dir;
@@ -797,11 +799,9 @@ impl Store {
             let Some(hash) = name.to_str().and_then(|n| Hash::parse(n).ok()) else {
                 continue;
             };
-            let path = dir.join(&name);
-            if let Ok(md) = root.lstat(&path) {
+            if let Ok(md) = root.lstat(&dir.join(&name)) {
                 out.push(Trashed {
                     hash,
-                    path,
                     len: md.len,
                     mtime: md.mtime,
                 });

@@ -100,6 +100,12 @@ impl Store {
         }
         // Streamed fan-out directory by fan-out directory: memory is bounded by the largest
         // one, and each object costs one `openat` relative to its directory's descriptor.
+        // The progress bar's total comes from a first pass that only lists the directories.
+        let total: u64 = self
+            .fanout_dirs()
+            .filter_map(Result::ok)
+            .map(|(_, hashes)| hashes.len() as u64)
+            .sum();
         let mut bad_files = Vec::new();
         let done = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
@@ -135,11 +141,11 @@ impl Store {
                                 .push(c);
                         }
                         let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                        if d.is_multiple_of(256)
+                        if (d.is_multiple_of(256) || d == total)
                             && !progress(Progress {
                                 phase: "verify",
                                 done: d,
-                                total: None,
+                                total: Some(total.max(d)),
                             })
                         {
                             stop.store(true, Ordering::Relaxed);
