@@ -81,6 +81,33 @@ EOF
     fi
 fi
 
+# The stat cache (FLAT=300000): put -r of a flat directory of FLAT files, then a re-put with
+# the stat cache and one with --no-cache. It waits 3 s after making the files so the first put
+# records them all (the racy-git margin is 2 s).
+if [ "${FLAT:-0}" -gt 0 ]; then
+    rm -rf "$W/flat"
+    mkdir -p "$W/flat"
+    python3 - "$W/flat" "$FLAT" <<'EOF'
+import sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(f"{d}/f{i}", "w") as f:
+        f.write(f"file {i}\n")
+EOF
+    sleep 3
+    for bin in ${BEFORE:+before:$BEFORE} after:$CAS; do
+        name=${bin%%:*}
+        c=${bin#*:}
+        rm -rf "$W/s-$name"
+        "$c" --store "$W/s-$name" init >/dev/null
+        $T -f "$name put -r (first: $FLAT files): %e s %M KB" "$c" --store "$W/s-$name" \
+            --durability none put -r "$W/flat" >/dev/null
+        t "$name re-put -r with the stat cache" "$c" --store "$W/s-$name" --durability none put -r "$W/flat"
+        t "$name re-put -r --no-cache" "$c" --store "$W/s-$name" --durability none put -r --no-cache "$W/flat"
+    done
+    ls -la "$W"/s-*/cache/
+fi
+
 # git: the same N blobs in one pack.
 if [ "${GIT:-1}" = 1 ]; then
     git init -q "$W/git"

@@ -246,7 +246,11 @@ impl Store {
         // is the store's size, without walking objects/ a second time.
         let mut trash_bytes = 0u64;
         for run in self.trash_runs()? {
-            trash_bytes += self.list_trash_run(&run.path)?.iter().map(|t| t.len).sum::<u64>();
+            trash_bytes += self
+                .list_trash_run(&run.path)?
+                .iter()
+                .map(|t| t.len)
+                .sum::<u64>();
         }
         self.purge_quarantine(cutoff, dry, &mut r);
 

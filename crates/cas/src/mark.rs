@@ -90,7 +90,7 @@ pub(crate) enum Children {
 #[derive(Debug, Default)]
 pub(crate) struct Reach {
     /// Layer 0: what refs reach; then what only pins reach (if any pin); then what only
-    /// cache entries reach. About 32 bytes per object (crate::hashes).
+    /// cache entries reach. About 36 bytes per object (`crate::hashes`).
     pub(crate) reachable: Layers,
     pub(crate) missing: Vec<Missing>,
     /// Items that could not be read, by path.

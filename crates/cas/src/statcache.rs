@@ -118,7 +118,10 @@ fn encode_iter(
 #[cfg(test)]
 pub(crate) fn decode(bytes: &[u8]) -> Result<(i64, Vec<(StatKey, Hash)>), String> {
     let (written_ns, count) = check(bytes)?;
-    Ok((written_ns, (0..count).map(|i| record_at(bytes, i)).collect()))
+    Ok((
+        written_ns,
+        (0..count).map(|i| record_at(bytes, i)).collect(),
+    ))
 }
 
 /// The entry `i` of a checked cache file.

@@ -226,7 +226,12 @@ impl Store {
     /// that is not a regular file (a symlink, FIFO, socket, device or directory) is never
     /// followed or read: it is moved to `quarantine/` (a rename moves the name itself) and
     /// reported.
-    fn check_object(&self, dir: BorrowedFd<'_>, h: &Hash, bytes: &AtomicU64) -> Option<CorruptObject> {
+    fn check_object(
+        &self,
+        dir: BorrowedFd<'_>,
+        h: &Hash,
+        bytes: &AtomicU64,
+    ) -> Option<CorruptObject> {
         let path = self.object_path(h);
         let name = crate::stage::fanout_name(h);
         let f = match fs::open_read_at(dir, name.as_ref()) {
