@@ -33,6 +33,7 @@ t() { # label, command...
     done
 }
 
+if [ "$N" -gt 0 ]; then # N=0: only the FLAT part below
 $T -f "build store (scale-fill $N): %e s %M KB" "$FILL" "$S" "$N"
 echo "disk: $(du -sh "$S" | cut -f1), $(find "$S/objects" -type f | wc -l) objects"
 
@@ -81,6 +82,8 @@ EOF
     fi
 fi
 
+fi # N > 0
+
 # The stat cache (FLAT=300000): put -r of a flat directory of FLAT files, then a re-put with
 # the stat cache and one with --no-cache. It waits 3 s after making the files so the first put
 # records them all (the racy-git margin is 2 s).
@@ -109,7 +112,7 @@ EOF
 fi
 
 # git: the same N blobs in one pack.
-if [ "${GIT:-1}" = 1 ]; then
+if [ "${GIT:-1}" = 1 ] && [ "$N" -gt 0 ]; then
     git init -q "$W/git"
     python3 - "$N" <<'EOF' | $T -f "git fast-import ($N blobs): %e s %M KB" git -C "$W/git" fast-import --quiet
 import sys
