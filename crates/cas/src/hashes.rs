@@ -171,6 +171,26 @@ mod tests {
         assert_eq!(s.into_sorted(), want);
     }
 
+    /// Issue 26's goal for gc's mark: at most 40 bytes per hash, whatever the moment (the
+    /// vector's capacity and the recent set's table, as allocated).
+    #[test]
+    fn a_set_costs_at_most_40_bytes_per_hash() {
+        let mut s = Hashes::new();
+        for i in 0..300_000u32 {
+            s.insert(h(i));
+            if i % 997 == 0 && s.len() > 50_000 {
+                // A hash set's table has 8/7 of its capacity in buckets of 32 + 1 bytes.
+                let bytes = s.sorted.capacity() * 32 + s.recent.capacity() * 33 * 8 / 7;
+                assert!(
+                    bytes <= 40 * s.len(),
+                    "{} bytes for {} hashes",
+                    bytes,
+                    s.len()
+                );
+            }
+        }
+    }
+
     #[test]
     fn layers_never_hold_a_hash_twice() {
         let mut l = Layers::default();
