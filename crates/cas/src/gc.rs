@@ -792,8 +792,12 @@ impl Store {
 
     /// The objects in a trash run directory.
     fn list_trash_run(&self, dir: &Path) -> Result<Vec<Trashed>> {
+        // One `fstatat` per object relative to the run's descriptor (issue 26).
         let root = &self.inner.root_dir;
-        let ents = match root.read_dir(dir) {
+        let listed = root
+            .open_dir(dir)
+            .and_then(|fd| Ok((fs::list_dir_at(std::os::fd::AsFd::as_fd(&fd))?, fd)));
+        let (ents, fd) = match listed {
             Ok(v) => v,
             Err(e) if fs::is_not_found(&e) => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("list", dir, e)),
@@ -803,7 +807,7 @@ impl Store {
             let Some(hash) = name.to_str().and_then(|n| Hash::parse(n).ok()) else {
                 continue;
             };
-            if let Ok(md) = root.lstat(&dir.join(&name)) {
+            if let Ok(md) = fs::lstat_at(std::os::fd::AsFd::as_fd(&fd), &name) {
                 out.push(Trashed {
                     hash,
                     len: md.len,
