@@ -1461,6 +1461,75 @@ fn a_closed_stdout_pipe_ends_reports_quietly() {
     }
 }
 
+/// Issue 26: `cas X | head -1` for every listing command, many times. The reader closes the
+/// pipe after the first line, while `cas` is usually still writing (the outputs are larger
+/// than a pipe's buffer): `cas key info KEY | head -1` panicked with "failed printing to
+/// stdout: Broken pipe" in 1 of 6 runs. No run may panic or fail.
+#[test]
+fn every_listing_command_into_head_1_never_panics() {
+    use std::io::BufRead;
+    let s = Store::new();
+    let dir = s.base().join("many");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..2000 {
+        fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let tree = run_ok(cas(&s).args(["put", "-r"]).arg(&dir))
+        .trim()
+        .to_owned();
+    run_ok(cas(&s).args(["ref", "set", "r", &tree]));
+    let h = s.put(b"other");
+    run_ok(cas(&s).args(["ref", "set", "r", &h]));
+    run_ok(cas(&s).args(["key", "put", "k"]).arg(s.input("k", b"v")));
+    // A reflog of 4000 updates: its two lines, repeated.
+    let log = s.objects().parent().unwrap().join("logs/refs/r");
+    let two = fs::read(&log).unwrap();
+    assert!(!two.is_empty(), "no reflog at {}", log.display());
+    fs::write(&log, two.repeat(2000)).unwrap();
+    for args in [
+        &["ls"][..],
+        &["ls", "--json"],
+        &["ls", "-l"],
+        &["stats"],
+        &["--json", "stats"],
+        &["ref", "ls"],
+        &["--json", "ref", "ls"],
+        &["ref", "log", "r"],
+        &["ref", "log", "-n", "3000", "r"],
+        &["--json", "ref", "log", "r"],
+        &["key", "ls"],
+        &["key", "info", "k"],
+        &["--json", "key", "info", "k"],
+        &["show", &tree],
+        &["--json", "show", &tree],
+        &["verify"],
+        &["doctor"],
+        &["gc", "--dry-run", "--grace", "0s"],
+    ] {
+        for run in 0..8 {
+            let mut child = cas(&s)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut first = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut first)
+                .unwrap();
+            // The reader (and with it the pipe's read end) is gone: `head -1` exited.
+            let out = child.wait_with_output().unwrap();
+            let err = text(&out.stderr);
+            assert!(
+                out.status.success() && !err.contains("panicked"),
+                "cas {args:?} | head -1 (run {run}): {} {err}",
+                out.status
+            );
+            assert!(!first.is_empty(), "cas {args:?} printed nothing");
+        }
+    }
+}
+
 /// Issue 23, progress: verify's bar is called `verify` once (it drew `verify verify`), and
 /// gc's sweep counts objects without a total (it drew `gc sweep [=====] 4096/1`: the mark's
 /// total of one root, the bar full from the start). 1500 objects: the sweep reports at 1024.

@@ -9,13 +9,13 @@
 //! gc marks a second time and moves back anything that became reachable meanwhile, so a
 //! pointer made visible during the run never dangles.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
+use crate::hashes::Hashes;
 use crate::layout;
 use crate::lock::Wait;
 use crate::mark::Mark;
@@ -155,29 +155,21 @@ impl GcReport {
     }
 }
 
-/// An object seen by the sweep and kept.
-#[derive(Debug, Clone, Copy)]
-struct Kept {
-    hash: Hash,
-    len: u64,
-    mtime: SystemTime,
-}
-
 /// What the sweep found.
 struct Sweep {
-    /// Objects kept, with size and mtime.
-    live: Vec<Kept>,
+    /// Bytes of the objects seen that refs reach, and that only pins reach.
+    held_by_refs: u64,
+    held_by_pins: u64,
     /// Objects reachable from young unreachable objects: as protected as those.
-    young: HashSet<Hash>,
+    young: Hashes,
     /// `progress` asked to stop.
     interrupted: bool,
 }
 
-/// An object in a trash run.
+/// An object in a trash run (its path is the run's directory joined with its hash).
 #[derive(Debug, Clone)]
 struct Trashed {
     hash: Hash,
-    path: PathBuf,
     len: u64,
     mtime: SystemTime,
 }
@@ -252,7 +244,14 @@ impl Store {
         self.purge_trash(&m1, cutoff, dry, sweep, &mut r)?;
         // What is left in trash and quarantine; with the sweep's own count of objects/ this
         // is the store's size, without walking objects/ a second time.
-        let trash_bytes: u64 = self.trash_objects()?.iter().map(|t| t.len).sum();
+        let mut trash_bytes = 0u64;
+        for run in self.trash_runs()? {
+            trash_bytes += self
+                .list_trash_run(&run.path)?
+                .iter()
+                .map(|t| t.len)
+                .sum::<u64>();
+        }
         self.purge_quarantine(cutoff, dry, &mut r);
 
         // Sweep: condemn unreachable objects older than the grace period.
@@ -263,7 +262,8 @@ impl Store {
             false,
         ));
         let Sweep {
-            live,
+            held_by_refs,
+            held_by_pins,
             young,
             interrupted,
         } = self.sweep(&m1, cutoff, &run_dir, &lock, &mut beat, progress, &mut r)?;
@@ -279,10 +279,12 @@ impl Store {
         let mut evicted: Vec<(PathBuf, u64)> = Vec::new();
         let budget = opts.max_size.or(self.inner.options.max_size);
         if let (Some(budget), false, true) = (budget, interrupted, sweep) {
-            evicted = self.evict(&m1, &live, &young, cutoff, budget, total, dry, &mut r)?;
+            evicted = self.evict(&m1, &young, cutoff, budget, total, dry, &mut r)?;
         }
 
         let deleted_before_rescue = r.deleted_bytes;
+        // The rescue mark replaces M1: never two marks in memory at once.
+        drop(m1);
         if !dry {
             let m2 = self.rescue(evicted, &mut r)?;
             if opts.grace.is_zero() && !interrupted && sweep {
@@ -316,7 +318,7 @@ impl Store {
             total.saturating_sub(r.deleted_bytes - deleted_before_rescue)
         };
         if let Some(budget) = budget.filter(|b| r.bytes_after > *b) {
-            r.budget_unmet = Some(budget_unmet(&m1, &live, budget, &r));
+            r.budget_unmet = Some(budget_unmet(held_by_refs, held_by_pins, budget, &r));
         }
         lock.release();
         if interrupted {
@@ -328,8 +330,13 @@ impl Store {
     /// Sweep: scans `objects/`, then condemns each object that is unreachable, older than
     /// the grace period, and not reachable from an object younger than it (a tree just put
     /// names children that may be old: they are as protected as the tree). Unless the mark
-    /// could not prove what is unreachable. Returns the objects kept, the set protected by
-    /// young objects, and whether `progress` asked to stop.
+    /// could not prove what is unreachable. Returns the bytes refs and pins hold, the set
+    /// protected by young objects, and whether `progress` asked to stop.
+    ///
+    /// The scan streams fan-out by fan-out (one `fstatat` per object relative to its
+    /// directory); it remembers only the hashes of unreachable objects — the old ones, to
+    /// condemn (in hash order, as listed), and the young ones, whose closure protects old
+    /// ones: 32 bytes each, nothing per reachable object.
     #[allow(clippy::too_many_arguments)]
     fn sweep(
         &self,
@@ -344,28 +351,31 @@ impl Store {
         let sweep = r.sweep_skipped.is_none();
         let dry = r.dry_run;
         let mut interrupted = false;
-        let mut seen: Vec<Kept> = Vec::new();
-        for (i, h) in self.iter().enumerate() {
-            let h = match h {
-                Ok(h) => h,
+        let reachable = &m1.reach.reachable;
+        let (mut held_by_refs, mut held_by_pins) = (0u64, 0u64);
+        let mut old: Vec<(Hash, u64)> = Vec::new();
+        let mut young_roots: Vec<Hash> = Vec::new();
+        for (i, m) in self.iter_ordered_meta().enumerate() {
+            let m = match m {
+                Ok(m) => m,
                 Err(e) => {
                     r.problems.push(problem_of(&e, self.path(layout::OBJECTS)));
                     continue;
                 }
             };
-            let p = self.object_path(&h);
-            let md = match self.inner.root_dir.lstat(&p) {
-                Ok(md) => md,
-                Err(e) if fs::is_not_found(&e) => continue,
-                Err(e) => return Err(Error::io("stat", &p, e)),
-            };
             r.objects += 1;
-            r.bytes += md.len;
-            seen.push(Kept {
-                hash: h,
-                len: md.len,
-                mtime: md.mtime,
-            });
+            r.bytes += m.len;
+            if m1.pinned_only(&m.hash) {
+                held_by_pins += m.len;
+            } else if m1.pinned_by_refs(&m.hash) {
+                held_by_refs += m.len;
+            } else if reachable.contains(&m.hash) {
+                // Reached from a cache entry: kept, nothing to remember.
+            } else if m.mtime > cutoff {
+                young_roots.push(m.hash);
+            } else {
+                old.push((m.hash, m.len));
+            }
             if i % 1024 == 1023 {
                 beat.beat(lock)?;
                 if !progress(Progress {
@@ -378,65 +388,51 @@ impl Store {
                 }
             }
         }
-        let reachable = &m1.reach.reachable;
-        let young = self.young_closure(&seen, reachable, cutoff);
-        let mut live = Vec::with_capacity(seen.len());
-        for k in seen {
-            if interrupted || !sweep || reachable.contains(&k.hash) {
-                live.push(k);
-            } else if k.mtime > cutoff || young.contains(&k.hash) {
+        let young = if old.is_empty() {
+            Hashes::new() // nothing old to protect: no tree needs reading
+        } else {
+            self.closure_of(&young_roots, &|h| reachable.contains(h))
+        };
+        if interrupted || !sweep {
+            return Ok(Sweep {
+                held_by_refs,
+                held_by_pins,
+                young,
+                interrupted,
+            });
+        }
+        r.kept_young += young_roots.len() as u64;
+        drop(young_roots);
+        for (hash, len) in old {
+            if young.contains(&hash) {
                 r.kept_young += 1;
-                live.push(k);
             } else if dry {
-                r.condemned.push(k.hash);
+                r.condemned.push(hash);
                 r.trashed += 1;
-                r.trashed_bytes += k.len;
+                r.trashed_bytes += len;
             } else {
                 // Anything at an unreachable object name goes: a rename moves the name
                 // (a symlink, a FIFO, a directory) and never follows it.
-                let p = self.object_path(&k.hash);
-                if !self.move_to_trash(&p, run_dir, &k.hash)? {
+                let p = self.object_path(&hash);
+                if !self.move_to_trash(&p, run_dir, &hash)? {
                     continue; // removed meanwhile
                 }
-                if self.refreshed_in_trash(run_dir, &k.hash, cutoff) {
+                if self.refreshed_in_trash(run_dir, &hash, cutoff) {
                     // A put refreshed it between our stat and the rename: it is young.
                     r.kept_young += 1;
-                    live.push(k);
                     continue;
                 }
-                r.condemned.push(k.hash);
+                r.condemned.push(hash);
                 r.trashed += 1;
-                r.trashed_bytes += k.len;
+                r.trashed_bytes += len;
             }
         }
         Ok(Sweep {
-            live,
+            held_by_refs,
+            held_by_pins,
             young,
             interrupted,
         })
-    }
-
-    /// Everything reachable from an unreachable object younger than the grace period (the
-    /// objects themselves included), when some old unreachable object could be among it:
-    /// otherwise nothing needs reading.
-    fn young_closure(
-        &self,
-        seen: &[Kept],
-        reachable: &HashSet<Hash>,
-        cutoff: SystemTime,
-    ) -> HashSet<Hash> {
-        let old_unreachable = seen
-            .iter()
-            .any(|k| k.mtime <= cutoff && !reachable.contains(&k.hash));
-        if !old_unreachable {
-            return HashSet::new();
-        }
-        let young: Vec<Hash> = seen
-            .iter()
-            .filter(|k| k.mtime > cutoff && !reachable.contains(&k.hash))
-            .map(|k| k.hash)
-            .collect();
-        self.closure_of(&young, reachable)
     }
 
     /// After moving an object to trash: true if its mtime (which a rename keeps) shows a put
@@ -477,7 +473,7 @@ impl Store {
                     r.deleted += 1;
                     r.deleted_bytes += t.len;
                     if !dry {
-                        self.delete(&t.path, r);
+                        self.delete(&run.path.join(t.hash.to_string()), r);
                     }
                 }
             }
@@ -558,9 +554,13 @@ impl Store {
     /// then the evicted objects still in trash are deleted.
     fn rescue(&self, evicted: Vec<(PathBuf, u64)>, r: &mut GcReport) -> Result<Mark> {
         let m2 = self.mark();
-        for t in self.trash_objects()? {
-            if m2.reach.reachable.contains(&t.hash) && self.restore_from_trash(&t.hash)?.is_some() {
-                r.restored += 1;
+        for run in self.trash_runs()? {
+            for t in self.list_trash_run(&run.path)? {
+                if m2.reach.reachable.contains(&t.hash)
+                    && self.restore_from_trash(&t.hash)?.is_some()
+                {
+                    r.restored += 1;
+                }
             }
         }
         for (p, len) in evicted {
@@ -585,8 +585,7 @@ impl Store {
     fn evict(
         &self,
         m1: &Mark,
-        live: &[Kept],
-        young: &HashSet<Hash>,
+        young: &Hashes,
         cutoff: SystemTime,
         budget: u64,
         total: u64,
@@ -596,15 +595,22 @@ impl Store {
         if total <= budget {
             return Ok(Vec::new());
         }
-        let size_of: HashMap<Hash, (u64, SystemTime)> =
-            live.iter().map(|k| (k.hash, (k.len, k.mtime))).collect();
+        // Size and last use of an object in `objects/` now (one `fstatat` relative to its
+        // fan-out directory): what the sweep condemned is not there, what was put since is
+        // younger than the cutoff. Nothing per object is held across the walk.
+        let size_of = |h: &Hash| -> Option<(u64, SystemTime)> {
+            let dir = self.fanout_dir(h, false).ok()?;
+            let name = crate::stage::fanout_name(h);
+            let m = fs::lstat_at(std::os::fd::AsFd::as_fd(&*dir), name.as_ref()).ok()?;
+            Some((m.len, m.mtime))
+        };
         // An entry's age: the later of its file's and its object's mtime (reads refresh the
         // object, `get_keyed` the entry).
         let used: Vec<SystemTime> = m1
             .entries
             .iter()
             .map(|e| {
-                let obj_t = size_of.get(&e.hash).map_or(SystemTime::UNIX_EPOCH, |x| x.1);
+                let obj_t = size_of(&e.hash).map_or(SystemTime::UNIX_EPOCH, |x| x.1);
                 e.mtime.max(obj_t)
             })
             .collect();
@@ -614,15 +620,18 @@ impl Store {
         // young objects reach belong to no entry.
         let mut order: Vec<usize> = (0..m1.entries.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(used[i]));
-        let mut seen = HashSet::new();
-        let skip = |h: &Hash| m1.pinned_by_refs.contains(h) || young.contains(h);
+        let mut seen = Hashes::new();
+        let skip = |h: &Hash| m1.pinned_by_refs(h) || young.contains(h);
         let mut owned: Vec<Vec<Hash>> = vec![Vec::new(); m1.entries.len()];
         for &i in &order {
             owned[i] = self.reach_new([(m1.entries[i].hash, true)], &skip, &mut seen);
         }
         let mut cands: Vec<(SystemTime, Cand)> = Vec::new();
-        for t in self.trash_objects()? {
-            cands.push((t.mtime, Cand::Trash(t.path, t.len)));
+        for run in self.trash_runs()? {
+            for t in self.list_trash_run(&run.path)? {
+                let path = run.path.join(t.hash.to_string());
+                cands.push((t.mtime, Cand::Trash(path, t.len)));
+            }
         }
         for (i, t) in used.iter().enumerate() {
             if *t <= cutoff {
@@ -781,19 +790,14 @@ impl Store {
         (stale, problems)
     }
 
-    /// Every object in every trash run.
-    fn trash_objects(&self) -> Result<Vec<Trashed>> {
-        let mut out = Vec::new();
-        for run in self.trash_runs()? {
-            out.extend(self.list_trash_run(&run.path)?);
-        }
-        Ok(out)
-    }
-
     /// The objects in a trash run directory.
     fn list_trash_run(&self, dir: &Path) -> Result<Vec<Trashed>> {
+        // One `fstatat` per object relative to the run's descriptor (issue 26).
         let root = &self.inner.root_dir;
-        let ents = match root.read_dir(dir) {
+        let listed = root
+            .open_dir(dir)
+            .and_then(|fd| Ok((fs::list_dir_at(std::os::fd::AsFd::as_fd(&fd))?, fd)));
+        let (ents, fd) = match listed {
             Ok(v) => v,
             Err(e) if fs::is_not_found(&e) => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("list", dir, e)),
@@ -803,11 +807,9 @@ impl Store {
             let Some(hash) = name.to_str().and_then(|n| Hash::parse(n).ok()) else {
                 continue;
             };
-            let path = dir.join(&name);
-            if let Ok(md) = root.lstat(&path) {
+            if let Ok(md) = fs::lstat_at(std::os::fd::AsFd::as_fd(&fd), &name) {
                 out.push(Trashed {
                     hash,
-                    path,
                     len: md.len,
                     mtime: md.mtime,
                 });
@@ -840,7 +842,7 @@ enum Evict {
 fn plan_eviction(
     mut cands: Vec<(SystemTime, Cand)>,
     owned: &[Vec<Hash>],
-    size_of: &HashMap<Hash, (u64, SystemTime)>,
+    size_of: &dyn Fn(&Hash) -> Option<(u64, SystemTime)>,
     cutoff: SystemTime,
     budget: u64,
     mut total: u64,
@@ -859,7 +861,7 @@ fn plan_eviction(
             Cand::Entry(i) => {
                 let mut objects = Vec::new();
                 for x in &owned[i] {
-                    let Some(&(len, mtime)) = size_of.get(x) else {
+                    let Some((len, mtime)) = size_of(x) else {
                         continue;
                     };
                     if mtime > cutoff {
@@ -876,16 +878,9 @@ fn plan_eviction(
 }
 
 /// What holds the bytes of a store gc could not bring under `budget`: objects the sweep kept
-/// (`live`) that refs or pins reach (never evicted), the young quarantine, and the rest.
-fn budget_unmet(m1: &Mark, live: &[Kept], budget: u64, r: &GcReport) -> BudgetUnmet {
-    let (mut refs, mut pins) = (0u64, 0u64);
-    for k in live {
-        if m1.pinned_only.contains(&k.hash) {
-            pins += k.len;
-        } else if m1.pinned_by_refs.contains(&k.hash) {
-            refs += k.len;
-        }
-    }
+/// that refs or pins reach (`refs`, `pins` bytes: never evicted), the young quarantine, and
+/// the rest.
+fn budget_unmet(refs: u64, pins: u64, budget: u64, r: &GcReport) -> BudgetUnmet {
     let after = r.bytes_after;
     let held_by_refs = refs.min(after);
     let held_by_pins = pins.min(after - held_by_refs);
@@ -941,10 +936,11 @@ mod tests {
     #[test]
     fn eviction_is_lru_and_releases_shared_objects_with_their_newest_user() {
         let (a, b, shared) = (Hash::of(b"a"), Hash::of(b"b"), Hash::of(b"s"));
-        let size_of: HashMap<Hash, (u64, SystemTime)> =
+        let sizes: std::collections::HashMap<Hash, (u64, SystemTime)> =
             [(a, (10, t(1))), (b, (10, t(1))), (shared, (100, t(1)))]
                 .into_iter()
                 .collect();
+        let size_of = |h: &Hash| sizes.get(h).copied();
         // Entry 0 (older) uses a and shared; entry 1 (newer) uses b and shared: the shared
         // object belongs to entry 1, the newest that reaches it.
         let owned = vec![vec![a], vec![b, shared]];
@@ -974,9 +970,11 @@ mod tests {
     #[test]
     fn eviction_never_releases_young_or_unseen_objects() {
         let (old, young) = (Hash::of(b"old"), Hash::of(b"young"));
-        let size_of: HashMap<Hash, (u64, SystemTime)> = [(old, (10, t(1))), (young, (10, t(50)))]
-            .into_iter()
-            .collect();
+        let sizes: std::collections::HashMap<Hash, (u64, SystemTime)> =
+            [(old, (10, t(1))), (young, (10, t(50)))]
+                .into_iter()
+                .collect();
+        let size_of = |h: &Hash| sizes.get(h).copied();
         let unseen = Hash::of(b"unseen");
         let plan = plan_eviction(
             vec![(t(1), Cand::Entry(0))],
@@ -1000,7 +998,7 @@ mod tests {
         std::fs::write(src.join("sub/c"), b"gamma").unwrap();
         let s = Store::init(dir.join("store"), crate::Options::default()).unwrap();
         let top = s.put_dir(&src).unwrap();
-        let all: Vec<Hash> = s.closure_of(&[top], &HashSet::new()).into_iter().collect();
+        let all: Vec<Hash> = s.closure_of(&[top], &|_| false).into_iter().collect();
         assert_eq!(all.len(), 5, "tree, subtree, three files");
         let run = s.path(layout::TRASH).join("1000.h.1");
         std::fs::create_dir_all(&run).unwrap();

@@ -160,6 +160,7 @@ mod fs;
 pub mod fuzzing;
 mod gc;
 mod hash;
+mod hashes;
 mod index;
 mod init;
 mod layout;

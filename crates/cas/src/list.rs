@@ -179,7 +179,24 @@ impl Iterator for OrderedObjectMeta {
     }
 }
 
+/// The fan-out directories of `objects/` in name order, each with its descriptor and its
+/// object names sorted (see [`Store::fanout_dirs`]).
+pub(crate) struct FanoutDirs(Fanouts);
+
+impl Iterator for FanoutDirs {
+    type Item = Result<(OwnedFd, Vec<Hash>)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_dir()
+    }
+}
+
 impl Store {
+    /// The fan-out directories one at a time, for walks that act on each object relative to
+    /// its directory's descriptor (verify). Errors as [`Store::iter_ordered`].
+    pub(crate) fn fanout_dirs(&self) -> FanoutDirs {
+        FanoutDirs(Fanouts::new(self))
+    }
+
     /// The hashes of all objects, in hash order, read one fan-out directory at a time: memory
     /// is bounded by the largest fan-out directory (about 1/256 of the objects), not by
     /// their number. Files under `objects/` whose names are not object names are skipped.

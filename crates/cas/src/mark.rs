@@ -10,13 +10,14 @@
 //! read) is also recorded as a reason not to sweep: gc deletes nothing it cannot prove
 //! unreachable.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::hashes::{Hashes, Layers};
 use crate::layout;
 use crate::tree::Tree;
 use crate::verify::Problem;
@@ -88,7 +89,9 @@ pub(crate) enum Children {
 /// The result of one traversal.
 #[derive(Debug, Default)]
 pub(crate) struct Reach {
-    pub(crate) reachable: HashSet<Hash>,
+    /// Layer 0: what refs reach; then what only pins reach (if any pin); then what only
+    /// cache entries reach. About 36 bytes per object (`crate::hashes`).
+    pub(crate) reachable: Layers,
     pub(crate) missing: Vec<Missing>,
     /// Items that could not be read, by path.
     pub(crate) damaged: Vec<Problem>,
@@ -118,10 +121,23 @@ pub(crate) struct Mark {
     pub(crate) roots: u64,
     /// The cache entries among the roots.
     pub(crate) entries: Vec<EntryRoot>,
-    /// Objects reachable from refs and pins alone (not from cache entries): never evicted.
-    pub(crate) pinned_by_refs: HashSet<Hash>,
-    /// Those of them that only pins reach (updates in progress), not refs.
-    pub(crate) pinned_only: HashSet<Hash>,
+    /// The layer of `reach.reachable` of what only pins reach, if any pin was found.
+    pins_layer: Option<usize>,
+    /// The layer of `reach.reachable` of what only cache entries reach.
+    entries_layer: usize,
+}
+
+impl Mark {
+    /// Reachable from refs and pins alone (not only from cache entries): never evicted.
+    pub(crate) fn pinned_by_refs(&self, h: &Hash) -> bool {
+        self.reach.reachable.contains_in(0..self.entries_layer, h)
+    }
+
+    /// Reachable only from pins (updates in progress), not from refs.
+    pub(crate) fn pinned_only(&self, h: &Hash) -> bool {
+        self.pins_layer
+            .is_some_and(|l| self.reach.reachable.contains_in(l..l + 1, h))
+    }
 }
 
 impl Store {
@@ -177,11 +193,10 @@ impl Store {
         m.roots = (visits.len() + pin_visits.len()) as u64;
         self.traverse(visits, &mut m.reach);
         if !pin_visits.is_empty() {
-            let before = m.reach.reachable.clone();
+            m.pins_layer = Some(m.reach.reachable.push_layer());
             self.traverse(pin_visits, &mut m.reach);
-            m.pinned_only = m.reach.reachable.difference(&before).copied().collect();
         }
-        m.pinned_by_refs.clone_from(&m.reach.reachable);
+        m.entries_layer = m.reach.reachable.push_layer();
         let mut visits = Vec::new();
 
         let (files, errors) = self.entry_files();
@@ -228,7 +243,7 @@ impl Store {
         &self,
         roots: impl IntoIterator<Item = (Hash, bool)>,
         skip: &dyn Fn(&Hash) -> bool,
-        seen: &mut HashSet<Hash>,
+        seen: &mut Hashes,
     ) -> Vec<Hash> {
         let mut out = Vec::new();
         let mut stack: Vec<(Hash, bool)> = roots.into_iter().collect();
@@ -248,13 +263,9 @@ impl Store {
     }
 
     /// Everything reachable from `roots` (themselves included) that is not in `exclude`.
-    pub(crate) fn closure_of(&self, roots: &[Hash], exclude: &HashSet<Hash>) -> HashSet<Hash> {
-        let mut seen = HashSet::new();
-        self.reach_new(
-            roots.iter().map(|h| (*h, true)),
-            &|h| exclude.contains(h),
-            &mut seen,
-        );
+    pub(crate) fn closure_of(&self, roots: &[Hash], exclude: &dyn Fn(&Hash) -> bool) -> Hashes {
+        let mut seen = Hashes::new();
+        self.reach_new(roots.iter().map(|h| (*h, true)), exclude, &mut seen);
         seen
     }
 
@@ -425,7 +436,7 @@ mod tests {
         for h in [top, leaf, sub, deep, keyed] {
             assert!(m.reach.reachable.contains(&h), "{h} not reached");
         }
-        assert!(m.pinned_by_refs.contains(&deep) && !m.pinned_by_refs.contains(&keyed));
+        assert!(m.pinned_by_refs(&deep) && !m.pinned_by_refs(&keyed));
         assert_eq!(m.entries.len(), 1);
         assert_eq!(m.reach.missing.len(), 1);
         assert!(matches!(&m.reach.missing[0].from, Source::Ref(n) if n == "lost"));
@@ -439,8 +450,8 @@ mod tests {
             "marking moved an object"
         );
         assert!(!s.object_path(&sub).exists());
-        assert_eq!(s.closure_of(&[top], &HashSet::new()).len(), 4);
-        assert_eq!(s.closure_of(&[top], &[sub].into_iter().collect()).len(), 2);
+        assert_eq!(s.closure_of(&[top], &|_| false).len(), 4);
+        assert_eq!(s.closure_of(&[top], &|h| *h == sub).len(), 2);
     }
 
     #[test]

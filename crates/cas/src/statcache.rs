@@ -19,7 +19,6 @@
 //! something only on one host, and a file another member of a shared store could write would
 //! let them choose what `put -r` stores for your files.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -82,22 +81,24 @@ impl StatKey {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    key: StatKey,
-    hash: Hash,
-    /// Looked up or recorded by this run.
-    touched: bool,
+/// Encodes a cache file (docs/format.md, "The stat cache of `put -r`").
+#[cfg(test)]
+pub(crate) fn encode(written_ns: i64, entries: &[(StatKey, Hash)]) -> Vec<u8> {
+    encode_iter(written_ns, entries.len(), entries.iter().copied())
 }
 
-/// Encodes a cache file (docs/format.md, "The stat cache of `put -r`").
-pub(crate) fn encode(written_ns: i64, entries: &[(StatKey, Hash)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + entries.len() * ENTRY + TRAILER);
+/// Encodes a cache file of `count` entries, as `entries` yields them.
+fn encode_iter(
+    written_ns: i64,
+    count: usize,
+    entries: impl Iterator<Item = (StatKey, Hash)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + count * ENTRY + TRAILER);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&written_ns.to_le_bytes());
-    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(count as u64).to_le_bytes());
     for (k, h) in entries {
         out.extend_from_slice(&k.dev.to_le_bytes());
         out.extend_from_slice(&k.ino.to_le_bytes());
@@ -114,7 +115,42 @@ pub(crate) fn encode(written_ns: i64, entries: &[(StatKey, Hash)]) -> Vec<u8> {
 /// Decodes a cache file: (written-at, entries). Anything but exactly the encoding — other
 /// magic or version, a length that does not match the count, a checksum that does not match —
 /// is refused with a reason. Never panics.
+#[cfg(test)]
 pub(crate) fn decode(bytes: &[u8]) -> Result<(i64, Vec<(StatKey, Hash)>), String> {
+    let (written_ns, count) = check(bytes)?;
+    Ok((
+        written_ns,
+        (0..count).map(|i| record_at(bytes, i)).collect(),
+    ))
+}
+
+/// The entry `i` of a checked cache file.
+fn record_at(bytes: &[u8], i: usize) -> (StatKey, Hash) {
+    let e = &bytes[HEADER + i * ENTRY..HEADER + (i + 1) * ENTRY];
+    let at = |o: usize| u64::from_le_bytes(e[o..o + 8].try_into().unwrap_or([0; 8]));
+    let mut h = [0u8; HASH_LEN];
+    h.copy_from_slice(&e[40..40 + HASH_LEN]);
+    (
+        StatKey {
+            dev: at(0),
+            ino: at(8),
+            size: at(16),
+            mtime_ns: at(24) as i64,
+            ctime_ns: at(32) as i64,
+        },
+        Hash::from_bytes(h),
+    )
+}
+
+/// The (device, inode) of entry `i` of a checked cache file.
+fn slot_at(bytes: &[u8], i: usize) -> (u64, u64) {
+    let o = HEADER + i * ENTRY;
+    let at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
+    (at(o), at(o + 8))
+}
+
+/// Checks a cache file as [`decode`] does, without decoding it: (written-at, count).
+fn check(bytes: &[u8]) -> Result<(i64, usize), String> {
     if bytes.len() < HEADER + TRAILER {
         return Err(format!("{} bytes, shorter than a header", bytes.len()));
     }
@@ -143,25 +179,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(i64, Vec<(StatKey, Hash)>), String
     if blake3::hash(body).as_bytes() != sum {
         return Err("checksum mismatch (truncated or damaged)".into());
     }
-    let entries = body[HEADER..]
-        .chunks_exact(ENTRY)
-        .map(|e| {
-            let at = |o: usize| u64::from_le_bytes(e[o..o + 8].try_into().unwrap_or([0; 8]));
-            let mut h = [0u8; HASH_LEN];
-            h.copy_from_slice(&e[40..40 + HASH_LEN]);
-            (
-                StatKey {
-                    dev: at(0),
-                    ino: at(8),
-                    size: at(16),
-                    mtime_ns: at(24) as i64,
-                    ctime_ns: at(32) as i64,
-                },
-                Hash::from_bytes(h),
-            )
-        })
-        .collect();
-    Ok((written_ns, entries))
+    // `want` matched: the count fits in usize.
+    Ok((written_ns, usize::try_from(count).unwrap_or(0)))
 }
 
 fn now_ns() -> i64 {
@@ -170,34 +189,25 @@ fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// A multiply-rotate hasher for (device, inode) keys: `SipHash` was a visible share of a
-/// re-put, and these keys come from this user's own filesystem and cache file, so there is
-/// no one to flood the table.
-#[derive(Default, Clone, Copy)]
-struct InoHasher(u64);
-
-impl std::hash::Hasher for InoHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut a = [0u8; 8];
-            a[..c.len()].copy_from_slice(c);
-            self.write_u64(u64::from_le_bytes(a));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type InoMap = HashMap<(u64, u64), Entry, std::hash::BuildHasherDefault<InoHasher>>;
-
 /// The stat cache of one `put -r` run.
+///
+/// In memory it is the cache file itself (72 bytes per entry, sorted by device and inode,
+/// found by binary search) with two bits per entry (used by this run; superseded), and what
+/// this run learnt beside it (72 bytes per file hashed): a re-put of an unchanged tree costs
+/// the file's size and nothing more. A hash map of entries cost 150–300 bytes per file, more
+/// than the walk it saved (issue 26).
 pub(crate) struct StatCache {
     path: PathBuf,
-    entries: InoMap,
+    /// The cache file read (its entries sorted by (device, inode), checked at load), or empty.
+    loaded: Vec<u8>,
+    /// Its number of entries.
+    count: usize,
+    /// Per loaded entry: looked up or confirmed by this run (kept when trimming).
+    touched: Vec<u64>,
+    /// Per loaded entry: superseded (re-recorded, or racy): never used, not written back.
+    dead: Vec<u64>,
+    /// Recorded by this run and not in `loaded` as it is (80 bytes each).
+    added: Added,
     /// When this run started, before any file was looked at.
     run_start_ns: i64,
     dirty: bool,
@@ -224,7 +234,11 @@ impl StatCache {
         let path = store.path(layout::CACHE).join(name);
         let mut c = StatCache {
             path,
-            entries: InoMap::default(),
+            loaded: Vec::new(),
+            count: 0,
+            touched: Vec::new(),
+            dead: Vec::new(),
+            added: Added::default(),
             run_start_ns,
             dirty: false,
             fanouts: (0..256).map(|_| std::sync::OnceLock::new()).collect(),
@@ -242,7 +256,10 @@ impl StatCache {
                     "ignoring the stat cache {}: {why}; every file is hashed",
                     c.path.display()
                 ));
-                c.entries.clear();
+                c.loaded = Vec::new();
+                c.count = 0;
+                c.touched.clear();
+                c.dead.clear();
                 c.dirty = true; // replace it with a good one
             }
         }
@@ -267,7 +284,11 @@ impl StatCache {
             return Err(Some(format!("{} bytes, larger than any cache", meta.len)));
         }
         let bytes = fs::read_len(&file, meta.len).map_err(|e| Some(e.to_string()))?;
-        let (written_ns, entries) = decode(&bytes).map_err(Some)?;
+        let (written_ns, count) = check(&bytes).map_err(Some)?;
+        // Sorted, each slot once (as `save` writes it): binary search relies on it.
+        if (1..count).any(|i| slot_at(&bytes, i - 1) >= slot_at(&bytes, i)) {
+            return Err(Some("entries out of order".into()));
+        }
         // The racy-git rule: entries are trusted only if older than the run that wrote them
         // (which is also no later than the file's own mtime).
         let file_ns = meta
@@ -275,27 +296,46 @@ impl StatCache {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let limit = written_ns.min(file_ns);
-        self.entries.reserve(entries.len());
-        for (key, hash) in entries {
-            if key.settled_before(limit) {
-                self.entries.insert(
-                    (key.dev, key.ino),
-                    Entry {
-                        key,
-                        hash,
-                        touched: false,
-                    },
-                );
-            } else {
+        self.touched = vec![0; count.div_ceil(64)];
+        self.dead = vec![0; count.div_ceil(64)];
+        for i in 0..count {
+            if !record_at(&bytes, i).0.settled_before(limit) {
+                set_bit(&mut self.dead, i);
                 self.dirty = true;
             }
         }
+        self.loaded = bytes;
+        self.count = count;
         Ok(())
     }
 
     /// True if the cache holds no entry (none loaded, none recorded yet).
     pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.count == 0 && self.added.runs.is_empty()
+    }
+
+    /// The index of the loaded entry for this (device, inode), dead or alive.
+    fn find(&self, slot: (u64, u64)) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match slot_at(&self.loaded, mid).cmp(&slot) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
+    /// The live loaded entry for this (device, inode).
+    fn live(&self, slot: (u64, u64)) -> Option<(usize, StatKey, Hash)> {
+        let i = self.find(slot)?;
+        if bit(&self.dead, i) {
+            return None;
+        }
+        let (k, h) = record_at(&self.loaded, i);
+        Some((i, k, h))
     }
 
     /// The hash recorded for a file with this `lstat`, if every field matches and its object
@@ -320,17 +360,19 @@ impl StatCache {
     /// object is known to be in the store ([`StatCache::object_present`]). Read-only, for the
     /// probing threads of a walk.
     pub(crate) fn candidate(&self, key: &StatKey) -> Option<Hash> {
-        self.entries
-            .get(&(key.dev, key.ino))
-            .filter(|e| e.key == *key)
-            .map(|e| e.hash)
+        if let Some((k, h)) = self.added.get((key.dev, key.ino)) {
+            return h.filter(|_| k == *key);
+        }
+        self.live((key.dev, key.ino))
+            .filter(|(_, k, _)| k == key)
+            .map(|(_, _, h)| h)
     }
 
     /// Counts a hit: the file with this `lstat` was answered by [`StatCache::candidate`] and
     /// its object is present. Keeps the entry when the cache is trimmed.
     pub(crate) fn note_hit(&mut self, key: &StatKey) {
-        if let Some(e) = self.entries.get_mut(&(key.dev, key.ino)) {
-            e.touched = true;
+        if let Some((i, _, _)) = self.live((key.dev, key.ino)) {
+            set_bit(&mut self.touched, i);
         }
         self.hits += 1;
     }
@@ -340,20 +382,27 @@ impl StatCache {
     pub(crate) fn record(&mut self, key: &StatKey, hash: Hash) {
         self.hashed += 1;
         let slot = (key.dev, key.ino);
+        let old = self.live(slot);
         if !key.settled_before(self.run_start_ns) {
-            if self.entries.remove(&slot).is_some() {
+            if let Some((i, _, _)) = old {
+                set_bit(&mut self.dead, i);
                 self.dirty = true;
+            }
+            if self.added.get(slot).is_some() {
+                // A slot recorded earlier in this run (a hard link) goes too.
+                self.added.push(*key, None);
             }
             return;
         }
-        let new = Entry {
-            key: *key,
-            hash,
-            touched: true,
-        };
-        match self.entries.insert(slot, new) {
-            Some(old) if old.key == new.key && old.hash == new.hash => {}
-            _ => self.dirty = true,
+        match old {
+            Some((i, k, h)) if k == *key && h == hash => set_bit(&mut self.touched, i),
+            _ => {
+                if let Some((i, _, _)) = old {
+                    set_bit(&mut self.dead, i);
+                }
+                self.added.push(*key, Some(hash));
+                self.dirty = true;
+            }
         }
     }
 
@@ -430,17 +479,30 @@ impl StatCache {
         if !self.dirty {
             return;
         }
-        if self.entries.len() > MAX_ENTRIES {
-            self.entries.retain(|_, e| e.touched);
-        }
-        let mut list: Vec<(StatKey, Hash)> = self
-            .entries
-            .values()
-            .map(|e| (e.key, e.hash))
-            .take(MAX_ENTRIES)
-            .collect();
-        list.sort_unstable_by_key(|(k, _)| (k.dev, k.ino));
-        let bytes = encode(self.run_start_ns, &list);
+        // What this run learnt, sorted, the last record of a slot winning.
+        let added = std::mem::take(&mut self.added).into_sorted();
+        let (loaded, touched, dead) = (&self.loaded, &self.touched, &self.dead);
+        let added = &added;
+        let live = (0..self.count)
+            .filter(move |&i| !bit(dead, i))
+            .filter(move |&i| {
+                added
+                    .binary_search_by_key(&slot_at(loaded, i), |a| (a.0.dev, a.0.ino))
+                    .is_err()
+            });
+        let total = live.clone().count() + added.iter().filter(|a| a.1.is_some()).count();
+        // Past the limit, only this run's entries (looked up or recorded) are kept.
+        let trim = total > MAX_ENTRIES;
+        let merged = || {
+            let old = live
+                .clone()
+                .filter(move |&i| !trim || bit(touched, i))
+                .map(move |i| record_at(loaded, i));
+            let new = added.iter().filter_map(|(k, h)| Some((*k, (*h)?)));
+            merge_sorted(old, new).take(MAX_ENTRIES)
+        };
+        let count = merged().count();
+        let bytes = encode_iter(self.run_start_ns, count, merged());
         let r = store.ensure_dir(&store.path(layout::CACHE)).and_then(|_| {
             store.replace_small_with_mode(&self.path, &bytes, 0o600, Durability::None)
         });
@@ -450,6 +512,100 @@ impl StatCache {
             self.dirty = false;
         }
     }
+}
+
+/// A record of this run: the file's `lstat`, and its hash (`None`: forget the slot).
+type Record = (StatKey, Option<Hash>);
+
+/// The records of a run, as sorted runs of sizes decreasing from the oldest (a binary
+/// counter: amortised `O(log n)` moves per record, `O(log² n)` per lookup), a later record
+/// of a slot replacing earlier ones as runs merge.
+#[derive(Default)]
+struct Added {
+    runs: Vec<Vec<Record>>,
+}
+
+fn slot_of(r: &Record) -> (u64, u64) {
+    (r.0.dev, r.0.ino)
+}
+
+impl Added {
+    fn push(&mut self, key: StatKey, hash: Option<Hash>) {
+        self.runs.push(vec![(key, hash)]);
+        while self.runs.len() >= 2 {
+            let n = self.runs.len();
+            if self.runs[n - 2].len() > self.runs[n - 1].len() {
+                break;
+            }
+            let newer = self.runs.pop().unwrap_or_default();
+            let older = self.runs.pop().unwrap_or_default();
+            self.runs.push(merge_records(older, newer));
+        }
+    }
+
+    /// The latest record of a slot.
+    fn get(&self, slot: (u64, u64)) -> Option<Record> {
+        self.runs.iter().rev().find_map(|run| {
+            run.binary_search_by_key(&slot, slot_of)
+                .ok()
+                .map(|i| run[i])
+        })
+    }
+
+    fn into_sorted(mut self) -> Vec<Record> {
+        while self.runs.len() >= 2 {
+            let newer = self.runs.pop().unwrap_or_default();
+            let older = self.runs.pop().unwrap_or_default();
+            self.runs.push(merge_records(older, newer));
+        }
+        self.runs.pop().unwrap_or_default()
+    }
+}
+
+/// Two sorted runs merged; on a slot in both, the newer record wins.
+fn merge_records(older: Vec<Record>, newer: Vec<Record>) -> Vec<Record> {
+    let mut out = Vec::with_capacity(older.len() + newer.len());
+    let (mut a, mut b) = (older.into_iter().peekable(), newer.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => match slot_of(x).cmp(&slot_of(y)) {
+                std::cmp::Ordering::Less => a.next(),
+                std::cmp::Ordering::Greater => b.next(),
+                std::cmp::Ordering::Equal => {
+                    a.next();
+                    b.next()
+                }
+            },
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        out.extend(next);
+    }
+    out
+}
+
+fn bit(bits: &[u64], i: usize) -> bool {
+    bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+fn set_bit(bits: &mut [u64], i: usize) {
+    if let Some(w) = bits.get_mut(i / 64) {
+        *w |= 1 << (i % 64);
+    }
+}
+
+/// Two iterators of entries sorted by (device, inode), with no slot in both, merged.
+fn merge_sorted(
+    a: impl Iterator<Item = (StatKey, Hash)>,
+    b: impl Iterator<Item = (StatKey, Hash)>,
+) -> impl Iterator<Item = (StatKey, Hash)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if (x.0.dev, x.0.ino) <= (y.0.dev, y.0.ino) => a.next(),
+        (Some(_), Some(_)) | (None, _) => b.next(),
+        (Some(_), None) => a.next(),
+    })
 }
 
 #[cfg(test)]
@@ -517,6 +673,43 @@ mod tests {
         assert!(c3.lookup(&store, &key(3, old)).is_none());
     }
 
+    /// Issue 26: the compact form (the file's sorted entries, this run's records in sorted
+    /// runs) answers as the map did: the last record of a file wins, across saves.
+    #[test]
+    fn records_replace_loaded_entries_and_the_last_record_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path(), crate::Options::default()).unwrap();
+        let (h1, h2) = (
+            store.put_bytes(&[b'1'; 20]).unwrap(),
+            store.put_bytes(&[b'2'; 20]).unwrap(),
+        );
+        let mut c = StatCache::load(&store);
+        let old = c.run_start_ns - 10 * MARGIN_NS;
+        for i in 0..1000 {
+            c.record(&key(i, old), h1);
+        }
+        c.record(&key(7, old), h2); // re-recorded in the same run: the later one wins
+        assert_eq!(c.lookup(&store, &key(7, old)), Some(h2));
+        c.save(&store);
+        let mut c = StatCache::load(&store);
+        assert!(c.warning.is_none(), "{:?}", c.warning);
+        assert_eq!(c.count, 1000);
+        assert_eq!(c.lookup(&store, &key(7, old)), Some(h2));
+        assert_eq!(c.lookup(&store, &key(999, old)), Some(h1));
+        // A changed file replaces its loaded entry; an unchanged one is kept as it was.
+        let changed = key(5, old + 1);
+        c.record(&changed, h2);
+        c.record(&key(6, old), h1);
+        assert_eq!(c.lookup(&store, &changed), Some(h2));
+        assert!(c.lookup(&store, &key(5, old)).is_none());
+        c.save(&store);
+        let mut c = StatCache::load(&store);
+        assert_eq!(c.count, 1000);
+        assert_eq!(c.lookup(&store, &changed), Some(h2));
+        assert_eq!(c.lookup(&store, &key(6, old)), Some(h1));
+        assert!(c.lookup(&store, &key(1000, old)).is_none());
+    }
+
     #[test]
     fn a_hash_whose_object_is_gone_is_not_used() {
         let d = tempfile::tempdir().unwrap();
@@ -540,7 +733,7 @@ mod tests {
             .replace_small_with_mode(&c.path, b"garbage", 0o600, Durability::None)
             .unwrap();
         let c = StatCache::load(&store);
-        assert!(c.entries.is_empty());
+        assert!(c.is_empty());
         assert!(c.warning.as_deref().unwrap().contains("ignoring"));
         // Writable by the group: not trusted, however well formed.
         let good = encode(now_ns(), &[]);

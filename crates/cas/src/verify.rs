@@ -1,6 +1,7 @@
 //! Verification: rehash every object (in parallel), quarantine mismatches, find dangling
 //! pointers and dead writers' leftovers.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -97,55 +98,64 @@ impl Store {
         if self.upstream().is_some() {
             return self.without_upstream().verify(progress); // the local tier only
         }
+        // Streamed fan-out directory by fan-out directory: memory is bounded by the largest
+        // one, and each object costs one `openat` relative to its directory's descriptor.
+        // The progress bar's total comes from a first pass that only lists the directories.
+        let total: u64 = self
+            .fanout_dirs()
+            .filter_map(Result::ok)
+            .map(|(_, hashes)| hashes.len() as u64)
+            .sum();
         let mut bad_files = Vec::new();
-        let mut hashes = Vec::new();
-        for h in self.iter() {
-            match h {
-                Ok(h) => hashes.push(h),
-                Err(e) => bad_files.push(Problem {
-                    path: e
-                        .path()
-                        .map_or_else(|| self.path(crate::layout::OBJECTS), Into::into),
-                    reason: crate::mark::error_reason(&e),
-                }),
-            }
-        }
-        let total = hashes.len() as u64;
-        let next = AtomicUsize::new(0);
         let done = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
         let corrupt = Mutex::new(Vec::new());
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= hashes.len() || stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let h = hashes[i];
-                    if let Some(c) = self.check_object(&h, &bytes) {
-                        corrupt
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(c);
-                    }
-                    let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if (d.is_multiple_of(256) || d == total)
-                        && !progress(Progress {
-                            phase: "verify",
-                            done: d,
-                            total: Some(total),
-                        })
-                    {
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                });
+        for dir in self.fanout_dirs() {
+            let (fd, hashes) = match dir {
+                Ok(d) => d,
+                Err(e) => {
+                    bad_files.push(Problem {
+                        path: e
+                            .path()
+                            .map_or_else(|| self.path(crate::layout::OBJECTS), Into::into),
+                        reason: crate::mark::error_reason(&e),
+                    });
+                    continue;
+                }
+            };
+            let next = AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..threads.min(hashes.len()) {
+                    s.spawn(|| loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= hashes.len() || stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let h = hashes[i];
+                        if let Some(c) = self.check_object(fd.as_fd(), &h, &bytes) {
+                            corrupt
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(c);
+                        }
+                        let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        if (d.is_multiple_of(256) || d == total)
+                            && !progress(Progress {
+                                phase: "verify",
+                                done: d,
+                                total: Some(total.max(d)),
+                            })
+                        {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            if stop.load(Ordering::Relaxed) {
+                return Err(Error::Interrupted);
             }
-        });
-        if stop.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted);
         }
         let mut report = VerifyReport {
             objects: done.load(Ordering::Relaxed),
@@ -189,7 +199,7 @@ impl Store {
     /// hashes.
     pub(crate) fn restore_reachable_trash(
         &self,
-        reachable: &std::collections::HashSet<Hash>,
+        reachable: &crate::hashes::Layers,
     ) -> Result<Vec<Hash>> {
         let mut restored = Vec::new();
         for run in self.trash_runs()? {
@@ -216,13 +226,19 @@ impl Store {
     /// that is not a regular file (a symlink, FIFO, socket, device or directory) is never
     /// followed or read: it is moved to `quarantine/` (a rename moves the name itself) and
     /// reported.
-    fn check_object(&self, h: &Hash, bytes: &AtomicU64) -> Option<CorruptObject> {
+    fn check_object(
+        &self,
+        dir: BorrowedFd<'_>,
+        h: &Hash,
+        bytes: &AtomicU64,
+    ) -> Option<CorruptObject> {
         let path = self.object_path(h);
-        let f = match self.inner.root_dir.open_read(&path) {
+        let name = crate::stage::fanout_name(h);
+        let f = match fs::open_read_at(dir, name.as_ref()) {
             Ok(f) => f,
             Err(e) if fs::is_not_found(&e) => return None, // removed meanwhile (gc)
             Err(e) if fs::is_hostile(&e) => {
-                let what = match self.inner.root_dir.lstat(&path) {
+                let what = match fs::lstat_at(dir, name.as_ref()) {
                     Ok(m) => format!("is {}, not a regular file", m.kind.describe()),
                     Err(_) => e.to_string(),
                 };

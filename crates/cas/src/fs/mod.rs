@@ -652,6 +652,27 @@ pub(crate) fn sync_published_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) ->
     Ok(())
 }
 
+/// Opens the regular file `name` in the directory `dir` for reading, as
+/// [`Root::open_read`] does a path: `openat` without following a symlink (`ELOOP`),
+/// non-blocking (a FIFO does not hang), and anything that is not a regular file refused with
+/// an [`io::ErrorKind::InvalidData`] error naming what it is.
+pub(crate) fn open_read_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    use rustix::fs::{FileType, Mode};
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    let kind = Kind::of(FileType::from_raw_mode(st.st_mode));
+    if kind != Kind::File {
+        return Err(root::not_regular(kind));
+    }
+    rustix::fs::fcntl_setfl(&fd, OFlags::RDONLY)?;
+    Ok(File::from(fd))
+}
+
 /// `lstat` of the name `name` in the directory `dir` (`fstatat(AT_SYMLINK_NOFOLLOW)`).
 pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<root::Meta> {
     root::lstat_name_at(dir, name)
