@@ -14,13 +14,15 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::{format_duration, Options};
 use crate::hash::{Hash, HEX_LEN};
-use crate::index::{display_key, Entry};
-use crate::lock::Holder;
-use crate::refs::{log_field, parse_log_line, parse_ref_content, validate_ref_name};
-use crate::tree::{EntryKind, Tree, TreeEntry};
-use crate::{layout, store, trash, Durability};
+use crate::maint::trash;
+use crate::names::entries::{display_key, Entry};
+use crate::names::lock::Holder;
+use crate::names::refs::{log_field, parse_log_line, parse_ref_content, validate_ref_name};
+use crate::store::config::{format_duration, Options};
+use crate::store::{handle as store, layout};
+use crate::tree::format::{EntryKind, Tree, TreeEntry};
+use crate::Durability;
 
 /// A fuzz target: its name (the directory of its corpus) and its function.
 pub type Target = (&'static str, fn(&[u8]) -> bool);

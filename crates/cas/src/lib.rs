@@ -147,71 +147,48 @@
 //! - Objects are stored whole and uncompressed, so the store can be checked with standard tools
 //!   (`b3sum objects/ab/cd…` prints the object's own name).
 
-mod batch;
-mod cleanup;
-mod closure;
 mod codec;
-mod config;
-mod copyout;
-mod doctor;
 mod error;
 mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
-mod gc;
 mod hash;
-mod index;
-mod init;
-mod layout;
-mod list;
-mod lock;
-mod mark;
-mod materialize;
-mod once;
-mod output;
+mod maint;
+mod names;
 mod progress;
-mod putdir;
 mod read;
-mod reflog;
-mod refs;
-mod remove;
-mod restore;
-mod stage;
-mod statcache;
 mod store;
-mod transfer;
-mod trash;
+mod sync;
 mod tree;
-mod upstream;
-mod usage;
-mod verify;
 mod write;
 
-pub use batch::Batch;
-pub use cleanup::abandon_temporaries;
-pub use config::{parse_duration, parse_size, Durability, Options};
-pub use doctor::{DoctorReport, FsInfoReport, Owner, Probe, ProblemGroup};
 pub use error::{Error, ErrorKind, Result};
-pub use gc::{BudgetUnmet, GcOptions, GcReport};
 pub use hash::{Hash, HASH_LEN, HEX_LEN};
-pub use index::Entry;
-pub use init::{Create, DefaultStore};
-pub use list::{ObjectMeta, OrderedObjectMeta, OrderedObjects};
-pub use materialize::Materialized;
-pub use once::{ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting};
-pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
-pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
-pub use refs::{
+pub use maint::doctor::{DoctorReport, FsInfoReport, Owner, Probe, ProblemGroup};
+pub use maint::gc::{BudgetUnmet, GcOptions, GcReport};
+pub use maint::list::{ObjectMeta, OrderedObjectMeta, OrderedObjects};
+pub use maint::remove::{ReachedBy, RemoveOptions, Root};
+pub use maint::usage::{Area, Usage};
+pub use maint::verify::{CorruptObject, Dangling, Problem, VerifyReport};
+pub use names::entries::Entry;
+pub use names::once::{
+    ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting,
+};
+pub use names::refs::{
     validate_ref_name, Expect, RefLogEntry, RefLogLine, RefsReport, MAX_REF_NAME, MAX_REF_SEGMENT,
 };
-pub use remove::{ReachedBy, RemoveOptions, Root};
-pub use store::{Barrier, FsInfo, Store};
-pub use transfer::{TransferConflict, TransferOptions, TransferReport};
-pub use tree::{
+pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
+pub use read::get::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
+pub use read::materialize::Materialized;
+pub use store::abandon::abandon_temporaries;
+pub use store::config::{parse_duration, parse_size, Durability, Options};
+pub use store::handle::{Barrier, FsInfo, Store};
+pub use store::init::{Create, DefaultStore};
+pub use sync::transfer::{TransferConflict, TransferOptions, TransferReport};
+pub use sync::upstream::{DirUpstream, Upstream};
+pub use tree::format::{
     CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeLimits,
     TREE_MAGIC, TREE_VERSION,
 };
-pub use upstream::{DirUpstream, Upstream};
-pub use usage::{Area, Usage};
-pub use verify::{CorruptObject, Dangling, Problem, VerifyReport};
-pub use write::Writer;
+pub use write::batch::Batch;
+pub use write::writer::Writer;
