@@ -148,6 +148,7 @@
 //!   (`b3sum objects/ab/cd…` prints the object's own name).
 
 mod codec;
+mod copy;
 mod error;
 mod fs;
 #[doc(hidden)]
@@ -187,7 +188,7 @@ pub use store::init::{Create, DefaultStore};
 pub use sync::transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use sync::upstream::{DirUpstream, Upstream};
 pub use tree::format::{
-    CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeLimits,
+    CheckoutOptions, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeEntryKind, TreeLimits,
     TREE_MAGIC, TREE_VERSION,
 };
 pub use write::batch::Batch;

@@ -554,6 +554,17 @@ pub(crate) fn rename_dir_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
+/// The one rule for memory-mapping a file: only on a local filesystem (a network
+/// filesystem's pages can vanish under a mapping), and only a file no one else can truncate
+/// while it is mapped: touching a mapped page past a new end raises SIGBUS, where a
+/// truncation under a `read` only shortens what is read (which verification then reports).
+/// Callers say what they know: `Store::may_map` for objects,
+/// `Store::may_map_own` for this process's own files in the store, and the
+/// destination's filesystem and privacy for output files.
+pub(crate) fn may_map(local: bool, only_we_can_truncate: bool) -> bool {
+    local && only_we_can_truncate
+}
+
 /// Maps `len` bytes of our own private file from `offset`, read-only, to hash what was just
 /// copied into it without copying it again.
 ///

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use crate::error::Result;
 use crate::fs;
 use crate::maint::verify::{Dangling, Problem};
-use crate::store::handle::FsInfo;
 use crate::store::layout;
 use crate::Store;
 
@@ -147,7 +146,7 @@ fn summarize(r: &DoctorReport) -> Vec<ProblemGroup> {
     out
 }
 
-/// [`FsInfo`] in a serializable form.
+/// [`FsInfo`](crate::FsInfo) in a serializable form.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct FsInfoReport {
@@ -159,18 +158,23 @@ pub struct FsInfoReport {
     pub network: bool,
     /// Publishing uses `renameat2(RENAME_NOREPLACE)` (else `link` + `unlink`).
     pub rename_noreplace: bool,
-    /// Large objects are memory-mapped for reads.
+    /// Large objects are memory-mapped for reads (those this user owns): a local filesystem
+    /// and a private store. In a shared store the group could truncate a mapped object.
     pub mmap_reads: bool,
     /// The durability barrier used before names are published (`syncfs` or `fdatasync`).
     pub barrier: crate::Barrier,
 }
 
-impl From<FsInfo> for FsInfoReport {
-    fn from(f: FsInfo) -> Self {
+impl FsInfoReport {
+    /// The report of a store's filesystem: what [`Store::fs_info`] says, and whether reads
+    /// map by the store's rule ([`Store::may_map_own`]: the filesystem *and* the store's
+    /// sharing decide).
+    pub(crate) fn of(store: &Store) -> Self {
+        let f = store.fs_info();
         FsInfoReport {
             fs_type: f.fs_type,
             magic: format!("{:#x}", f.magic),
-            mmap_reads: !f.network,
+            mmap_reads: store.may_map_own(),
             network: f.network,
             rename_noreplace: f.rename_noreplace,
             barrier: f.barrier,
@@ -273,7 +277,7 @@ impl Store {
         damaged.extend(m.reach.damaged);
         let foreign_owner = self.foreign_owner();
         let mut r = DoctorReport {
-            fs: self.fs_info().into(),
+            fs: FsInfoReport::of(self),
             probes,
             permission_problems,
             stale_staging,

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::maint::verify::Problem;
 use crate::store::layout;
-use crate::tree::format::Tree;
+use crate::tree::format::{read_head, Tree};
 use crate::Store;
 
 /// Why an object is reached.
@@ -347,19 +347,6 @@ impl Store {
     }
 }
 
-fn read_head(mut f: &std::fs::File, head: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// An error as a reason in a report: without the path, which the report names already.
 pub(crate) fn error_reason(e: &Error) -> String {
     match e {
@@ -372,10 +359,10 @@ pub(crate) fn error_reason(e: &Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::format::{EntryKind, TreeEntry};
+    use crate::tree::format::{TreeEntry, TreeEntryKind};
     use crate::{Expect, Options};
 
-    fn tree(entries: Vec<(&str, EntryKind)>) -> Vec<u8> {
+    fn tree(entries: Vec<(&str, TreeEntryKind)>) -> Vec<u8> {
         Tree {
             entries: entries
                 .into_iter()
@@ -399,7 +386,7 @@ mod tests {
             s.put_bytes(b"b").unwrap(),
             s.put_bytes(b"c").unwrap(),
         );
-        let file = |h| EntryKind::File {
+        let file = |h| TreeEntryKind::File {
             executable: false,
             size: 1,
             hash: h,
@@ -408,7 +395,7 @@ mod tests {
         let top = s
             .put_bytes(&tree(vec![
                 ("a", file(leaf)),
-                ("s", EntryKind::Dir { hash: sub }),
+                ("s", TreeEntryKind::Dir { hash: sub }),
             ]))
             .unwrap();
         s.set_ref("r", top, Expect::Any).unwrap();

@@ -176,7 +176,7 @@ fn reached_by(m: &Mark, hash: &Hash) -> Option<ReachedBy> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::format::{EntryKind, Tree, TreeEntry};
+    use crate::tree::format::{Tree, TreeEntry, TreeEntryKind};
     use crate::{Expect, Options};
 
     #[test]
@@ -189,7 +189,7 @@ mod tests {
                 &Tree {
                     entries: vec![TreeEntry {
                         name: b"f".to_vec(),
-                        kind: EntryKind::File {
+                        kind: TreeEntryKind::File {
                             executable: false,
                             size: 4,
                             hash: leaf,
@@ -204,7 +204,7 @@ mod tests {
                 &Tree {
                     entries: vec![TreeEntry {
                         name: b"d".to_vec(),
-                        kind: EntryKind::Dir { hash: sub },
+                        kind: TreeEntryKind::Dir { hash: sub },
                     }],
                 }
                 .encode(),

@@ -91,7 +91,7 @@ impl Store {
             bytes: 0,
             counted_bytes: 0,
             max_size: self.inner.options.max_size,
-            fs: self.fs_info().into(),
+            fs: FsInfoReport::of(self),
             unreadable: Vec::new(),
         };
         for (dir, name) in AREAS {

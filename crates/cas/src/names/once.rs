@@ -29,7 +29,7 @@ use crate::hash::Hash;
 use crate::names::entries::display_key;
 use crate::names::lock::{Lock, Wait};
 use crate::read::get::Object;
-use crate::tree::format::EntryKind;
+use crate::tree::format::TreeEntryKind;
 use crate::{Expect, Store, Writer};
 
 /// The error a producer returns: anything that can be boxed.
@@ -286,14 +286,14 @@ impl Store {
             for e in t.entries {
                 let p = at.join(std::ffi::OsStr::from_bytes(&e.name));
                 match e.kind {
-                    EntryKind::Dir { hash } => stack.push((hash, p)),
-                    EntryKind::File { hash, .. } => {
+                    TreeEntryKind::Dir { hash } => stack.push((hash, p)),
+                    TreeEntryKind::File { hash, .. } => {
                         if seen.insert(hash) {
                             self.verify_object(&hash)
                                 .map_err(|e| Bad::at(e, root, &p))?;
                         }
                     }
-                    EntryKind::Symlink { .. } => {}
+                    TreeEntryKind::Symlink { .. } => {}
                 }
             }
         }

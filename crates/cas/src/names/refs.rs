@@ -47,6 +47,23 @@ pub struct RefLogEntry {
     pub message: String,
 }
 
+impl RefLogEntry {
+    /// The entry as one line of `logs/refs/NAME`, without its newline (docs/format.md
+    /// "Refs"): `OLD NEW TIME HOST USER<TAB>MESSAGE`, an absent value as 64 zeros. The one
+    /// encoder: the log's writer and the round-trip tests use it, [`parse_log_line`] reads it.
+    pub(crate) fn to_line(&self) -> String {
+        format!(
+            "{} {} {} {} {}\t{}",
+            log_field(self.old.as_ref()),
+            log_field(self.new.as_ref()),
+            self.time,
+            self.host,
+            self.user,
+            self.message
+        )
+    }
+}
+
 /// Checks a ref name against the rules: `/`-separated segments of `[A-Za-z0-9._-]`; no empty,
 /// `.`, `..` or dot-leading segment; no segment ending in `.lock`; at most
 /// [`MAX_REF_SEGMENT`] bytes a segment and [`MAX_REF_NAME`] in all. Nothing else is needed to
@@ -403,15 +420,15 @@ impl Store {
         let secs = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        format!(
-            "{} {} {} {} {}\t{}\n",
-            log_field(old),
-            log_field(new),
-            secs,
-            self.inner.host,
-            fs::username(),
-            clean_message(message)
-        )
+        let entry = RefLogEntry {
+            old: old.copied(),
+            new: new.copied(),
+            time: secs,
+            host: self.inner.host.clone(),
+            user: fs::username(),
+            message: clean_message(message),
+        };
+        entry.to_line() + "\n"
     }
 
     /// Opens a ref's log for appending (`O_APPEND | O_CREAT`, beneath the root, never through
@@ -681,15 +698,7 @@ mod tests {
             user: "u".into(),
             message: "set by test".into(),
         };
-        let line = format!(
-            "{} {} {} {} {}\t{}",
-            log_field(e.old.as_ref()),
-            log_field(e.new.as_ref()),
-            e.time,
-            e.host,
-            e.user,
-            e.message
-        );
+        let line = e.to_line();
         assert_eq!(parse_log_line(&line), Some(e));
     }
 

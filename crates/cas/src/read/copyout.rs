@@ -31,11 +31,11 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::copy::{copy_and_hash, copy_chunks, CopyError};
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::{Hash, Hasher, PARALLEL_MIN};
 use crate::progress::{Progress, ProgressFn};
-use crate::write::writer::{copy_and_hash, CopyError};
 use crate::Store;
 
 /// Bytes hashed or written per step: large enough for `update_rayon` to use both cores and to
@@ -96,8 +96,8 @@ pub(crate) fn copy_verified(
 /// naming the side that failed.
 fn copy_error(e: CopyError, obj_path: &Path, dst_shown: &Path) -> Error {
     match e {
-        CopyError::Read(e) => Error::io("read", obj_path, e),
-        CopyError::Store(e) => Error::io("write output", dst_shown, e),
+        CopyError::Source(e) => Error::io("read", obj_path, e),
+        CopyError::Dest(e) => Error::io("write output", dst_shown, e),
         CopyError::Stopped => Error::Interrupted,
     }
 }
@@ -390,7 +390,7 @@ fn copy_hashing_object(
             }
             Ok(h.finalize().into())
         });
-        let copied = crate::write::writer::copy_chunks(obj, dst, &mut |total| {
+        let copied = copy_chunks(obj, dst, &mut |total| {
             stopped = !progress(Progress {
                 phase: "get",
                 done: total,
@@ -463,7 +463,7 @@ pub(crate) fn object_to_new_file(
             progress,
         )?
     } else if len > crate::write::writer::SMALL_FILE {
-        let may_map = dst_private && fs::is_local(dst);
+        let may_map = fs::may_map(fs::is_local(dst), dst_private);
         copy_verified(
             store,
             hash,

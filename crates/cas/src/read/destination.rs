@@ -16,7 +16,7 @@ use crate::store::abandon;
 use crate::Store;
 
 /// Symlinks followed at most, as the kernel's `MAXSYMLINKS`.
-const MAX_LINKS: usize = 40;
+use crate::tree::format::MAX_LINKS;
 
 /// What a destination path turned out to be, symlinks followed.
 #[derive(Debug, PartialEq, Eq)]

@@ -104,12 +104,11 @@ impl Store {
     pub fn object_info(&self, hash: &Hash) -> Result<ObjectInfo> {
         let (file, path) = self.open_located(hash)?;
         let m = fs::Root::fmeta(&file).map_err(Error::at("stat", &path))?;
-        let mut head = [0u8; 8];
-        let n = fs::read_full(&file, &mut head).map_err(Error::at("read", &path))?;
+        let is_tree = crate::Tree::sniff(&file).map_err(Error::at("read", &path))?;
         Ok(ObjectInfo {
             len: m.len,
             mtime: m.mtime,
-            is_tree: crate::Tree::is_tree(&head[..n]),
+            is_tree,
         })
     }
 
@@ -258,7 +257,13 @@ impl Store {
     /// shortens what is read, which verification reports as corruption.
     pub(crate) fn may_map(&self, meta: &std::fs::Metadata) -> bool {
         use std::os::unix::fs::MetadataExt;
-        !self.inner.caps.network && !self.inner.options.shared_group && meta.uid() == fs::uid()
+        self.may_map_own() && meta.uid() == fs::uid()
+    }
+
+    /// May a file this process created in the store (a staging file) be memory-mapped? On a
+    /// local filesystem, in a private store (in a shared one, the group can truncate it).
+    pub(crate) fn may_map_own(&self) -> bool {
+        fs::may_map(!self.inner.caps.network, !self.inner.options.shared_group)
     }
 
     /// Returns an object's bytes after checking they hash to `hash`.

@@ -352,18 +352,9 @@ fn resolve_names(src: &Store, dst: &Store, opts: &TransferOptions) -> Result<Vec
 /// If the object is a tree, its direct children `(hash, is_tree)`. Only the first bytes are
 /// read to tell (a root may be a huge file); a tree is then read whole, verified, decoded.
 fn tree_children(src: &Store, hash: &Hash) -> Result<Option<Vec<(Hash, bool)>>> {
-    let mut head = [0u8; 8];
-    let mut r = src.reader(hash)?;
-    let mut n = 0;
-    while n < head.len() {
-        match std::io::Read::read(&mut r, &mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", src.object_path(hash), e)),
-        }
-    }
-    if !Tree::is_tree(&head[..n]) {
+    let is_tree =
+        Tree::sniff(src.reader(hash)?).map_err(|e| Error::io("read", src.object_path(hash), e))?;
+    if !is_tree {
         return Ok(None);
     }
     let obj = src.get(hash)?;

@@ -153,9 +153,9 @@ impl Tally<'_> {
         };
         for e in &tree.entries {
             match &e.kind {
-                EntryKind::File { size, .. } => t.bytes = t.bytes.saturating_add(*size),
-                EntryKind::Symlink { .. } => t.links = t.links.saturating_add(1),
-                EntryKind::Dir { hash: sub } => {
+                TreeEntryKind::File { size, .. } => t.bytes = t.bytes.saturating_add(*size),
+                TreeEntryKind::Symlink { .. } => t.links = t.links.saturating_add(1),
+                TreeEntryKind::Dir { hash: sub } => {
                     if depth + 1 > self.max_depth() {
                         return Err(self.over(
                             "max_depth",
@@ -207,12 +207,12 @@ pub struct TreeEntry {
     /// File name bytes: not empty, not `.` or `..`, no `/` and no NUL.
     pub name: Vec<u8>,
     /// What it is.
-    pub kind: EntryKind,
+    pub kind: TreeEntryKind,
 }
 
 /// The kind of a tree entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum EntryKind {
+pub enum TreeEntryKind {
     /// A regular file.
     File {
         /// Whether any execute bit was set.
@@ -268,7 +268,7 @@ fn check_entries(entries: &[TreeEntry]) -> std::result::Result<(), String> {
         if i > 0 && entries[i - 1].name >= e.name {
             return Err("entries are not strictly sorted (duplicate or out of order)".into());
         }
-        if let EntryKind::Symlink { target } = &e.kind {
+        if let TreeEntryKind::Symlink { target } = &e.kind {
             if target.is_empty() || target.contains(&0) {
                 return Err("symlink target is empty or contains NUL".into());
             }
@@ -318,6 +318,28 @@ impl Tree {
         bytes.starts_with(TREE_MAGIC)
     }
 
+    /// The one way to tell a tree from a blob by its head: reads the first
+    /// [`TREE_MAGIC`]`.len()` bytes of `object` (fewer if it is shorter) and says whether they
+    /// are the tree magic. Nothing is verified: a blob may start with the magic too, so a
+    /// tree is only known to be one once [`Tree::decode`] accepts it.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let blob = store.put_bytes(b"just bytes")?;
+    /// assert!(!cas::Tree::sniff(store.reader(&blob)?).unwrap());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The reader's error (an interrupted read is retried).
+    pub fn sniff(object: impl std::io::Read) -> std::io::Result<bool> {
+        let mut head = [0u8; TREE_MAGIC.len()];
+        let n = read_head(object, &mut head)?;
+        Ok(Tree::is_tree(&head[..n]))
+    }
+
     /// Decodes and validates a tree: known version, names valid, strictly sorted (so unique),
     /// symlink targets non-empty without NUL, bytes exactly the canonical encoding (as
     /// [`Tree::encode`] writes it). Never panics, whatever the bytes.
@@ -339,9 +361,9 @@ impl Tree {
     /// Hashes of the objects this tree points to directly (files and subtrees).
     pub fn children(&self) -> impl Iterator<Item = (Hash, bool)> + '_ {
         self.entries.iter().filter_map(|e| match &e.kind {
-            EntryKind::File { hash, .. } => Some((*hash, false)),
-            EntryKind::Dir { hash } => Some((*hash, true)),
-            EntryKind::Symlink { .. } => None,
+            TreeEntryKind::File { hash, .. } => Some((*hash, false)),
+            TreeEntryKind::Dir { hash } => Some((*hash, true)),
+            TreeEntryKind::Symlink { .. } => None,
         })
     }
 }
@@ -350,7 +372,24 @@ impl Tree {
 pub(crate) type Trees = std::collections::HashMap<Hash, Tree>;
 
 /// How many symlinks one resolution may follow (the kernel's own limit is 40).
-const MAX_LINKS: usize = 40;
+/// Reads up to `head.len()` bytes from the start of `r` (fewer at its end), retrying an
+/// interrupted read: the head [`Tree::sniff`] looks at, for callers that keep the bytes.
+pub(crate) fn read_head(mut r: impl std::io::Read, head: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < head.len() {
+        match r.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Symbolic links followed in one path resolution before giving up (as Linux's `ELOOP`
+/// limit): tree checkouts and destination paths share it.
+pub(crate) const MAX_LINKS: usize = 40;
 
 /// A whole tree, names and kinds only (no file contents): what a restore will create, so
 /// that every symlink can be resolved as the restored tree will resolve it.
@@ -694,7 +733,7 @@ impl Store {
                 return Ok(false);
             };
             let same = match &e.kind {
-                EntryKind::File {
+                TreeEntryKind::File {
                     executable,
                     size,
                     hash,
@@ -706,10 +745,10 @@ impl Store {
                             .and_then(|f| crate::read::get::hash_file(&f, false))
                             .is_ok_and(|h| h == *hash)
                 }
-                EntryKind::Dir { hash } => {
+                TreeEntryKind::Dir { hash } => {
                     m.is_dir() && self.dir_holds_tree(&p, hash, depth + 1)?
                 }
-                EntryKind::Symlink { target } => {
+                TreeEntryKind::Symlink { target } => {
                     m.file_type().is_symlink()
                         && std::fs::read_link(&p)
                             .is_ok_and(|l| l.as_os_str().as_bytes() == target.as_slice())
@@ -741,7 +780,7 @@ impl Store {
     ///
     /// # Errors
     /// As [`Store::walk_tree`].
-    pub fn list_tree(&self, hash: &Hash) -> Result<Vec<(PathBuf, EntryKind)>> {
+    pub fn list_tree(&self, hash: &Hash) -> Result<Vec<(PathBuf, TreeEntryKind)>> {
         let mut out = Vec::new();
         self.walk_tree(hash, &TreeLimits::default(), |p, k| {
             out.push((p.to_owned(), k.clone()));
@@ -784,7 +823,7 @@ impl Store {
         &self,
         hash: &Hash,
         limits: &TreeLimits,
-        mut f: impl FnMut(&Path, &EntryKind) -> Result<()>,
+        mut f: impl FnMut(&Path, &TreeEntryKind) -> Result<()>,
     ) -> Result<()> {
         self.tree_totals(hash, limits, false, &Trees::new())?;
         self.walk_into(hash, Path::new(""), 0, &mut f)
@@ -795,7 +834,7 @@ impl Store {
         hash: &Hash,
         at: &Path,
         depth: usize,
-        f: &mut dyn FnMut(&Path, &EntryKind) -> Result<()>,
+        f: &mut dyn FnMut(&Path, &TreeEntryKind) -> Result<()>,
     ) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::Tree {
@@ -806,7 +845,7 @@ impl Store {
         for e in self.read_tree(hash)?.entries {
             let p = at.join(std::ffi::OsStr::from_bytes(&e.name));
             f(&p, &e.kind)?;
-            if let EntryKind::Dir { hash } = &e.kind {
+            if let TreeEntryKind::Dir { hash } = &e.kind {
                 self.walk_into(hash, &p, depth + 1, f)?;
             }
         }
@@ -997,9 +1036,9 @@ impl Store {
         let mut m = Model::default();
         for e in &tree.entries {
             let node = match &e.kind {
-                EntryKind::File { .. } => Node::File,
-                EntryKind::Symlink { target } => Node::Link(target.clone()),
-                EntryKind::Dir { hash } => {
+                TreeEntryKind::File { .. } => Node::File,
+                TreeEntryKind::Symlink { target } => Node::Link(target.clone()),
+                TreeEntryKind::Dir { hash } => {
                     let sub = shown.join(std::ffi::OsStr::from_bytes(&e.name));
                     Node::Dir(self.model(hash, &sub, depth + 1, known, memo)?)
                 }
@@ -1024,17 +1063,17 @@ mod tests {
         let name = proptest::collection::vec(any::<u8>(), 1..12);
         let kind = prop_oneof![
             (any::<bool>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(x, s, h)| {
-                EntryKind::File {
+                TreeEntryKind::File {
                     executable: x,
                     size: s,
                     hash: Hash::from_bytes(h),
                 }
             }),
-            any::<[u8; 32]>().prop_map(|h| EntryKind::Dir {
+            any::<[u8; 32]>().prop_map(|h| TreeEntryKind::Dir {
                 hash: Hash::from_bytes(h)
             }),
             proptest::collection::vec(1u8..=255, 1..20)
-                .prop_map(|t| EntryKind::Symlink { target: t }),
+                .prop_map(|t| TreeEntryKind::Symlink { target: t }),
         ];
         (name, kind).prop_map(|(name, kind)| TreeEntry { name, kind })
     }
@@ -1125,7 +1164,7 @@ mod tests {
     fn dir(name: &str, hash: Hash) -> TreeEntry {
         TreeEntry {
             name: name.as_bytes().to_vec(),
-            kind: EntryKind::Dir { hash },
+            kind: TreeEntryKind::Dir { hash },
         }
     }
 
@@ -1229,7 +1268,7 @@ mod tests {
                 &Tree {
                     entries: vec![TreeEntry {
                         name: b"f".to_vec(),
-                        kind: EntryKind::File {
+                        kind: TreeEntryKind::File {
                             executable: false,
                             size: 10,
                             hash: file_obj,
@@ -1295,7 +1334,7 @@ mod tests {
                 &Tree {
                     entries: vec![TreeEntry {
                         name: b"l".to_vec(),
-                        kind: EntryKind::Symlink {
+                        kind: TreeEntryKind::Symlink {
                             target: b"../../../x".to_vec(),
                         },
                     }],
@@ -1350,10 +1389,10 @@ mod tests {
         ) {
             let mut entries = entries;
             for n in names {
-                entries.push(TreeEntry { name: n, kind: EntryKind::Symlink { target: Vec::new() } });
+                entries.push(TreeEntry { name: n, kind: TreeEntryKind::Symlink { target: Vec::new() } });
                 entries.push(TreeEntry {
                     name: b"dup".to_vec(),
-                    kind: EntryKind::Dir { hash: Hash::from_bytes([1; 32]) },
+                    kind: TreeEntryKind::Dir { hash: Hash::from_bytes([1; 32]) },
                 });
             }
             let t = Tree { entries };

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::fs::{self, Kind};
 use crate::hash::Hash;
 use crate::progress::ProgressHook;
-use crate::tree::format::{EntryKind, Tree, TreeEntry, Trees, MAX_DEPTH};
+use crate::tree::format::{Tree, TreeEntry, TreeEntryKind, Trees, MAX_DEPTH};
 use crate::tree::statcache::{StatCache, StatKey};
 use crate::write::batch::Batch;
 use crate::Store;
@@ -372,15 +372,15 @@ impl Walk<'_> {
         let mut children = Vec::with_capacity(entries.len());
         for (name, item) in entries {
             let kind = match item {
-                Item::File { st, cached } => EntryKind::File {
+                Item::File { st, cached } => TreeEntryKind::File {
                     executable: st.mode & 0o111 != 0,
                     size: st.size,
                     hash: self.file(path, &name, StatKey::of_src(&st), st.size, cached)?,
                 },
-                Item::Link(t) => EntryKind::Symlink {
+                Item::Link(t) => TreeEntryKind::Symlink {
                     target: t.into_vec(),
                 },
-                Item::Dir(sub) => EntryKind::Dir {
+                Item::Dir(sub) => TreeEntryKind::Dir {
                     hash: self.dir(scan, sub, &path.join(&name), depth + 1)?,
                 },
             };
@@ -457,7 +457,7 @@ impl Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EntryKind, Options};
+    use crate::{Options, TreeEntryKind};
 
     /// A directory large enough to be split among threads (files, links, subdirectories).
     fn big_dir(root: &Path) {
@@ -590,7 +590,9 @@ mod tests {
         let tree = store.read_tree(&t).unwrap();
         let names: Vec<&[u8]> = tree.entries.iter().map(|e| &e.name[..]).collect();
         assert_eq!(names, vec![&b"a-link"[..], b"b", b"sub"]);
-        assert!(matches!(&tree.entries[0].kind, EntryKind::Symlink { target } if target == b"sub"));
+        assert!(
+            matches!(&tree.entries[0].kind, TreeEntryKind::Symlink { target } if target == b"sub")
+        );
         rustix::fs::mknodat(
             rustix::fs::CWD,
             src.join("sub/fifo"),

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
 use crate::progress::{Progress, ProgressHook};
-use crate::tree::format::{check_name, EntryKind, Tree, MAX_DEPTH};
+use crate::tree::format::{check_name, Tree, TreeEntryKind, MAX_DEPTH};
 use crate::Store;
 
 /// Files handed to a worker at once (fewer channel operations for trees of small files).
@@ -101,7 +101,8 @@ pub(crate) fn restore(
 ) -> Result<()> {
     let shared = Shared {
         store,
-        may_map: fs::is_local(dir.as_fd()),
+        // The destination files are this process's own, just created.
+        may_map: fs::may_map(fs::is_local(dir.as_fd()), true),
         failed: AtomicBool::new(false),
         first_error: Mutex::new(None),
         progress,
@@ -225,7 +226,7 @@ fn walk(
         let name = OsStr::from_bytes(&e.name);
         let shown_path = shown.join(name);
         match &e.kind {
-            EntryKind::File {
+            TreeEntryKind::File {
                 executable, hash, ..
             } => {
                 batch.push(FileJob {
@@ -239,7 +240,7 @@ fn walk(
                     send(shared, tx, batch)?;
                 }
             }
-            EntryKind::Dir { hash } => {
+            TreeEntryKind::Dir { hash } => {
                 // The files of this directory go out before we descend, so a job never holds
                 // more than one directory open.
                 send(shared, tx, batch)?;
@@ -256,7 +257,7 @@ fn walk(
                     batch,
                 )?;
             }
-            EntryKind::Symlink { target } => {
+            TreeEntryKind::Symlink { target } => {
                 fs::symlink_at(OsStr::from_bytes(target), dir.as_fd(), name)
                     .map_err(Error::at("create symlink", &shown_path))?;
             }

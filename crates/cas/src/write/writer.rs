@@ -6,21 +6,15 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use crate::copy::{copy_and_hash, CopyError};
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::{Hash, Hasher};
 use crate::write::stage::{Input, Staged, Staging};
 use crate::{Durability, Store};
 
-/// A progress tick: bytes just staged; returning false asks the put to stop
-/// ([`Error::Interrupted`]).
-pub(crate) type Tick<'a> = &'a (dyn Fn(u64) -> bool + Sync);
+use crate::copy::Tick;
 
-/// Bytes copied per step when putting a file by path or copying an object out: large enough
-/// to amortise the system call, small enough that hashing starts early and overlaps the rest
-/// of the copy. 8 MiB left a 32 MiB file's copy and hash overlapped for only 3 of 5 steps:
-/// a restore of 8 × 32 MiB went from 0.85× to 1.0× `cp -a` at 2 MiB (docs/decisions.md).
-const COPY_CHUNK: usize = 2 << 20;
 /// Bytes buffered by a [`Writer`] before they are hashed and written.
 const WRITE_BUF: usize = 128 * 1024;
 /// Chunks at least this large are hashed on a second thread while they are written.
@@ -383,11 +377,11 @@ impl Store {
             return Ok((hash, Some(self.stage_hashed(&bytes, hash)?)));
         }
         let mut staging = self.new_staging()?;
-        let may_map = !self.inner.options.shared_group && !self.inner.caps.network;
+        let may_map = self.may_map_own();
         let (hash, len) =
             copy_and_hash(&src, staging.file_mut(), may_map, tick).map_err(|e| match e {
-                CopyError::Read(e) => input.error(e),
-                CopyError::Store(e) => Error::io("copy into staging file", staging.path(), e),
+                CopyError::Source(e) => input.error(e),
+                CopyError::Dest(e) => Error::io("copy into staging file", staging.path(), e),
                 CopyError::Stopped => Error::Interrupted,
             })?;
         Ok((hash, Some(Staged { staging, hash, len })))
@@ -494,7 +488,7 @@ impl Store {
             return NameHolds::Object { mode: m.mode };
         }
         let path = self.object_path(hash);
-        let may_map = !self.inner.options.shared_group && !self.inner.caps.network;
+        let may_map = self.may_map_own();
         match self
             .inner
             .root_dir
@@ -519,198 +513,4 @@ pub(crate) enum NameHolds {
     Absent,
     /// Something else, and what.
     Squatter(String),
-}
-
-/// The copying side of [`copy_and_hash`]: copies `src` to `dst` chunk by chunk (in the kernel
-/// where it can, else through memory) and tells `copied` the running total after each chunk;
-/// `false` stops the copy (the caller knows why).
-pub(crate) fn copy_chunks(
-    src: &File,
-    dst: &File,
-    copied: &mut dyn FnMut(u64) -> bool,
-) -> Result<(), CopyError> {
-    let mut total = 0u64;
-    let mut through_memory: Vec<u8> = Vec::new();
-    loop {
-        let n = if through_memory.is_empty() {
-            match fs::copy_range(src, dst, COPY_CHUNK) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                    through_memory = vec![0; COPY_CHUNK];
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The kernel copy fails for either side; the store's side (ENOSPC,
-                // EDQUOT, EIO of the staging file) is what can fail here in practice,
-                // since the source was opened and stat'ed already.
-                Err(e) => return Err(CopyError::Store(e)),
-            }
-        } else {
-            let n = match (&*src).read(&mut through_memory) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(CopyError::Read(e)),
-            };
-            (&*dst)
-                .write_all(&through_memory[..n])
-                .map_err(CopyError::Store)?;
-            n
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        total += n as u64;
-        if !copied(total) {
-            return Ok(()); // the other side failed or stopped, and reports why
-        }
-    }
-}
-
-/// Which side of a copy into the store failed.
-#[derive(Debug)]
-pub(crate) enum CopyError {
-    /// Reading the input.
-    Read(io::Error),
-    /// Writing, or reading back, the staging file.
-    Store(io::Error),
-    /// The progress callback asked to stop.
-    Stopped,
-}
-
-/// Copies `src` (from its current position to its end) into `dst` while hashing the copy.
-///
-/// Another thread copies chunk by chunk — in the kernel (`copy_file_range`, a reflink where the
-/// filesystem can) or, where that is refused, through memory — while this one hashes each chunk
-/// as soon as it is copied, reading it back from `dst`. `dst` is a staging file only we write,
-/// so the hash is of exactly the bytes that will be published, even if `src` changes meanwhile.
-/// `dst` must be open for reading and writing.
-/// With `may_map` (a private staging file on a local filesystem, see
-/// [`fs::map_private_file`]) each copied chunk is hashed through a mapping instead of
-/// being read back into a buffer: one memory copy less per byte.
-pub(crate) fn copy_and_hash(
-    src: &File,
-    dst: &File,
-    may_map: bool,
-    tick: Tick<'_>,
-) -> Result<(Hash, u64), CopyError> {
-    use std::os::unix::fs::FileExt;
-    let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
-    std::thread::scope(|s| {
-        let copier = s.spawn(move || copy_chunks(src, dst, &mut |t| copied_tx.send(t).is_ok()));
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; COPY_CHUNK];
-        let mut done = 0u64;
-        let mut hash_result = Ok(());
-        let mut stopped = false;
-        // Ends when the copier is done (it drops the sender); dropping the receiver on an
-        // error stops the copier at its next chunk.
-        for copied in copied_rx {
-            if may_map && done < copied {
-                match fs::map_private_file(dst, done, (copied - done) as usize) {
-                    Ok(m) => {
-                        hasher.update(&m);
-                        let n = copied - done;
-                        done = copied;
-                        if !tick(n) {
-                            stopped = true;
-                            break;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        hash_result = Err(e);
-                        break;
-                    }
-                }
-            }
-            while done < copied {
-                let want = usize::try_from(copied - done).map_or(buf.len(), |w| w.min(buf.len()));
-                match dst.read_at(&mut buf[..want], done) {
-                    Ok(0) => {
-                        hash_result = Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the staging file is shorter than what was copied into it",
-                        ));
-                        break;
-                    }
-                    Ok(n) => {
-                        hasher.update(&buf[..n]);
-                        done += n as u64;
-                        if !tick(n as u64) {
-                            stopped = true;
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        hash_result = Err(e);
-                        break;
-                    }
-                }
-            }
-            if hash_result.is_err() || stopped {
-                break;
-            }
-        }
-        let copy_result = copier.join().unwrap_or_else(|_| {
-            Err(CopyError::Store(io::Error::other(
-                "the copying thread panicked",
-            )))
-        });
-        copy_result?;
-        hash_result.map_err(CopyError::Store)?;
-        if stopped {
-            return Err(CopyError::Stopped);
-        }
-        Ok((hasher.finalize(), done))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A new file open for reading and writing, as staging files are.
-    fn rw(p: &Path) -> File {
-        File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(p)
-            .unwrap()
-    }
-
-    #[test]
-    fn copy_and_hash_hashes_exactly_the_copy() {
-        let d = tempfile::tempdir().unwrap();
-        let src_path = d.path().join("src");
-        // Several chunks and an odd tail.
-        let data: Vec<u8> = (0..2 * COPY_CHUNK + 12_345)
-            .map(|i| (i * 31 % 251) as u8)
-            .collect();
-        std::fs::write(&src_path, &data).unwrap();
-        let dst_path = d.path().join("dst");
-        let dst = rw(&dst_path);
-        for may_map in [false, true] {
-            let dst = rw(&d.path().join(format!("dst-{may_map}")));
-            let (h, len) =
-                copy_and_hash(&File::open(&src_path).unwrap(), &dst, may_map, &|_| true).unwrap();
-            assert_eq!(h, Hash::of(&data));
-            assert_eq!(len, data.len() as u64);
-        }
-        let (h, _) =
-            copy_and_hash(&File::open(&src_path).unwrap(), &dst, false, &|_| true).unwrap();
-        assert_eq!(h, Hash::of(&data));
-        assert!(std::fs::read(&dst_path).unwrap() == data, "copy differs");
-
-        // The kernel refuses copy_file_range from procfs: the copy goes through memory.
-        if let Ok(f) = File::open("/proc/self/mountinfo") {
-            let dst_path = d.path().join("dst2");
-            let dst = rw(&dst_path);
-            let (h, _) = copy_and_hash(&f, &dst, true, &|_| true).unwrap();
-            let copy = std::fs::read(&dst_path).unwrap();
-            assert!(!copy.is_empty(), "nothing copied from procfs");
-            assert_eq!(h, Hash::of(&copy));
-        }
-    }
 }
