@@ -1009,7 +1009,7 @@ fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()>
     let bar = output::BytesBar::new("get");
     let progress = |p| bar.update(p);
     let done = match output {
-        Some(path) if path != Path::new("-") => store.get_to_path_with(hash, path, &progress),
+        Some(path) if path != Path::new("-") => store.get_to_path_progress(hash, path, &progress),
         _ => {
             // Straight to the descriptor (spliced into a pipe), past Rust's buffer, which
             // holds nothing yet: nothing is printed before the object. No bar when the bytes

@@ -22,7 +22,8 @@
 //!   against the hash. A corrupt object is moved to `quarantine/` and reported as
 //!   [`Error::Corrupt`].
 //! - A process killed at any point leaves at most a staging file in `tmp/` (cleaned by gc).
-//! - Durability against power loss is chosen per store or per write ([`Durability`]).
+//! - Durability against power loss is chosen per store handle ([`Durability`] in [`Options`];
+//!   [`Store::with_options`] or [`Store::at_least`] for another level).
 //! - Stores are created only on purpose: [`Store::open`] never creates one, and
 //!   [`Store::open_or_create`] says where one may be created ([`Create`]); an existing
 //!   directory holding anything but a store is never written unless [`Create::Force`].

@@ -181,7 +181,7 @@ impl Store {
     /// As [`Store::get`] (nothing is written if the object is missing or corrupt); I/O errors
     /// naming the destination, among them `IsADirectory` for a directory.
     pub fn get_to_path(&self, hash: &Hash, dest: impl AsRef<Path>) -> Result<u64> {
-        self.get_to_path_with(hash, dest.as_ref(), &crate::no_progress)
+        self.get_to_path_progress(hash, dest.as_ref(), &crate::no_progress)
     }
 
     /// [`Store::get_to_path`], telling `progress` the bytes written so far (phase `"get"`, out
@@ -196,16 +196,16 @@ impl Store {
     /// let h = store.put_bytes(&vec![9u8; 5 << 20])?;
     /// let out = dir.path().join("out");
     /// let stop_early = |p: cas::Progress| p.done < (1 << 20);
-    /// let e = store.get_to_path_with(&h, &out, &stop_early).unwrap_err();
+    /// let e = store.get_to_path_progress(&h, &out, &stop_early).unwrap_err();
     /// assert!(matches!(e, cas::Error::Interrupted));
     /// assert!(!out.exists());
-    /// assert_eq!(store.get_to_path_with(&h, &out, &cas::no_progress)?, 5 << 20);
+    /// assert_eq!(store.get_to_path_progress(&h, &out, &cas::no_progress)?, 5 << 20);
     /// # Ok(()) }
     /// ```
     ///
     /// # Errors
     /// As [`Store::get_to_path`]; [`Error::Interrupted`] if `progress` asked to stop.
-    pub fn get_to_path_with(
+    pub fn get_to_path_progress(
         &self,
         hash: &Hash,
         dest: impl AsRef<Path>,

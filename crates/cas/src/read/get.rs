@@ -319,7 +319,7 @@ impl Store {
     /// # Errors
     /// As [`Store::get`]; a failure to write to `out` is [`Error::Io`] with op "write output".
     pub fn get_to_writer(&self, hash: &Hash, out: &mut dyn Write) -> Result<u64> {
-        self.get_to_writer_with(hash, out, &crate::no_progress)
+        self.get_to_writer_progress(hash, out, &crate::no_progress)
     }
 
     /// [`Store::get_to_writer`], telling `progress` the bytes verified (phase `"verify"`), then
@@ -332,7 +332,7 @@ impl Store {
     /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
     /// let h = store.put_bytes(&vec![1u8; 3 << 20])?;
     /// let last = std::sync::Mutex::new(None);
-    /// store.get_to_writer_with(&h, &mut std::io::sink(), &|p| {
+    /// store.get_to_writer_progress(&h, &mut std::io::sink(), &|p| {
     ///     *last.lock().unwrap() = Some((p.phase, p.done, p.total));
     ///     true
     /// })?;
@@ -342,7 +342,7 @@ impl Store {
     ///
     /// # Errors
     /// As [`Store::get_to_writer`]; [`Error::Interrupted`] if `progress` asked to stop.
-    pub fn get_to_writer_with(
+    pub fn get_to_writer_progress(
         &self,
         hash: &Hash,
         out: &mut dyn Write,
@@ -351,7 +351,7 @@ impl Store {
         self.get_to_sink(hash, &mut WriterSink(out), progress)
     }
 
-    /// [`Store::get_to_writer_with`] into an open descriptor (stdout, a device, a FIFO, a file
+    /// [`Store::get_to_writer_progress`] into an open descriptor (stdout, a device, a FIFO, a file
     /// at its current offset), verified before any byte is written. Into a pipe, a verified
     /// object that may be mapped (a local store; see [`Store::get`]) is moved by `splice(2)`,
     /// from the page cache into the pipe without a copy through this process, and the pipe's
@@ -370,7 +370,7 @@ impl Store {
     /// ```
     ///
     /// # Errors
-    /// As [`Store::get_to_writer_with`].
+    /// As [`Store::get_to_writer_progress`].
     pub fn get_to_fd(
         &self,
         hash: &Hash,
@@ -380,7 +380,7 @@ impl Store {
         self.get_to_sink(hash, &mut FdSink::new(out), progress)
     }
 
-    /// Writes the object into `out` ([`Store::get_to_writer_with`]), fetched again from the
+    /// Writes the object into `out` ([`Store::get_to_writer_progress`]), fetched again from the
     /// upstream tier if the local copy is corrupt and nothing was written yet.
     pub(crate) fn get_to_sink(
         &self,

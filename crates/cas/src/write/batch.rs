@@ -138,11 +138,6 @@ impl Batch {
         })
     }
 
-    /// Overrides the durability of the whole batch.
-    pub fn set_durability(&mut self, d: Durability) {
-        self.durability = d;
-    }
-
     /// Number of objects staged and not yet published.
     pub fn len(&self) -> usize {
         self.staged.len()

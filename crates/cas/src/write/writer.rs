@@ -74,11 +74,6 @@ impl Writer {
         self.len() == 0
     }
 
-    /// Overrides the durability for this object.
-    pub fn set_durability(&mut self, d: Durability) {
-        self.durability = d;
-    }
-
     /// The staging file's path (for diagnostics; it moves on commit).
     pub fn staging_path(&self) -> PathBuf {
         self.staging.path()
@@ -253,14 +248,7 @@ impl Store {
     /// # Errors
     /// I/O errors naming the staging file or object path.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Hash> {
-        self.put_bytes_with(bytes, self.durability())
-    }
-
-    /// [`Store::put_bytes`] with an explicit durability.
-    ///
-    /// # Errors
-    /// As [`Store::put_bytes`].
-    pub fn put_bytes_with(&self, bytes: &[u8], durability: Durability) -> Result<Hash> {
+        let durability = self.durability();
         let hash = Hash::of_parallel(bytes);
         if !self.refresh_if_present(&hash, Some(bytes.len() as u64), durability) {
             self.publish(vec![self.stage_hashed(bytes, hash)?], durability)?;
@@ -274,17 +262,9 @@ impl Store {
     /// # Errors
     /// [`Error::Input`] if the reader fails; I/O errors of the store otherwise.
     pub fn put_reader(&self, reader: impl Read) -> Result<Hash> {
-        self.put_reader_with(reader, self.durability())
-    }
-
-    /// [`Store::put_reader`] with an explicit durability.
-    ///
-    /// # Errors
-    /// As [`Store::put_reader`].
-    pub fn put_reader_with(&self, reader: impl Read, durability: Durability) -> Result<Hash> {
         let staged = self.stage_reader(&mut { reader }, Input::Stream)?;
         let hash = staged.hash;
-        self.publish(vec![staged], durability)?;
+        self.publish(vec![staged], self.durability())?;
         Ok(hash)
     }
 
@@ -326,15 +306,8 @@ impl Store {
     /// # Errors
     /// [`Error::Input`] naming `path` if it cannot be opened or read; store errors otherwise.
     pub fn put_path(&self, path: impl AsRef<Path>) -> Result<Hash> {
-        self.put_path_with(path.as_ref(), self.durability())
-    }
-
-    /// [`Store::put_path`] with an explicit durability.
-    ///
-    /// # Errors
-    /// As [`Store::put_path`].
-    pub fn put_path_with(&self, path: &Path, durability: Durability) -> Result<Hash> {
-        let (hash, staged) = self.stage_path(path, |_| false, durability, &|_| true)?;
+        let durability = self.durability();
+        let (hash, staged) = self.stage_path(path.as_ref(), |_| false, durability, &|_| true)?;
         if let Some(s) = staged {
             self.publish(vec![s], durability)?;
         }
