@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 
 use crate::fs;
-use crate::hash::{Hash, Hasher};
+use crate::hash::{Hash, Hasher, PARALLEL_MIN};
 
 /// A progress tick: bytes just copied; returning false asks the copy to stop
 /// ([`crate::Error::Interrupted`]).
@@ -16,6 +16,41 @@ pub(crate) type Tick<'a> = &'a (dyn Fn(u64) -> bool + Sync);
 /// hashing starts early and overlaps the rest of the copy (docs/decisions.md has the
 /// measurement behind 2 MiB).
 pub(crate) const COPY_CHUNK: usize = 2 << 20;
+
+/// Objects at least this large are memory-mapped (on local filesystems); smaller ones are read,
+/// which is faster below ~64 KiB (docs/performance.md).
+pub(crate) const MMAP_MIN: u64 = 64 * 1024;
+/// Chunk size for hashing a file without mapping it.
+pub(crate) const HASH_CHUNK: usize = 4 << 20;
+/// Files up to this size are read into memory by `put_path` (hash once, skip if present).
+pub(crate) const SMALL_FILE: u64 = 1 << 20;
+
+/// Hashes a whole file from its current position: mapped and on all cores where allowed,
+/// else in large chunks.
+pub(crate) fn hash_file(file: &File, may_map: bool) -> io::Result<Hash> {
+    let len = file.metadata()?.len();
+    if may_map && len >= MMAP_MIN {
+        let m = fs::map_readonly(file)?;
+        return Ok(Hash::of_parallel(&m));
+    }
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; HASH_CHUNK.min(len as usize + 1).max(8192)];
+    let mut f = file;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n >= PARALLEL_MIN {
+            crate::hash::update_parallel(&mut h, &buf[..n]);
+        } else {
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().into())
+}
 
 /// The copying side of [`copy_and_hash`]: copies `src` to `dst` chunk by chunk (in the kernel
 /// where it can, else through memory) and tells `copied` the running total after each chunk;

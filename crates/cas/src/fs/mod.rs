@@ -13,8 +13,6 @@ use std::time::SystemTime;
 use rustix::fs::{OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
-use crate::Barrier;
-
 mod root;
 mod src_dir;
 pub(crate) use root::{
@@ -551,6 +549,34 @@ pub(crate) fn rename_dir_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
             std::fs::rename(src, dst)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Symbolic links followed in one path resolution before giving up (as Linux's `ELOOP`
+/// limit): tree checkouts and destination paths share it.
+pub(crate) const MAX_LINKS: usize = 40;
+
+/// How staged objects are made durable before their names are published (durability `file`
+/// and `full`), chosen from the filesystem type (docs/guarantees.md has the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Barrier {
+    /// One `syncfs(2)` for a batch (local block filesystems: ext4, xfs, btrfs, f2fs); a single
+    /// object is still `fdatasync`ed, which is cheaper for one file.
+    Syncfs,
+    /// `fdatasync(2)` of every staged file, overlapped across threads for a batch (FUSE, NFS,
+    /// CIFS, Lustre, `CephFS`, tmpfs and anything unknown: where `syncfs` is not known to reach
+    /// stable storage).
+    Fdatasync,
+}
+
+impl std::fmt::Display for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Barrier::Syncfs => "syncfs",
+            Barrier::Fdatasync => "fdatasync",
+        })
     }
 }
 

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::copy::hash_file;
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
 use crate::progress::{Progress, ProgressFn};
-use crate::read::get::hash_file;
 use crate::Store;
 
 /// An object whose bytes do not match its name.

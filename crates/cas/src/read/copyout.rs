@@ -454,7 +454,7 @@ pub(crate) fn object_to_new_file(
     let (obj, obj_path) = store.open_file(hash)?;
     let meta = obj.metadata().map_err(Error::at("stat", &obj_path))?;
     let len = meta.len();
-    let n = if len > crate::write::writer::SMALL_FILE && restoring && store.may_map(&meta) {
+    let n = if len > crate::copy::SMALL_FILE && restoring && store.may_map(&meta) {
         copy_hashing_object(
             store,
             hash,
@@ -462,7 +462,7 @@ pub(crate) fn object_to_new_file(
             (dst, dst_shown),
             progress,
         )?
-    } else if len > crate::write::writer::SMALL_FILE {
+    } else if len > crate::copy::SMALL_FILE {
         let may_map = fs::may_map(fs::is_local(dst), dst_private);
         copy_verified(
             store,

@@ -16,7 +16,7 @@ use crate::store::abandon;
 use crate::Store;
 
 /// Symlinks followed at most, as the kernel's `MAXSYMLINKS`.
-use crate::tree::format::MAX_LINKS;
+use crate::fs::MAX_LINKS;
 
 /// What a destination path turned out to be, symlinks followed.
 #[derive(Debug, PartialEq, Eq)]

@@ -6,6 +6,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::copy::{HASH_CHUNK, MMAP_MIN};
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::{Hash, Hasher, PARALLEL_MIN};
@@ -14,13 +15,8 @@ use crate::read::copyout::{FdSink, Sink, WriterSink};
 use crate::store::layout;
 use crate::Store;
 
-/// Objects at least this large are memory-mapped (on local filesystems); smaller ones are read,
-/// which is faster below ~64 KiB (docs/performance.md).
-const MMAP_MIN: u64 = 64 * 1024;
 /// Reads refresh an object's mtime (its LRU age) at most this often.
 pub(crate) const READ_REFRESH: Duration = Duration::from_hours(1);
-/// Chunk size for hashing a file without mapping it.
-const HASH_CHUNK: usize = 4 << 20;
 
 /// An object's bytes, verified: in memory for small objects, memory-mapped for large ones.
 /// Dereferences to `[u8]`.
@@ -400,7 +396,7 @@ impl Store {
         let (file, path) = self.open_file(hash)?;
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
         let len = meta.len();
-        if len > crate::write::writer::SMALL_FILE {
+        if len > crate::copy::SMALL_FILE {
             crate::read::copyout::write_verified(self, hash, &file, &path, &meta, out, progress)?;
         } else {
             let obj = self.load(&file, &path, &meta)?;
@@ -764,31 +760,4 @@ impl Iterator for ObjectIter {
             }
         }
     }
-}
-
-/// Hashes a whole file from its current position: mapped and on all cores where allowed,
-/// else in large chunks.
-pub(crate) fn hash_file(file: &File, may_map: bool) -> io::Result<Hash> {
-    let len = file.metadata()?.len();
-    if may_map && len >= MMAP_MIN {
-        let m = fs::map_readonly(file)?;
-        return Ok(Hash::of_parallel(&m));
-    }
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; HASH_CHUNK.min(len as usize + 1).max(8192)];
-    let mut f = file;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n >= PARALLEL_MIN {
-            crate::hash::update_parallel(&mut h, &buf[..n]);
-        } else {
-            h.update(&buf[..n]);
-        }
-    }
-    Ok(h.finalize().into())
 }

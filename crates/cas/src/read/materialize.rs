@@ -7,11 +7,11 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::copy::hash_file;
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
 use crate::names::entries::Entry;
-use crate::read::get::hash_file;
 use crate::store::abandon;
 use crate::Store;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::fs::{self, Caps, Root};
+use crate::fs::{self, Barrier, Caps, Root};
 use crate::store::config::Options;
 use crate::store::init::Create;
 use crate::store::layout::{self, FORMAT_LINE, FORMAT_MAJOR};
@@ -71,30 +71,6 @@ pub struct FsInfo {
     pub rename_noreplace: bool,
     /// The durability barrier used for this filesystem.
     pub barrier: Barrier,
-}
-
-/// How staged objects are made durable before their names are published (durability `file`
-/// and `full`), chosen from the filesystem type (docs/guarantees.md has the table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Barrier {
-    /// One `syncfs(2)` for a batch (local block filesystems: ext4, xfs, btrfs, f2fs); a single
-    /// object is still `fdatasync`ed, which is cheaper for one file.
-    Syncfs,
-    /// `fdatasync(2)` of every staged file, overlapped across threads for a batch (FUSE, NFS,
-    /// CIFS, Lustre, `CephFS`, tmpfs and anything unknown: where `syncfs` is not known to reach
-    /// stable storage).
-    Fdatasync,
-}
-
-impl std::fmt::Display for Barrier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Barrier::Syncfs => "syncfs",
-            Barrier::Fdatasync => "fdatasync",
-        })
-    }
 }
 
 impl Store {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::fs;
+use crate::fs::MAX_LINKS;
 use crate::hash::Hash;
 use crate::progress::ProgressHook;
 use crate::Store;
@@ -387,10 +388,6 @@ pub(crate) fn read_head(mut r: impl std::io::Read, head: &mut [u8]) -> std::io::
     Ok(n)
 }
 
-/// Symbolic links followed in one path resolution before giving up (as Linux's `ELOOP`
-/// limit): tree checkouts and destination paths share it.
-pub(crate) const MAX_LINKS: usize = 40;
-
 /// A whole tree, names and kinds only (no file contents): what a restore will create, so
 /// that every symlink can be resolved as the restored tree will resolve it.
 #[derive(Debug, Default)]
@@ -742,7 +739,7 @@ impl Store {
                         && m.len() == *size
                         && (m.permissions().mode() & 0o111 != 0) == *executable
                         && std::fs::File::open(&p)
-                            .and_then(|f| crate::read::get::hash_file(&f, false))
+                            .and_then(|f| crate::copy::hash_file(&f, false))
                             .is_ok_and(|h| h == *hash)
                 }
                 TreeEntryKind::Dir { hash } => {

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::copy::{copy_and_hash, CopyError};
+use crate::copy::{copy_and_hash, hash_file, CopyError, SMALL_FILE};
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::{Hash, Hasher};
@@ -21,8 +21,6 @@ const WRITE_BUF: usize = 128 * 1024;
 const PIPELINE_MIN: usize = 512 * 1024;
 /// Read size for streaming puts.
 const STREAM_BUF: usize = 1 << 20;
-/// Files up to this size are read into memory by `put_path` (hash once, skip if present).
-pub(crate) const SMALL_FILE: u64 = 1 << 20;
 
 /// An object being written. Bytes go to a private staging file in the store's `tmp/` and into
 /// the hasher; [`Writer::commit`] publishes them under their hash. Dropping a `Writer` without
@@ -466,7 +464,7 @@ impl Store {
             .inner
             .root_dir
             .open_read(&path)
-            .and_then(|f| crate::read::get::hash_file(&f, may_map))
+            .and_then(|f| hash_file(&f, may_map))
         {
             Ok(h) if h == *hash => NameHolds::Object { mode: m.mode },
             Ok(h) => NameHolds::Squatter(format!("holds bytes that hash to {h}")),
