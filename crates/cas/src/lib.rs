@@ -187,8 +187,9 @@ pub use store::abandon::abandon_temporaries;
 pub use store::config::{parse_duration, parse_size, Durability, Options};
 pub use store::handle::{FsInfo, Store};
 pub use store::init::{Create, DefaultStore};
+pub use store::tier::{Names, Upstream};
 pub use sync::transfer::{TransferConflict, TransferOptions, TransferReport};
-pub use sync::upstream::{DirUpstream, Upstream};
+pub use sync::upstream::DirUpstream;
 pub use tree::format::{
     CheckoutOptions, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeEntryKind, TreeLimits,
     TREE_MAGIC, TREE_VERSION,

@@ -10,6 +10,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
+use crate::names::backend::NamesRef;
 use crate::names::lock::Wait;
 use crate::read::get::{Object, READ_REFRESH};
 use crate::store::layout;
@@ -109,7 +110,7 @@ impl Store {
 
     fn put_keyed_inner(&self, key: &[u8], reader: &mut dyn Read, metadata: &[u8]) -> Result<Hash> {
         check_entry_size(key, metadata)?;
-        self.names_upstream_mut()?; // a read-only upstream refuses before anything is read
+        self.names().writable()?; // a read-only upstream refuses before anything is read
         let staged = self.stage_reader(reader, Input::Stream)?;
         self.commit_keyed(staged, self.durability(), key, metadata)
     }
@@ -145,9 +146,17 @@ impl Store {
         expect: Expect,
     ) -> Result<Option<Hash>> {
         check_entry_size(key, metadata)?;
-        if let Some(up) = self.names_upstream_mut()? {
-            return self.upstream_set_keyed(up, key, hash, metadata, expect);
-        }
+        self.names().set_keyed(key, hash, metadata, expect)
+    }
+
+    /// [`Store::set_keyed`] in this store's own `index/` (the local names backend).
+    pub(crate) fn set_keyed_here(
+        &self,
+        key: &[u8],
+        hash: Hash,
+        metadata: &[u8],
+        expect: Expect,
+    ) -> Result<Option<Hash>> {
         let lock = self.lock_entry(key, hash)?;
         self.ensure_closure(&hash)?;
         let obj = self.object_path(&hash);
@@ -173,22 +182,35 @@ impl Store {
     ) -> Result<Hash> {
         check_entry_size(key, metadata)?;
         let (hash, size) = (staged.hash, staged.len);
-        if let Some(up) = self.names_upstream_mut()? {
-            // Tiered: the object is written through, the entry lives upstream.
-            self.publish(vec![staged], durability)?;
-            return self
-                .upstream_set_keyed(up, key, hash, metadata, Expect::Any)
-                .map(|_| hash);
-        }
+        let mut staged = Some(staged);
+        let mut publish = || match staged.take() {
+            Some(s) => self.publish(vec![s], durability).map(|_| ()),
+            None => Ok(()),
+        };
+        self.names()
+            .publish_keyed(&mut publish, key, hash, size, metadata)?;
+        Ok(hash)
+    }
+
+    /// Publishes an object and points `key` at it in this store's own `index/` (the local
+    /// names backend's [`Names::publish_keyed`](crate::Names::publish_keyed)).
+    pub(crate) fn publish_keyed_here(
+        &self,
+        publish: &mut dyn FnMut() -> Result<()>,
+        key: &[u8],
+        hash: Hash,
+        size: u64,
+        metadata: &[u8],
+    ) -> Result<()> {
         // Pin the object before it is published or deduplicated, so gc keeps it until the
         // entry that makes it reachable is visible.
         let lock = self.lock_entry(key, hash)?;
-        self.publish(vec![staged], durability)?;
+        publish()?;
         // Bytes that happen to be a tree name their children too.
         self.ensure_closure(&hash)?;
         self.write_entry(key, hash, size, metadata, Expect::Any, &lock)?;
         lock.release();
-        Ok(hash)
+        Ok(())
     }
 
     /// Takes the key's lock, pinning `hash` for gc until the entry is written.
@@ -262,9 +284,11 @@ impl Store {
     /// [`Error::KeyNotFound`]; [`Error::Malformed`] for an unreadable or foreign-version entry
     /// (naming the file and what is wrong).
     pub fn entry(&self, key: &[u8]) -> Result<Entry> {
-        if let Some(up) = self.names_upstream() {
-            return up.entry(key);
-        }
+        self.names().entry(key)
+    }
+
+    /// [`Store::entry`] from this store's own `index/` (the local names backend).
+    pub(crate) fn entry_here(&self, key: &[u8]) -> Result<Entry> {
         let path = self.entry_path(key);
         let (e, _) = self
             .read_entry_file(&path)?
@@ -323,11 +347,25 @@ impl Store {
     /// # Errors
     /// As [`Store::get_keyed`].
     pub fn get_keyed_entry(&self, key: &[u8]) -> Result<(Entry, Object)> {
-        if let Some(up) = self.names_upstream() {
-            let e = up.entry(key)?; // a tiered store's entries live upstream
-            let obj = self.get(&e.hash)?;
-            return Ok((e, obj));
+        let mut obj = None;
+        let e = self.names().entry_used(key, &mut |e| {
+            obj = Some(self.get(&e.hash)?);
+            Ok(())
+        })?;
+        match obj {
+            Some(obj) => Ok((e, obj)),
+            None => self.get(&e.hash).map(|obj| (e, obj)),
         }
+    }
+
+    /// The entry for `key` in this store's own `index/`, read to be used: `used` reads its
+    /// object, then the entry's age is refreshed (the local names backend's
+    /// [`Names::entry_used`](crate::Names::entry_used)).
+    pub(crate) fn entry_used_here(
+        &self,
+        key: &[u8],
+        used: &mut dyn FnMut(&Entry) -> Result<()>,
+    ) -> Result<Entry> {
         let path = self.entry_path(key);
         let (e, f) = self
             .read_entry_file(&path)?
@@ -339,7 +377,7 @@ impl Store {
                 key: display_key(key),
             });
         }
-        let obj = self.get(&e.hash)?;
+        used(&e)?;
         let old = f
             .metadata()
             .and_then(|m| m.modified())
@@ -349,7 +387,7 @@ impl Store {
         if old {
             let _ = fs::touch(&f);
         }
-        Ok((e, obj))
+        Ok(e)
     }
 
     /// Removes the entry for `key` (the object stays until gc finds it unreachable).
@@ -357,9 +395,11 @@ impl Store {
     /// # Errors
     /// [`Error::KeyNotFound`]; I/O errors naming the entry file.
     pub fn remove_keyed(&self, key: &[u8]) -> Result<()> {
-        if let Some(up) = self.names_upstream_mut()? {
-            return up.remove_keyed(key);
-        }
+        self.names().remove_keyed(key)
+    }
+
+    /// [`Store::remove_keyed`] in this store's own `index/` (the local names backend).
+    pub(crate) fn remove_keyed_here(&self, key: &[u8]) -> Result<()> {
         let path = self.entry_path(key);
         match self.inner.root_dir.unlink(&path) {
             Ok(()) => Ok(()),
@@ -425,19 +465,19 @@ impl Store {
     /// # Errors
     /// None today (listing errors are items); kept fallible for compatibility.
     pub fn iter_keys(&self) -> Result<impl Iterator<Item = Result<Entry>> + '_> {
-        // A tiered store's entries live upstream (listed at once); its own index is empty.
-        let (upstream, (files, errors)) = match self.names_upstream() {
-            Some(up) => (up.list_keys()?, (Vec::new(), Vec::new())),
-            None => (Vec::new(), self.entry_files()),
+        // The local backend is listed lazily, one fan-out directory at a time; another
+        // backend (a tier's upstream) at once, through its trait.
+        let (listed, (files, errors)) = match self.names() {
+            NamesRef::Here(_) => (Vec::new(), self.entry_files()),
+            NamesRef::Other(names) => (names.list_keys()?, (Vec::new(), Vec::new())),
         };
-        Ok(upstream
-            .into_iter()
-            .chain(errors.into_iter().map(Err))
-            .chain(files.into_iter().filter_map(move |p| {
+        Ok(listed.into_iter().chain(errors.into_iter().map(Err)).chain(
+            files.into_iter().filter_map(move |p| {
                 self.read_entry_file(&p)
                     .map(|o| o.map(|(e, _)| e))
                     .transpose()
-            })))
+            }),
+        ))
     }
 }
 

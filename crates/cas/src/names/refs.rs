@@ -210,17 +210,14 @@ impl Store {
     /// [`Error::InvalidRefName`]; [`Error::Malformed`] if the file does not hold a hash.
     pub fn get_ref(&self, name: &str) -> Result<Option<Hash>> {
         validate_ref_name(name)?;
-        if let Some(up) = self.names_upstream() {
-            return up.get_ref(name); // a tiered store's refs live upstream
-        }
-        self.read_ref_file(name)
+        self.names().get_ref(name)
     }
 
     /// Reads a ref file beneath the root. A directory at the name (a prefix of other refs) or
     /// a file at a prefix of it is "no such ref"; a symlink, FIFO, socket or device, or bytes
     /// that are not a ref, are [`Error::Malformed`] naming the file — never followed, never
     /// waited on.
-    fn read_ref_file(&self, name: &str) -> Result<Option<Hash>> {
+    pub(crate) fn read_ref_file(&self, name: &str) -> Result<Option<Hash>> {
         let path = self.ref_path(name);
         let malformed = |reason: String| Error::Malformed {
             what: "ref",
@@ -292,10 +289,7 @@ impl Store {
         message: &str,
     ) -> Result<Option<Hash>> {
         validate_ref_name(name)?;
-        if let Some(up) = self.names_upstream_mut()? {
-            return self.upstream_set_ref(up, name, new, expect, message);
-        }
-        self.update_ref(name, Some(new), expect, message)
+        self.names().set_ref(name, new, expect, message)
     }
 
     /// Points `name` at an object that was just put, for "put then name it" in one step. A gc
@@ -344,9 +338,11 @@ impl Store {
     /// [`Error::RefNotFound`] if it does not exist; otherwise as [`Store::set_ref`].
     pub fn remove_ref(&self, name: &str, expect: Expect) -> Result<Hash> {
         validate_ref_name(name)?;
-        if let Some(up) = self.names_upstream_mut()? {
-            return up.remove_ref(name, expect);
-        }
+        self.names().remove_ref(name, expect)
+    }
+
+    /// [`Store::remove_ref`] in this store's own `refs/` (the local names backend).
+    pub(crate) fn remove_ref_here(&self, name: &str, expect: Expect) -> Result<Hash> {
         match self.update_ref(name, None, expect, "remove")? {
             Some(old) => Ok(old),
             None => Err(Error::RefNotFound {
@@ -355,7 +351,7 @@ impl Store {
         }
     }
 
-    fn update_ref(
+    pub(crate) fn update_ref(
         &self,
         name: &str,
         new: Option<Hash>,
@@ -523,9 +519,16 @@ impl Store {
         f: &mut dyn FnMut(RefLogLine) -> Result<()>,
     ) -> Result<()> {
         validate_ref_name(name)?;
-        if let Some(up) = self.names_upstream() {
-            return up.reflog_each(name, last, f);
-        }
+        self.names().reflog_each(name, last, f)
+    }
+
+    /// [`Store::reflog_each`] of this store's own `logs/refs/` (the local names backend).
+    pub(crate) fn reflog_each_here(
+        &self,
+        name: &str,
+        last: Option<usize>,
+        f: &mut dyn FnMut(RefLogLine) -> Result<()>,
+    ) -> Result<()> {
         let path = self.ref_log_path(name);
         let file = match self.inner.root_dir.open_read(&path) {
             Ok(f) => f,
@@ -575,9 +578,11 @@ impl Store {
     /// The first damaged ref or unlistable directory under `refs/` (see
     /// [`Store::refs_report`] to list past them).
     pub fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>> {
-        if let Some(up) = self.names_upstream() {
-            return up.list_refs(prefix);
-        }
+        self.names().list_refs(prefix)
+    }
+
+    /// [`Store::list_refs`] of this store's own `refs/` (the local names backend).
+    pub(crate) fn list_refs_here(&self, prefix: &str) -> Result<Vec<(String, Hash)>> {
         let scan = self.scan_refs(prefix);
         if let Some((path, reason)) = scan.damaged.into_iter().next() {
             return Err(Error::Malformed {
@@ -597,16 +602,18 @@ impl Store {
     /// # Errors
     /// Only for a tiered store: [`Error::Upstream`] if the upstream cannot be reached.
     pub fn refs_report(&self, prefix: &str) -> Result<RefsReport> {
-        if let Some(up) = self.names_upstream() {
-            return up.refs_report(prefix);
-        }
+        self.names().refs_report(prefix)
+    }
+
+    /// [`Store::refs_report`] of this store's own `refs/` (the local names backend).
+    pub(crate) fn refs_report_here(&self, prefix: &str) -> RefsReport {
         let scan = self.scan_refs(prefix);
         let damaged = scan
             .damaged
             .into_iter()
             .map(|(path, reason)| crate::Problem { path, reason })
             .collect();
-        Ok((scan.refs, damaged))
+        (scan.refs, damaged)
     }
 
     /// Walks `refs/` beneath the root, never through a symlink.

@@ -26,8 +26,9 @@ use crate::Durability;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
-    /// The upstream of a tiered store (`crate::sync::upstream`); `None` for a standalone store.
-    pub(crate) tier: Option<Arc<crate::sync::upstream::Tier>>,
+    /// The tier chosen at open (`crate::store::tier`): the upstream after this directory, and
+    /// where names live; `None` for a standalone store.
+    pub(crate) tier: Option<Arc<crate::store::tier::Tier>>,
 }
 
 pub(crate) struct Inner {

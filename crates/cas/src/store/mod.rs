@@ -7,3 +7,4 @@ pub(crate) mod config;
 pub(crate) mod handle;
 pub(crate) mod init;
 pub(crate) mod layout;
+pub(crate) mod tier;
