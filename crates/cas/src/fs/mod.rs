@@ -669,8 +669,8 @@ pub(crate) fn is_local(fd: impl std::os::fd::AsFd) -> bool {
 
 /// The mode bit set on an object published without a data sync (durability `none`):
 /// `S_ISVTX`, which Linux ignores on regular files. A later put or name update at `file` or
-/// `full` that finds the object syncs its data once and clears the bit (docs/format.md §3,
-/// "Re-puts").
+/// `full` that finds the object syncs its data once and clears the bit (docs/format.md "The write
+/// path (put)", "Re-puts").
 pub(crate) const UNSYNCED: u32 = 0o1000;
 
 /// Makes the bytes of `name` in `dir` durable: opens it (`openat`, no symlink following,

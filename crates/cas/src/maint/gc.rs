@@ -1,4 +1,4 @@
-//! Garbage collection and size-budget eviction (docs/format.md §GC).
+//! Garbage collection and size-budget eviction (docs/format.md "GC").
 //!
 //! Roots are refs, cache entries, and the pins in ref/entry lock files (values being written);
 //! everything reachable from a root through tree objects is kept. One gc at a time
@@ -190,7 +190,7 @@ pub(crate) struct StaleStaging {
 }
 
 impl Store {
-    /// Collects garbage: see the module docs and docs/format.md §GC.
+    /// Collects garbage: see the module docs and docs/format.md "GC".
     ///
     /// ```
     /// # fn main() -> cas::Result<()> {
@@ -724,7 +724,7 @@ impl Store {
 
     /// The staging files gc may remove, and what in `tmp/` is not what it should be.
     ///
-    /// This is the one place that decides (docs/format.md §7.6): only regular files (never
+    /// This is the one place that decides (docs/format.md "GC"): only regular files (never
     /// followed, never a directory) whose name parses as a staging name `HOST.PID.RANDOM`,
     /// whose writer is provably dead (this host, pid gone) or that are older than the stale
     /// age — and in a shared store, an old file only if it is this user's own: another user's

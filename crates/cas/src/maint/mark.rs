@@ -1,4 +1,4 @@
-//! Marking: the roots of a store and everything reachable from them (docs/format.md §7.1).
+//! Marking: the roots of a store and everything reachable from them (docs/format.md "GC").
 //!
 //! One traversal serves gc's two marks, eviction's closures, verify and doctor. It changes
 //! nothing: objects are found with [`Store::locate`] and read where they are, in `objects/` or

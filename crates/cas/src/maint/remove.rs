@@ -1,5 +1,5 @@
 //! Removing an object by hand (`cas rm`): refused while a name reaches it (docs/format.md
-//! §Removing an object).
+//! "Removing an object").
 //!
 //! The question "who reaches this object?" is answered by gc's own mark
 //! ([`Store::mark`](crate::Store)), recording where each object was first reached from, so

@@ -1,4 +1,4 @@
-//! `trash/`: where gc moves condemned objects before deleting them (docs/format.md §GC).
+//! `trash/`: where gc moves condemned objects before deleting them (docs/format.md "GC").
 //!
 //! Each gc run that condemns objects gets its own directory `trash/<unix-millis>.<host>.<pid>`,
 //! so the time an object was condemned is in its path. Anything that needs an object that is

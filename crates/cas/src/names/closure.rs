@@ -60,7 +60,7 @@ impl Store {
         }
         if durability == crate::Durability::Full {
             // A name set at `full` never rests on an object whose own name may not survive
-            // (docs/format.md §3, "Re-puts").
+            // (docs/format.md "The write path (put)", "Re-puts").
             for h in dirs.values() {
                 let path = self.object_path(h);
                 let path = path.parent().unwrap_or(self.root());

@@ -6,7 +6,7 @@
 //! A lock's optional *pin* is the hash its holder is about to make reachable (the new value of
 //! a ref or cache entry). gc reads pins as roots, so an object is never collected between the
 //! moment a writer checks it exists and the moment the new pointer is visible
-//! (docs/format.md §GC).
+//! (docs/format.md "GC").
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -102,7 +102,7 @@ enum Ident {
     /// By the nonce in its holder line (every lock written whole).
     Nonce(String),
     /// By the file's device and inode: a gc lock created empty on a full filesystem, where
-    /// not even a holder line fits (docs/format.md §4).
+    /// not even a holder line fits (docs/format.md "Locks (leases)").
     Inode(u64, u64),
 }
 

@@ -397,7 +397,8 @@ impl Store {
         // The log is opened before the ref changes: a log that cannot be opened (a symlink
         // planted at it, a FIFO) fails the update before anything happened.
         let mut log = self.open_reflog(name)?;
-        // Fenced: the commit itself proves the lock is still ours (docs/format.md §Locks).
+        // Fenced: the commit itself proves the lock is still ours (docs/format.md "Locks
+        // (leases)").
         if let Some(h) = new {
             self.replace_small_fenced(&path, format!("{h}\n").as_bytes(), self.durability(), &lock)
                 .map_err(|e| conflict_with_prefix(e, name))?;

@@ -188,7 +188,7 @@ impl Store {
     ///
     /// This is the side-effect-free twin of [`Store::open_file`]: marking (gc, verify, doctor)
     /// uses it, so inspecting a store never moves objects back from trash behind the user's
-    /// back (docs/format.md §9).
+    /// back (docs/format.md "Verify").
     pub(crate) fn locate(&self, hash: &Hash) -> Option<Location> {
         let path = self.object_path(hash);
         match self.inner.root_dir.lstat(&path) {

@@ -67,9 +67,9 @@ pub struct Options {
     pub stale_age: Duration,
     /// The upstream store of a tiered store (`upstream = DIR` in `config`): objects missing
     /// here are fetched from it, puts are written through to it, and refs and cache entries
-    /// live in it (docs/format.md §10). `None`: a standalone store. [`crate::Store::init`]
-    /// records it as an absolute path; one given to [`crate::Store::open_with`] is used as
-    /// it is (relative to the current directory).
+    /// live in it (docs/format.md "Tiered stores"). `None`: a standalone store.
+    /// [`crate::Store::init`] records it as an absolute path; one given to
+    /// [`crate::Store::open_with`] is used as it is (relative to the current directory).
     pub upstream: Option<PathBuf>,
     /// The upstream is read-only (`upstream-readonly = true`): puts stay in this store, and
     /// refs and cache entries can be read but not set.

@@ -1,4 +1,4 @@
-//! Pure path arithmetic of the on-disk layout (docs/format.md §Layout). No I/O here.
+//! Pure path arithmetic of the on-disk layout (docs/format.md "Layout"). No I/O here.
 
 use std::path::{Path, PathBuf};
 

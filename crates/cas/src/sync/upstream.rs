@@ -5,8 +5,8 @@
 //! path (stage, barrier, publish without replacing), so concurrent fetches on one node
 //! converge. A put publishes in the upstream first, then here (write-through), so every
 //! object of this store is also in the upstream and this store's gc may evict any of them.
-//! Refs and cache entries live in the upstream only. docs/format.md §10 has the protocol and
-//! its crash analysis.
+//! Refs and cache entries live in the upstream only. docs/format.md "Tiered stores" has the
+//! protocol and its crash analysis.
 //!
 //! The upstream sits behind the [`Upstream`] trait; [`DirUpstream`] implements it for a store
 //! directory (a shared filesystem). An object-store upstream (S3 API) would implement the
@@ -642,7 +642,7 @@ impl Store {
         }) {
             return Err(Error::Interrupted);
         }
-        // The quarantine as in a store without upstream (docs/format.md §GC): kept for the
+        // The quarantine as in a store without upstream (docs/format.md "GC"): kept for the
         // grace period, counted in the size.
         let cutoff = std::time::SystemTime::now()
             .checked_sub(opts.grace)

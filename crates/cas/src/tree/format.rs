@@ -545,10 +545,10 @@ pub struct PutDirReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PutDirOptions {
-    /// Use and update this user's stat cache of the store (docs/format.md §10): a file whose
-    /// device, inode, size, mtime and ctime are what they were when it was last stored, and
-    /// whose object is still in the store, is not read again. Off by default in the library;
-    /// the CLI turns it on (`cas put -r`, off with `--no-cache`).
+    /// Use and update this user's stat cache of the store (docs/format.md "The stat cache of `put
+    /// -r`"): a file whose device, inode, size, mtime and ctime are what they were when it was last
+    /// stored, and whose object is still in the store, is not read again. Off by default in the
+    /// library; the CLI turns it on (`cas put -r`, off with `--no-cache`).
     pub stat_cache: bool,
     /// Told the input bytes done so far (phase `"put"`): files read, files found unchanged in
     /// the stat cache, and the directory listings (tree objects) stored. The total is `None`:

@@ -1,6 +1,6 @@
-//! The stat cache of `put -r` (issue 14; docs/format.md §10): which hash a file had when it
-//! was last stored, keyed by what `lstat` says about it, so an unchanged tree is re-put
-//! without reading its files — as git's index does for `git add`.
+//! The stat cache of `put -r` (issue 14; docs/format.md "The stat cache of `put -r`"): which hash a
+//! file had when it was last stored, keyed by what `lstat` says about it, so an unchanged tree is
+//! re-put without reading its files — as git's index does for `git add`.
 //!
 //! It is a hint, never trusted beyond that:
 //! - an entry is used only if the file's device, inode, size, mtime and ctime (nanoseconds)
@@ -47,8 +47,8 @@ const MAX_ENTRIES: usize = 1 << 20;
 const MARGIN_NS: i64 = 2_000_000_000;
 
 /// An object whose mtime is younger than this is not refreshed again when the stat cache
-/// finds it (docs/format.md §10): it is young for gc already, within this much of the grace
-/// period.
+/// finds it (docs/format.md "The stat cache of `put -r`"): it is young for gc already, within this
+/// much of the grace period.
 const FRESH: std::time::Duration = std::time::Duration::from_mins(1);
 
 /// What `lstat` says about a file, as the cache keys it.
@@ -90,7 +90,7 @@ struct Entry {
     touched: bool,
 }
 
-/// Encodes a cache file (docs/format.md §10).
+/// Encodes a cache file (docs/format.md "The stat cache of `put -r`").
 pub(crate) fn encode(written_ns: i64, entries: &[(StatKey, Hash)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + entries.len() * ENTRY + TRAILER);
     out.extend_from_slice(MAGIC);
@@ -385,7 +385,8 @@ impl StatCache {
 
     pub(crate) fn object_present(&self, store: &Store, hash: &Hash, len: u64) -> bool {
         // The full check (and refresh), with the object's data brought up to the store's
-        // level; its directory is synced by the batch at `full` (docs/format.md §3, "Re-puts").
+        // level; its directory is synced by the batch at `full` (docs/format.md "The write path
+        // (put)", "Re-puts").
         let full_check = || {
             let data = store.durability().min(crate::Durability::File);
             self.found_present(hash, store.refresh_if_holds(hash, Some(len), true, data))

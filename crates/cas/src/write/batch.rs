@@ -67,7 +67,7 @@ pub struct Batch {
     bytes_in: AtomicU64,
     /// Fan-out directories (by first hash byte) of objects found already published: at
     /// `full`, synced once at commit, since their names may date from a weaker put
-    /// (docs/format.md §3, "Re-puts").
+    /// (docs/format.md "The write path (put)", "Re-puts").
     found: std::sync::Mutex<std::collections::BTreeSet<u8>>,
 }
 

@@ -1,5 +1,5 @@
-//! The one write path (docs/format.md §Write path): every object, ref, cache entry, lock and
-//! store file is first written to a private staging file in `tmp/`, made durable by one
+//! The one write path (docs/format.md "The write path (put)"): every object, ref, cache entry, lock
+//! and store file is first written to a private staging file in `tmp/`, made durable by one
 //! barrier, and only then published under its final name.
 //!
 //! - [`Staging`] is a staging file, reached through the descriptor of `tmp/` (never by a path
@@ -292,7 +292,7 @@ impl Store {
         // names it (crate::sync::upstream).
         self.write_through(&staged)?;
         // Published without a data sync: marked, so that a later put at a stronger level
-        // knows to sync it (docs/format.md §3, "Re-puts").
+        // knows to sync it (docs/format.md "The write path (put)", "Re-puts").
         let mode = match durability {
             Durability::None => self.object_mode() | fs::UNSYNCED,
             _ => self.object_mode(),
@@ -313,8 +313,8 @@ impl Store {
                 self.publish_object(s.staging, &s.hash, s.len, &dst, durability)?;
             new_fanout |= made_dir;
             if published == Published::Existed && durability == Durability::Full {
-                // Found, not made: its name may date from a weaker put (docs/format.md §3,
-                // "Re-puts"); each directory is synced once below.
+                // Found, not made: its name may date from a weaker put (docs/format.md "The write
+                // path (put)", "Re-puts"); each directory is synced once below.
                 dirs.insert(dst.parent().unwrap_or(&dst).to_owned());
             }
             if published == Published::Created {
@@ -422,8 +422,8 @@ impl Store {
     ///
     /// EEXIST means the object is there only if the name holds it ([`Store::name_holds`]):
     /// anything else at the name — garbage, a symlink, a FIFO, a file of the wrong size — is
-    /// moved to `quarantine/` and ours is published in its place (docs/format.md §3,
-    /// "Squatters"). A put never reports an object its name does not hold.
+    /// moved to `quarantine/` and ours is published in its place (docs/format.md "The write path
+    /// (put)", "Squatters"). A put never reports an object its name does not hold.
     fn publish_object(
         &self,
         mut staging: Staging,

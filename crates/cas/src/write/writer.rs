@@ -1,5 +1,5 @@
 //! The write protocol: stream into a staging file in `tmp/` while hashing, then publish the
-//! name without ever replacing an existing object (docs/format.md §Put).
+//! name without ever replacing an existing object (docs/format.md "The write path (put)").
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -361,7 +361,8 @@ impl Store {
     /// True if the name of `hash` holds it ([`Store::name_holds`]; `len` the object's size if
     /// known), its mtime then refreshed (best effort: another user's object may refuse, and
     /// is present all the same). False if the name is free — or held by something else,
-    /// which the publish that follows moves to `quarantine/` (docs/format.md §3, "Squatters").
+    /// which the publish that follows moves to `quarantine/` (docs/format.md "The write path
+    /// (put)", "Squatters").
     pub(crate) fn refresh_if_present(
         &self,
         hash: &Hash,
