@@ -704,7 +704,7 @@ pub(crate) fn name_bytes(name: &OsStr) -> &[u8] {
 mod tests {
     use super::*;
 
-    /// Issue 18, finding 10: `cannot read ref …: Stale file handle` on Gluster. The retry
+    /// `cannot read ref …: Stale file handle` on Gluster. The retry
     /// of small-file reads, driven by an injected sequence of errors: ESTALE and EIO are tried
     /// again (the whole operation), anything else is returned at once, and the bound holds.
     #[test]

@@ -361,7 +361,7 @@ impl Store {
     ///
     /// On a local filesystem every holder is on this host, so a lock last written before this
     /// machine booted cannot have a live holder: it is stale at once, whatever it holds — the
-    /// empty lock a power loss leaves (lock files are never synced) included (issue 24).
+    /// empty lock a power loss leaves (lock files are never synced) included.
     pub(crate) fn is_stale(&self, holder: Option<&Holder>, age: Duration) -> bool {
         if let Some(h) = holder {
             if h.host == self.inner.host {

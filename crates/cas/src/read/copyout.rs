@@ -1,4 +1,4 @@
-//! Copying a large object out of the store, verified, in bounded memory (issue 14).
+//! Copying a large object out of the store, verified, in bounded memory.
 //!
 //! Two destinations, two methods:
 //!

@@ -1,7 +1,7 @@
 //! Store options and the `config` file that persists them (`key = value` lines).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -354,6 +354,20 @@ pub(crate) fn format_duration(d: Duration) -> String {
     } else {
         format!("{ms}ms")
     }
+}
+
+/// Validates an upstream path for the `config` file (one line, not empty).
+pub(crate) fn check_upstream_path(p: &Path) -> Result<()> {
+    let s = p.to_string_lossy();
+    if s.trim().is_empty() || s.contains('\n') || s.contains('\r') || s.trim() != s {
+        return Err(Error::InvalidInput {
+            what: "upstream",
+            reason: format!(
+                "{s:?}: the path must be non-empty, one line, without surrounding spaces"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -122,7 +122,7 @@ impl Store {
         // The config records the upstream as an absolute path: a relative one would be
         // resolved against whatever directory a later process runs in.
         if let Some(up) = options.upstream.clone() {
-            crate::sync::upstream::check_upstream_path(&up)?;
+            crate::store::config::check_upstream_path(&up)?;
             options.upstream = Some(std::path::absolute(&up).map_err(Error::at("resolve", &up))?);
         }
         let options = &options;

@@ -1,4 +1,4 @@
-//! Push and pull between stores (issue 13): copy the closure of named refs and cache entries
+//! Push and pull between stores: copy the closure of named refs and cache entries
 //! that the destination lacks, verified, in parallel, then set the names on the destination
 //! with compare-and-swap against the values it had when the transfer started.
 //!

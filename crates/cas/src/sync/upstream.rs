@@ -1,4 +1,4 @@
-//! Tiered stores (issue 13): a node-local store in front of an upstream store.
+//! Tiered stores: a node-local store in front of an upstream store.
 //!
 //! A store with an upstream is a cache of it. A get looks here, then in the upstream; an
 //! object fetched from the upstream is verified and published here through the normal write
@@ -8,9 +8,12 @@
 //! Refs and cache entries live in the upstream only. docs/format.md "Tiered stores" has the
 //! protocol and its crash analysis.
 //!
-//! The upstream sits behind the [`Upstream`] trait; [`DirUpstream`] implements it for a store
-//! directory (a shared filesystem). An object-store upstream (S3 API) would implement the
-//! same trait without touching these protocols.
+//! The upstream sits behind the [`Upstream`] and [`Names`] traits (the seam, in
+//! `crate::store::tier`, held by the handle from the moment the store is opened);
+//! [`DirUpstream`] implements them for a store directory (a shared filesystem), and
+//! `TierNames` holds the tier's rules for names (a read-only upstream refuses; the upstream is
+//! made to hold an object before a name points at it). An object-store upstream (S3 API)
+//! would implement the same traits without touching these protocols.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -586,7 +589,7 @@ impl Store {
     /// True if `e` says the *local* copy of an object was corrupt (and was quarantined here),
     /// in a tiered store: worth fetching again. A corrupt copy found upstream — on the fetch
     /// of a miss — is quarantined there; fetching again would only report it missing, hiding
-    /// the corruption (issue 18, finding 11).
+    /// the corruption.
     fn is_local_corruption(&self, e: &Error) -> bool {
         self.tier.is_some()
             && e.is_corrupt()
@@ -687,20 +690,6 @@ impl Store {
         lock.release();
         Ok(r)
     }
-}
-
-/// Validates an upstream path for the `config` file (one line, not empty).
-pub(crate) fn check_upstream_path(p: &Path) -> Result<()> {
-    let s = p.to_string_lossy();
-    if s.trim().is_empty() || s.contains('\n') || s.contains('\r') || s.trim() != s {
-        return Err(Error::InvalidInput {
-            what: "upstream",
-            reason: format!(
-                "{s:?}: the path must be non-empty, one line, without surrounding spaces"
-            ),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
