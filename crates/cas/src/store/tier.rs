@@ -17,7 +17,8 @@ use crate::Expect;
 
 /// Where a store's refs and cache entries live: its own directory, or, for a tier, its
 /// upstream. Chosen when the store is opened (docs/architecture.md); the operations on refs
-/// and entries call it and never ask which it is. The methods mean what the [`Store`] methods
+/// and entries call it and never ask which it is. The methods mean what the
+/// [`Store`](crate::Store) methods
 /// of the same names mean.
 ///
 /// Every method may fail with [`Error::Upstream`] when a remote backend cannot be reached;
@@ -34,8 +35,8 @@ pub trait Names: Send + Sync {
     /// Refs whose names start with `prefix`, sorted.
     fn list_refs(&self, prefix: &str) -> Result<Vec<(String, Hash)>>;
     /// Refs whose names start with `prefix`, sorted, and the damaged ones by path (as
-    /// [`Store::refs_report`](crate::Store::refs_report)). The default lists with [`Names::list_refs`], which reports
-    /// no damage apart (the first damaged ref is its error).
+    /// [`Store::refs_report`](crate::Store::refs_report)). The default lists with
+    /// [`Names::list_refs`], which reports no damage apart (the first damaged ref is its error).
     ///
     /// # Errors
     /// As [`Names::list_refs`].
@@ -44,9 +45,9 @@ pub trait Names: Send + Sync {
     }
     /// A ref's history.
     fn reflog(&self, name: &str) -> Result<Vec<RefLogEntry>>;
-    /// A ref's history, line by line (as [`Store::reflog_each`](crate::Store::reflog_each)). The default collects
-    /// [`Names::reflog`] (which reports no damaged lines), then keeps its last `last`
-    /// entries.
+    /// A ref's history, line by line (as [`Store::reflog_each`](crate::Store::reflog_each)). The
+    /// default collects [`Names::reflog`] (which reports no damaged lines), then keeps its last
+    /// `last` entries.
     ///
     /// # Errors
     /// As [`Names::reflog`]; whatever `f` returns.
@@ -132,8 +133,9 @@ pub trait Upstream: Names {
     /// were staged). Objects already present are skipped. Returns when all are published
     /// with the upstream's durability.
     fn put(&self, objects: &mut [(Hash, &mut dyn Read)]) -> Result<()>;
-    /// The object whose hash starts with `prefix` (8 to 63 lowercase hex digits, already
-    /// checked), as [`Store::resolve_prefix`](crate::Store::resolve_prefix). The default cannot: it asks for the full hash.
+    /// The object whose hash starts with `prefix` (8 to 63 lowercase hex digits, already checked),
+    /// as [`Store::resolve_prefix`](crate::Store::resolve_prefix). The default cannot: it asks for
+    /// the full hash.
     fn resolve_prefix(&self, prefix: &str) -> Result<Hash> {
         Err(Error::InvalidInput {
             what: "hash prefix",
@@ -143,9 +145,10 @@ pub trait Upstream: Names {
             ),
         })
     }
-    /// For a process about to exit on a signal: removes what this process has in flight in
-    /// the upstream (staging files of a write-through). Called by
-    /// [`Store::abandon_own_staging`](crate::Store::abandon_own_staging) of the tier. Returns how many files it removed.
+    /// For a process about to exit on a signal: removes what this process has in flight in the
+    /// upstream (staging files of a write-through). Called by
+    /// [`Store::abandon_own_staging`](crate::Store::abandon_own_staging) of the tier. Returns how
+    /// many files it removed.
     fn abandon_own_staging(&self) -> u64 {
         0
     }
