@@ -206,9 +206,11 @@ impl Store {
     /// files in `tmp/` and remove them): reachable objects found in trash are reported, not
     /// moved back.
     pub fn doctor(&self, fix: bool) -> Result<DoctorReport> {
-        if self.upstream().is_some() {
-            return self.without_upstream().doctor(fix); // the local tier only
-        }
+        self.maintainer().doctor(self, fix)
+    }
+
+    /// [`Store::doctor`] of a standalone store (the maintainer chosen at open says which).
+    pub(crate) fn doctor_standalone(&self, fix: bool) -> Result<DoctorReport> {
         // Probes need staging files; a tmp/ that cannot hold them (a symlink planted there, a
         // full filesystem) is a finding, not a reason to stop.
         let (probes, probe_failure) = match self.probe_capabilities() {

@@ -215,9 +215,15 @@ impl Store {
     /// [`Error::Locked`] if another gc is running; [`Error::Interrupted`] if `progress` asked
     /// to stop (the store is left consistent); I/O errors naming the path.
     pub fn gc(&self, opts: &GcOptions, progress: ProgressFn<'_>) -> Result<GcReport> {
-        if self.upstream().is_some() {
-            return self.gc_tier(opts, progress); // a cache of its upstream (crate::sync::upstream)
-        }
+        self.maintainer().gc(self, opts, progress)
+    }
+
+    /// [`Store::gc`] of a standalone store (the maintainer chosen at open says which).
+    pub(crate) fn gc_standalone(
+        &self,
+        opts: &GcOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<GcReport> {
         let lock_path = layout::gc_lock_path(&self.inner.root);
         let lock = self.acquire_gc_lock(&lock_path)?;
         let mut beat = Heartbeat::new(self.inner.options.lock_timeout);

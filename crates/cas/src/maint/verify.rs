@@ -94,9 +94,11 @@ impl Store {
     /// # Errors
     /// [`Error::Interrupted`] if `progress` asked to stop; I/O errors listing the store.
     pub fn verify(&self, progress: ProgressFn<'_>) -> Result<VerifyReport> {
-        if self.upstream().is_some() {
-            return self.without_upstream().verify(progress); // the local tier only
-        }
+        self.maintainer().verify(self, progress)
+    }
+
+    /// [`Store::verify`] of a standalone store (the maintainer chosen at open says which).
+    pub(crate) fn verify_standalone(&self, progress: ProgressFn<'_>) -> Result<VerifyReport> {
         let mut bad_files = Vec::new();
         let mut hashes = Vec::new();
         for h in self.iter() {

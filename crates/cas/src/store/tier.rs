@@ -154,6 +154,24 @@ pub trait Upstream: Names {
     }
 }
 
+/// How a store is maintained: a tier is a cache of its upstream (gc evicts what the upstream
+/// holds, never through trash; verify and doctor look at its own directory only), a
+/// standalone store is not. Chosen when the store is opened, with the tier.
+pub(crate) trait Maintainer: Send + Sync {
+    fn gc(
+        &self,
+        store: &crate::Store,
+        opts: &crate::GcOptions,
+        progress: crate::ProgressFn<'_>,
+    ) -> Result<crate::GcReport>;
+    fn verify(
+        &self,
+        store: &crate::Store,
+        progress: crate::ProgressFn<'_>,
+    ) -> Result<crate::VerifyReport>;
+    fn doctor(&self, store: &crate::Store, fix: bool) -> Result<crate::DoctorReport>;
+}
+
 /// A store's upstream and how it may be used.
 pub(crate) struct Tier {
     pub(crate) upstream: Arc<dyn Upstream>,
@@ -161,4 +179,6 @@ pub(crate) struct Tier {
     /// Where this tier's names live: the upstream, through the tier's rules (a read-only
     /// upstream refuses writes; an object is written up before a name points at it).
     pub(crate) names: Arc<dyn Names>,
+    /// How the tier is maintained (`crate::sync::upstream`).
+    pub(crate) maintainer: Arc<dyn Maintainer>,
 }

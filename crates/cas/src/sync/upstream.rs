@@ -29,7 +29,7 @@ use crate::names::refs::RefLogEntry;
 use crate::progress::{Progress, ProgressFn};
 use crate::read::copyout::Sink;
 use crate::store::layout;
-use crate::store::tier::{Names, Tier, Upstream};
+use crate::store::tier::{Maintainer, Names, Tier, Upstream};
 use crate::write::stage::Staged;
 use crate::{Expect, Store};
 
@@ -360,6 +360,22 @@ impl Names for TierNames {
     }
 }
 
+/// A tier's maintenance: gc evicts (`Store::gc_tier`); verify and doctor look at the tier's
+/// own directory only (the upstream is another store, checked on its own).
+struct TierMaintainer;
+
+impl Maintainer for TierMaintainer {
+    fn gc(&self, store: &Store, opts: &GcOptions, progress: ProgressFn<'_>) -> Result<GcReport> {
+        store.gc_tier(opts, progress)
+    }
+    fn verify(&self, store: &Store, progress: ProgressFn<'_>) -> Result<crate::VerifyReport> {
+        store.without_upstream().verify(progress)
+    }
+    fn doctor(&self, store: &Store, fix: bool) -> Result<crate::DoctorReport> {
+        store.without_upstream().doctor(fix)
+    }
+}
+
 /// A writer that remembers its own failure, so an error coming back through the upstream's
 /// `fetch` can be told apart from a failure of the upstream itself.
 struct Recording<'a> {
@@ -449,6 +465,7 @@ impl Store {
                     readonly,
                     local: self.without_upstream(),
                 }),
+                maintainer: Arc::new(TierMaintainer),
                 upstream,
                 readonly,
             })),
