@@ -138,13 +138,9 @@ impl Store {
                 reason: "a hash prefix is 8 to 64 lowercase hex digits",
             });
         }
-        // A tier holds a subset of its upstream: resolve there (crate::sync::upstream), here only
-        // if the upstream cannot be reached.
-        if let Some(up) = self.upstream() {
-            match up.resolve_prefix(prefix) {
-                Err(e) if e.kind() == crate::ErrorKind::Upstream => {}
-                r => return r,
-            }
+        // A tier holds a subset of its upstream: resolved there unless it cannot be reached.
+        if let Some(r) = self.after_here().resolve_prefix(prefix) {
+            return r;
         }
         let dir = self.path(layout::OBJECTS).join(&prefix[..2]);
         let names = match self.inner.root_dir.read_dir(&dir) {
@@ -231,8 +227,8 @@ impl Store {
                         .map_err(Error::at("open", &p))?;
                     return Ok((f, p));
                 }
-                // A tiered store fetches a miss from its upstream (crate::sync::upstream).
-                if self.fetch_from_upstream(hash)? {
+                // A miss here: what comes after this directory (a tier's upstream).
+                if self.after_here().fetch(self, hash)? {
                     let f = self
                         .inner
                         .root_dir
@@ -460,7 +456,7 @@ impl Store {
     /// True if the object is in the store (or in `trash/`, from where a read restores it; or,
     /// for a tiered store, in its upstream).
     pub fn contains(&self, hash: &Hash) -> bool {
-        self.locate(hash).is_some() || self.upstream_has(hash)
+        self.locate(hash).is_some() || self.after_here().has(hash)
     }
 
     /// The size of what is at an object's name, without following it (`lstat` beneath the
@@ -759,5 +755,73 @@ impl Iterator for ObjectIter {
                 Err(e) => return Some(Err(Error::io("list", dpath, e))),
             }
         }
+    }
+}
+
+impl Store {
+    /// Runs a local read; if it found the local copy corrupt (and quarantined it), fetches
+    /// the object again from what comes after this directory and reads once more.
+    pub(crate) fn refetch_if_corrupt<T>(
+        &self,
+        hash: &Hash,
+        read: impl Fn() -> Result<T>,
+    ) -> Result<T> {
+        match read() {
+            Err(e) if self.is_local_corruption(&e) => {
+                if self.after_here().fetch(self, hash)? {
+                    read()
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// [`Store::refetch_if_corrupt`] for a read into `out`: retried only if the failed read
+    /// wrote nothing to `out` (a large unmapped read can find the corruption after writing).
+    pub(crate) fn refetch_if_corrupt_to(
+        &self,
+        hash: &Hash,
+        out: &mut dyn Sink,
+        read: impl Fn(&mut dyn Sink) -> Result<u64>,
+    ) -> Result<u64> {
+        let mut counted = Counting { inner: out, n: 0 };
+        match read(&mut counted) {
+            Err(e) if self.is_local_corruption(&e) && counted.n == 0 => {
+                if self.after_here().fetch(self, hash)? {
+                    read(&mut counted)
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// True if `e` says the *local* copy of an object was corrupt (and was quarantined here):
+    /// worth fetching again where there is somewhere to fetch from. A corrupt copy found
+    /// upstream — on the fetch of a miss — is quarantined there; fetching again would only
+    /// report it missing, hiding the corruption.
+    fn is_local_corruption(&self, e: &Error) -> bool {
+        e.is_corrupt() && e.path().is_some_and(|p| p.starts_with(&self.inner.root))
+    }
+}
+
+/// Counts the bytes that went through to `inner`.
+struct Counting<'a> {
+    inner: &'a mut dyn Sink,
+    n: u64,
+}
+
+impl Sink for Counting<'_> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        // A failed write may have written part: count it as all (only "nothing" matters).
+        self.n += bytes.len() as u64;
+        self.inner.write_bytes(bytes)
+    }
+    fn write_file_range(&mut self, obj: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
+        self.n += bytes.len() as u64;
+        self.inner.write_file_range(obj, off, bytes)
     }
 }

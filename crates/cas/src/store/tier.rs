@@ -172,6 +172,49 @@ pub(crate) trait Maintainer: Send + Sync {
     fn doctor(&self, store: &crate::Store, fix: bool) -> Result<crate::DoctorReport>;
 }
 
+/// Where objects come from and go after this store's own directory: nowhere for a
+/// standalone store ([`Alone`]), the upstream for a tier (`crate::sync::upstream`). Chosen
+/// at open; the read and write paths call it without asking which it is.
+pub(crate) trait ObjectChain: Send + Sync {
+    /// Called by the write path before staged objects are published here.
+    fn write_through(&self, staged: &[crate::write::stage::Staged]) -> Result<()>;
+    /// A miss here: brings the object into `store` (through its write path). `Ok(false)`:
+    /// there is nowhere else to look.
+    fn fetch(&self, store: &crate::Store, hash: &Hash) -> Result<bool>;
+    /// True if the object is held after this directory.
+    fn has(&self, hash: &Hash) -> bool;
+    /// Resolves a hash prefix after (in a tier: before) this directory; `None`: look here.
+    fn resolve_prefix(&self, prefix: &str) -> Option<Result<Hash>>;
+}
+
+/// A standalone store: nothing after its own directory.
+pub(crate) struct Alone;
+
+impl ObjectChain for Alone {
+    fn write_through(&self, _: &[crate::write::stage::Staged]) -> Result<()> {
+        Ok(())
+    }
+    fn fetch(&self, _: &crate::Store, _: &Hash) -> Result<bool> {
+        Ok(false)
+    }
+    fn has(&self, _: &Hash) -> bool {
+        false
+    }
+    fn resolve_prefix(&self, _: &str) -> Option<Result<Hash>> {
+        None
+    }
+}
+
+impl crate::Store {
+    /// The objects after this store's own directory (chosen when it was opened).
+    pub(crate) fn after_here(&self) -> &dyn ObjectChain {
+        match self.tier.as_deref() {
+            Some(t) => &*t.objects,
+            None => &Alone,
+        }
+    }
+}
+
 /// A store's upstream and how it may be used.
 pub(crate) struct Tier {
     pub(crate) upstream: Arc<dyn Upstream>,
@@ -181,4 +224,6 @@ pub(crate) struct Tier {
     pub(crate) names: Arc<dyn Names>,
     /// How the tier is maintained (`crate::sync::upstream`).
     pub(crate) maintainer: Arc<dyn Maintainer>,
+    /// Where objects come from and go after the tier's own directory.
+    pub(crate) objects: Arc<dyn ObjectChain>,
 }

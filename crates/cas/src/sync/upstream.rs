@@ -27,9 +27,8 @@ use crate::maint::gc::{GcOptions, GcReport};
 use crate::names::entries::Entry;
 use crate::names::refs::RefLogEntry;
 use crate::progress::{Progress, ProgressFn};
-use crate::read::copyout::Sink;
 use crate::store::layout;
-use crate::store::tier::{Maintainer, Names, Tier, Upstream};
+use crate::store::tier::{Maintainer, Names, ObjectChain, Tier, Upstream};
 use crate::write::stage::Staged;
 use crate::{Expect, Store};
 
@@ -376,6 +375,83 @@ impl Maintainer for TierMaintainer {
     }
 }
 
+/// A tier's objects after its own directory: misses are fetched from the upstream, puts are
+/// written through to it first (unless it is read-only).
+struct TierObjects {
+    upstream: Arc<dyn Upstream>,
+    readonly: bool,
+}
+
+impl ObjectChain for TierObjects {
+    /// Write-through: before staged objects are published here, they are stored in the
+    /// upstream (read back from their staging files). Nothing through a read-only upstream.
+    fn write_through(&self, staged: &[Staged]) -> Result<()> {
+        if self.readonly {
+            return Ok(());
+        }
+        let mut readers: Vec<PosReader<'_>> = staged
+            .iter()
+            .map(|s| PosReader {
+                file: s.staging.file(),
+                offset: 0,
+            })
+            .collect();
+        let mut objects: Vec<(Hash, &mut dyn Read)> = staged
+            .iter()
+            .zip(readers.iter_mut())
+            .map(|(s, r)| (s.hash, r as &mut dyn Read))
+            .collect();
+        self.upstream.put(&mut objects)
+    }
+
+    /// Fetches an object from the upstream into `store`: staged there while hashed,
+    /// verified, published without replacing (so racing fetches converge).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the upstream lacks it too; [`Error::Upstream`] if it cannot be
+    /// reached; [`Error::Corrupt`] if the bytes received do not match.
+    fn fetch(&self, store: &Store, hash: &Hash) -> Result<bool> {
+        let local = store.without_upstream();
+        let mut w = local.writer()?;
+        let staging = w.staging_path();
+        let mut rec = Recording {
+            inner: &mut w,
+            failed: None,
+        };
+        if let Err(e) = self.upstream.fetch(hash, &mut rec) {
+            // A full local disk is this store's failure, not the upstream's.
+            return Err(match rec.failed.take() {
+                Some(local_err) => Error::io("write staging file", staging, local_err),
+                None => e,
+            });
+        }
+        let staged = w.finish()?;
+        if staged.hash != *hash {
+            return Err(Error::Corrupt {
+                expected: *hash,
+                actual: staged.hash,
+                path: self.upstream.location().to_owned(),
+            });
+        }
+        local.publish(vec![staged], store.durability())?;
+        Ok(true)
+    }
+
+    /// True if the upstream holds the object (false when it is unreachable).
+    fn has(&self, hash: &Hash) -> bool {
+        self.upstream.has(hash).unwrap_or(false)
+    }
+
+    /// A tier holds a subset of its upstream: resolve there, here only if the upstream cannot
+    /// be reached.
+    fn resolve_prefix(&self, prefix: &str) -> Option<Result<Hash>> {
+        match self.upstream.resolve_prefix(prefix) {
+            Err(e) if e.kind() == crate::ErrorKind::Upstream => None,
+            r => Some(r),
+        }
+    }
+}
+
 /// A writer that remembers its own failure, so an error coming back through the upstream's
 /// `fetch` can be told apart from a failure of the upstream itself.
 struct Recording<'a> {
@@ -393,24 +469,6 @@ impl Write for Recording<'_> {
         self.inner.flush().inspect_err(|e| {
             self.failed = Some(io::Error::new(e.kind(), e.to_string()));
         })
-    }
-}
-
-/// Counts the bytes that went through to `inner`.
-struct Counting<'a> {
-    inner: &'a mut dyn Sink,
-    n: u64,
-}
-
-impl Sink for Counting<'_> {
-    fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
-        // A failed write may have written part: count it as all (only "nothing" matters).
-        self.n += bytes.len() as u64;
-        self.inner.write_bytes(bytes)
-    }
-    fn write_file_range(&mut self, obj: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
-        self.n += bytes.len() as u64;
-        self.inner.write_file_range(obj, off, bytes)
     }
 }
 
@@ -466,6 +524,10 @@ impl Store {
                     local: self.without_upstream(),
                 }),
                 maintainer: Arc::new(TierMaintainer),
+                objects: Arc::new(TierObjects {
+                    upstream: Arc::clone(&upstream),
+                    readonly,
+                }),
                 upstream,
                 readonly,
             })),
@@ -503,114 +565,6 @@ impl Store {
     /// True if the store has an upstream that it must not write to.
     pub fn upstream_readonly(&self) -> bool {
         self.tier.as_ref().is_some_and(|t| t.readonly)
-    }
-
-    /// Fetches an object from the upstream into this store: staged here while hashed,
-    /// verified, published without replacing (so racing fetches converge). `Ok(false)`
-    /// without an upstream.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] if the upstream lacks it too; [`Error::Upstream`] if it cannot be
-    /// reached; [`Error::Corrupt`] if the bytes received do not match.
-    pub(crate) fn fetch_from_upstream(&self, hash: &Hash) -> Result<bool> {
-        let Some(tier) = &self.tier else {
-            return Ok(false);
-        };
-        let local = self.without_upstream();
-        let mut w = local.writer()?;
-        let staging = w.staging_path();
-        let mut rec = Recording {
-            inner: &mut w,
-            failed: None,
-        };
-        if let Err(e) = tier.upstream.fetch(hash, &mut rec) {
-            // A full local disk is this store's failure, not the upstream's.
-            return Err(match rec.failed.take() {
-                Some(local_err) => Error::io("write staging file", staging, local_err),
-                None => e,
-            });
-        }
-        let staged = w.finish()?;
-        if staged.hash != *hash {
-            return Err(Error::Corrupt {
-                expected: *hash,
-                actual: staged.hash,
-                path: tier.upstream.location().to_owned(),
-            });
-        }
-        local.publish(vec![staged], self.durability())?;
-        Ok(true)
-    }
-
-    /// Write-through: before staged objects are published here, they are stored in the
-    /// upstream (read back from their staging files). Nothing without a writable upstream.
-    pub(crate) fn write_through(&self, staged: &[Staged]) -> Result<()> {
-        let Some(tier) = self.tier.as_deref().filter(|t| !t.readonly) else {
-            return Ok(());
-        };
-        let mut readers: Vec<PosReader<'_>> = staged
-            .iter()
-            .map(|s| PosReader {
-                file: s.staging.file(),
-                offset: 0,
-            })
-            .collect();
-        let mut objects: Vec<(Hash, &mut dyn Read)> = staged
-            .iter()
-            .zip(readers.iter_mut())
-            .map(|(s, r)| (s.hash, r as &mut dyn Read))
-            .collect();
-        tier.upstream.put(&mut objects)
-    }
-
-    /// True if the upstream holds the object (false without one, or when it is unreachable).
-    pub(crate) fn upstream_has(&self, hash: &Hash) -> bool {
-        self.upstream()
-            .is_some_and(|u| u.has(hash).unwrap_or(false))
-    }
-
-    /// Runs a local read; if it found the local copy corrupt (and quarantined it), fetches
-    /// the object again from the upstream and reads once more.
-    pub(crate) fn refetch_if_corrupt<T>(
-        &self,
-        hash: &Hash,
-        read: impl Fn() -> Result<T>,
-    ) -> Result<T> {
-        match read() {
-            Err(e) if self.is_local_corruption(&e) => {
-                self.fetch_from_upstream(hash)?;
-                read()
-            }
-            r => r,
-        }
-    }
-
-    /// [`Store::refetch_if_corrupt`] for a read into `out`: retried only if the failed read
-    /// wrote nothing to `out` (a large unmapped read can find the corruption after writing).
-    pub(crate) fn refetch_if_corrupt_to(
-        &self,
-        hash: &Hash,
-        out: &mut dyn Sink,
-        read: impl Fn(&mut dyn Sink) -> Result<u64>,
-    ) -> Result<u64> {
-        let mut counted = Counting { inner: out, n: 0 };
-        match read(&mut counted) {
-            Err(e) if self.is_local_corruption(&e) && counted.n == 0 => {
-                self.fetch_from_upstream(hash)?;
-                read(&mut counted)
-            }
-            r => r,
-        }
-    }
-
-    /// True if `e` says the *local* copy of an object was corrupt (and was quarantined here),
-    /// in a tiered store: worth fetching again. A corrupt copy found upstream — on the fetch
-    /// of a miss — is quarantined there; fetching again would only report it missing, hiding
-    /// the corruption.
-    fn is_local_corruption(&self, e: &Error) -> bool {
-        self.tier.is_some()
-            && e.is_corrupt()
-            && e.path().is_some_and(|p| p.starts_with(&self.inner.root))
     }
 
     /// gc of a tiered store: this store is a cache of its upstream, so nothing here is a root

@@ -288,9 +288,9 @@ impl Store {
         if staged.is_empty() {
             return Ok(0);
         }
-        // A tiered store writes through: the upstream holds an object before this store
-        // names it (crate::sync::upstream).
-        self.write_through(&staged)?;
+        // What comes after this directory first (a tier's upstream holds an object before
+        // this store names it), then here.
+        self.after_here().write_through(&staged)?;
         // Published without a data sync: marked, so that a later put at a stronger level
         // knows to sync it (docs/format.md "The write path (put)", "Re-puts").
         let mode = match durability {
