@@ -19,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use cas::{EntryKind, Hash, Tree, TreeEntry, TREE_MAGIC};
+use cas::{Hash, Tree, TreeEntry, TreeEntryKind, TREE_MAGIC};
 use common::{blake3_hex, cas, data, files_under, run, run_ok, set_mtime, text, Store};
 
 /// How long any single `cas` command may take before it counts as hung.
@@ -196,7 +196,7 @@ fn put_tree(s: &Store, entries: Vec<TreeEntry>) -> String {
 fn link(name: &str, target: &str) -> TreeEntry {
     TreeEntry {
         name: name.as_bytes().to_vec(),
-        kind: EntryKind::Symlink {
+        kind: TreeEntryKind::Symlink {
             target: target.as_bytes().to_vec(),
         },
     }
@@ -205,14 +205,14 @@ fn link(name: &str, target: &str) -> TreeEntry {
 fn dir(name: &str, hex: &str) -> TreeEntry {
     TreeEntry {
         name: name.as_bytes().to_vec(),
-        kind: EntryKind::Dir { hash: hash(hex) },
+        kind: TreeEntryKind::Dir { hash: hash(hex) },
     }
 }
 
 fn file(name: &str, hex: &str, size: u64) -> TreeEntry {
     TreeEntry {
         name: name.as_bytes().to_vec(),
-        kind: EntryKind::File {
+        kind: TreeEntryKind::File {
             executable: false,
             size,
             hash: hash(hex),

@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use cas::{EntryKind, Hash, Tree, TreeEntry};
+use cas::{Hash, Tree, TreeEntry, TreeEntryKind};
 use common::{
     blake3_hex, cas, data, files_under, run, run_ok, run_with_stdin, set_mtime, staging_files_of,
     text, wait_until, Store,
@@ -179,7 +179,7 @@ fn hash(hex: &str) -> Hash {
 fn file_entry(name: &[u8], hex: &str, size: u64) -> TreeEntry {
     TreeEntry {
         name: name.to_vec(),
-        kind: EntryKind::File {
+        kind: TreeEntryKind::File {
             executable: false,
             size,
             hash: hash(hex),
@@ -190,7 +190,7 @@ fn file_entry(name: &[u8], hex: &str, size: u64) -> TreeEntry {
 fn link_entry(name: &[u8], target: &[u8]) -> TreeEntry {
     TreeEntry {
         name: name.to_vec(),
-        kind: EntryKind::Symlink {
+        kind: TreeEntryKind::Symlink {
             target: target.to_vec(),
         },
     }
@@ -199,7 +199,7 @@ fn link_entry(name: &[u8], target: &[u8]) -> TreeEntry {
 fn dir_entry(name: &[u8], hex: &str) -> TreeEntry {
     TreeEntry {
         name: name.to_vec(),
-        kind: EntryKind::Dir { hash: hash(hex) },
+        kind: TreeEntryKind::Dir { hash: hash(hex) },
     }
 }
 

@@ -538,12 +538,14 @@ fn progress_reaches_the_total_and_a_stop_leaves_nothing() {
     let h = store.put_bytes(&data(BIG, 3)).unwrap();
     let len = BIG as u64;
     let out = d.path().join("out");
-    store.get_to_path_with(&h, &out, &|p| seen.push(p)).unwrap();
+    store
+        .get_to_path_progress(&h, &out, &|p| seen.push(p))
+        .unwrap();
     let r = seen.take();
     assert!(r.iter().all(|p| p.phase == "get" && p.total == Some(len)));
     assert_eq!(r.last().unwrap().done, len);
     store
-        .get_to_writer_with(&h, &mut std::io::sink(), &|p| seen.push(p))
+        .get_to_writer_progress(&h, &mut std::io::sink(), &|p| seen.push(p))
         .unwrap();
     let r = seen.take();
     let first_get = r.iter().position(|p| p.phase == "get").unwrap();
@@ -572,11 +574,11 @@ fn progress_reaches_the_total_and_a_stop_leaves_nothing() {
     assert!(matches!(e, cas::Error::Interrupted), "{e}");
     assert!(!dst2.exists());
     let out2 = d.path().join("out2");
-    let e = store.get_to_path_with(&h, &out2, &stop).unwrap_err();
+    let e = store.get_to_path_progress(&h, &out2, &stop).unwrap_err();
     assert!(matches!(e, cas::Error::Interrupted), "{e}");
     let mut written = Vec::new();
     let e = store
-        .get_to_writer_with(&h, &mut written, &|p| p.phase == "verify" || p.done == 0)
+        .get_to_writer_progress(&h, &mut written, &|p| p.phase == "verify" || p.done == 0)
         .unwrap_err();
     assert!(matches!(e, cas::Error::Interrupted), "{e}");
     assert!(written.len() <= 8 << 20, "wrote past the stop");

@@ -1009,7 +1009,7 @@ fn write_object(store: &Store, hash: &Hash, output: Option<&Path>) -> Result<()>
     let bar = output::BytesBar::new("get");
     let progress = |p| bar.update(p);
     let done = match output {
-        Some(path) if path != Path::new("-") => store.get_to_path_with(hash, path, &progress),
+        Some(path) if path != Path::new("-") => store.get_to_path_progress(hash, path, &progress),
         _ => {
             // Straight to the descriptor (spliced into a pipe), past Rust's buffer, which
             // holds nothing yet: nothing is printed before the object. No bar when the bytes
@@ -1239,10 +1239,9 @@ fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
     // The reader first: through a tier it fetches the object (object_len only looks here).
     let mut r = store.reader(hash)?;
     let size = r.len()?;
-    let mut head = [0u8; 8];
-    let n = io::Read::read(&mut r, &mut head).context("read the object")?;
+    let is_tree = cas::Tree::sniff(&mut r).context("read the object")?;
     let mut out = io::BufWriter::new(io::stdout().lock());
-    if !cas::Tree::is_tree(&head[..n]) {
+    if !is_tree {
         if json {
             writeln!(
                 out,
@@ -1274,27 +1273,32 @@ fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
 }
 
 /// One line of `cas show` for a tree entry.
-fn show_entry(out: &mut impl Write, path: &Path, kind: &cas::EntryKind, json: bool) -> Result<()> {
+fn show_entry(
+    out: &mut impl Write,
+    path: &Path,
+    kind: &cas::TreeEntryKind,
+    json: bool,
+) -> Result<()> {
     let p = path.display();
     if json {
         let v = match kind {
-            cas::EntryKind::File {
+            cas::TreeEntryKind::File {
                 executable,
                 size,
                 hash,
             } => serde_json::json!({ "path": path, "kind": "file", "hash": hash,
                 "size": size, "executable": executable }),
-            cas::EntryKind::Dir { hash } => {
+            cas::TreeEntryKind::Dir { hash } => {
                 serde_json::json!({ "path": path, "kind": "dir", "hash": hash })
             }
-            cas::EntryKind::Symlink { target } => serde_json::json!({ "path": path,
+            cas::TreeEntryKind::Symlink { target } => serde_json::json!({ "path": path,
                 "kind": "symlink", "target": String::from_utf8_lossy(target) }),
         };
         writeln!(out, "{v}")?;
         return Ok(());
     }
     match kind {
-        cas::EntryKind::File {
+        cas::TreeEntryKind::File {
             executable,
             size,
             hash,
@@ -1302,8 +1306,8 @@ fn show_entry(out: &mut impl Write, path: &Path, kind: &cas::EntryKind, json: bo
             let mode = if *executable { "100755" } else { "100644" };
             writeln!(out, "{mode} blob {hash} {size:>10}\t{p}")?;
         }
-        cas::EntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
-        cas::EntryKind::Symlink { target } => {
+        cas::TreeEntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
+        cas::TreeEntryKind::Symlink { target } => {
             let t = String::from_utf8_lossy(target);
             writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
         }

@@ -8,7 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::Hash;
+use crate::hash::Hash;
 
 /// Shorthand for `Result<T, cas::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -240,7 +240,7 @@ pub enum Error {
         /// The object.
         hash: Hash,
         /// One name that reaches it.
-        by: Box<crate::ReachedBy>,
+        by: Box<ReachedBy>,
     },
 
     /// The upstream store of a tiered store could not do what was needed: it is unreachable
@@ -439,5 +439,49 @@ impl From<Error> for io::Error {
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
+    }
+}
+/// A name that keeps an object reachable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+#[non_exhaustive]
+pub enum Root {
+    /// A ref, by name.
+    Ref(String),
+    /// A cache entry, by key as messages show it: quoted text, or `0x…` hex.
+    Entry(String),
+    /// An update in progress: the pin in a ref or entry lock file.
+    Update(PathBuf),
+    /// Nothing readable reaches the object, but something that could not be read might (a
+    /// damaged ref or entry, an undecodable tree): the reason, with its path. gc does not
+    /// sweep in that case either.
+    Unreadable(String),
+}
+
+/// Who reaches an object (see [`Store::who_reaches`](crate::Store::who_reaches)): one root, and the tree the object is
+/// listed in when the root does not name it directly.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ReachedBy {
+    /// The ref, entry or update that reaches the object.
+    pub root: Root,
+    /// The tree object that lists it, if the root reaches it through trees.
+    pub through: Option<Hash>,
+}
+
+impl std::fmt::Display for ReachedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.root {
+            Root::Ref(n) => write!(f, "reached by ref {n:?}")?,
+            Root::Entry(k) => write!(f, "reached by cache entry {k}")?,
+            Root::Update(p) => write!(f, "reached by an update in progress ({})", p.display())?,
+            Root::Unreadable(why) => {
+                write!(f, "perhaps reached through what cannot be read ({why})")?;
+            }
+        }
+        if let Some(t) = self.through {
+            write!(f, " (through tree {t})")?;
+        }
+        Ok(())
     }
 }

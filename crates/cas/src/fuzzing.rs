@@ -14,13 +14,15 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::{format_duration, Options};
 use crate::hash::{Hash, HEX_LEN};
-use crate::index::{display_key, Entry};
-use crate::lock::Holder;
-use crate::refs::{log_field, parse_log_line, parse_ref_content, validate_ref_name};
-use crate::tree::{EntryKind, Tree, TreeEntry};
-use crate::{layout, store, trash, Durability};
+use crate::maint::trash;
+use crate::names::entries::{display_key, Entry};
+use crate::names::lock::Holder;
+use crate::names::refs::{log_field, parse_log_line, parse_ref_content, validate_ref_name};
+use crate::store::config::{format_duration, Options};
+use crate::store::{handle as store, layout};
+use crate::tree::format::{Tree, TreeEntry, TreeEntryKind};
+use crate::Durability;
 
 /// A fuzz target: its name (the directory of its corpus) and its function.
 pub type Target = (&'static str, fn(&[u8]) -> bool);
@@ -123,15 +125,7 @@ pub fn refs(data: &[u8]) -> bool {
     let mut lines = 0;
     for line in s.lines() {
         if let Some(e) = parse_log_line(line) {
-            let rendered = format!(
-                "{} {} {} {} {}\t{}",
-                log_field(e.old.as_ref()),
-                log_field(e.new.as_ref()),
-                e.time,
-                e.host,
-                e.user,
-                e.message
-            );
+            let rendered = e.to_line();
             assert_eq!(
                 parse_log_line(&rendered).as_ref(),
                 Some(&e),
@@ -304,7 +298,7 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
     let file = |name: &[u8], size: u64, executable: bool| TreeEntry {
         name: name.to_vec(),
-        kind: EntryKind::File {
+        kind: TreeEntryKind::File {
             executable,
             size,
             hash: h(name),
@@ -320,14 +314,14 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 file(b"README", 300, false),
                 TreeEntry {
                     name: b"link".to_vec(),
-                    kind: EntryKind::Symlink {
+                    kind: TreeEntryKind::Symlink {
                         target: b"../up/x".to_vec(),
                     },
                 },
                 file(b"run.sh", 70_000, true),
                 TreeEntry {
                     name: b"sub".to_vec(),
-                    kind: EntryKind::Dir { hash: h(b"sub") },
+                    kind: TreeEntryKind::Dir { hash: h(b"sub") },
                 },
                 file("é\u{1}".as_bytes(), 1 << 40, false),
             ],

@@ -22,7 +22,8 @@
 //!   against the hash. A corrupt object is moved to `quarantine/` and reported as
 //!   [`Error::Corrupt`].
 //! - A process killed at any point leaves at most a staging file in `tmp/` (cleaned by gc).
-//! - Durability against power loss is chosen per store or per write ([`Durability`]).
+//! - Durability against power loss is chosen per store handle ([`Durability`] in [`Options`];
+//!   [`Store::with_options`] or [`Store::at_least`] for another level).
 //! - Stores are created only on purpose: [`Store::open`] never creates one, and
 //!   [`Store::open_or_create`] says where one may be created ([`Create`]); an existing
 //!   directory holding anything but a store is never written unless [`Create::Force`].
@@ -147,72 +148,51 @@
 //! - Objects are stored whole and uncompressed, so the store can be checked with standard tools
 //!   (`b3sum objects/ab/cd…` prints the object's own name).
 
-mod batch;
-mod cleanup;
-mod closure;
 mod codec;
-mod config;
-mod copyout;
-mod doctor;
+mod copy;
 mod error;
 mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
-mod gc;
 mod hash;
-mod hashes;
-mod index;
-mod init;
-mod layout;
-mod list;
-mod lock;
-mod mark;
-mod materialize;
-mod once;
-mod output;
+mod maint;
+mod names;
 mod progress;
-mod putdir;
 mod read;
-mod reflog;
-mod refs;
-mod remove;
-mod restore;
-mod stage;
-mod statcache;
 mod store;
-mod transfer;
-mod trash;
+mod sync;
 mod tree;
-mod upstream;
-mod usage;
-mod verify;
 mod write;
 
-pub use batch::Batch;
-pub use cleanup::abandon_temporaries;
-pub use config::{parse_duration, parse_size, Durability, Options};
-pub use doctor::{DoctorReport, FsInfoReport, Owner, Probe, ProblemGroup};
-pub use error::{Error, ErrorKind, Result};
-pub use gc::{BudgetUnmet, GcOptions, GcReport};
+pub use error::{Error, ErrorKind, ReachedBy, Result, Root};
+pub use fs::Barrier;
 pub use hash::{Hash, HASH_LEN, HEX_LEN};
-pub use index::Entry;
-pub use init::{Create, DefaultStore};
-pub use list::{ObjectMeta, OrderedObjectMeta, OrderedObjects};
-pub use materialize::Materialized;
-pub use once::{ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting};
-pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
-pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
-pub use refs::{
+pub use maint::doctor::{DoctorReport, FsInfoReport, Owner, Probe, ProblemGroup};
+pub use maint::gc::{BudgetUnmet, GcOptions, GcReport};
+pub use maint::list::{ObjectMeta, OrderedObjectMeta, OrderedObjects};
+pub use maint::remove::RemoveOptions;
+pub use maint::usage::{Area, Usage};
+pub use maint::verify::{CorruptObject, Dangling, Problem, VerifyReport};
+pub use names::entries::Entry;
+pub use names::once::{
+    ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting,
+};
+pub use names::refs::{
     validate_ref_name, Expect, RefLogEntry, RefLogLine, RefsReport, MAX_REF_NAME, MAX_REF_SEGMENT,
 };
-pub use remove::{ReachedBy, RemoveOptions, Root};
-pub use store::{Barrier, FsInfo, Store};
-pub use transfer::{TransferConflict, TransferOptions, TransferReport};
-pub use tree::{
-    CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeLimits,
+pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
+pub use read::get::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
+pub use read::materialize::Materialized;
+pub use store::abandon::abandon_temporaries;
+pub use store::config::{parse_duration, parse_size, Durability, Options};
+pub use store::handle::{FsInfo, Store};
+pub use store::init::{Create, DefaultStore};
+pub use store::tier::{Names, Upstream};
+pub use sync::transfer::{TransferConflict, TransferOptions, TransferReport};
+pub use sync::upstream::DirUpstream;
+pub use tree::format::{
+    CheckoutOptions, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeEntryKind, TreeLimits,
     TREE_MAGIC, TREE_VERSION,
 };
-pub use upstream::{DirUpstream, Upstream};
-pub use usage::{Area, Usage};
-pub use verify::{CorruptObject, Dangling, Problem, VerifyReport};
-pub use write::Writer;
+pub use write::batch::Batch;
+pub use write::writer::Writer;

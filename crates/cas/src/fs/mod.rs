@@ -13,8 +13,6 @@ use std::time::SystemTime;
 use rustix::fs::{OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
-use crate::Barrier;
-
 mod root;
 mod src_dir;
 pub(crate) use root::{
@@ -554,6 +552,45 @@ pub(crate) fn rename_dir_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
+/// Symbolic links followed in one path resolution before giving up (as Linux's `ELOOP`
+/// limit): tree checkouts and destination paths share it.
+pub(crate) const MAX_LINKS: usize = 40;
+
+/// How staged objects are made durable before their names are published (durability `file`
+/// and `full`), chosen from the filesystem type (docs/guarantees.md has the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Barrier {
+    /// One `syncfs(2)` for a batch (local block filesystems: ext4, xfs, btrfs, f2fs); a single
+    /// object is still `fdatasync`ed, which is cheaper for one file.
+    Syncfs,
+    /// `fdatasync(2)` of every staged file, overlapped across threads for a batch (FUSE, NFS,
+    /// CIFS, Lustre, `CephFS`, tmpfs and anything unknown: where `syncfs` is not known to reach
+    /// stable storage).
+    Fdatasync,
+}
+
+impl std::fmt::Display for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Barrier::Syncfs => "syncfs",
+            Barrier::Fdatasync => "fdatasync",
+        })
+    }
+}
+
+/// The one rule for memory-mapping a file: only on a local filesystem (a network
+/// filesystem's pages can vanish under a mapping), and only a file no one else can truncate
+/// while it is mapped: touching a mapped page past a new end raises SIGBUS, where a
+/// truncation under a `read` only shortens what is read (which verification then reports).
+/// Callers say what they know: `Store::may_map` for objects,
+/// `Store::may_map_own` for this process's own files in the store, and the
+/// destination's filesystem and privacy for output files.
+pub(crate) fn may_map(local: bool, only_we_can_truncate: bool) -> bool {
+    local && only_we_can_truncate
+}
+
 /// Maps `len` bytes of our own private file from `offset`, read-only, to hash what was just
 /// copied into it without copying it again.
 ///
@@ -632,8 +669,8 @@ pub(crate) fn is_local(fd: impl std::os::fd::AsFd) -> bool {
 
 /// The mode bit set on an object published without a data sync (durability `none`):
 /// `S_ISVTX`, which Linux ignores on regular files. A later put or name update at `file` or
-/// `full` that finds the object syncs its data once and clears the bit (docs/format.md,
-/// "Re-puts").
+/// `full` that finds the object syncs its data once and clears the bit (docs/format.md "The write
+/// path (put)", "Re-puts").
 pub(crate) const UNSYNCED: u32 = 0o1000;
 
 /// Makes the bytes of `name` in `dir` durable: opens it (`openat`, no symlink following,
@@ -688,7 +725,7 @@ pub(crate) fn name_bytes(name: &OsStr) -> &[u8] {
 mod tests {
     use super::*;
 
-    /// `cannot read ref …: Stale file handle`, seen on GlusterFS. The retry
+    /// `cannot read ref …: Stale file handle` on Gluster. The retry
     /// of small-file reads, driven by an injected sequence of errors: ESTALE and EIO are tried
     /// again (the whole operation), anything else is returned at once, and the bound holds.
     #[test]

@@ -1,5 +1,5 @@
 //! Every path inside a store, reached from the store's root directory descriptor without
-//! following a symlink anywhere (docs/format.md, "Path resolution").
+//! following a symlink anywhere (docs/format.md "Path resolution").
 //!
 //! A store is a directory that every member of a group may write, so anything in it can be
 //! replaced by a symlink, a FIFO or a directory at any moment. [`Root`] is the only way the

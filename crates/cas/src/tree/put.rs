@@ -1,0 +1,607 @@
+//! Storing a directory as trees (`put -r`, `Store::put_dir*`), in two steps that overlap:
+//!
+//! 1. **Scan**, on a few threads (as git preloads its index): every directory is listed
+//!    through its descriptor and its entries are `fstatat`-ed relative to it (one name lookup
+//!    per file, not a walk of its whole path); with a stat cache, a file whose `lstat`
+//!    matches an entry has that entry's object probed in the store. These two lookups per
+//!    unchanged file are nearly all of a re-put's time, all of it in the kernel, and most
+//!    trees have many small directories, so the threads share out directories, not files.
+//!    Subdirectories are opened by path without following a link at their name; each thread
+//!    holds one directory descriptor at a time. Directories are scanned depth first in the
+//!    order they are stored, and what was found waits until it is stored (at most the whole
+//!    tree, about 150 bytes per entry, like git's index).
+//! 2. **Store**, in post order on the calling thread, each directory as soon as it is
+//!    scanned: files the cache did not answer are read and staged (`Batch::put_path`), then
+//!    the directory's tree object. The stat cache is only read meanwhile; the hits and new
+//!    entries of the run go into it once the walk is over.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::fs::{self, Kind};
+use crate::hash::Hash;
+use crate::progress::ProgressHook;
+use crate::tree::format::{Tree, TreeEntry, TreeEntryKind, Trees, MAX_DEPTH};
+use crate::tree::statcache::{StatCache, StatKey};
+use crate::write::batch::Batch;
+use crate::Store;
+
+/// Stores the directory `root` (a symlink to a directory is followed at the root only);
+/// returns its tree's hash. Every tree stored is also left decoded in `trees`. `progress` is
+/// told the bytes of the files done so far: read, or found unchanged in the stat cache.
+pub(crate) fn put_dir(
+    store: &Store,
+    root: &Path,
+    cache: Option<&mut StatCache>,
+    trees: &mut Trees,
+    progress: Option<&ProgressHook>,
+) -> Result<Hash> {
+    let meta = std::fs::metadata(root).map_err(Error::at("stat", root))?;
+    if !meta.is_dir() {
+        return Err(Error::Tree {
+            path: root.to_owned(),
+            reason: "not a directory".into(),
+        });
+    }
+    let fd = fs::open_src_dir(root, true).map_err(Error::at("read directory", root))?;
+    // One batch for the whole tree: its barriers are shared by many files, and it publishes
+    // in staging order, so an object is never visible before its children.
+    let mut batch = store.batch();
+    let skipped = Arc::new(AtomicU64::new(0));
+    if let Some(p) = progress {
+        let (p, skipped) = (p.clone(), Arc::clone(&skipped));
+        batch
+            .set_progress(move |b| p.report("put", skipped.load(Ordering::Relaxed) + b.done, None));
+    }
+    let shared = cache.as_deref();
+    let mut walk = Walk {
+        store,
+        batch,
+        cache: shared,
+        trees,
+        progress: progress.map(|p| (p, skipped)),
+        hits: Vec::new(),
+        records: Vec::new(),
+    };
+    // The scan threads run ahead; this thread stores each directory as soon as it is scanned
+    // (the scan hands out directories in the order they are stored).
+    let scan = Scan::new(fd, root);
+    let hash = std::thread::scope(|s| {
+        for _ in 0..scan_threads() {
+            s.spawn(|| scan.worker(store, shared));
+        }
+        let r = walk.dir(&scan, 0, root, 0);
+        scan.stop();
+        r
+    });
+    let Walk {
+        batch,
+        hits,
+        records,
+        ..
+    } = walk;
+    let hash = hash?;
+    // The cache was read by the scan threads while this thread stored; what this run learnt
+    // goes into it now.
+    if let Some(c) = cache {
+        for k in &hits {
+            c.note_hit(k);
+        }
+        for (k, h) in records {
+            c.record(&k, h);
+        }
+        for first in c.found_fanouts() {
+            batch.note_found_fanout(first);
+        }
+    }
+    batch.commit()?;
+    Ok(hash)
+}
+
+struct Walk<'a> {
+    store: &'a Store,
+    batch: Batch,
+    /// Read by the scan threads at the same time: hits and new entries wait in `hits` and
+    /// `records` until the walk is over.
+    cache: Option<&'a StatCache>,
+    trees: &'a mut Trees,
+    /// The callback, and the bytes of files the stat cache answered for (the batch counts
+    /// those it reads).
+    progress: Option<(&'a ProgressHook, Arc<AtomicU64>)>,
+    hits: Vec<StatKey>,
+    records: Vec<(StatKey, Hash)>,
+}
+
+/// One entry of a scanned directory.
+enum Item {
+    /// A regular file: its `lstat`, and the stat cache's hash if it has a matching entry
+    /// whose object is in the store.
+    File {
+        st: fs::SrcStat,
+        cached: Option<Hash>,
+    },
+    Link(OsString),
+    /// A subdirectory: its index among the scanned directories.
+    Dir(usize),
+}
+
+/// A directory as the scan found it: entries sorted by name bytes.
+type Scanned = Vec<(OsString, Item)>;
+
+/// The scan's shared state: directories waiting, how many are being scanned, and what was
+/// found, by index (0 is the root), until the walk takes it.
+struct ScanState {
+    todo: Vec<(usize, PathBuf, Option<OwnedFd>)>,
+    active: usize,
+    done: Vec<Option<Scanned>>,
+    error: Option<Error>,
+    /// The walk is over (done or failed): scan threads leave.
+    stop: bool,
+}
+
+/// The scan of one tree: its threads take directories from `todo`, the walk takes what they
+/// found from `done`; both wait on `wake`.
+struct Scan {
+    state: Mutex<ScanState>,
+    wake: Condvar,
+}
+
+impl Scan {
+    /// A scan starting at `root`, open as `fd`.
+    fn new(fd: OwnedFd, root: &Path) -> Scan {
+        Scan {
+            state: Mutex::new(ScanState {
+                todo: vec![(0, root.to_owned(), Some(fd))],
+                active: 0,
+                done: vec![None],
+                error: None,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ScanState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ends the scan: its threads leave at their next directory.
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_all();
+    }
+
+    /// What the scan found in directory `id`, once it is scanned (waiting for it); the scan's
+    /// first error instead, if it failed.
+    fn take(&self, id: usize, path: &Path) -> Result<Scanned> {
+        let mut st = self.lock();
+        loop {
+            if let Some(found) = st.done.get_mut(id).and_then(Option::take) {
+                return Ok(found);
+            }
+            if let Some(e) = st.error.take() {
+                st.stop = true;
+                self.wake.notify_all();
+                return Err(e);
+            }
+            if id >= st.done.len() || (st.todo.is_empty() && st.active == 0) {
+                return Err(Error::Tree {
+                    path: path.to_owned(),
+                    reason: "was not scanned (internal error)".into(),
+                });
+            }
+            st = self
+                .wake
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Gives directories to scan (`paths`, in the order they will be stored) their indexes,
+    /// the first returned, and queues them so the first is taken first.
+    fn queue(&self, paths: Vec<PathBuf>) -> usize {
+        let mut st = self.lock();
+        let first = st.done.len();
+        st.done.extend(paths.iter().map(|_| None));
+        // Last in, first out: pushed in reverse, the first subdirectory is scanned next, so
+        // the scan goes deep first in the order of the walk, and few directories wait.
+        for (i, p) in paths.into_iter().enumerate().rev() {
+            st.todo.push((first + i, p, None));
+        }
+        self.wake.notify_all();
+        first
+    }
+
+    /// One scan thread: scans directories until none is left or the walk is over.
+    fn worker(&self, store: &Store, cache: Option<&StatCache>) {
+        let mut st = self.lock();
+        loop {
+            if st.error.is_some() || st.stop {
+                break;
+            }
+            if let Some((id, path, fd)) = st.todo.pop() {
+                st.active += 1;
+                drop(st);
+                let found = scan_dir(store, cache, &path, fd, &|paths| self.queue(paths));
+                st = self.lock();
+                st.active -= 1;
+                match found {
+                    Ok(entries) => st.done[id] = Some(entries),
+                    Err(e) => {
+                        if st.error.is_none() {
+                            st.error = Some(e);
+                        }
+                    }
+                }
+                self.wake.notify_all();
+            } else if st.active == 0 {
+                break;
+            } else {
+                st = self
+                    .wake
+                    .wait(st)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
+        drop(st);
+        self.wake.notify_all();
+    }
+}
+
+/// Entries of one directory probed by each thread when a large directory is split (most
+/// directories are small: they are shared out whole).
+const PROBE_CHUNK: usize = 256;
+
+/// How many threads scan: the cores, at most 4. Asked once: `available_parallelism` reads
+/// the cgroup's files each time.
+fn scan_threads() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .clamp(1, 4)
+    })
+}
+
+/// Lists and probes one directory (`fd`, or opened at `path` without following a link at its
+/// name); `queue` takes its subdirectories' paths, in order, and returns the first one's
+/// index (the others follow). A large directory's entries are probed by several threads.
+fn scan_dir(
+    store: &Store,
+    cache: Option<&StatCache>,
+    path: &Path,
+    fd: Option<OwnedFd>,
+    queue: &dyn Fn(Vec<PathBuf>) -> usize,
+) -> Result<Scanned> {
+    let fd = match fd {
+        Some(fd) => fd,
+        None => fs::open_src_dir(path, false).map_err(Error::at("read directory", path))?,
+    };
+    let mut names = fs::list_src_dir(&fd).map_err(Error::at("read directory", path))?;
+    names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let one = |(name, kind): &(OsString, Option<Kind>)| -> Result<Item> {
+        let st = match kind {
+            Some(Kind::Dir | Kind::Symlink | Kind::Special) => None,
+            Some(Kind::File) | None => Some(
+                fs::lstat_src_at(fd.as_fd(), name)
+                    .map_err(|e| Error::io("stat", path.join(name), e))?,
+            ),
+        };
+        Ok(match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
+            Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
+            Kind::File => {
+                let st = st.expect("files are stat-ed above");
+                let cached = cache.and_then(|c| {
+                    StatKey::of_src(&st)
+                        .and_then(|k| c.candidate(&k))
+                        .filter(|h| c.object_present(store, h, st.size))
+                });
+                Item::File { st, cached }
+            }
+            Kind::Symlink => Item::Link(
+                fs::readlink_src_at(fd.as_fd(), name)
+                    .map_err(|e| Error::io("read link", path.join(name), e))?,
+            ),
+            Kind::Special => {
+                return Err(Error::Tree {
+                    path: path.join(name),
+                    reason: "cannot store this file type (socket, fifo or device)".into(),
+                })
+            }
+        })
+    };
+    let threads = scan_threads().min(names.len() / PROBE_CHUNK);
+    let items: Vec<Item> = if threads <= 1 {
+        names.iter().map(one).collect::<Result<_>>()?
+    } else {
+        let mut chunks = names.chunks(names.len().div_ceil(threads));
+        let first = chunks.next().unwrap_or_default();
+        std::thread::scope(|s| {
+            let others: Vec<_> = chunks
+                .map(|c| s.spawn(|| c.iter().map(one).collect::<Result<Vec<_>>>()))
+                .collect();
+            let mut all = first.iter().map(one).collect::<Result<Vec<_>>>()?;
+            for t in others {
+                all.extend(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+            }
+            Ok::<_, Error>(all)
+        })?
+    };
+    let mut items = items;
+    let subdirs: Vec<PathBuf> = names
+        .iter()
+        .zip(&items)
+        .filter(|(_, item)| matches!(item, Item::Dir(_)))
+        .map(|((name, _), _)| path.join(name))
+        .collect();
+    if !subdirs.is_empty() {
+        let mut next = queue(subdirs);
+        for item in &mut items {
+            if let Item::Dir(id) = item {
+                *id = next;
+                next += 1;
+            }
+        }
+    }
+    Ok(names.into_iter().map(|(n, _)| n).zip(items).collect())
+}
+
+impl Walk<'_> {
+    /// Stores the directory `id` (at `path`, `depth` directories below the root) once it is
+    /// scanned and, first, everything below it.
+    ///
+    /// The depth is checked here, before the scan's result is taken: the scan runs ahead, and
+    /// a chain deeper than the limit used to fail on the scan's path growing past `PATH_MAX`
+    /// ("File name too long") instead of with the depth message (issue 26).
+    fn dir(&mut self, scan: &Scan, id: usize, path: &Path, depth: usize) -> Result<Hash> {
+        if depth > MAX_DEPTH {
+            return Err(Error::Tree {
+                path: path.to_owned(),
+                reason: format!("nesting deeper than {MAX_DEPTH} directories"),
+            });
+        }
+        let entries = scan.take(id, path)?;
+        let mut children = Vec::with_capacity(entries.len());
+        for (name, item) in entries {
+            let kind = match item {
+                Item::File { st, cached } => TreeEntryKind::File {
+                    executable: st.mode & 0o111 != 0,
+                    size: st.size,
+                    hash: self.file(path, &name, StatKey::of_src(&st), st.size, cached)?,
+                },
+                Item::Link(t) => TreeEntryKind::Symlink {
+                    target: t.into_vec(),
+                },
+                Item::Dir(sub) => TreeEntryKind::Dir {
+                    hash: self.dir(scan, sub, &path.join(&name), depth + 1)?,
+                },
+            };
+            children.push(TreeEntry {
+                name: name.into_vec(),
+                kind,
+            });
+        }
+        self.tree(children, path)
+    }
+
+    /// The hash of the regular file `name` in `dir`: the stat cache's (`cached`, found by the
+    /// scan) if it had a usable entry, else read and staged (and recorded). `key` is from the
+    /// `lstat` taken before the file is read: a write during the read changes what the next
+    /// run sees, so it hashes again.
+    fn file(
+        &mut self,
+        dir: &Path,
+        name: &std::ffi::OsStr,
+        key: Option<StatKey>,
+        size: u64,
+        cached: Option<Hash>,
+    ) -> Result<Hash> {
+        match (self.cache, key) {
+            (Some(_), Some(key)) => {
+                if let Some(h) = cached {
+                    self.hits.push(key);
+                    if let Some((p, skipped)) = &self.progress {
+                        let s = skipped.fetch_add(size, Ordering::Relaxed) + size;
+                        if !p.report("put", s + self.batch.bytes_in(), None) {
+                            return Err(Error::Interrupted);
+                        }
+                    }
+                    return Ok(h);
+                }
+                let h = self.batch.put_path(dir.join(name))?;
+                self.records.push((key, h));
+                Ok(h)
+            }
+            _ => self.batch.put_path(dir.join(name)),
+        }
+    }
+
+    /// Stores a directory's tree object.
+    fn tree(&mut self, entries: Vec<TreeEntry>, path: &Path) -> Result<Hash> {
+        // Never write a tree that a reader would refuse to decode: gc would not know its
+        // children. (Checked as decoding checks, without decoding what was just encoded.)
+        let (bytes, decoded) =
+            Tree { entries }
+                .into_checked_encoding()
+                .map_err(|reason| Error::Tree {
+                    path: path.to_owned(),
+                    reason,
+                })?;
+        let hash = match self.cache {
+            // An unchanged directory's tree is in the store already: one probe through the
+            // fan-out directory the cache holds open (not on a first put, where the cache is
+            // empty and the tree most likely new).
+            Some(c) if !c.is_empty() => {
+                let h = Hash::of(&bytes);
+                if c.object_present(self.store, &h, bytes.len() as u64) {
+                    h
+                } else {
+                    self.batch.put_bytes(&bytes)?
+                }
+            }
+            _ => self.batch.put_bytes(&bytes)?,
+        };
+        self.trees.insert(hash, decoded);
+        Ok(hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Options, TreeEntryKind};
+
+    /// A directory large enough to be split among threads (files, links, subdirectories).
+    fn big_dir(root: &Path) {
+        std::fs::create_dir_all(root).unwrap();
+        for i in 0..3 * PROBE_CHUNK {
+            std::fs::write(root.join(format!("f{i:04}")), format!("file {i}")).unwrap();
+        }
+        for i in 0..20 {
+            std::os::unix::fs::symlink(format!("f{i:04}"), root.join(format!("l{i:02}"))).unwrap();
+            let sub = root.join(format!("d{i:02}"));
+            std::fs::create_dir(&sub).unwrap();
+            std::fs::write(sub.join("inner"), format!("inner {i}")).unwrap();
+        }
+    }
+
+    /// A directory scanned by several threads (and many directories shared among them)
+    /// stores exactly what is there: restored, every file, link and directory is back.
+    /// A 5 000-level chain used to fail with "File name too long (os error 36)": the
+    /// scan, running ahead, reached `PATH_MAX` before the walk reached the depth limit. The
+    /// limit's message is the error whatever the depth.
+    #[test]
+    fn a_chain_past_path_max_fails_with_the_depth_message() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path().join("s"), Options::default()).unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        // 2 500 levels of "d/" is a path longer than PATH_MAX (4096): made by descriptors.
+        let mut fd = fs::open_dir_nofollow(&src).unwrap();
+        for _ in 0..2500 {
+            fd = fs::mkdir_open_at(fd.as_fd(), std::ffi::OsStr::new("d")).unwrap();
+        }
+        // The walk recurses once per level: 1 024 unoptimised frames need more than a test
+        // thread's 2 MiB (the binary's main thread has 8 MiB).
+        let e = std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || store.put_dir(&src).unwrap_err().to_string())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            e.contains(&format!("nesting deeper than {MAX_DEPTH} directories")),
+            "{e}"
+        );
+        assert!(!e.contains("too long"), "{e}");
+    }
+
+    #[test]
+    fn a_large_directory_scanned_in_parallel_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path().join("s"), Options::default()).unwrap();
+        let src = d.path().join("src");
+        big_dir(&src);
+        let t = store.put_dir(&src).unwrap();
+        let out = d.path().join("out");
+        store.checkout(&t, &out).unwrap();
+        let tree = store.read_tree(&t).unwrap();
+        assert_eq!(tree.entries.len(), 3 * PROBE_CHUNK + 40);
+        for i in [0, PROBE_CHUNK, 2 * PROBE_CHUNK + 1, 3 * PROBE_CHUNK - 1] {
+            let got = std::fs::read_to_string(out.join(format!("f{i:04}"))).unwrap();
+            assert_eq!(got, format!("file {i}"));
+        }
+        for i in 0..20 {
+            let l = std::fs::read_link(out.join(format!("l{i:02}"))).unwrap();
+            assert_eq!(l, Path::new(&format!("f{i:04}")));
+            let inner = std::fs::read_to_string(out.join(format!("d{i:02}/inner"))).unwrap();
+            assert_eq!(inner, format!("inner {i}"));
+        }
+        assert_eq!(
+            store.put_dir(&out).unwrap(),
+            t,
+            "the restored copy stores the same tree"
+        );
+    }
+
+    /// Every thread of a split directory consults the stat cache: each file recorded is a
+    /// hit, except the one whose object was removed.
+    #[test]
+    fn every_thread_of_a_split_directory_uses_the_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path().join("s"), Options::default()).unwrap();
+        let src = d.path().join("src");
+        big_dir(&src);
+        let mut cache = StatCache::load(&store);
+        // The files were just made: count them as settled for this test's cache.
+        cache.start_later_for_test(60_000_000_000);
+        let mut trees = Trees::new();
+        let t = put_dir(&store, &src, Some(&mut cache), &mut trees, None).unwrap();
+        let gone = store.put_bytes(b"file 700").unwrap();
+        store.remove(&gone).unwrap();
+        let fd = fs::open_src_dir(&src, true).unwrap();
+        let scan = Scan::new(fd, &src);
+        let root = std::thread::scope(|s| {
+            s.spawn(|| scan.worker(&store, Some(&cache)));
+            let root = scan.take(0, &src).unwrap();
+            scan.stop();
+            root
+        });
+        let mut hits = 0;
+        for (name, item) in &root {
+            if let Item::File { cached, .. } = item {
+                let name = name.to_str().unwrap();
+                assert_eq!(cached.is_some(), name != "f0700", "{name}");
+                hits += usize::from(cached.is_some());
+            }
+        }
+        assert_eq!(hits, 3 * PROBE_CHUNK - 1);
+        // A re-put through the cache stores the removed object again and the same tree.
+        let mut trees = Trees::new();
+        assert_eq!(
+            put_dir(&store, &src, Some(&mut cache), &mut trees, None).unwrap(),
+            t
+        );
+        assert!(store.contains(&gone));
+    }
+
+    /// The root may be a symlink (followed); below it links are stored as links, a FIFO is
+    /// refused naming its path, and entries come out sorted by name bytes.
+    #[test]
+    fn links_below_the_root_are_stored_and_special_files_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path().join("s"), Options::default()).unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("b"), b"b").unwrap();
+        std::fs::write(src.join("sub/a"), b"a").unwrap();
+        std::os::unix::fs::symlink("sub", src.join("a-link")).unwrap();
+        std::os::unix::fs::symlink(&src, d.path().join("root-link")).unwrap();
+        let t = store.put_dir(d.path().join("root-link")).unwrap();
+        assert_eq!(t, store.put_dir(&src).unwrap());
+        let tree = store.read_tree(&t).unwrap();
+        let names: Vec<&[u8]> = tree.entries.iter().map(|e| &e.name[..]).collect();
+        assert_eq!(names, vec![&b"a-link"[..], b"b", b"sub"]);
+        assert!(
+            matches!(&tree.entries[0].kind, TreeEntryKind::Symlink { target } if target == b"sub")
+        );
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            src.join("sub/fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = store.put_dir(&src).unwrap_err();
+        assert!(e.to_string().contains("fifo"), "{e}");
+        assert!(e.to_string().contains("sub"), "{e}");
+    }
+}
