@@ -209,7 +209,7 @@ pub use store::{Barrier, FsInfo, Store};
 pub use transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use tree::{
     CheckoutOptions, EntryKind, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeLimits,
-    TREE_MAGIC, TREE_VERSION,
+    TREE_MAGIC, TREE_MODE_BITS, TREE_VERSION,
 };
 pub use upstream::{DirUpstream, Upstream};
 pub use usage::{Area, Usage};

@@ -379,7 +379,7 @@ mod tests {
         Tree {
             entries: entries
                 .into_iter()
-                .map(|(n, kind)| TreeEntry {
+                .map(|(n, kind)| TreeEntry { mode: None, mtime: None,
                     name: n.as_bytes().to_vec(),
                     kind,
                 })

@@ -29,19 +29,31 @@ use crate::fs::{self, Kind};
 use crate::hash::Hash;
 use crate::progress::ProgressHook;
 use crate::statcache::{StatCache, StatKey};
-use crate::tree::{EntryKind, Tree, TreeEntry, Trees, MAX_DEPTH};
+use crate::tree::{EntryKind, PutDirOptions, Tree, TreeEntry, Trees, MAX_DEPTH, TREE_MODE_BITS};
 use crate::Store;
 
+/// Special files (FIFOs, sockets, devices) a `put -r --skip-special` left out.
+#[derive(Debug, Default)]
+pub(crate) struct Skipped {
+    pub(crate) count: u64,
+    /// The first one met, as an example for the warning.
+    pub(crate) example: Option<PathBuf>,
+}
+
 /// Stores the directory `root` (a symlink to a directory is followed at the root only);
-/// returns its tree's hash. Every tree stored is also left decoded in `trees`. `progress` is
-/// told the bytes of the files done so far: read, or found unchanged in the stat cache.
+/// returns its tree's hash and the special files skipped (with
+/// [`PutDirOptions::skip_special`]). Every tree stored is also left decoded in `trees`.
+/// `opts.progress` is told the bytes of the files done so far: read, or found unchanged in
+/// the stat cache. Files and directories are recorded with their permission bits, and their
+/// mtimes with [`PutDirOptions::keep_mtime`].
 pub(crate) fn put_dir(
     store: &Store,
     root: &Path,
     cache: Option<&mut StatCache>,
     trees: &mut Trees,
-    progress: Option<&ProgressHook>,
-) -> Result<Hash> {
+    opts: &PutDirOptions,
+) -> Result<(Hash, Skipped)> {
+    let progress = opts.progress.as_ref();
     let meta = std::fs::metadata(root).map_err(Error::at("stat", root))?;
     if !meta.is_dir() {
         return Err(Error::Tree {
@@ -68,10 +80,11 @@ pub(crate) fn put_dir(
         progress: progress.map(|p| (p, skipped)),
         hits: Vec::new(),
         records: Vec::new(),
+        keep_mtime: opts.keep_mtime,
     };
     // The scan threads run ahead; this thread stores each directory as soon as it is scanned
     // (the scan hands out directories in the order they are stored).
-    let scan = Scan::new(fd, root);
+    let scan = Scan::new(fd, root, opts.skip_special);
     let hash = std::thread::scope(|s| {
         for _ in 0..scan_threads() {
             s.spawn(|| scan.worker(store, shared));
@@ -86,7 +99,8 @@ pub(crate) fn put_dir(
         records,
         ..
     } = walk;
-    let hash = hash?;
+    let (hash, ..) = hash?;
+    let skipped = std::mem::take(&mut *scan.skipped.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     // The cache was read by the scan threads while this thread stored; what this run learnt
     // goes into it now.
     if let Some(c) = cache {
@@ -101,7 +115,7 @@ pub(crate) fn put_dir(
         }
     }
     batch.commit()?;
-    Ok(hash)
+    Ok((hash, skipped))
 }
 
 struct Walk<'a> {
@@ -116,6 +130,8 @@ struct Walk<'a> {
     progress: Option<(&'a ProgressHook, Arc<AtomicU64>)>,
     hits: Vec<StatKey>,
     records: Vec<(StatKey, Hash)>,
+    /// Record mtimes in the trees.
+    keep_mtime: bool,
 }
 
 /// One entry of a scanned directory.
@@ -131,8 +147,18 @@ enum Item {
     Dir(usize),
 }
 
-/// A directory as the scan found it: entries sorted by name bytes.
-type Scanned = Vec<(OsString, Item)>;
+/// A directory as the scan found it: its own permission bits and mtime (ns, `fstat` of the
+/// descriptor it was listed through), and its entries sorted by name bytes.
+struct Scanned {
+    mode: u32,
+    mtime: i64,
+    entries: Vec<(OsString, Item)>,
+}
+
+/// Nanoseconds since 1970 of a `(seconds, nanoseconds)` time, saturated to `i64`.
+fn nanos((secs, ns): (i64, i64)) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(ns)
+}
 
 /// The scan's shared state: directories waiting, how many are being scanned, and what was
 /// found, by index (0 is the root), until the walk takes it.
@@ -150,11 +176,14 @@ struct ScanState {
 struct Scan {
     state: Mutex<ScanState>,
     wake: Condvar,
+    /// Leave FIFOs, sockets and devices out (counted in `skipped`) instead of failing.
+    skip_special: bool,
+    skipped: Mutex<Skipped>,
 }
 
 impl Scan {
     /// A scan starting at `root`, open as `fd`.
-    fn new(fd: OwnedFd, root: &Path) -> Scan {
+    fn new(fd: OwnedFd, root: &Path, skip_special: bool) -> Scan {
         Scan {
             state: Mutex::new(ScanState {
                 todo: vec![(0, root.to_owned(), Some(fd))],
@@ -164,6 +193,8 @@ impl Scan {
                 stop: false,
             }),
             wake: Condvar::new(),
+            skip_special,
+            skipped: Mutex::new(Skipped::default()),
         }
     }
 
@@ -230,7 +261,7 @@ impl Scan {
             if let Some((id, path, fd)) = st.todo.pop() {
                 st.active += 1;
                 drop(st);
-                let found = scan_dir(store, cache, &path, fd, &|paths| self.queue(paths));
+                let found = scan_dir(store, cache, &path, fd, self, &|paths| self.queue(paths));
                 st = self.lock();
                 st.active -= 1;
                 match found {
@@ -274,20 +305,24 @@ fn scan_threads() -> usize {
 /// Lists and probes one directory (`fd`, or opened at `path` without following a link at its
 /// name); `queue` takes its subdirectories' paths, in order, and returns the first one's
 /// index (the others follow). A large directory's entries are probed by several threads.
+/// Special files are an error naming them, or left out and counted in `scan.skipped`.
 fn scan_dir(
     store: &Store,
     cache: Option<&StatCache>,
     path: &Path,
     fd: Option<OwnedFd>,
+    scan: &Scan,
     queue: &dyn Fn(Vec<PathBuf>) -> usize,
 ) -> Result<Scanned> {
     let fd = match fd {
         Some(fd) => fd,
         None => fs::open_src_dir(path, false).map_err(Error::at("read directory", path))?,
     };
+    let own = fs::stat_src_fd(fd.as_fd()).map_err(Error::at("stat", path))?;
     let mut names = fs::list_src_dir(&fd).map_err(Error::at("read directory", path))?;
     names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let one = |(name, kind): &(OsString, Option<Kind>)| -> Result<Item> {
+    // `None`: a special file left out.
+    let one = |(name, kind): &(OsString, Option<Kind>)| -> Result<Option<Item>> {
         let st = match kind {
             Some(Kind::Dir | Kind::Symlink | Kind::Special) => None,
             Some(Kind::File) | None => Some(
@@ -295,7 +330,7 @@ fn scan_dir(
                     .map_err(|e| Error::io("stat", path.join(name), e))?,
             ),
         };
-        Ok(match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
+        Ok(Some(match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
             Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
             Kind::File => {
                 let st = st.expect("files are stat-ed above");
@@ -310,16 +345,27 @@ fn scan_dir(
                 fs::readlink_src_at(fd.as_fd(), name)
                     .map_err(|e| Error::io("read link", path.join(name), e))?,
             ),
+            Kind::Special if scan.skip_special => {
+                let mut s = scan
+                    .skipped
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.count += 1;
+                s.example.get_or_insert_with(|| path.join(name));
+                return Ok(None);
+            }
             Kind::Special => {
                 return Err(Error::Tree {
                     path: path.join(name),
-                    reason: "cannot store this file type (socket, fifo or device)".into(),
+                    reason: "cannot store this file type (socket, fifo or device); \
+                             --skip-special (PutDirOptions::skip_special) leaves such files out"
+                        .into(),
                 })
             }
-        })
+        }))
     };
     let threads = scan_threads().min(names.len() / PROBE_CHUNK);
-    let items: Vec<Item> = if threads <= 1 {
+    let items: Vec<Option<Item>> = if threads <= 1 {
         names.iter().map(one).collect::<Result<_>>()?
     } else {
         let mut chunks = names.chunks(names.len().div_ceil(threads));
@@ -335,12 +381,17 @@ fn scan_dir(
             Ok::<_, Error>(all)
         })?
     };
-    let mut items = items;
+    let (names, mut items): (Vec<OsString>, Vec<Item>) = names
+        .into_iter()
+        .map(|(n, _)| n)
+        .zip(items)
+        .filter_map(|(n, item)| item.map(|i| (n, i)))
+        .unzip();
     let subdirs: Vec<PathBuf> = names
         .iter()
         .zip(&items)
         .filter(|(_, item)| matches!(item, Item::Dir(_)))
-        .map(|((name, _), _)| path.join(name))
+        .map(|(name, _)| path.join(name))
         .collect();
     if !subdirs.is_empty() {
         let mut next = queue(subdirs);
@@ -351,7 +402,11 @@ fn scan_dir(
             }
         }
     }
-    Ok(names.into_iter().map(|(n, _)| n).zip(items).collect())
+    Ok(Scanned {
+        mode: own.mode & TREE_MODE_BITS,
+        mtime: nanos(own.mtime),
+        entries: names.into_iter().zip(items).collect(),
+    })
 }
 
 impl Walk<'_> {
@@ -361,35 +416,58 @@ impl Walk<'_> {
     /// The depth is checked here, before the scan's result is taken: the scan runs ahead, and
     /// a chain deeper than the limit used to fail on the scan's path growing past `PATH_MAX`
     /// ("File name too long") instead of with the depth message (issue 26).
-    fn dir(&mut self, scan: &Scan, id: usize, path: &Path, depth: usize) -> Result<Hash> {
+    /// Returns the tree's hash and the directory's own permission bits and mtime (for its
+    /// entry in its parent).
+    fn dir(
+        &mut self,
+        scan: &Scan,
+        id: usize,
+        path: &Path,
+        depth: usize,
+    ) -> Result<(Hash, u32, i64)> {
         if depth > MAX_DEPTH {
             return Err(Error::Tree {
                 path: path.to_owned(),
                 reason: format!("nesting deeper than {MAX_DEPTH} directories"),
             });
         }
-        let entries = scan.take(id, path)?;
+        let Scanned {
+            mode,
+            mtime,
+            entries,
+        } = scan.take(id, path)?;
         let mut children = Vec::with_capacity(entries.len());
         for (name, item) in entries {
-            let kind = match item {
-                Item::File { st, cached } => EntryKind::File {
-                    executable: st.mode & 0o111 != 0,
-                    size: st.size,
-                    hash: self.file(path, &name, StatKey::of_src(&st), st.size, cached)?,
-                },
-                Item::Link(t) => EntryKind::Symlink {
-                    target: t.into_vec(),
-                },
-                Item::Dir(sub) => EntryKind::Dir {
-                    hash: self.dir(scan, sub, &path.join(&name), depth + 1)?,
-                },
+            let (kind, mode, mtime) = match item {
+                Item::File { st, cached } => (
+                    EntryKind::File {
+                        executable: st.mode & 0o111 != 0,
+                        size: st.size,
+                        hash: self.file(path, &name, StatKey::of_src(&st), st.size, cached)?,
+                    },
+                    Some(st.mode & TREE_MODE_BITS),
+                    Some(nanos(st.mtime)),
+                ),
+                Item::Link(t) => (
+                    EntryKind::Symlink {
+                        target: t.into_vec(),
+                    },
+                    None,
+                    None,
+                ),
+                Item::Dir(sub) => {
+                    let (hash, mode, mtime) = self.dir(scan, sub, &path.join(&name), depth + 1)?;
+                    (EntryKind::Dir { hash }, Some(mode), Some(mtime))
+                }
             };
             children.push(TreeEntry {
                 name: name.into_vec(),
                 kind,
+                mode,
+                mtime: mtime.filter(|_| self.keep_mtime),
             });
         }
-        self.tree(children, path)
+        Ok((self.tree(children, path)?, mode, mtime))
     }
 
     /// The hash of the regular file `name` in `dir`: the stat cache's (`cached`, found by the
@@ -544,14 +622,15 @@ mod tests {
         // The files were just made: count them as settled for this test's cache.
         cache.start_later_for_test(60_000_000_000);
         let mut trees = Trees::new();
-        let t = put_dir(&store, &src, Some(&mut cache), &mut trees, None).unwrap();
+        let opts = PutDirOptions::default();
+        let t = put_dir(&store, &src, Some(&mut cache), &mut trees, &opts).unwrap().0;
         let gone = store.put_bytes(b"file 700").unwrap();
         store.remove(&gone).unwrap();
         let fd = fs::open_src_dir(&src, true).unwrap();
-        let scan = Scan::new(fd, &src);
+        let scan = Scan::new(fd, &src, false);
         let root = std::thread::scope(|s| {
             s.spawn(|| scan.worker(&store, Some(&cache)));
-            let root = scan.take(0, &src).unwrap();
+            let root = scan.take(0, &src).unwrap().entries;
             scan.stop();
             root
         });
@@ -567,7 +646,7 @@ mod tests {
         // A re-put through the cache stores the removed object again and the same tree.
         let mut trees = Trees::new();
         assert_eq!(
-            put_dir(&store, &src, Some(&mut cache), &mut trees, None).unwrap(),
+            put_dir(&store, &src, Some(&mut cache), &mut trees, &opts).unwrap().0,
             t
         );
         assert!(store.contains(&gone));

@@ -187,7 +187,7 @@ mod tests {
         let sub = s
             .put_bytes(
                 &Tree {
-                    entries: vec![TreeEntry {
+                    entries: vec![TreeEntry { mode: None, mtime: None,
                         name: b"f".to_vec(),
                         kind: EntryKind::File {
                             executable: false,
@@ -202,7 +202,7 @@ mod tests {
         let top = s
             .put_bytes(
                 &Tree {
-                    entries: vec![TreeEntry {
+                    entries: vec![TreeEntry { mode: None, mtime: None,
                         name: b"d".to_vec(),
                         kind: EntryKind::Dir { hash: sub },
                     }],

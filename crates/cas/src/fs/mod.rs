@@ -20,7 +20,9 @@ mod src_dir;
 pub(crate) use root::{
     create_excl_at, is_hostile, list_dir_at, publish_noreplace_at, touch_at, unlink_own, Kind, Root,
 };
-pub(crate) use src_dir::{list_src_dir, lstat_src_at, open_src_dir, readlink_src_at, SrcStat};
+pub(crate) use src_dir::{
+    list_src_dir, lstat_src_at, open_src_dir, readlink_src_at, stat_src_fd, SrcStat,
+};
 
 /// What a no-replace publish found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +144,18 @@ pub(crate) fn is_not_found(e: &io::Error) -> bool {
 pub(crate) fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
     rustix::fs::open(
         path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(Into::into)
+}
+
+/// `openat(dir, name, O_DIRECTORY | O_NOFOLLOW)`: a directory below `dir`, never through a
+/// link at its name.
+pub(crate) fn open_dir_nofollow_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
