@@ -717,9 +717,20 @@ const JSON_FIELDS: &[(&str, &[&str])] = &[
     ("show (blob)", &["hash", "kind", "size"]),
     (
         "show (tree file)",
-        &["path", "kind", "hash", "size", "executable"],
+        &[
+            "path",
+            "kind",
+            "hash",
+            "size",
+            "executable",
+            "mode",
+            "mtime_ns",
+        ],
     ),
-    ("show (tree dir)", &["path", "kind", "hash"]),
+    (
+        "show (tree dir)",
+        &["path", "kind", "hash", "mode", "mtime_ns"],
+    ),
     ("show (tree symlink)", &["path", "kind", "target"]),
     (
         "verify",
@@ -1723,4 +1734,284 @@ fn push_and_pull_usage_put_the_store_first() {
     run_ok(cas(&other).args(["ref", "rm", "r"]));
     run_ok(cas(&other).arg("pull").arg(&s.root).arg("r"));
     assert_eq!(run_ok(cas(&other).args(["ref", "get", "r"])).trim(), h);
+}
+
+// Issue 23: trees keep permission bits and, when asked, mtimes.
+
+/// `cas ARGS` run by `sh` under `umask`, with `--store`, output captured.
+fn cas_umask(s: &Store, umask: &str, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("umask {umask}; exec \"$@\""))
+        .arg("sh")
+        .arg(cas_bin())
+        .arg("--store")
+        .arg(&s.root)
+        .args(args)
+        .env_remove("CAS_STORE")
+        .stdin(Stdio::null());
+    run(&mut c)
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+fn out_ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {}\nstderr: {}",
+        o.status,
+        text(&o.stderr)
+    );
+    text(&o.stdout).trim().to_owned()
+}
+
+/// Before: a 0600 file came back 0644 and a 0700 directory 0755 (only the executable bit was
+/// kept). Now the bits are in the tree: restored masked by the umask, exactly with
+/// `--no-umask`; setuid, setgid and sticky never kept; `show` prints them.
+#[test]
+fn modes_round_trip_masked_by_the_umask() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    fs::create_dir_all(src.join("private/open")).unwrap();
+    for (p, mode) in [
+        ("key", 0o600),
+        ("run", 0o750),
+        ("private/notes", 0o640),
+        ("setuid", 0o4755),
+    ] {
+        fs::write(src.join(p), p).unwrap();
+        chmod(&src.join(p), mode);
+    }
+    chmod(&src.join("private/open"), 0o777);
+    chmod(&src.join("private"), 0o700);
+    let t = out_ok(&cas_umask(&s, "022", &["put", "-r", src.to_str().unwrap()]));
+    let shown = out_ok(&cas_umask(&s, "022", &["show", &t]));
+    assert!(shown.contains("100600 blob"), "{shown}");
+    assert!(shown.contains("040700 tree"), "{shown}");
+    assert!(shown.contains("100755 blob"), "setuid dropped: {shown}");
+
+    let out = s.scratch.join("out022");
+    out_ok(&cas_umask(
+        &s,
+        "022",
+        &["get", "-r", &t, "-o", out.to_str().unwrap()],
+    ));
+    for (p, mode) in [
+        ("key", 0o600),
+        ("run", 0o750),
+        ("private", 0o700),
+        ("private/notes", 0o640),
+        ("private/open", 0o755), // 0777 masked by 022
+        ("setuid", 0o755),
+    ] {
+        assert_eq!(mode_of(&out.join(p)), mode, "{p} under umask 022");
+    }
+    let out = s.scratch.join("out077");
+    out_ok(&cas_umask(
+        &s,
+        "077",
+        &["get", "-r", &t, "-o", out.to_str().unwrap()],
+    ));
+    assert_eq!(mode_of(&out.join("run")), 0o700);
+    assert_eq!(mode_of(&out.join("private/notes")), 0o600);
+    let out = s.scratch.join("exact");
+    let args = ["get", "-r", &t, "-o", out.to_str().unwrap(), "--no-umask"];
+    out_ok(&cas_umask(&s, "077", &args));
+    assert_eq!(mode_of(&out.join("run")), 0o750);
+    assert_eq!(mode_of(&out.join("private/open")), 0o777);
+    assert_eq!(mode_of(&out.join("setuid")), 0o755, "never setuid");
+    // Restoring onto a copy that holds the tree is a success; one whose mode differs is not.
+    out_ok(&cas_umask(&s, "077", &args));
+    chmod(&out.join("key"), 0o644);
+    let o = cas_umask(&s, "077", &args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+}
+
+/// A chmod alone changes the tree, with the stat cache as without it.
+#[test]
+fn a_chmod_changes_the_tree_through_the_stat_cache() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"f").unwrap();
+    chmod(&src.join("f"), 0o644);
+    let put = |extra: &[&str]| {
+        let mut a = vec!["put", "-r", src.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        out_ok(&cas_umask(&s, "022", &a))
+    };
+    let before = put(&[]);
+    assert_eq!(put(&[]), before);
+    chmod(&src.join("f"), 0o600);
+    let after = put(&[]);
+    assert_ne!(after, before, "a chmod must change the tree");
+    assert_eq!(put(&["--no-cache"]), after);
+    chmod(&src, 0o700);
+    assert_eq!(put(&[]), after, "the root's own mode is not in its tree");
+}
+
+/// Mtimes are kept only with `put -r --keep-mtime` (then they are part of the tree's hash),
+/// restored to the nanosecond by default, and left out with `get -r --no-mtime`.
+#[test]
+fn mtimes_round_trip_with_keep_mtime() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), b"f").unwrap();
+    fs::write(src.join("g"), b"g").unwrap();
+    let t1 = std::time::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_789);
+    let t2 = std::time::UNIX_EPOCH + std::time::Duration::new(1_100_000_000, 5);
+    let put = |extra: &[&str]| {
+        let mut a = vec!["put", "-r", src.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        out_ok(&cas_umask(&s, "022", &a))
+    };
+    set_mtime(&src.join("d/f"), t1);
+    set_mtime(&src.join("d"), t2);
+    let plain = put(&[]);
+    let kept = put(&["--keep-mtime"]);
+    assert_ne!(plain, kept);
+    set_mtime(&src.join("g"), t2);
+    assert_eq!(
+        put(&[]),
+        plain,
+        "without --keep-mtime a touch changes nothing"
+    );
+    let kept = put(&["--keep-mtime"]);
+
+    let out = s.scratch.join("out");
+    out_ok(&cas_umask(
+        &s,
+        "022",
+        &["get", "-r", &kept, "-o", out.to_str().unwrap()],
+    ));
+    let m = |p: &str| fs::metadata(out.join(p)).unwrap().modified().unwrap();
+    assert_eq!(m("d/f"), t1);
+    assert_eq!(m("d"), t2);
+    assert_eq!(m("g"), t2);
+    let json = out_ok(&cas_umask(&s, "022", &["show", "--json", &kept]));
+    assert!(json.contains("\"mtime_ns\":1000000000123456789"), "{json}");
+
+    let out = s.scratch.join("touched");
+    let args = [
+        "get",
+        "-r",
+        &kept,
+        "-o",
+        out.to_str().unwrap(),
+        "--no-mtime",
+    ];
+    out_ok(&cas_umask(&s, "022", &args));
+    let age = fs::metadata(out.join("d/f")).unwrap().modified().unwrap();
+    assert!(age > t2, "--no-mtime restored the recorded mtime");
+    // The plain tree has no mtimes: its restore has the time of the restore.
+    let out = s.scratch.join("plain");
+    out_ok(&cas_umask(
+        &s,
+        "022",
+        &["get", "-r", &plain, "-o", out.to_str().unwrap()],
+    ));
+    assert!(fs::metadata(out.join("d/f")).unwrap().modified().unwrap() > t2);
+}
+
+/// Before: one FIFO failed the whole `put -r` ("cannot store this file type"). It still
+/// does, naming it and the flag; with `--skip-special` it is left out with one warning
+/// line and a count.
+#[test]
+fn special_files_are_skipped_with_skip_special() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/f"), b"f").unwrap();
+    for p in ["fifo", "sub/fifo2"] {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            src.join(p),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+    let o = cas_umask(&s, "022", &["put", "-r", src.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("fifo") && err.contains("--skip-special"),
+        "{err}"
+    );
+    assert!(err.contains(&src.display().to_string()), "{err}");
+
+    let args = ["put", "-r", src.to_str().unwrap(), "--skip-special"];
+    let o = cas_umask(&s, "022", &args);
+    let t = out_ok(&o);
+    let err = text(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("skipped 2 special file"), "{err}");
+    let shown = out_ok(&cas_umask(&s, "022", &["show", &t]));
+    assert!(!shown.contains("fifo"), "{shown}");
+    assert!(shown.contains("sub/f"), "{shown}");
+}
+
+/// A version 1 tree (written as every cas before issue 23 wrote it) still restores, with the
+/// old rule: 0777 for executables and directories, 0666 for files, masked by the umask.
+#[test]
+fn a_version_1_tree_still_restores() {
+    let s = Store::new();
+    let f = s.put(b"plain");
+    let x = s.put(b"#!/bin/sh\n");
+    let file = |name: &str, hex: &str, size, executable| {
+        cas::TreeEntry::new(
+            name.as_bytes().to_vec(),
+            cas::EntryKind::File {
+                executable,
+                size,
+                hash: hex.parse().unwrap(),
+            },
+        )
+    };
+    let sub = cas::Tree {
+        entries: vec![file("x", &x, 10, true)],
+    }
+    .encode();
+    assert_eq!(sub[8..12], 1u32.to_le_bytes(), "not version 1");
+    let sub = s.put(&sub);
+    let root = cas::Tree {
+        entries: vec![
+            file("f", &f, 5, false),
+            cas::TreeEntry::new(
+                b"d".to_vec(),
+                cas::EntryKind::Dir {
+                    hash: sub.parse().unwrap(),
+                },
+            ),
+        ],
+    }
+    .encode();
+    assert_eq!(root[8..12], 1u32.to_le_bytes());
+    let root = s.put(&root);
+    let out = s.scratch.join("out");
+    out_ok(&cas_umask(
+        &s,
+        "027",
+        &["get", "-r", &root, "-o", out.to_str().unwrap()],
+    ));
+    assert_eq!(fs::read(out.join("f")).unwrap(), b"plain");
+    assert_eq!(mode_of(&out.join("f")), 0o640);
+    assert_eq!(mode_of(&out.join("d")), 0o750);
+    assert_eq!(mode_of(&out.join("d/x")), 0o750);
+    let shown = out_ok(&cas_umask(&s, "022", &["show", &root]));
+    assert!(
+        shown.contains("100755 blob") && shown.contains("040000 tree"),
+        "{shown}"
+    );
 }

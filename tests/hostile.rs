@@ -194,7 +194,9 @@ fn put_tree(s: &Store, entries: Vec<TreeEntry>) -> String {
 }
 
 fn link(name: &str, target: &str) -> TreeEntry {
-    TreeEntry { mode: None, mtime: None,
+    TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.as_bytes().to_vec(),
         kind: EntryKind::Symlink {
             target: target.as_bytes().to_vec(),
@@ -203,14 +205,18 @@ fn link(name: &str, target: &str) -> TreeEntry {
 }
 
 fn dir(name: &str, hex: &str) -> TreeEntry {
-    TreeEntry { mode: None, mtime: None,
+    TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.as_bytes().to_vec(),
         kind: EntryKind::Dir { hash: hash(hex) },
     }
 }
 
 fn file(name: &str, hex: &str, size: u64) -> TreeEntry {
-    TreeEntry { mode: None, mtime: None,
+    TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.as_bytes().to_vec(),
         kind: EntryKind::File {
             executable: false,

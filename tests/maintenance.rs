@@ -177,7 +177,9 @@ fn hash(hex: &str) -> Hash {
 }
 
 fn file_entry(name: &[u8], hex: &str, size: u64) -> TreeEntry {
-    TreeEntry { mode: None, mtime: None,
+    TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.to_vec(),
         kind: EntryKind::File {
             executable: false,
@@ -188,7 +190,9 @@ fn file_entry(name: &[u8], hex: &str, size: u64) -> TreeEntry {
 }
 
 fn link_entry(name: &[u8], target: &[u8]) -> TreeEntry {
-    TreeEntry { mode: None, mtime: None,
+    TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.to_vec(),
         kind: EntryKind::Symlink {
             target: target.to_vec(),
@@ -197,7 +201,9 @@ fn link_entry(name: &[u8], target: &[u8]) -> TreeEntry {
 }
 
 fn dir_entry(name: &[u8], hex: &str) -> TreeEntry {
-    TreeEntry { mode: None, mtime: None,
+    TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.to_vec(),
         kind: EntryKind::Dir { hash: hash(hex) },
     }

@@ -114,6 +114,15 @@ enum Cmd {
         /// it was last stored, and whose object is still in the store, is not read again).
         #[arg(long, requires = "recursive")]
         no_cache: bool,
+        /// With -r: also record each file's and directory's mtime in the tree (restored by
+        /// `get -r`). Off by default: the tree then depends on contents and permission bits
+        /// only, and two puts of the same files at different times give one hash.
+        #[arg(long, requires = "recursive")]
+        keep_mtime: bool,
+        /// With -r: leave FIFOs, sockets and devices out (one warning with their count)
+        /// instead of failing on the first one.
+        #[arg(long, requires = "recursive")]
+        skip_special: bool,
     },
     /// Write an object's bytes to stdout (or -o FILE), verified before anything is written.
     #[command(
@@ -136,6 +145,15 @@ enum Cmd {
         /// reaches wherever the tree's author pointed it: only for trees you trust.
         #[arg(long, requires = "recursive")]
         allow_external_symlinks: bool,
+        /// With -r: give files and directories exactly the permission bits the tree records
+        /// (like tar -p); by default they are masked by your umask, so a restore never makes
+        /// a file more open than the umask allows.
+        #[arg(long, requires = "recursive")]
+        no_umask: bool,
+        /// With -r: leave the mtimes the tree records (put -r --keep-mtime) out; files and
+        /// directories get the time of the restore.
+        #[arg(long, requires = "recursive")]
+        no_mtime: bool,
     },
     /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
     /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
@@ -688,11 +706,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recursive,
             r#ref,
             no_cache,
+            keep_mtime,
+            skip_special,
         } => cmd_put(
             &open_store(g, Write)?,
             &files,
             recursive
-                .then(|| cas::PutDirOptions::default().stat_cache(!no_cache))
+                .then(|| {
+                    cas::PutDirOptions::default()
+                        .stat_cache(!no_cache)
+                        .keep_mtime(keep_mtime)
+                        .skip_special(skip_special)
+                })
                 .as_ref(),
             r#ref.as_deref(),
             g.json,
@@ -716,10 +741,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
             recursive: true,
             allow_external_symlinks,
+            no_umask,
+            no_mtime,
         } => {
             let dest = output.context("-r needs -o DIR")?;
-            let opts =
-                cas::CheckoutOptions::default().allow_external_symlinks(allow_external_symlinks);
+            let opts = cas::CheckoutOptions::default()
+                .allow_external_symlinks(allow_external_symlinks)
+                .ignore_umask(no_umask)
+                .skip_mtimes(no_mtime);
             let store = open_store(g, Existing)?;
             restore_tree(&store, &hash.resolve(&store)?, &dest, opts)?;
             Ok(ExitCode::SUCCESS)
@@ -1259,8 +1288,8 @@ fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
     // number per distinct tree), after a pass that checks the tree's budgets: a tree bomb
     // fails before anything is printed.
     let mut write_error = None;
-    let walked = store.walk_tree(hash, &cas::TreeLimits::default(), |path, kind| {
-        show_entry(&mut out, path, kind, json).map_err(|e| {
+    let walked = store.walk_tree_entries(hash, &cas::TreeLimits::default(), |path, entry| {
+        show_entry(&mut out, path, entry, json).map_err(|e| {
             write_error = Some(e);
             cas::Error::Interrupted
         })
@@ -1274,35 +1303,44 @@ fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
 }
 
 /// One line of `cas show` for a tree entry.
-fn show_entry(out: &mut impl Write, path: &Path, kind: &cas::EntryKind, json: bool) -> Result<()> {
+fn show_entry(out: &mut impl Write, path: &Path, e: &cas::TreeEntry, json: bool) -> Result<()> {
     let p = path.display();
+    let mode = e.mode.map(|m| format!("{m:04o}"));
     if json {
-        let v = match kind {
+        let v = match &e.kind {
             cas::EntryKind::File {
                 executable,
                 size,
                 hash,
             } => serde_json::json!({ "path": path, "kind": "file", "hash": hash,
-                "size": size, "executable": executable }),
-            cas::EntryKind::Dir { hash } => {
-                serde_json::json!({ "path": path, "kind": "dir", "hash": hash })
-            }
+                "size": size, "executable": executable, "mode": mode, "mtime_ns": e.mtime }),
+            cas::EntryKind::Dir { hash } => serde_json::json!({ "path": path, "kind": "dir",
+                "hash": hash, "mode": mode, "mtime_ns": e.mtime }),
             cas::EntryKind::Symlink { target } => serde_json::json!({ "path": path,
                 "kind": "symlink", "target": String::from_utf8_lossy(target) }),
         };
         writeln!(out, "{v}")?;
         return Ok(());
     }
-    match kind {
+    match &e.kind {
         cas::EntryKind::File {
             executable,
             size,
             hash,
         } => {
-            let mode = if *executable { "100755" } else { "100644" };
+            let mode = match e.mode {
+                Some(m) => format!("100{m:03o}"),
+                None if *executable => "100755".to_owned(),
+                None => "100644".to_owned(),
+            };
             writeln!(out, "{mode} blob {hash} {size:>10}\t{p}")?;
         }
-        cas::EntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
+        cas::EntryKind::Dir { hash } => {
+            let mode = e
+                .mode
+                .map_or("040000".to_owned(), |m| format!("040{m:03o}"));
+            writeln!(out, "{mode} tree {hash} {:>10}\t{p}", "-")?;
+        }
         cas::EntryKind::Symlink { target } => {
             let t = String::from_utf8_lossy(target);
             writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
@@ -1407,6 +1445,15 @@ fn cmd_put(
                 eprintln!("cas: warning: {w}");
             }
             warn_external_symlinks(f, &report);
+            if let Some(example) = &report.skipped_example {
+                eprintln!(
+                    "cas: warning: skipped {} special file(s) (FIFOs, sockets, devices) in {}, \
+                     e.g. {}",
+                    report.skipped_special,
+                    f.display(),
+                    example.display()
+                );
+            }
             hash
         } else if f.is_dir() {
             anyhow::bail!(

@@ -302,7 +302,9 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ];
     out.extend(entries.iter().map(|e| ("entry", e.encode())));
 
-    let file = |name: &[u8], size: u64, executable: bool| TreeEntry { mode: None, mtime: None,
+    let file = |name: &[u8], size: u64, executable: bool| TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.to_vec(),
         kind: EntryKind::File {
             executable,
@@ -318,14 +320,18 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Tree {
             entries: vec![
                 file(b"README", 300, false),
-                TreeEntry { mode: None, mtime: None,
+                TreeEntry {
+                    mode: None,
+                    mtime: None,
                     name: b"link".to_vec(),
                     kind: EntryKind::Symlink {
                         target: b"../up/x".to_vec(),
                     },
                 },
                 file(b"run.sh", 70_000, true),
-                TreeEntry { mode: None, mtime: None,
+                TreeEntry {
+                    mode: None,
+                    mtime: None,
                     name: b"sub".to_vec(),
                     kind: EntryKind::Dir { hash: h(b"sub") },
                 },
@@ -349,7 +355,13 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
     }
     let mut modes_only = trees[1].clone();
     modes_only.entries[0].mode = Some(0o640);
-    let trees = [trees[0].clone(), trees[1].clone(), trees[2].clone(), v2, modes_only];
+    let trees = [
+        trees[0].clone(),
+        trees[1].clone(),
+        trees[2].clone(),
+        v2,
+        modes_only,
+    ];
     out.extend(trees.iter().map(|t| ("tree", t.encode())));
     out
 }

@@ -379,7 +379,9 @@ mod tests {
         Tree {
             entries: entries
                 .into_iter()
-                .map(|(n, kind)| TreeEntry { mode: None, mtime: None,
+                .map(|(n, kind)| TreeEntry {
+                    mode: None,
+                    mtime: None,
                     name: n.as_bytes().to_vec(),
                     kind,
                 })

@@ -100,7 +100,12 @@ pub(crate) fn put_dir(
         ..
     } = walk;
     let (hash, ..) = hash?;
-    let skipped = std::mem::take(&mut *scan.skipped.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let skipped = std::mem::take(
+        &mut *scan
+            .skipped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     // The cache was read by the scan threads while this thread stored; what this run learnt
     // goes into it now.
     if let Some(c) = cache {
@@ -330,39 +335,41 @@ fn scan_dir(
                     .map_err(|e| Error::io("stat", path.join(name), e))?,
             ),
         };
-        Ok(Some(match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
-            Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
-            Kind::File => {
-                let st = st.expect("files are stat-ed above");
-                let cached = cache.and_then(|c| {
-                    StatKey::of_src(&st)
-                        .and_then(|k| c.candidate(&k))
-                        .filter(|h| c.object_present(store, h, st.size))
-                });
-                Item::File { st, cached }
-            }
-            Kind::Symlink => Item::Link(
-                fs::readlink_src_at(fd.as_fd(), name)
-                    .map_err(|e| Error::io("read link", path.join(name), e))?,
-            ),
-            Kind::Special if scan.skip_special => {
-                let mut s = scan
-                    .skipped
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                s.count += 1;
-                s.example.get_or_insert_with(|| path.join(name));
-                return Ok(None);
-            }
-            Kind::Special => {
-                return Err(Error::Tree {
-                    path: path.join(name),
-                    reason: "cannot store this file type (socket, fifo or device); \
+        Ok(Some(
+            match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
+                Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
+                Kind::File => {
+                    let st = st.expect("files are stat-ed above");
+                    let cached = cache.and_then(|c| {
+                        StatKey::of_src(&st)
+                            .and_then(|k| c.candidate(&k))
+                            .filter(|h| c.object_present(store, h, st.size))
+                    });
+                    Item::File { st, cached }
+                }
+                Kind::Symlink => Item::Link(
+                    fs::readlink_src_at(fd.as_fd(), name)
+                        .map_err(|e| Error::io("read link", path.join(name), e))?,
+                ),
+                Kind::Special if scan.skip_special => {
+                    let mut s = scan
+                        .skipped
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    s.count += 1;
+                    s.example.get_or_insert_with(|| path.join(name));
+                    return Ok(None);
+                }
+                Kind::Special => {
+                    return Err(Error::Tree {
+                        path: path.join(name),
+                        reason: "cannot store this file type (socket, fifo or device); \
                              --skip-special (PutDirOptions::skip_special) leaves such files out"
-                        .into(),
-                })
-            }
-        }))
+                            .into(),
+                    })
+                }
+            },
+        ))
     };
     let threads = scan_threads().min(names.len() / PROBE_CHUNK);
     let items: Vec<Option<Item>> = if threads <= 1 {
@@ -623,7 +630,9 @@ mod tests {
         cache.start_later_for_test(60_000_000_000);
         let mut trees = Trees::new();
         let opts = PutDirOptions::default();
-        let t = put_dir(&store, &src, Some(&mut cache), &mut trees, &opts).unwrap().0;
+        let t = put_dir(&store, &src, Some(&mut cache), &mut trees, &opts)
+            .unwrap()
+            .0;
         let gone = store.put_bytes(b"file 700").unwrap();
         store.remove(&gone).unwrap();
         let fd = fs::open_src_dir(&src, true).unwrap();
@@ -646,7 +655,9 @@ mod tests {
         // A re-put through the cache stores the removed object again and the same tree.
         let mut trees = Trees::new();
         assert_eq!(
-            put_dir(&store, &src, Some(&mut cache), &mut trees, &opts).unwrap().0,
+            put_dir(&store, &src, Some(&mut cache), &mut trees, &opts)
+                .unwrap()
+                .0,
             t
         );
         assert!(store.contains(&gone));

@@ -187,7 +187,9 @@ mod tests {
         let sub = s
             .put_bytes(
                 &Tree {
-                    entries: vec![TreeEntry { mode: None, mtime: None,
+                    entries: vec![TreeEntry {
+                        mode: None,
+                        mtime: None,
                         name: b"f".to_vec(),
                         kind: EntryKind::File {
                             executable: false,
@@ -202,7 +204,9 @@ mod tests {
         let top = s
             .put_bytes(
                 &Tree {
-                    entries: vec![TreeEntry { mode: None, mtime: None,
+                    entries: vec![TreeEntry {
+                        mode: None,
+                        mtime: None,
                         name: b"d".to_vec(),
                         kind: EntryKind::Dir { hash: sub },
                     }],

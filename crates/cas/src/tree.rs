@@ -257,7 +257,10 @@ struct EntryV1 {
 /// mtime. One directory has one encoding: a version 2 tree that could be version 1 is not
 /// canonical.
 fn version_of(entries: &[TreeEntry]) -> u32 {
-    if entries.iter().any(|e| e.mode.is_some() || e.mtime.is_some()) {
+    if entries
+        .iter()
+        .any(|e| e.mode.is_some() || e.mtime.is_some())
+    {
         TREE_VERSION
     } else {
         TREE_V1
@@ -828,8 +831,7 @@ impl Store {
             .stat_cache
             .then(|| crate::statcache::StatCache::load(self));
         let mut trees = Trees::new();
-        let (hash, skipped) =
-            crate::putdir::put_dir(self, path, cache.as_mut(), &mut trees, opts)?;
+        let (hash, skipped) = crate::putdir::put_dir(self, path, cache.as_mut(), &mut trees, opts)?;
         let model = self.model(&hash, path, 0, &trees, &mut Models::new())?;
         drop(trees);
         let links = model.escaping_links();
@@ -985,6 +987,19 @@ impl Store {
         limits: &TreeLimits,
         mut f: impl FnMut(&Path, &EntryKind) -> Result<()>,
     ) -> Result<()> {
+        self.walk_tree_entries(hash, limits, |p, e| f(p, &e.kind))
+    }
+
+    /// [`Store::walk_tree`], with each whole entry (its mode and mtime too, if recorded).
+    ///
+    /// # Errors
+    /// As [`Store::walk_tree`].
+    pub fn walk_tree_entries(
+        &self,
+        hash: &Hash,
+        limits: &TreeLimits,
+        mut f: impl FnMut(&Path, &TreeEntry) -> Result<()>,
+    ) -> Result<()> {
         self.tree_totals(hash, limits, false, &Trees::new())?;
         self.walk_into(hash, Path::new(""), 0, &mut f)
     }
@@ -994,7 +1009,7 @@ impl Store {
         hash: &Hash,
         at: &Path,
         depth: usize,
-        f: &mut dyn FnMut(&Path, &EntryKind) -> Result<()>,
+        f: &mut dyn FnMut(&Path, &TreeEntry) -> Result<()>,
     ) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::Tree {
@@ -1004,7 +1019,7 @@ impl Store {
         }
         for e in self.read_tree(hash)?.entries {
             let p = at.join(std::ffi::OsStr::from_bytes(&e.name));
-            f(&p, &e.kind)?;
+            f(&p, &e)?;
             if let EntryKind::Dir { hash } = &e.kind {
                 self.walk_into(hash, &p, depth + 1, f)?;
             }
@@ -1439,7 +1454,9 @@ mod tests {
     }
 
     fn dir(name: &str, hash: Hash) -> TreeEntry {
-        TreeEntry { mode: None, mtime: None,
+        TreeEntry {
+            mode: None,
+            mtime: None,
             name: name.as_bytes().to_vec(),
             kind: EntryKind::Dir { hash },
         }
@@ -1543,7 +1560,9 @@ mod tests {
         let mut wide = s
             .put_bytes(
                 &Tree {
-                    entries: vec![TreeEntry { mode: None, mtime: None,
+                    entries: vec![TreeEntry {
+                        mode: None,
+                        mtime: None,
                         name: b"f".to_vec(),
                         kind: EntryKind::File {
                             executable: false,
@@ -1609,7 +1628,9 @@ mod tests {
         let up = s
             .put_bytes(
                 &Tree {
-                    entries: vec![TreeEntry { mode: None, mtime: None,
+                    entries: vec![TreeEntry {
+                        mode: None,
+                        mtime: None,
                         name: b"l".to_vec(),
                         kind: EntryKind::Symlink {
                             target: b"../../../x".to_vec(),
