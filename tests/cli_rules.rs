@@ -92,13 +92,15 @@ fn every_subcommand(input: &Path, dir_input: &Path, out: &Path) -> Vec<(Vec<Stri
         (s(&["key", "info", "k"]), false),
         (s(&["key", "ls"]), false),
         (s(&["key", "rm", "k"]), false),
+        // Issue 23: gc never creates a store (a mistyped --store in a cron job failed
+        // silently by collecting the empty store it made).
+        (s(&["gc"]), false),
+        (s(&["gc", "--now"]), false),
         (s(&["put", &p(input)]), true),
         (s(&["put", "-r", &p(dir_input)]), true),
         (s(&["put", "--ref", "r", &p(input)]), true),
         (s(&["key", "put", "k", &p(input)]), true),
         (s(&["ref", "set", "r", H]), true),
-        (s(&["gc"]), true),
-        (s(&["gc", "--now"]), true),
     ]
 }
 
@@ -2014,4 +2016,94 @@ fn a_version_1_tree_still_restores() {
         shown.contains("100755 blob") && shown.contains("040000 tree"),
         "{shown}"
     );
+}
+
+/// Issue 23's small things, each as the issue found it (before → now).
+#[test]
+fn the_small_things_of_issue_23() {
+    let s = Store::new();
+    let h = s.put(b"small things");
+    let err_of = |o: &std::process::Output| text(&o.stderr);
+
+    // has and rm took only full hashes (get and show took prefixes); uppercase was refused.
+    run_ok(cas(&s).args(["has", &h[..10]]));
+    run_ok(cas(&s).args(["has", &h.to_uppercase()]));
+    run_ok(cas(&s).args(["get", &h[..12].to_uppercase()]));
+    let o = run(cas(&s).args(["has", &h[..10], "ffffffff00"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err_of(&o).contains("missing ffffffff00"), "{}", err_of(&o));
+    let doomed = s.put(b"doomed");
+    let json = run_ok(cas(&s).args(["rm", "--json", &doomed[..9].to_uppercase()]));
+    let line = json_lines(&json);
+    assert_eq!(line[0]["hash"], doomed.as_str(), "{json}");
+    assert_eq!(line[0]["removed"], true, "{json}");
+    assert!(!s.object_path(&doomed).exists());
+
+    // Ambiguous with two matches said "(a, b, …)".
+    let fan = s.objects().join("ab");
+    fs::create_dir_all(&fan).unwrap();
+    for tail in ["cdef01234", "cdef01235"] {
+        fs::write(
+            fan.join(format!("{tail}{}", "0".repeat(62 - tail.len()))),
+            b"x",
+        )
+        .unwrap();
+    }
+    let o = run(cas(&s).args(["get", "abcdef0123"]));
+    let e = err_of(&o);
+    assert!(e.contains("2 objects") && e.contains(" and "), "{e}");
+    assert!(!e.contains('…'), "{e}");
+
+    // `key ensure k echo hi`: a bare clap error; now the corrected line.
+    let o = run(cas(&s).args(["key", "ensure", "k", "echo", "hi"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err_of(&o).contains(" key ensure k -- echo hi"),
+        "{}",
+        err_of(&o)
+    );
+
+    // `ref log` said `uid0` without $USER: the name /etc/passwd gives the uid.
+    run_ok(
+        cas(&s)
+            .args(["ref", "set", "who", &h])
+            .env_remove("USER")
+            .env_remove("LOGNAME"),
+    );
+    let uid = rustix::process::geteuid().as_raw();
+    let name = fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
+        })
+        .unwrap_or(format!("uid{uid}"));
+    let log = run_ok(cas(&s).args(["ref", "log", "who", "--json"]));
+    assert_eq!(json_lines(&log)[0]["user"], name.as_str(), "{log}");
+
+    // `--store afile`: "afile is not a directory: afile is not a cas store … cas init".
+    let afile = s.input("afile", b"");
+    let o = run(Command::new(cas_bin()).arg("--store").arg(&afile).arg("ls"));
+    let e = err_of(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("is a file, not a store"), "{e}");
+    assert!(!e.contains("not a directory:"), "{e}");
+
+    // `-o` into a missing directory named a temporary file.
+    let missing = s.scratch.join("no-such-dir");
+    let out = missing.join("f");
+    let o = run(cas(&s).args(["get", &h, "-o"]).arg(&out));
+    let e = err_of(&o);
+    assert!(e.contains(&missing.display().to_string()), "{e}");
+    assert!(!e.contains("/.f.") && !e.contains("at path"), "{e}");
+
+    // `show` printed a newline inside a name raw (`key ls` escapes it).
+    let src = s.scratch.join("nl");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a\nb"), b"x").unwrap();
+    let t = run_ok(cas(&s).arg("put").arg("-r").arg(&src));
+    let shown = run_ok(cas(&s).args(["show", t.trim()]));
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+    assert!(shown.contains("a\\nb"), "{shown}");
 }

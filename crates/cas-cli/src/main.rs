@@ -20,9 +20,10 @@ mod signals;
 /// A content-addressed object store: put bytes, get them back by hash.
 ///
 /// The store is `--store DIR`, else `$CAS_STORE`, else `$XDG_CACHE_HOME/cas`, else
-/// `~/.cache/cas`. Only `cas init` and the commands that store something (put, key put, ref
-/// set, gc) create it, and only where nothing exists yet (or, for the default store, an empty
-/// directory); commands that only read never create anything.
+/// `~/.cache/cas`. Only `cas init` and the commands that store something (put, key put, key
+/// set, key ensure, ref set, pull) create it, and only where nothing exists yet (or, for the
+/// default store, an empty directory); commands that read, remove or maintain (gc, verify,
+/// doctor) never create anything.
 #[derive(Parser, Debug)]
 #[command(
     name = "cas",
@@ -190,9 +191,10 @@ enum Cmd {
     /// Exit 0 if every object is present, 1 otherwise (missing ones are named on stderr).
     #[command(after_help = "Examples:\n  cas has HASH1 HASH2 && echo all present")]
     Has {
-        /// Hashes to look for.
-        #[arg(required = true, value_parser = parse_hash)]
-        hashes: Vec<Hash>,
+        /// Hashes to look for (or unique prefixes of 8 or more hex digits; one that no object
+        /// starts with is missing).
+        #[arg(required = true, value_parser = parse_hash_arg)]
+        hashes: Vec<HashArg>,
     },
     /// Remove objects now. Refused (exit 1, naming it) for an object that a ref, a cache
     /// entry or an update in progress reaches, directly or through trees; unreferenced
@@ -201,9 +203,9 @@ enum Cmd {
         after_help = "Examples:\n  cas rm HASH\n  cas rm --force HASH   # even if a ref reaches it (the ref dangles)"
     )]
     Rm {
-        /// Hashes to remove.
-        #[arg(required = true, value_parser = parse_hash)]
-        hashes: Vec<Hash>,
+        /// Hashes to remove (or unique prefixes of 8 or more hex digits).
+        #[arg(required = true, value_parser = parse_hash_arg)]
+        hashes: Vec<HashArg>,
         /// Remove even objects that names reach, leaving those names dangling.
         #[arg(long)]
         force: bool,
@@ -516,7 +518,11 @@ impl HashArg {
     }
 }
 
+/// A hash or prefix as typed: uppercase hex is accepted and lowered (some tools print it);
+/// the store's own files and the library take lowercase only.
 fn parse_hash_arg(s: &str) -> Result<HashArg, String> {
+    let lowered = s.to_ascii_lowercase();
+    let s = lowered.as_str();
     if s.len() == cas::HEX_LEN {
         return Hash::parse(s)
             .map(|_| HashArg(s.to_owned()))
@@ -533,7 +539,7 @@ fn parse_hash_arg(s: &str) -> Result<HashArg, String> {
 }
 
 fn parse_hash(s: &str) -> Result<Hash, String> {
-    Hash::parse(s).map_err(|e| e.to_string())
+    Hash::parse(&s.to_ascii_lowercase()).map_err(|e| e.to_string())
 }
 fn parse_hex_prefix(s: &str) -> Result<String, String> {
     if s.len() > cas::HEX_LEN || !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
@@ -560,7 +566,17 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let tip = forgotten_dashes(&e, &std::env::args_os().collect::<Vec<_>>());
+            let _ = e.print();
+            if let Some(tip) = tip {
+                eprintln!("{tip}");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     raise_fd_limit();
     if let Err(e) = signals::install() {
         eprintln!("cas: error: cannot install signal handlers: {e}");
@@ -578,6 +594,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cas key ensure KEY CMD ARGS` without `--`: clap says only "unexpected argument". Says
+/// where the `--` goes, with the line corrected (issue 23).
+fn forgotten_dashes(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument || args.iter().any(|a| a == "--") {
+        return None;
+    }
+    let ensure = args
+        .windows(2)
+        .position(|w| w[0] == "key" && w[1] == "ensure")?;
+    let Some(ContextValue::String(bad)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let at = ensure + 2 + args[ensure + 2..].iter().position(|a| a == bad.as_str())?;
+    let mut fixed: Vec<String> = std::iter::once("cas".to_owned())
+        .chain(args[1..at].iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    fixed.push("--".to_owned());
+    fixed.extend(args[at..].iter().map(|a| a.to_string_lossy().into_owned()));
+    Some(format!(
+        "tip: the command to run goes after `--` (options of cas before it):\n  {}",
+        fixed.join(" ")
+    ))
 }
 
 /// Raises the soft open-file limit to the hard one, as build tools do: a batch put holds its
@@ -629,8 +670,8 @@ fn open_store(g: &Global, access: Access) -> Result<Store> {
     };
     let store = match Store::open_or_create(&dir, Options::default(), create) {
         Ok(s) => s,
-        Err(e @ (cas::Error::NotAStore { .. } | cas::Error::NotEmpty { .. })) => {
-            return Err(not_a_store_hint(&dir, &e));
+        Err(cas::Error::NotAStore { .. } | cas::Error::NotEmpty { .. }) => {
+            return Err(not_a_store_hint(&dir));
         }
         Err(e) => return Err(e.into()),
     };
@@ -640,7 +681,7 @@ fn open_store(g: &Global, access: Access) -> Result<Store> {
 }
 
 /// The error for a path that holds no store, saying what to run.
-fn not_a_store_hint(dir: &Path, e: &cas::Error) -> anyhow::Error {
+fn not_a_store_hint(dir: &Path) -> anyhow::Error {
     let d = dir.display();
     let msg = match std::fs::symlink_metadata(dir) {
         Err(_) => format!("there is no store at {d}; create one with `cas init {d}`"),
@@ -653,7 +694,7 @@ fn not_a_store_hint(dir: &Path, e: &cas::Error) -> anyhow::Error {
         Ok(m) if m.is_dir() => {
             format!("{d} is not a cas store; create one there with `cas init {d}`")
         }
-        Ok(_) => format!("{d} is not a directory: {e}"),
+        Ok(_) => format!("{d} is a file, not a store (a store is a directory; see `cas init DIR`)"),
     };
     anyhow!(msg)
 }
@@ -734,7 +775,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .grace(if now { Duration::ZERO } else { grace })
                 .dry_run(dry_run)
                 .max_size(max_size);
-            cmd_gc(&open_store(g, Write)?, &opts, g.json)
+            // Never creates a store: a cron job's mistyped --store must fail, not collect
+            // an empty store it just made.
+            cmd_gc(&open_store(g, Existing)?, &opts, g.json)
         }
         Cmd::Get {
             hash,
@@ -810,7 +853,7 @@ fn open_other(dir: &Path) -> Result<Store> {
             signals::set_store(&s);
             Ok(s)
         }
-        Err(e @ cas::Error::NotAStore { .. }) => Err(not_a_store_hint(dir, &e)),
+        Err(cas::Error::NotAStore { .. }) => Err(not_a_store_hint(dir)),
         Err(e) => Err(e.into()),
     }
 }
@@ -1304,7 +1347,9 @@ fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
 
 /// One line of `cas show` for a tree entry.
 fn show_entry(out: &mut impl Write, path: &Path, e: &cas::TreeEntry, json: bool) -> Result<()> {
-    let p = path.display();
+    // Control characters escaped as `key ls` does: one entry is one line.
+    let p = path.to_string_lossy();
+    let p = p.escape_debug();
     let mode = e.mode.map(|m| format!("{m:04o}"));
     if json {
         let v = match &e.kind {
@@ -1343,6 +1388,7 @@ fn show_entry(out: &mut impl Write, path: &Path, e: &cas::TreeEntry, json: bool)
         }
         cas::EntryKind::Symlink { target } => {
             let t = String::from_utf8_lossy(target);
+            let t = t.escape_debug();
             writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
         }
     }
@@ -1868,17 +1914,24 @@ fn entry_json(e: &cas::Entry) -> serde_json::Value {
     })
 }
 
-fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
+fn cmd_has(store: &Store, hashes: &[HashArg], json: bool) -> Result<ExitCode> {
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut all = true;
-    for h in hashes {
-        let present = store.contains(h);
+    for arg in hashes {
+        // A prefix no object starts with is missing; an ambiguous one is an error.
+        let found = match arg.resolve(store) {
+            Ok(h) => Some(h).filter(|h| store.contains(h)),
+            Err(e) if format!("{e:#}").contains("ambiguous") => return Err(e),
+            Err(_) => None,
+        };
+        let present = found.is_some();
         all &= present;
         if json {
-            let v = serde_json::json!({ "hash": h, "present": present });
+            let hash = found.map_or_else(|| arg.0.clone(), |h| h.to_string());
+            let v = serde_json::json!({ "hash": hash, "present": present });
             writeln!(out, "{v}")?;
         } else if !present {
-            eprintln!("cas: missing {h}");
+            eprintln!("cas: missing {}", arg.0);
         }
     }
     out.flush()?;
@@ -1887,18 +1940,31 @@ fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
 
 /// `cas rm`: with --json one line per input, in order, as `put` does: `{input, hash,
 /// removed}` or `{input, error}`.
-fn cmd_rm(store: &Store, hashes: &[Hash], force: bool, json: bool) -> Result<ExitCode> {
+fn cmd_rm(store: &Store, args: &[HashArg], force: bool, json: bool) -> Result<ExitCode> {
     let mut ok = true;
     let opts = cas::RemoveOptions::default().force(force);
     let mut out = io::BufWriter::new(io::stdout().lock());
-    for (h, r) in hashes.iter().zip(store.remove_all_with(hashes, &opts)) {
+    // Prefixes resolved first; one that resolves to nothing is that input's failure.
+    let resolved: Vec<Result<Hash, String>> = args
+        .iter()
+        .map(|a| store.resolve_prefix(&a.0).map_err(|e| output::chain(&e)))
+        .collect();
+    let hashes: Vec<Hash> = resolved.iter().filter_map(|r| r.clone().ok()).collect();
+    let mut removed = store.remove_all_with(&hashes, &opts).into_iter();
+    for (arg, r) in args.iter().zip(resolved) {
+        let r = r.and_then(|h| {
+            removed
+                .next()
+                .expect("one result per hash")
+                .map(|()| h)
+                .map_err(|e| output::chain(&e))
+        });
         let line = match r {
-            Ok(()) => serde_json::json!({ "input": h, "hash": h, "removed": true }),
-            Err(e) => {
-                let msg = output::chain(&e);
+            Ok(h) => serde_json::json!({ "input": arg.0, "hash": h, "removed": true }),
+            Err(msg) => {
                 eprintln!("cas: error: {msg}");
                 ok = false;
-                serde_json::json!({ "input": h, "error": msg })
+                serde_json::json!({ "input": arg.0, "error": msg })
             }
         };
         if json {

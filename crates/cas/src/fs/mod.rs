@@ -514,7 +514,12 @@ pub(crate) fn username() -> String {
             }
         }
     }
-    format!("uid{}", rustix::process::geteuid().as_raw())
+    // Without the variables (cron, containers, `sudo -i` shells), the name /etc/passwd gives
+    // the effective uid; the number only if it has none.
+    let uid = rustix::process::geteuid().as_raw();
+    user_name(uid)
+        .filter(|n| n.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_else(|| format!("uid{uid}"))
 }
 
 /// The effective user id of this process (who owns the files it creates).
@@ -532,6 +537,22 @@ pub(crate) fn user_name(uid: u32) -> Option<String> {
         let id: u32 = f.nth(1)?.parse().ok()?;
         (id == uid && !name.is_empty()).then(|| name.to_owned())
     })
+}
+
+/// The system error alone, without the temporary file's name the `tempfile` crate appends
+/// ("at path …/.f.5QapIt.tmp"): a file the user never named and that does not exist (issue
+/// 23: `-o` into a missing directory must name the directory).
+/// `dir` is where the file was to be created: if it cannot be reached, that is the error.
+pub(crate) fn without_path(e: io::Error, dir: &Path) -> io::Error {
+    if let Err(m) = std::fs::metadata(dir) {
+        return m;
+    }
+    match e.raw_os_error() {
+        Some(raw) => io::Error::from_raw_os_error(raw),
+        // tempfile's own error keeps the system's only in its text.
+        None if e.get_ref().is_some() => io::Error::from(e.kind()),
+        None => e,
+    }
 }
 
 /// The current process id.
