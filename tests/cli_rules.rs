@@ -2107,3 +2107,43 @@ fn the_small_things_of_issue_23() {
     assert_eq!(shown.lines().count(), 1, "{shown}");
     assert!(shown.contains("a\\nb"), "{shown}");
 }
+
+/// Issue 23: completions covered no ref or key names. `COMPLETE=SHELL cas -- WORDS` (what the
+/// script `COMPLETE=bash cas` registers runs) offers those of the store the line names, and
+/// never creates a store.
+#[test]
+fn dynamic_completions_offer_ref_names_and_keys() {
+    let s = Store::new();
+    let h = s.put(b"x");
+    run_ok(cas(&s).args(["ref", "set", "release/v1", &h]));
+    run_ok(cas(&s).args(["ref", "set", "release/v2", &h]));
+    run_ok(cas(&s).args(["key", "set", "build:abc", &h]));
+    let complete = |store: &Path, words: &[&str]| {
+        let out = run_ok(
+            Command::new(cas_bin())
+                .env("COMPLETE", "fish")
+                .env_remove("CAS_STORE")
+                .args(["--", "cas", "--store"])
+                .arg(store)
+                .args(words),
+        );
+        out.lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            .filter(|w| !w.starts_with('-'))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        complete(&s.root, &["ref", "get", "rel"]),
+        ["release/v1", "release/v2"]
+    );
+    assert_eq!(complete(&s.root, &["key", "rm", "b"]), ["build:abc"]);
+    assert_eq!(
+        complete(&s.root, &["push", "/elsewhere", "release/v"]),
+        ["release/v1", "release/v2"]
+    );
+    let missing = s.scratch.join("typo");
+    assert!(complete(&missing, &["ref", "get", ""]).is_empty());
+    assert!(!missing.exists(), "completion created a store");
+    let script = run_ok(Command::new(cas_bin()).env("COMPLETE", "bash"));
+    assert!(script.contains("complete"), "{script}");
+}

@@ -9,11 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context, Result};
 use cas::{Create, Durability, Expect, Hash, Options, Store};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_complete::engine::ArgValueCandidates;
 
 mod ensure;
 mod man;
 
+mod complete;
 mod output;
 mod signals;
 
@@ -108,7 +110,8 @@ enum Cmd {
         recursive: bool,
         /// Also point this ref at the (last) stored object, retrying if a concurrent gc
         /// collected it in between. Not moved if any input failed.
-        #[arg(long, value_name = "NAME", value_parser = parse_ref_name)]
+        #[arg(long, value_name = "NAME", value_parser = parse_ref_name,
+              add = ArgValueCandidates::new(complete::ref_names))]
         r#ref: Option<String>,
         /// With -r: read and hash every file, neither using nor updating the stat cache
         /// (by default a file whose device, inode, size, mtime and ctime are unchanged since
@@ -305,10 +308,11 @@ enum Cmd {
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["refs", "keys", "all"])))]
 struct TransferArgs {
     /// Refs to transfer (after DEST or SRC).
-    #[arg(value_name = "REF", value_parser = parse_ref_name)]
+    #[arg(value_name = "REF", value_parser = parse_ref_name,
+          add = ArgValueCandidates::new(complete::ref_names))]
     refs: Vec<String>,
     /// Cache keys to transfer (repeatable).
-    #[arg(long = "key", value_name = "KEY")]
+    #[arg(long = "key", value_name = "KEY", add = ArgValueCandidates::new(complete::keys))]
     keys: Vec<String>,
     /// Every ref and every key.
     #[arg(long)]
@@ -329,7 +333,7 @@ enum RefCmd {
     )]
     Set {
         /// Ref name: segments of [A-Za-z0-9._-] separated by '/'.
-        #[arg(value_parser = parse_ref_name)]
+        #[arg(value_parser = parse_ref_name, add = ArgValueCandidates::new(complete::ref_names))]
         name: String,
         /// The object (must be in the store): its hash or a unique prefix (8+ hex digits).
         #[arg(value_parser = parse_hash_arg)]
@@ -348,14 +352,14 @@ enum RefCmd {
     #[command(after_help = "Examples:\n  cas ref get release/v1")]
     Get {
         /// Ref name.
-        #[arg(value_parser = parse_ref_name)]
+        #[arg(value_parser = parse_ref_name, add = ArgValueCandidates::new(complete::ref_names))]
         name: String,
     },
     /// Remove NAME (with --expect: only if it holds OLD).
     #[command(after_help = "Examples:\n  cas ref rm release/v1 --expect HASH")]
     Rm {
         /// Ref name.
-        #[arg(value_parser = parse_ref_name)]
+        #[arg(value_parser = parse_ref_name, add = ArgValueCandidates::new(complete::ref_names))]
         name: String,
         /// Only if the ref currently holds OLD.
         #[arg(long, value_name = "OLD", value_parser = parse_hash)]
@@ -378,7 +382,7 @@ enum RefCmd {
     )]
     Log {
         /// Ref name.
-        #[arg(value_parser = parse_ref_name)]
+        #[arg(value_parser = parse_ref_name, add = ArgValueCandidates::new(complete::ref_names))]
         name: String,
         /// Only the last N lines of the log (read backwards from its end; a damaged line
         /// among them is named on stderr).
@@ -412,6 +416,7 @@ enum KeyCmd {
     )]
     Set {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
         /// The object (must be in the store): its hash or a unique prefix (8+ hex digits).
         #[arg(value_parser = parse_hash_arg)]
@@ -450,6 +455,7 @@ enum KeyCmd {
   cas key ensure data:v3 --tree -o data/ -- sh -c 'make-dataset --out \"$CAS_OUT\"'")]
     Ensure {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
         /// Write the content to FILE (with --tree: restore the tree into the new directory
         /// DIR); `-` is stdout.
@@ -478,6 +484,7 @@ enum KeyCmd {
     #[command(after_help = "Examples:\n  cas key get build:abc123 -o out.tar")]
     Get {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
         /// Write to FILE as `cas get -o` does (`-` is stdout).
         #[arg(short, long, value_name = "FILE")]
@@ -487,12 +494,14 @@ enum KeyCmd {
     #[command(after_help = "Examples:\n  cas key info build:abc123 --json")]
     Info {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
     },
     /// Remove KEY's entry.
     #[command(after_help = "Examples:\n  cas key rm build:abc123")]
     Rm {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
     },
     /// List entries sorted by key: HASH SIZE KEY (the key last, so any text parses; control
@@ -566,6 +575,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    // `COMPLETE=bash cas` prints the shell's registration script; the shell then runs
+    // `COMPLETE=bash cas -- WORDS…` for candidates (ref names and keys from the store).
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
