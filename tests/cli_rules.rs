@@ -2050,9 +2050,9 @@ fn the_small_things_of_issue_23() {
         .unwrap();
     }
     let o = run(cas(&s).args(["get", "abcdef0123"]));
-    let e = err_of(&o);
-    assert!(e.contains("2 objects") && e.contains(" and "), "{e}");
-    assert!(!e.contains('…'), "{e}");
+    let msg = err_of(&o);
+    assert!(msg.contains("2 objects") && msg.contains(" and "), "{msg}");
+    assert!(!msg.contains('…'), "{msg}");
 
     // `key ensure k echo hi`: a bare clap error; now the corrected line.
     let o = run(cas(&s).args(["key", "ensure", "k", "echo", "hi"]));
@@ -2085,18 +2085,18 @@ fn the_small_things_of_issue_23() {
     // `--store afile`: "afile is not a directory: afile is not a cas store … cas init".
     let afile = s.input("afile", b"");
     let o = run(Command::new(cas_bin()).arg("--store").arg(&afile).arg("ls"));
-    let e = err_of(&o);
-    assert_eq!(e.lines().count(), 1, "{e}");
-    assert!(e.contains("is a file, not a store"), "{e}");
-    assert!(!e.contains("not a directory:"), "{e}");
+    let msg = err_of(&o);
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(msg.contains("is a file, not a store"), "{msg}");
+    assert!(!msg.contains("not a directory:"), "{msg}");
 
     // `-o` into a missing directory named a temporary file.
     let missing = s.scratch.join("no-such-dir");
     let out = missing.join("f");
     let o = run(cas(&s).args(["get", &h, "-o"]).arg(&out));
-    let e = err_of(&o);
-    assert!(e.contains(&missing.display().to_string()), "{e}");
-    assert!(!e.contains("/.f.") && !e.contains("at path"), "{e}");
+    let msg = err_of(&o);
+    assert!(msg.contains(&missing.display().to_string()), "{msg}");
+    assert!(!msg.contains("/.f.") && !msg.contains("at path"), "{msg}");
 
     // `show` printed a newline inside a name raw (`key ls` escapes it).
     let src = s.scratch.join("nl");

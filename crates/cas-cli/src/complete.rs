@@ -1,4 +1,4 @@
-//! Dynamic completion of ref names and cache keys (clap_complete's `CompleteEnv`): the shell
+//! Dynamic completion of ref names and cache keys (`clap_complete`'s `CompleteEnv`): the shell
 //! calls `cas` itself with `COMPLETE=SHELL` set, and the candidates come from the store the
 //! command line names (`--store DIR`, else `$CAS_STORE`, else the default store), opened
 //! without ever creating it. Any failure completes nothing: a completion must never print an

@@ -765,12 +765,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             &open_store(g, Write)?,
             &files,
             recursive
-                .then(|| {
-                    cas::PutDirOptions::default()
-                        .stat_cache(!no_cache)
-                        .keep_mtime(keep_mtime)
-                        .skip_special(skip_special)
-                })
+                .then(|| put_dir_options(no_cache, keep_mtime, skip_special))
                 .as_ref(),
             r#ref.as_deref(),
             g.json,
@@ -787,8 +782,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .grace(if now { Duration::ZERO } else { grace })
                 .dry_run(dry_run)
                 .max_size(max_size);
-            // Never creates a store: a cron job's mistyped --store must fail, not collect
-            // an empty store it just made.
+            // Never creates a store: a mistyped --store must fail, not collect a new one.
             cmd_gc(&open_store(g, Existing)?, &opts, g.json)
         }
         Cmd::Get {
@@ -799,14 +793,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_umask,
             no_mtime,
         } => {
-            let dest = output.context("-r needs -o DIR")?;
             let opts = cas::CheckoutOptions::default()
                 .allow_external_symlinks(allow_external_symlinks)
-                .ignore_umask(no_umask)
-                .skip_mtimes(no_mtime);
-            let store = open_store(g, Existing)?;
-            restore_tree(&store, &hash.resolve(&store)?, &dest, opts)?;
-            Ok(ExitCode::SUCCESS)
+                .ignore_umask(no_umask);
+            cmd_get_tree(g, &hash, output, opts.skip_mtimes(no_mtime))
         }
         Cmd::Get { hash, output, .. } => {
             let store = open_store(g, Existing)?;
@@ -871,6 +861,19 @@ fn open_other(dir: &Path) -> Result<Store> {
 }
 
 /// `cas push OTHER` (`push`: this store to OTHER) or `cas pull OTHER`.
+/// `cas get -r HASH -o DIR`.
+fn cmd_get_tree(
+    g: &Global,
+    hash: &HashArg,
+    output: Option<PathBuf>,
+    opts: cas::CheckoutOptions,
+) -> Result<ExitCode> {
+    let dest = output.context("-r needs -o DIR")?;
+    let store = open_store(g, Access::Existing)?;
+    restore_tree(&store, &hash.resolve(&store)?, &dest, opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_transfer(
     this: &Store,
     other: &Path,
@@ -1407,6 +1410,26 @@ fn show_entry(out: &mut impl Write, path: &Path, e: &cas::TreeEntry, json: bool)
     Ok(())
 }
 
+/// `put -r --skip-special` left special files out: one line, with their count and an example.
+fn warn_skipped_special(dir: &Path, report: &cas::PutDirReport) {
+    if let Some(example) = &report.skipped_example {
+        eprintln!(
+            "cas: warning: skipped {} special file(s) (FIFOs, sockets, devices) in {}, e.g. {}",
+            report.skipped_special,
+            dir.display(),
+            example.display()
+        );
+    }
+}
+
+/// `put -r`'s options from its flags.
+fn put_dir_options(no_cache: bool, keep_mtime: bool, skip_special: bool) -> cas::PutDirOptions {
+    cas::PutDirOptions::default()
+        .stat_cache(!no_cache)
+        .keep_mtime(keep_mtime)
+        .skip_special(skip_special)
+}
+
 /// `put -r` stored symlinks that point outside the tree: say so once, with an example.
 fn warn_external_symlinks(dir: &Path, report: &cas::PutDirReport) {
     if let Some((link, target)) = &report.example {
@@ -1503,15 +1526,7 @@ fn cmd_put(
                 eprintln!("cas: warning: {w}");
             }
             warn_external_symlinks(f, &report);
-            if let Some(example) = &report.skipped_example {
-                eprintln!(
-                    "cas: warning: skipped {} special file(s) (FIFOs, sockets, devices) in {}, \
-                     e.g. {}",
-                    report.skipped_special,
-                    f.display(),
-                    example.display()
-                );
-            }
+            warn_skipped_special(f, &report);
             hash
         } else if f.is_dir() {
             anyhow::bail!(
