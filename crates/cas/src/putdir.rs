@@ -32,17 +32,21 @@ use crate::statcache::{StatCache, StatKey};
 use crate::tree::{EntryKind, PutDirOptions, Tree, TreeEntry, Trees, MAX_DEPTH, TREE_MODE_BITS};
 use crate::Store;
 
-/// Special files (FIFOs, sockets, devices) a `put -r --skip-special` left out.
+/// Special files (FIFOs, sockets, devices) a `put -r --skip-special` left out, and the
+/// symlinks stored.
 #[derive(Debug, Default)]
 pub(crate) struct Skipped {
     pub(crate) count: u64,
     /// The first one met, as an example for the warning.
     pub(crate) example: Option<PathBuf>,
+    /// Symlinks in the stored tree (0: no need to check where they lead).
+    pub(crate) links: u64,
 }
 
 /// Stores the directory `root` (a symlink to a directory is followed at the root only);
 /// returns its tree's hash and the special files skipped (with
-/// [`PutDirOptions::skip_special`]). Every tree stored is also left decoded in `trees`.
+/// [`PutDirOptions::skip_special`]). Trees stored are left decoded in `trees`, up to
+/// [`KEEP_DECODED`] entries in all.
 /// `opts.progress` is told the bytes of the files done so far: read, or found unchanged in
 /// the stat cache. Files and directories are recorded with their permission bits, and their
 /// mtimes with [`PutDirOptions::keep_mtime`].
@@ -81,6 +85,8 @@ pub(crate) fn put_dir(
         hits: Vec::new(),
         records: Vec::new(),
         keep_mtime: opts.keep_mtime,
+        links: 0,
+        kept: 0,
     };
     // The scan threads run ahead; this thread stores each directory as soon as it is scanned
     // (the scan hands out directories in the order they are stored).
@@ -97,15 +103,17 @@ pub(crate) fn put_dir(
         batch,
         hits,
         records,
+        links,
         ..
     } = walk;
     let (hash, ..) = hash?;
-    let skipped = std::mem::take(
+    let mut skipped = std::mem::take(
         &mut *scan
             .skipped
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
+    skipped.links = links;
     // The cache was read by the scan threads while this thread stored; what this run learnt
     // goes into it now.
     if let Some(c) = cache {
@@ -137,6 +145,10 @@ struct Walk<'a> {
     records: Vec<(StatKey, Hash)>,
     /// Record mtimes in the trees.
     keep_mtime: bool,
+    /// Symlinks stored: none, and no check of their targets is needed.
+    links: u64,
+    /// Entries of the trees kept in `trees`.
+    kept: usize,
 }
 
 /// One entry of a scanned directory.
@@ -174,7 +186,16 @@ struct ScanState {
     error: Option<Error>,
     /// The walk is over (done or failed): scan threads leave.
     stop: bool,
+    /// Entries (and directories) scanned and not yet taken by the walk.
+    held: usize,
+    /// The directory the walk is waiting for, if it is: scanned next even over the budget.
+    wanted: Option<usize>,
 }
+
+/// Entries the scan may hold ahead of the walk before it waits (issue 26): at about 150
+/// bytes each, some 10 MB; a single larger directory is still scanned whole (the walk needs
+/// it), so memory is bounded by the largest directory, not the whole tree.
+const SCAN_AHEAD: usize = if cfg!(test) { 64 } else { 1 << 16 };
 
 /// The scan of one tree: its threads take directories from `todo`, the walk takes what they
 /// found from `done`; both wait on `wake`.
@@ -196,6 +217,8 @@ impl Scan {
                 done: vec![None],
                 error: None,
                 stop: false,
+                held: 0,
+                wanted: None,
             }),
             wake: Condvar::new(),
             skip_special,
@@ -221,6 +244,9 @@ impl Scan {
         let mut st = self.lock();
         loop {
             if let Some(found) = st.done.get_mut(id).and_then(Option::take) {
+                st.held = st.held.saturating_sub(found.entries.len() + 1);
+                st.wanted = None;
+                self.wake.notify_all();
                 return Ok(found);
             }
             if let Some(e) = st.error.take() {
@@ -233,6 +259,10 @@ impl Scan {
                     path: path.to_owned(),
                     reason: "was not scanned (internal error)".into(),
                 });
+            }
+            if st.wanted != Some(id) {
+                st.wanted = Some(id);
+                self.wake.notify_all();
             }
             st = self
                 .wake
@@ -263,14 +293,27 @@ impl Scan {
             if st.error.is_some() || st.stop {
                 break;
             }
-            if let Some((id, path, fd)) = st.todo.pop() {
+            // Over the budget, only the directory the walk waits for is scanned.
+            let next = if st.held <= SCAN_AHEAD {
+                st.todo.pop()
+            } else {
+                let wanted = st.wanted;
+                st.todo
+                    .iter()
+                    .rposition(|t| Some(t.0) == wanted)
+                    .map(|i| st.todo.remove(i))
+            };
+            if let Some((id, path, fd)) = next {
                 st.active += 1;
                 drop(st);
                 let found = scan_dir(store, cache, &path, fd, self, &|paths| self.queue(paths));
                 st = self.lock();
                 st.active -= 1;
                 match found {
-                    Ok(entries) => st.done[id] = Some(entries),
+                    Ok(entries) => {
+                        st.held += entries.entries.len() + 1;
+                        st.done[id] = Some(entries);
+                    }
                     Err(e) => {
                         if st.error.is_none() {
                             st.error = Some(e);
@@ -278,7 +321,7 @@ impl Scan {
                     }
                 }
                 self.wake.notify_all();
-            } else if st.active == 0 {
+            } else if st.active == 0 && st.todo.is_empty() {
                 break;
             } else {
                 st = self
@@ -534,10 +577,25 @@ impl Walk<'_> {
             }
             _ => self.batch.put_bytes(&bytes)?,
         };
-        self.trees.insert(hash, decoded);
+        self.links += decoded
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Symlink { .. }))
+            .count() as u64;
+        // Kept decoded for the check of symlinks after the walk, within a bound: the rest is
+        // read back from the store if there are symlinks at all (issue 26: a put's memory is
+        // bounded by its largest directory, not by the whole tree).
+        if self.kept + decoded.entries.len() <= KEEP_DECODED {
+            self.kept += decoded.entries.len();
+            self.trees.insert(hash, decoded);
+        }
         Ok(hash)
     }
 }
+
+/// Entries of stored trees kept decoded for the symlink check after a put (about 100 bytes
+/// each).
+const KEEP_DECODED: usize = 1 << 16;
 
 #[cfg(test)]
 mod tests {
@@ -587,6 +645,35 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("too long"), "{e}");
+    }
+
+    /// Issue 26: the scan holds at most `SCAN_AHEAD` entries ahead of the store step (64 in
+    /// tests) and then scans only what the walk waits for: a tree of many directories, far
+    /// more entries than that, is stored whole and restored the same, and the scan never
+    /// waits forever.
+    #[test]
+    fn a_scan_over_its_budget_still_stores_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path().join("s"), Options::default()).unwrap();
+        let src = d.path().join("src");
+        for i in 0..40 {
+            for j in 0..3 {
+                let dir = src.join(format!("a{i:02}/b{j}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for k in 0..5 {
+                    std::fs::write(dir.join(format!("f{k}")), format!("{i} {j} {k}")).unwrap();
+                }
+            }
+        }
+        let t = store.put_dir(&src).unwrap();
+        let out = d.path().join("out");
+        store.checkout(&t, &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("a39/b2/f4")).unwrap(),
+            "39 2 4"
+        );
+        assert_eq!(store.list_tree(&t).unwrap().len(), 40 + 40 * 3 + 40 * 3 * 5);
+        assert_eq!(store.put_dir(&out).unwrap(), t);
     }
 
     #[test]

@@ -832,9 +832,15 @@ impl Store {
             .then(|| crate::statcache::StatCache::load(self));
         let mut trees = Trees::new();
         let (hash, skipped) = crate::putdir::put_dir(self, path, cache.as_mut(), &mut trees, opts)?;
-        let model = self.model(&hash, path, 0, &trees, &mut Models::new())?;
-        drop(trees);
-        let links = model.escaping_links();
+        // Only a tree with symlinks needs its model (all its names: memory in proportion to
+        // the whole tree, the one place a put holds that).
+        let links = if skipped.links == 0 {
+            Vec::new()
+        } else {
+            let model = self.model(&hash, path, 0, &trees, &mut Models::new())?;
+            drop(trees);
+            model.escaping_links()
+        };
         let mut report = PutDirReport {
             external_symlinks: links.len() as u64,
             example: links.first().map(|(p, t, _)| {
