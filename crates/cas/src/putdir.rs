@@ -29,7 +29,9 @@ use crate::fs::{self, Kind};
 use crate::hash::Hash;
 use crate::progress::ProgressHook;
 use crate::statcache::{StatCache, StatKey};
-use crate::tree::{EntryKind, PutDirOptions, Tree, TreeEntry, Trees, MAX_DEPTH, TREE_MODE_BITS};
+use crate::tree::{
+    EntryKind, PutDirOptions, TreeEntry, TreeWriter, MAX_DEPTH, TREE_MODE_BITS, TREE_VERSION,
+};
 use crate::Store;
 
 /// Special files (FIFOs, sockets, devices) a `put -r --skip-special` left out, and the
@@ -45,8 +47,8 @@ pub(crate) struct Skipped {
 
 /// Stores the directory `root` (a symlink to a directory is followed at the root only);
 /// returns its tree's hash and the special files skipped (with
-/// [`PutDirOptions::skip_special`]). Trees stored are left decoded in `trees`, up to
-/// [`KEEP_DECODED`] entries in all.
+/// [`PutDirOptions::skip_special`]). Trees are encoded entry by entry and never held
+/// decoded (a check of symlinks reads them back from the store).
 /// `opts.progress` is told the bytes of the files done so far: read, or found unchanged in
 /// the stat cache. Files and directories are recorded with their permission bits, and their
 /// mtimes with [`PutDirOptions::keep_mtime`].
@@ -54,7 +56,6 @@ pub(crate) fn put_dir(
     store: &Store,
     root: &Path,
     cache: Option<&mut StatCache>,
-    trees: &mut Trees,
     opts: &PutDirOptions,
 ) -> Result<(Hash, Skipped)> {
     let progress = opts.progress.as_ref();
@@ -80,13 +81,11 @@ pub(crate) fn put_dir(
         store,
         batch,
         cache: shared,
-        trees,
         progress: progress.map(|p| (p, skipped)),
         hits: Vec::new(),
         records: Vec::new(),
         keep_mtime: opts.keep_mtime,
         links: 0,
-        kept: 0,
     };
     // The scan threads run ahead; this thread stores each directory as soon as it is scanned
     // (the scan hands out directories in the order they are stored).
@@ -137,7 +136,6 @@ struct Walk<'a> {
     /// Read by the scan threads at the same time: hits and new entries wait in `hits` and
     /// `records` until the walk is over.
     cache: Option<&'a StatCache>,
-    trees: &'a mut Trees,
     /// The callback, and the bytes of files the stat cache answered for (the batch counts
     /// those it reads).
     progress: Option<(&'a ProgressHook, Arc<AtomicU64>)>,
@@ -147,8 +145,6 @@ struct Walk<'a> {
     keep_mtime: bool,
     /// Symlinks stored: none, and no check of their targets is needed.
     links: u64,
-    /// Entries of the trees kept in `trees`.
-    kept: usize,
 }
 
 /// One entry of a scanned directory.
@@ -193,9 +189,9 @@ struct ScanState {
 }
 
 /// Entries the scan may hold ahead of the walk before it waits (issue 26): at about 150
-/// bytes each, some 10 MB; a single larger directory is still scanned whole (the walk needs
+/// bytes each, some 2.5 MB; a single larger directory is still scanned whole (the walk needs
 /// it), so memory is bounded by the largest directory, not the whole tree.
-const SCAN_AHEAD: usize = if cfg!(test) { 64 } else { 1 << 16 };
+const SCAN_AHEAD: usize = if cfg!(test) { 64 } else { 1 << 14 };
 
 /// The scan of one tree: its threads take directories from `todo`, the walk takes what they
 /// found from `done`; both wait on `wake`.
@@ -486,7 +482,19 @@ impl Walk<'_> {
             mtime,
             entries,
         } = scan.take(id, path)?;
-        let mut children = Vec::with_capacity(entries.len());
+        // Files and directories always carry a mode: version 2 unless only symlinks.
+        let version = if entries.iter().all(|(_, i)| matches!(i, Item::Link(_))) {
+            1
+        } else {
+            TREE_VERSION
+        };
+        // Each entry is encoded as soon as it is known (issue 26): the tree is never held
+        // as entries, only as its bytes.
+        let mut tree = TreeWriter::new(entries.len(), version);
+        let invalid = |reason| Error::Tree {
+            path: path.to_owned(),
+            reason,
+        };
         for (name, item) in entries {
             let (kind, mode, mtime) = match item {
                 Item::File { st, cached } => (
@@ -498,26 +506,31 @@ impl Walk<'_> {
                     Some(st.mode & TREE_MODE_BITS),
                     Some(nanos(st.mtime)),
                 ),
-                Item::Link(t) => (
-                    EntryKind::Symlink {
-                        target: t.into_vec(),
-                    },
-                    None,
-                    None,
-                ),
+                Item::Link(t) => {
+                    self.links += 1;
+                    (
+                        EntryKind::Symlink {
+                            target: t.into_vec(),
+                        },
+                        None,
+                        None,
+                    )
+                }
                 Item::Dir(sub) => {
                     let (hash, mode, mtime) = self.dir(scan, sub, &path.join(&name), depth + 1)?;
                     (EntryKind::Dir { hash }, Some(mode), Some(mtime))
                 }
             };
-            children.push(TreeEntry {
+            tree.push(TreeEntry {
                 name: name.into_vec(),
                 kind,
                 mode,
                 mtime: mtime.filter(|_| self.keep_mtime),
-            });
+            })
+            .map_err(invalid)?;
         }
-        Ok((self.tree(children, path)?, mode, mtime))
+        let bytes = tree.finish().map_err(invalid)?;
+        Ok((self.tree(&bytes)?, mode, mtime))
     }
 
     /// The hash of the regular file `name` in `dir`: the stat cache's (`cached`, found by the
@@ -552,17 +565,9 @@ impl Walk<'_> {
         }
     }
 
-    /// Stores a directory's tree object.
-    fn tree(&mut self, entries: Vec<TreeEntry>, path: &Path) -> Result<Hash> {
-        // Never write a tree that a reader would refuse to decode: gc would not know its
-        // children. (Checked as decoding checks, without decoding what was just encoded.)
-        let (bytes, decoded) =
-            Tree { entries }
-                .into_checked_encoding()
-                .map_err(|reason| Error::Tree {
-                    path: path.to_owned(),
-                    reason,
-                })?;
+    /// Stores a directory's tree object: its bytes, as `TreeWriter` checked them (a tree a
+    /// reader would refuse to decode is never written: gc would not know its children).
+    fn tree(&mut self, bytes: &[u8]) -> Result<Hash> {
         let hash = match self.cache {
             // An unchanged directory's tree is in the store already: one probe through the
             // fan-out directory the cache holds open (not on a first put, where the cache is
@@ -577,25 +582,9 @@ impl Walk<'_> {
             }
             _ => self.batch.put_bytes(&bytes)?,
         };
-        self.links += decoded
-            .entries
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::Symlink { .. }))
-            .count() as u64;
-        // Kept decoded for the check of symlinks after the walk, within a bound: the rest is
-        // read back from the store if there are symlinks at all (issue 26: a put's memory is
-        // bounded by its largest directory, not by the whole tree).
-        if self.kept + decoded.entries.len() <= KEEP_DECODED {
-            self.kept += decoded.entries.len();
-            self.trees.insert(hash, decoded);
-        }
         Ok(hash)
     }
 }
-
-/// Entries of stored trees kept decoded for the symlink check after a put (about 100 bytes
-/// each).
-const KEEP_DECODED: usize = 1 << 16;
 
 #[cfg(test)]
 mod tests {
@@ -715,11 +704,8 @@ mod tests {
         let mut cache = StatCache::load(&store);
         // The files were just made: count them as settled for this test's cache.
         cache.start_later_for_test(60_000_000_000);
-        let mut trees = Trees::new();
         let opts = PutDirOptions::default();
-        let t = put_dir(&store, &src, Some(&mut cache), &mut trees, &opts)
-            .unwrap()
-            .0;
+        let t = put_dir(&store, &src, Some(&mut cache), &opts).unwrap().0;
         let gone = store.put_bytes(b"file 700").unwrap();
         store.remove(&gone).unwrap();
         let fd = fs::open_src_dir(&src, true).unwrap();
@@ -740,13 +726,7 @@ mod tests {
         }
         assert_eq!(hits, 3 * PROBE_CHUNK - 1);
         // A re-put through the cache stores the removed object again and the same tree.
-        let mut trees = Trees::new();
-        assert_eq!(
-            put_dir(&store, &src, Some(&mut cache), &mut trees, &opts)
-                .unwrap()
-                .0,
-            t
-        );
+        assert_eq!(put_dir(&store, &src, Some(&mut cache), &opts).unwrap().0, t);
         assert!(store.contains(&gone));
     }
 

@@ -49,6 +49,8 @@ pub(crate) struct Attrs {
     pub(crate) ignore_umask: bool,
     /// Leave recorded mtimes out.
     pub(crate) skip_mtimes: bool,
+    /// The process's umask, read once.
+    pub(crate) umask: u32,
 }
 
 /// A time in nanoseconds since 1970 as a `SystemTime`.
@@ -211,7 +213,7 @@ fn dir_attrs(
             let mode = if attrs.ignore_umask {
                 mode
             } else {
-                mode & !fs::umask()
+                mode & !attrs.umask
             };
             fs::set_mode(&f, mode).map_err(Error::at("set permissions of", &shown_path))?;
         }

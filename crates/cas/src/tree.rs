@@ -420,6 +420,7 @@ impl Tree {
     ///
     /// # Errors
     /// What [`Tree::decode`] would say of the bytes, or that they exceed the size limit.
+    #[cfg(test)]
     pub(crate) fn into_checked_encoding(mut self) -> std::result::Result<(Vec<u8>, Tree), String> {
         self.entries.sort_by(|a, b| a.name.cmp(&b.name));
         check_entries(&self.entries)?;
@@ -478,6 +479,91 @@ impl Tree {
             EntryKind::Dir { hash } => Some((*hash, true)),
             EntryKind::Symlink { .. } => None,
         })
+    }
+}
+
+/// A tree's encoding written entry by entry, for `put -r` (issue 26): the bytes
+/// [`Tree::into_checked_encoding`] gives for the same entries, with the same checks, without
+/// holding the entries. The count and the version are given first (a bincode sequence is its
+/// length, then each element encoded on its own).
+pub(crate) struct TreeWriter {
+    bytes: Vec<u8>,
+    version: u32,
+    left: usize,
+    prev: Option<Vec<u8>>,
+}
+
+impl TreeWriter {
+    /// A writer of `count` entries, in `version` (1: none may carry a mode or an mtime; 2:
+    /// at least one must).
+    pub(crate) fn new(count: usize, version: u32) -> TreeWriter {
+        let mut bytes = TREE_MAGIC.to_vec();
+        bytes.extend_from_slice(&version.to_le_bytes());
+        let _ = bincode::serde::encode_into_std_write(
+            count as u64,
+            &mut bytes,
+            bincode::config::standard(),
+        );
+        TreeWriter {
+            bytes,
+            version,
+            left: count,
+            prev: None,
+        }
+    }
+
+    /// Appends the next entry (names must come strictly sorted).
+    ///
+    /// # Errors
+    /// What [`Tree::decode`] would say of such an entry.
+    pub(crate) fn push(&mut self, e: TreeEntry) -> std::result::Result<(), String> {
+        check_entries(std::slice::from_ref(&e))?;
+        if self.prev.as_ref().is_some_and(|p| *p >= e.name) {
+            return Err("entries are not strictly sorted (duplicate or out of order)".into());
+        }
+        if self.left == 0 {
+            return Err("more entries than announced".into());
+        }
+        self.left -= 1;
+        let config = bincode::config::standard();
+        let written = if self.version == TREE_V1 {
+            if e.mode.is_some() || e.mtime.is_some() {
+                return Err("a version 1 tree entry with a mode or an mtime".into());
+            }
+            let v1 = EntryV1 {
+                name: e.name,
+                kind: e.kind,
+            };
+            let w = bincode::serde::encode_into_std_write(&v1, &mut self.bytes, config);
+            self.prev = Some(v1.name);
+            w
+        } else {
+            let w = bincode::serde::encode_into_std_write(&e, &mut self.bytes, config);
+            self.prev = Some(e.name);
+            w
+        };
+        written
+            .map(|_| ())
+            .map_err(|e| format!("cannot encode a tree entry: {e}"))
+    }
+
+    /// The tree object's bytes.
+    ///
+    /// # Errors
+    /// If fewer entries came than announced, a version 2 tree that version 1 could hold, or
+    /// the size limit every reader enforces.
+    pub(crate) fn finish(self) -> std::result::Result<Vec<u8>, String> {
+        if self.left != 0 {
+            return Err("fewer entries than announced".into());
+        }
+        let body = self.bytes.len() - 12;
+        if body > MAX_TREE {
+            return Err(format!(
+                "the tree object would be {body} bytes, over the {MAX_TREE}-byte limit every \
+                 reader enforces"
+            ));
+        }
+        Ok(self.bytes)
     }
 }
 
@@ -789,7 +875,7 @@ impl Store {
     /// that cannot be stored (socket, fifo, device).
     pub fn put_dir(&self, path: impl AsRef<Path>) -> Result<Hash> {
         let opts = PutDirOptions::default();
-        crate::putdir::put_dir(self, path.as_ref(), None, &mut Trees::new(), &opts).map(|r| r.0)
+        crate::putdir::put_dir(self, path.as_ref(), None, &opts).map(|r| r.0)
     }
 
     /// [`Store::put_dir`], also reporting symlinks in the directory whose targets resolve
@@ -830,15 +916,13 @@ impl Store {
         let mut cache = opts
             .stat_cache
             .then(|| crate::statcache::StatCache::load(self));
-        let mut trees = Trees::new();
-        let (hash, skipped) = crate::putdir::put_dir(self, path, cache.as_mut(), &mut trees, opts)?;
+        let (hash, skipped) = crate::putdir::put_dir(self, path, cache.as_mut(), opts)?;
         // Only a tree with symlinks needs its model (all its names: memory in proportion to
         // the whole tree, the one place a put holds that).
         let links = if skipped.links == 0 {
             Vec::new()
         } else {
-            let model = self.model(&hash, path, 0, &trees, &mut Models::new())?;
-            drop(trees);
+            let model = self.model(&hash, path, 0, &Trees::new(), &mut Models::new())?;
             model.escaping_links()
         };
         let mut report = PutDirReport {
@@ -1176,6 +1260,7 @@ impl Store {
         let attrs = crate::restore::Attrs {
             ignore_umask: opts.ignore_umask,
             skip_mtimes: opts.skip_mtimes,
+            umask: fs::umask(),
         };
         crate::restore::restore(self, &root, &dir, dest, progress, attrs)?;
         let mode = 0o777 & !fs::umask();
@@ -1711,6 +1796,27 @@ mod tests {
                 }
                 (Err(_), Err(_)) => {}
                 (w, r) => prop_assert!(false, "writer {:?} but reader {:?}", w.map(|_| ()), r.map(|_| ())),
+            }
+        }
+
+        /// The streaming writer of `put -r` gives exactly the checked encoding's bytes, and
+        /// refuses what it refuses.
+        #[test]
+        fn the_tree_writer_writes_the_checked_encoding(
+            entries in proptest::collection::vec(arb_entry_v2(), 0..8),
+        ) {
+            let t = Tree { entries: entries.clone() };
+            let mut sorted = entries;
+            sorted.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut w = TreeWriter::new(sorted.len(), t.version());
+            let streamed = sorted
+                .into_iter()
+                .try_for_each(|e| w.push(e))
+                .and_then(|()| w.finish());
+            match (t.into_checked_encoding(), streamed) {
+                (Ok((bytes, _)), Ok(s)) => prop_assert_eq!(bytes, s),
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "checked {:?} but streamed {:?}", a.map(|_| ()), b.map(|_| ())),
             }
         }
 

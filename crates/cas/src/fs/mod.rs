@@ -562,7 +562,21 @@ pub(crate) fn pid() -> u32 {
 
 /// The process umask, read without changing it for good.
 pub(crate) fn umask() -> u32 {
-    // There is no way to read the umask without setting it; set and restore at once.
+    // Linux 4.7+ shows it in /proc/self/status: read there, nothing changes. Setting it,
+    // even for an instant, is seen by every thread of the process: a file another thread
+    // creates meanwhile gets 0o077's mode (a restore's files came out 0600 in parallel
+    // tests).
+    if let Some(m) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+    {
+        return m & 0o777;
+    }
+    // Elsewhere there is no way to read the umask without setting it: set and restore.
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     rustix::process::umask(old);
     old.bits()
