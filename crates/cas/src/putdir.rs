@@ -573,14 +573,14 @@ impl Walk<'_> {
             // fan-out directory the cache holds open (not on a first put, where the cache is
             // empty and the tree most likely new).
             Some(c) if !c.is_empty() => {
-                let h = Hash::of(&bytes);
+                let h = Hash::of(bytes);
                 if c.object_present(self.store, &h, bytes.len() as u64) {
                     h
                 } else {
-                    self.batch.put_bytes(&bytes)?
+                    self.batch.put_bytes(bytes)?
                 }
             }
-            _ => self.batch.put_bytes(&bytes)?,
+            _ => self.batch.put_bytes(bytes)?,
         };
         Ok(hash)
     }
