@@ -742,7 +742,8 @@ fn gc_never_collects_children_of_a_tree_it_cannot_decode() {
     let child = s.put(b"precious child");
     set_mtime(&s.object_path(&child), ago(7200));
     let mut future = TREE_MAGIC.to_vec();
-    future.extend_from_slice(&2u32.to_le_bytes());
+    // Version 3: a later format than this cas reads (2 is read since issue 23).
+    future.extend_from_slice(&3u32.to_le_bytes());
     future.extend_from_slice(&hash(&child).as_bytes()[..]);
     let t = s.put(&future);
     run_ok(cas(&s).args(["ref", "set", "future", &t]));
@@ -750,7 +751,7 @@ fn gc_never_collects_children_of_a_tree_it_cannot_decode() {
     fails(&out, "gc with an undecodable tree");
     let r = json(&out, "gc");
     let why = r["sweep_skipped"].to_string();
-    assert!(why.contains("version 2"), "{r}");
+    assert!(why.contains("version 3"), "{r}");
     assert!(
         s.object_path(&child).exists(),
         "gc collected a child of the tree"
