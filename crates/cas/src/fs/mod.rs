@@ -547,10 +547,13 @@ pub(crate) fn without_path(e: io::Error, dir: &Path) -> io::Error {
     if let Err(m) = std::fs::metadata(dir) {
         return m;
     }
-    match e.raw_os_error() {
-        Some(raw) => io::Error::from_raw_os_error(raw),
-        // tempfile's own error keeps the system's only in its text.
-        None if e.get_ref().is_some() => io::Error::from(e.kind()),
+    if e.raw_os_error().is_some() || e.get_ref().is_none() {
+        return e;
+    }
+    // tempfile's own error keeps the system's only in its text: "MESSAGE at path P".
+    let text = e.to_string();
+    match text.rsplit_once(" at path ") {
+        Some((msg, _)) => io::Error::new(e.kind(), msg.to_owned()),
         None => e,
     }
 }
