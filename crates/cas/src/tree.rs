@@ -267,6 +267,63 @@ fn version_of(entries: &[TreeEntry]) -> u32 {
     }
 }
 
+/// A version 1 entry, borrowed: serialised exactly as [`EntryV1`] (serde's `&T` is `T`).
+#[derive(serde::Serialize)]
+struct EntryV1Ref<'a> {
+    name: &'a Vec<u8>,
+    kind: &'a EntryKind,
+}
+
+/// A writer that compares what is written with `rest`, consuming it: whether an encoding
+/// equals given bytes, without making a second copy of them (a decoded tree's canonical check
+/// used to re-encode the whole tree beside its bytes: issue 26).
+struct Compare<'a> {
+    rest: &'a [u8],
+    same: bool,
+}
+
+impl std::io::Write for Compare<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.rest.strip_prefix(buf) {
+            Some(r) if self.same => self.rest = r,
+            _ => self.same = false,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// True if `bytes` are exactly the canonical encoding of `entries` (sorted) in their version.
+fn is_canonical(entries: &[TreeEntry], bytes: &[u8]) -> bool {
+    let version = version_of(entries);
+    let mut header = TREE_MAGIC.to_vec();
+    header.extend_from_slice(&version.to_le_bytes());
+    let Some(body) = bytes.strip_prefix(header.as_slice()) else {
+        return false;
+    };
+    let mut w = Compare {
+        rest: body,
+        same: true,
+    };
+    let config = bincode::config::standard();
+    let written = if version == TREE_V1 {
+        let _ = bincode::serde::encode_into_std_write(entries.len() as u64, &mut w, config);
+        entries.iter().try_for_each(|e| {
+            let v1 = EntryV1Ref {
+                name: &e.name,
+                kind: &e.kind,
+            };
+            bincode::serde::encode_into_std_write(&v1, &mut w, config).map(|_| ())
+        })
+    } else {
+        bincode::serde::encode_into_std_write(entries, &mut w, config).map(|_| ())
+    };
+    written.is_ok() && w.same && w.rest.is_empty()
+}
+
 /// Encodes sorted entries in their version (see [`version_of`]).
 fn encode_entries(entries: &[TreeEntry]) -> std::result::Result<Vec<u8>, String> {
     if version_of(entries) == TREE_V1 {
@@ -466,7 +523,7 @@ impl Tree {
         // bincode also reads integers and lengths written in more bytes than needed, and a
         // version 2 tree could hold what version 1 says; either would be a second object
         // (another hash) for the same directory.
-        if encode_entries(&entries).ok().as_deref() != Some(bytes) {
+        if !is_canonical(&entries, bytes) {
             return Err("not the canonical encoding of its entries".into());
         }
         Ok(Tree { entries })
