@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use cas::{EntryKind, Expect, Hash, Options, Store, Tree, TreeEntry};
+use cas::{TreeEntryKind, Expect, Hash, Options, Store, Tree, TreeEntry};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             f.write_all(bytes.as_bytes())?;
             entries.push(TreeEntry {
                 name: format!("f{i}").into_bytes(),
-                kind: EntryKind::File {
+                kind: TreeEntryKind::File {
                     executable: false,
                     size: bytes.len() as u64,
                     hash: h,
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .enumerate()
             .map(|(g, h)| TreeEntry {
                 name: format!("g{g}").into_bytes(),
-                kind: EntryKind::Dir { hash: *h },
+                kind: TreeEntryKind::Dir { hash: *h },
             })
             .collect(),
     }

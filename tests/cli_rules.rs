@@ -92,13 +92,15 @@ fn every_subcommand(input: &Path, dir_input: &Path, out: &Path) -> Vec<(Vec<Stri
         (s(&["key", "info", "k"]), false),
         (s(&["key", "ls"]), false),
         (s(&["key", "rm", "k"]), false),
+        // Issue 23: gc never creates a store (a mistyped --store in a cron job failed
+        // silently by collecting the empty store it made).
+        (s(&["gc"]), false),
+        (s(&["gc", "--now"]), false),
         (s(&["put", &p(input)]), true),
         (s(&["put", "-r", &p(dir_input)]), true),
         (s(&["put", "--ref", "r", &p(input)]), true),
         (s(&["key", "put", "k", &p(input)]), true),
         (s(&["ref", "set", "r", H]), true),
-        (s(&["gc"]), true),
-        (s(&["gc", "--now"]), true),
     ]
 }
 
@@ -717,9 +719,20 @@ const JSON_FIELDS: &[(&str, &[&str])] = &[
     ("show (blob)", &["hash", "kind", "size"]),
     (
         "show (tree file)",
-        &["path", "kind", "hash", "size", "executable"],
+        &[
+            "path",
+            "kind",
+            "hash",
+            "size",
+            "executable",
+            "mode",
+            "mtime_ns",
+        ],
     ),
-    ("show (tree dir)", &["path", "kind", "hash"]),
+    (
+        "show (tree dir)",
+        &["path", "kind", "hash", "mode", "mtime_ns"],
+    ),
     ("show (tree symlink)", &["path", "kind", "target"]),
     (
         "verify",
@@ -1792,4 +1805,414 @@ fn push_and_pull_usage_put_the_store_first() {
     run_ok(cas(&other).args(["ref", "rm", "r"]));
     run_ok(cas(&other).arg("pull").arg(&s.root).arg("r"));
     assert_eq!(run_ok(cas(&other).args(["ref", "get", "r"])).trim(), h);
+}
+
+// Issue 23: trees keep permission bits and, when asked, mtimes.
+
+/// `cas ARGS` run by `sh` under `umask`, with `--store`, output captured.
+fn cas_umask(s: &Store, umask: &str, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("umask {umask}; exec \"$@\""))
+        .arg("sh")
+        .arg(cas_bin())
+        .arg("--store")
+        .arg(&s.root)
+        .args(args)
+        .env_remove("CAS_STORE")
+        .stdin(Stdio::null());
+    run(&mut c)
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+fn out_ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {}\nstderr: {}",
+        o.status,
+        text(&o.stderr)
+    );
+    text(&o.stdout).trim().to_owned()
+}
+
+/// Before: a 0600 file came back 0644 and a 0700 directory 0755 (only the executable bit was
+/// kept). Now the bits are in the tree: restored masked by the umask, exactly with
+/// `--no-umask`; setuid, setgid and sticky never kept; `show` prints them.
+#[test]
+fn modes_round_trip_masked_by_the_umask() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    fs::create_dir_all(src.join("private/open")).unwrap();
+    for (p, mode) in [
+        ("key", 0o600),
+        ("run", 0o750),
+        ("private/notes", 0o640),
+        ("setuid", 0o4755),
+    ] {
+        fs::write(src.join(p), p).unwrap();
+        chmod(&src.join(p), mode);
+    }
+    chmod(&src.join("private/open"), 0o777);
+    chmod(&src.join("private"), 0o700);
+    let t = out_ok(&cas_umask(&s, "022", &["put", "-r", src.to_str().unwrap()]));
+    let shown = out_ok(&cas_umask(&s, "022", &["show", &t]));
+    assert!(shown.contains("100600 blob"), "{shown}");
+    assert!(shown.contains("040700 tree"), "{shown}");
+    assert!(shown.contains("100755 blob"), "setuid dropped: {shown}");
+
+    let out = s.scratch.join("out022");
+    out_ok(&cas_umask(
+        &s,
+        "022",
+        &["get", "-r", &t, "-o", out.to_str().unwrap()],
+    ));
+    for (p, mode) in [
+        ("key", 0o600),
+        ("run", 0o750),
+        ("private", 0o700),
+        ("private/notes", 0o640),
+        ("private/open", 0o755), // 0777 masked by 022
+        ("setuid", 0o755),
+    ] {
+        assert_eq!(mode_of(&out.join(p)), mode, "{p} under umask 022");
+    }
+    let out = s.scratch.join("out077");
+    out_ok(&cas_umask(
+        &s,
+        "077",
+        &["get", "-r", &t, "-o", out.to_str().unwrap()],
+    ));
+    assert_eq!(mode_of(&out.join("run")), 0o700);
+    assert_eq!(mode_of(&out.join("private/notes")), 0o600);
+    let out = s.scratch.join("exact");
+    let args = ["get", "-r", &t, "-o", out.to_str().unwrap(), "--no-umask"];
+    out_ok(&cas_umask(&s, "077", &args));
+    assert_eq!(mode_of(&out.join("run")), 0o750);
+    assert_eq!(mode_of(&out.join("private/open")), 0o777);
+    assert_eq!(mode_of(&out.join("setuid")), 0o755, "never setuid");
+    // Restoring onto a copy that holds the tree is a success; one whose mode differs is not.
+    out_ok(&cas_umask(&s, "077", &args));
+    chmod(&out.join("key"), 0o644);
+    let o = cas_umask(&s, "077", &args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+}
+
+/// A chmod alone changes the tree, with the stat cache as without it.
+#[test]
+fn a_chmod_changes_the_tree_through_the_stat_cache() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"f").unwrap();
+    chmod(&src.join("f"), 0o644);
+    let put = |extra: &[&str]| {
+        let mut a = vec!["put", "-r", src.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        out_ok(&cas_umask(&s, "022", &a))
+    };
+    let before = put(&[]);
+    assert_eq!(put(&[]), before);
+    chmod(&src.join("f"), 0o600);
+    let after = put(&[]);
+    assert_ne!(after, before, "a chmod must change the tree");
+    assert_eq!(put(&["--no-cache"]), after);
+    chmod(&src, 0o700);
+    assert_eq!(put(&[]), after, "the root's own mode is not in its tree");
+}
+
+/// Mtimes are kept only with `put -r --keep-mtime` (then they are part of the tree's hash),
+/// restored to the nanosecond by default, and left out with `get -r --no-mtime`.
+#[test]
+fn mtimes_round_trip_with_keep_mtime() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), b"f").unwrap();
+    fs::write(src.join("g"), b"g").unwrap();
+    let t1 = std::time::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_789);
+    let t2 = std::time::UNIX_EPOCH + std::time::Duration::new(1_100_000_000, 5);
+    let put = |extra: &[&str]| {
+        let mut a = vec!["put", "-r", src.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        out_ok(&cas_umask(&s, "022", &a))
+    };
+    set_mtime(&src.join("d/f"), t1);
+    set_mtime(&src.join("d"), t2);
+    let plain = put(&[]);
+    let kept = put(&["--keep-mtime"]);
+    assert_ne!(plain, kept);
+    set_mtime(&src.join("g"), t2);
+    assert_eq!(
+        put(&[]),
+        plain,
+        "without --keep-mtime a touch changes nothing"
+    );
+    let kept = put(&["--keep-mtime"]);
+
+    let out = s.scratch.join("out");
+    out_ok(&cas_umask(
+        &s,
+        "022",
+        &["get", "-r", &kept, "-o", out.to_str().unwrap()],
+    ));
+    let m = |p: &str| fs::metadata(out.join(p)).unwrap().modified().unwrap();
+    assert_eq!(m("d/f"), t1);
+    assert_eq!(m("d"), t2);
+    assert_eq!(m("g"), t2);
+    let json = out_ok(&cas_umask(&s, "022", &["show", "--json", &kept]));
+    assert!(json.contains("\"mtime_ns\":1000000000123456789"), "{json}");
+
+    let out = s.scratch.join("touched");
+    let args = [
+        "get",
+        "-r",
+        &kept,
+        "-o",
+        out.to_str().unwrap(),
+        "--no-mtime",
+    ];
+    out_ok(&cas_umask(&s, "022", &args));
+    let age = fs::metadata(out.join("d/f")).unwrap().modified().unwrap();
+    assert!(age > t2, "--no-mtime restored the recorded mtime");
+    // The plain tree has no mtimes: its restore has the time of the restore.
+    let out = s.scratch.join("plain");
+    out_ok(&cas_umask(
+        &s,
+        "022",
+        &["get", "-r", &plain, "-o", out.to_str().unwrap()],
+    ));
+    assert!(fs::metadata(out.join("d/f")).unwrap().modified().unwrap() > t2);
+}
+
+/// Before: one FIFO failed the whole `put -r` ("cannot store this file type"). It still
+/// does, naming it and the flag; with `--skip-special` it is left out with one warning
+/// line and a count.
+#[test]
+fn special_files_are_skipped_with_skip_special() {
+    let s = Store::new();
+    let src = s.scratch.join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/f"), b"f").unwrap();
+    for p in ["fifo", "sub/fifo2"] {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            src.join(p),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+    let o = cas_umask(&s, "022", &["put", "-r", src.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("fifo") && err.contains("--skip-special"),
+        "{err}"
+    );
+    assert!(err.contains(&src.display().to_string()), "{err}");
+
+    let args = ["put", "-r", src.to_str().unwrap(), "--skip-special"];
+    let o = cas_umask(&s, "022", &args);
+    let t = out_ok(&o);
+    let err = text(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("skipped 2 special file"), "{err}");
+    let shown = out_ok(&cas_umask(&s, "022", &["show", &t]));
+    assert!(!shown.contains("fifo"), "{shown}");
+    assert!(shown.contains("sub/f"), "{shown}");
+}
+
+/// A version 1 tree (written as every cas before issue 23 wrote it) still restores, with the
+/// old rule: 0777 for executables and directories, 0666 for files, masked by the umask.
+#[test]
+fn a_version_1_tree_still_restores() {
+    let s = Store::new();
+    let f = s.put(b"plain");
+    let x = s.put(b"#!/bin/sh\n");
+    let file = |name: &str, hex: &str, size, executable| {
+        cas::TreeEntry::new(
+            name.as_bytes().to_vec(),
+            cas::TreeEntryKind::File {
+                executable,
+                size,
+                hash: hex.parse().unwrap(),
+            },
+        )
+    };
+    let sub = cas::Tree {
+        entries: vec![file("x", &x, 10, true)],
+    }
+    .encode();
+    assert_eq!(sub[8..12], 1u32.to_le_bytes(), "not version 1");
+    let sub = s.put(&sub);
+    let root = cas::Tree {
+        entries: vec![
+            file("f", &f, 5, false),
+            cas::TreeEntry::new(
+                b"d".to_vec(),
+                cas::TreeEntryKind::Dir {
+                    hash: sub.parse().unwrap(),
+                },
+            ),
+        ],
+    }
+    .encode();
+    assert_eq!(root[8..12], 1u32.to_le_bytes());
+    let root = s.put(&root);
+    let out = s.scratch.join("out");
+    out_ok(&cas_umask(
+        &s,
+        "027",
+        &["get", "-r", &root, "-o", out.to_str().unwrap()],
+    ));
+    assert_eq!(fs::read(out.join("f")).unwrap(), b"plain");
+    assert_eq!(mode_of(&out.join("f")), 0o640);
+    assert_eq!(mode_of(&out.join("d")), 0o750);
+    assert_eq!(mode_of(&out.join("d/x")), 0o750);
+    let shown = out_ok(&cas_umask(&s, "022", &["show", &root]));
+    assert!(
+        shown.contains("100755 blob") && shown.contains("040000 tree"),
+        "{shown}"
+    );
+}
+
+/// Issue 23's small things, each as the issue found it (before → now).
+#[test]
+fn the_small_things_of_issue_23() {
+    let s = Store::new();
+    let h = s.put(b"small things");
+    let err_of = |o: &std::process::Output| text(&o.stderr);
+
+    // has and rm took only full hashes (get and show took prefixes); uppercase was refused.
+    run_ok(cas(&s).args(["has", &h[..10]]));
+    run_ok(cas(&s).args(["has", &h.to_uppercase()]));
+    run_ok(cas(&s).args(["get", &h[..12].to_uppercase()]));
+    let o = run(cas(&s).args(["has", &h[..10], "ffffffff00"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err_of(&o).contains("missing ffffffff00"), "{}", err_of(&o));
+    let doomed = s.put(b"doomed");
+    let json = run_ok(cas(&s).args(["rm", "--json", &doomed[..9].to_uppercase()]));
+    let line = json_lines(&json);
+    assert_eq!(line[0]["hash"], doomed.as_str(), "{json}");
+    assert_eq!(line[0]["removed"], true, "{json}");
+    assert!(!s.object_path(&doomed).exists());
+
+    // Ambiguous with two matches said "(a, b, …)".
+    let fan = s.objects().join("ab");
+    fs::create_dir_all(&fan).unwrap();
+    for tail in ["cdef01234", "cdef01235"] {
+        fs::write(
+            fan.join(format!("{tail}{}", "0".repeat(62 - tail.len()))),
+            b"x",
+        )
+        .unwrap();
+    }
+    let o = run(cas(&s).args(["get", "abcdef0123"]));
+    let msg = err_of(&o);
+    assert!(msg.contains("2 objects") && msg.contains(" and "), "{msg}");
+    assert!(!msg.contains('…'), "{msg}");
+
+    // `key ensure k echo hi`: a bare clap error; now the corrected line.
+    let o = run(cas(&s).args(["key", "ensure", "k", "echo", "hi"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err_of(&o).contains(" key ensure k -- echo hi"),
+        "{}",
+        err_of(&o)
+    );
+
+    // `ref log` said `uid0` without $USER: the name /etc/passwd gives the uid.
+    run_ok(
+        cas(&s)
+            .args(["ref", "set", "who", &h])
+            .env_remove("USER")
+            .env_remove("LOGNAME"),
+    );
+    let uid = rustix::process::geteuid().as_raw();
+    let name = fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
+        })
+        .unwrap_or(format!("uid{uid}"));
+    let log = run_ok(cas(&s).args(["ref", "log", "who", "--json"]));
+    assert_eq!(json_lines(&log)[0]["user"], name.as_str(), "{log}");
+
+    // `--store afile`: "afile is not a directory: afile is not a cas store … cas init".
+    let afile = s.input("afile", b"");
+    let o = run(Command::new(cas_bin()).arg("--store").arg(&afile).arg("ls"));
+    let msg = err_of(&o);
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(msg.contains("is a file, not a store"), "{msg}");
+    assert!(!msg.contains("not a directory:"), "{msg}");
+
+    // `-o` into a missing directory named a temporary file.
+    let missing = s.scratch.join("no-such-dir");
+    let out = missing.join("f");
+    let o = run(cas(&s).args(["get", &h, "-o"]).arg(&out));
+    let msg = err_of(&o);
+    assert!(msg.contains(&missing.display().to_string()), "{msg}");
+    assert!(!msg.contains("/.f.") && !msg.contains("at path"), "{msg}");
+
+    // `show` printed a newline inside a name raw (`key ls` escapes it).
+    let src = s.scratch.join("nl");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a\nb"), b"x").unwrap();
+    let t = run_ok(cas(&s).arg("put").arg("-r").arg(&src));
+    let shown = run_ok(cas(&s).args(["show", t.trim()]));
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+    assert!(shown.contains("a\\nb"), "{shown}");
+}
+
+/// Issue 23: completions covered no ref or key names. `COMPLETE=SHELL cas -- WORDS` (what the
+/// script `COMPLETE=bash cas` registers runs) offers those of the store the line names, and
+/// never creates a store.
+#[test]
+fn dynamic_completions_offer_ref_names_and_keys() {
+    let s = Store::new();
+    let h = s.put(b"x");
+    run_ok(cas(&s).args(["ref", "set", "release/v1", &h]));
+    run_ok(cas(&s).args(["ref", "set", "release/v2", &h]));
+    run_ok(cas(&s).args(["key", "set", "build:abc", &h]));
+    let complete = |store: &Path, words: &[&str]| {
+        let out = run_ok(
+            Command::new(cas_bin())
+                .env("COMPLETE", "fish")
+                .env_remove("CAS_STORE")
+                .args(["--", "cas", "--store"])
+                .arg(store)
+                .args(words),
+        );
+        out.lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            .filter(|w| !w.starts_with('-'))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        complete(&s.root, &["ref", "get", "rel"]),
+        ["release/v1", "release/v2"]
+    );
+    assert_eq!(complete(&s.root, &["key", "rm", "b"]), ["build:abc"]);
+    assert_eq!(
+        complete(&s.root, &["push", "/elsewhere", "release/v"]),
+        ["release/v1", "release/v2"]
+    );
+    let missing = s.scratch.join("typo");
+    assert!(complete(&missing, &["ref", "get", ""]).is_empty());
+    assert!(!missing.exists(), "completion created a store");
+    let script = run_ok(Command::new(cas_bin()).env("COMPLETE", "bash"));
+    assert!(script.contains("complete"), "{script}");
 }

@@ -895,7 +895,8 @@ fn malformed_hashes_are_rejected_without_touching_the_store() {
         ("short", good[..7].to_owned()),
         ("long", format!("{good}0")),
         ("non-hex", format!("{}g", &good[..63])),
-        ("uppercase", good.to_uppercase()),
+        // Uppercase is accepted and lowered on the command line since issue 23
+        // (tests/cli_rules.rs); the library still refuses it.
         ("parent dirs", "../..".to_owned()),
         ("dotdot prefix", format!("../{}", &good[3..])),
         ("slash", format!("{}/{}", &good[..2], &good[3..])),

@@ -195,6 +195,8 @@ fn put_tree(s: &Store, entries: Vec<TreeEntry>) -> String {
 
 fn link(name: &str, target: &str) -> TreeEntry {
     TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.as_bytes().to_vec(),
         kind: TreeEntryKind::Symlink {
             target: target.as_bytes().to_vec(),
@@ -204,6 +206,8 @@ fn link(name: &str, target: &str) -> TreeEntry {
 
 fn dir(name: &str, hex: &str) -> TreeEntry {
     TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.as_bytes().to_vec(),
         kind: TreeEntryKind::Dir { hash: hash(hex) },
     }
@@ -211,6 +215,8 @@ fn dir(name: &str, hex: &str) -> TreeEntry {
 
 fn file(name: &str, hex: &str, size: u64) -> TreeEntry {
     TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.as_bytes().to_vec(),
         kind: TreeEntryKind::File {
             executable: false,
@@ -736,7 +742,8 @@ fn gc_never_collects_children_of_a_tree_it_cannot_decode() {
     let child = s.put(b"precious child");
     set_mtime(&s.object_path(&child), ago(7200));
     let mut future = TREE_MAGIC.to_vec();
-    future.extend_from_slice(&2u32.to_le_bytes());
+    // Version 3: a later format than this cas reads (2 is read since issue 23).
+    future.extend_from_slice(&3u32.to_le_bytes());
     future.extend_from_slice(&hash(&child).as_bytes()[..]);
     let t = s.put(&future);
     run_ok(cas(&s).args(["ref", "set", "future", &t]));
@@ -744,7 +751,7 @@ fn gc_never_collects_children_of_a_tree_it_cannot_decode() {
     fails(&out, "gc with an undecodable tree");
     let r = json(&out, "gc");
     let why = r["sweep_skipped"].to_string();
-    assert!(why.contains("version 2"), "{r}");
+    assert!(why.contains("version 3"), "{r}");
     assert!(
         s.object_path(&child).exists(),
         "gc collected a child of the tree"

@@ -178,6 +178,8 @@ fn hash(hex: &str) -> Hash {
 
 fn file_entry(name: &[u8], hex: &str, size: u64) -> TreeEntry {
     TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.to_vec(),
         kind: TreeEntryKind::File {
             executable: false,
@@ -189,6 +191,8 @@ fn file_entry(name: &[u8], hex: &str, size: u64) -> TreeEntry {
 
 fn link_entry(name: &[u8], target: &[u8]) -> TreeEntry {
     TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.to_vec(),
         kind: TreeEntryKind::Symlink {
             target: target.to_vec(),
@@ -198,6 +202,8 @@ fn link_entry(name: &[u8], target: &[u8]) -> TreeEntry {
 
 fn dir_entry(name: &[u8], hex: &str) -> TreeEntry {
     TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.to_vec(),
         kind: TreeEntryKind::Dir { hash: hash(hex) },
     }

@@ -9,20 +9,23 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context, Result};
 use cas::{Create, Durability, Expect, Hash, Options, Store};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_complete::engine::ArgValueCandidates;
 
 mod ensure;
 mod man;
 
+mod complete;
 mod output;
 mod signals;
 
 /// A content-addressed object store: put bytes, get them back by hash.
 ///
 /// The store is `--store DIR`, else `$CAS_STORE`, else `$XDG_CACHE_HOME/cas`, else
-/// `~/.cache/cas`. Only `cas init` and the commands that store something (put, key put, ref
-/// set, gc) create it, and only where nothing exists yet (or, for the default store, an empty
-/// directory); commands that only read never create anything.
+/// `~/.cache/cas`. Only `cas init` and the commands that store something (put, key put, key
+/// set, key ensure, ref set, pull) create it, and only where nothing exists yet (or, for the
+/// default store, an empty directory); commands that read, remove or maintain (gc, verify,
+/// doctor) never create anything.
 #[derive(Parser, Debug)]
 #[command(
     name = "cas",
@@ -107,13 +110,23 @@ enum Cmd {
         recursive: bool,
         /// Also point this ref at the (last) stored object, retrying if a concurrent gc
         /// collected it in between. Not moved if any input failed.
-        #[arg(long, value_name = "NAME", value_parser = parse_ref_name)]
+        #[arg(long, value_name = "NAME", value_parser = parse_ref_name,
+              add = ArgValueCandidates::new(complete::ref_names))]
         r#ref: Option<String>,
         /// With -r: read and hash every file, neither using nor updating the stat cache
         /// (by default a file whose device, inode, size, mtime and ctime are unchanged since
         /// it was last stored, and whose object is still in the store, is not read again).
         #[arg(long, requires = "recursive")]
         no_cache: bool,
+        /// With -r: also record each file's and directory's mtime in the tree (restored by
+        /// `get -r`). Off by default: the tree then depends on contents and permission bits
+        /// only, and two puts of the same files at different times give one hash.
+        #[arg(long, requires = "recursive")]
+        keep_mtime: bool,
+        /// With -r: leave FIFOs, sockets and devices out (one warning with their count)
+        /// instead of failing on the first one.
+        #[arg(long, requires = "recursive")]
+        skip_special: bool,
     },
     /// Write an object's bytes to stdout (or -o FILE), verified before anything is written.
     #[command(
@@ -136,6 +149,15 @@ enum Cmd {
         /// reaches wherever the tree's author pointed it: only for trees you trust.
         #[arg(long, requires = "recursive")]
         allow_external_symlinks: bool,
+        /// With -r: give files and directories exactly the permission bits the tree records
+        /// (like tar -p); by default they are masked by your umask, so a restore never makes
+        /// a file more open than the umask allows.
+        #[arg(long, requires = "recursive")]
+        no_umask: bool,
+        /// With -r: leave the mtimes the tree records (put -r --keep-mtime) out; files and
+        /// directories get the time of the restore.
+        #[arg(long, requires = "recursive")]
+        no_mtime: bool,
     },
     /// Rehash every object (quarantining mismatches), check refs, entries and trees point to
     /// existing objects, list dead writers' staging files. Exit 0 only if all is clean.
@@ -172,9 +194,10 @@ enum Cmd {
     /// Exit 0 if every object is present, 1 otherwise (missing ones are named on stderr).
     #[command(after_help = "Examples:\n  cas has HASH1 HASH2 && echo all present")]
     Has {
-        /// Hashes to look for.
-        #[arg(required = true, value_parser = parse_hash)]
-        hashes: Vec<Hash>,
+        /// Hashes to look for (or unique prefixes of 8 or more hex digits; one that no object
+        /// starts with is missing).
+        #[arg(required = true, value_parser = parse_hash_arg)]
+        hashes: Vec<HashArg>,
     },
     /// Remove objects now. Refused (exit 1, naming it) for an object that a ref, a cache
     /// entry or an update in progress reaches, directly or through trees; unreferenced
@@ -183,9 +206,9 @@ enum Cmd {
         after_help = "Examples:\n  cas rm HASH\n  cas rm --force HASH   # even if a ref reaches it (the ref dangles)"
     )]
     Rm {
-        /// Hashes to remove.
-        #[arg(required = true, value_parser = parse_hash)]
-        hashes: Vec<Hash>,
+        /// Hashes to remove (or unique prefixes of 8 or more hex digits).
+        #[arg(required = true, value_parser = parse_hash_arg)]
+        hashes: Vec<HashArg>,
         /// Remove even objects that names reach, leaving those names dangling.
         #[arg(long)]
         force: bool,
@@ -285,10 +308,11 @@ enum Cmd {
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["refs", "keys", "all"])))]
 struct TransferArgs {
     /// Refs to transfer (after DEST or SRC).
-    #[arg(value_name = "REF", value_parser = parse_ref_name)]
+    #[arg(value_name = "REF", value_parser = parse_ref_name,
+          add = ArgValueCandidates::new(complete::ref_names))]
     refs: Vec<String>,
     /// Cache keys to transfer (repeatable).
-    #[arg(long = "key", value_name = "KEY")]
+    #[arg(long = "key", value_name = "KEY", add = ArgValueCandidates::new(complete::keys))]
     keys: Vec<String>,
     /// Every ref and every key.
     #[arg(long)]
@@ -309,7 +333,7 @@ enum RefCmd {
     )]
     Set {
         /// Ref name: segments of [A-Za-z0-9._-] separated by '/'.
-        #[arg(value_parser = parse_ref_name)]
+        #[arg(value_parser = parse_ref_name, add = ArgValueCandidates::new(complete::ref_names))]
         name: String,
         /// The object (must be in the store): its hash or a unique prefix (8+ hex digits).
         #[arg(value_parser = parse_hash_arg)]
@@ -328,14 +352,14 @@ enum RefCmd {
     #[command(after_help = "Examples:\n  cas ref get release/v1")]
     Get {
         /// Ref name.
-        #[arg(value_parser = parse_ref_name)]
+        #[arg(value_parser = parse_ref_name, add = ArgValueCandidates::new(complete::ref_names))]
         name: String,
     },
     /// Remove NAME (with --expect: only if it holds OLD).
     #[command(after_help = "Examples:\n  cas ref rm release/v1 --expect HASH")]
     Rm {
         /// Ref name.
-        #[arg(value_parser = parse_ref_name)]
+        #[arg(value_parser = parse_ref_name, add = ArgValueCandidates::new(complete::ref_names))]
         name: String,
         /// Only if the ref currently holds OLD.
         #[arg(long, value_name = "OLD", value_parser = parse_hash)]
@@ -358,7 +382,7 @@ enum RefCmd {
     )]
     Log {
         /// Ref name.
-        #[arg(value_parser = parse_ref_name)]
+        #[arg(value_parser = parse_ref_name, add = ArgValueCandidates::new(complete::ref_names))]
         name: String,
         /// Only the last N lines of the log (read backwards from its end; a damaged line
         /// among them is named on stderr).
@@ -392,6 +416,7 @@ enum KeyCmd {
     )]
     Set {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
         /// The object (must be in the store): its hash or a unique prefix (8+ hex digits).
         #[arg(value_parser = parse_hash_arg)]
@@ -430,6 +455,7 @@ enum KeyCmd {
   cas key ensure data:v3 --tree -o data/ -- sh -c 'make-dataset --out \"$CAS_OUT\"'")]
     Ensure {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
         /// Write the content to FILE (with --tree: restore the tree into the new directory
         /// DIR); `-` is stdout.
@@ -458,6 +484,7 @@ enum KeyCmd {
     #[command(after_help = "Examples:\n  cas key get build:abc123 -o out.tar")]
     Get {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
         /// Write to FILE as `cas get -o` does (`-` is stdout).
         #[arg(short, long, value_name = "FILE")]
@@ -467,12 +494,14 @@ enum KeyCmd {
     #[command(after_help = "Examples:\n  cas key info build:abc123 --json")]
     Info {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
     },
     /// Remove KEY's entry.
     #[command(after_help = "Examples:\n  cas key rm build:abc123")]
     Rm {
         /// The key.
+        #[arg(add = ArgValueCandidates::new(complete::keys))]
         key: String,
     },
     /// List entries sorted by key: HASH SIZE KEY (the key last, so any text parses; control
@@ -498,7 +527,11 @@ impl HashArg {
     }
 }
 
+/// A hash or prefix as typed: uppercase hex is accepted and lowered (some tools print it);
+/// the store's own files and the library take lowercase only.
 fn parse_hash_arg(s: &str) -> Result<HashArg, String> {
+    let lowered = s.to_ascii_lowercase();
+    let s = lowered.as_str();
     if s.len() == cas::HEX_LEN {
         return Hash::parse(s)
             .map(|_| HashArg(s.to_owned()))
@@ -515,7 +548,7 @@ fn parse_hash_arg(s: &str) -> Result<HashArg, String> {
 }
 
 fn parse_hash(s: &str) -> Result<Hash, String> {
-    Hash::parse(s).map_err(|e| e.to_string())
+    Hash::parse(&s.to_ascii_lowercase()).map_err(|e| e.to_string())
 }
 fn parse_hex_prefix(s: &str) -> Result<String, String> {
     if s.len() > cas::HEX_LEN || !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
@@ -542,7 +575,20 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `COMPLETE=bash cas` prints the shell's registration script; the shell then runs
+    // `COMPLETE=bash cas -- WORDS…` for candidates (ref names and keys from the store).
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let tip = forgotten_dashes(&e, &std::env::args_os().collect::<Vec<_>>());
+            let _ = e.print();
+            if let Some(tip) = tip {
+                eprintln!("{tip}");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     raise_fd_limit();
     if let Err(e) = signals::install() {
         eprintln!("cas: error: cannot install signal handlers: {e}");
@@ -560,6 +606,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cas key ensure KEY CMD ARGS` without `--`: clap says only "unexpected argument". Says
+/// where the `--` goes, with the line corrected (issue 23).
+fn forgotten_dashes(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument || args.iter().any(|a| a == "--") {
+        return None;
+    }
+    let ensure = args
+        .windows(2)
+        .position(|w| w[0] == "key" && w[1] == "ensure")?;
+    let Some(ContextValue::String(bad)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let at = ensure + 2 + args[ensure + 2..].iter().position(|a| a == bad.as_str())?;
+    let mut fixed: Vec<String> = std::iter::once("cas".to_owned())
+        .chain(args[1..at].iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    fixed.push("--".to_owned());
+    fixed.extend(args[at..].iter().map(|a| a.to_string_lossy().into_owned()));
+    Some(format!(
+        "tip: the command to run goes after `--` (options of cas before it):\n  {}",
+        fixed.join(" ")
+    ))
 }
 
 /// Raises the soft open-file limit to the hard one, as build tools do: a batch put holds its
@@ -611,8 +682,8 @@ fn open_store(g: &Global, access: Access) -> Result<Store> {
     };
     let store = match Store::open_or_create(&dir, Options::default(), create) {
         Ok(s) => s,
-        Err(e @ (cas::Error::NotAStore { .. } | cas::Error::NotEmpty { .. })) => {
-            return Err(not_a_store_hint(&dir, &e));
+        Err(cas::Error::NotAStore { .. } | cas::Error::NotEmpty { .. }) => {
+            return Err(not_a_store_hint(&dir));
         }
         Err(e) => return Err(e.into()),
     };
@@ -622,7 +693,7 @@ fn open_store(g: &Global, access: Access) -> Result<Store> {
 }
 
 /// The error for a path that holds no store, saying what to run.
-fn not_a_store_hint(dir: &Path, e: &cas::Error) -> anyhow::Error {
+fn not_a_store_hint(dir: &Path) -> anyhow::Error {
     let d = dir.display();
     let msg = match std::fs::symlink_metadata(dir) {
         Err(_) => format!("there is no store at {d}; create one with `cas init {d}`"),
@@ -635,7 +706,7 @@ fn not_a_store_hint(dir: &Path, e: &cas::Error) -> anyhow::Error {
         Ok(m) if m.is_dir() => {
             format!("{d} is not a cas store; create one there with `cas init {d}`")
         }
-        Ok(_) => format!("{d} is not a directory: {e}"),
+        Ok(_) => format!("{d} is a file, not a store (a store is a directory; see `cas init DIR`)"),
     };
     anyhow!(msg)
 }
@@ -688,11 +759,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recursive,
             r#ref,
             no_cache,
+            keep_mtime,
+            skip_special,
         } => cmd_put(
             &open_store(g, Write)?,
             &files,
             recursive
-                .then(|| cas::PutDirOptions::default().stat_cache(!no_cache))
+                .then(|| put_dir_options(no_cache, keep_mtime, skip_special))
                 .as_ref(),
             r#ref.as_deref(),
             g.json,
@@ -709,20 +782,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .grace(if now { Duration::ZERO } else { grace })
                 .dry_run(dry_run)
                 .max_size(max_size);
-            cmd_gc(&open_store(g, Write)?, &opts, g.json)
+            // Never creates a store: a mistyped --store must fail, not collect a new one.
+            cmd_gc(&open_store(g, Existing)?, &opts, g.json)
         }
         Cmd::Get {
             hash,
             output,
             recursive: true,
             allow_external_symlinks,
+            no_umask,
+            no_mtime,
         } => {
-            let dest = output.context("-r needs -o DIR")?;
-            let opts =
-                cas::CheckoutOptions::default().allow_external_symlinks(allow_external_symlinks);
-            let store = open_store(g, Existing)?;
-            restore_tree(&store, &hash.resolve(&store)?, &dest, opts)?;
-            Ok(ExitCode::SUCCESS)
+            let opts = cas::CheckoutOptions::default()
+                .allow_external_symlinks(allow_external_symlinks)
+                .ignore_umask(no_umask);
+            cmd_get_tree(g, &hash, output, opts.skip_mtimes(no_mtime))
         }
         Cmd::Get { hash, output, .. } => {
             let store = open_store(g, Existing)?;
@@ -781,12 +855,25 @@ fn open_other(dir: &Path) -> Result<Store> {
             signals::set_store(&s);
             Ok(s)
         }
-        Err(e @ cas::Error::NotAStore { .. }) => Err(not_a_store_hint(dir, &e)),
+        Err(cas::Error::NotAStore { .. }) => Err(not_a_store_hint(dir)),
         Err(e) => Err(e.into()),
     }
 }
 
 /// `cas push OTHER` (`push`: this store to OTHER) or `cas pull OTHER`.
+/// `cas get -r HASH -o DIR`.
+fn cmd_get_tree(
+    g: &Global,
+    hash: &HashArg,
+    output: Option<PathBuf>,
+    opts: cas::CheckoutOptions,
+) -> Result<ExitCode> {
+    let dest = output.context("-r needs -o DIR")?;
+    let store = open_store(g, Access::Existing)?;
+    restore_tree(&store, &hash.resolve(&store)?, &dest, opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_transfer(
     this: &Store,
     other: &Path,
@@ -1258,8 +1345,8 @@ fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
     // number per distinct tree), after a pass that checks the tree's budgets: a tree bomb
     // fails before anything is printed.
     let mut write_error = None;
-    let walked = store.walk_tree(hash, &cas::TreeLimits::default(), |path, kind| {
-        show_entry(&mut out, path, kind, json).map_err(|e| {
+    let walked = store.walk_tree_entries(hash, &cas::TreeLimits::default(), |path, entry| {
+        show_entry(&mut out, path, entry, json).map_err(|e| {
             write_error = Some(e);
             cas::Error::Interrupted
         })
@@ -1273,46 +1360,73 @@ fn cmd_show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode> {
 }
 
 /// One line of `cas show` for a tree entry.
-fn show_entry(
-    out: &mut impl Write,
-    path: &Path,
-    kind: &cas::TreeEntryKind,
-    json: bool,
-) -> Result<()> {
-    let p = path.display();
+fn show_entry(out: &mut impl Write, path: &Path, e: &cas::TreeEntry, json: bool) -> Result<()> {
+    // Control characters escaped as `key ls` does: one entry is one line.
+    let p = path.to_string_lossy();
+    let p = p.escape_debug();
+    let mode = e.mode.map(|m| format!("{m:04o}"));
     if json {
-        let v = match kind {
+        let v = match &e.kind {
             cas::TreeEntryKind::File {
                 executable,
                 size,
                 hash,
             } => serde_json::json!({ "path": path, "kind": "file", "hash": hash,
-                "size": size, "executable": executable }),
-            cas::TreeEntryKind::Dir { hash } => {
-                serde_json::json!({ "path": path, "kind": "dir", "hash": hash })
-            }
+                "size": size, "executable": executable, "mode": mode, "mtime_ns": e.mtime }),
+            cas::TreeEntryKind::Dir { hash } => serde_json::json!({ "path": path, "kind": "dir",
+                "hash": hash, "mode": mode, "mtime_ns": e.mtime }),
             cas::TreeEntryKind::Symlink { target } => serde_json::json!({ "path": path,
                 "kind": "symlink", "target": String::from_utf8_lossy(target) }),
         };
         writeln!(out, "{v}")?;
         return Ok(());
     }
-    match kind {
+    match &e.kind {
         cas::TreeEntryKind::File {
             executable,
             size,
             hash,
         } => {
-            let mode = if *executable { "100755" } else { "100644" };
+            let mode = match e.mode {
+                Some(m) => format!("100{m:03o}"),
+                None if *executable => "100755".to_owned(),
+                None => "100644".to_owned(),
+            };
             writeln!(out, "{mode} blob {hash} {size:>10}\t{p}")?;
         }
-        cas::TreeEntryKind::Dir { hash } => writeln!(out, "040000 tree {hash} {:>10}\t{p}", "-")?,
+        cas::TreeEntryKind::Dir { hash } => {
+            let mode = e
+                .mode
+                .map_or("040000".to_owned(), |m| format!("040{m:03o}"));
+            writeln!(out, "{mode} tree {hash} {:>10}\t{p}", "-")?;
+        }
         cas::TreeEntryKind::Symlink { target } => {
             let t = String::from_utf8_lossy(target);
+            let t = t.escape_debug();
             writeln!(out, "120000 link {:<64} {:>10}\t{p} -> {t}", "-", "-")?;
         }
     }
     Ok(())
+}
+
+/// `put -r --skip-special` left special files out: one line, with their count and an example.
+fn warn_skipped_special(dir: &Path, report: &cas::PutDirReport) {
+    if let Some(example) = &report.skipped_example {
+        eprintln!(
+            "cas: warning: skipped {} special file(s) (FIFOs, sockets, devices) in {}, e.g. {}",
+            report.skipped_special,
+            dir.display(),
+            example.display()
+        );
+    }
+}
+
+/// `put -r`'s options from its flags.
+fn put_dir_options(no_cache: bool, keep_mtime: bool, skip_special: bool) -> cas::PutDirOptions {
+    cas::PutDirOptions::default()
+        .stat_cache(!no_cache)
+        .keep_mtime(keep_mtime)
+        .skip_special(skip_special)
 }
 
 /// `put -r` stored symlinks that point outside the tree: say so once, with an example.
@@ -1411,6 +1525,7 @@ fn cmd_put(
                 eprintln!("cas: warning: {w}");
             }
             warn_external_symlinks(f, &report);
+            warn_skipped_special(f, &report);
             hash
         } else if f.is_dir() {
             anyhow::bail!(
@@ -1825,17 +1940,24 @@ fn entry_json(e: &cas::Entry) -> serde_json::Value {
     })
 }
 
-fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
+fn cmd_has(store: &Store, hashes: &[HashArg], json: bool) -> Result<ExitCode> {
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut all = true;
-    for h in hashes {
-        let present = store.contains(h);
+    for arg in hashes {
+        // A prefix no object starts with is missing; an ambiguous one is an error.
+        let found = match arg.resolve(store) {
+            Ok(h) => Some(h).filter(|h| store.contains(h)),
+            Err(e) if format!("{e:#}").contains("ambiguous") => return Err(e),
+            Err(_) => None,
+        };
+        let present = found.is_some();
         all &= present;
         if json {
-            let v = serde_json::json!({ "hash": h, "present": present });
+            let hash = found.map_or_else(|| arg.0.clone(), |h| h.to_string());
+            let v = serde_json::json!({ "hash": hash, "present": present });
             writeln!(out, "{v}")?;
         } else if !present {
-            eprintln!("cas: missing {h}");
+            eprintln!("cas: missing {}", arg.0);
         }
     }
     out.flush()?;
@@ -1844,18 +1966,31 @@ fn cmd_has(store: &Store, hashes: &[Hash], json: bool) -> Result<ExitCode> {
 
 /// `cas rm`: with --json one line per input, in order, as `put` does: `{input, hash,
 /// removed}` or `{input, error}`.
-fn cmd_rm(store: &Store, hashes: &[Hash], force: bool, json: bool) -> Result<ExitCode> {
+fn cmd_rm(store: &Store, args: &[HashArg], force: bool, json: bool) -> Result<ExitCode> {
     let mut ok = true;
     let opts = cas::RemoveOptions::default().force(force);
     let mut out = io::BufWriter::new(io::stdout().lock());
-    for (h, r) in hashes.iter().zip(store.remove_all_with(hashes, &opts)) {
+    // Prefixes resolved first; one that resolves to nothing is that input's failure.
+    let resolved: Vec<Result<Hash, String>> = args
+        .iter()
+        .map(|a| store.resolve_prefix(&a.0).map_err(|e| output::chain(&e)))
+        .collect();
+    let hashes: Vec<Hash> = resolved.iter().filter_map(|r| r.clone().ok()).collect();
+    let mut removed = store.remove_all_with(&hashes, &opts).into_iter();
+    for (arg, r) in args.iter().zip(resolved) {
+        let r = r.and_then(|h| {
+            removed
+                .next()
+                .expect("one result per hash")
+                .map(|()| h)
+                .map_err(|e| output::chain(&e))
+        });
         let line = match r {
-            Ok(()) => serde_json::json!({ "input": h, "hash": h, "removed": true }),
-            Err(e) => {
-                let msg = output::chain(&e);
+            Ok(h) => serde_json::json!({ "input": arg.0, "hash": h, "removed": true }),
+            Err(msg) => {
                 eprintln!("cas: error: {msg}");
                 ok = false;
-                serde_json::json!({ "input": h, "error": msg })
+                serde_json::json!({ "input": arg.0, "error": msg })
             }
         };
         if json {

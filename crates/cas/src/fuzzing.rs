@@ -297,6 +297,8 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
     out.extend(entries.iter().map(|e| ("entry", e.encode())));
 
     let file = |name: &[u8], size: u64, executable: bool| TreeEntry {
+        mode: None,
+        mtime: None,
         name: name.to_vec(),
         kind: TreeEntryKind::File {
             executable,
@@ -313,6 +315,8 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
             entries: vec![
                 file(b"README", 300, false),
                 TreeEntry {
+                    mode: None,
+                    mtime: None,
                     name: b"link".to_vec(),
                     kind: TreeEntryKind::Symlink {
                         target: b"../up/x".to_vec(),
@@ -320,12 +324,37 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 },
                 file(b"run.sh", 70_000, true),
                 TreeEntry {
+                    mode: None,
+                    mtime: None,
                     name: b"sub".to_vec(),
                     kind: TreeEntryKind::Dir { hash: h(b"sub") },
                 },
                 file("é\u{1}".as_bytes(), 1 << 40, false),
             ],
         },
+    ];
+    // Version 2: modes on files and directories, mtimes (negative ones too), a link without.
+    let mut v2 = trees[2].clone();
+    for (e, (mode, mtime)) in v2.entries.iter_mut().zip([
+        (Some(0o600), Some(1_700_000_000_123_456_789)),
+        (None, Some(-1)),
+        (Some(0o755), None),
+        (Some(0o700), Some(i64::MAX)),
+        (Some(0o444), Some(0)),
+    ]) {
+        if !matches!(e.kind, TreeEntryKind::Symlink { .. }) {
+            e.mode = mode;
+        }
+        e.mtime = mtime;
+    }
+    let mut modes_only = trees[1].clone();
+    modes_only.entries[0].mode = Some(0o640);
+    let trees = [
+        trees[0].clone(),
+        trees[1].clone(),
+        trees[2].clone(),
+        v2,
+        modes_only,
     ];
     out.extend(trees.iter().map(|t| ("tree", t.encode())));
     out

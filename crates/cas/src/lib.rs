@@ -192,7 +192,7 @@ pub use sync::transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use sync::upstream::DirUpstream;
 pub use tree::format::{
     CheckoutOptions, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeEntryKind, TreeLimits,
-    TREE_MAGIC, TREE_VERSION,
+    TREE_MAGIC, TREE_MODE_BITS, TREE_VERSION,
 };
 pub use write::batch::Batch;
 pub use write::writer::Writer;

@@ -18,7 +18,9 @@ mod src_dir;
 pub(crate) use root::{
     create_excl_at, is_hostile, list_dir_at, publish_noreplace_at, touch_at, unlink_own, Kind, Root,
 };
-pub(crate) use src_dir::{list_src_dir, lstat_src_at, open_src_dir, readlink_src_at, SrcStat};
+pub(crate) use src_dir::{
+    list_src_dir, lstat_src_at, open_src_dir, readlink_src_at, stat_src_fd, SrcStat,
+};
 
 /// What a no-replace publish found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +142,18 @@ pub(crate) fn is_not_found(e: &io::Error) -> bool {
 pub(crate) fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
     rustix::fs::open(
         path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(Into::into)
+}
+
+/// `openat(dir, name, O_DIRECTORY | O_NOFOLLOW)`: a directory below `dir`, never through a
+/// link at its name.
+pub(crate) fn open_dir_nofollow_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
@@ -498,7 +512,12 @@ pub(crate) fn username() -> String {
             }
         }
     }
-    format!("uid{}", rustix::process::geteuid().as_raw())
+    // Without the variables (cron, containers, `sudo -i` shells), the name /etc/passwd gives
+    // the effective uid; the number only if it has none.
+    let uid = rustix::process::geteuid().as_raw();
+    user_name(uid)
+        .filter(|n| n.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_else(|| format!("uid{uid}"))
 }
 
 /// The effective user id of this process (who owns the files it creates).
@@ -518,6 +537,25 @@ pub(crate) fn user_name(uid: u32) -> Option<String> {
     })
 }
 
+/// The system error alone, without the temporary file's name the `tempfile` crate appends
+/// ("at path …/.f.5QapIt.tmp"): a file the user never named and that does not exist (issue
+/// 23: `-o` into a missing directory must name the directory).
+/// `dir` is where the file was to be created: if it cannot be reached, that is the error.
+pub(crate) fn without_path(e: io::Error, dir: &Path) -> io::Error {
+    if let Err(m) = std::fs::metadata(dir) {
+        return m;
+    }
+    if e.raw_os_error().is_some() || e.get_ref().is_none() {
+        return e;
+    }
+    // tempfile's own error keeps the system's only in its text: "MESSAGE at path P".
+    let text = e.to_string();
+    match text.rsplit_once(" at path ") {
+        Some((msg, _)) => io::Error::new(e.kind(), msg.to_owned()),
+        None => e,
+    }
+}
+
 /// The current process id.
 pub(crate) fn pid() -> u32 {
     std::process::id()
@@ -525,7 +563,21 @@ pub(crate) fn pid() -> u32 {
 
 /// The process umask, read without changing it for good.
 pub(crate) fn umask() -> u32 {
-    // There is no way to read the umask without setting it; set and restore at once.
+    // Linux 4.7+ shows it in /proc/self/status: read there, nothing changes. Setting it,
+    // even for an instant, is seen by every thread of the process: a file another thread
+    // creates meanwhile gets 0o077's mode (a restore's files came out 0600 in parallel
+    // tests).
+    if let Some(m) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+    {
+        return m & 0o777;
+    }
+    // Elsewhere there is no way to read the umask without setting it: set and restore.
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     rustix::process::umask(old);
     old.bits()

@@ -77,3 +77,18 @@ pub(crate) fn readlink_src_at(dir: impl AsFd, name: &OsStr) -> io::Result<OsStri
     let t = rustix::fs::readlinkat(dir, name, Vec::new())?;
     Ok(OsString::from_vec(t.into_bytes()))
 }
+
+/// `fstat(fd)` of a directory being stored (its own permission bits and mtime).
+pub(crate) fn stat_src_fd(fd: BorrowedFd<'_>) -> io::Result<SrcStat> {
+    let st = rustix::fs::fstat(fd)?;
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    Ok(SrcStat {
+        kind: Kind::of(FileType::from_raw_mode(st.st_mode)),
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+        size: st.st_size as u64,
+        mode: st.st_mode & 0o7777,
+        mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+    })
+}

@@ -378,6 +378,8 @@ mod tests {
             entries: entries
                 .into_iter()
                 .map(|(n, kind)| TreeEntry {
+                    mode: None,
+                    mtime: None,
                     name: n.as_bytes().to_vec(),
                     kind,
                 })

@@ -141,6 +141,8 @@ mod tests {
             .put_bytes(
                 &Tree {
                     entries: vec![TreeEntry {
+                        mode: None,
+                        mtime: None,
                         name: b"f".to_vec(),
                         kind: TreeEntryKind::File {
                             executable: false,
@@ -156,6 +158,8 @@ mod tests {
             .put_bytes(
                 &Tree {
                     entries: vec![TreeEntry {
+                        mode: None,
+                        mtime: None,
                         name: b"d".to_vec(),
                         kind: TreeEntryKind::Dir { hash: sub },
                     }],

@@ -182,6 +182,9 @@ mod tests {
         let e = store.resolve_prefix("abcdef0123").unwrap_err();
         assert!(e.to_string().contains("ambiguous"), "{e}");
         assert!(e.to_string().contains("2 objects"), "{e}");
+        // Both named, without a "…" that promises more (issue 23).
+        assert!(e.to_string().contains(" and "), "{e}");
+        assert!(!e.to_string().contains('…'), "{e}");
         let one = store.resolve_prefix("abcdef01234").unwrap();
         assert!(one.to_string().starts_with("abcdef01234"));
         assert!(

@@ -246,7 +246,7 @@ impl Store {
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".tmp")
             .tempfile_in(dir)
-            .map_err(Error::at("create a temporary file in", dir))?;
+            .map_err(|e| Error::io("create the output in", dir, fs::without_path(e, dir)))?;
         let _reg = abandon::register_temp(tmp.path());
         if abandon::abandoned() {
             return Err(Error::Interrupted);

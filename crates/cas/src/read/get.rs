@@ -163,11 +163,20 @@ impl Store {
                 what: "hash prefix",
                 reason: format!("no object in the store starts with {prefix}"),
             }),
-            [a, b, ..] => Err(Error::InvalidInput {
+            [a, b] => Err(Error::InvalidInput {
                 what: "hash prefix",
                 reason: format!(
-                    "{prefix} is ambiguous: {} objects start with it ({a}, {b}, …); give more digits",
-                    found.len()
+                    "{prefix} is ambiguous: 2 objects start with it ({a} and {b}); give more \
+                     digits"
+                ),
+            }),
+            [a, b, rest @ ..] => Err(Error::InvalidInput {
+                what: "hash prefix",
+                reason: format!(
+                    "{prefix} is ambiguous: {} objects start with it ({a}, {b} and {} more); \
+                     give more digits",
+                    found.len(),
+                    rest.len()
                 ),
             }),
         }

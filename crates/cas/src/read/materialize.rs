@@ -174,7 +174,7 @@ impl Beside {
         let t = tempfile::Builder::new()
             .prefix(&format!(".{name}.cas-materialize."))
             .tempfile_in(parent)
-            .map_err(Error::at("create a temporary file in", parent))?;
+            .map_err(|e| Error::io("create the output in", parent, fs::without_path(e, parent)))?;
         let (file, path) = t.keep().map_err(|e| Error::io("create", parent, e.error))?;
         let reg = abandon::register_temp(&path);
         if abandon::abandoned() {

@@ -26,21 +26,38 @@ use crate::error::{Error, Result};
 use crate::fs::{self, Kind};
 use crate::hash::Hash;
 use crate::progress::ProgressHook;
-use crate::tree::format::{Tree, TreeEntry, TreeEntryKind, Trees, MAX_DEPTH};
 use crate::tree::statcache::{StatCache, StatKey};
+use crate::tree::format::{
+    TreeEntryKind, PutDirOptions, TreeEntry, TreeWriter, MAX_DEPTH, TREE_MODE_BITS, TREE_VERSION,
+};
 use crate::write::batch::Batch;
 use crate::Store;
 
+/// Special files (FIFOs, sockets, devices) a `put -r --skip-special` left out, and the
+/// symlinks stored.
+#[derive(Debug, Default)]
+pub(crate) struct Skipped {
+    pub(crate) count: u64,
+    /// The first one met, as an example for the warning.
+    pub(crate) example: Option<PathBuf>,
+    /// Symlinks in the stored tree (0: no need to check where they lead).
+    pub(crate) links: u64,
+}
+
 /// Stores the directory `root` (a symlink to a directory is followed at the root only);
-/// returns its tree's hash. Every tree stored is also left decoded in `trees`. `progress` is
-/// told the bytes of the files done so far: read, or found unchanged in the stat cache.
+/// returns its tree's hash and the special files skipped (with
+/// [`PutDirOptions::skip_special`]). Trees are encoded entry by entry and never held
+/// decoded (a check of symlinks reads them back from the store).
+/// `opts.progress` is told the bytes of the files done so far: read, or found unchanged in
+/// the stat cache. Files and directories are recorded with their permission bits, and their
+/// mtimes with [`PutDirOptions::keep_mtime`].
 pub(crate) fn put_dir(
     store: &Store,
     root: &Path,
     cache: Option<&mut StatCache>,
-    trees: &mut Trees,
-    progress: Option<&ProgressHook>,
-) -> Result<Hash> {
+    opts: &PutDirOptions,
+) -> Result<(Hash, Skipped)> {
+    let progress = opts.progress.as_ref();
     let meta = std::fs::metadata(root).map_err(Error::at("stat", root))?;
     if !meta.is_dir() {
         return Err(Error::Tree {
@@ -63,14 +80,15 @@ pub(crate) fn put_dir(
         store,
         batch,
         cache: shared,
-        trees,
         progress: progress.map(|p| (p, skipped)),
         hits: Vec::new(),
         records: Vec::new(),
+        keep_mtime: opts.keep_mtime,
+        links: 0,
     };
     // The scan threads run ahead; this thread stores each directory as soon as it is scanned
     // (the scan hands out directories in the order they are stored).
-    let scan = Scan::new(fd, root);
+    let scan = Scan::new(fd, root, opts.skip_special);
     let hash = std::thread::scope(|s| {
         for _ in 0..scan_threads() {
             s.spawn(|| scan.worker(store, shared));
@@ -83,9 +101,17 @@ pub(crate) fn put_dir(
         batch,
         hits,
         records,
+        links,
         ..
     } = walk;
-    let hash = hash?;
+    let (hash, ..) = hash?;
+    let mut skipped = std::mem::take(
+        &mut *scan
+            .skipped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    skipped.links = links;
     // The cache was read by the scan threads while this thread stored; what this run learnt
     // goes into it now.
     if let Some(c) = cache {
@@ -100,7 +126,7 @@ pub(crate) fn put_dir(
         }
     }
     batch.commit()?;
-    Ok(hash)
+    Ok((hash, skipped))
 }
 
 struct Walk<'a> {
@@ -109,12 +135,15 @@ struct Walk<'a> {
     /// Read by the scan threads at the same time: hits and new entries wait in `hits` and
     /// `records` until the walk is over.
     cache: Option<&'a StatCache>,
-    trees: &'a mut Trees,
     /// The callback, and the bytes of files the stat cache answered for (the batch counts
     /// those it reads).
     progress: Option<(&'a ProgressHook, Arc<AtomicU64>)>,
     hits: Vec<StatKey>,
     records: Vec<(StatKey, Hash)>,
+    /// Record mtimes in the trees.
+    keep_mtime: bool,
+    /// Symlinks stored: none, and no check of their targets is needed.
+    links: u64,
 }
 
 /// One entry of a scanned directory.
@@ -130,8 +159,18 @@ enum Item {
     Dir(usize),
 }
 
-/// A directory as the scan found it: entries sorted by name bytes.
-type Scanned = Vec<(OsString, Item)>;
+/// A directory as the scan found it: its own permission bits and mtime (ns, `fstat` of the
+/// descriptor it was listed through), and its entries sorted by name bytes.
+struct Scanned {
+    mode: u32,
+    mtime: i64,
+    entries: Vec<(OsString, Item)>,
+}
+
+/// Nanoseconds since 1970 of a `(seconds, nanoseconds)` time, saturated to `i64`.
+fn nanos((secs, ns): (i64, i64)) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(ns)
+}
 
 /// The scan's shared state: directories waiting, how many are being scanned, and what was
 /// found, by index (0 is the root), until the walk takes it.
@@ -142,18 +181,30 @@ struct ScanState {
     error: Option<Error>,
     /// The walk is over (done or failed): scan threads leave.
     stop: bool,
+    /// Entries (and directories) scanned and not yet taken by the walk.
+    held: usize,
+    /// The directory the walk is waiting for, if it is: scanned next even over the budget.
+    wanted: Option<usize>,
 }
+
+/// Entries the scan may hold ahead of the walk before it waits (issue 26): at about 150
+/// bytes each, some 2.5 MB; a single larger directory is still scanned whole (the walk needs
+/// it), so memory is bounded by the largest directory, not the whole tree.
+const SCAN_AHEAD: usize = if cfg!(test) { 64 } else { 1 << 14 };
 
 /// The scan of one tree: its threads take directories from `todo`, the walk takes what they
 /// found from `done`; both wait on `wake`.
 struct Scan {
     state: Mutex<ScanState>,
     wake: Condvar,
+    /// Leave FIFOs, sockets and devices out (counted in `skipped`) instead of failing.
+    skip_special: bool,
+    skipped: Mutex<Skipped>,
 }
 
 impl Scan {
     /// A scan starting at `root`, open as `fd`.
-    fn new(fd: OwnedFd, root: &Path) -> Scan {
+    fn new(fd: OwnedFd, root: &Path, skip_special: bool) -> Scan {
         Scan {
             state: Mutex::new(ScanState {
                 todo: vec![(0, root.to_owned(), Some(fd))],
@@ -161,8 +212,12 @@ impl Scan {
                 done: vec![None],
                 error: None,
                 stop: false,
+                held: 0,
+                wanted: None,
             }),
             wake: Condvar::new(),
+            skip_special,
+            skipped: Mutex::new(Skipped::default()),
         }
     }
 
@@ -184,6 +239,9 @@ impl Scan {
         let mut st = self.lock();
         loop {
             if let Some(found) = st.done.get_mut(id).and_then(Option::take) {
+                st.held = st.held.saturating_sub(found.entries.len() + 1);
+                st.wanted = None;
+                self.wake.notify_all();
                 return Ok(found);
             }
             if let Some(e) = st.error.take() {
@@ -196,6 +254,10 @@ impl Scan {
                     path: path.to_owned(),
                     reason: "was not scanned (internal error)".into(),
                 });
+            }
+            if st.wanted != Some(id) {
+                st.wanted = Some(id);
+                self.wake.notify_all();
             }
             st = self
                 .wake
@@ -226,14 +288,27 @@ impl Scan {
             if st.error.is_some() || st.stop {
                 break;
             }
-            if let Some((id, path, fd)) = st.todo.pop() {
+            // Over the budget, only the directory the walk waits for is scanned.
+            let next = if st.held <= SCAN_AHEAD {
+                st.todo.pop()
+            } else {
+                let wanted = st.wanted;
+                st.todo
+                    .iter()
+                    .rposition(|t| Some(t.0) == wanted)
+                    .map(|i| st.todo.remove(i))
+            };
+            if let Some((id, path, fd)) = next {
                 st.active += 1;
                 drop(st);
-                let found = scan_dir(store, cache, &path, fd, &|paths| self.queue(paths));
+                let found = scan_dir(store, cache, &path, fd, self, &|paths| self.queue(paths));
                 st = self.lock();
                 st.active -= 1;
                 match found {
-                    Ok(entries) => st.done[id] = Some(entries),
+                    Ok(entries) => {
+                        st.held += entries.entries.len() + 1;
+                        st.done[id] = Some(entries);
+                    }
                     Err(e) => {
                         if st.error.is_none() {
                             st.error = Some(e);
@@ -241,7 +316,7 @@ impl Scan {
                     }
                 }
                 self.wake.notify_all();
-            } else if st.active == 0 {
+            } else if st.active == 0 && st.todo.is_empty() {
                 break;
             } else {
                 st = self
@@ -273,20 +348,24 @@ fn scan_threads() -> usize {
 /// Lists and probes one directory (`fd`, or opened at `path` without following a link at its
 /// name); `queue` takes its subdirectories' paths, in order, and returns the first one's
 /// index (the others follow). A large directory's entries are probed by several threads.
+/// Special files are an error naming them, or left out and counted in `scan.skipped`.
 fn scan_dir(
     store: &Store,
     cache: Option<&StatCache>,
     path: &Path,
     fd: Option<OwnedFd>,
+    scan: &Scan,
     queue: &dyn Fn(Vec<PathBuf>) -> usize,
 ) -> Result<Scanned> {
     let fd = match fd {
         Some(fd) => fd,
         None => fs::open_src_dir(path, false).map_err(Error::at("read directory", path))?,
     };
+    let own = fs::stat_src_fd(fd.as_fd()).map_err(Error::at("stat", path))?;
     let mut names = fs::list_src_dir(&fd).map_err(Error::at("read directory", path))?;
     names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let one = |(name, kind): &(OsString, Option<Kind>)| -> Result<Item> {
+    // `None`: a special file left out.
+    let one = |(name, kind): &(OsString, Option<Kind>)| -> Result<Option<Item>> {
         let st = match kind {
             Some(Kind::Dir | Kind::Symlink | Kind::Special) => None,
             Some(Kind::File) | None => Some(
@@ -294,31 +373,44 @@ fn scan_dir(
                     .map_err(|e| Error::io("stat", path.join(name), e))?,
             ),
         };
-        Ok(match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
-            Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
-            Kind::File => {
-                let st = st.expect("files are stat-ed above");
-                let cached = cache.and_then(|c| {
-                    StatKey::of_src(&st)
-                        .and_then(|k| c.candidate(&k))
-                        .filter(|h| c.object_present(store, h, st.size))
-                });
-                Item::File { st, cached }
-            }
-            Kind::Symlink => Item::Link(
-                fs::readlink_src_at(fd.as_fd(), name)
-                    .map_err(|e| Error::io("read link", path.join(name), e))?,
-            ),
-            Kind::Special => {
-                return Err(Error::Tree {
-                    path: path.join(name),
-                    reason: "cannot store this file type (socket, fifo or device)".into(),
-                })
-            }
-        })
+        Ok(Some(
+            match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
+                Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
+                Kind::File => {
+                    let st = st.expect("files are stat-ed above");
+                    let cached = cache.and_then(|c| {
+                        StatKey::of_src(&st)
+                            .and_then(|k| c.candidate(&k))
+                            .filter(|h| c.object_present(store, h, st.size))
+                    });
+                    Item::File { st, cached }
+                }
+                Kind::Symlink => Item::Link(
+                    fs::readlink_src_at(fd.as_fd(), name)
+                        .map_err(|e| Error::io("read link", path.join(name), e))?,
+                ),
+                Kind::Special if scan.skip_special => {
+                    let mut s = scan
+                        .skipped
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    s.count += 1;
+                    s.example.get_or_insert_with(|| path.join(name));
+                    return Ok(None);
+                }
+                Kind::Special => {
+                    return Err(Error::Tree {
+                        path: path.join(name),
+                        reason: "cannot store this file type (socket, fifo or device); \
+                             --skip-special (PutDirOptions::skip_special) leaves such files out"
+                            .into(),
+                    })
+                }
+            },
+        ))
     };
     let threads = scan_threads().min(names.len() / PROBE_CHUNK);
-    let items: Vec<Item> = if threads <= 1 {
+    let items: Vec<Option<Item>> = if threads <= 1 {
         names.iter().map(one).collect::<Result<_>>()?
     } else {
         let mut chunks = names.chunks(names.len().div_ceil(threads));
@@ -334,12 +426,17 @@ fn scan_dir(
             Ok::<_, Error>(all)
         })?
     };
-    let mut items = items;
+    let (names, mut items): (Vec<OsString>, Vec<Item>) = names
+        .into_iter()
+        .map(|(n, _)| n)
+        .zip(items)
+        .filter_map(|(n, item)| item.map(|i| (n, i)))
+        .unzip();
     let subdirs: Vec<PathBuf> = names
         .iter()
         .zip(&items)
         .filter(|(_, item)| matches!(item, Item::Dir(_)))
-        .map(|((name, _), _)| path.join(name))
+        .map(|(name, _)| path.join(name))
         .collect();
     if !subdirs.is_empty() {
         let mut next = queue(subdirs);
@@ -350,7 +447,11 @@ fn scan_dir(
             }
         }
     }
-    Ok(names.into_iter().map(|(n, _)| n).zip(items).collect())
+    Ok(Scanned {
+        mode: own.mode & TREE_MODE_BITS,
+        mtime: nanos(own.mtime),
+        entries: names.into_iter().zip(items).collect(),
+    })
 }
 
 impl Walk<'_> {
@@ -360,35 +461,75 @@ impl Walk<'_> {
     /// The depth is checked here, before the scan's result is taken: the scan runs ahead, and
     /// a chain deeper than the limit used to fail on the scan's path growing past `PATH_MAX`
     /// ("File name too long") instead of with the depth message (issue 26).
-    fn dir(&mut self, scan: &Scan, id: usize, path: &Path, depth: usize) -> Result<Hash> {
+    /// Returns the tree's hash and the directory's own permission bits and mtime (for its
+    /// entry in its parent).
+    fn dir(
+        &mut self,
+        scan: &Scan,
+        id: usize,
+        path: &Path,
+        depth: usize,
+    ) -> Result<(Hash, u32, i64)> {
         if depth > MAX_DEPTH {
             return Err(Error::Tree {
                 path: path.to_owned(),
                 reason: format!("nesting deeper than {MAX_DEPTH} directories"),
             });
         }
-        let entries = scan.take(id, path)?;
-        let mut children = Vec::with_capacity(entries.len());
+        let Scanned {
+            mode,
+            mtime,
+            entries,
+        } = scan.take(id, path)?;
+        // Files and directories always carry a mode: version 2 unless only symlinks.
+        let version = if entries.iter().all(|(_, i)| matches!(i, Item::Link(_))) {
+            1
+        } else {
+            TREE_VERSION
+        };
+        // Each entry is encoded as soon as it is known (issue 26): the tree is never held
+        // as entries, only as its bytes.
+        let mut tree = TreeWriter::new(entries.len(), version);
+        let invalid = |reason| Error::Tree {
+            path: path.to_owned(),
+            reason,
+        };
         for (name, item) in entries {
-            let kind = match item {
-                Item::File { st, cached } => TreeEntryKind::File {
-                    executable: st.mode & 0o111 != 0,
-                    size: st.size,
-                    hash: self.file(path, &name, StatKey::of_src(&st), st.size, cached)?,
-                },
-                Item::Link(t) => TreeEntryKind::Symlink {
-                    target: t.into_vec(),
-                },
-                Item::Dir(sub) => TreeEntryKind::Dir {
-                    hash: self.dir(scan, sub, &path.join(&name), depth + 1)?,
-                },
+            let (kind, mode, mtime) = match item {
+                Item::File { st, cached } => (
+                    TreeEntryKind::File {
+                        executable: st.mode & 0o111 != 0,
+                        size: st.size,
+                        hash: self.file(path, &name, StatKey::of_src(&st), st.size, cached)?,
+                    },
+                    Some(st.mode & TREE_MODE_BITS),
+                    Some(nanos(st.mtime)),
+                ),
+                Item::Link(t) => {
+                    self.links += 1;
+                    (
+                        TreeEntryKind::Symlink {
+                            target: t.into_vec(),
+                        },
+                        None,
+                        None,
+                    )
+                }
+                Item::Dir(sub) => {
+                    let (hash, mode, mtime) = self.dir(scan, sub, &path.join(&name), depth + 1)?;
+                    (TreeEntryKind::Dir { hash }, Some(mode), Some(mtime))
+                }
             };
-            children.push(TreeEntry {
+            tree.push(TreeEntry {
                 name: name.into_vec(),
                 kind,
-            });
+                mode,
+                mtime: mtime.filter(|_| self.keep_mtime),
+            })
+            .map_err(invalid)?;
         }
-        self.tree(children, path)
+        let bytes = tree.finish().map_err(invalid)?;
+        Ok((self.tree(&bytes)?, mode, mtime))
     }
 
     /// The hash of the regular file `name` in `dir`: the stat cache's (`cached`, found by the
@@ -423,32 +564,23 @@ impl Walk<'_> {
         }
     }
 
-    /// Stores a directory's tree object.
-    fn tree(&mut self, entries: Vec<TreeEntry>, path: &Path) -> Result<Hash> {
-        // Never write a tree that a reader would refuse to decode: gc would not know its
-        // children. (Checked as decoding checks, without decoding what was just encoded.)
-        let (bytes, decoded) =
-            Tree { entries }
-                .into_checked_encoding()
-                .map_err(|reason| Error::Tree {
-                    path: path.to_owned(),
-                    reason,
-                })?;
+    /// Stores a directory's tree object: its bytes, as `TreeWriter` checked them (a tree a
+    /// reader would refuse to decode is never written: gc would not know its children).
+    fn tree(&mut self, bytes: &[u8]) -> Result<Hash> {
         let hash = match self.cache {
             // An unchanged directory's tree is in the store already: one probe through the
             // fan-out directory the cache holds open (not on a first put, where the cache is
             // empty and the tree most likely new).
             Some(c) if !c.is_empty() => {
-                let h = Hash::of(&bytes);
+                let h = Hash::of(bytes);
                 if c.object_present(self.store, &h, bytes.len() as u64) {
                     h
                 } else {
-                    self.batch.put_bytes(&bytes)?
+                    self.batch.put_bytes(bytes)?
                 }
             }
-            _ => self.batch.put_bytes(&bytes)?,
+            _ => self.batch.put_bytes(bytes)?,
         };
-        self.trees.insert(hash, decoded);
         Ok(hash)
     }
 }
@@ -503,6 +635,35 @@ mod tests {
         assert!(!e.contains("too long"), "{e}");
     }
 
+    /// Issue 26: the scan holds at most `SCAN_AHEAD` entries ahead of the store step (64 in
+    /// tests) and then scans only what the walk waits for: a tree of many directories, far
+    /// more entries than that, is stored whole and restored the same, and the scan never
+    /// waits forever.
+    #[test]
+    fn a_scan_over_its_budget_still_stores_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::init(d.path().join("s"), Options::default()).unwrap();
+        let src = d.path().join("src");
+        for i in 0..40 {
+            for j in 0..3 {
+                let dir = src.join(format!("a{i:02}/b{j}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for k in 0..5 {
+                    std::fs::write(dir.join(format!("f{k}")), format!("{i} {j} {k}")).unwrap();
+                }
+            }
+        }
+        let t = store.put_dir(&src).unwrap();
+        let out = d.path().join("out");
+        store.checkout(&t, &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("a39/b2/f4")).unwrap(),
+            "39 2 4"
+        );
+        assert_eq!(store.list_tree(&t).unwrap().len(), 40 + 40 * 3 + 40 * 3 * 5);
+        assert_eq!(store.put_dir(&out).unwrap(), t);
+    }
+
     #[test]
     fn a_large_directory_scanned_in_parallel_round_trips() {
         let d = tempfile::tempdir().unwrap();
@@ -542,15 +703,15 @@ mod tests {
         let mut cache = StatCache::load(&store);
         // The files were just made: count them as settled for this test's cache.
         cache.start_later_for_test(60_000_000_000);
-        let mut trees = Trees::new();
-        let t = put_dir(&store, &src, Some(&mut cache), &mut trees, None).unwrap();
+        let opts = PutDirOptions::default();
+        let t = put_dir(&store, &src, Some(&mut cache), &opts).unwrap().0;
         let gone = store.put_bytes(b"file 700").unwrap();
         store.remove(&gone).unwrap();
         let fd = fs::open_src_dir(&src, true).unwrap();
-        let scan = Scan::new(fd, &src);
+        let scan = Scan::new(fd, &src, false);
         let root = std::thread::scope(|s| {
             s.spawn(|| scan.worker(&store, Some(&cache)));
-            let root = scan.take(0, &src).unwrap();
+            let root = scan.take(0, &src).unwrap().entries;
             scan.stop();
             root
         });
@@ -564,11 +725,7 @@ mod tests {
         }
         assert_eq!(hits, 3 * PROBE_CHUNK - 1);
         // A re-put through the cache stores the removed object again and the same tree.
-        let mut trees = Trees::new();
-        assert_eq!(
-            put_dir(&store, &src, Some(&mut cache), &mut trees, None).unwrap(),
-            t
-        );
+        assert_eq!(put_dir(&store, &src, Some(&mut cache), &opts).unwrap().0, t);
         assert!(store.contains(&gone));
     }
 

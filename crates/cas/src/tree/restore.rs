@@ -37,6 +37,30 @@ struct FileJob {
     shown: PathBuf,
     hash: Hash,
     executable: bool,
+    mode: Option<u32>,
+    mtime: Option<i64>,
+}
+
+/// What a restore does with the modes and mtimes a tree records
+/// ([`crate::CheckoutOptions`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Attrs {
+    /// Give the recorded permission bits exactly (else masked by the umask).
+    pub(crate) ignore_umask: bool,
+    /// Leave recorded mtimes out.
+    pub(crate) skip_mtimes: bool,
+    /// The process's umask, read once.
+    pub(crate) umask: u32,
+}
+
+/// A time in nanoseconds since 1970 as a `SystemTime`.
+fn system_time(ns: i64) -> std::time::SystemTime {
+    let d = std::time::Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
 }
 
 /// State shared by the walker and the workers.
@@ -51,6 +75,9 @@ struct Shared<'a> {
     /// Told the bytes restored so far, out of the total.
     progress: Option<(&'a ProgressHook, u64)>,
     restored: AtomicU64,
+    attrs: Attrs,
+    /// A directory entry with a mode or an mtime was met: [`dir_attrs`] has work to do.
+    dir_attrs: AtomicBool,
 }
 
 impl Shared<'_> {
@@ -91,13 +118,16 @@ fn workers() -> usize {
 
 /// Restores the contents of `tree` into the (empty, private) directory `dir`; `shown` is the
 /// path used in messages (the final destination). `progress`: a callback told the bytes
-/// restored so far, and the total.
+/// restored so far, and the total. Files get their recorded mode and mtime as they are
+/// written; directories once every file is in (a read-only directory must be filled first,
+/// and a file created in a directory changes its mtime), by [`dir_attrs`].
 pub(crate) fn restore(
     store: &Store,
     tree: &Tree,
     dir: &Arc<OwnedFd>,
     shown: &Path,
     progress: Option<(&ProgressHook, u64)>,
+    attrs: Attrs,
 ) -> Result<()> {
     let shared = Shared {
         store,
@@ -107,6 +137,8 @@ pub(crate) fn restore(
         first_error: Mutex::new(None),
         progress,
         restored: AtomicU64::new(0),
+        attrs,
+        dir_attrs: AtomicBool::new(false),
     };
     if let Some((p, total)) = progress {
         if !p.report("restore", 0, Some(total)) {
@@ -127,14 +159,67 @@ pub(crate) fn restore(
         }
         drop(tx); // the workers finish the queue and stop
     });
-    match shared
+    if let Some(e) = shared
         .first_error
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
     {
-        Some(e) => Err(e),
-        None => Ok(()),
+        return Err(e);
     }
+    if shared.dir_attrs.load(Ordering::Relaxed) {
+        dir_attrs(store, tree, dir.as_fd(), shown, 0, attrs)?;
+    }
+    Ok(())
+}
+
+/// Gives the directories below `dir` (restored from `tree`) their recorded modes and mtimes,
+/// deepest first: a directory whose mode denies search is entered before it gets it. Each is
+/// opened relative to its parent's descriptor without following a link (the restore created
+/// them, inside its private temporary directory).
+fn dir_attrs(
+    store: &Store,
+    tree: &Tree,
+    dir: std::os::fd::BorrowedFd<'_>,
+    shown: &Path,
+    depth: usize,
+    attrs: Attrs,
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Ok(()); // the walk above refused this already
+    }
+    for e in &tree.entries {
+        let TreeEntryKind::Dir { hash } = &e.kind else {
+            continue;
+        };
+        if crate::store::abandon::abandoned() {
+            return Err(Error::Interrupted);
+        }
+        let name = OsStr::from_bytes(&e.name);
+        let shown_path = shown.join(name);
+        let sub = fs::open_dir_nofollow_at(dir, name).map_err(Error::at("open", &shown_path))?;
+        dir_attrs(
+            store,
+            &store.read_tree(hash)?,
+            sub.as_fd(),
+            &shown_path,
+            depth + 1,
+            attrs,
+        )?;
+        let f = std::fs::File::from(sub);
+        if let Some(mtime) = e.mtime.filter(|_| !attrs.skip_mtimes) {
+            f.set_modified(system_time(mtime))
+                .map_err(Error::at("set the mtime of", &shown_path))?;
+        }
+        if let Some(mode) = e.mode {
+            let mode = if attrs.ignore_umask {
+                mode
+            } else {
+                mode & !attrs.umask
+            };
+            fs::set_mode(&f, mode).map_err(Error::at("set permissions of", &shown_path))?;
+        }
+    }
+    Ok(())
 }
 
 fn worker(shared: &Shared<'_>, rx: &Mutex<mpsc::Receiver<Vec<FileJob>>>) {
@@ -158,7 +243,9 @@ fn worker(shared: &Shared<'_>, rx: &Mutex<mpsc::Receiver<Vec<FileJob>>>) {
 }
 
 fn restore_file(shared: &Shared<'_>, job: &FileJob) -> Result<()> {
-    let mode = if job.executable { 0o777 } else { 0o666 };
+    let mode = job
+        .mode
+        .unwrap_or(if job.executable { 0o777 } else { 0o666 });
     let name = OsStr::from_bytes(&job.name);
     let fd = fs::create_excl_at(job.dir.as_fd(), name, mode)
         .map_err(|e| Error::io("create", &job.shown, e.into()))?;
@@ -182,6 +269,14 @@ fn restore_file(shared: &Shared<'_>, job: &FileJob) -> Result<()> {
         true,
         &tick,
     )?;
+    // Created with the mode, which the kernel masked by the umask.
+    if let Some(mode) = job.mode.filter(|_| shared.attrs.ignore_umask) {
+        fs::set_mode(&f, mode).map_err(Error::at("set permissions of", &job.shown))?;
+    }
+    if let Some(mtime) = job.mtime.filter(|_| !shared.attrs.skip_mtimes) {
+        f.set_modified(system_time(mtime))
+            .map_err(Error::at("set the mtime of", &job.shown))?;
+    }
     Ok(())
 }
 
@@ -235,6 +330,8 @@ fn walk(
                     shown: shown_path,
                     hash: *hash,
                     executable: *executable,
+                    mode: e.mode,
+                    mtime: e.mtime,
                 });
                 if batch.len() >= JOB_FILES {
                     send(shared, tx, batch)?;
@@ -244,6 +341,9 @@ fn walk(
                 // The files of this directory go out before we descend, so a job never holds
                 // more than one directory open.
                 send(shared, tx, batch)?;
+                if e.mode.is_some() || e.mtime.is_some() {
+                    shared.dir_attrs.store(true, Ordering::Relaxed);
+                }
                 let sub_dir = fs::mkdir_open_at(dir.as_fd(), name)
                     .map_err(Error::at("create directory", &shown_path))?;
                 let sub = shared.store.read_tree(hash)?;

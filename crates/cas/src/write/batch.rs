@@ -236,6 +236,11 @@ impl Batch {
         if self.staged.len() >= max_staged() {
             let staged = std::mem::take(&mut self.staged);
             self.published += self.store.publish(staged, self.durability)?;
+            // What is published is found in the store by the next put of it (a probe, which
+            // refreshes it as any put of existing bytes): remembering only what is staged
+            // keeps a batch of millions of objects (`put -r`) in bounded memory (issue 26).
+            self.seen.clear();
+            self.seen.shrink_to(max_staged());
         }
         Ok(())
     }
