@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use cas::{TreeEntryKind, Expect, Hash, Options, Store, Tree, TreeEntry};
+use cas::{Expect, Hash, Options, Store, Tree, TreeEntry, TreeEntryKind};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -43,14 +43,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .mode(0o444)
                 .open(&path)?;
             f.write_all(bytes.as_bytes())?;
-            entries.push(TreeEntry {
-                name: format!("f{i}").into_bytes(),
-                kind: TreeEntryKind::File {
+            entries.push(TreeEntry::new(
+                format!("f{i}").into_bytes(),
+                TreeEntryKind::File {
                     executable: false,
                     size: bytes.len() as u64,
                     hash: h,
                 },
-            });
+            ));
         }
         let tree = Tree { entries }.encode();
         subtrees.push(store.put_bytes(&tree)?);
@@ -61,9 +61,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         entries: subtrees[..by_ref as usize]
             .iter()
             .enumerate()
-            .map(|(g, h)| TreeEntry {
-                name: format!("g{g}").into_bytes(),
-                kind: TreeEntryKind::Dir { hash: *h },
+            .map(|(g, h)| {
+                TreeEntry::new(
+                    format!("g{g}").into_bytes(),
+                    TreeEntryKind::Dir { hash: *h },
+                )
             })
             .collect(),
     }
