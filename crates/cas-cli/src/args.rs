@@ -565,9 +565,6 @@ pub(crate) fn forgotten_dashes(e: &clap::Error, args: &[std::ffi::OsString]) -> 
     ))
 }
 
-/// Raises the soft open-file limit to the hard one, as build tools do: a batch put holds its
-/// staged files open until one barrier covers them (`cas::Batch`), and more files per barrier
-
 /// `--expect OLD` / `--expect-none` (of `ref set` and `key set`) as the library's [`Expect`].
 pub(crate) fn expect(old: Option<Hash>, none: bool) -> Expect {
     match (old, none) {
@@ -580,6 +577,7 @@ pub(crate) fn expect(old: Option<Hash>, none: bool) -> Expect {
 /// What `cas get` is asked (its own struct, so that an option is one field here and one
 /// branch in `cmd/get.rs`).
 #[derive(Args, Debug)]
+#[allow(clippy::struct_excessive_bools)] // one field per flag, as clap defines them
 pub(crate) struct GetArgs {
     /// The object's hash, or a unique prefix of it (8 or more hex digits).
     #[arg(value_parser = parse_hash_arg)]

@@ -54,6 +54,8 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft open-file limit to the hard one, as build tools do: a batch put holds its
+/// staged files open until one barrier covers them (`cas::Batch`), and more files per barrier
 /// is fewer barriers.
 fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};

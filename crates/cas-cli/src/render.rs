@@ -39,6 +39,29 @@ pub fn print(json: bool, r: &dyn Report) {
     }
 }
 
+/// Streams reports on stdout as a library walk meets them (one in memory at a time):
+/// `walk` is given `emit`, which prints one; a failed write stops the walk
+/// ([`cas::Error::Interrupted`]) and is the error returned.
+pub fn stream(
+    json: bool,
+    walk: impl FnOnce(&mut dyn FnMut(&dyn Report) -> cas::Result<()>) -> cas::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut write_error = None;
+    let walked = walk(&mut |r| {
+        line(&mut out, json, r).map_err(|e| {
+            write_error = Some(e);
+            cas::Error::Interrupted
+        })
+    });
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    walked?;
+    out.flush()?;
+    Ok(())
+}
+
 /// A report that only `--json` prints (a set, a removal: the human form is the exit status).
 pub struct JsonOnly(pub Value);
 

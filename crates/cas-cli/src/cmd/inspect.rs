@@ -21,22 +21,14 @@ pub(crate) fn show(store: &Store, hash: &HashArg, json: bool) -> Result<ExitCode
         render::print(json, &render::Blob { hash: *hash, size });
         return Ok(ExitCode::SUCCESS);
     }
-    let mut out = io::BufWriter::new(io::stdout().lock());
     // Printed as the walk meets each entry (memory: the trees on the current path and one
     // number per distinct tree), after a pass that checks the tree's budgets: a tree bomb
     // fails before anything is printed.
-    let mut write_error = None;
-    let walked = store.walk_tree_entries(hash, &cas::TreeLimits::default(), |path, entry| {
-        render::line(&mut out, json, &render::TreeLine(path, entry)).map_err(|e| {
-            write_error = Some(e);
-            cas::Error::Interrupted
+    render::stream(json, |emit| {
+        store.walk_tree_entries(hash, &cas::TreeLimits::default(), |path, entry| {
+            emit(&render::TreeLine(path, entry))
         })
-    });
-    if let Some(e) = write_error {
-        return Err(e.into());
-    }
-    walked?;
-    out.flush()?;
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -58,26 +58,15 @@ pub(crate) fn run(store: &Store, c: RefCmd, json: bool) -> Result<ExitCode> {
         }
         RefCmd::Log { name, lines } => {
             // Streamed: one line in memory, whatever the log's size.
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            let mut write_error = None;
-            let read = store.reflog_each(&name, lines, |line| {
-                let written = match line {
-                    Ok(e) => render::line(&mut out, json, &render::RefLog(&e)),
+            render::stream(json, |emit| {
+                store.reflog_each(&name, lines, |line| match line {
+                    Ok(e) => emit(&render::RefLog(&e)),
                     Err(p) => {
                         eprintln!("cas: warning: {}: {}", p.path.display(), p.reason);
                         Ok(())
                     }
-                };
-                written.map_err(|e| {
-                    write_error = Some(e);
-                    cas::Error::Interrupted
                 })
-            });
-            if let Some(e) = write_error {
-                return Err(e.into());
-            }
-            read?;
-            out.flush()?;
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)
