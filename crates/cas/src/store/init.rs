@@ -315,6 +315,51 @@ mod tests {
         v
     }
 
+    /// What is at a path that holds no store is in the error, so a caller can say what to do.
+    #[test]
+    fn errors_say_what_is_there() {
+        let d = tempfile::tempdir().unwrap();
+        let found = |p: &Path, c: Create| match Store::open_or_create(p, Options::default(), c) {
+            Err(Error::NotAStore { found, .. } | Error::NotEmpty { found, .. }) => found,
+            other => panic!("{other:?}"),
+        };
+        let missing = d.path().join("missing");
+        assert_eq!(found(&missing, Create::Never), crate::Found::Nothing);
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(found(&empty, Create::IfMissing), crate::Found::EmptyDir);
+        let full = d.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("mine"), "x").unwrap();
+        assert_eq!(found(&full, Create::Never), crate::Found::Dir);
+        assert_eq!(found(&full, Create::IfMissingOrEmpty), crate::Found::Dir);
+        let file = d.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert_eq!(found(&file, Create::Never), crate::Found::Other);
+        assert_eq!(found(&file, Create::Force), crate::Found::Other);
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&full, &link).unwrap();
+        assert_eq!(found(&link, Create::Never), crate::Found::Other);
+    }
+
+    /// An upstream named at creation must be a store; nothing is created otherwise, and a
+    /// plain open never looks at it.
+    #[test]
+    fn an_upstream_given_at_creation_must_be_a_store() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("tier");
+        let typo = d.path().join("sahred");
+        let o = Options::default().upstream(Some(typo.clone()));
+        let e = Store::open_or_create(&root, o.clone(), Create::IfMissing).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Upstream, "{e}");
+        assert!(e.to_string().contains("sahred"), "{e}");
+        assert!(!root.exists());
+        assert!(Store::init(&root, o.clone()).is_err());
+        // Where it names a store, the store is created.
+        Store::init(&typo, Options::default()).unwrap();
+        Store::open_or_create(&root, o, Create::IfMissing).unwrap();
+    }
+
     #[test]
     fn never_and_if_missing_leave_foreign_directories_alone() {
         let d = tempfile::tempdir().unwrap();
