@@ -17,12 +17,17 @@ pub trait Report {
     fn human(&self, out: &mut dyn Write) -> io::Result<()>;
     /// The one JSON object.
     fn json(&self) -> Value;
+    /// The JSON object as text: [`Report::json`]'s, unless the report keeps its fields in
+    /// its own order (a `serde_json::Value` sorts them).
+    fn json_text(&self) -> String {
+        self.json().to_string()
+    }
 }
 
 /// Writes `r` to `out` in the form `--json` asks for (a line of a listing).
 pub fn line(out: &mut dyn Write, json: bool, r: &dyn Report) -> io::Result<()> {
     if json {
-        writeln!(out, "{}", r.json())
+        writeln!(out, "{}", r.json_text())
     } else {
         r.human(out)
     }
@@ -389,6 +394,11 @@ impl Report for RefLog<'_> {
     }
     fn json(&self) -> Value {
         serde_json::to_value(self.0).unwrap_or(Value::Null)
+    }
+    /// In the entry's field order (old, new, time, host, user, message), as written before
+    /// the renderer existed.
+    fn json_text(&self) -> String {
+        serde_json::to_string(self.0).unwrap_or_else(|_| self.json().to_string())
     }
 }
 
