@@ -1188,11 +1188,7 @@ fn a_tree_put_accepts_is_a_tree_get_restores() {
     assert_success(&put, "put -r of a 300-level chain");
     let hash = String::from_utf8(put.stdout).unwrap().trim().to_string();
     let out = s.scratch.join("out");
-    let get = cas(&s)
-        .args(["get", "-r", &hash, "-o"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let get = cas(&s).args(["get", "-r", &hash, "-o"]).arg(&out).output().unwrap();
     assert_success(&get, "get -r of the 300-level tree");
     let mut q = out.clone();
     for _ in 0..300 {
