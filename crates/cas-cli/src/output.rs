@@ -1,7 +1,7 @@
-//! Output helpers: human sizes, broken pipes, progress bars, reports.
+//! The terminal: stdout without panics, broken pipes, human sizes and times, progress bars.
+//! What a report says, in either form, is `render.rs`'s.
 
 use std::io;
-use std::path::Path;
 
 /// `println!` for the command's results, without its panic: a closed pipe
 /// (`cas ls | head -1`) ends the process quietly with status 0 — what the reader wanted was
@@ -19,7 +19,19 @@ macro_rules! outln {
 pub fn write_stdout_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     let mut out = io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+    stdout_written(out.write_fmt(args).and_then(|()| out.write_all(b"\n")));
+}
+
+/// Bytes on stdout with [`outln!`]'s rules (a rendered report, in one write).
+pub fn write_stdout(bytes: &[u8]) {
+    use std::io::Write as _;
+    let mut out = io::stdout().lock();
+    stdout_written(out.write_all(bytes).and_then(|()| out.flush()));
+}
+
+/// A write to stdout done: a closed pipe ends the process with 0, another failure with 1.
+fn stdout_written(r: io::Result<()>) {
+    if let Err(e) = r {
         if e.kind() == io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -37,22 +49,6 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 .and_then(cas::Error::io_error)
                 .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
-}
-
-/// A report as JSON with the store's path and extra fields (`clean`, `healthy`) added, so
-/// every command names the same facts the same way.
-pub fn json_with(
-    mut v: serde_json::Value,
-    store: &cas::Store,
-    extra: &[(&str, serde_json::Value)],
-) -> serde_json::Value {
-    if let Some(m) = v.as_object_mut() {
-        m.insert("store".into(), serde_json::json!(store.root()));
-        for (k, x) in extra {
-            m.insert((*k).into(), x.clone());
-        }
-    }
-    v
 }
 
 /// Unix seconds as `2026-12-02 11:42:09 UTC` (no time-zone database needed).
@@ -357,197 +353,6 @@ impl BytesBar {
             b.finish();
         }
     }
-}
-
-pub fn print_verify(r: &cas::VerifyReport) {
-    for c in &r.corrupt {
-        match &c.quarantined {
-            Some(q) => outln!("corrupt {}: {}; moved to {}", c.hash, c.reason, q.display()),
-            None => outln!("corrupt {}: {}", c.hash, c.reason),
-        }
-    }
-    for d in &r.dangling {
-        outln!("missing {} (pointed to by {})", d.hash, d.from);
-    }
-    for p in &r.bad_files {
-        outln!("unreadable {}: {}", p.path.display(), p.reason);
-    }
-    for h in &r.restored {
-        outln!("restored {h} from trash (it is reachable)");
-    }
-    for p in &r.stale_staging {
-        outln!(
-            "stale staging file {} ({}); `cas gc` removes it",
-            p.path.display(),
-            p.reason
-        );
-    }
-    outln!(
-        "verified {} objects ({}): {} corrupt, {} missing, {} unreadable, {} stale staging files{}",
-        r.objects,
-        human_bytes(r.bytes),
-        r.corrupt.len(),
-        r.dangling.len(),
-        r.bad_files.len(),
-        r.stale_staging.len(),
-        if r.restored.is_empty() {
-            String::new()
-        } else {
-            format!(", {} restored from trash", r.restored.len())
-        }
-    );
-}
-
-pub fn print_gc(r: &cas::GcReport) {
-    let verb = if r.dry_run { "would " } else { "" };
-    if r.dry_run {
-        for h in &r.condemned {
-            outln!("would trash {h}");
-        }
-    }
-    outln!(
-        "gc: {} roots, {} reachable, {} objects ({}) scanned; {verb}trash {} ({}), {verb}delete {} ({}), {} kept as young, {} restored, {verb}evict {} entries and {} objects ({}), {verb}remove {} staging files, {verb}purge {} quarantined files ({}); {} in the store after (objects, trash and {} quarantined files of {})",
-        r.roots,
-        r.reachable,
-        r.objects,
-        human_bytes(r.bytes),
-        r.trashed,
-        human_bytes(r.trashed_bytes),
-        r.deleted,
-        human_bytes(r.deleted_bytes),
-        r.kept_young,
-        r.restored,
-        r.evicted_entries,
-        r.evicted_objects,
-        human_bytes(r.evicted_bytes),
-        r.staging_removed,
-        r.quarantine_purged,
-        human_bytes(r.quarantine_purged_bytes),
-        human_bytes(r.bytes_after),
-        r.quarantine_files,
-        human_bytes(r.quarantine_bytes),
-    );
-}
-
-/// A duration as a person writes it: `0s`, `90s`, `15min`, `1h`, `2d` (the largest unit
-/// that divides it; the form `--grace` accepts).
-pub fn human_duration(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    for (unit, n) in [("d", 86_400), ("h", 3600), ("min", 60)] {
-        if s > 0 && s.is_multiple_of(n) {
-            return format!("{}{unit}", s / n);
-        }
-    }
-    format!("{s}s")
-}
-
-/// A budget gc could not meet, and what holds the bytes, in one line.
-pub fn budget_unmet(b: &cas::BudgetUnmet, grace: std::time::Duration) -> String {
-    let mut held = Vec::new();
-    for (bytes, what) in [
-        (b.held_by_refs, "objects refs reach (move or remove the refs)".to_owned()),
-        (b.held_by_pins, "objects of updates in progress".to_owned()),
-        (
-            b.held_young,
-            format!(
-                "objects and cache entries used within the grace period of {} (`--grace 0s` evicts them)",
-                human_duration(grace)
-            ),
-        ),
-        (
-            b.held_quarantine,
-            "quarantined files kept for inspection for the grace period".to_owned(),
-        ),
-    ] {
-        if bytes > 0 {
-            held.push(format!("{} by {what}", human_bytes(bytes)));
-        }
-    }
-    format!(
-        "the size budget of {} is not met: {} in the store after gc, held: {}",
-        human_bytes(b.budget),
-        human_bytes(b.bytes_after),
-        held.join("; ")
-    )
-}
-
-/// How a store makes staged bytes durable, in words.
-pub fn describe_barrier(b: cas::Barrier) -> &'static str {
-    match b {
-        cas::Barrier::Syncfs => "syncfs per batch, fdatasync per single object",
-        _ => "fdatasync of every object (syncfs does not reach stable storage here)",
-    }
-}
-
-pub fn print_doctor(root: &Path, r: &cas::DoctorReport) {
-    if let Some(o) = &r.foreign_owner {
-        // First: it explains most of what follows.
-        outln!("owner:        {o}");
-    }
-    outln!("store:        {}", root.display());
-    outln!(
-        "filesystem:   {} (magic {}){}",
-        r.fs.fs_type,
-        r.fs.magic,
-        if r.fs.network {
-            ", network/FUSE"
-        } else {
-            ", local"
-        }
-    );
-    outln!("barrier:      {}", describe_barrier(r.fs.barrier));
-    outln!(
-        "publishing:   {}",
-        if r.fs.rename_noreplace {
-            "renameat2(RENAME_NOREPLACE)"
-        } else {
-            "link() + unlink()"
-        }
-    );
-    outln!(
-        "large reads:  {}",
-        if r.fs.mmap_reads {
-            "memory-mapped"
-        } else {
-            "read() (no mmap)"
-        }
-    );
-    for p in &r.probes {
-        outln!(
-            "probe {:30} {} — {}",
-            p.name,
-            if p.ok { "ok  " } else { "NO  " },
-            p.detail
-        );
-    }
-    // Each kind of problem once, with a count: one cause (another user's store, a bad
-    // umask) gives hundreds of identical findings.
-    for g in &r.summary {
-        if g.count == 1 {
-            outln!("{:<12} {}: {}", g.kind, g.example, g.reason);
-        } else {
-            outln!(
-                "{:<12} {} × {} (the first: {})",
-                g.kind,
-                g.count,
-                g.reason,
-                g.example
-            );
-        }
-    }
-    for f in &r.fixed {
-        outln!("fixed        {f}");
-    }
-    outln!(
-        "{}",
-        match (r.is_healthy(), &r.foreign_owner) {
-            (true, _) => "healthy".to_owned(),
-            (false, Some(o)) => format!(
-                "problems found; {o}: only its owner (or root) can repair them with `cas doctor --fix`"
-            ),
-            (false, None) => "problems found (cas doctor --fix repairs what is safe)".to_owned(),
-        }
-    );
 }
 
 /// An error and its causes on one line, `error: cause: cause`, each said once.

@@ -119,6 +119,8 @@ pub enum Error {
     NotAStore {
         /// The directory.
         path: PathBuf,
+        /// What is at `path` instead, looked at when the error was made.
+        found: Found,
     },
 
     /// A store was to be created at a path that holds something else: a directory that is
@@ -127,6 +129,8 @@ pub enum Error {
     NotEmpty {
         /// The path.
         path: PathBuf,
+        /// What is at `path`, looked at when the error was made.
+        found: Found,
     },
 
     /// A compare-and-swap found another value than expected.
@@ -293,11 +297,71 @@ pub enum ErrorKind {
     InUse,
 }
 
+/// What is at a path that holds no store, as [`Error::NotAStore`] and [`Error::NotEmpty`]
+/// found it: what a message needs to say what to run (`cas init DIR`, `cas init --force DIR`,
+/// another path). The path itself is looked at, never followed: a symlink is [`Found::Other`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// std::fs::write(dir.path().join("notes.txt"), "mine")?;
+/// match cas::Store::open(dir.path()) {
+///     Err(cas::Error::NotAStore { found, .. }) => assert_eq!(found, cas::Found::Dir),
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Found {
+    /// Nothing: the path does not exist (or cannot be looked at).
+    Nothing,
+    /// An empty directory (or one that cannot be listed).
+    EmptyDir,
+    /// A directory with something in it.
+    Dir,
+    /// A file, a symlink or anything else that is not a directory.
+    Other,
+}
+
+impl Found {
+    /// Looks at `path` without following it.
+    pub(crate) fn at(path: &Path) -> Found {
+        match std::fs::symlink_metadata(path) {
+            Err(_) => Found::Nothing,
+            Ok(m) if m.is_dir() => {
+                if std::fs::read_dir(path).is_ok_and(|mut r| r.next().is_some()) {
+                    Found::Dir
+                } else {
+                    Found::EmptyDir
+                }
+            }
+            Ok(_) => Found::Other,
+        }
+    }
+}
+
 fn fmt_opt(h: Option<&Hash>) -> String {
     h.map_or_else(|| "absent".to_string(), ToString::to_string)
 }
 
 impl Error {
+    /// [`Error::NotAStore`] for `path`, with what is there.
+    pub(crate) fn not_a_store(path: &Path) -> Error {
+        Error::NotAStore {
+            path: path.to_owned(),
+            found: Found::at(path),
+        }
+    }
+
+    /// [`Error::NotEmpty`] for `path`, with what is there.
+    pub(crate) fn not_empty(path: &Path) -> Error {
+        Error::NotEmpty {
+            path: path.to_owned(),
+            found: Found::at(path),
+        }
+    }
+
     /// Builds an [`Error::Io`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
@@ -407,8 +471,8 @@ impl Error {
             | Error::Corrupt { path, .. }
             | Error::Malformed { path, .. }
             | Error::UnsupportedFormat { path, .. }
-            | Error::NotAStore { path }
-            | Error::NotEmpty { path }
+            | Error::NotAStore { path, .. }
+            | Error::NotEmpty { path, .. }
             | Error::Locked { path, .. }
             | Error::LockLost { path }
             | Error::Tree { path, .. }

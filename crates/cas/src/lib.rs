@@ -164,7 +164,7 @@ mod sync;
 mod tree;
 mod write;
 
-pub use error::{Error, ErrorKind, ReachedBy, Result, Root};
+pub use error::{Error, ErrorKind, Found, ReachedBy, Result, Root};
 pub use fs::Barrier;
 pub use hash::{Hash, HASH_LEN, HEX_LEN};
 pub use maint::doctor::{DoctorReport, FsInfoReport, Owner, Probe, ProblemGroup};

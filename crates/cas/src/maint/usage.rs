@@ -51,6 +51,26 @@ impl Usage {
     pub fn area(&self, name: &str) -> Option<&Area> {
         self.areas.iter().find(|a| a.name == name)
     }
+
+    /// The number of objects (the files of the `objects` area).
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// store.put_bytes(b"hello")?;
+    /// let u = store.usage()?;
+    /// assert_eq!((u.objects(), u.object_bytes()), (1, 5));
+    /// # Ok(()) }
+    /// ```
+    pub fn objects(&self) -> u64 {
+        self.area("objects").map_or(0, |a| a.files)
+    }
+
+    /// The bytes of all objects (the `objects` area).
+    pub fn object_bytes(&self) -> u64 {
+        self.area("objects").map_or(0, |a| a.bytes)
+    }
 }
 
 const AREAS: [(&str, &str); 8] = [

@@ -159,10 +159,7 @@ impl Store {
         found.sort_unstable_by_key(Hash::to_hex);
         match found.as_slice() {
             [h] => Ok(*h),
-            [] => Err(Error::InvalidInput {
-                what: "hash prefix",
-                reason: format!("no object in the store starts with {prefix}"),
-            }),
+            [] => Err(no_object_starts_with(prefix)),
             [a, b] => Err(Error::InvalidInput {
                 what: "hash prefix",
                 reason: format!(
@@ -179,6 +176,38 @@ impl Store {
                     rest.len()
                 ),
             }),
+        }
+    }
+
+    /// The object `prefix` names, or `None` if no object starts with it: [`Store::resolve_prefix`]
+    /// for a caller to whom a prefix that matches nothing is an answer (`cas has`: missing),
+    /// not an error.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let h = store.put_bytes(b"hello")?;
+    /// assert_eq!(store.find_prefix(&h.to_hex()[..12])?, Some(h));
+    /// let other = if h.to_hex().starts_with('0') { "11111111" } else { "00000000" };
+    /// assert_eq!(store.find_prefix(other)?, None);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::resolve_prefix`], except that no match is `Ok(None)`: [`Error::InvalidHash`]
+    /// for a malformed prefix, [`Error::InvalidInput`] if more than one object starts with
+    /// it, I/O errors listing the store.
+    pub fn find_prefix(&self, prefix: &str) -> Result<Option<Hash>> {
+        match self.resolve_prefix(prefix) {
+            Ok(h) => Ok(Some(h)),
+            // The tier's upstream is a store too: its "no match" is this same error.
+            Err(Error::InvalidInput { what, reason })
+                if what == NO_MATCH.0 && reason == format!("{}{prefix}", NO_MATCH.1) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -832,5 +861,16 @@ impl Sink for Counting<'_> {
     fn write_file_range(&mut self, obj: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
         self.n += bytes.len() as u64;
         self.inner.write_file_range(obj, off, bytes)
+    }
+}
+
+/// What [`Store::resolve_prefix`] says when no object starts with a prefix: the thing, and
+/// the reason before the prefix.
+const NO_MATCH: (&str, &str) = ("hash prefix", "no object in the store starts with ");
+
+fn no_object_starts_with(prefix: &str) -> Error {
+    Error::InvalidInput {
+        what: NO_MATCH.0,
+        reason: format!("{}{prefix}", NO_MATCH.1),
     }
 }

@@ -94,7 +94,9 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::NotEmpty`] if `root` exists and is neither a store nor an empty directory;
-    /// I/O errors naming the path; [`Error::UnsupportedFormat`] if a newer store is there.
+    /// I/O errors naming the path; [`Error::UnsupportedFormat`] if a newer store is there;
+    /// [`Error::Upstream`] if `options` names an upstream that is not a store (see
+    /// [`Store::open_or_create`]).
     #[allow(clippy::needless_pass_by_value)] // builder-style Options read better by value
     pub fn init(root: impl AsRef<Path>, options: Options) -> Result<Store> {
         crate::store::init::open_or_create_inner(
@@ -222,9 +224,7 @@ impl Store {
                 io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
             )
         };
-        let not_a_store = || Error::NotAStore {
-            path: root.to_owned(),
-        };
+        let not_a_store = || Error::not_a_store(root);
         let dir = match Root::open(root) {
             Ok(d) => d,
             Err(e) if absent(&e) => return Err(not_a_store()),

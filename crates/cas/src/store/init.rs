@@ -136,7 +136,9 @@ impl Store {
     /// [`Error::NotEmpty`] if `root` exists and is not an empty directory (a non-empty
     /// directory, a file) and `create` is [`Create::IfMissingOrEmpty`] (or a file under
     /// [`Create::Force`]); [`Error::UnsupportedFormat`] for a newer store; I/O errors naming
-    /// the path.
+    /// the path. [`Error::Upstream`] ("is not a store", with the upstream's own error as its
+    /// source) if `options` names an upstream that cannot be opened as a store and `create`
+    /// is not [`Create::Never`]: checked first, even where a store exists already.
     ///
     /// A directory that exists, holds no store yet, and is setgid and group-writable (what an
     /// administrator prepares for a shared store) gets a shared store whatever `options` says;
@@ -159,6 +161,11 @@ pub(crate) fn open_or_create_inner(
     create: Create,
     infer_shared: bool,
 ) -> Result<Store> {
+    if create != Create::Never {
+        if let Some(up) = &options.upstream {
+            check_upstream(up)?;
+        }
+    }
     // A racing creator may turn a missing path into a store (or an empty directory, if it is
     // not one of us) between our looks: a few rounds settle it.
     for _ in 0..4 {
@@ -166,9 +173,7 @@ pub(crate) fn open_or_create_inner(
             Err(Error::NotAStore { .. }) => {}
             r => return r,
         }
-        let not_a_store = || Error::NotAStore {
-            path: root.to_owned(),
-        };
+        let not_a_store = || Error::not_a_store(root);
         if create == Create::Never {
             return Err(not_a_store());
         }
@@ -176,20 +181,14 @@ pub(crate) fn open_or_create_inner(
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if std::fs::symlink_metadata(root).is_ok() {
                     // A dangling symlink: not ours to fill in.
-                    return Err(Error::NotEmpty {
-                        path: root.to_owned(),
-                    });
+                    return Err(Error::not_empty(root));
                 }
                 if let Some(s) = create_fresh(root, options)? {
                     return Ok(s);
                 }
             }
             Err(e) => return Err(Error::io("stat", root, e)),
-            Ok(m) if !m.is_dir() => {
-                return Err(Error::NotEmpty {
-                    path: root.to_owned(),
-                })
-            }
+            Ok(m) if !m.is_dir() => return Err(Error::not_empty(root)),
             Ok(_) => {
                 // It may have just become a store (a racing creator renamed it into place
                 // after our first look).
@@ -215,9 +214,7 @@ pub(crate) fn open_or_create_inner(
                 if create == Create::IfMissing {
                     return Err(not_a_store());
                 }
-                return Err(Error::NotEmpty {
-                    path: root.to_owned(),
-                });
+                return Err(Error::not_empty(root));
             }
         }
     }
@@ -226,6 +223,21 @@ pub(crate) fn open_or_create_inner(
         root,
         io::Error::other("the path kept changing under concurrent creators"),
     ))
+}
+
+/// An upstream named when creating a store must be a store: a typo would otherwise surface
+/// only at the first miss. Checked whether or not the store exists yet (the caller named
+/// this upstream on purpose); a store merely opened is never refused for its upstream (an
+/// unmounted upstream still leaves the cached objects readable).
+fn check_upstream(up: &Path) -> Result<()> {
+    match Store::open(up) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Upstream {
+            upstream: up.to_owned(),
+            what: "is not a store".into(),
+            source: Some(Box::new(e)),
+        }),
+    }
 }
 
 /// True for an empty directory, or one holding only what `init` creates before `FORMAT`
@@ -301,6 +313,51 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// What is at a path that holds no store is in the error, so a caller can say what to do.
+    #[test]
+    fn errors_say_what_is_there() {
+        let d = tempfile::tempdir().unwrap();
+        let found = |p: &Path, c: Create| match Store::open_or_create(p, Options::default(), c) {
+            Err(Error::NotAStore { found, .. } | Error::NotEmpty { found, .. }) => found,
+            other => panic!("{other:?}"),
+        };
+        let missing = d.path().join("missing");
+        assert_eq!(found(&missing, Create::Never), crate::Found::Nothing);
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(found(&empty, Create::IfMissing), crate::Found::EmptyDir);
+        let full = d.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("mine"), "x").unwrap();
+        assert_eq!(found(&full, Create::Never), crate::Found::Dir);
+        assert_eq!(found(&full, Create::IfMissingOrEmpty), crate::Found::Dir);
+        let file = d.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert_eq!(found(&file, Create::Never), crate::Found::Other);
+        assert_eq!(found(&file, Create::Force), crate::Found::Other);
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&full, &link).unwrap();
+        assert_eq!(found(&link, Create::Never), crate::Found::Other);
+    }
+
+    /// An upstream named at creation must be a store; nothing is created otherwise, and a
+    /// plain open never looks at it.
+    #[test]
+    fn an_upstream_given_at_creation_must_be_a_store() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("tier");
+        let typo = d.path().join("sahred");
+        let o = Options::default().upstream(Some(typo.clone()));
+        let e = Store::open_or_create(&root, o.clone(), Create::IfMissing).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Upstream, "{e}");
+        assert!(e.to_string().contains("sahred"), "{e}");
+        assert!(!root.exists());
+        assert!(Store::init(&root, o.clone()).is_err());
+        // Where it names a store, the store is created.
+        Store::init(&typo, Options::default()).unwrap();
+        Store::open_or_create(&root, o, Create::IfMissing).unwrap();
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! The protocol, the healing of damaged entries and the facts printed are the library's
 //! ([`cas::Store::compute_once`]); this runs the command and says what happened.
 
-use crate::outln;
 use std::cell::Cell;
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Read, Write};
@@ -15,6 +14,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use cas::{OnceEvent, ProducerError, Store};
+
+use super::get;
+use crate::render::{self, JsonOnly};
 
 /// What `cas key ensure` was asked.
 pub struct Ensure<'a> {
@@ -129,7 +131,7 @@ pub fn run(store: &Store, a: &Ensure<'_>) -> Result<ExitCode> {
             "waited_ms": r.waited.as_millis() as u64,
             "damaged": damaged,
         });
-        outln!("{}", crate::output::json_with(v, store, &[]));
+        render::print(true, &JsonOnly(render::json_with(v, store, &[])));
     } else {
         deliver(store, &r.hash, a, a.output)?;
     }
@@ -172,10 +174,10 @@ fn deliver(store: &Store, hash: &cas::Hash, a: &Ensure<'_>, output: Option<&Path
         Some(dir) if a.tree && dir != Path::new("-") => {
             let opts =
                 cas::CheckoutOptions::default().allow_external_symlinks(a.allow_external_symlinks);
-            crate::restore_tree(store, hash, dir, opts)?;
+            get::restore_tree(store, hash, dir, opts)?;
         }
-        _ if a.tree => outln!("{hash}"),
-        _ => crate::write_object(store, hash, output)?,
+        _ if a.tree => crate::outln!("{hash}"),
+        _ => get::write_object(store, hash, output)?,
     }
     Ok(())
 }
