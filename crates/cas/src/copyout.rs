@@ -70,7 +70,7 @@ pub(crate) fn copy_verified(
             total,
         })
     };
-    let (actual, copied) = copy_and_hash(obj, dst, dst_may_map, &tick)
+    let (actual, copied) = copy_and_hash(obj, dst, dst_may_map, None, &tick)
         .map_err(|e| copy_error(e, obj_path, dst_shown))?;
     if actual == *hash {
         return Ok(copied);

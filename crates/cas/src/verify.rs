@@ -64,6 +64,11 @@ pub struct VerifyReport {
     pub stale_staging: Vec<Problem>,
     /// Reachable objects found in trash and moved back to `objects/`, by hash.
     pub restored: Vec<Hash>,
+    /// Outboards checked against their object's name (docs/format.md, "Outboards").
+    pub outboards: u64,
+    /// Outboards removed: wrong, or their object gone. Not a problem of the store (they are
+    /// derived data, rebuilt on the next range read), so [`VerifyReport::is_clean`] ignores it.
+    pub outboards_removed: u64,
 }
 
 impl VerifyReport {
@@ -182,6 +187,7 @@ impl Store {
                 reason: s.reason.to_owned(),
             })
             .collect();
+        (report.outboards, report.outboards_removed) = self.verify_outboards()?;
         Ok(report)
     }
 

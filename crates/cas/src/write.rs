@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fs;
-use crate::hash::{Hash, Hasher};
+use crate::hash::Hash;
+use crate::range::TreeWriter;
 use crate::stage::{Input, Staged, Staging};
 use crate::{Durability, Store};
 
@@ -53,7 +54,8 @@ pub struct Writer {
     store: Store,
     staging: Staging,
     buf: Vec<u8>,
-    hasher: Hasher,
+    /// BLAKE3 by chunk groups, writing the outboard as it goes (crate::range).
+    hasher: TreeWriter,
     len: u64,
     durability: Durability,
     /// Set when a write to the staging file failed: the bytes hashed no longer match the file.
@@ -116,7 +118,7 @@ impl Writer {
         }
         let file = self.staging.file_mut();
         let r = if chunk.len() >= PIPELINE_MIN {
-            let mut h = self.hasher.clone();
+            let mut h = std::mem::take(&mut self.hasher);
             let r = std::thread::scope(|s| {
                 let t = s.spawn(move || {
                     h.update(chunk);
@@ -160,7 +162,7 @@ impl Writer {
             ));
         }
         Ok(Staged {
-            hash: self.hasher.finalize(),
+            hash: self.hasher.finish(),
             len: self.len,
             staging: self.staging,
         })
@@ -237,7 +239,7 @@ impl Store {
             store: self.clone(),
             staging: self.new_staging()?,
             buf: Vec::with_capacity(WRITE_BUF),
-            hasher: Hasher::new(),
+            hasher: TreeWriter::new(Some(self.clone())),
             len: 0,
             durability: self.durability(),
             poisoned: false,
@@ -267,7 +269,11 @@ impl Store {
     /// # Errors
     /// As [`Store::put_bytes`].
     pub fn put_bytes_with(&self, bytes: &[u8], durability: Durability) -> Result<Hash> {
-        let hash = Hash::of_parallel(bytes);
+        let hash = if bytes.len() as u64 >= crate::outboard::THRESHOLD {
+            self.hash_with_outboard(bytes)
+        } else {
+            Hash::of_parallel(bytes)
+        };
         if !self.refresh_if_present(&hash, Some(bytes.len() as u64), durability) {
             self.publish(vec![self.stage_hashed(bytes, hash)?], durability)?;
         }
@@ -385,7 +391,7 @@ impl Store {
         let mut staging = self.new_staging()?;
         let may_map = !self.inner.options.shared_group && !self.inner.caps.network;
         let (hash, len) =
-            copy_and_hash(&src, staging.file_mut(), may_map, tick).map_err(|e| match e {
+            copy_and_hash(&src, staging.file_mut(), may_map, Some(self), tick).map_err(|e| match e {
                 CopyError::Read(e) => input.error(e),
                 CopyError::Store(e) => Error::io("copy into staging file", staging.path(), e),
                 CopyError::Stopped => Error::Interrupted,
@@ -583,7 +589,8 @@ pub(crate) enum CopyError {
 /// filesystem can) or, where that is refused, through memory — while this one hashes each chunk
 /// as soon as it is copied, reading it back from `dst`. `dst` is a staging file only we write,
 /// so the hash is of exactly the bytes that will be published, even if `src` changes meanwhile.
-/// `dst` must be open for reading and writing.
+/// `dst` must be open for reading and writing. With `outboard`, the object's outboard is
+/// written into that store as the copy is hashed (crate::range).
 /// With `may_map` (a private staging file on a local filesystem, see
 /// [`fs::map_private_file`]) each copied chunk is hashed through a mapping instead of
 /// being read back into a buffer: one memory copy less per byte.
@@ -591,13 +598,14 @@ pub(crate) fn copy_and_hash(
     src: &File,
     dst: &File,
     may_map: bool,
+    outboard: Option<&Store>,
     tick: Tick<'_>,
 ) -> Result<(Hash, u64), CopyError> {
     use std::os::unix::fs::FileExt;
     let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
     std::thread::scope(|s| {
         let copier = s.spawn(move || copy_chunks(src, dst, &mut |t| copied_tx.send(t).is_ok()));
-        let mut hasher = Hasher::new();
+        let mut hasher = TreeWriter::new(outboard.cloned());
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut done = 0u64;
         let mut hash_result = Ok(());
@@ -662,7 +670,7 @@ pub(crate) fn copy_and_hash(
         if stopped {
             return Err(CopyError::Stopped);
         }
-        Ok((hasher.finalize(), done))
+        Ok((hasher.finish(), done))
     })
 }
 
@@ -694,12 +702,12 @@ mod tests {
         for may_map in [false, true] {
             let dst = rw(&d.path().join(format!("dst-{may_map}")));
             let (h, len) =
-                copy_and_hash(&File::open(&src_path).unwrap(), &dst, may_map, &|_| true).unwrap();
+                copy_and_hash(&File::open(&src_path).unwrap(), &dst, may_map, None, &|_| true).unwrap();
             assert_eq!(h, Hash::of(&data));
             assert_eq!(len, data.len() as u64);
         }
         let (h, _) =
-            copy_and_hash(&File::open(&src_path).unwrap(), &dst, false, &|_| true).unwrap();
+            copy_and_hash(&File::open(&src_path).unwrap(), &dst, false, None, &|_| true).unwrap();
         assert_eq!(h, Hash::of(&data));
         assert!(std::fs::read(&dst_path).unwrap() == data, "copy differs");
 
@@ -707,7 +715,7 @@ mod tests {
         if let Ok(f) = File::open("/proc/self/mountinfo") {
             let dst_path = d.path().join("dst2");
             let dst = rw(&dst_path);
-            let (h, _) = copy_and_hash(&f, &dst, true, &|_| true).unwrap();
+            let (h, _) = copy_and_hash(&f, &dst, true, None, &|_| true).unwrap();
             let copy = std::fs::read(&dst_path).unwrap();
             assert!(!copy.is_empty(), "nothing copied from procfs");
             assert_eq!(h, Hash::of(&copy));
