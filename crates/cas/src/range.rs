@@ -185,7 +185,10 @@ impl Ranged {
         let meta = file.metadata().map_err(Error::at("stat", &path))?;
         let len = meta.len();
         let body = if len < THRESHOLD || len <= GROUP {
-            let bytes = fs::read_len(&file, len).map_err(Error::at("read", &path))?;
+            // Positioned: `file` may share its offset with a reader that already read some.
+            let mut bytes = vec![0u8; len as usize];
+            let got = read_at_most(&file, &mut bytes, 0).map_err(Error::at("read", &path))?;
+            bytes.truncate(got);
             let actual = Hash::of_parallel(&bytes);
             if actual != *hash {
                 return Err(store.corrupt(hash, actual, &path));
