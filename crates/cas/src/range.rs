@@ -7,10 +7,11 @@
 
 use std::fs::File;
 use std::io::{self, Write as _};
-use std::ops::Range;
+use std::ops::{Bound, Range, RangeBounds};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
+use crate::copyout::{Sink, WriterSink};
 use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
@@ -337,15 +338,78 @@ fn read_at_most(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The error for a range that is not inside the object.
-fn bad_range(hash: &Hash, range: &Range<u64>, len: u64) -> Error {
-    Error::InvalidInput {
-        what: "byte range",
-        reason: format!(
-            "{}..{} is not inside object {hash}, which has {len} bytes",
-            range.start, range.end
-        ),
+/// The byte offsets `range` stands for in an object of `len` bytes.
+fn resolve_range(hash: &Hash, range: (Bound<u64>, Bound<u64>), len: u64) -> Result<Range<u64>> {
+    let start = match range.0 {
+        Bound::Included(s) => Some(s),
+        Bound::Excluded(s) => s.checked_add(1),
+        Bound::Unbounded => Some(0),
+    };
+    let end = match range.1 {
+        Bound::Included(e) => e.checked_add(1),
+        Bound::Excluded(e) => Some(e),
+        Bound::Unbounded => Some(len),
+    };
+    match (start, end) {
+        (Some(s), Some(e)) if s <= e && e <= len => Ok(s..e),
+        _ => Err(Error::InvalidInput {
+            what: "byte range",
+            reason: format!(
+                "{} is not inside object {hash}, which has {len} bytes",
+                show_range(range)
+            ),
+        }),
     }
+}
+
+/// A range as the user wrote it, for messages (`10..=19`, `5..`).
+fn show_range(r: (Bound<u64>, Bound<u64>)) -> String {
+    let s = match r.0 {
+        Bound::Included(s) => s.to_string(),
+        Bound::Excluded(s) => format!("{s}+1"),
+        Bound::Unbounded => String::new(),
+    };
+    match r.1 {
+        Bound::Included(e) => format!("{s}..={e}"),
+        Bound::Excluded(e) => format!("{s}..{e}"),
+        Bound::Unbounded => format!("{s}.."),
+    }
+}
+
+/// Bytes written per step by [`copy_range`].
+const COPY_BUF: usize = 1 << 20;
+
+/// Writes the verified bytes `range` of `r` into `out`; returns how many.
+fn copy_range(
+    r: &mut Ranged,
+    hash: &Hash,
+    range: (Bound<u64>, Bound<u64>),
+    out: &mut dyn Sink,
+) -> Result<u64> {
+    let range = resolve_range(hash, range, r.len())?;
+    let mut buf = vec![0u8; COPY_BUF.min((range.end - range.start) as usize)];
+    let mut pos = range.start;
+    while pos < range.end {
+        let want = buf.len().min((range.end - pos) as usize);
+        let mut n = 0;
+        while n < want {
+            let k = r.read_at(&mut buf[n..want], pos + n as u64)?;
+            if k == 0 {
+                // The file shrank since it was opened.
+                return Err(Error::CorruptRange {
+                    hash: *hash,
+                    start: pos + n as u64,
+                    end: range.end,
+                    path: r.path.clone(),
+                });
+            }
+            n += k;
+        }
+        out.write_bytes(&buf[..n])
+            .map_err(|e| Error::io("write output", "<output>", e))?;
+        pos += n as u64;
+    }
+    Ok(range.end - range.start)
 }
 
 impl Store {
@@ -354,11 +418,11 @@ impl Store {
         layout::outboard_path(&self.inner.root, hash)
     }
 
-    /// Reads the bytes `range` (byte offsets, end exclusive) of an object, verified against
-    /// its name without reading the rest of it: only the chunk groups of 16 KiB that the
-    /// range touches, and O(log n) hashes of the object's outboard. An object without an
-    /// outboard is hashed whole once, and its outboard published for the next read; objects
-    /// under 4 MiB are verified whole. Nothing unverified is ever returned.
+    /// Reads the bytes `range` of an object (byte offsets: `10..20`, `10..=19`, `10..`,
+    /// `..`), verified against its name without reading the rest of it: only the chunk
+    /// groups of 16 KiB the range touches, and O(log n) hashes of the object's outboard. An
+    /// object without an outboard is hashed whole once, and its outboard published for the
+    /// next read; objects under 4 MiB are verified whole. Nothing unverified is ever returned.
     ///
     /// ```
     /// # fn main() -> cas::Result<()> {
@@ -367,31 +431,79 @@ impl Store {
     /// let data: Vec<u8> = (0..5_000_000u32).map(|i| i as u8).collect();
     /// let h = store.put_bytes(&data)?;
     /// assert_eq!(store.read_range(&h, 4_000_000..4_000_016)?, &data[4_000_000..4_000_016]);
-    /// assert!(store.read_range(&h, 0..5_000_001).is_err()); // past the end
+    /// assert_eq!(store.read_range(&h, 4_999_990..)?, &data[4_999_990..]);
+    /// assert!(store.read_range(&h, 0..=5_000_000).is_err()); // past the end
     /// # Ok(()) }
     /// ```
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a range not inside the object (end past its size, or start
-    /// after end); [`Error::NotFound`]; [`Error::CorruptRange`] naming the object and the
-    /// chunk group that does not match (the object is quarantined; none of its bytes are
+    /// [`Error::InvalidInput`] naming the object and its size for a range not inside it;
+    /// [`Error::NotFound`]; [`Error::CorruptRange`] naming the object and the chunk group
+    /// that does not match (the object is quarantined; none of that group's bytes are
     /// returned), or [`Error::Corrupt`] if the whole object was hashed and does not match;
     /// I/O errors naming the path.
-    pub fn read_range(&self, hash: &Hash, range: Range<u64>) -> Result<Vec<u8>> {
-        let mut r = self.open_ranged(hash)?;
-        if range.start > range.end || range.end > r.len() {
-            return Err(bad_range(hash, &range, r.len()));
-        }
-        let mut out = vec![0u8; (range.end - range.start) as usize];
-        let mut done = 0usize;
-        while done < out.len() {
-            let n = r.read_at(&mut out[done..], range.start + done as u64)?;
-            if n == 0 {
-                return Err(bad_range(hash, &range, r.len()));
-            }
-            done += n;
-        }
+    pub fn read_range(&self, hash: &Hash, range: impl RangeBounds<u64>) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.range_to_sink(
+            hash,
+            (range.start_bound().cloned(), range.end_bound().cloned()),
+            &mut WriterSink(&mut out),
+        )?;
         Ok(out)
+    }
+
+    /// [`Store::read_range`] into `out`, a chunk group at a time (memory stays bounded
+    /// whatever the range's size). Each group is verified before any of its bytes is
+    /// written: after an error, `out` holds a verified prefix of the range. Returns the
+    /// number of bytes written.
+    ///
+    /// # Errors
+    /// As [`Store::read_range`]; a failure to write to `out` is [`Error::Io`] with op
+    /// "write output".
+    pub fn read_range_to_writer(
+        &self,
+        hash: &Hash,
+        range: impl RangeBounds<u64>,
+        out: &mut dyn io::Write,
+    ) -> Result<u64> {
+        self.range_to_sink(
+            hash,
+            (range.start_bound().cloned(), range.end_bound().cloned()),
+            &mut WriterSink(out),
+        )
+    }
+
+    /// [`Store::read_range`] into the file `dest`, written the way [`Store::get_to_path`]
+    /// writes (a regular file replaced atomically once the whole range is verified, a device
+    /// or FIFO written in place a verified group at a time).
+    ///
+    /// # Errors
+    /// As [`Store::read_range`] and [`Store::get_to_path`].
+    pub fn read_range_to_path(
+        &self,
+        hash: &Hash,
+        range: impl RangeBounds<u64>,
+        dest: impl AsRef<Path>,
+    ) -> Result<u64> {
+        let b = (range.start_bound().cloned(), range.end_bound().cloned());
+        // The range is checked before anything is created at `dest`.
+        let r = std::cell::RefCell::new(self.open_ranged(hash)?);
+        resolve_range(hash, b, r.borrow().len())?;
+        self.to_path(
+            dest.as_ref(),
+            &mut |w| copy_range(&mut r.borrow_mut(), hash, b, w),
+            &mut |tmp, _| copy_range(&mut r.borrow_mut(), hash, b, &mut WriterSink(&mut &*tmp)),
+        )
+    }
+
+    fn range_to_sink(
+        &self,
+        hash: &Hash,
+        range: (Bound<u64>, Bound<u64>),
+        out: &mut dyn Sink,
+    ) -> Result<u64> {
+        let mut r = self.open_ranged(hash)?;
+        copy_range(&mut r, hash, range, out)
     }
 
     /// Opens an object for verified reads at any position (see [`Store::read_range`]).
