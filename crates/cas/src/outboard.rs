@@ -535,7 +535,33 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The fuzz target's properties on real outboards with bytes changed, cut or added
+        /// (cargo-fuzz needs nightly; this runs on every `cargo test`).
+        #[test]
+        fn damaged_outboards_are_never_trusted(v in any::<u16>(), flips in proptest::collection::vec((any::<usize>(), 1u8..), 0..4), cut in any::<Option<usize>>()) {
+            let mut d = v.to_le_bytes().to_vec();
+            let obj = crate::fuzzing::outboard(&d);
+            prop_assert!(!obj || d.len() < 2);
+            let len = u64::from(v) * 37 % (40 * GROUP + 1);
+            let object: Vec<u8> = (0..len).map(|i| (i * 7 + (i >> 9)) as u8).collect();
+            let (_, real) = build(&object, false);
+            d.extend(&real);
+            prop_assert!(crate::fuzzing::outboard(&d), "the real outboard is accepted");
+            let mut changed = false;
+            for (at, x) in flips {
+                let i = 2 + at % (d.len() - 2);
+                d[i] ^= x;
+                changed = true;
+            }
+            if let Some(c) = cut {
+                d.truncate(2 + c % (d.len() - 1));
+                changed = true;
+            }
+            let accepted = crate::fuzzing::outboard(&d);
+            prop_assert!(!accepted || !changed || d[2..] == real[..]);
+        }
+
         /// Fed in arbitrary pieces, the tree hasher gives BLAKE3's hash and the same outboard
         /// as the parallel builder.
         #[test]
