@@ -40,11 +40,19 @@ fn ranges_print_exactly_their_bytes() {
     ] {
         let out = get_range(&s, &h, arg);
         assert!(out.status.success(), "{arg}: {}", text(&out.stderr));
-        assert!(out.stdout == want, "{arg}: wrong bytes ({} bytes)", out.stdout.len());
+        assert!(
+            out.stdout == want,
+            "{arg}: wrong bytes ({} bytes)",
+            out.stdout.len()
+        );
     }
     // -o FILE: written whole, atomically.
     let dst = s.scratch.join("part");
-    run_ok(cas(&s).args(["get", &h, "--range", "5000000-5100000", "-o"]).arg(&dst));
+    run_ok(
+        cas(&s)
+            .args(["get", &h, "--range", "5000000-5100000", "-o"])
+            .arg(&dst),
+    );
     assert!(std::fs::read(&dst).unwrap() == bytes[5_000_000..=5_100_000]);
     // Prefixes of the hash work as for any get.
     let out = get_range(&s, &h[..12], "7-9");
@@ -55,12 +63,30 @@ fn ranges_print_exactly_their_bytes() {
 fn bad_ranges_are_refused_clearly() {
     let s = Store::new();
     let (h, _) = put_big(&s, 2);
-    for bad in ["", "5", "-", "--5", "a-b", "9-3", "1-2-3", " 1-2", "99999999999999999999999-"] {
+    for bad in [
+        "",
+        "5",
+        "-",
+        "--5",
+        "a-b",
+        "9-3",
+        "1-2-3",
+        " 1-2",
+        "99999999999999999999999-",
+    ] {
         let out = get_range(&s, &h, bad);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
-        assert!(text(&out.stderr).contains("byte range"), "{bad:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("byte range"),
+            "{bad:?}: {}",
+            text(&out.stderr)
+        );
     }
-    for past in [format!("0-{LEN}"), format!("{}-", LEN + 1), format!("{LEN}-{LEN}")] {
+    for past in [
+        format!("0-{LEN}"),
+        format!("{}-", LEN + 1),
+        format!("{LEN}-{LEN}"),
+    ] {
         let out = get_range(&s, &h, &past);
         assert_eq!(out.status.code(), Some(1), "{past}");
         let err = text(&out.stderr);
@@ -72,7 +98,9 @@ fn bad_ranges_are_refused_clearly() {
     }
     // Nothing is created at -o for a range past the end.
     let dst = s.scratch.join("none");
-    let out = run(cas(&s).args(["get", &h, "--range", &format!("0-{LEN}"), "-o"]).arg(&dst));
+    let out = run(cas(&s)
+        .args(["get", &h, "--range", &format!("0-{LEN}"), "-o"])
+        .arg(&dst));
     assert_eq!(out.status.code(), Some(1));
     assert!(!dst.exists());
     // --range and -r do not go together.
@@ -95,7 +123,13 @@ fn damage_fails_only_the_ranges_that_touch_it() {
     let dst = s.scratch.join("bad");
     std::fs::write(&dst, b"old").unwrap();
     let out = run(cas(&s)
-        .args(["get", &h, "--range", &format!("{}-{}", 40 * G, 40 * G + 10), "-o"])
+        .args([
+            "get",
+            &h,
+            "--range",
+            &format!("{}-{}", 40 * G, 40 * G + 10),
+            "-o",
+        ])
         .arg(&dst));
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);

@@ -110,7 +110,11 @@ pub fn outboard(data: &[u8]) -> bool {
             let mut bad = object[s..e].to_vec();
             bad[(e - s) / 2] ^= 1;
             let mut v = Verifier::new(name, len);
-            assert_ne!(v.check(g, &bad, &mut read), Ok(Ok(())), "changed byte accepted");
+            assert_ne!(
+                v.check(g, &bad, &mut read),
+                Ok(Ok(())),
+                "changed byte accepted"
+            );
         }
     }
     consistent

@@ -202,6 +202,8 @@ pub use list::{ObjectMeta, OrderedObjectMeta, OrderedObjects};
 pub use materialize::Materialized;
 pub use once::{ComputeOnce, Damage, OnceEvent, OnceEventFn, ProducerError, Resolved, Waiting};
 pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
+#[doc(hidden)]
+pub use range::bench_write_outboards;
 pub use read::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
 pub use refs::{
     validate_ref_name, Expect, RefLogEntry, RefLogLine, RefsReport, MAX_REF_NAME, MAX_REF_SEGMENT,

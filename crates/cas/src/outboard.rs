@@ -256,14 +256,7 @@ pub(crate) fn build(data: &[u8], parallel: bool) -> (Hash, Vec<u8>) {
     if n == 1 {
         return (Hash::of(data), out);
     }
-    let cv = subtree(
-        data,
-        0,
-        n,
-        &mut out[HEADER_LEN as usize..],
-        true,
-        parallel,
-    );
+    let cv = subtree(data, 0, n, &mut out[HEADER_LEN as usize..], true, parallel);
     (Hash::from_bytes(cv), out)
 }
 
@@ -483,7 +476,11 @@ mod tests {
                     let at = (HEADER_LEN + node * PAIR) as usize;
                     Ok(ob[at..at + 64].try_into().unwrap())
                 };
-                assert_eq!(v.check(g, &data[s..e], &mut rp), Ok(Ok(())), "len {len} g {g}");
+                assert_eq!(
+                    v.check(g, &data[s..e], &mut rp),
+                    Ok(Ok(())),
+                    "len {len} g {g}"
+                );
             }
         }
     }

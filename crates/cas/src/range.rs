@@ -20,6 +20,22 @@ use crate::outboard::{self, Mismatch, TreeHasher, Verifier, GROUP, HEADER_LEN, P
 use crate::stage::Staging;
 use crate::Store;
 
+/// Whether puts write outboards (always, except in the benchmark that measures their cost).
+static WRITE_OUTBOARDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// For benchmarks only: puts in this process stop (`false`) or resume writing outboards,
+/// which is what the put path did before outboards, to measure what they cost. Range reads
+/// still compute a missing outboard on first use. Not part of the API.
+#[doc(hidden)]
+pub fn bench_write_outboards(on: bool) {
+    WRITE_OUTBOARDS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a put writes an outboard (see [`bench_write_outboards`]).
+pub(crate) fn write_outboards() -> bool {
+    WRITE_OUTBOARDS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Pairs kept in memory by a put before they are appended to the outboard's staging file.
 const SPILL: usize = 1 << 20;
 /// Read size when an outboard is computed from an object that may not be mapped.
@@ -43,6 +59,7 @@ pub(crate) struct TreeWriter {
 impl TreeWriter {
     /// A hasher that writes an outboard into `store` (`None`: only the hash).
     pub(crate) fn new(store: Option<Store>) -> Self {
+        let store = store.filter(|_| write_outboards());
         TreeWriter {
             hasher: TreeHasher::new(),
             plain: store.is_none().then(blake3::Hasher::new),
@@ -118,6 +135,8 @@ impl TreeWriter {
 enum Pairs {
     /// The published outboard.
     File(File),
+    /// The published outboard, mapped (where objects may be: crate::read, `may_map`).
+    Map(memmap2::Mmap),
     /// One computed by this reader (header included).
     Mem(Vec<u8>),
 }
@@ -126,16 +145,19 @@ impl Pairs {
     fn read(&self, node: u64) -> io::Result<[u8; PAIR as usize]> {
         let mut p = [0u8; PAIR as usize];
         let at = HEADER_LEN + node * PAIR;
-        match self {
-            Pairs::File(f) => f.read_exact_at(&mut p, at)?,
-            Pairs::Mem(v) => {
-                let at = usize::try_from(at).unwrap_or(usize::MAX);
-                let src = v
-                    .get(at..at.saturating_add(PAIR as usize))
-                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-                p.copy_from_slice(src);
+        let mem: &[u8] = match self {
+            Pairs::File(f) => {
+                f.read_exact_at(&mut p, at)?;
+                return Ok(p);
             }
-        }
+            Pairs::Mem(v) => v,
+            Pairs::Map(m) => m,
+        };
+        let at = usize::try_from(at).unwrap_or(usize::MAX);
+        let src = mem
+            .get(at..at.saturating_add(PAIR as usize))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        p.copy_from_slice(src);
         Ok(p)
     }
 }
@@ -279,7 +301,8 @@ impl Ranged {
             None => vec![0u8; (end - start) as usize],
         };
         // A short read (the file shrank) leaves the group the wrong length: a mismatch.
-        let got = read_at_most(&self.file, &mut bytes, start).map_err(Error::at("read", &self.path))?;
+        let got =
+            read_at_most(&self.file, &mut bytes, start).map_err(Error::at("read", &self.path))?;
         bytes.truncate(got);
         loop {
             let Body::Tree(st) = &mut self.body else {
@@ -299,10 +322,13 @@ impl Ranged {
                 Err(Mismatch::Outboard) if !st.rebuilt => {
                     // Wrong, short or unreadable outboard: computed again from the object
                     // (which checks the whole object) and replaced.
-                    let meta = self.file.metadata().map_err(Error::at("stat", &self.path))?;
-                    let pairs =
-                        self.store
-                            .outboard_for(&self.hash, &self.file, &self.path, &meta, true)?;
+                    let meta = self
+                        .file
+                        .metadata()
+                        .map_err(Error::at("stat", &self.path))?;
+                    let pairs = self
+                        .store
+                        .outboard_for(&self.hash, &self.file, &self.path, &meta, true)?;
                     st.pairs = pairs;
                     st.verifier = Verifier::new(self.hash, st.verifier.len());
                     st.rebuilt = true;
@@ -536,6 +562,12 @@ impl Store {
                             && outboard::check_header(&head, m.len, len).is_ok()
                     });
                     if ok {
+                        // Mapped where objects may be: the pairs of a path are then memory
+                        // reads, not one `pread` each.
+                        let mappable = f.metadata().is_ok_and(|m| self.may_map(&m));
+                        if let (true, Ok(m)) = (mappable, fs::map_readonly(&f)) {
+                            return Ok(Pairs::Map(m));
+                        }
                         return Ok(Pairs::File(f));
                     }
                     replace = true;
@@ -671,11 +703,7 @@ impl Store {
                         .read_small(path, outboard::outboard_len(len) + 1)
                         .is_ok_and(|(b, _, m)| {
                             outboard::check_header(&b, m.len, len).is_ok()
-                                && outboard::pairs_consistent(
-                                    &b[HEADER_LEN as usize..],
-                                    len,
-                                    &hash,
-                                )
+                                && outboard::pairs_consistent(&b[HEADER_LEN as usize..], len, &hash)
                         })
                 });
             if !ok && kind != fs::Kind::Dir && self.inner.root_dir.unlink(path).is_ok() {

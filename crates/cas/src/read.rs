@@ -713,7 +713,8 @@ impl io::Seek for ObjectReader {
         }
         if !self.verified {
             let file = self.file.try_clone()?;
-            let r = crate::range::Ranged::open(&self.store, &self.expected, file, self.path.clone())?;
+            let r =
+                crate::range::Ranged::open(&self.store, &self.expected, file, self.path.clone())?;
             self.ranged = Some((Box::new(r), target));
             return Ok(target);
         }

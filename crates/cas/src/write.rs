@@ -269,7 +269,9 @@ impl Store {
     /// # Errors
     /// As [`Store::put_bytes`].
     pub fn put_bytes_with(&self, bytes: &[u8], durability: Durability) -> Result<Hash> {
-        let hash = if bytes.len() as u64 >= crate::outboard::THRESHOLD {
+        let hash = if bytes.len() as u64 >= crate::outboard::THRESHOLD
+            && crate::range::write_outboards()
+        {
             self.hash_with_outboard(bytes)
         } else {
             Hash::of_parallel(bytes)
@@ -390,8 +392,8 @@ impl Store {
         }
         let mut staging = self.new_staging()?;
         let may_map = !self.inner.options.shared_group && !self.inner.caps.network;
-        let (hash, len) =
-            copy_and_hash(&src, staging.file_mut(), may_map, Some(self), tick).map_err(|e| match e {
+        let (hash, len) = copy_and_hash(&src, staging.file_mut(), may_map, Some(self), tick)
+            .map_err(|e| match e {
                 CopyError::Read(e) => input.error(e),
                 CopyError::Store(e) => Error::io("copy into staging file", staging.path(), e),
                 CopyError::Stopped => Error::Interrupted,
@@ -701,13 +703,21 @@ mod tests {
         let dst = rw(&dst_path);
         for may_map in [false, true] {
             let dst = rw(&d.path().join(format!("dst-{may_map}")));
-            let (h, len) =
-                copy_and_hash(&File::open(&src_path).unwrap(), &dst, may_map, None, &|_| true).unwrap();
+            let (h, len) = copy_and_hash(
+                &File::open(&src_path).unwrap(),
+                &dst,
+                may_map,
+                None,
+                &|_| true,
+            )
+            .unwrap();
             assert_eq!(h, Hash::of(&data));
             assert_eq!(len, data.len() as u64);
         }
-        let (h, _) =
-            copy_and_hash(&File::open(&src_path).unwrap(), &dst, false, None, &|_| true).unwrap();
+        let (h, _) = copy_and_hash(&File::open(&src_path).unwrap(), &dst, false, None, &|_| {
+            true
+        })
+        .unwrap();
         assert_eq!(h, Hash::of(&data));
         assert!(std::fs::read(&dst_path).unwrap() == data, "copy differs");
 
