@@ -238,6 +238,15 @@ impl Ranged {
         })
     }
 
+    /// Another descriptor of the open object, and where it was found.
+    pub(crate) fn file_and_path(&self) -> Result<(File, PathBuf)> {
+        let f = self
+            .file
+            .try_clone()
+            .map_err(Error::at("open", &self.path))?;
+        Ok((f, self.path.clone()))
+    }
+
     /// The object's size.
     pub(crate) fn len(&self) -> u64 {
         self.len
@@ -534,6 +543,16 @@ impl Store {
 
     /// Opens an object for verified reads at any position (see [`Store::read_range`]).
     pub(crate) fn open_ranged(&self, hash: &Hash) -> Result<Ranged> {
+        // A tier reads an object it does not hold where it is, in the upstream: only the
+        // groups a range touches and its outboard, never the whole object.
+        if self.locate(hash).is_none() {
+            if let Some(up) = self.upstream().and_then(crate::Upstream::as_store) {
+                match up.open_ranged(hash) {
+                    Err(e) if e.is_not_found() => {}
+                    r => return r,
+                }
+            }
+        }
         let (file, path) = self.open_file(hash)?;
         Ranged::open(self, hash, file, path)
     }

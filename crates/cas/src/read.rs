@@ -483,13 +483,8 @@ impl Store {
     /// [`Error::NotFound`]; [`Error::Corrupt`] if a small object (or one whose outboard had
     /// to be computed) does not match; I/O errors naming the path.
     pub fn verified_reader(&self, hash: &Hash) -> Result<ObjectReader> {
-        let (file, path) = self.open_file(hash)?;
-        let ranged = crate::range::Ranged::open(
-            self,
-            hash,
-            file.try_clone().map_err(Error::at("open", &path))?,
-            path.clone(),
-        )?;
+        let ranged = self.open_ranged(hash)?;
+        let (file, path) = ranged.file_and_path()?;
         Ok(ObjectReader {
             store: self.clone(),
             file,

@@ -47,6 +47,13 @@ pub trait Upstream: Send + Sync {
     /// were staged). Objects already present are skipped. Returns when all are published
     /// with the upstream's durability.
     fn put(&self, objects: &mut [(Hash, &mut dyn Read)]) -> Result<()>;
+    /// The upstream as a store on a filesystem this process reaches, if it is one: a range
+    /// read through a tier reads the chunk groups it needs (and the outboard) there, in place,
+    /// instead of fetching the whole object (docs/format.md, "Outboards"). `None` (the
+    /// default): ranges fetch the whole object first.
+    fn as_store(&self) -> Option<Store> {
+        None
+    }
     /// A ref's value.
     fn get_ref(&self, name: &str) -> Result<Option<Hash>>;
     /// Sets a ref with compare-and-swap (as [`Store::set_ref_msg`]).
@@ -207,6 +214,10 @@ fn unavailable(path: &Path, e: Error) -> Error {
 }
 
 impl Upstream for DirUpstream {
+    fn as_store(&self) -> Option<Store> {
+        self.store().ok()
+    }
+
     fn location(&self) -> &Path {
         &self.path
     }
