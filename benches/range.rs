@@ -17,7 +17,11 @@
 //! The 1 GiB object lives in `$CAS_BENCH_DIR` (else `<target>/bench-stores/`)`/range-1g/`,
 //! built once. The run prints a Markdown table (medians, ratios) at the end.
 
+// b, c, d, g, h, t: criterion's bencher and group, durations, the object's hash, timers.
+#![allow(clippy::many_single_char_names)]
+
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::hint::black_box;
 use std::io::{Read, Seek, SeekFrom};
@@ -346,7 +350,7 @@ fn report() {
                 format!("{:.0}x faster than {}", y / x, b.unwrap())
             }
         });
-        out.push_str(&format!("| {what} | {:.1} µs | {ratio} |\n", x * 1e6));
+        let _ = writeln!(out, "| {what} | {:.1} µs | {ratio} |", x * 1e6);
     };
     row(
         &mut out,
@@ -396,22 +400,24 @@ fn report() {
             let a = format!("{how} {d} no outboard");
             let b = format!("{how} {d} with outboard");
             if let (Some(x), Some(y)) = (f(&a), f(&b)) {
-                out.push_str(&format!(
-                    "| {how} 256 MiB, durability {d}, wall | {:.0} ms without, {:.0} ms with | outboard costs {:+.1} % ({:.0} vs {:.0} MiB/s) |\n",
+                let _ = writeln!(
+                    out,
+                    "| {how} 256 MiB, durability {d}, wall | {:.0} ms without, {:.0} ms with | outboard costs {:+.1} % ({:.0} vs {:.0} MiB/s) |",
                     x * 1e3,
                     y * 1e3,
                     100.0 * (y - x) / x,
                     256.0 / x,
                     256.0 / y
-                ));
+                );
             }
             if let (Some(x), Some(y)) = (f(&format!("{a} cpu")), f(&format!("{b} cpu"))) {
-                out.push_str(&format!(
-                    "| {how} 256 MiB, durability {d}, CPU | {:.0} ms without, {:.0} ms with | {:+.1} % |\n",
+                let _ = writeln!(
+                    out,
+                    "| {how} 256 MiB, durability {d}, CPU | {:.0} ms without, {:.0} ms with | {:+.1} % |",
                     x * 1e3,
                     y * 1e3,
                     100.0 * (y - x) / x
-                ));
+                );
             }
         }
     }

@@ -33,7 +33,7 @@ fn ranges_print_exactly_their_bytes() {
         ("16383-16384", &bytes[G - 1..=G]),
         ("1000000-1004095", &bytes[1_000_000..1_004_096]),
         (&format!("{}-", LEN - 10), &bytes[LEN - 10..]),
-        (&format!("{}-", LEN), &bytes[LEN..]),
+        (&format!("{LEN}-"), &bytes[LEN..]),
         ("0-", &bytes[..]),
         ("-5", &bytes[LEN - 5..]),
         (&format!("-{}", LEN + 5), &bytes[..]),

@@ -81,40 +81,35 @@ pub fn outboard(data: &[u8]) -> bool {
     }
     let object = outboard_object(data);
     let len = object.len() as u64;
-    let (name, real) = ob::build(&object, false);
+    let (root, real) = ob::build(&object, false);
     let file = &data[2..];
     if ob::check_header(file, file.len() as u64, len).is_err() {
         return false;
     }
-    let consistent = ob::pairs_consistent(&file[HEADER_LEN as usize..], len, &name);
+    let consistent = ob::pairs_consistent(&file[HEADER_LEN as usize..], len, &root);
     if consistent {
         assert!(file == real, "a second outboard consistent with the name");
     }
-    let n = ob::groups(len);
-    let mut read = |node: u64| -> Result<[u8; PAIR as usize], ()> {
+    let groups = ob::groups(len);
+    let mut pair_at = |node: u64| -> Result<[u8; PAIR as usize], ()> {
         let at = usize::try_from(HEADER_LEN + node * PAIR).map_err(|_| ())?;
-        let p = file.get(at..at + PAIR as usize).ok_or(())?;
+        let found = file.get(at..at + PAIR as usize).ok_or(())?;
         let mut out = [0u8; PAIR as usize];
-        out.copy_from_slice(p);
+        out.copy_from_slice(found);
         Ok(out)
     };
-    for g in [0, n / 2, n - 1] {
-        let (s, e) = ((g * GROUP) as usize, ((g + 1) * GROUP).min(len) as usize);
-        let mut v = Verifier::new(name, len);
-        let r = v.check(g, &object[s..e], &mut read);
-        assert_ne!(r, Ok(Err(Mismatch::Data)), "good bytes blamed, group {g}");
+    for g in [0, groups / 2, groups - 1] {
+        let (start, end) = ((g * GROUP) as usize, ((g + 1) * GROUP).min(len) as usize);
+        let got = Verifier::new(root, len).check(g, &object[start..end], &mut pair_at);
+        assert_ne!(got, Ok(Err(Mismatch::Data)), "good bytes blamed, group {g}");
         if consistent {
-            assert_eq!(r, Ok(Ok(())), "consistent outboard refused group {g}");
+            assert_eq!(got, Ok(Ok(())), "consistent outboard refused group {g}");
         }
-        if e > s {
-            let mut bad = object[s..e].to_vec();
-            bad[(e - s) / 2] ^= 1;
-            let mut v = Verifier::new(name, len);
-            assert_ne!(
-                v.check(g, &bad, &mut read),
-                Ok(Ok(())),
-                "changed byte accepted"
-            );
+        if end > start {
+            let mut bad = object[start..end].to_vec();
+            bad[(end - start) / 2] ^= 1;
+            let changed = Verifier::new(root, len).check(g, &bad, &mut pair_at);
+            assert_ne!(changed, Ok(Ok(())), "changed byte accepted");
         }
     }
     consistent
@@ -400,8 +395,6 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
-/// Lock files, refs, config, FORMAT, names, command-line values.
-
 /// Real outboards of objects of 0, 1, 2, 3 and 23 chunk groups (the first two bytes pick
 /// the object, see [`outboard_object`]).
 fn outboard_seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -416,6 +409,7 @@ fn outboard_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .collect()
 }
 
+/// Lock files, refs, config, FORMAT, names, command-line values.
 fn text_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let h = |s: &[u8]| Hash::of(s);
     let mut out: Vec<(&'static str, Vec<u8>)> = Vec::new();

@@ -85,7 +85,7 @@ pub(crate) fn check_header(head: &[u8], file_len: u64, object_len: u64) -> Resul
 /// The largest power of two strictly less than `n` (n ≥ 2): the left subtree's group count.
 fn left_groups(n: u64) -> u64 {
     debug_assert!(n >= 2);
-    1 << (63 - (n - 1).leading_zeros())
+    1 << (n - 1).ilog2()
 }
 
 /// One step of the path from the root to a group: the parent node's index in the outboard
@@ -276,17 +276,17 @@ fn subtree(
     let l = left_groups(count);
     let split = (l * GROUP) as usize;
     let (ldata, rdata) = data.split_at(split);
-    let (lout, rest) = out.split_at_mut(((l - 1) * PAIR) as usize);
-    let (rout, own) = rest.split_at_mut(rest.len() - PAIR as usize);
+    let (left_out, rest) = out.split_at_mut(((l - 1) * PAIR) as usize);
+    let (right_out, own) = rest.split_at_mut(rest.len() - PAIR as usize);
     let (lcv, rcv) = if parallel && data.len() as u64 >= 2 * PARALLEL_SUBTREE {
         rayon_core::join(
-            || subtree(ldata, start, l, lout, false, true),
-            || subtree(rdata, start + l, count - l, rout, false, true),
+            || subtree(ldata, start, l, left_out, false, true),
+            || subtree(rdata, start + l, count - l, right_out, false, true),
         )
     } else {
         (
-            subtree(ldata, start, l, lout, false, false),
-            subtree(rdata, start + l, count - l, rout, false, false),
+            subtree(ldata, start, l, left_out, false, false),
+            subtree(rdata, start + l, count - l, right_out, false, false),
         )
     };
     own[..32].copy_from_slice(&lcv);
@@ -407,6 +407,7 @@ impl Verifier {
 }
 
 #[cfg(test)]
+#[allow(clippy::many_single_char_names)] // s, e, g, h, t, v: the tree's usual letters
 mod tests {
     use super::*;
     use proptest::prelude::*;

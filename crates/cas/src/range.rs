@@ -87,19 +87,16 @@ impl TreeWriter {
         }
         let Some(store) = &self.store else { return };
         if self.spill.is_none() {
-            match store.new_staging() {
-                Ok(mut s) => {
-                    if s.file_mut().write_all(&[0u8; HEADER_LEN as usize]).is_err() {
-                        self.failed = true;
-                        return;
-                    }
-                    self.spill = Some(s);
-                }
-                Err(_) => {
-                    self.failed = true;
-                    return;
-                }
+            // Room for the header, written last.
+            let Ok(mut s) = store.new_staging() else {
+                self.failed = true;
+                return;
+            };
+            if s.file_mut().write_all(&[0u8; HEADER_LEN as usize]).is_err() {
+                self.failed = true;
+                return;
             }
+            self.spill = Some(s);
         }
         if let Some(s) = self.spill.as_mut() {
             if s.file_mut().write_all(&pairs).is_err() {
@@ -135,7 +132,7 @@ impl TreeWriter {
 enum Pairs {
     /// The published outboard.
     File(File),
-    /// The published outboard, mapped (where objects may be: crate::read, `may_map`).
+    /// The published outboard, mapped (where objects may be: `crate::read`, `may_map`).
     Map(memmap2::Mmap),
     /// One computed by this reader (header included).
     Mem(Vec<u8>),
@@ -658,11 +655,10 @@ impl Store {
             .map_err(|e| Error::io("set permissions of", staging.path(), e))?;
         for attempt in 0..3 {
             match self.publish_small(&mut staging, &dst) {
-                Ok(fs::Published::Created) => return Ok(()),
                 Ok(fs::Published::Existed) if replace && attempt == 0 => {
                     let _ = self.inner.root_dir.unlink(&dst);
                 }
-                Ok(fs::Published::Existed) => return Ok(()),
+                Ok(fs::Published::Created | fs::Published::Existed) => return Ok(()),
                 Err(e) if fs::is_not_found(&e) && attempt < 2 => {
                     self.ensure_dir(dst.parent().unwrap_or(&dst))?;
                 }
@@ -692,10 +688,9 @@ impl Store {
     pub(crate) fn sweep_outboards(&self) -> Result<u64> {
         let mut removed = 0;
         self.each_outboard(&mut |hash, path, kind| {
-            if kind != fs::Kind::File || self.locate(&hash).is_none() {
-                if kind != fs::Kind::Dir && self.inner.root_dir.unlink(path).is_ok() {
-                    removed += 1;
-                }
+            let orphan = kind != fs::Kind::File || self.locate(&hash).is_none();
+            if orphan && kind != fs::Kind::Dir && self.inner.root_dir.unlink(path).is_ok() {
+                removed += 1;
             }
         })?;
         Ok(removed)

@@ -626,7 +626,7 @@ pub struct ObjectReader {
     /// The whole object was checked (read to its end): reads need not hash any more.
     verified: bool,
     /// Random access (after a seek, or [`Store::verified_reader`]): reads go through the
-    /// verified view of crate::range, at this position.
+    /// verified view of `crate::range`, at this position.
     ranged: Option<(Box<crate::range::Ranged>, u64)>,
 }
 

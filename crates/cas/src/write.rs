@@ -54,7 +54,7 @@ pub struct Writer {
     store: Store,
     staging: Staging,
     buf: Vec<u8>,
-    /// BLAKE3 by chunk groups, writing the outboard as it goes (crate::range).
+    /// BLAKE3 by chunk groups, writing the outboard as it goes (`crate::range`).
     hasher: TreeWriter,
     len: u64,
     durability: Durability,
@@ -592,7 +592,7 @@ pub(crate) enum CopyError {
 /// as soon as it is copied, reading it back from `dst`. `dst` is a staging file only we write,
 /// so the hash is of exactly the bytes that will be published, even if `src` changes meanwhile.
 /// `dst` must be open for reading and writing. With `outboard`, the object's outboard is
-/// written into that store as the copy is hashed (crate::range).
+/// written into that store as the copy is hashed (`crate::range`).
 /// With `may_map` (a private staging file on a local filesystem, see
 /// [`fs::map_private_file`]) each copied chunk is hashed through a mapping instead of
 /// being read back into a buffer: one memory copy less per byte.
