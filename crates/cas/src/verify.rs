@@ -187,7 +187,17 @@ impl Store {
                 reason: s.reason.to_owned(),
             })
             .collect();
-        (report.outboards, report.outboards_removed) = self.verify_outboards()?;
+        // Derived data: an `outboards/` that cannot be listed (a symlink planted there) is a
+        // damaged item of the report, not a failure of the verify.
+        match self.verify_outboards() {
+            Ok(counts) => (report.outboards, report.outboards_removed) = counts,
+            Err(e) => report.bad_files.push(Problem {
+                path: e
+                    .path()
+                    .map_or_else(|| self.path(crate::layout::OUTBOARDS), Into::into),
+                reason: crate::mark::error_reason(&e),
+            }),
+        }
         Ok(report)
     }
 

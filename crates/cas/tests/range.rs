@@ -373,3 +373,41 @@ proptest! {
         prop_assert_eq!(store.read_range(&h, s..e).unwrap(), &bytes[s as usize..e as usize]);
     }
 }
+
+/// Hostile store: `outboards/` (or a fan-out under it) is a symlink to a directory outside the
+/// store. Range reads still return the right bytes, and nothing is read or written through
+/// the link.
+#[test]
+fn a_symlinked_outboards_directory_is_never_followed() {
+    let (d, store) = store();
+    let bytes = data(BIG, 12);
+    let h = store.put_bytes(&bytes).unwrap();
+    let outside = d.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let hex = h.to_hex();
+    // A planted outboard-shaped file outside, where the link would lead.
+    std::fs::create_dir(outside.join(&hex[..2])).unwrap();
+    std::fs::write(outside.join(&hex[..2]).join(&hex[2..]), b"planted").unwrap();
+    let top = store.root().join("outboards");
+    std::fs::remove_dir_all(&top).unwrap();
+    std::os::unix::fs::symlink(&outside, &top).unwrap();
+    let r = 77 * G + 5..90 * G;
+    assert_eq!(
+        store.read_range(&h, r.clone()).unwrap(),
+        &bytes[r.start as usize..r.end as usize]
+    );
+    assert_eq!(
+        std::fs::read(outside.join(&hex[..2]).join(&hex[2..])).unwrap(),
+        b"planted"
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    // gc and verify do not descend through it either; verify names it.
+    let r = store.verify(&cas::no_progress).unwrap();
+    assert!(
+        r.bad_files.iter().any(|p| p.path.ends_with("outboards")),
+        "{r:?}"
+    );
+    let opts = cas::GcOptions::default().grace(std::time::Duration::ZERO);
+    store.gc(&opts, &cas::no_progress).unwrap();
+    assert!(outside.join(&hex[..2]).join(&hex[2..]).exists());
+}
