@@ -341,8 +341,12 @@ pub(crate) enum Mismatch {
     Data,
 }
 
+/// Checked pairs a [`Verifier`] remembers at most (~6 MiB); past that it forgets them all and
+/// checks paths from the root again (a long read of a huge object stays bounded in memory).
+const KNOWN_MAX: usize = 1 << 16;
+
 /// Verifies groups of one object against its name, reading pairs through `read_pair` and
-/// remembering every pair it has checked (the upper levels are shared by all groups).
+/// remembering the pairs it has checked (the upper levels are shared by all groups).
 pub(crate) struct Verifier {
     name: Hash,
     len: u64,
@@ -391,6 +395,9 @@ impl Verifier {
                 let p = read_pair(step.node)?;
                 if merge(&p, root) != want {
                     return Ok(Err(Mismatch::Outboard));
+                }
+                if self.known.len() >= KNOWN_MAX {
+                    self.known.clear();
                 }
                 self.known.insert(step.node, p);
                 p
