@@ -668,10 +668,13 @@ impl Store {
         Ok(())
     }
 
-    /// Puts `bytes` (at least [`THRESHOLD`] of them; the caller publishes the object) with
-    /// their outboard, hashing once on all cores: returns the hash, and publishes the
-    /// outboard best effort.
-    pub(crate) fn hash_with_outboard(&self, bytes: &[u8]) -> Hash {
+    /// The hash of bytes about to be put (on all cores for large inputs); for at least
+    /// [`THRESHOLD`] bytes their outboard is built in the same pass and published, best
+    /// effort (the caller publishes the object).
+    pub(crate) fn hash_for_put(&self, bytes: &[u8]) -> Hash {
+        if (bytes.len() as u64) < THRESHOLD || !write_outboards() {
+            return Hash::of_parallel(bytes);
+        }
         let (hash, ob) = outboard::build(bytes, crate::hash::rayon_usable());
         if let Ok(mut s) = self.new_staging() {
             if s.file_mut().write_all(&ob).is_ok() {

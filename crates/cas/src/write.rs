@@ -269,13 +269,7 @@ impl Store {
     /// # Errors
     /// As [`Store::put_bytes`].
     pub fn put_bytes_with(&self, bytes: &[u8], durability: Durability) -> Result<Hash> {
-        let hash = if bytes.len() as u64 >= crate::outboard::THRESHOLD
-            && crate::range::write_outboards()
-        {
-            self.hash_with_outboard(bytes)
-        } else {
-            Hash::of_parallel(bytes)
-        };
+        let hash = self.hash_for_put(bytes);
         if !self.refresh_if_present(&hash, Some(bytes.len() as u64), durability) {
             self.publish(vec![self.stage_hashed(bytes, hash)?], durability)?;
         }

@@ -261,6 +261,15 @@ fn every_put_path_writes_the_same_outboard() {
             Box::new(|s| s.put_reader(&bytes[..]).unwrap()),
         ),
         (
+            "batch put_bytes",
+            Box::new(|s| {
+                let mut b = s.batch();
+                let h = b.put_bytes(&bytes).unwrap();
+                b.commit().unwrap();
+                h
+            }),
+        ),
+        (
             "writer, odd pieces",
             Box::new(|s| {
                 let mut w = s.writer().unwrap();
