@@ -746,6 +746,8 @@ const JSON_FIELDS: &[(&str, &[&str])] = &[
             "bad_files",
             "restored",
             "stale_staging",
+            "outboards",
+            "outboards_removed",
         ],
     ),
     (
@@ -768,6 +770,7 @@ const JSON_FIELDS: &[(&str, &[&str])] = &[
             "evicted_objects",
             "evicted_bytes",
             "staging_removed",
+            "outboards_removed",
             "quarantine_purged",
             "quarantine_purged_bytes",
             "quarantine_files",

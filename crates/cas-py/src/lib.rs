@@ -94,7 +94,9 @@ fn build(py: Python<'_>, e: &cas::Error) -> PyResult<PyErr> {
         exc.setattr("filename", p.as_os_str())?;
     }
     match e {
-        cas::Error::NotFound { hash, .. } | cas::Error::Corrupt { expected: hash, .. } => {
+        cas::Error::NotFound { hash, .. }
+        | cas::Error::Corrupt { expected: hash, .. }
+        | cas::Error::CorruptRange { hash, .. } => {
             exc.setattr("hash", hash.to_hex())?;
         }
         _ => {}
@@ -428,6 +430,23 @@ impl Store {
         let h = self::hash(py, tree)?;
         self.run(py, |s| s.checkout(&h, &dest))?;
         pathlib(py, &dest)
+    }
+
+    /// `length` bytes from `start`, verified a 16 KiB chunk group at a time against the
+    /// object's name (only the groups the range touches are read).
+    fn read_range<'py>(
+        &self,
+        py: Python<'py>,
+        hash: &str,
+        start: u64,
+        length: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let h = self::hash(py, hash)?;
+        let end = start
+            .checked_add(length)
+            .ok_or_else(|| PyValueError::new_err("start + length is past any object's end"))?;
+        let v = self.run(py, |s| s.read_range(&h, start..end))?;
+        Ok(PyBytes::new(py, &v))
     }
 
     fn open<'py>(&self, py: Python<'py>, hash: &str) -> PyResult<Bound<'py, PyAny>> {

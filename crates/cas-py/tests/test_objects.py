@@ -123,6 +123,28 @@ def test_open_is_verified(store: cas.Store) -> None:
         store.open("0" * 64)
 
 
+def test_read_range_and_seeks_are_verified_by_group(store: cas.Store) -> None:
+    group = 16 * 1024
+    data = bytes((i * 7 + (i >> 12)) % 251 for i in range(5 * 1024 * 1024 + 99))
+    h = store.put(data)
+    assert store.read_range(h, 0, 0) == b""
+    assert store.read_range(h, group - 1, 2) == data[group - 1 : group + 1]
+    assert store.read_range(h, len(data) - 5, 5) == data[-5:]
+    with pytest.raises(ValueError):
+        store.read_range(h, len(data) - 5, 6)
+    flip_byte(object_path(store, h), 100 * group + 3)
+    # Outside the damaged group: fine, through read_range and through a seeking file.
+    assert store.read_range(h, 99 * group, group) == data[99 * group : 100 * group]
+    with store.open(h) as f:
+        assert f.seek(101 * group) == 101 * group
+        assert f.read(10) == data[101 * group : 101 * group + 10]
+        f.seek(100 * group + 1000)
+        with pytest.raises(cas.Corrupt):
+            f.read(1)
+    with pytest.raises((cas.Corrupt, cas.NotFound)):
+        store.read_range(h, 100 * group, 1)
+
+
 def test_contains_and_in(store: cas.Store) -> None:
     h = store.put(b"here")
     assert store.contains(h) and h in store

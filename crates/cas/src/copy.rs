@@ -118,18 +118,19 @@ pub(crate) enum CopyError {
 /// `dst` must be open for reading and writing.
 /// With `may_map` (`dst` private and on a local filesystem, [`fs::may_map`]) each copied
 /// chunk is hashed through a mapping instead of being read back into a buffer: one memory
-/// copy less per byte.
+/// copy less per byte. `hasher` is BLAKE3 alone ([`Hasher`]) or BLAKE3 writing the object's
+/// outboard as it goes (the put path's `TreeWriter`).
 pub(crate) fn copy_and_hash(
     src: &File,
     dst: &File,
     may_map: bool,
+    hasher: &mut dyn CopyHasher,
     tick: Tick<'_>,
 ) -> Result<(Hash, u64), CopyError> {
     use std::os::unix::fs::FileExt;
     let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
     std::thread::scope(|s| {
         let copier = s.spawn(move || copy_chunks(src, dst, &mut |t| copied_tx.send(t).is_ok()));
-        let mut hasher = Hasher::new();
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut done = 0u64;
         let mut hash_result = Ok(());
@@ -194,8 +195,25 @@ pub(crate) fn copy_and_hash(
         if stopped {
             return Err(CopyError::Stopped);
         }
-        Ok((hasher.finalize(), done))
+        Ok((hasher.finish(), done))
     })
+}
+
+/// What hashes a copy while it is made (see [`copy_and_hash`]).
+pub(crate) trait CopyHasher {
+    /// Hashes the next bytes of the copy.
+    fn update(&mut self, bytes: &[u8]);
+    /// The hash of everything given.
+    fn finish(&mut self) -> Hash;
+}
+
+impl CopyHasher for Hasher {
+    fn update(&mut self, bytes: &[u8]) {
+        Hasher::update(self, bytes);
+    }
+    fn finish(&mut self) -> Hash {
+        self.finalize()
+    }
 }
 
 #[cfg(test)]
@@ -226,13 +244,25 @@ mod tests {
         let dst = rw(&dst_path);
         for may_map in [false, true] {
             let dst = rw(&d.path().join(format!("dst-{may_map}")));
-            let (h, len) =
-                copy_and_hash(&File::open(&src_path).unwrap(), &dst, may_map, &|_| true).unwrap();
+            let (h, len) = copy_and_hash(
+                &File::open(&src_path).unwrap(),
+                &dst,
+                may_map,
+                &mut Hasher::new(),
+                &|_| true,
+            )
+            .unwrap();
             assert_eq!(h, Hash::of(&data));
             assert_eq!(len, data.len() as u64);
         }
-        let (h, _) =
-            copy_and_hash(&File::open(&src_path).unwrap(), &dst, false, &|_| true).unwrap();
+        let (h, _) = copy_and_hash(
+            &File::open(&src_path).unwrap(),
+            &dst,
+            false,
+            &mut Hasher::new(),
+            &|_| true,
+        )
+        .unwrap();
         assert_eq!(h, Hash::of(&data));
         assert!(std::fs::read(&dst_path).unwrap() == data, "copy differs");
 
@@ -240,7 +270,7 @@ mod tests {
         if let Ok(f) = File::open("/proc/self/mountinfo") {
             let dst_path = d.path().join("dst2");
             let dst = rw(&dst_path);
-            let (h, _) = copy_and_hash(&f, &dst, true, &|_| true).unwrap();
+            let (h, _) = copy_and_hash(&f, &dst, true, &mut Hasher::new(), &|_| true).unwrap();
             let copy = std::fs::read(&dst_path).unwrap();
             assert!(!copy.is_empty(), "nothing copied from procfs");
             assert_eq!(h, Hash::of(&copy));

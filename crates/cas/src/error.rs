@@ -67,6 +67,22 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A verified range read found bytes of an object that do not match its name: the chunk
+    /// group `start..end` (byte offsets) hashes to something its outboard, checked against
+    /// the name, does not hold. None of those bytes was returned; the object was moved to
+    /// `quarantine/` when that was possible.
+    #[error("object {hash} is corrupt: bytes {start}..{end} do not match its name ({})", path.display())]
+    CorruptRange {
+        /// The object's name.
+        hash: Hash,
+        /// First byte of the damaged chunk group.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
+        /// Where the object was found (after quarantine: where it is now).
+        path: PathBuf,
+    },
+
     /// A string is not a valid hash.
     #[error("invalid hash {input:?}: {reason}")]
     InvalidHash {
@@ -393,7 +409,7 @@ impl Error {
             Error::NotFound { .. } | Error::RefNotFound { .. } | Error::KeyNotFound { .. } => {
                 ErrorKind::NotFound
             }
-            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Corrupt { .. } | Error::CorruptRange { .. } => ErrorKind::Corrupt,
             Error::Malformed { .. } => ErrorKind::Malformed,
             Error::InvalidHash { .. }
             | Error::InvalidRefName { .. }
@@ -447,7 +463,7 @@ impl Error {
 
     /// True when an object failed verification.
     pub fn is_corrupt(&self) -> bool {
-        matches!(self, Error::Corrupt { .. })
+        matches!(self, Error::Corrupt { .. } | Error::CorruptRange { .. })
     }
 
     /// True when a compare-and-swap lost (the value was not the expected one).
@@ -469,6 +485,7 @@ impl Error {
             Error::Io { path, .. }
             | Error::NotFound { path, .. }
             | Error::Corrupt { path, .. }
+            | Error::CorruptRange { path, .. }
             | Error::Malformed { path, .. }
             | Error::UnsupportedFormat { path, .. }
             | Error::NotAStore { path, .. }
@@ -497,7 +514,9 @@ impl From<Error> for io::Error {
             Error::NotFound { .. } | Error::RefNotFound { .. } | Error::KeyNotFound { .. } => {
                 io::ErrorKind::NotFound
             }
-            Error::Corrupt { .. } | Error::Malformed { .. } => io::ErrorKind::InvalidData,
+            Error::Corrupt { .. } | Error::CorruptRange { .. } | Error::Malformed { .. } => {
+                io::ErrorKind::InvalidData
+            }
             // Not `Interrupted`: std's `read_exact` and `io::copy` retry that, which would turn
             // a cancellation into a loop.
             _ => io::ErrorKind::Other,

@@ -36,6 +36,7 @@ pub const TARGETS: &[Target] = &[
     ("config", config),
     ("names", names),
     ("cli_values", cli_values),
+    ("outboard", outboard),
 ];
 
 fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -58,6 +59,62 @@ pub fn entry(data: &[u8]) -> bool {
             false
         }
     }
+}
+
+/// The object an [`outboard`] input is about: its length from the input's first two bytes
+/// (up to 40 chunk groups, so every shape of small tree is reached), its bytes fixed by it.
+fn outboard_object(data: &[u8]) -> Vec<u8> {
+    let v = u64::from(u16::from_le_bytes([data[0], data[1]]));
+    let len = v * 37 % (40 * crate::outboard::GROUP + 1);
+    (0..len).map(|i| (i * 7 + (i >> 9)) as u8).collect()
+}
+
+/// An outboard file (`outboards/ab/…`) for the object [`outboard_object`] makes of the first
+/// two bytes; the rest is the file. Read as range reads read it: `check_header`, then every
+/// group checked through `Verifier` with pairs from the file, and `pairs_consistent` as
+/// verify checks it. Whatever the file holds: the object's true bytes are never blamed (a
+/// wrong outboard is reported as the outboard's fault, so a good object is never
+/// quarantined), a changed byte is never accepted, and the only outboard whose pairs are
+/// consistent with the name is the one the store writes. Accepted: a consistent outboard.
+pub fn outboard(data: &[u8]) -> bool {
+    use crate::outboard::{self as ob, Mismatch, Verifier, GROUP, HEADER_LEN, PAIR};
+    if data.len() < 2 {
+        return false;
+    }
+    let object = outboard_object(data);
+    let len = object.len() as u64;
+    let (root, real) = ob::build(&object, false);
+    let file = &data[2..];
+    if ob::check_header(file, file.len() as u64, len).is_err() {
+        return false;
+    }
+    let consistent = ob::pairs_consistent(&file[HEADER_LEN as usize..], len, &root);
+    if consistent {
+        assert!(file == real, "a second outboard consistent with the name");
+    }
+    let groups = ob::groups(len);
+    let mut pair_at = |node: u64| -> Result<[u8; PAIR as usize], ()> {
+        let at = usize::try_from(HEADER_LEN + node * PAIR).map_err(|_| ())?;
+        let found = file.get(at..at + PAIR as usize).ok_or(())?;
+        let mut out = [0u8; PAIR as usize];
+        out.copy_from_slice(found);
+        Ok(out)
+    };
+    for g in [0, groups / 2, groups - 1] {
+        let (start, end) = ((g * GROUP) as usize, ((g + 1) * GROUP).min(len) as usize);
+        let got = Verifier::new(root, len).check(g, &object[start..end], &mut pair_at);
+        assert_ne!(got, Ok(Err(Mismatch::Data)), "good bytes blamed, group {g}");
+        if consistent {
+            assert_eq!(got, Ok(Ok(())), "consistent outboard refused group {g}");
+        }
+        if end > start {
+            let mut bad = object[start..end].to_vec();
+            bad[(end - start) / 2] ^= 1;
+            let changed = Verifier::new(root, len).check(g, &bad, &mut pair_at);
+            assert_ne!(changed, Ok(Ok(())), "changed byte accepted");
+        }
+    }
+    consistent
 }
 
 /// A tree object: `Tree::decode`, whose format is canonical, so a decoded tree re-encodes to
@@ -263,6 +320,7 @@ pub fn cli_values(data: &[u8]) -> bool {
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut out = binary_seeds();
     out.extend(text_seeds());
+    out.extend(outboard_seeds());
     out
 }
 
@@ -358,6 +416,20 @@ fn binary_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ];
     out.extend(trees.iter().map(|t| ("tree", t.encode())));
     out
+}
+
+/// Real outboards of objects of 0, 1, 2, 3 and 23 chunk groups (the first two bytes pick
+/// the object, see [`outboard_object`]).
+fn outboard_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    [0u16, 100, 443, 1000, 10_000]
+        .into_iter()
+        .map(|v| {
+            let mut d = v.to_le_bytes().to_vec();
+            let (_, ob) = crate::outboard::build(&outboard_object(&d), false);
+            d.extend(ob);
+            ("outboard", d)
+        })
+        .collect()
 }
 
 /// Lock files, refs, config, FORMAT, names, command-line values.

@@ -111,7 +111,7 @@ pub(crate) fn update_parallel(h: &mut blake3::Hasher, bytes: &[u8]) {
 }
 
 /// Whether rayon's pool belongs to this process (claiming it if nobody has yet).
-fn rayon_usable() -> bool {
+pub(crate) fn rayon_usable() -> bool {
     let me = std::process::id();
     match RAYON_PID.compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => true,

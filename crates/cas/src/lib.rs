@@ -157,6 +157,7 @@ pub mod fuzzing;
 mod hash;
 mod maint;
 mod names;
+mod outboard;
 mod progress;
 mod read;
 mod store;
@@ -180,6 +181,8 @@ pub use names::once::{
 pub use names::refs::{
     validate_ref_name, Expect, RefLogEntry, RefLogLine, RefsReport, MAX_REF_NAME, MAX_REF_SEGMENT,
 };
+#[doc(hidden)]
+pub use outboard::range::bench_write_outboards;
 pub use progress::{no_progress, Progress, ProgressFn, ProgressHook};
 pub use read::get::{Object, ObjectInfo, ObjectIter, ObjectReader, Stats};
 pub use read::materialize::Materialized;

@@ -9,11 +9,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use cas::{Hash, Store};
 
-use crate::args::{GetArgs, Global};
+use crate::args::{ByteRange, GetArgs, Global};
 use crate::open::{open_store, Access};
 use crate::{hooks, output};
 
-/// `cas push OTHER` (`push`: this store to OTHER) or `cas pull OTHER`.
 /// `cas get`: one object to stdout or `-o FILE`, or with `-r` a tree into `-o DIR`.
 pub(crate) fn run(g: &Global, a: &GetArgs) -> Result<ExitCode> {
     if a.recursive {
@@ -26,9 +25,41 @@ pub(crate) fn run(g: &Global, a: &GetArgs) -> Result<ExitCode> {
         restore_tree(&store, &a.hash.resolve(&store)?, dest, opts)?;
     } else {
         let store = open_store(g, Access::Existing)?;
-        write_object(&store, &a.hash.resolve(&store)?, a.output.as_deref())?;
+        let hash = a.hash.resolve(&store)?;
+        match a.range {
+            Some(r) => write_range(&store, &hash, r, a.output.as_deref())?,
+            None => write_object(&store, &hash, a.output.as_deref())?,
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cas get --range`: the verified bytes of the range to stdout or `-o FILE`.
+fn write_range(store: &Store, hash: &Hash, r: ByteRange, output: Option<&Path>) -> Result<()> {
+    use std::io::Write as _;
+    use std::ops::Bound;
+    let range = match r {
+        ByteRange::From { start, end } => (
+            Bound::Included(start),
+            end.map_or(Bound::Unbounded, Bound::Included),
+        ),
+        ByteRange::Last(n) => {
+            // As HTTP: more than the object has is all of it.
+            let len = store.object_info(hash)?.len;
+            (Bound::Included(len.saturating_sub(n)), Bound::Unbounded)
+        }
+    };
+    match output {
+        Some(path) if path != Path::new("-") => {
+            store.read_range_to_path(hash, range, path)?;
+        }
+        _ => {
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            store.read_range_to_writer(hash, range, &mut out)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes an object to `output` (see `Store::get_to_path`) or stdout (none, or `-`),

@@ -13,7 +13,10 @@ class ObjectFile(io.RawIOBase):
 
     Sequential reads hash what they hand out; the read that reaches the end raises
     ``cas.Corrupt`` if the bytes do not match (so bytes read before the end are not yet
-    verified). The first ``seek`` that moves the position verifies the whole object first.
+    verified). The first ``seek`` that moves the position turns it into a random-access
+    reader that returns nothing unverified: each 16 KiB chunk group is checked against the
+    object's name (through its outboard) before any of its bytes is returned; an object
+    under 4 MiB is verified whole at that seek.
     Every call is one call of the Rust reader, with the GIL released.
     """
 

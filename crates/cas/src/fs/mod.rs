@@ -676,12 +676,12 @@ pub(crate) fn map_private_file(file: &File, offset: u64, len: usize) -> io::Resu
 pub(crate) fn map_readonly(file: &File) -> io::Result<memmap2::Mmap> {
     // SAFETY: `Mmap::map` is unsafe because the mapping's bytes change (or vanish, raising
     // SIGBUS) if another process modifies or truncates the file while it is mapped. We only map
-    // files the store treats as immutable: published objects (mode 0444, only ever replaced by
+    // files the store treats as immutable: published objects and outboards (mode 0444, only ever replaced by
     // renaming a new file over the name or unlinked, which leave this inode's bytes intact) and
     // our own private staging files after writing them. A writer that ignored the read-only bit
     // and rewrote an object in place could still change the bytes under us; the bytes we hand
-    // out are verified against the hash after mapping, so wrong bytes are detected, not
-    // returned. Network filesystems, where another node's truncation can SIGBUS a mapping, are
+    // out are verified against the hash after mapping (an outboard's pairs each against the
+    // object's name as they are used), so wrong bytes are detected, not returned. Network filesystems, where another node's truncation can SIGBUS a mapping, are
     // never mapped: callers check `Caps::network` first.
     unsafe { memmap2::Mmap::map(file) }
 }

@@ -101,6 +101,8 @@ pub struct GcReport {
     pub evicted_bytes: u64,
     /// Staging files of dead or stale writers removed.
     pub staging_removed: u64,
+    /// Outboards removed because their object is gone (docs/format.md, "Outboards").
+    pub outboards_removed: u64,
     /// Bytes under `objects/`, `trash/` and `quarantine/` after the run, as counted by its
     /// own scan (objects that concurrent writers added meanwhile are not included): the
     /// same areas as [`Usage::counted_bytes`](crate::Usage::counted_bytes), and what a size
@@ -314,6 +316,10 @@ impl Store {
             }
         }
         self.clean_broken_locks(dry);
+        if !dry {
+            // Derived data: a failure to list or remove costs only disk space.
+            r.outboards_removed = self.sweep_outboards().unwrap_or(0);
+        }
         // Empty fan-out directories stay: `init` makes all 256 and a publish never has to
         // create one (whose own name would need another fsync to survive a power loss).
         r.bytes_after = if dry && opts.grace.is_zero() {

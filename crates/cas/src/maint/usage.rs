@@ -13,7 +13,7 @@ use crate::Store;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Area {
-    /// `objects`, `trash`, `quarantine`, `staging` (tmp/), `refs`, `reflogs`, `entries`
+    /// `objects`, `outboards`, `trash`, `quarantine`, `staging` (tmp/), `refs`, `reflogs`, `entries`
     /// (index/), `locks`, or `store files` (FORMAT, config, anything else at the top).
     pub name: &'static str,
     /// Regular files in it.
@@ -73,8 +73,9 @@ impl Usage {
     }
 }
 
-const AREAS: [(&str, &str); 8] = [
+const AREAS: [(&str, &str); 9] = [
     (layout::OBJECTS, "objects"),
+    (layout::OUTBOARDS, "outboards"),
     (layout::TRASH, "trash"),
     (layout::QUARANTINE, "quarantine"),
     (layout::TMP, "staging"),

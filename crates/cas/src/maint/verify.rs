@@ -65,6 +65,11 @@ pub struct VerifyReport {
     pub stale_staging: Vec<Problem>,
     /// Reachable objects found in trash and moved back to `objects/`, by hash.
     pub restored: Vec<Hash>,
+    /// Outboards checked against their object's name (docs/format.md, "Outboards").
+    pub outboards: u64,
+    /// Outboards removed: wrong, or their object gone. Not a problem of the store (they are
+    /// derived data, rebuilt on the next range read), so [`VerifyReport::is_clean`] ignores it.
+    pub outboards_removed: u64,
 }
 
 impl VerifyReport {
@@ -194,6 +199,17 @@ impl Store {
                 reason: s.reason.to_owned(),
             })
             .collect();
+        // Derived data: an `outboards/` that cannot be listed (a symlink planted there) is a
+        // damaged item of the report, not a failure of the verify.
+        match self.verify_outboards() {
+            Ok(counts) => (report.outboards, report.outboards_removed) = counts,
+            Err(e) => report.bad_files.push(Problem {
+                path: e
+                    .path()
+                    .map_or_else(|| self.path(crate::store::layout::OUTBOARDS), Into::into),
+                reason: crate::maint::mark::error_reason(&e),
+            }),
+        }
         Ok(report)
     }
 

@@ -70,8 +70,14 @@ pub(crate) fn copy_verified(
             total,
         })
     };
-    let (actual, copied) = copy_and_hash(obj, dst, dst_may_map, &tick)
-        .map_err(|e| copy_error(e, obj_path, dst_shown))?;
+    let (actual, copied) = copy_and_hash(
+        obj,
+        dst,
+        dst_may_map,
+        &mut crate::hash::Hasher::new(),
+        &tick,
+    )
+    .map_err(|e| copy_error(e, obj_path, dst_shown))?;
     if actual == *hash {
         return Ok(copied);
     }

@@ -211,7 +211,28 @@ impl Store {
         dest: impl AsRef<Path>,
         progress: ProgressFn<'_>,
     ) -> Result<u64> {
-        let dest = dest.as_ref();
+        // Large objects are copied in the kernel and the copy itself is verified
+        // (crate::read::copyout).
+        self.to_path(
+            dest.as_ref(),
+            &mut |w| self.get_to_sink(hash, w, progress),
+            &mut |tmp, path| {
+                crate::read::copyout::object_to_new_file(
+                    self, hash, tmp, path, true, false, progress,
+                )
+            },
+        )
+    }
+
+    /// Writes to `dest` as [`Store::get_to_path`] describes: `special` fills a device or
+    /// FIFO in place, `regular` fills a new temporary file (open, mode 0600) renamed over
+    /// the regular file at the path it is given once it returns.
+    pub(crate) fn to_path(
+        &self,
+        dest: &Path,
+        special: &mut dyn FnMut(&mut dyn Sink) -> Result<u64>,
+        regular: &mut dyn FnMut(&File, &Path) -> Result<u64>,
+    ) -> Result<u64> {
         self.refuse_output_inside(dest)?;
         let (path, mode) = match resolve(dest)? {
             Target::Special(p) => {
@@ -219,9 +240,7 @@ impl Store {
                     path: &p,
                     sink: None,
                 };
-                let n = self
-                    .get_to_sink(hash, &mut w, progress)
-                    .map_err(|e| output_error(e, &p))?;
+                let n = special(&mut w).map_err(|e| output_error(e, &p))?;
                 // An empty object still opens the node (a FIFO's reader sees its end).
                 w.sink().map_err(Error::at("write", &p))?;
                 return Ok(n);
@@ -251,17 +270,8 @@ impl Store {
         if abandon::abandoned() {
             return Err(Error::Interrupted);
         }
-        // Created O_EXCL with mode 0600: nobody else can open it until it is renamed. Large
-        // objects are copied in the kernel and the copy itself is verified (crate::read::copyout).
-        let n = crate::read::copyout::object_to_new_file(
-            self,
-            hash,
-            tmp.as_file(),
-            &path,
-            true,
-            false,
-            progress,
-        )?;
+        // Created O_EXCL with mode 0600: nobody else can open it until it is renamed.
+        let n = regular(tmp.as_file(), &path)?;
         fs::set_mode(tmp.as_file(), mode).map_err(Error::at("set permissions of", tmp.path()))?;
         tmp.persist(&path)
             .map_err(|e| Error::io("rename the output into place at", &path, e.error))?;

@@ -6,10 +6,10 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::copy::{HASH_CHUNK, MMAP_MIN};
+use crate::copy::MMAP_MIN;
 use crate::error::{Error, Result};
 use crate::fs;
-use crate::hash::{Hash, Hasher, PARALLEL_MIN};
+use crate::hash::{Hash, Hasher};
 use crate::progress::ProgressFn;
 use crate::read::copyout::{FdSink, Sink, WriterSink};
 use crate::store::layout;
@@ -488,6 +488,47 @@ impl Store {
             hasher: Hasher::new(),
             done: false,
             verified: false,
+            ranged: None,
+        })
+    }
+
+    /// Opens an object for random access that never hands out an unverified byte: each chunk
+    /// group (16 KiB) is checked against the object's name through its outboard the first
+    /// time a read touches it, before any of its bytes is returned (see
+    /// [`Store::read_range`]; objects under 4 MiB are verified whole when opened). A damaged
+    /// group fails the read with [`Error::CorruptRange`] (as `io::ErrorKind::InvalidData`)
+    /// naming the object and the group's byte range.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::io::{Read, Seek, SeekFrom};
+    /// let store = cas::Store::init(dir.path(), cas::Options::default())?;
+    /// let data: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+    /// let h = store.put_bytes(&data)?;
+    /// let mut r = store.verified_reader(&h)?;
+    /// r.seek(SeekFrom::Start(5_000_000))?;         // reads nothing yet
+    /// let mut buf = [0u8; 100];
+    /// r.read_exact(&mut buf)?;                      // checks one 16 KiB group
+    /// assert_eq!(buf[..], data[5_000_000..5_000_100]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Corrupt`] if a small object (or one whose outboard had
+    /// to be computed) does not match; I/O errors naming the path.
+    pub fn verified_reader(&self, hash: &Hash) -> Result<ObjectReader> {
+        let ranged = self.open_ranged(hash)?;
+        let (file, path) = ranged.file_and_path()?;
+        Ok(ObjectReader {
+            store: self.clone(),
+            file,
+            path,
+            expected: *hash,
+            hasher: Hasher::new(),
+            done: false,
+            verified: false,
+            ranged: Some((Box::new(ranged), 0)),
         })
     }
 
@@ -617,8 +658,11 @@ pub struct ObjectReader {
     expected: Hash,
     hasher: Hasher,
     done: bool,
-    /// The whole object was checked (by a seek): reads need not hash any more.
+    /// The whole object was checked (read to its end): reads need not hash any more.
     verified: bool,
+    /// Random access (after a seek, or [`Store::verified_reader`]): reads go through the
+    /// verified view of `crate::outboard::range`, at this position.
+    ranged: Option<(Box<crate::outboard::range::Ranged>, u64)>,
 }
 
 impl std::fmt::Debug for ObjectReader {
@@ -636,6 +680,9 @@ impl ObjectReader {
     /// # Errors
     /// I/O errors from `fstat`.
     pub fn len(&self) -> Result<u64> {
+        if let Some((r, _)) = &self.ranged {
+            return Ok(r.len());
+        }
         Ok(self
             .file
             .metadata()
@@ -652,42 +699,30 @@ impl ObjectReader {
     }
 }
 
-impl ObjectReader {
-    /// Hashes the whole object from its start without moving the read position (positioned
-    /// reads); a mismatch quarantines it and is the error.
-    fn verify_whole(&mut self) -> io::Result<()> {
-        use std::os::unix::fs::FileExt as _;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; HASH_CHUNK];
-        let mut off = 0u64;
-        loop {
-            let n = match self.file.read_at(&mut buf, off) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if n >= PARALLEL_MIN {
-                crate::hash::update_parallel(&mut h, &buf[..n]);
-            } else {
-                h.update(&buf[..n]);
-            }
-            off += n as u64;
-        }
-        let actual: Hash = h.finalize().into();
-        if actual != self.expected {
-            let e = self.store.corrupt(&self.expected, actual, &self.path);
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-        }
-        self.verified = true;
-        Ok(())
-    }
-}
-
-/// Seeking verifies the whole object first, once (see [`Store::reader`]); a seek that does
-/// not move the position (`SeekFrom::Current(0)`, "tell") reads nothing.
+/// A seek that moves the position turns the reader into a verified random-access one (see
+/// [`Store::verified_reader`]): every later read is checked a chunk group at a time (a small
+/// object is verified whole at the seek). A seek that does not move the position
+/// (`SeekFrom::Current(0)`, "tell") reads nothing.
 impl io::Seek for ObjectReader {
     fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        if let Some((r, at)) = &mut self.ranged {
+            let target = match pos {
+                io::SeekFrom::Start(n) => Some(n),
+                io::SeekFrom::Current(d) => at.checked_add_signed(d),
+                io::SeekFrom::End(d) => r.len().checked_add_signed(d),
+            };
+            let Some(target) = target else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "seek to a negative or overflowing position in object {}",
+                        self.expected
+                    ),
+                ));
+            };
+            *at = target;
+            return Ok(target);
+        }
         let cur = self.file.stream_position()?;
         let target = match pos {
             io::SeekFrom::Start(n) => Some(n),
@@ -707,7 +742,15 @@ impl io::Seek for ObjectReader {
             return Ok(cur);
         }
         if !self.verified {
-            self.verify_whole()?;
+            let file = self.file.try_clone()?;
+            let r = crate::outboard::range::Ranged::open(
+                &self.store,
+                &self.expected,
+                file,
+                self.path.clone(),
+            )?;
+            self.ranged = Some((Box::new(r), target));
+            return Ok(target);
         }
         self.file.seek(io::SeekFrom::Start(target))
     }
@@ -715,6 +758,11 @@ impl io::Seek for ObjectReader {
 
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((r, at)) = &mut self.ranged {
+            let n = r.read_at(buf, *at)?;
+            *at += n as u64;
+            return Ok(n);
+        }
         if self.verified {
             return self.file.read(buf);
         }

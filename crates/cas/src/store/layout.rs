@@ -21,6 +21,8 @@ pub(crate) const TRASH: &str = "trash";
 pub(crate) const LOCKS: &str = "locks";
 /// Per-user hints (the stat cache of `put -r`), never needed for correctness.
 pub(crate) const CACHE: &str = "cache";
+/// Outboards of large objects (derived data, docs/format.md "Outboards"): `outboards/ab/cdef…`.
+pub(crate) const OUTBOARDS: &str = "outboards";
 
 /// Suffix of lock files next to the file they protect.
 pub(crate) const LOCK_SUFFIX: &str = ".lock";
@@ -32,6 +34,17 @@ pub(crate) fn object_path(root: &Path, hash: &Hash) -> PathBuf {
     let mut p = PathBuf::with_capacity(root.as_os_str().len() + 1 + OBJECTS.len() + 2 + HEX_LEN);
     p.push(root);
     p.push(OBJECTS);
+    p.push(&hex[..2]);
+    p.push(&hex[2..]);
+    p
+}
+
+/// `outboards/ab/cdef…`: the outboard of the object `hash` (the object's path with
+/// `outboards` for `objects`).
+pub(crate) fn outboard_path(root: &Path, hash: &Hash) -> PathBuf {
+    let mut buf = [0u8; HEX_LEN];
+    let hex = hash.to_hex_buf(&mut buf);
+    let mut p = root.join(OUTBOARDS);
     p.push(&hex[..2]);
     p.push(&hex[2..]);
     p

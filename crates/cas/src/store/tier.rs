@@ -133,6 +133,13 @@ pub trait Upstream: Names {
     /// were staged). Objects already present are skipped. Returns when all are published
     /// with the upstream's durability.
     fn put(&self, objects: &mut [(Hash, &mut dyn Read)]) -> Result<()>;
+    /// The upstream as a store on a filesystem this process reaches, if it is one: a range
+    /// read through a tier reads the chunk groups it needs (and the outboard) there, in place,
+    /// instead of fetching the whole object (docs/format.md, "Outboards"). `None` (the
+    /// default): ranges fetch the whole object first.
+    fn as_store(&self) -> Option<crate::Store> {
+        None
+    }
     /// The object whose hash starts with `prefix` (8 to 63 lowercase hex digits, already checked),
     /// as [`Store::resolve_prefix`](crate::Store::resolve_prefix). The default cannot: it asks for
     /// the full hash.

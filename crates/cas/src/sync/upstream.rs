@@ -186,6 +186,10 @@ impl Names for DirUpstream {
 }
 
 impl Upstream for DirUpstream {
+    fn as_store(&self) -> Option<Store> {
+        self.store().ok()
+    }
+
     fn location(&self) -> &Path {
         &self.path
     }

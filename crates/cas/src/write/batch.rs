@@ -153,7 +153,7 @@ impl Batch {
     /// # Errors
     /// I/O errors naming the staging file.
     pub fn put_bytes(&mut self, bytes: &[u8]) -> Result<Hash> {
-        let hash = Hash::of_parallel(bytes);
+        let hash = self.store.hash_for_put(bytes);
         if !self.tick(bytes.len() as u64) {
             return Err(crate::Error::Interrupted);
         }

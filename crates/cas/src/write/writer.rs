@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use crate::copy::{copy_and_hash, hash_file, CopyError, SMALL_FILE};
 use crate::error::{Error, Result};
 use crate::fs;
-use crate::hash::{Hash, Hasher};
+use crate::hash::Hash;
+use crate::outboard::range::TreeWriter;
 use crate::write::stage::{Input, Staged, Staging};
 use crate::{Durability, Store};
 
@@ -45,7 +46,8 @@ pub struct Writer {
     store: Store,
     staging: Staging,
     buf: Vec<u8>,
-    hasher: Hasher,
+    /// BLAKE3 by chunk groups, writing the outboard as it goes (`crate::outboard::range`).
+    hasher: TreeWriter,
     len: u64,
     durability: Durability,
     /// Set when a write to the staging file failed: the bytes hashed no longer match the file.
@@ -103,7 +105,7 @@ impl Writer {
         }
         let file = self.staging.file_mut();
         let r = if chunk.len() >= PIPELINE_MIN {
-            let mut h = self.hasher.clone();
+            let mut h = std::mem::take(&mut self.hasher);
             let r = std::thread::scope(|s| {
                 let t = s.spawn(move || {
                     h.update(chunk);
@@ -147,7 +149,7 @@ impl Writer {
             ));
         }
         Ok(Staged {
-            hash: self.hasher.finalize(),
+            hash: self.hasher.finish(),
             len: self.len,
             staging: self.staging,
         })
@@ -224,7 +226,7 @@ impl Store {
             store: self.clone(),
             staging: self.new_staging()?,
             buf: Vec::with_capacity(WRITE_BUF),
-            hasher: Hasher::new(),
+            hasher: TreeWriter::new(Some(self.clone())),
             len: 0,
             durability: self.durability(),
             poisoned: false,
@@ -247,7 +249,7 @@ impl Store {
     /// I/O errors naming the staging file or object path.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Hash> {
         let durability = self.durability();
-        let hash = Hash::of_parallel(bytes);
+        let hash = self.hash_for_put(bytes);
         if !self.refresh_if_present(&hash, Some(bytes.len() as u64), durability) {
             self.publish(vec![self.stage_hashed(bytes, hash)?], durability)?;
         }
@@ -349,8 +351,9 @@ impl Store {
         }
         let mut staging = self.new_staging()?;
         let may_map = self.may_map_own();
-        let (hash, len) =
-            copy_and_hash(&src, staging.file_mut(), may_map, tick).map_err(|e| match e {
+        let mut hasher = TreeWriter::new(Some(self.clone()));
+        let (hash, len) = copy_and_hash(&src, staging.file_mut(), may_map, &mut hasher, tick)
+            .map_err(|e| match e {
                 CopyError::Source(e) => input.error(e),
                 CopyError::Dest(e) => Error::io("copy into staging file", staging.path(), e),
                 CopyError::Stopped => Error::Interrupted,
