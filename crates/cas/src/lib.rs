@@ -193,9 +193,9 @@ pub use store::init::{Create, DefaultStore};
 pub use store::tier::{Names, Upstream};
 pub use sync::transfer::{TransferConflict, TransferOptions, TransferReport};
 pub use sync::upstream::DirUpstream;
-pub use tree::format::{
-    CheckoutOptions, PutDirOptions, PutDirReport, Tree, TreeEntry, TreeEntryKind, TreeLimits,
-    TREE_MAGIC, TREE_MODE_BITS, TREE_VERSION,
-};
+pub use tree::format::{Tree, TreeEntry, TreeEntryKind, TREE_MAGIC, TREE_MODE_BITS, TREE_VERSION};
+pub use tree::put::{PutDirOptions, PutDirReport};
+pub use tree::restore::CheckoutOptions;
+pub use tree::walk::TreeLimits;
 pub use write::batch::Batch;
 pub use write::writer::Writer;

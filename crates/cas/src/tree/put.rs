@@ -27,8 +27,9 @@ use crate::fs::{self, Kind};
 use crate::hash::Hash;
 use crate::progress::ProgressHook;
 use crate::tree::format::{
-    PutDirOptions, TreeEntry, TreeEntryKind, TreeWriter, MAX_DEPTH, TREE_MODE_BITS, TREE_VERSION,
+    TreeEntry, TreeEntryKind, TreeWriter, Trees, MAX_DEPTH, TREE_MODE_BITS, TREE_VERSION,
 };
+use crate::tree::links::{join_shown, Models};
 use crate::tree::statcache::{StatCache, StatKey};
 use crate::write::batch::Batch;
 use crate::Store;
@@ -582,6 +583,180 @@ impl Walk<'_> {
             _ => self.batch.put_bytes(bytes)?,
         };
         Ok(hash)
+    }
+}
+
+/// What [`Store::put_dir_report`] noticed about a stored directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PutDirReport {
+    /// Symlinks whose target resolves outside the stored directory (absolute, or climbing
+    /// out, possibly through other links). They are stored as they are; a restore refuses
+    /// them unless [`CheckoutOptions::allow_external_symlinks`] is set.
+    pub external_symlinks: u64,
+    /// One of them, with its target, as an example.
+    pub example: Option<(PathBuf, PathBuf)>,
+    /// With the stat cache: files whose hash came from it (not read).
+    pub cache_hits: u64,
+    /// With the stat cache: files that were read and hashed.
+    pub hashed: u64,
+    /// With the stat cache: why it was ignored or not written, if it was (a damaged cache
+    /// file is ignored, never an error).
+    pub cache_warning: Option<String>,
+    /// With [`PutDirOptions::skip_special`]: FIFOs, sockets and devices left out.
+    pub skipped_special: u64,
+    /// One of them, as an example.
+    pub skipped_example: Option<PathBuf>,
+}
+
+/// Options of [`Store::put_dir_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PutDirOptions {
+    /// Use and update this user's stat cache of the store (docs/format.md "The stat cache of `put
+    /// -r`"): a file whose device, inode, size, mtime and ctime are what they were when it was last
+    /// stored, and whose object is still in the store, is not read again. Off by default in the
+    /// library; the CLI turns it on (`cas put -r`, off with `--no-cache`).
+    pub stat_cache: bool,
+    /// Told the input bytes done so far (phase `"put"`): files read, files found unchanged in
+    /// the stat cache, and the directory listings (tree objects) stored. The total is `None`:
+    /// the tree is not walked twice to count it. Returning `false` stops the put with
+    /// [`Error::Interrupted`] (what was staged is removed; objects already published stay, as
+    /// after any put).
+    pub progress: Option<ProgressHook>,
+    /// Record every file's and directory's mtime (nanoseconds) in the tree (`put -r
+    /// --keep-mtime`). Off by default: the tree of a directory then depends on its contents
+    /// and modes only, so two puts of the same files made at different times give one hash
+    /// (as git; tar and restic keep mtimes). Symlinks' mtimes are never recorded.
+    pub keep_mtime: bool,
+    /// Leave FIFOs, sockets and devices out of the tree, counted in
+    /// [`PutDirReport::skipped_special`] (`put -r --skip-special`), instead of failing on
+    /// the first one.
+    pub skip_special: bool,
+}
+
+impl PutDirOptions {
+    /// Sets [`PutDirOptions::progress`] (builder style).
+    #[must_use]
+    pub fn progress(mut self, f: impl Fn(crate::Progress) -> bool + Send + Sync + 'static) -> Self {
+        self.progress = Some(ProgressHook::new(f));
+        self
+    }
+
+    /// Sets [`PutDirOptions::stat_cache`] (builder style).
+    #[must_use]
+    pub fn stat_cache(mut self, on: bool) -> Self {
+        self.stat_cache = on;
+        self
+    }
+
+    /// Sets [`PutDirOptions::keep_mtime`] (builder style).
+    #[must_use]
+    pub fn keep_mtime(mut self, on: bool) -> Self {
+        self.keep_mtime = on;
+        self
+    }
+
+    /// Sets [`PutDirOptions::skip_special`] (builder style).
+    #[must_use]
+    pub fn skip_special(mut self, on: bool) -> Self {
+        self.skip_special = on;
+        self
+    }
+}
+
+impl Store {
+    /// Stores a directory: every file as an object, every directory as a tree object; returns
+    /// the root tree's hash. Symlinks are stored, not followed. Identical files are stored once.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// let src = dir.path().join("src");
+    /// std::fs::create_dir_all(src.join("sub")).unwrap();
+    /// std::fs::write(src.join("sub/a.txt"), b"hi").unwrap();
+    /// let tree = store.put_dir(&src)?;
+    /// store.checkout(&tree, dir.path().join("copy"))?;
+    /// assert_eq!(std::fs::read(dir.path().join("copy/sub/a.txt")).unwrap(), b"hi");
+    /// assert_eq!(store.put_dir(dir.path().join("copy"))?, tree);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the path that could not be read; [`Error::Tree`] for a file type
+    /// that cannot be stored (socket, fifo, device).
+    pub fn put_dir(&self, path: impl AsRef<Path>) -> Result<Hash> {
+        let opts = PutDirOptions::default();
+        crate::tree::put::put_dir(self, path.as_ref(), None, &opts).map(|r| r.0)
+    }
+
+    /// [`Store::put_dir`], also reporting symlinks in the directory whose targets resolve
+    /// outside it (those a default restore will refuse).
+    ///
+    /// # Errors
+    /// As [`Store::put_dir`].
+    pub fn put_dir_report(&self, path: impl AsRef<Path>) -> Result<(Hash, PutDirReport)> {
+        self.put_dir_with(path, &PutDirOptions::default())
+    }
+
+    /// [`Store::put_dir_report`] with options: with [`PutDirOptions::stat_cache`], files
+    /// unchanged since they were last stored (by `lstat`, and racy-git safe) are not read
+    /// again. The cache is a hint: a damaged one is ignored (see
+    /// [`PutDirReport::cache_warning`]) and the stored tree is the same with or without it.
+    ///
+    /// ```
+    /// # fn main() -> cas::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = cas::Store::init(dir.path().join("s"), cas::Options::default())?;
+    /// # let src = dir.path().join("src");
+    /// # std::fs::create_dir_all(&src).unwrap();
+    /// # std::fs::write(src.join("a"), b"a").unwrap();
+    /// let opts = cas::PutDirOptions::default().stat_cache(true);
+    /// let (tree, _) = store.put_dir_with(&src, &opts)?;
+    /// assert_eq!(store.put_dir_with(&src, &opts)?.0, tree);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::put_dir`].
+    pub fn put_dir_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &PutDirOptions,
+    ) -> Result<(Hash, PutDirReport)> {
+        let path = path.as_ref();
+        let mut cache = opts
+            .stat_cache
+            .then(|| crate::tree::statcache::StatCache::load(self));
+        let (hash, skipped) = crate::tree::put::put_dir(self, path, cache.as_mut(), opts)?;
+        // Only a tree with symlinks needs its model (all its names: memory in proportion to
+        // the whole tree, the one place a put holds that).
+        let links = if skipped.links == 0 {
+            Vec::new()
+        } else {
+            let model = self.model(&hash, path, 0, &Trees::new(), &mut Models::new())?;
+            model.escaping_links()
+        };
+        let mut report = PutDirReport {
+            external_symlinks: links.len() as u64,
+            example: links.first().map(|(p, t, _)| {
+                (
+                    join_shown(path, p),
+                    PathBuf::from(std::ffi::OsStr::from_bytes(t)),
+                )
+            }),
+            skipped_special: skipped.count,
+            skipped_example: skipped.example,
+            ..PutDirReport::default()
+        };
+        if let Some(mut c) = cache {
+            c.save(self);
+            report.cache_hits = c.hits;
+            report.hashed = c.hashed;
+            report.cache_warning = c.warning;
+        }
+        Ok((hash, report))
     }
 }
 

@@ -21,8 +21,11 @@ use crate::error::{Error, Result};
 use crate::fs;
 use crate::hash::Hash;
 use crate::progress::{Progress, ProgressHook};
-use crate::tree::format::{check_name, Tree, TreeEntryKind, MAX_DEPTH};
+use crate::tree::format::{check_name, Tree, TreeEntryKind, Trees, MAX_DEPTH, TREE_MODE_BITS};
+use crate::tree::links::{escapes_by_itself, join_shown, Models};
+use crate::tree::walk::TreeLimits;
 use crate::Store;
+use std::os::unix::fs::PermissionsExt;
 
 /// Files handed to a worker at once (fewer channel operations for trees of small files).
 const JOB_FILES: usize = 32;
@@ -364,4 +367,262 @@ fn walk(
         }
     }
     send(shared, tx, batch)
+}
+
+/// Options of [`Store::checkout_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckoutOptions {
+    /// Restore symlinks whose target resolves outside the destination verbatim, as `tar`,
+    /// `git` and `cp -a` do, instead of refusing the restore. The restore itself still never
+    /// writes through any link; but whatever later opens such a link — a build, a shell
+    /// following `out/passwd` — reaches outside the destination, wherever the tree's author
+    /// pointed it. Only for trees whose author you trust.
+    pub allow_external_symlinks: bool,
+    /// Told the bytes of files restored so far (phase `"restore"`), out of the tree's total,
+    /// known before the first file is written. It is called from the restoring threads.
+    /// Returning `false` stops the restore with [`Error::Interrupted`]; nothing is left at
+    /// the destination.
+    pub progress: Option<ProgressHook>,
+    /// Budgets of the restore (entries at every path, depth, file bytes claimed), checked
+    /// before anything is created: a tree over them fails with [`Error::TreeBudget`].
+    pub limits: TreeLimits,
+    /// Give files and directories exactly the permission bits their entries record (`get -r
+    /// --no-umask`), as `tar -p` does. By default they are masked by the process's umask, as
+    /// every file a process creates is: a tree never makes a file more open than the
+    /// restoring user's umask allows.
+    pub ignore_umask: bool,
+    /// Leave recorded mtimes out (`get -r --no-mtime`): files and directories keep the time
+    /// of the restore. By default a recorded mtime is restored (it is recorded only when the
+    /// tree's author asked, with [`PutDirOptions::keep_mtime`]).
+    pub skip_mtimes: bool,
+}
+
+impl CheckoutOptions {
+    /// Sets [`CheckoutOptions::limits`] (builder style).
+    #[must_use]
+    pub fn limits(mut self, limits: TreeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets [`CheckoutOptions::progress`] (builder style).
+    #[must_use]
+    pub fn progress(mut self, f: impl Fn(crate::Progress) -> bool + Send + Sync + 'static) -> Self {
+        self.progress = Some(ProgressHook::new(f));
+        self
+    }
+
+    /// Sets [`CheckoutOptions::allow_external_symlinks`] (builder style).
+    #[must_use]
+    pub fn allow_external_symlinks(mut self, on: bool) -> Self {
+        self.allow_external_symlinks = on;
+        self
+    }
+
+    /// Sets [`CheckoutOptions::ignore_umask`] (builder style).
+    #[must_use]
+    pub fn ignore_umask(mut self, on: bool) -> Self {
+        self.ignore_umask = on;
+        self
+    }
+
+    /// Sets [`CheckoutOptions::skip_mtimes`] (builder style).
+    #[must_use]
+    pub fn skip_mtimes(mut self, on: bool) -> Self {
+        self.skip_mtimes = on;
+        self
+    }
+}
+
+impl Store {
+    /// True if the directory `dir` holds exactly the tree `tree`: the same names, kinds,
+    /// executable bits, symlink targets and file contents (hashed), nothing more, and the
+    /// modes and mtimes a restore with `opts` would give. Links are compared, never followed.
+    fn dir_holds_tree(
+        &self,
+        dir: &Path,
+        tree: &Hash,
+        depth: usize,
+        opts: &CheckoutOptions,
+    ) -> Result<bool> {
+        if depth > MAX_DEPTH {
+            return Ok(false);
+        }
+        let t = self.read_tree(tree)?;
+        let count = std::fs::read_dir(dir)
+            .map_err(Error::at("read directory", dir))?
+            .count();
+        if count != t.entries.len() {
+            return Ok(false);
+        }
+        for e in &t.entries {
+            let p = dir.join(std::ffi::OsStr::from_bytes(&e.name));
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                return Ok(false);
+            };
+            let umask = if opts.ignore_umask { 0 } else { fs::umask() };
+            let attrs_same = e
+                .mode
+                .is_none_or(|mode| m.permissions().mode() & TREE_MODE_BITS == mode & !umask)
+                && e.mtime.filter(|_| !opts.skip_mtimes).is_none_or(|t| {
+                    std::os::unix::fs::MetadataExt::mtime(&m)
+                        .saturating_mul(1_000_000_000)
+                        .saturating_add(std::os::unix::fs::MetadataExt::mtime_nsec(&m))
+                        == t
+                });
+            if !attrs_same {
+                return Ok(false);
+            }
+            let same = match &e.kind {
+                TreeEntryKind::File {
+                    executable,
+                    size,
+                    hash,
+                } => {
+                    m.is_file()
+                        && m.len() == *size
+                        && (m.permissions().mode() & 0o111 != 0) == *executable
+                        && std::fs::File::open(&p)
+                            .and_then(|f| crate::copy::hash_file(&f, false))
+                            .is_ok_and(|h| h == *hash)
+                }
+                TreeEntryKind::Dir { hash } => {
+                    m.is_dir() && self.dir_holds_tree(&p, hash, depth + 1, opts)?
+                }
+                TreeEntryKind::Symlink { target } => {
+                    m.file_type().is_symlink()
+                        && std::fs::read_link(&p)
+                            .is_ok_and(|l| l.as_os_str().as_bytes() == target.as_slice())
+                }
+            };
+            if !same {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Restores a tree into `dest`, which must not exist, refusing symlinks that would
+    /// resolve outside it (see [`Store::checkout_with`]).
+    ///
+    /// # Errors
+    /// As [`Store::checkout_with`].
+    pub fn checkout(&self, tree: &Hash, dest: impl AsRef<Path>) -> Result<()> {
+        self.checkout_with(tree, dest, &CheckoutOptions::default())
+    }
+
+    /// Restores a tree into `dest`, which must not exist. Everything is written into a
+    /// temporary directory beside `dest` and renamed into place when complete, so a failed
+    /// restore leaves no partial `dest`.
+    ///
+    /// Nothing is ever written outside `dest`: every file and directory is created relative
+    /// to the descriptor of a directory this restore created (`O_CREAT | O_EXCL |
+    /// O_NOFOLLOW`, `mkdirat`), so no link — restored or planted — is ever followed. Before
+    /// anything is created, every symlink in the whole tree is resolved the way the restored
+    /// tree will resolve it (links to links, `..` after a link, with a bound on the number of
+    /// links); one that would lead outside `dest`, or an absolute one, is refused, unless
+    /// `opts` allows external links.
+    ///
+    /// Before anything else, the tree is checked against [`CheckoutOptions::limits`] in one
+    /// pass that reads each distinct tree object once: a tree naming one subtree at millions
+    /// of paths fails at once. A signal's clean-up ([`crate::abandon_temporaries`]) stops the
+    /// restore's threads, and the restore removes its temporary directory before the
+    /// clean-up goes on.
+    ///
+    /// # Errors
+    /// [`Error::TreeBudget`] naming the tree and the budget it exceeds; [`Error::Malformed`]
+    /// if `tree` is not a tree; [`Error::Tree`] naming the offending entry for unsafe entries
+    /// or if `dest` exists; [`Error::Interrupted`] if the process is abandoning its work;
+    /// object errors as for [`Store::get`].
+    pub fn checkout_with(
+        &self,
+        tree: &Hash,
+        dest: impl AsRef<Path>,
+        opts: &CheckoutOptions,
+    ) -> Result<()> {
+        let dest = dest.as_ref();
+        self.refuse_output_inside(dest)?;
+        // Every walk below (the check of an existing destination, the symlink model, the
+        // restore) follows the tree's paths: bound them first (a tree bomb fails here).
+        let totals = self.tree_totals(tree, &opts.limits, true, &Trees::new())?;
+        if let Ok(m) = std::fs::symlink_metadata(dest) {
+            // Restoring the same tree twice (a job re-run, a second consumer) is a success.
+            if m.is_dir() && self.dir_holds_tree(dest, tree, 0, opts)? {
+                return Ok(());
+            }
+            return Err(Error::Tree {
+                path: dest.to_owned(),
+                reason: "already exists and does not hold this tree; choose a new destination"
+                    .into(),
+            });
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !opts.allow_external_symlinks && totals.links > 0 {
+            let model = self.model(tree, dest, 0, &Trees::new(), &mut Models::new())?;
+            let mut bad = model.escaping_links();
+            // Name a link whose own target escapes (`bin/python3 -> /usr/bin/python3`) rather
+            // than one that only leads to it (`bin/python -> python3`).
+            bad.sort_by_key(|(p, t, _)| !escapes_by_itself(p, t));
+            let more = bad.len().saturating_sub(1);
+            if let Some((p, t, why)) = bad.into_iter().next() {
+                return Err(Error::Tree {
+                    path: join_shown(dest, &p),
+                    reason: format!(
+                        "symlink target {:?} {}{} (refused; --allow-external-symlinks restores \
+                         such links as they are)",
+                        String::from_utf8_lossy(&t),
+                        why.describe(),
+                        match more {
+                            0 => String::new(),
+                            1 => ", and 1 more link".to_owned(),
+                            n => format!(", and {n} more links"),
+                        }
+                    ),
+                });
+            }
+        }
+        let root = self.read_tree(tree)?;
+        let name = dest
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        // Held until the temporary directory is renamed into place or removed (dropped
+        // last): a signal's clean-up waits for it instead of moving the directory aside
+        // while the restore's threads still fill it (crate::store::abandon::Busy).
+        let Some(_busy) = crate::store::abandon::busy() else {
+            return Err(Error::Interrupted);
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.cas-checkout."))
+            .tempdir_in(parent)
+            .map_err(Error::at("create temporary directory in", parent))?;
+        // Removed by the process's clean-up if it stops on a signal (crate::store::abandon).
+        let _reg = crate::store::abandon::register_temp(tmp.path());
+        let dir = fs::open_dir_nofollow(tmp.path()).map_err(Error::at("open", tmp.path()))?;
+        // Directories by one thread, files by a small pool, each verified (crate::tree::restore);
+        // the temporary directory (mode 0700) becomes visible only once all of it is done.
+        let dir = std::sync::Arc::new(dir);
+        let progress = opts.progress.as_ref().map(|p| (p, totals.bytes));
+        // On any error (a signal's included) `tmp` removes the directory as it drops.
+        let attrs = crate::tree::restore::Attrs {
+            ignore_umask: opts.ignore_umask,
+            skip_mtimes: opts.skip_mtimes,
+            umask: fs::umask(),
+        };
+        crate::tree::restore::restore(self, &root, &dir, dest, progress, attrs)?;
+        let mode = 0o777 & !fs::umask();
+        fs::set_dir_mode(&dir, mode).map_err(Error::at("set permissions of", tmp.path()))?;
+        if crate::store::abandon::abandoned() {
+            return Err(Error::Interrupted);
+        }
+        let tmp_path = tmp.keep();
+        if let Err(e) = fs::rename_dir_noreplace(&tmp_path, dest) {
+            let _ = std::fs::remove_dir_all(&tmp_path);
+            return Err(Error::io("rename restored tree to", dest, e));
+        }
+        Ok(())
+    }
 }
