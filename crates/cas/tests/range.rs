@@ -326,6 +326,36 @@ fn gc_and_verify_cover_outboards() {
     assert!(ob.is_file(), "the kept object's outboard stays");
 }
 
+/// A tier's gc evicts objects its upstream holds; their outboards in the tier go with them
+/// (they used to stay behind: the tier's gc had no outboard sweep).
+#[test]
+fn a_tiers_gc_removes_the_outboards_of_what_it_evicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let up_dir = dir.path().join("up");
+    cas::Store::init(&up_dir, cas::Options::default()).unwrap();
+    let tier = cas::Store::init(
+        dir.path().join("tier"),
+        cas::Options::default().upstream(Some(up_dir)),
+    )
+    .unwrap();
+    let h = tier.put_bytes(&data(BIG, 11)).unwrap();
+    let ob = outboard_path(&tier, &h);
+    assert!(ob.is_file(), "the put wrote the tier's outboard");
+    let opts = cas::GcOptions::default()
+        .grace(std::time::Duration::ZERO)
+        .max_size(Some(1));
+    let r = tier.gc(&opts, &cas::no_progress).unwrap();
+    assert_eq!(r.evicted_objects, 1, "{r:?}");
+    assert!(!tier.object_path(&h).exists());
+    assert_eq!(r.outboards_removed, 1, "{r:?}");
+    assert!(
+        !ob.exists(),
+        "the evicted object's outboard stayed in the tier"
+    );
+    // Still readable, by range too, through the upstream.
+    assert_eq!(tier.read_range(&h, 0..4).unwrap(), data(BIG, 11)[..4]);
+}
+
 #[test]
 fn a_seeking_reader_returns_the_objects_bytes() {
     let (_d, store) = store();

@@ -661,6 +661,11 @@ impl Store {
                 let _ = self.inner.root_dir.unlink(&s.path);
             }
         }
+        if !dry {
+            // Outboards of objects evicted here (or gone otherwise): derived data, as in a
+            // store without upstream; a failure costs only disk space.
+            r.outboards_removed = local.sweep_outboards().unwrap_or(0);
+        }
         r.bytes_after = total;
         lock.release();
         Ok(r)
