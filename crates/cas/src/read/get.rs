@@ -480,16 +480,7 @@ impl Store {
     /// [`Error::NotFound`] naming the hash; I/O errors naming the path.
     pub fn reader(&self, hash: &Hash) -> Result<ObjectReader> {
         let (file, path) = self.open_file(hash)?;
-        Ok(ObjectReader {
-            store: self.clone(),
-            file,
-            path,
-            expected: *hash,
-            hasher: Hasher::new(),
-            done: false,
-            verified: false,
-            ranged: None,
-        })
+        Ok(ObjectReader::new(self, hash, file, path, None))
     }
 
     /// Opens an object for random access that never hands out an unverified byte: each chunk
@@ -520,16 +511,7 @@ impl Store {
     pub fn verified_reader(&self, hash: &Hash) -> Result<ObjectReader> {
         let ranged = self.open_ranged(hash)?;
         let (file, path) = ranged.file_and_path()?;
-        Ok(ObjectReader {
-            store: self.clone(),
-            file,
-            path,
-            expected: *hash,
-            hasher: Hasher::new(),
-            done: false,
-            verified: false,
-            ranged: Some((Box::new(ranged), 0)),
-        })
+        Ok(ObjectReader::new(self, hash, file, path, Some(ranged)))
     }
 
     /// True if the object is in the store (or in `trash/`, from where a read restores it; or,
@@ -663,6 +645,29 @@ pub struct ObjectReader {
     /// Random access (after a seek, or [`Store::verified_reader`]): reads go through the
     /// verified view of `crate::outboard::range`, at this position.
     ranged: Option<(Box<crate::outboard::range::Ranged>, u64)>,
+}
+
+impl ObjectReader {
+    /// A reader at the start of the object; `ranged` when it reads through the verified
+    /// view by chunk group from the first byte.
+    fn new(
+        store: &Store,
+        hash: &Hash,
+        file: std::fs::File,
+        path: std::path::PathBuf,
+        ranged: Option<crate::outboard::range::Ranged>,
+    ) -> ObjectReader {
+        ObjectReader {
+            store: store.clone(),
+            file,
+            path,
+            expected: *hash,
+            hasher: Hasher::new(),
+            done: false,
+            verified: false,
+            ranged: ranged.map(|r| (Box::new(r), 0)),
+        }
+    }
 }
 
 impl std::fmt::Debug for ObjectReader {
