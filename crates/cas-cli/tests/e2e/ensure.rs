@@ -5,7 +5,7 @@
 //! (they poll for it: that is the command's own waiting, not the test's synchronisation), so
 //! every caller is started while the value is still being computed.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Shared helpers of the end-to-end tests: locating the real `cas` binary, a store fixture,
+//! Shared fixtures of the end-to-end tests: the real `cas` binary, a store fixture,
 //! running commands, listing files, deterministic test data, bounded polling.
 
 #![allow(dead_code)]
@@ -13,58 +13,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `cas` binary under test: `$CAS_BIN` if set, else `target/<profile>/cas` next to the
-/// `deps/` directory holding this test executable.
+/// The `cas` binary under test: `$CAS_BIN` if set (to run the suite against another build,
+/// say a release one), else the one Cargo built for this test binary.
 pub fn cas_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CAS_BIN").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
         assert!(p.is_file(), "CAS_BIN={} is not a file", p.display());
         return p;
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/core-xxxx -> target/<profile>/cas
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable is not in target/<profile>/deps");
-    let bin = profile_dir.join(format!("cas{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "the cas binary is missing at {}: the cas binary is built by `cargo test --workspace` \
-         because crates/cas-cli has an integration test (or run `cargo build -p cas-cli` first); \
-         or set CAS_BIN",
-        bin.display()
-    );
-    warn_if_stale(&bin);
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_cas"))
 }
 
-/// `cargo test -p cas-suite` alone does not rebuild the binary: say so (once) when a source
-/// file of the library or the CLI is newer than it.
-fn warn_if_stale(bin: &Path) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else {
-            return;
-        };
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let newer: Vec<PathBuf> = ["crates/cas/src", "crates/cas-cli/src"]
-            .iter()
-            .flat_map(|d| files_under(&root.join(d)))
-            .filter(|p| {
-                fs::metadata(p)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t > built)
-            })
-            .collect();
-        if !newer.is_empty() {
-            eprintln!(
-                "warning: {} is older than {newer:?}: testing a stale binary; run \
-                 `cargo build -p cas-cli` or `cargo test --workspace`",
-                bin.display()
-            );
-        }
-    });
+/// The workspace root (README.md, docs/, crates/): two levels above this package.
+pub fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// A store in a fresh temporary directory, plus a scratch directory beside it for inputs and

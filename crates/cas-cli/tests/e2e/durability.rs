@@ -18,7 +18,7 @@
 //!
 //! The seed that picks the crash points is printed; `CAS_TEST_SEED=N` replays them.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! upstream store; all three are directories on the local disk. Processes race on both hosts;
 //! nothing sleeps to synchronise (bounded polling only).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -2,7 +2,7 @@
 //! `-o` treats devices, FIFOs and symlinks right, signals leave nothing behind, and partial
 //! failures and usage errors follow one rule.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -882,7 +882,7 @@ const JSON_FIELDS: &[(&str, &[&str])] = &[
 /// The "Fields per command" table of docs/json.md: row name (backticks removed) and the
 /// backticked fields of its last column.
 fn json_md_table() -> Vec<(String, Vec<String>)> {
-    let doc = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/json.md"))
+    let doc = fs::read_to_string(common::repo().join("docs/json.md"))
         .expect("docs/json.md");
     let section = doc
         .split("## Fields per command")

@@ -9,7 +9,7 @@
 //! Each case runs its commands one after the other (no race: the question is what a command
 //! that said yes left durable), cuts the power, and reads what the disk kept.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

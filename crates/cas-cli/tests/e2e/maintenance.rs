@@ -2,7 +2,7 @@
 //! round trips and malicious trees, what gc keeps and removes, gc racing writers, cleaning up
 //! after killed writers, LRU eviction to a size budget, quarantine of corrupt objects.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -8,7 +8,7 @@
 //! message when not root, and fail instead when `CAS_REQUIRE_ROOT_TESTS=1` (as in CI; the older
 //! `CAS_REQUIRE_CLUSTER=1` also still counts).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Read;

@@ -9,7 +9,7 @@
 //! Needs root and FUSE. Without them the tests say so and pass, unless `CAS_REQUIRE_CLUSTER=1`
 //! (set by `.ci/run`), which turns a missing prerequisite into a failure.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ struct Cluster {
 }
 
 fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/cluster")
 }
 
 fn required() -> bool {

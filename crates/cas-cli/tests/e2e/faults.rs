@@ -17,7 +17,7 @@
 //! - the process left no staging file and no temporary output behind;
 //! - once the fault is cleared, `cas verify` is clean and the store takes new writes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! `tests/common/torture.rs`. The cluster stage runs a short version on both distributed
 //! filesystems (`tests/cluster.rs`).
 
-mod common;
+use crate::common;
 
 use common::torture::{cas_here, secs, seed, torture, Env};
 

@@ -4,7 +4,7 @@
 //! store stale content (racy-git case, rewritten files, damaged or foreign cache files,
 //! `--no-cache`, a cached hash whose object was removed).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -417,7 +417,7 @@ fn the_library_reuses_settled_files_and_stores_the_same_tree() {
         cas::Options::default().durability(cas::Durability::None),
     )
     .unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let src = common::repo().join("docs");
     let on = cas::PutDirOptions::default().stat_cache(true);
     let start = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -1,7 +1,7 @@
 //! End-to-end tests of the core store through the real `cas` binary: round trips, staging,
 //! many concurrent processes, killed writers, corruption, malformed input, store resolution.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
