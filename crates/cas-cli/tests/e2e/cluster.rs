@@ -1,6 +1,6 @@
 //! Shared cluster stores on real distributed filesystems (issue 6).
 //!
-//! Each test starts a real distributed filesystem under FUSE with `tests/cluster/setup.sh` —
+//! Each test starts a real distributed filesystem under FUSE with `crates/cas-cli/tests/e2e/cluster/setup.sh` —
 //! `MooseFS` (the gate) or `GlusterFS` with client caches off (the hostile case) — mounted at two
 //! mount points standing for two cluster hosts, runs `cas` processes on both mounts at once, and
 //! tears everything down (also when an assertion fails). Writers "on host A" run in their own
@@ -123,12 +123,7 @@ impl Drop for Cluster {
 
 /// `cas --store STORE ARGS…`, run as host B (this machine's real hostname).
 fn cas_b(store: &Path) -> Command {
-    let mut c = Command::new(cas_bin());
-    c.arg("--store")
-        .arg(store)
-        .env_remove("CAS_STORE")
-        .stdin(Stdio::null());
-    c
+    common::cas_at(store)
 }
 
 /// `cas --store STORE ARGS…` run as host A: in its own UTS namespace, hostname `cas-host-a`.
@@ -681,7 +676,7 @@ fn tiers_over_shared_store(c: &Cluster, scratch: &Path) {
     assert_eq!(on_a, on_b, "{}: both tiers see the upstream's ref", c.fs);
 }
 
-/// The acknowledged-names torture (tests/common/torture.rs), short: writers on both hosts,
+/// The acknowledged-names torture (crates/cas-cli/tests/e2e/common/torture.rs), short: writers on both hosts,
 /// gc of store A on host A and of store B on host B, both stores on the cluster filesystem.
 fn torture_across_hosts(c: &Cluster, scratch: &Path) {
     let on_host = |host: usize, store: &Path| {
@@ -707,7 +702,7 @@ fn torture_across_hosts(c: &Cluster, scratch: &Path) {
 }
 
 /// Before the scenarios: the POSIX semantics cas relies on, checked on the two mounts by
-/// `tests/cluster/semantics_test.py` (Python 3 standard library only): rename atomicity,
+/// `crates/cas-cli/tests/e2e/cluster/semantics_test.py` (Python 3 standard library only): rename atomicity,
 /// exclusive creates, `link` onto an existing name, close-to-open visibility, renames racing
 /// over one name, lock exclusion, directory fsync, `RENAME_NOREPLACE`, mkdir races, unlink
 /// while open, mmap, creates while the other host looks the name up. A check that FAILS
@@ -731,7 +726,7 @@ fn posix_semantics(c: &Cluster, scratch: &Path) {
         .arg(&report)
         .stdin(Stdio::null())
         .output()
-        .expect("run python3 tests/cluster/semantics_test.py");
+        .expect("run python3 crates/cas-cli/tests/e2e/cluster/semantics_test.py");
     assert!(
         out.status.success(),
         "{}: semantics_test.py exited {}:\n{}{}",
@@ -782,6 +777,7 @@ fn test_users() -> Option<(u32, u32, u32)> {
         let o = Command::new("id").args(args).output().ok()?;
         text(&o.stdout).trim().parse().ok()
     };
+    let _users = common::user_db();
     let _ = Command::new("groupadd").arg("-f").arg("cas-test").output();
     for u in ["cas-test-u1", "cas-test-u2"] {
         if id(&["-u", u]).is_none() {

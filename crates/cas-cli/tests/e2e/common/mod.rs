@@ -6,9 +6,10 @@
 pub mod faultfs;
 pub mod torture;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -156,14 +157,141 @@ impl Store {
     }
 }
 
-/// A `cas` command on `store`: `--store` given explicitly and `CAS_STORE` removed, stdin null.
-pub fn cas(store: &Store) -> Command {
+/// A `cas` command on the store at `store`: `--store` given explicitly, no store or upstream
+/// from the environment (`CAS_STORE` and `CAS_UPSTREAM` removed), stdin null. The one command
+/// builder of the suite: the others add to it (a user, a umask, a home).
+pub fn cas_at(store: &Path) -> Command {
     let mut c = Command::new(cas_bin());
     c.arg("--store")
-        .arg(&store.root)
+        .arg(store)
         .env_remove("CAS_STORE")
+        .env_remove("CAS_UPSTREAM")
         .stdin(Stdio::null());
     c
+}
+
+/// [`cas_at`] with `HOME` and `XDG_CACHE_HOME` inside `home`, so not even the default store of
+/// whoever runs the tests is reachable.
+pub fn cas_home(store: &Path, home: &Path) -> Command {
+    let mut c = cas_at(store);
+    c.env("HOME", home).env("XDG_CACHE_HOME", home.join("xdg"));
+    c
+}
+
+/// [`cas_at`] on the fixture's store.
+pub fn cas(store: &Store) -> Command {
+    cas_at(&store.root)
+}
+
+/// `out` parsed as one JSON value; panics showing it when it is not.
+pub fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON value ({e}): {out}"))
+}
+
+/// One JSON value a line.
+pub fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines().map(json).collect()
+}
+
+/// A command's stdout parsed as one JSON value; panics naming `what`, with stdout and stderr,
+/// when it is not.
+pub fn json_out(out: &Output, what: &str) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: not JSON ({e}): {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+/// Sends signal `sig` (a name: `INT`, `KILL`, `STOP`…) to process `pid` with kill(1).
+pub fn kill(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// Makes a source tree: each `(relative path, bytes)` a file under `root`, parent directories
+/// created. Returns `root`.
+pub fn tree<P: AsRef<Path>, B: AsRef<[u8]>>(root: &Path, files: &[(P, B)]) -> PathBuf {
+    fs::create_dir_all(root).unwrap();
+    for (rel, bytes) in files {
+        let p = root.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(&p, bytes).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    }
+    root.to_owned()
+}
+
+/// Everything under `dir` (itself included): type, size, mode, mtime, owner and file content,
+/// by relative path. Any change a command makes shows up here.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let content = if m.is_file() {
+            blake3_hex(&fs::read(&p).unwrap())
+        } else if m.is_symlink() {
+            fs::read_link(&p).unwrap().display().to_string()
+        } else {
+            String::new()
+        };
+        out.insert(
+            p.strip_prefix(dir).unwrap().to_owned(),
+            format!(
+                "{:?} len={} mode={:o} mtime={}.{} uid={} {content}",
+                m.file_type(),
+                m.len(),
+                m.mode(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.uid()
+            ),
+        );
+        if m.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+/// What a directory holds, for comparing a restore with its source: relative path → kind,
+/// bytes or link target, executable bit (not times, owners or other mode bits).
+pub fn contents(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_owned();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let desc = if m.file_type().is_symlink() {
+                format!("link -> {}", fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_owned()
+            } else {
+                format!(
+                    "file exec={} {}",
+                    m.permissions().mode() & 0o111 != 0,
+                    blake3_hex(&fs::read(&p).unwrap())
+                )
+            };
+            out.insert(rel, desc);
+        }
+    }
+    out
 }
 
 /// Runs `cmd` to completion and returns its output (stdout and stderr captured).
@@ -279,6 +407,16 @@ pub fn root_prerequisite(ok: bool, what: &str) -> bool {
         eprintln!("skipped: {what}");
     }
     ok
+}
+
+/// Held while a test adds users or groups: `useradd` and `groupadd` fail, rather than wait,
+/// while another holds the lock of `/etc/passwd`, and the modules that add test users (hostile,
+/// cluster) run at the same time in this one process. (As separate test binaries they never
+/// overlapped.)
+pub fn user_db() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Polls `cond` until it holds; panics naming `what` after 30 s.
