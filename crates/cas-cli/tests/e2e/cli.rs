@@ -19,7 +19,8 @@ fn malformed() -> Vec<(&'static str, String)> {
         // Shorter than the 8 digits a prefix needs (`get` takes unique prefixes of 8–63).
         ("short", GOOD[..7].to_owned()),
         ("long", format!("{GOOD}0")),
-        ("uppercase", GOOD.to_uppercase()),
+        // Not uppercase: since issue 23 the command line lowers it, and
+        // cli_rules::the_small_things_of_issue_23 tests that get, has and rm accept it.
         ("non-hex", format!("{}g", &GOOD[..63])),
         ("slash", format!("{}/{}", &GOOD[..2], &GOOD[3..])),
         ("dotdot", format!("../{}", &GOOD[3..])),
