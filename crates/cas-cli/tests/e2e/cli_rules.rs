@@ -1737,17 +1737,8 @@ fn push_and_pull_usage_put_the_store_first() {
 
 /// `cas ARGS` run by `sh` under `umask`, with `--store`, output captured.
 fn cas_umask(s: &Store, umask: &str, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(format!("umask {umask}; exec \"$@\""))
-        .arg("sh")
-        .arg(cas_bin())
-        .arg("--store")
-        .arg(&s.root)
-        .args(args)
-        .env_remove("CAS_STORE")
-        .stdin(Stdio::null());
-    run(&mut c)
+    let script = format!("umask {umask}; exec \"$@\"");
+    run(cas_through(&["sh", "-c", &script, "sh"], &cas_bin(), &s.root).args(args))
 }
 
 fn mode_of(p: &Path) -> u32 {

@@ -128,19 +128,8 @@ fn cas_b(store: &Path) -> Command {
 
 /// `cas --store STORE ARGS…` run as host A: in its own UTS namespace, hostname `cas-host-a`.
 fn cas_a(store: &Path) -> Command {
-    let mut c = Command::new("unshare");
-    c.args([
-        "--uts",
-        "sh",
-        "-c",
-        "hostname cas-host-a && exec \"$0\" \"$@\"",
-    ])
-    .arg(cas_bin())
-    .arg("--store")
-    .arg(store)
-    .env_remove("CAS_STORE")
-    .stdin(Stdio::null());
-    c
+    let script = "hostname cas-host-a && exec \"$0\" \"$@\"";
+    common::cas_through(&["unshare", "--uts", "sh", "-c", script], &cas_bin(), store)
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -800,17 +789,19 @@ fn test_users() -> Option<(u32, u32, u32)> {
 
 /// Runs cas as another user (and group `cas-test`), with a restrictive umask.
 fn cas_as(bin: &Path, uid: u32, gid: u32, store: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--clear-groups")
-        .args(["sh", "-c", "umask 077 && exec \"$0\" \"$@\""])
-        .arg(bin)
-        .arg("--store")
-        .arg(store)
-        .env_remove("CAS_STORE")
-        .env("HOME", "/nonexistent")
-        .stdin(Stdio::null());
+    let (user, group) = (format!("--reuid={uid}"), format!("--regid={gid}"));
+    let script = "umask 077 && exec \"$0\" \"$@\"";
+    let wrapper = [
+        "setpriv",
+        &user,
+        &group,
+        "--clear-groups",
+        "sh",
+        "-c",
+        script,
+    ];
+    let mut c = common::cas_through(&wrapper, bin, store);
+    c.env("HOME", "/nonexistent");
     c
 }
 

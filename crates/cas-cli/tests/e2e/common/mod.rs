@@ -161,7 +161,21 @@ impl Store {
 /// from the environment (`CAS_STORE` and `CAS_UPSTREAM` removed), stdin null. The one command
 /// builder of the suite: the others add to it (a user, a umask, a home).
 pub fn cas_at(store: &Path) -> Command {
-    let mut c = Command::new(cas_bin());
+    cas_through(&[], &cas_bin(), store)
+}
+
+/// [`cas_at`] running `bin`, started through `wrapper`: a command line that ends by running
+/// its remaining arguments (`sh -c 'umask 077; exec "$0" "$@"'`, `unshare --uts …`); an empty
+/// `wrapper` runs `bin` itself.
+pub fn cas_through(wrapper: &[&str], bin: &Path, store: &Path) -> Command {
+    let mut c = match wrapper {
+        [] => Command::new(bin),
+        [program, args @ ..] => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+    };
     c.arg("--store")
         .arg(store)
         .env_remove("CAS_STORE")
