@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use cas::{Expect, Hash, Options, Store, Tree, TreeEntry, TreeEntryKind};
+use cas::{TreeEntryKind, Expect, Hash, Options, Store, Tree, TreeEntry};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

@@ -26,10 +26,10 @@ use crate::error::{Error, Result};
 use crate::fs::{self, Kind};
 use crate::hash::Hash;
 use crate::progress::ProgressHook;
-use crate::tree::format::{
-    PutDirOptions, TreeEntry, TreeEntryKind, TreeWriter, MAX_DEPTH, TREE_MODE_BITS, TREE_VERSION,
-};
 use crate::tree::statcache::{StatCache, StatKey};
+use crate::tree::format::{
+    TreeEntryKind, PutDirOptions, TreeEntry, TreeWriter, MAX_DEPTH, TREE_MODE_BITS, TREE_VERSION,
+};
 use crate::write::batch::Batch;
 use crate::Store;
 
