@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use cas::{Hash, Tree, TreeEntry, TreeEntryKind, TREE_MAGIC};
 use common::{
-    blake3_hex, cas, cas_at, data, files_under, json_out, run, run_ok, set_mtime, text, Store,
+    blake3_hex, cas, cas_at, data, files_under, json_out, names_in, run, run_ok, set_mtime, text,
+    Store,
 };
 
 /// How long any single `cas` command may take before it counts as hung.
@@ -863,16 +864,6 @@ fn verify_and_doctor_say_what_they_restore_or_change_nothing() {
 
 // ---------------------------------------------------------------------------------------------
 // Issue 18: tree bombs (5), interrupted restores (7), reflogs read whole (9).
-
-/// The names in `dir`, sorted (what a restore left beside its destination).
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
 
 /// A tree bomb: 40 levels, entries `a` and `b` both naming the level below (2^41 - 2 paths
 /// from 41 objects).
