@@ -14,6 +14,19 @@ use common::*;
 
 const H: &str = "d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24";
 
+/// The inputs of [`every_subcommand`], in `base/outside` (outside the directories being
+/// watched): the directory, a file in it and a one-file directory in it.
+fn inputs_outside(base: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let outside = base.join("outside");
+    fs::create_dir(&outside).unwrap();
+    let input = outside.join("in");
+    fs::write(&input, "input bytes").unwrap();
+    let dir_input = outside.join("dir");
+    fs::create_dir(&dir_input).unwrap();
+    fs::write(dir_input.join("x"), "x").unwrap();
+    (outside, input, dir_input)
+}
+
 /// Every subcommand, with arguments, and whether it may create a store (`true`: it stores
 /// something). Output paths point into `out`, outside the directories being watched.
 fn every_subcommand(input: &Path, dir_input: &Path, out: &Path) -> Vec<(Vec<String>, bool)> {
@@ -65,13 +78,7 @@ fn no_subcommand_writes_into_a_directory_that_is_not_a_store() {
     fs::create_dir_all(foreign.join("sub")).unwrap();
     fs::write(foreign.join("passwd"), "root:x:0:0\n").unwrap();
     fs::write(foreign.join("sub").join("f"), "data").unwrap();
-    let outside = base.join("outside");
-    fs::create_dir(&outside).unwrap();
-    let input = outside.join("in");
-    fs::write(&input, "input bytes").unwrap();
-    let dir_input = outside.join("dir");
-    fs::create_dir(&dir_input).unwrap();
-    fs::write(dir_input.join("x"), "x").unwrap();
+    let (outside, input, dir_input) = inputs_outside(base);
 
     let before = snapshot(&watched);
     for (args, _) in every_subcommand(&input, &dir_input, &outside) {
@@ -134,13 +141,7 @@ fn only_writing_subcommands_create_a_missing_store() {
     let watched = base.join("watched");
     fs::create_dir(&watched).unwrap();
     let missing = watched.join("not").join("yet");
-    let outside = base.join("outside");
-    fs::create_dir(&outside).unwrap();
-    let input = outside.join("in");
-    fs::write(&input, "input bytes").unwrap();
-    let dir_input = outside.join("dir");
-    fs::create_dir(&dir_input).unwrap();
-    fs::write(dir_input.join("x"), "x").unwrap();
+    let (outside, input, dir_input) = inputs_outside(base);
 
     let before = snapshot(&watched);
     for (args, writes) in every_subcommand(&input, &dir_input, &outside) {
