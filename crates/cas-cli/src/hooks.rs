@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::{output, signals};
 
-/// A test hook (undocumented, for tests/ensure.rs and tests/tiers.rs): `CAS_TEST_BARRIER=N:DIR`
+/// A test hook (undocumented, for the ensure and tiers modules of crates/cas-cli/tests/e2e): `CAS_TEST_BARRIER=N:DIR`
 /// makes `ref set` and `key set` create `DIR/PID` just before they update the name, then wait
 /// until `DIR` holds N files (at most 60 s) and print `cas-test: barrier passed` on stderr
 /// (or `cas-test: barrier timed out`). A test that sees every setter pass knows they
@@ -35,7 +35,7 @@ pub(crate) fn barrier() {
     }
 }
 
-/// A test hook (undocumented, for tests/hostile.rs): `CAS_TEST_RESTORE_PAUSE_AT=BYTES` makes
+/// A test hook (undocumented, for crates/cas-cli/tests/e2e/hostile.rs): `CAS_TEST_RESTORE_PAUSE_AT=BYTES` makes
 /// the first restore progress report at or past BYTES print `cas-test: restore paused` on
 /// stderr and wait (at most 60 s) until a signal has arrived, so that a test can signal a
 /// restore at a chosen point without sleeping — while the restore's other threads go on.

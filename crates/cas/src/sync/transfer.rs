@@ -367,7 +367,7 @@ fn tree_children(src: &Store, hash: &Hash) -> Result<Option<Vec<(Hash, bool)>>> 
         })
 }
 
-/// A test hook (undocumented, for tests/tiers.rs): `CAS_TEST_TRANSFER_PAUSE_AFTER=N` makes a
+/// A test hook (undocumented, for crates/cas-cli/tests/e2e/tiers.rs): `CAS_TEST_TRANSFER_PAUSE_AFTER=N` makes a
 /// transfer stop copying once N objects were copied: the first copier to get there prints
 /// `cas-test: transfer paused` on stderr, and every copier that gets there waits (at most
 /// 60 s, then goes on), so that a test can kill a transfer halfway without sleeping or

@@ -1,8 +1,8 @@
 //! The acknowledged-names torture test on one machine (issue 18): see
-//! `tests/common/torture.rs`. The cluster stage runs a short version on both distributed
-//! filesystems (`tests/cluster.rs`).
+//! `crates/cas-cli/tests/e2e/common/torture.rs`. The cluster stage runs a short version on both distributed
+//! filesystems (`crates/cas-cli/tests/e2e/cluster.rs`).
 
-mod common;
+use crate::common;
 
 use common::torture::{cas_here, secs, seed, torture, Env};
 

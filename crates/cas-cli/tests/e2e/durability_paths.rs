@@ -9,22 +9,12 @@
 //! Each case runs its commands one after the other (no race: the question is what a command
 //! that said yes left durable), cuts the power, and reads what the disk kept.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::faultfs::{self, FaultFs};
-use common::{blake3_hex, cas_bin, data, run, run_ok, text};
-
-fn cas_at(store: &Path) -> Command {
-    let mut c = Command::new(cas_bin());
-    c.arg("--store")
-        .arg(store)
-        .env_remove("CAS_STORE")
-        .env_remove("CAS_UPSTREAM");
-    c
-}
+use common::{blake3_hex, cas_at, data, run, run_ok, text};
 
 /// Asserts that `store` (read after the power loss) holds `bytes` under their hash and that
 /// ref `name` points to it.
@@ -236,13 +226,10 @@ fn a_full_put_r_of_a_tree_first_put_at_file_makes_its_names_durable() {
     let store = fs.mnt.join("store");
     run_ok(cas_at(&store).args(["init", "--durability", "file"]));
     let tree = fs.mnt.parent().unwrap().join("tree");
-    std::fs::create_dir_all(tree.join("sub")).unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..12u64)
         .map(|i| (format!("sub/f{i}"), data(3000 + i as usize, 40 + i)))
         .collect();
-    for (name, bytes) in &files {
-        std::fs::write(tree.join(name), bytes).unwrap();
-    }
+    common::tree(&tree, &files);
     let t = run_ok(cas_at(&store).args(["put", "-r"]).arg(&tree));
     let again = run_ok(
         cas_at(&store)

@@ -1,6 +1,6 @@
 //! Shared cluster stores on real distributed filesystems (issue 6).
 //!
-//! Each test starts a real distributed filesystem under FUSE with `tests/cluster/setup.sh` —
+//! Each test starts a real distributed filesystem under FUSE with `crates/cas-cli/tests/e2e/cluster/setup.sh` —
 //! `MooseFS` (the gate) or `GlusterFS` with client caches off (the hostile case) — mounted at two
 //! mount points standing for two cluster hosts, runs `cas` processes on both mounts at once, and
 //! tears everything down (also when an assertion fails). Writers "on host A" run in their own
@@ -9,7 +9,7 @@
 //! Needs root and FUSE. Without them the tests say so and pass, unless `CAS_REQUIRE_CLUSTER=1`
 //! (set by `.ci/run`), which turns a missing prerequisite into a failure.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ struct Cluster {
 }
 
 fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/cluster")
 }
 
 fn required() -> bool {
@@ -123,29 +123,13 @@ impl Drop for Cluster {
 
 /// `cas --store STORE ARGS…`, run as host B (this machine's real hostname).
 fn cas_b(store: &Path) -> Command {
-    let mut c = Command::new(cas_bin());
-    c.arg("--store")
-        .arg(store)
-        .env_remove("CAS_STORE")
-        .stdin(Stdio::null());
-    c
+    common::cas_at(store)
 }
 
 /// `cas --store STORE ARGS…` run as host A: in its own UTS namespace, hostname `cas-host-a`.
 fn cas_a(store: &Path) -> Command {
-    let mut c = Command::new("unshare");
-    c.args([
-        "--uts",
-        "sh",
-        "-c",
-        "hostname cas-host-a && exec \"$0\" \"$@\"",
-    ])
-    .arg(cas_bin())
-    .arg("--store")
-    .arg(store)
-    .env_remove("CAS_STORE")
-    .stdin(Stdio::null());
-    c
+    let script = "hostname cas-host-a && exec \"$0\" \"$@\"";
+    common::cas_through(&["unshare", "--uts", "sh", "-c", script], &cas_bin(), store)
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -681,7 +665,7 @@ fn tiers_over_shared_store(c: &Cluster, scratch: &Path) {
     assert_eq!(on_a, on_b, "{}: both tiers see the upstream's ref", c.fs);
 }
 
-/// The acknowledged-names torture (tests/common/torture.rs), short: writers on both hosts,
+/// The acknowledged-names torture (crates/cas-cli/tests/e2e/common/torture.rs), short: writers on both hosts,
 /// gc of store A on host A and of store B on host B, both stores on the cluster filesystem.
 fn torture_across_hosts(c: &Cluster, scratch: &Path) {
     let on_host = |host: usize, store: &Path| {
@@ -707,7 +691,7 @@ fn torture_across_hosts(c: &Cluster, scratch: &Path) {
 }
 
 /// Before the scenarios: the POSIX semantics cas relies on, checked on the two mounts by
-/// `tests/cluster/semantics_test.py` (Python 3 standard library only): rename atomicity,
+/// `crates/cas-cli/tests/e2e/cluster/semantics_test.py` (Python 3 standard library only): rename atomicity,
 /// exclusive creates, `link` onto an existing name, close-to-open visibility, renames racing
 /// over one name, lock exclusion, directory fsync, `RENAME_NOREPLACE`, mkdir races, unlink
 /// while open, mmap, creates while the other host looks the name up. A check that FAILS
@@ -731,7 +715,7 @@ fn posix_semantics(c: &Cluster, scratch: &Path) {
         .arg(&report)
         .stdin(Stdio::null())
         .output()
-        .expect("run python3 tests/cluster/semantics_test.py");
+        .expect("run python3 crates/cas-cli/tests/e2e/cluster/semantics_test.py");
     assert!(
         out.status.success(),
         "{}: semantics_test.py exited {}:\n{}{}",
@@ -782,6 +766,7 @@ fn test_users() -> Option<(u32, u32, u32)> {
         let o = Command::new("id").args(args).output().ok()?;
         text(&o.stdout).trim().parse().ok()
     };
+    let _users = common::user_db();
     let _ = Command::new("groupadd").arg("-f").arg("cas-test").output();
     for u in ["cas-test-u1", "cas-test-u2"] {
         if id(&["-u", u]).is_none() {
@@ -804,17 +789,19 @@ fn test_users() -> Option<(u32, u32, u32)> {
 
 /// Runs cas as another user (and group `cas-test`), with a restrictive umask.
 fn cas_as(bin: &Path, uid: u32, gid: u32, store: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--clear-groups")
-        .args(["sh", "-c", "umask 077 && exec \"$0\" \"$@\""])
-        .arg(bin)
-        .arg("--store")
-        .arg(store)
-        .env_remove("CAS_STORE")
-        .env("HOME", "/nonexistent")
-        .stdin(Stdio::null());
+    let (user, group) = (format!("--reuid={uid}"), format!("--regid={gid}"));
+    let script = "umask 077 && exec \"$0\" \"$@\"";
+    let wrapper = [
+        "setpriv",
+        &user,
+        &group,
+        "--clear-groups",
+        "sh",
+        "-c",
+        script,
+    ];
+    let mut c = common::cas_through(&wrapper, bin, store);
+    c.env("HOME", "/nonexistent");
     c
 }
 

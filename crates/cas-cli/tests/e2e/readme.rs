@@ -10,7 +10,7 @@
 //! are stand-ins on `PATH` (the test has no network): they do what the tour's calls ask of
 //! them, so what is tested is what cas does with their output.
 
-mod common;
+use crate::common;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -95,7 +95,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn every_command_of_the_readme_tour_runs() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = common::repo();
     let readme = fs::read_to_string(repo.join("README.md")).unwrap();
     let commands = tour_commands(&readme);
     assert!(
@@ -108,7 +108,8 @@ fn every_command_of_the_readme_tour_runs() {
     let work = dir.path().join("work");
     fs::create_dir(&work).unwrap();
     fs::copy(repo.join("README.md"), work.join("README.md")).unwrap();
-    copy_dir(&repo.join("src"), &work.join("src"));
+    // A real source tree for the tour's `src/` (the workspace root has none).
+    copy_dir(&repo.join("crates/cas-cli/src"), &work.join("src"));
     let bin = dir.path().join("bin");
     stand_ins(&bin);
     let shared: PathBuf = dir.path().join("shared/cas");

@@ -5,7 +5,7 @@
 //! (they poll for it: that is the command's own waiting, not the test's synchronisation), so
 //! every caller is started while the value is still being computed.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -391,8 +391,7 @@ fn key_set_expect_none_has_exactly_one_winner() {
 fn key_put_r_points_a_key_at_a_tree() {
     let s = Store::new();
     let d = s.scratch.join("d");
-    std::fs::create_dir_all(d.join("x")).unwrap();
-    std::fs::write(d.join("x/y"), "z").unwrap();
+    common::tree(&d, &[("x/y", "z")]);
     let h = run_ok(cas(&s).args(["key", "put", "-r", "k"]).arg(&d));
     assert_eq!(h, run_ok(cas(&s).args(["put", "-r"]).arg(&d)));
     let restored = s.scratch.join("r");
@@ -715,14 +714,7 @@ fn a_full_disk_while_the_command_writes_is_the_stores_error() {
     }
     let _guard = Mount(mnt.clone());
     let root = mnt.join("store");
-    let c = || {
-        let mut c = Command::new(common::cas_bin());
-        c.arg("--store")
-            .arg(&root)
-            .env_remove("CAS_STORE")
-            .stdin(Stdio::null());
-        c
-    };
+    let c = || common::cas_at(&root);
     run_ok(c().arg("init"));
     let cases: [(&str, &[&str]); 3] = [
         // Killed by SIGPIPE once its pipe is closed.

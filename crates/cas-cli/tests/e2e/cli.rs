@@ -1,30 +1,14 @@
 //! Command-line surface tests of the `cas` binary: usage errors and help.
-//!
-//! Besides what it checks, this file's existence makes Cargo build the `cas` binary for
-//! `cargo test --workspace`, before the root package's end-to-end tests (tests/*.rs) spawn it.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
+
+use crate::common::{cas_home, run, text};
 
 /// A `cas` command isolated from the caller's environment: an explicit store in `dir`, no
 /// `CAS_STORE`, and a `HOME`/`XDG_CACHE_HOME` inside `dir` so nothing can reach a real store.
 fn cas(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cas"));
-    c.arg("--store")
-        .arg(dir.join("store"))
-        .env_remove("CAS_STORE")
-        .env("HOME", dir)
-        .env("XDG_CACHE_HOME", dir.join("xdg"))
-        .stdin(Stdio::null());
-    c
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("spawn the cas binary")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    cas_home(&dir.join("store"), dir)
 }
 
 /// A well-formed hash (64 lowercase hex characters): malformed variants are derived from it.
@@ -35,7 +19,8 @@ fn malformed() -> Vec<(&'static str, String)> {
         // Shorter than the 8 digits a prefix needs (`get` takes unique prefixes of 8–63).
         ("short", GOOD[..7].to_owned()),
         ("long", format!("{GOOD}0")),
-        // Uppercase hex is accepted and lowered since issue 23 (tests/cli_rules.rs checks it).
+        // Not uppercase: since issue 23 the command line lowers it, and
+        // cli_rules::the_small_things_of_issue_23 tests that get, has and rm accept it.
         ("non-hex", format!("{}g", &GOOD[..63])),
         ("slash", format!("{}/{}", &GOOD[..2], &GOOD[3..])),
         ("dotdot", format!("../{}", &GOOD[3..])),

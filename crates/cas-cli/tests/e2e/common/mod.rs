@@ -1,4 +1,4 @@
-//! Shared helpers of the end-to-end tests: locating the real `cas` binary, a store fixture,
+//! Shared fixtures of the end-to-end tests: the real `cas` binary, a store fixture,
 //! running commands, listing files, deterministic test data, bounded polling.
 
 #![allow(dead_code)]
@@ -6,65 +6,28 @@
 pub mod faultfs;
 pub mod torture;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `cas` binary under test: `$CAS_BIN` if set, else `target/<profile>/cas` next to the
-/// `deps/` directory holding this test executable.
+/// The `cas` binary under test: `$CAS_BIN` if set (to run the suite against another build,
+/// say a release one), else the one Cargo built for this test binary.
 pub fn cas_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CAS_BIN").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
         assert!(p.is_file(), "CAS_BIN={} is not a file", p.display());
         return p;
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/core-xxxx -> target/<profile>/cas
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable is not in target/<profile>/deps");
-    let bin = profile_dir.join(format!("cas{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "the cas binary is missing at {}: the cas binary is built by `cargo test --workspace` \
-         because crates/cas-cli has an integration test (or run `cargo build -p cas-cli` first); \
-         or set CAS_BIN",
-        bin.display()
-    );
-    warn_if_stale(&bin);
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_cas"))
 }
 
-/// `cargo test -p cas-suite` alone does not rebuild the binary: say so (once) when a source
-/// file of the library or the CLI is newer than it.
-fn warn_if_stale(bin: &Path) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else {
-            return;
-        };
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let newer: Vec<PathBuf> = ["crates/cas/src", "crates/cas-cli/src"]
-            .iter()
-            .flat_map(|d| files_under(&root.join(d)))
-            .filter(|p| {
-                fs::metadata(p)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t > built)
-            })
-            .collect();
-        if !newer.is_empty() {
-            eprintln!(
-                "warning: {} is older than {newer:?}: testing a stale binary; run \
-                 `cargo build -p cas-cli` or `cargo test --workspace`",
-                bin.display()
-            );
-        }
-    });
+/// The workspace root (README.md, docs/, crates/): two levels above this package.
+pub fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// A store in a fresh temporary directory, plus a scratch directory beside it for inputs and
@@ -194,14 +157,155 @@ impl Store {
     }
 }
 
-/// A `cas` command on `store`: `--store` given explicitly and `CAS_STORE` removed, stdin null.
-pub fn cas(store: &Store) -> Command {
-    let mut c = Command::new(cas_bin());
+/// A `cas` command on the store at `store`: `--store` given explicitly, no store or upstream
+/// from the environment (`CAS_STORE` and `CAS_UPSTREAM` removed), stdin null. The one command
+/// builder of the suite: the others add to it (a user, a umask, a home).
+pub fn cas_at(store: &Path) -> Command {
+    cas_through(&[], &cas_bin(), store)
+}
+
+/// [`cas_at`] running `bin`, started through `wrapper`: a command line that ends by running
+/// its remaining arguments (`sh -c 'umask 077; exec "$0" "$@"'`, `unshare --uts …`); an empty
+/// `wrapper` runs `bin` itself.
+pub fn cas_through(wrapper: &[&str], bin: &Path, store: &Path) -> Command {
+    let mut c = match wrapper {
+        [] => Command::new(bin),
+        [program, args @ ..] => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+    };
     c.arg("--store")
-        .arg(&store.root)
+        .arg(store)
         .env_remove("CAS_STORE")
+        .env_remove("CAS_UPSTREAM")
         .stdin(Stdio::null());
     c
+}
+
+/// [`cas_at`] with `HOME` and `XDG_CACHE_HOME` inside `home`, so not even the default store of
+/// whoever runs the tests is reachable.
+pub fn cas_home(store: &Path, home: &Path) -> Command {
+    let mut c = cas_at(store);
+    c.env("HOME", home).env("XDG_CACHE_HOME", home.join("xdg"));
+    c
+}
+
+/// [`cas_at`] on the fixture's store.
+pub fn cas(store: &Store) -> Command {
+    cas_at(&store.root)
+}
+
+/// `out` parsed as one JSON value; panics showing it when it is not.
+pub fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON value ({e}): {out}"))
+}
+
+/// One JSON value a line.
+pub fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines().map(json).collect()
+}
+
+/// A command's stdout parsed as one JSON value; panics naming `what`, with stdout and stderr,
+/// when it is not.
+pub fn json_out(out: &Output, what: &str) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: not JSON ({e}): {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+/// Sends signal `sig` (a name: `INT`, `KILL`, `STOP`…) to process `pid` with kill(1).
+pub fn kill(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// Makes a source tree: each `(relative path, bytes)` a file under `root`, parent directories
+/// created. Returns `root`.
+pub fn tree<P: AsRef<Path>, B: AsRef<[u8]>>(root: &Path, files: &[(P, B)]) -> PathBuf {
+    fs::create_dir_all(root).unwrap();
+    for (rel, bytes) in files {
+        let p = root.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(&p, bytes).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    }
+    root.to_owned()
+}
+
+/// Everything under `dir` (itself included): type, size, mode, mtime, owner and file content,
+/// by relative path. Any change a command makes shows up here.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let content = if m.is_file() {
+            blake3_hex(&fs::read(&p).unwrap())
+        } else if m.is_symlink() {
+            fs::read_link(&p).unwrap().display().to_string()
+        } else {
+            String::new()
+        };
+        out.insert(
+            p.strip_prefix(dir).unwrap().to_owned(),
+            format!(
+                "{:?} len={} mode={:o} mtime={}.{} uid={} {content}",
+                m.file_type(),
+                m.len(),
+                m.mode(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.uid()
+            ),
+        );
+        if m.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+/// What a directory holds, for comparing a restore with its source: relative path → kind,
+/// bytes or link target, executable bit (not times, owners or other mode bits).
+pub fn contents(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_owned();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let desc = if m.file_type().is_symlink() {
+                format!("link -> {}", fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_owned()
+            } else {
+                format!(
+                    "file exec={} {}",
+                    m.permissions().mode() & 0o111 != 0,
+                    blake3_hex(&fs::read(&p).unwrap())
+                )
+            };
+            out.insert(rel, desc);
+        }
+    }
+    out
 }
 
 /// Runs `cmd` to completion and returns its output (stdout and stderr captured).
@@ -253,6 +357,16 @@ pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The names in `dir` (one level), sorted: what a command left beside its destination.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 /// All non-directory entries under `dir`, recursively, sorted. A missing `dir` is empty.
@@ -317,6 +431,16 @@ pub fn root_prerequisite(ok: bool, what: &str) -> bool {
         eprintln!("skipped: {what}");
     }
     ok
+}
+
+/// Held while a test adds users or groups: `useradd` and `groupadd` fail, rather than wait,
+/// while another holds the lock of `/etc/passwd`, and the modules that add test users (hostile,
+/// cluster) run at the same time in this one process. (As separate test binaries they never
+/// overlapped.)
+pub fn user_db() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Polls `cond` until it holds; panics naming `what` after 30 s.

@@ -8,7 +8,7 @@
 //! message when not root, and fail instead when `CAS_REQUIRE_ROOT_TESTS=1` (as in CI; the older
 //! `CAS_REQUIRE_CLUSTER=1` also still counts).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Read;
@@ -20,7 +20,10 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 use cas::{Hash, Tree, TreeEntry, TreeEntryKind, TREE_MAGIC};
-use common::{blake3_hex, cas, data, files_under, run, run_ok, set_mtime, text, Store};
+use common::{
+    blake3_hex, cas, cas_at, data, files_under, json_out, names_in, run, run_ok, set_mtime, text,
+    Store,
+};
 
 /// How long any single `cas` command may take before it counts as hung.
 const BOUND: Duration = Duration::from_secs(30);
@@ -64,16 +67,6 @@ fn fails(out: &Output, what: &str) -> String {
         "{what}: {err}"
     );
     err
-}
-
-fn json(out: &Output, what: &str) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what}: not JSON ({e}): {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        )
-    })
 }
 
 fn ago(secs: u64) -> SystemTime {
@@ -145,6 +138,7 @@ fn users() -> Option<Users> {
         if !is_root() {
             return None;
         }
+        let _users = common::user_db();
         if getent_gid(GROUP).is_none() {
             let _ = Command::new("groupadd").arg(GROUP).status();
         }
@@ -168,12 +162,8 @@ fn users() -> Option<Users> {
 
 /// A `cas` command run as `user` (uid, gid), with no supplementary groups.
 fn cas_as(store: &Path, user: (u32, u32)) -> Command {
-    let mut c = Command::new(common::cas_bin());
-    c.arg("--store")
-        .arg(store)
-        .env_remove("CAS_STORE")
-        .env("USER", format!("uid{}", user.0))
-        .stdin(Stdio::null())
+    let mut c = cas_at(store);
+    c.env("USER", format!("uid{}", user.0))
         .uid(user.0)
         .gid(user.1);
     c
@@ -355,7 +345,7 @@ fn verify_never_quarantines_outside_the_store() {
     replace_with_symlink(&s.quarantine(), &away);
     let out = run_bounded(cas(&s).args(["verify", "--json"]), "verify");
     fails(&out, "verify of a corrupt object");
-    let r = json(&out, "verify");
+    let r = json_out(&out, "verify");
     assert_eq!(r["corrupt"][0]["hash"], h, "{r}");
     assert!(
         files_under(&away).is_empty(),
@@ -544,7 +534,7 @@ fn one_damaged_item_does_not_stop_verify_gc_or_doctor() {
 
     let out = run_bounded(cas(&s).args(["gc", "--grace", "0s", "--json"]), "gc");
     fails(&out, "gc with a garbage ref");
-    let r = json(&out, "gc");
+    let r = json_out(&out, "gc");
     let why = r["sweep_skipped"].to_string();
     assert!(
         why.contains("refs/bad") && why.contains(&dir_obj[2..]),
@@ -557,7 +547,7 @@ fn one_damaged_item_does_not_stop_verify_gc_or_doctor() {
 
     let out = run_bounded(cas(&s).args(["doctor", "--json"]), "doctor");
     fails(&out, "doctor");
-    let damaged = json(&out, "doctor")["damaged"].to_string();
+    let damaged = json_out(&out, "doctor")["damaged"].to_string();
     assert!(
         damaged.contains("refs/bad") && damaged.contains(&dir_obj[2..]),
         "{damaged}"
@@ -565,7 +555,7 @@ fn one_damaged_item_does_not_stop_verify_gc_or_doctor() {
 
     let out = run_bounded(cas(&s).args(["verify", "--json"]), "verify");
     fails(&out, "verify");
-    let r = json(&out, "verify");
+    let r = json_out(&out, "verify");
     let corrupt: Vec<&str> = r["corrupt"]
         .as_array()
         .unwrap()
@@ -644,14 +634,7 @@ fn gc_frees_a_full_filesystem() {
     }
     let _guard = Mount(mnt.clone());
     let root = mnt.join("store");
-    let c = || {
-        let mut c = Command::new(common::cas_bin());
-        c.arg("--store")
-            .arg(&root)
-            .env_remove("CAS_STORE")
-            .stdin(Stdio::null());
-        c
-    };
+    let c = || common::cas_at(&root);
     run_ok(c().arg("init"));
     for i in 0..8 {
         let out = common::run_with_stdin(c().args(["put", "-"]), &data(64 * 1024, 100 + i));
@@ -749,7 +732,7 @@ fn gc_never_collects_children_of_a_tree_it_cannot_decode() {
     run_ok(cas(&s).args(["ref", "set", "future", &t]));
     let out = run_bounded(cas(&s).args(["gc", "--grace", "0s", "--json"]), "gc");
     fails(&out, "gc with an undecodable tree");
-    let r = json(&out, "gc");
+    let r = json_out(&out, "gc");
     let why = r["sweep_skipped"].to_string();
     assert!(why.contains("version 3"), "{r}");
     assert!(
@@ -857,7 +840,7 @@ fn verify_and_doctor_say_what_they_restore_or_change_nothing() {
     fs::rename(s.object_path(&t), &in_trash).unwrap();
 
     let out = run_bounded(cas(&s).args(["doctor", "--json"]), "doctor");
-    let r = json(&out, "doctor");
+    let r = json_out(&out, "doctor");
     assert!(
         in_trash.exists(),
         "doctor without --fix moved an object back from trash"
@@ -881,16 +864,6 @@ fn verify_and_doctor_say_what_they_restore_or_change_nothing() {
 
 // ---------------------------------------------------------------------------------------------
 // Issue 18: tree bombs (5), interrupted restores (7), reflogs read whole (9).
-
-/// The names in `dir`, sorted (what a restore left beside its destination).
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
 
 /// A tree bomb: 40 levels, entries `a` and `b` both naming the level below (2^41 - 2 paths
 /// from 41 objects).
@@ -1427,7 +1400,7 @@ fn doctor_on_another_users_store_says_whose_it_is_and_counts() {
             .contains("only its owner (or root) can repair them"),
         "{report}"
     );
-    let j = json(
+    let j = json_out(
         &run_bounded(
             cas_as(&s.root, u.a).args(["doctor", "--json"]),
             "doctor --json",

@@ -16,12 +16,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{blake3_hex, cas_bin, data, files_under, text};
+use super::{blake3_hex, data, files_under, text};
 
 /// A small deterministic generator (splitmix64): the whole run follows from the seed.
 struct Rng(u64);
@@ -106,13 +106,7 @@ impl Pool {
 
 /// `cas --store STORE` on this host.
 pub fn cas_here(_host: usize, store: &Path) -> Command {
-    let mut c = Command::new(cas_bin());
-    c.arg("--store")
-        .arg(store)
-        .env_remove("CAS_STORE")
-        .env_remove("CAS_UPSTREAM")
-        .stdin(Stdio::null());
-    c
+    super::cas_at(store)
 }
 
 fn run(cmd: &mut Command) -> Output {

@@ -2,7 +2,7 @@
 //! compare-and-swap under many processes, lock holders killed with SIGKILL, leases that expire,
 //! readers racing updates, name validation, keyed entries and damaged entry files.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

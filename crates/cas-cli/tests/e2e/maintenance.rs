@@ -2,9 +2,8 @@
 //! round trips and malicious trees, what gc keeps and removes, gc racing writers, cleaning up
 //! after killed writers, LRU eviction to a size budget, quarantine of corrupt objects.
 
-mod common;
+use crate::common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -15,8 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use cas::{Hash, Tree, TreeEntry, TreeEntryKind};
 use common::{
-    blake3_hex, cas, data, files_under, run, run_ok, run_with_stdin, set_mtime, staging_files_of,
-    text, wait_until, Store,
+    blake3_hex, cas, contents, data, files_under, json, run, run_ok, run_with_stdin, set_mtime,
+    staging_files_of, text, tree, wait_until, Store,
 };
 
 /// Runs a command that prints binary data; asserts success and returns the bytes.
@@ -29,10 +28,6 @@ fn bytes_ok(cmd: &mut std::process::Command) -> Vec<u8> {
         text(&out.stderr)
     );
     out.stdout
-}
-
-fn json(out: &str) -> serde_json::Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
 fn gc(s: &Store, args: &[&str]) -> serde_json::Value {
@@ -66,34 +61,6 @@ fn trashed(s: &Store) -> Vec<String> {
         .collect()
 }
 
-/// What a directory holds, for comparing a restore with its source: relative path → kind,
-/// bytes or link target, executable bit.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_owned();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let desc = if m.file_type().is_symlink() {
-                format!("link -> {}", fs::read_link(&p).unwrap().display())
-            } else if m.is_dir() {
-                stack.push(p.clone());
-                "dir".to_owned()
-            } else {
-                format!(
-                    "file exec={} {}",
-                    m.permissions().mode() & 0o111 != 0,
-                    blake3_hex(&fs::read(&p).unwrap())
-                )
-            };
-            out.insert(rel, desc);
-        }
-    }
-    out
-}
-
 /// Issue test 1: Tree round trip: nested dirs, an empty dir, an executable, a symlink, duplicate files.
 #[test]
 fn tree_round_trip_is_exact_and_deterministic() {
@@ -107,11 +74,7 @@ fn tree_round_trip_is_exact_and_deterministic() {
         ("run.sh", b"#!/bin/sh\necho hi\n".to_vec()),
         ("big.bin", data(3 << 20, 8)),
     ];
-    for (name, bytes) in &files {
-        let p = src.join(name);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, bytes).unwrap();
-    }
+    tree(&src, &files);
     fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::create_dir(src.join("empty")).unwrap();
     std::os::unix::fs::symlink("a/b/c/deep.txt", src.join("link")).unwrap();
@@ -143,8 +106,8 @@ fn tree_round_trip_is_exact_and_deterministic() {
     let dest = s.scratch.join("restored");
     run_ok(cas(&s).args(["get", "-r", &tree, "-o", dest.to_str().unwrap()]));
     assert_eq!(
-        snapshot(&dest),
-        snapshot(&src),
+        contents(&dest),
+        contents(&src),
         "restore differs from source"
     );
     assert!(dest.join("empty").is_dir());
@@ -158,7 +121,7 @@ fn tree_round_trip_is_exact_and_deterministic() {
     // is refused.
     let out = run(cas(&s).args(["get", "-r", &tree, "-o", dest.to_str().unwrap()]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(snapshot(&dest), snapshot(&src));
+    assert_eq!(contents(&dest), contents(&src));
     fs::write(dest.join("extra"), "x").unwrap();
     let out = run(cas(&s).args(["get", "-r", &tree, "-o", dest.to_str().unwrap()]));
     assert_clean_failure(&out, "restore over a directory holding something else");

@@ -2,9 +2,8 @@
 //! `-o` treats devices, FIFOs and symlinks right, signals leave nothing behind, and partial
 //! failures and usage errors follow one rule.
 
-mod common;
+use crate::common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -13,57 +12,20 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// A `cas` command with `--store store`, isolated from the caller's environment (no
-/// `CAS_STORE`; `HOME` and `XDG_CACHE_HOME` inside `home`, so no real store is reachable).
-fn cas_at(store: &Path, home: &Path) -> Command {
-    let mut c = Command::new(cas_bin());
-    c.arg("--store")
-        .arg(store)
-        .env_remove("CAS_STORE")
-        .env("HOME", home)
-        .env("XDG_CACHE_HOME", home.join("xdg"))
-        .stdin(Stdio::null());
-    c
-}
-
-/// Everything under `dir` (itself included): type, size, mode, mtime, owner and file content,
-/// by relative path. Any change a command makes shows up here.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(p) = stack.pop() {
-        let Ok(m) = fs::symlink_metadata(&p) else {
-            continue;
-        };
-        let content = if m.is_file() {
-            blake3_hex(&fs::read(&p).unwrap())
-        } else if m.is_symlink() {
-            fs::read_link(&p).unwrap().display().to_string()
-        } else {
-            String::new()
-        };
-        out.insert(
-            p.strip_prefix(dir).unwrap().to_owned(),
-            format!(
-                "{:?} len={} mode={:o} mtime={}.{} uid={} {content}",
-                m.file_type(),
-                m.len(),
-                m.mode(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.uid()
-            ),
-        );
-        if m.is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                stack.push(e.unwrap().path());
-            }
-        }
-    }
-    out
-}
-
 const H: &str = "d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24";
+
+/// The inputs of [`every_subcommand`], in `base/outside` (outside the directories being
+/// watched): the directory, a file in it and a one-file directory in it.
+fn inputs_outside(base: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let outside = base.join("outside");
+    fs::create_dir(&outside).unwrap();
+    let input = outside.join("in");
+    fs::write(&input, "input bytes").unwrap();
+    let dir_input = outside.join("dir");
+    fs::create_dir(&dir_input).unwrap();
+    fs::write(dir_input.join("x"), "x").unwrap();
+    (outside, input, dir_input)
+}
 
 /// Every subcommand, with arguments, and whether it may create a store (`true`: it stores
 /// something). Output paths point into `out`, outside the directories being watched.
@@ -116,17 +78,11 @@ fn no_subcommand_writes_into_a_directory_that_is_not_a_store() {
     fs::create_dir_all(foreign.join("sub")).unwrap();
     fs::write(foreign.join("passwd"), "root:x:0:0\n").unwrap();
     fs::write(foreign.join("sub").join("f"), "data").unwrap();
-    let outside = base.join("outside");
-    fs::create_dir(&outside).unwrap();
-    let input = outside.join("in");
-    fs::write(&input, "input bytes").unwrap();
-    let dir_input = outside.join("dir");
-    fs::create_dir(&dir_input).unwrap();
-    fs::write(dir_input.join("x"), "x").unwrap();
+    let (outside, input, dir_input) = inputs_outside(base);
 
     let before = snapshot(&watched);
     for (args, _) in every_subcommand(&input, &dir_input, &outside) {
-        let out = run(cas_at(&foreign, base).args(&args));
+        let out = run(cas_home(&foreign, base).args(&args));
         let stderr = text(&out.stderr);
         assert_ne!(
             out.status.code(),
@@ -154,7 +110,7 @@ fn no_subcommand_writes_into_a_directory_that_is_not_a_store() {
     assert_eq!(snapshot(&watched), before);
 
     // cas init refuses it without --force, and says how.
-    let out = run(cas_at(&foreign, base).arg("init"));
+    let out = run(cas_home(&foreign, base).arg("init"));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("--force"),
@@ -173,7 +129,7 @@ fn no_subcommand_writes_into_a_directory_that_is_not_a_store() {
     assert!(foreign.join("FORMAT").is_file());
     assert_eq!(fs::read(foreign.join("passwd")).unwrap(), b"root:x:0:0\n");
     assert_eq!(fs::read(foreign.join("sub").join("f")).unwrap(), b"data");
-    run_ok(cas_at(&foreign, base).arg("put").arg(&input));
+    run_ok(cas_home(&foreign, base).arg("put").arg(&input));
 }
 
 /// Issue 12, 1: `--store` at a path that does not exist: commands that only read, check or
@@ -185,17 +141,11 @@ fn only_writing_subcommands_create_a_missing_store() {
     let watched = base.join("watched");
     fs::create_dir(&watched).unwrap();
     let missing = watched.join("not").join("yet");
-    let outside = base.join("outside");
-    fs::create_dir(&outside).unwrap();
-    let input = outside.join("in");
-    fs::write(&input, "input bytes").unwrap();
-    let dir_input = outside.join("dir");
-    fs::create_dir(&dir_input).unwrap();
-    fs::write(dir_input.join("x"), "x").unwrap();
+    let (outside, input, dir_input) = inputs_outside(base);
 
     let before = snapshot(&watched);
     for (args, writes) in every_subcommand(&input, &dir_input, &outside) {
-        let out = run(cas_at(&missing, base).args(&args));
+        let out = run(cas_home(&missing, base).args(&args));
         let stderr = text(&out.stderr);
         assert!(!stderr.contains("panicked"), "cas {args:?}: {stderr}");
         if writes {
@@ -403,15 +353,6 @@ fn output_dash_is_stdout_and_symlinked_files_keep_their_link() {
 // ---------------------------------------------------------------------------------------------
 // 3. Signals
 
-fn kill(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -{sig} {pid}");
-}
-
 /// Issue 12, 3: SIGINT, SIGTERM and SIGHUP during a put streaming from a pipe remove its
 /// staging file and exit 128 + the signal; nothing is published and verify is clean.
 #[test]
@@ -607,14 +548,6 @@ fn gc_with_zero_grace_frees_space_in_one_run() {
 
 // ---------------------------------------------------------------------------------------------
 // 5. Output and arguments people can use
-
-fn json(out: &str) -> serde_json::Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON value ({e}): {out}"))
-}
-
-fn json_lines(out: &str) -> Vec<serde_json::Value> {
-    out.lines().map(json).collect()
-}
 
 /// Issue 12, 5: every command that prints has --json, and a fact has one name everywhere:
 /// the filesystem (`fs`) in stats and doctor, `hash`, `size`, `name`, `key`, `store`; verify
@@ -885,8 +818,7 @@ const JSON_FIELDS: &[(&str, &[&str])] = &[
 /// The "Fields per command" table of docs/json.md: row name (backticks removed) and the
 /// backticked fields of its last column.
 fn json_md_table() -> Vec<(String, Vec<String>)> {
-    let doc = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/json.md"))
-        .expect("docs/json.md");
+    let doc = fs::read_to_string(common::repo().join("docs/json.md")).expect("docs/json.md");
     let section = doc
         .split("## Fields per command")
         .nth(1)
@@ -1243,12 +1175,7 @@ fn racing_inits_agree_on_one_store() {
             );
         }
         assert!(dir.join("FORMAT").is_file());
-        run_ok(
-            Command::new(cas_bin())
-                .arg("--store")
-                .arg(dir)
-                .arg("verify"),
-        );
+        run_ok(cas_at(dir).arg("verify"));
     }
     let mut names: Vec<_> = fs::read_dir(base.path())
         .unwrap()
@@ -1814,17 +1741,8 @@ fn push_and_pull_usage_put_the_store_first() {
 
 /// `cas ARGS` run by `sh` under `umask`, with `--store`, output captured.
 fn cas_umask(s: &Store, umask: &str, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(format!("umask {umask}; exec \"$@\""))
-        .arg("sh")
-        .arg(cas_bin())
-        .arg("--store")
-        .arg(&s.root)
-        .args(args)
-        .env_remove("CAS_STORE")
-        .stdin(Stdio::null());
-    run(&mut c)
+    let script = format!("umask {umask}; exec \"$@\"");
+    run(cas_through(&["sh", "-c", &script, "sh"], &cas_bin(), &s.root).args(args))
 }
 
 fn mode_of(p: &Path) -> u32 {

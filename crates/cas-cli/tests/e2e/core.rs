@@ -1,7 +1,7 @@
 //! End-to-end tests of the core store through the real `cas` binary: round trips, staging,
 //! many concurrent processes, killed writers, corruption, malformed input, store resolution.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use common::{
     assert_running, blake3_hex, cas, cas_bin, data, files_under, run, run_ok, run_with_stdin,
-    staging_files_of, staging_pid, text, wait_until, Store,
+    snapshot, staging_files_of, staging_pid, text, wait_until, Store,
 };
 
 const KIB: usize = 1 << 10;
@@ -869,18 +869,6 @@ fn corrupt_objects_are_reported_quarantined_and_never_output() {
 // ---------------------------------------------------------------------------------------------
 // 7. Malformed hashes
 
-/// Every file in the store with its bytes and mode.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
-    files_under(root)
-        .into_iter()
-        .map(|p| {
-            let bytes = fs::read(&p).unwrap();
-            let mode = fs::symlink_metadata(&p).unwrap().permissions().mode();
-            (p, (bytes, mode))
-        })
-        .collect()
-}
-
 #[test]
 fn malformed_hashes_are_rejected_without_touching_the_store() {
     let s = Store::new();
@@ -896,7 +884,7 @@ fn malformed_hashes_are_rejected_without_touching_the_store() {
         ("long", format!("{good}0")),
         ("non-hex", format!("{}g", &good[..63])),
         // Uppercase is accepted and lowered on the command line since issue 23
-        // (tests/cli_rules.rs); the library still refuses it.
+        // (crates/cas-cli/tests/e2e/cli_rules.rs); the library still refuses it.
         ("parent dirs", "../..".to_owned()),
         ("dotdot prefix", format!("../{}", &good[3..])),
         ("slash", format!("{}/{}", &good[..2], &good[3..])),

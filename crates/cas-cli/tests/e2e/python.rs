@@ -8,9 +8,8 @@
 //! unless `CAS_REQUIRE_PYTHON=1` (set by `.ci/run`), which turns a missing prerequisite into a
 //! failure. Takes ~2.5 min on 2 cores (the release build of the extension inside pip).
 
-mod common;
+use crate::common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::text;
@@ -33,7 +32,7 @@ fn the_python_package_installs_and_its_suite_passes() {
         eprintln!("SKIPPED: python3 with venv and ensurepip is missing");
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = common::repo();
     let dir = tempfile::tempdir().unwrap();
     let venv = dir.path().join("venv");
     let step = |what: &str, cmd: &mut Command| {

@@ -15,7 +15,9 @@ pub fn faultfs_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FAULTFS_BIN").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
-    super::cas_bin().with_file_name(format!("faultfs{}", std::env::consts::EXE_SUFFIX))
+    // Cargo names only this package's binaries; faultfs is built into the same directory.
+    Path::new(env!("CARGO_BIN_EXE_cas"))
+        .with_file_name(format!("faultfs{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// Why the fault filesystem cannot run here, if it cannot.

@@ -4,12 +4,14 @@
 //! upstream store; all three are directories on the local disk. Processes race on both hosts;
 //! nothing sleeps to synchronise (bounded polling only).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{blake3_hex, cas_bin, data, files_under, run, run_ok, text, wait_until};
+use common::{
+    blake3_hex, cas_at, data, files_under, json_out, kill, run, run_ok, text, wait_until,
+};
 
 /// An upstream store and two node-local tiers in front of it.
 struct Tiers {
@@ -40,17 +42,6 @@ impl Tiers {
         std::fs::write(&p, bytes).unwrap();
         p
     }
-}
-
-/// `cas --store STORE`, with no store or upstream from the environment.
-fn cas_at(store: &Path) -> Command {
-    let mut c = Command::new(cas_bin());
-    c.arg("--store")
-        .arg(store)
-        .env_remove("CAS_STORE")
-        .env_remove("CAS_UPSTREAM")
-        .stdin(Stdio::null());
-    c
 }
 
 fn spawn(cmd: &mut Command) -> Child {
@@ -87,11 +78,6 @@ fn assert_clean(store: &Path) {
     );
     let left = files_under(&store.join("tmp"));
     assert!(left.is_empty(), "staging files left: {left:?}");
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
 }
 
 /// Racing writers of the same and different objects on both hosts, then racing readers that
@@ -300,10 +286,13 @@ fn corrupt_local_copy_is_quarantined_and_fetched_again() {
     assert_clean(&t.b);
     assert_clean(&t.up);
     // The tier's gc counts the quarantined copy, keeps it for the grace period, then not.
-    let r = json(&run(cas_at(&t.b).args(["gc", "--json"])));
+    let r = json_out(&run(cas_at(&t.b).args(["gc", "--json"])), "cas --json");
     assert_eq!(r["quarantine_files"], 1, "{r}");
     assert_eq!(r["bytes_after"], 400_000, "{r}");
-    let r = json(&run(cas_at(&t.b).args(["gc", "--grace", "0s", "--json"])));
+    let r = json_out(
+        &run(cas_at(&t.b).args(["gc", "--grace", "0s", "--json"])),
+        "cas --json",
+    );
     assert_eq!(r["quarantine_purged"], 1, "{r}");
     assert!(files_under(&t.b.join("quarantine")).is_empty());
 }
@@ -437,7 +426,7 @@ fn tier_gc_evicts_to_budget_and_refetches() {
     assert_eq!(objects_in(&t.a), 6);
     let out = run(cas_at(&t.a).args(["gc", "--max-size", "250K", "--json"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let r = json(&out);
+    let r = json_out(&out, "cas --json");
     assert_eq!(r["evicted_objects"], 4, "{r}");
     assert_eq!(objects_in(&t.a), 2);
     assert_eq!(objects_in(&t.up), 6, "the upstream keeps everything");
@@ -487,15 +476,6 @@ fn assert_same_tree(store: &Path, tree: &str, original: &Path, out: &Path) {
             .collect()
     };
     assert!(rel(original) == rel(out), "restored tree differs");
-}
-
-fn kill(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -{sig} {pid}");
 }
 
 /// A push killed with SIGKILL once some objects arrived, resumed by a pull from the other side: the
@@ -555,7 +535,7 @@ fn push_killed_halfway_then_pull_resumes() {
         .arg(&src)
         .arg("dataset"));
     assert!(out.status.success(), "pull: {}", text(&out.stderr));
-    let r = json(&out);
+    let r = json_out(&out, "cas --json");
     assert_eq!(r["objects"], total as u64, "{r}");
     assert_eq!(r["objects_skipped"], arrived as u64, "{r}");
     assert_eq!(
@@ -573,10 +553,13 @@ fn push_killed_halfway_then_pull_resumes() {
     );
     assert_same_tree(&dst, &tree, &dir, &base.path().join("restored"));
     // Nothing left to do.
-    let r = json(&run(cas_at(&src)
-        .args(["push", "--json"])
-        .arg(&dst)
-        .arg("dataset")));
+    let r = json_out(
+        &run(cas_at(&src)
+            .args(["push", "--json"])
+            .arg(&dst)
+            .arg("dataset")),
+        "cas --json",
+    );
     assert_eq!(r["objects_copied"], 0);
     assert_eq!(r["refs_unchanged"], serde_json::json!(["dataset"]));
 }
@@ -644,7 +627,10 @@ fn push_conflicts_when_destination_moved_meanwhile() {
             .arg(&dst)
             .arg("dataset"));
         assert!(out.status.success(), "{}", text(&out.stderr));
-        assert_eq!(json(&out)["refs_set"], serde_json::json!(["dataset"]));
+        assert_eq!(
+            json_out(&out, "cas --json")["refs_set"],
+            serde_json::json!(["dataset"])
+        );
         assert_eq!(
             run_ok(cas_at(&dst).args(["ref", "get", "dataset"])).trim(),
             tree
@@ -669,7 +655,10 @@ fn push_conflicts_when_destination_moved_meanwhile() {
             .arg(&dst)
             .args(["--key", "build:1"]),
     );
-    let info = json(&run(cas_at(&dst).args(["key", "info", "build:1", "--json"])));
+    let info = json_out(
+        &run(cas_at(&dst).args(["key", "info", "build:1", "--json"])),
+        "cas --json",
+    );
     assert_eq!(info["metadata"], "m=1");
     assert_eq!(
         run_ok(cas_at(&dst).args(["key", "get", "build:1"])),

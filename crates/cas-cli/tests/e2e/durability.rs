@@ -1,5 +1,5 @@
 //! Power loss at a random moment under a concurrent workload, on the fault filesystem
-//! (`crates/faultfs`, see tests/common/faultfs.rs), which keeps every byte not yet `fsync`ed in
+//! (`crates/faultfs`, see crates/cas-cli/tests/e2e/common/faultfs.rs), which keeps every byte not yet `fsync`ed in
 //! memory and drops it at the power loss — as a real page cache does.
 //!
 //! Several `cas` processes and a thread using the library put small and large objects from
@@ -18,7 +18,7 @@
 //!
 //! The seed that picks the crash points is printed; `CAS_TEST_SEED=N` replays them.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::faultfs::{self, FaultFs};
-use common::{blake3_hex, cas_bin, data, text};
+use common::{blake3_hex, cas_at, data, text};
 
 /// The kinds of operation a crash point can land in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,13 +105,8 @@ struct Workload {
 
 impl Workload {
     fn cas(&self) -> Command {
-        let mut c = Command::new(cas_bin());
-        c.arg("--store")
-            .arg(&self.mnt_store)
-            .env_remove("CAS_STORE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut c = cas_at(&self.mnt_store);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
         c
     }
 
@@ -211,14 +206,11 @@ impl Workload {
                 // a tree
                 3 => {
                     let d = self.scratch.join(format!("tree{w}-{i}"));
-                    std::fs::create_dir_all(d.join("sub")).unwrap();
                     let mut files: Vec<(PathBuf, Vec<u8>)> = (0..4u64)
                         .map(|k| (PathBuf::from(format!("f{k}")), data(500, seed * 5 + k)))
                         .collect();
                     files.push((PathBuf::from("sub/x"), data(2000, seed)));
-                    for (p, b) in &files {
-                        std::fs::write(d.join(p), b).unwrap();
-                    }
+                    common::tree(&d, &files);
                     self.run(Kind::PutTree, self.cas().args(["put", "-r"]).arg(&d), None)
                         .map(|o| Done::Tree(o.trim().to_owned(), files))
                 }
@@ -448,12 +440,7 @@ fn fs_calls(fs: &FaultFs) -> u64 {
 fn crash(durability: &str, strict: bool, trigger: Trigger) -> (FaultFs, PathBuf, Arc<Workload>) {
     let mut fs = FaultFs::mount(strict);
     let mnt_store = fs.mnt.join("store");
-    common::run_ok(
-        Command::new(cas_bin())
-            .args(["--store"])
-            .arg(&mnt_store)
-            .args(["init", "--durability", durability]),
-    );
+    common::run_ok(cas_at(&mnt_store).args(["init", "--durability", durability]));
     let scratch = tempfile::tempdir().unwrap().keep();
     let wl = Arc::new(Workload {
         mnt_store,
@@ -534,12 +521,6 @@ fn crash(durability: &str, strict: bool, trigger: Trigger) -> (FaultFs, PathBuf,
     (fs, backing_store, wl)
 }
 
-fn cas_on(store: &Path) -> Command {
-    let mut c = Command::new(cas_bin());
-    c.arg("--store").arg(store).env_remove("CAS_STORE");
-    c
-}
-
 /// The checks every durability level except `none` must pass after the crash.
 fn assert_consistent(store: &Path, what: &str) {
     let bad: Vec<_> = object_files(store)
@@ -553,8 +534,8 @@ fn assert_consistent(store: &Path, what: &str) {
     // After the power loss nobody holds a lock, but a lock whose content was not synced is
     // an empty, "incomplete" lock, which blocks for a whole lease (docs/format.md, lock
     // file): as after a reboot that outlasted the lease, break it at once.
-    common::run_ok(cas_on(store).args(["--lock-timeout", "1ms", "gc"]));
-    let out = common::run(cas_on(store).args(["verify", "--json"]));
+    common::run_ok(cas_at(store).args(["--lock-timeout", "1ms", "gc"]));
+    let out = common::run(cas_at(store).args(["verify", "--json"]));
     assert!(
         out.status.success(),
         "{what}: verify after gc is not clean: {}\n{}",
@@ -634,7 +615,7 @@ fn assert_restores(store: &Path, d: &Done, scratch: &Path, what: &str) {
         Done::Tree(h, files) => {
             let dest = scratch.join(&h[..16]);
             let _ = std::fs::remove_dir_all(&dest);
-            let out = common::run(cas_on(store).args(["get", "-r", h, "-o"]).arg(&dest));
+            let out = common::run(cas_at(store).args(["get", "-r", h, "-o"]).arg(&dest));
             assert!(
                 out.status.success(),
                 "{what}: tree {h} does not restore: {}",
@@ -643,7 +624,7 @@ fn assert_restores(store: &Path, d: &Done, scratch: &Path, what: &str) {
             assert_tree(&dest, files, &format!("{what}: tree {h}"));
         }
         Done::Key { key, bytes } => {
-            let got = common::run(cas_on(store).args(["key", "get", key]));
+            let got = common::run(cas_at(store).args(["key", "get", key]));
             assert!(
                 got.status.success(),
                 "{what}: entry {key} lost: {}",
@@ -710,7 +691,7 @@ fn power_loss_with_durability_full_keeps_every_success_even_in_strict_mode() {
                         }
                     }
                     Done::Ref { name, value } => {
-                        let now = common::run_ok(cas_on(store).args(["ref", "get", name]));
+                        let now = common::run_ok(cas_at(store).args(["ref", "get", name]));
                         let tried = &refs[name];
                         let pos = tried.iter().position(|v| v == value).unwrap();
                         let later = &tried[pos + 1..];
@@ -761,7 +742,7 @@ fn power_loss_with_durability_none_corrupts_the_control() {
          does not drop unsynced data, so the other tests prove nothing",
         objects.len()
     );
-    let out = common::run(cas_on(&store).arg("verify"));
+    let out = common::run(cas_at(&store).arg("verify"));
     assert!(
         !out.status.success(),
         "verify found nothing wrong after the control crash"

@@ -3,7 +3,7 @@
 //! ranges past the end fail naming the object and its size; a damaged group inside the range
 //! fails it, outside does not.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 

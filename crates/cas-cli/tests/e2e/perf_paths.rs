@@ -4,7 +4,7 @@
 //! store stale content (racy-git case, rewritten files, damaged or foreign cache files,
 //! `--no-cache`, a cached hash whose object was removed).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use common::{blake3_hex, cas, data, files_under, run, run_ok, text, Store};
+use common::{blake3_hex, cas, data, files_under, names_in, run, run_ok, text, Store};
 
 /// More than the 8 MiB copy and hash window, so a big object takes several.
 const BIG: usize = (8 << 20) * 2 + 12_345;
@@ -25,16 +25,6 @@ fn corrupt(s: &Store, hex: &str, at: usize) {
     fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&p, &b).unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
-}
-
-/// Everything in `dir` (one level), names only, sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn put_file(s: &Store, name: &str, bytes: &[u8]) -> String {
@@ -417,7 +407,7 @@ fn the_library_reuses_settled_files_and_stores_the_same_tree() {
         cas::Options::default().durability(cas::Durability::None),
     )
     .unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let src = common::repo().join("docs");
     let on = cas::PutDirOptions::default().stat_cache(true);
     let start = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

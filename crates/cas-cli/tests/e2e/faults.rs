@@ -1,5 +1,5 @@
 //! Every filesystem call a command makes, failed in turn, on the fault filesystem
-//! (`crates/faultfs`, see tests/common/faultfs.rs).
+//! (`crates/faultfs`, see crates/cas-cli/tests/e2e/common/faultfs.rs).
 //!
 //! For each command (put from stdin, small and large; a batch of paths; `put -r`; `ref set`;
 //! `key put`; `get -o`; gc), the command first runs fault-free on a twin store to count its
@@ -17,14 +17,14 @@
 //! - the process left no staging file and no temporary output behind;
 //! - once the fault is cleared, `cas verify` is clean and the store takes new writes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::faultfs::{self, FaultFs};
-use common::{blake3_hex, cas_bin, data, text};
+use common::{blake3_hex, cas_at, data, text};
 
 /// The operations the fault filesystem can fail.
 const OPS: &[&str] = &[
@@ -56,12 +56,7 @@ struct Ctx {
 
 impl Ctx {
     fn cas(&self) -> Command {
-        let mut c = Command::new(cas_bin());
-        c.arg("--store")
-            .arg(&self.store)
-            .env_remove("CAS_STORE")
-            .stdin(Stdio::null());
-        c
+        cas_at(&self.store)
     }
 
     fn input(&self, name: &str, bytes: &[u8]) -> PathBuf {

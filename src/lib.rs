@@ -1,1 +1,0 @@
-//! Test and benchmark support package for the cas workspace; it has no code of its own.
