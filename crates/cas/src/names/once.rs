@@ -754,7 +754,13 @@ impl<'a> ComputeOnce<'a> {
                 }
                 Err(e) if e.is_locked() => {
                     let waited = started.elapsed();
-                    let holder = store.read_lock(&path).ok().and_then(|(h, _)| h);
+                    let holder = match store.read_lock(&path) {
+                        Ok((h, _)) => h,
+                        // Released between the try and this look: try again before telling
+                        // anyone about a holder that is gone.
+                        Err(e) if crate::fs::is_not_found(&e) => continue,
+                        Err(_) => None,
+                    };
                     let now_ms = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
