@@ -159,16 +159,33 @@ impl Store {
     ) -> Result<Option<Hash>> {
         let lock = self.lock_entry(key, hash)?;
         self.ensure_closure(&hash)?;
-        let obj = self.object_path(&hash);
-        let size = self
-            .inner
-            .root_dir
-            .lstat(&obj)
-            .map_err(Error::at("stat", &obj))?
-            .len;
+        let size = self.pinned_object_len(&hash)?;
         let prev = self.write_entry(key, hash, size, metadata, expect, &lock)?;
         lock.release();
         Ok(prev)
+    }
+
+    /// The size of an object this process pins (its entry lock names it). A concurrent gc may
+    /// have condemned it to trash after the closure check and not yet moved it back (its
+    /// rescue mark sees the pin, docs/format.md "Publishing a name"): the object is brought
+    /// back here instead of failing the update with "cannot stat". Found nowhere, it is
+    /// [`Error::NotFound`].
+    fn pinned_object_len(&self, hash: &Hash) -> Result<u64> {
+        let obj = self.object_path(hash);
+        for _ in 0..8 {
+            match self.inner.root_dir.lstat(&obj) {
+                Ok(m) => return Ok(m.len),
+                Err(e) if crate::fs::is_not_found(&e) => self.ensure_present(hash)?,
+                Err(e) => return Err(Error::io("stat", &obj, e)),
+            }
+        }
+        // Moved away as often as it was brought back: a gc loop racing this update. The
+        // last look decides.
+        self.inner
+            .root_dir
+            .lstat(&obj)
+            .map(|m| m.len)
+            .map_err(Error::at("stat", &obj))
     }
 
     /// Publishes a [`Writer`](crate::Writer)'s object and points `key` at it with
