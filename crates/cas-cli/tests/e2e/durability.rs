@@ -101,6 +101,12 @@ struct Workload {
     in_flight: Vec<AtomicUsize>,
     /// Kinds that had an operation running at the power loss which did not succeed.
     crashed: Mutex<HashSet<Kind>>,
+    /// The kind the crash point waits for (its index + 1; 0: none). An operation of that kind
+    /// holds at its start until the crash thread has seen it start (`seen` reaches its
+    /// number): the crash thread polls, and a fast in-process operation (a library put of a
+    /// few KiB) used to finish before it looked, so no run could cut one under load.
+    watched: AtomicUsize,
+    seen: AtomicUsize,
 }
 
 impl Workload {
@@ -113,8 +119,20 @@ impl Workload {
     /// Runs one operation of `kind`, counted as started and in flight meanwhile; a failure
     /// (only after the power loss) marks the kind crashed.
     fn op<T>(&self, kind: Kind, f: impl FnOnce() -> Option<T>) -> Option<T> {
-        self.started[kind as usize].fetch_add(1, Ordering::SeqCst);
         self.in_flight[kind as usize].fetch_add(1, Ordering::SeqCst);
+        let n = self.started[kind as usize].fetch_add(1, Ordering::SeqCst) + 1;
+        if self.watched.load(Ordering::SeqCst) == kind as usize + 1 {
+            // Bounded: the crash thread acknowledges within its polling interval, or has
+            // stopped watching (then this operation is not the one it waits for).
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while self.seen.load(Ordering::SeqCst) < n
+                && self.watched.load(Ordering::SeqCst) == kind as usize + 1
+                && !self.stop.load(Ordering::SeqCst)
+                && std::time::Instant::now() < until
+            {
+                std::thread::yield_now();
+            }
+        }
         let r = f();
         self.in_flight[kind as usize].fetch_sub(1, Ordering::SeqCst);
         if r.is_none() {
@@ -452,6 +470,8 @@ fn crash(durability: &str, strict: bool, trigger: Trigger) -> (FaultFs, PathBuf,
         ref_attempts: Mutex::new(HashMap::new()),
         started: KINDS.iter().map(|_| AtomicUsize::new(0)).collect(),
         in_flight: KINDS.iter().map(|_| AtomicUsize::new(0)).collect(),
+        watched: AtomicUsize::new(0),
+        seen: AtomicUsize::new(0),
         crashed: Mutex::new(HashSet::new()),
     });
     let mut workers: Vec<_> = (0..3)
@@ -490,12 +510,17 @@ fn crash(durability: &str, strict: bool, trigger: Trigger) -> (FaultFs, PathBuf,
         // Each round: the next operation of the kind to start; the power goes once the
         // filesystem has seen `calls` more calls while it still runs, else the next one with
         // half the calls (at last, at its start).
+        wl.watched.store(k + 1, Ordering::SeqCst);
         loop {
             let seen = wl.started[k].load(Ordering::SeqCst);
+            wl.seen.store(seen, Ordering::SeqCst);
             while wl.started[k].load(Ordering::SeqCst) == seen {
                 alive(&format!("an operation {:?}", p.kind));
             }
             let base = fs_calls(&fs);
+            // Let the operation that started (held at its start) go on, counted from `base`.
+            wl.seen
+                .store(wl.started[k].load(Ordering::SeqCst), Ordering::SeqCst);
             while wl.in_flight[k].load(Ordering::SeqCst) > 0 && fs_calls(&fs) < base + calls {}
             if wl.in_flight[k].load(Ordering::SeqCst) > 0 {
                 break;
