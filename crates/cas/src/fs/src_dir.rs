@@ -60,16 +60,7 @@ pub(crate) fn list_src_dir(dir: &OwnedFd) -> io::Result<Vec<(OsString, Option<Ki
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
 pub(crate) fn lstat_src_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<SrcStat> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-    Ok(SrcStat {
-        kind: Kind::of(FileType::from_raw_mode(st.st_mode)),
-        dev: st.st_dev as u64,
-        ino: st.st_ino as u64,
-        size: st.st_size as u64,
-        mode: st.st_mode & 0o7777,
-        mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
-        ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
-    })
+    Ok(src_stat(&st))
 }
 
 /// `readlinkat(dir, name)`: a symlink's target, as bytes.
@@ -81,8 +72,13 @@ pub(crate) fn readlink_src_at(dir: impl AsFd, name: &OsStr) -> io::Result<OsStri
 /// `fstat(fd)` of a directory being stored (its own permission bits and mtime).
 pub(crate) fn stat_src_fd(fd: BorrowedFd<'_>) -> io::Result<SrcStat> {
     let st = rustix::fs::fstat(fd)?;
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-    Ok(SrcStat {
+    Ok(src_stat(&st))
+}
+
+/// What a stat of a source entry says, as the put path keeps it.
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn src_stat(st: &rustix::fs::Stat) -> SrcStat {
+    SrcStat {
         kind: Kind::of(FileType::from_raw_mode(st.st_mode)),
         dev: st.st_dev as u64,
         ino: st.st_ino as u64,
@@ -90,5 +86,5 @@ pub(crate) fn stat_src_fd(fd: BorrowedFd<'_>) -> io::Result<SrcStat> {
         mode: st.st_mode & 0o7777,
         mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
         ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
-    })
+    }
 }
