@@ -41,7 +41,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match run(cli) {
-        Ok(code) => code,
+        // A signal that arrived decides the exit status even if the work finished meanwhile
+        // (signals.rs): the signal thread is cleaning up and exits 128 + the signal.
+        Ok(code) => {
+            signals::exit_if_signalled();
+            code
+        }
         Err(e) => {
             if output::is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
