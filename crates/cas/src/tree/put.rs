@@ -151,13 +151,37 @@ struct Walk<'a> {
 enum Item {
     /// A regular file: its `lstat`, and the stat cache's hash if it has a matching entry
     /// whose object is in the store.
+    ///
+    /// Kept compact (issue 26: a flat directory holds one per file): size, permission bits
+    /// and mtime (ns); the stat cache's key and hash only when the put uses the cache.
     File {
-        st: fs::SrcStat,
-        cached: Option<Hash>,
+        size: u64,
+        mode: u32,
+        mtime: i64,
+        cache: Option<Box<Cached>>,
     },
     Link(OsString),
     /// A subdirectory: its index among the scanned directories.
     Dir(usize),
+}
+
+/// A file's stat-cache key (from the scan's `lstat`) and the cache's hash for it, if it had
+/// a matching entry whose object is in the store.
+struct Cached {
+    key: Option<StatKey>,
+    hash: Option<Hash>,
+}
+
+impl Cached {
+    /// What the stat cache `c` says about a file with this `lstat`.
+    fn of(c: &StatCache, store: &Store, st: &fs::SrcStat) -> Cached {
+        let key = StatKey::of_src(st);
+        let hash = key
+            .as_ref()
+            .and_then(|k| c.candidate(k))
+            .filter(|h| c.object_present(store, h, st.size));
+        Cached { key, hash }
+    }
 }
 
 /// A directory as the scan found it: its own permission bits and mtime (ns, `fstat` of the
@@ -396,12 +420,12 @@ fn scan_dir(
             Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
             Kind::File => {
                 let st = st.expect("files are stat-ed above");
-                let cached = cache.and_then(|c| {
-                    StatKey::of_src(&st)
-                        .and_then(|k| c.candidate(&k))
-                        .filter(|h| c.object_present(store, h, st.size))
-                });
-                Item::File { st, cached }
+                Item::File {
+                    size: st.size,
+                    mode: st.mode,
+                    mtime: nanos(st.mtime),
+                    cache: cache.map(|c| Box::new(Cached::of(c, store, &st))),
+                }
             }
             Kind::Symlink => Item::Link(
                 fs::readlink_src_at(fd.as_fd(), &*name)
@@ -520,15 +544,23 @@ impl Walk<'_> {
                 return Err(invalid("was not fully scanned (internal error)".into()));
             };
             let (kind, mode, mtime) = match item {
-                Item::File { st, cached } => (
-                    TreeEntryKind::File {
-                        executable: st.mode & 0o111 != 0,
-                        size: st.size,
-                        hash: self.file(path, &name, StatKey::of_src(&st), st.size, cached)?,
-                    },
-                    Some(st.mode & TREE_MODE_BITS),
-                    Some(nanos(st.mtime)),
-                ),
+                Item::File {
+                    size,
+                    mode,
+                    mtime,
+                    cache,
+                } => {
+                    let (key, cached) = cache.map_or((None, None), |c| (c.key, c.hash));
+                    (
+                        TreeEntryKind::File {
+                            executable: mode & 0o111 != 0,
+                            size,
+                            hash: self.file(path, &name, key, size, cached)?,
+                        },
+                        Some(mode & TREE_MODE_BITS),
+                        Some(mtime),
+                    )
+                }
                 Item::Link(t) => {
                     self.links += 1;
                     (
@@ -915,7 +947,8 @@ mod tests {
         });
         let mut hits = 0;
         for (name, item) in &root {
-            if let Slot::Found(Item::File { cached, .. }) = item {
+            if let Slot::Found(Item::File { cache, .. }) = item {
+                let cached = cache.as_ref().and_then(|c| c.hash);
                 let name = name.to_str().unwrap();
                 assert_eq!(cached.is_some(), name != "f0700", "{name}");
                 hits += usize::from(cached.is_some());
