@@ -151,13 +151,37 @@ struct Walk<'a> {
 enum Item {
     /// A regular file: its `lstat`, and the stat cache's hash if it has a matching entry
     /// whose object is in the store.
+    ///
+    /// Kept compact (issue 26: a flat directory holds one per file): size, permission bits
+    /// and mtime (ns); the stat cache's key and hash only when the put uses the cache.
     File {
-        st: fs::SrcStat,
-        cached: Option<Hash>,
+        size: u64,
+        mode: u32,
+        mtime: i64,
+        cache: Option<Box<Cached>>,
     },
     Link(OsString),
     /// A subdirectory: its index among the scanned directories.
     Dir(usize),
+}
+
+/// A file's stat-cache key (from the scan's `lstat`) and the cache's hash for it, if it had
+/// a matching entry whose object is in the store.
+struct Cached {
+    key: Option<StatKey>,
+    hash: Option<Hash>,
+}
+
+impl Cached {
+    /// What the stat cache `c` says about a file with this `lstat`.
+    fn of(c: &StatCache, store: &Store, st: &fs::SrcStat) -> Cached {
+        let key = StatKey::of_src(st);
+        let hash = key
+            .as_ref()
+            .and_then(|k| c.candidate(k))
+            .filter(|h| c.object_present(store, h, st.size));
+        Cached { key, hash }
+    }
 }
 
 /// A directory as the scan found it: its own permission bits and mtime (ns, `fstat` of the
@@ -165,7 +189,16 @@ enum Item {
 struct Scanned {
     mode: u32,
     mtime: i64,
-    entries: Vec<(OsString, Item)>,
+    /// Every slot is `Found` (the scan removes `Skipped` ones).
+    entries: Vec<(OsString, Slot)>,
+}
+
+/// One entry of a directory being scanned: its kind as listed, then what its probe found
+/// (or that it is a special file left out).
+enum Slot {
+    Listed(Option<Kind>),
+    Found(Item),
+    Skipped,
 }
 
 /// Nanoseconds since 1970 of a `(seconds, nanoseconds)` time, saturated to `i64`.
@@ -365,84 +398,92 @@ fn scan_dir(
     let own = fs::stat_src_fd(fd.as_fd()).map_err(Error::at("stat", path))?;
     let mut names = fs::list_src_dir(&fd).map_err(Error::at("read directory", path))?;
     names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    // `None`: a special file left out.
-    let one = |(name, kind): &(OsString, Option<Kind>)| -> Result<Option<Item>> {
+    // Probed in place (issue 26): each slot's listed kind is replaced by what was found, so
+    // the directory is one vector from the listing to the walk (it used to be a list of
+    // names, a list of results and their zip, all at once at the end of the scan).
+    let mut entries: Vec<(OsString, Slot)> = names
+        .into_iter()
+        .map(|(n, k)| (n, Slot::Listed(k)))
+        .collect();
+    let one = |(name, slot): &mut (OsString, Slot)| -> Result<()> {
+        let Slot::Listed(kind) = *slot else {
+            return Ok(());
+        };
         let st = match kind {
             Some(Kind::Dir | Kind::Symlink | Kind::Special) => None,
             Some(Kind::File) | None => Some(
                 fs::lstat_src_at(fd.as_fd(), name)
-                    .map_err(|e| Error::io("stat", path.join(name), e))?,
+                    .map_err(|e| Error::io("stat", path.join(&*name), e))?,
             ),
         };
-        Ok(Some(
-            match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
-                Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
-                Kind::File => {
-                    let st = st.expect("files are stat-ed above");
-                    let cached = cache.and_then(|c| {
-                        StatKey::of_src(&st)
-                            .and_then(|k| c.candidate(&k))
-                            .filter(|h| c.object_present(store, h, st.size))
-                    });
-                    Item::File { st, cached }
+        *slot = Slot::Found(match st.map_or(kind.unwrap_or(Kind::Special), |s| s.kind) {
+            Kind::Dir => Item::Dir(usize::MAX), // numbered below, in order
+            Kind::File => {
+                let st = st.expect("files are stat-ed above");
+                Item::File {
+                    size: st.size,
+                    mode: st.mode,
+                    mtime: nanos(st.mtime),
+                    cache: cache.map(|c| Box::new(Cached::of(c, store, &st))),
                 }
-                Kind::Symlink => Item::Link(
-                    fs::readlink_src_at(fd.as_fd(), name)
-                        .map_err(|e| Error::io("read link", path.join(name), e))?,
-                ),
-                Kind::Special if scan.skip_special => {
-                    let mut s = scan
-                        .skipped
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    s.count += 1;
-                    s.example.get_or_insert_with(|| path.join(name));
-                    return Ok(None);
-                }
-                Kind::Special => {
-                    return Err(Error::Tree {
-                        path: path.join(name),
-                        reason: "cannot store this file type (socket, fifo or device); \
+            }
+            Kind::Symlink => Item::Link(
+                fs::readlink_src_at(fd.as_fd(), &*name)
+                    .map_err(|e| Error::io("read link", path.join(&*name), e))?,
+            ),
+            Kind::Special if scan.skip_special => {
+                let mut s = scan
+                    .skipped
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.count += 1;
+                s.example.get_or_insert_with(|| path.join(&*name));
+                *slot = Slot::Skipped;
+                return Ok(());
+            }
+            Kind::Special => {
+                return Err(Error::Tree {
+                    path: path.join(&*name),
+                    reason: "cannot store this file type (socket, fifo or device); \
                              --skip-special (PutDirOptions::skip_special) leaves such files out"
-                            .into(),
-                    })
-                }
-            },
-        ))
+                        .into(),
+                })
+            }
+        });
+        Ok(())
     };
-    let threads = scan_threads().min(names.len() / PROBE_CHUNK);
-    let items: Vec<Option<Item>> = if threads <= 1 {
-        names.iter().map(one).collect::<Result<_>>()?
+    let threads = scan_threads().min(entries.len() / PROBE_CHUNK);
+    if threads <= 1 {
+        entries.iter_mut().try_for_each(one)?;
     } else {
-        let mut chunks = names.chunks(names.len().div_ceil(threads));
+        let size = entries.len().div_ceil(threads);
+        let mut chunks = entries.chunks_mut(size);
         let first = chunks.next().unwrap_or_default();
         std::thread::scope(|s| {
             let others: Vec<_> = chunks
-                .map(|c| s.spawn(|| c.iter().map(one).collect::<Result<Vec<_>>>()))
+                .map(|c| s.spawn(|| c.iter_mut().try_for_each(one)))
                 .collect();
-            let mut all = first.iter().map(one).collect::<Result<Vec<_>>>()?;
+            // The first error in name order, as a sequential scan would report it.
+            let mut res = first.iter_mut().try_for_each(one);
             for t in others {
-                all.extend(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+                let r = t.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                if res.is_ok() {
+                    res = r;
+                }
             }
-            Ok::<_, Error>(all)
-        })?
-    };
-    let (names, mut items): (Vec<OsString>, Vec<Item>) = names
-        .into_iter()
-        .map(|(n, _)| n)
-        .zip(items)
-        .filter_map(|(n, item)| item.map(|i| (n, i)))
-        .unzip();
-    let subdirs: Vec<PathBuf> = names
+            res
+        })?;
+    }
+    entries.retain(|(_, slot)| !matches!(slot, Slot::Skipped));
+    let subdirs: Vec<PathBuf> = entries
         .iter()
-        .zip(&items)
-        .filter(|(_, item)| matches!(item, Item::Dir(_)))
+        .filter(|(_, slot)| matches!(slot, Slot::Found(Item::Dir(_))))
         .map(|(name, _)| path.join(name))
         .collect();
     if !subdirs.is_empty() {
         let mut next = queue(subdirs);
-        for item in &mut items {
-            if let Item::Dir(id) = item {
+        for (_, slot) in &mut entries {
+            if let Slot::Found(Item::Dir(id)) = slot {
                 *id = next;
                 next += 1;
             }
@@ -451,7 +492,7 @@ fn scan_dir(
     Ok(Scanned {
         mode: own.mode & TREE_MODE_BITS,
         mtime: nanos(own.mtime),
-        entries: names.into_iter().zip(items).collect(),
+        entries,
     })
 }
 
@@ -483,7 +524,10 @@ impl Walk<'_> {
             entries,
         } = scan.take(id, path)?;
         // Files and directories always carry a mode: version 2 unless only symlinks.
-        let version = if entries.iter().all(|(_, i)| matches!(i, Item::Link(_))) {
+        let version = if entries
+            .iter()
+            .all(|(_, i)| matches!(i, Slot::Found(Item::Link(_))))
+        {
             1
         } else {
             TREE_VERSION
@@ -495,17 +539,28 @@ impl Walk<'_> {
             path: path.to_owned(),
             reason,
         };
-        for (name, item) in entries {
+        for (name, slot) in entries {
+            let Slot::Found(item) = slot else {
+                return Err(invalid("was not fully scanned (internal error)".into()));
+            };
             let (kind, mode, mtime) = match item {
-                Item::File { st, cached } => (
-                    TreeEntryKind::File {
-                        executable: st.mode & 0o111 != 0,
-                        size: st.size,
-                        hash: self.file(path, &name, StatKey::of_src(&st), st.size, cached)?,
-                    },
-                    Some(st.mode & TREE_MODE_BITS),
-                    Some(nanos(st.mtime)),
-                ),
+                Item::File {
+                    size,
+                    mode,
+                    mtime,
+                    cache,
+                } => {
+                    let (key, cached) = cache.map_or((None, None), |c| (c.key, c.hash));
+                    (
+                        TreeEntryKind::File {
+                            executable: mode & 0o111 != 0,
+                            size,
+                            hash: self.file(path, &name, key, size, cached)?,
+                        },
+                        Some(mode & TREE_MODE_BITS),
+                        Some(mtime),
+                    )
+                }
                 Item::Link(t) => {
                     self.links += 1;
                     (
@@ -892,7 +947,8 @@ mod tests {
         });
         let mut hits = 0;
         for (name, item) in &root {
-            if let Item::File { cached, .. } = item {
+            if let Slot::Found(Item::File { cache, .. }) = item {
+                let cached = cache.as_ref().and_then(|c| c.hash);
                 let name = name.to_str().unwrap();
                 assert_eq!(cached.is_some(), name != "f0700", "{name}");
                 hits += usize::from(cached.is_some());
