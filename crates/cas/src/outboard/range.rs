@@ -603,11 +603,7 @@ impl Store {
             }
         }
         let bytes = self.compute_outboard(hash, file, path, meta)?;
-        if let Ok(mut s) = self.new_staging() {
-            if s.file_mut().write_all(&bytes).is_ok() {
-                let _ = self.publish_outboard(hash, s, replace);
-            }
-        }
+        self.publish_outboard_bytes(hash, &bytes, replace);
         Ok(Pairs::Mem(bytes))
     }
 
@@ -685,12 +681,18 @@ impl Store {
             return Hash::of_parallel(bytes);
         }
         let (hash, ob) = outboard::build(bytes, crate::hash::rayon_usable());
+        self.publish_outboard_bytes(&hash, &ob, false);
+        hash
+    }
+
+    /// Stages a complete outboard held in memory and publishes it ([`Store::publish_outboard`]),
+    /// best effort: an outboard is derived data, computed again on its next use if this fails.
+    fn publish_outboard_bytes(&self, hash: &Hash, bytes: &[u8], replace: bool) {
         if let Ok(mut s) = self.new_staging() {
-            if s.file_mut().write_all(&ob).is_ok() {
-                let _ = self.publish_outboard(&hash, s, false);
+            if s.file_mut().write_all(bytes).is_ok() {
+                let _ = self.publish_outboard(hash, s, replace);
             }
         }
-        hash
     }
 
     /// Removes outboards whose object is gone (neither under `objects/` nor in a trash run),
