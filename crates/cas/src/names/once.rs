@@ -754,12 +754,11 @@ impl<'a> ComputeOnce<'a> {
                 }
                 Err(e) if e.is_locked() => {
                     let waited = started.elapsed();
-                    let holder = match store.read_lock(&path) {
-                        Ok((h, _)) => h,
-                        // Released between the try and this look: try again before telling
-                        // anyone about a holder that is gone.
-                        Err(e) if crate::fs::is_not_found(&e) => continue,
-                        Err(_) => None,
+                    // Released between the try and this look (`gone`): nobody is told about
+                    // a holder that no longer exists; the next try takes the free lock.
+                    let (holder, gone) = match store.read_lock(&path) {
+                        Ok((h, _)) => (h, false),
+                        Err(e) => (None, crate::fs::is_not_found(&e)),
                     };
                     let now_ms = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
@@ -783,7 +782,9 @@ impl<'a> ComputeOnce<'a> {
                             timeout: human_duration(self.timeout),
                         });
                     }
-                    self.emit(OnceEvent::Waiting(&w));
+                    if !gone {
+                        self.emit(OnceEvent::Waiting(&w));
+                    }
                     slice = WAIT_REPORT.min(self.timeout.saturating_sub(waited));
                 }
                 Err(e) => return Err(e),
