@@ -695,8 +695,11 @@ fn torture_across_hosts(c: &Cluster, scratch: &Path) {
 /// exclusive creates, `link` onto an existing name, close-to-open visibility, renames racing
 /// over one name, lock exclusion, directory fsync, `RENAME_NOREPLACE`, mkdir races, unlink
 /// while open, mmap, creates while the other host looks the name up. A check that FAILS
-/// fails the test (a CAVEAT, a weaker guarantee the code already works around, is allowed);
-/// shortened rounds keep it to seconds.
+/// fails the test (a CAVEAT, a weaker guarantee the code already works around, is allowed),
+/// except the two creates that `GlusterFS` is known to fail now and then with a spurious
+/// `EEXIST` (../shared/clusterfs's report: about 1 in 1 000–3 000, and 2 in 10 000), which cas
+/// works around (docs/shared-stores.md: a create's `EEXIST` for a name that turns out not to
+/// exist is retried; writers only create unique names); shortened rounds keep it to seconds.
 fn posix_semantics(c: &Cluster, scratch: &Path) {
     let report = scratch.join(format!("semantics-{}.json", c.fs));
     let out = Command::new("python3")
@@ -716,8 +719,9 @@ fn posix_semantics(c: &Cluster, scratch: &Path) {
         .stdin(Stdio::null())
         .output()
         .expect("run python3 crates/cas-cli/tests/e2e/cluster/semantics_test.py");
+    // Exit 1 is "a check FAILS", judged below from the report; anything else is a crash.
     assert!(
-        out.status.success(),
+        matches!(out.status.code(), Some(0 | 1)) && report.is_file(),
         "{}: semantics_test.py exited {}:\n{}{}",
         c.fs,
         out.status,
@@ -728,6 +732,21 @@ fn posix_semantics(c: &Cluster, scratch: &Path) {
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let results = r["results"].as_array().unwrap();
     assert!(results.len() >= 12, "{}: too few checks ran: {r}", c.fs);
+    let known_on_glusterfs = |check: &str| {
+        c.fs == "glusterfs"
+            && (check.starts_with("x12 create while other host looks the name up")
+                || check.starts_with("2 O_CREAT|O_EXCL race"))
+    };
+    let fails: Vec<&serde_json::Value> = results
+        .iter()
+        .filter(|x| x["status"] == "FAILS" && !known_on_glusterfs(x["check"].as_str().unwrap()))
+        .collect();
+    assert!(
+        fails.is_empty(),
+        "{}: POSIX semantics cas relies on do not hold: {fails:?}\n{}",
+        c.fs,
+        text(&out.stdout)
+    );
     eprintln!("{}: semantics:\n{}", c.fs, text(&out.stdout));
 }
 
